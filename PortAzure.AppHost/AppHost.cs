@@ -1,0 +1,48 @@
+using PortAzure;
+using Microsoft.Extensions.Configuration;
+using PortAzure.AppHost;
+
+var builder = DistributedApplication.CreateBuilder(args);
+
+var redis = builder.AddRelayRedis();
+
+// Secrets are parameters marked secret. In run mode they have development defaults so that
+// `dotnet run` needs no set-up; a published manifest carries no value for them.
+var runMode = builder.ExecutionContext.IsRunMode;
+var portClientSecret = builder.AddRelayParameter("port-client-secret", "port-demo-secret", secret: true);
+var portClientId = builder.AddRelayParameter("port-client-id", "portazure-dev", secret: false);
+var adminApiKey = builder.AddRelayParameter("admin-api-key", "dev-admin-key", secret: true);
+
+var dispatcher = builder.AddProject<Projects.PortAzure_Dispatcher>(ResourceNames.Dispatcher)
+    .WithReference(redis).WaitFor(redis)
+    .WithEnvironment("Port__ClientSecret", portClientSecret)
+    .WithEnvironment("Port__ClientId", portClientId)
+    .WithEnvironment("Admin__ApiKey", adminApiKey)
+    .WithReplicas(builder.Configuration.GetValue("Dispatcher:Replicas", 1));
+
+var ingress = builder.AddProject<Projects.PortAzure_Ingress>(ResourceNames.Ingress)
+    .WithReference(redis).WaitFor(redis)
+    .WithReference(dispatcher)
+    .WithEnvironment("Port__ClientSecret", portClientSecret)
+    .WithEnvironment("Admin__ApiKey", adminApiKey)
+    .WithExternalHttpEndpoints()
+    .WithReplicas(builder.Configuration.GetValue("Ingress:Replicas", 1));
+
+if (builder.Configuration["AzureDevOps:BaseUrl"] is { Length: > 0 } azureBaseUrl)
+{
+    dispatcher.WithEnvironment("AzureDevOps__BaseUrl", azureBaseUrl);
+}
+else if (runMode)
+{
+    // No Azure DevOps configured: a local emulator takes the webhook POSTs (and Port's API calls), so
+    // a new user sees a run go through without an Azure account. Never part of a deployment.
+    var emulator = builder.AddProject<Projects.PortAzure_AzureDevOpsEmulator>(ResourceNames.AzureDevOpsEmulator)
+        .WithEnvironment("Emulator__Secret", portClientSecret);
+    var emulatorUrl = emulator.GetEndpoint("http");
+    dispatcher
+        .WithEnvironment("AzureDevOps__BaseUrl", emulatorUrl)
+        .WithEnvironment("Port__ApiBaseUrl", emulatorUrl)
+        .WaitFor(emulator);
+}
+
+builder.Build().Run();

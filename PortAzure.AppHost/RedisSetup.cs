@@ -1,0 +1,167 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using Microsoft.Extensions.Configuration;
+
+namespace PortAzure.AppHost;
+
+/// <summary>Where the relay's Redis comes from (<c>Redis:Mode</c>).</summary>
+internal enum RedisMode
+{
+    /// <summary>Container if a container runtime answers, else redis-server from PATH, else an error naming the fixes.</summary>
+    Auto,
+
+    /// <summary>The Redis container (<c>AddRedis</c>), with AOF on a named volume. Always used when publishing.</summary>
+    Container,
+
+    /// <summary><c>redis-server</c> from PATH as an executable resource, AOF on in a data folder that survives restarts.</summary>
+    Executable,
+
+    /// <summary>An existing Redis given as <c>ConnectionStrings:redis</c>.</summary>
+    ConnectionString,
+}
+
+/// <summary>A redis-server process run by the AppHost that the services reference like the Redis container.</summary>
+internal sealed class RedisServerResource(string name, string workingDirectory)
+    : ExecutableResource(name, "redis-server", workingDirectory), IResourceWithConnectionString
+{
+    public const string EndpointName = "tcp";
+
+    public EndpointReference PrimaryEndpoint => new(this, EndpointName);
+
+    public ReferenceExpression ConnectionStringExpression =>
+        ReferenceExpression.Create($"{PrimaryEndpoint.Property(EndpointProperty.HostAndPort)}");
+}
+
+internal static class RedisSetup
+{
+    public const string ModeKey = "Redis:Mode";
+    public const string DataDirectoryKey = "Redis:DataDirectory";
+    public const string PortKey = "Redis:Port";
+    public const string AppendFsyncKey = "Redis:AppendFsync";
+    public const string VolumeName = "portazure-redis-data";
+
+    public static IResourceBuilder<IResourceWithConnectionString> AddRelayRedis(this IDistributedApplicationBuilder builder)
+    {
+        var mode = ResolveMode(builder);
+        switch (mode)
+        {
+            case RedisMode.ConnectionString:
+                return builder.AddConnectionString(ResourceNames.Redis);
+
+            case RedisMode.Executable:
+                return builder.AddRedisServer();
+
+            default:
+                var fsync = AppendFsync(builder);
+                var redis = builder.AddRedis(ResourceNames.Redis)
+                    .WithDataVolume(VolumeName)
+                    // AOF: an entry Redis acknowledged survives a restart (RDB snapshots alone would lose minutes).
+                    .WithArgs("--appendonly", "yes", "--appendfsync", fsync);
+                return redis;
+        }
+    }
+
+    private static IResourceBuilder<IResourceWithConnectionString> AddRedisServer(this IDistributedApplicationBuilder builder)
+    {
+        var dataDirectory = builder.Configuration[DataDirectoryKey] is { Length: > 0 } configured
+            ? Path.GetFullPath(configured)
+            : Path.Combine(builder.AppHostDirectory, ".redis-data");
+        Directory.CreateDirectory(dataDirectory);
+        var port = int.TryParse(builder.Configuration[PortKey], out var configuredPort) && configuredPort > 0 ? configuredPort : FreePort();
+        var resource = new RedisServerResource(ResourceNames.Redis, dataDirectory);
+        return builder.AddResource(resource)
+            .WithArgs("--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--bind", "127.0.0.1",
+                "--dir", dataDirectory, "--appendonly", "yes", "--appendfsync", AppendFsync(builder),
+                "--save", "", "--protected-mode", "yes")
+            .WithEndpoint(port: port, targetPort: port, scheme: "tcp", name: RedisServerResource.EndpointName, isProxied: false)
+            .ExcludeFromManifest();
+    }
+
+    private static string AppendFsync(IDistributedApplicationBuilder builder) =>
+        builder.Configuration[AppendFsyncKey] switch
+        {
+            null or "" => "everysec",
+            "always" => "always",
+            "everysec" => "everysec",
+            "no" => "no",
+            var other => throw new InvalidOperationException($"{AppendFsyncKey} must be 'always', 'everysec' or 'no', not '{other}'."),
+        };
+
+    private static RedisMode ResolveMode(IDistributedApplicationBuilder builder)
+    {
+        var configured = builder.Configuration[ModeKey];
+        if (builder.ExecutionContext.IsPublishMode)
+        {
+            // What is deployed is always the container with persistence; a managed Redis replaces it through
+            // ConnectionStrings:redis at deployment time.
+            return RedisMode.Container;
+        }
+        if (!string.IsNullOrEmpty(configured) && !configured.Equals("auto", StringComparison.OrdinalIgnoreCase))
+        {
+            return Enum.TryParse<RedisMode>(configured, ignoreCase: true, out var mode)
+                ? mode
+                : throw new InvalidOperationException($"{ModeKey} must be auto, container, executable or connectionstring, not '{configured}'.");
+        }
+        if (!string.IsNullOrEmpty(builder.Configuration.GetConnectionString(ResourceNames.Redis)))
+        {
+            return RedisMode.ConnectionString;
+        }
+        if (ContainerRuntimeIsHealthy())
+        {
+            return RedisMode.Container;
+        }
+        if (IsOnPath("redis-server"))
+        {
+            return RedisMode.Executable;
+        }
+        throw new InvalidOperationException(
+            "No Redis for the relay: no container runtime answers and redis-server is not on PATH. " +
+            "Install redis-server (Debian/Ubuntu: 'sudo apt-get install -y redis-server'), start Docker or Podman, " +
+            "or point the AppHost at an existing Redis with ConnectionStrings__redis=host:port.");
+    }
+
+    private static bool ContainerRuntimeIsHealthy()
+    {
+        var runtime = Environment.GetEnvironmentVariable("DOTNET_ASPIRE_CONTAINER_RUNTIME") ?? "docker";
+        if (!IsOnPath(runtime))
+        {
+            return false;
+        }
+        try
+        {
+            using var process = Process.Start(new ProcessStartInfo(runtime, "info --format {{.ServerVersion}}")
+            {
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                UseShellExecute = false,
+            });
+            if (process is null)
+            {
+                return false;
+            }
+            if (!process.WaitForExit(TimeSpan.FromSeconds(5)))
+            {
+                process.Kill(entireProcessTree: true);
+                return false;
+            }
+            return process.ExitCode == 0;
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return false;
+        }
+    }
+
+    private static bool IsOnPath(string program) =>
+        (Environment.GetEnvironmentVariable("PATH") ?? "")
+            .Split(Path.PathSeparator, StringSplitOptions.RemoveEmptyEntries)
+            .Any(dir => File.Exists(Path.Combine(dir, program)));
+
+    private static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+}

@@ -1,0 +1,58 @@
+namespace PortAzure.AzureDevOpsEmulator.Port;
+
+/// <summary>The body of <c>POST /_emulator/port/behavior</c>; absent fields leave the setting as it is.</summary>
+internal sealed record PortBehaviorRequest(bool? Down = null, int? FailNext = null, int? Status = null);
+
+/// <summary>What <c>GET /_emulator/port/behavior</c> shows.</summary>
+internal sealed record PortBehaviorState(bool Down, int FailNext, int Status);
+
+/// <summary>Failure injection for the Port API: down (every call 503) or the next N calls failing.</summary>
+internal sealed class PortFailures
+{
+    private readonly Lock _gate = new();
+    private bool _down;
+    private int _failNext;
+    private int _status = StatusCodes.Status500InternalServerError;
+
+    public PortBehaviorState Apply(PortBehaviorRequest request)
+    {
+        lock (_gate)
+        {
+            _down = request.Down ?? _down;
+            if (request.FailNext is { } failNext)
+            {
+                _failNext = failNext;
+                _status = request.Status ?? StatusCodes.Status500InternalServerError;
+            }
+            return new(_down, _failNext, _status);
+        }
+    }
+
+    public PortBehaviorState Reset() => Apply(new(Down: false, FailNext: 0));
+
+    public PortBehaviorState Current()
+    {
+        lock (_gate)
+        {
+            return new(_down, _failNext, _status);
+        }
+    }
+
+    /// <summary>The injected failure for this call, or null when the call goes through.</summary>
+    public PortAnswer? Next()
+    {
+        lock (_gate)
+        {
+            if (_down)
+            {
+                return PortAnswer.Failure(StatusCodes.Status503ServiceUnavailable, "service_unavailable", "Port is down (emulated).");
+            }
+            if (_failNext > 0)
+            {
+                _failNext--;
+                return PortAnswer.Failure(_status, "injected_failure", "Failure injected by the emulator.");
+            }
+            return null;
+        }
+    }
+}

@@ -1,0 +1,10 @@
+using PortAzure.AzureDevOpsEmulator;
+
+var builder = WebApplication.CreateBuilder(args);
+builder.AddServiceDefaults();
+builder.AddEmulatorServices();
+
+var app = builder.Build();
+app.MapDefaultEndpoints();
+app.MapEmulatorEndpoints();
+app.Run();

@@ -1,0 +1,233 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using Microsoft.Extensions.Options;
+using PortAzure.Dispatcher.Delivery;
+using PortAzure.Dispatcher.Diagnostics;
+using PortAzure.Redis;
+using PortAzure.Security;
+using StackExchange.Redis;
+
+namespace PortAzure.Dispatcher.Api;
+
+/// <summary>Find a delivery, see why it failed, replay it. Reached through the Ingress's YARP routes.</summary>
+internal static partial class OperatorApi
+{
+    private const int MaxReplayBatch = 500;
+
+    public static WebApplication MapOperatorApi(this WebApplication app)
+    {
+        ArgumentNullException.ThrowIfNull(app);
+        app.UseExceptionHandler();
+        app.UseStatusCodePages();
+
+        var api = app.MapGroup("/api").AddEndpointFilter(RequireApiKey);
+        api.MapGet("/deliveries/{id}", GetDeliveryAsync).WithName("GetDelivery");
+        api.MapGet("/deliveries", FindByRunAsync).WithName("FindDeliveriesByRun");
+        api.MapGet("/deadletters", ListDeadLettersAsync).WithName("ListDeadLetters");
+        api.MapPost("/deadletters/{id}/replay", ReplayOneAsync).WithName("ReplayDeadLetter");
+        api.MapPost("/deadletters/replay", ReplayAllAsync).WithName("ReplayDeadLetters");
+        api.MapDelete("/deadletters/{id}", DeleteDeadLetterAsync).WithName("DeleteDeadLetter");
+        api.MapGet("/stats", StatsAsync).WithName("Stats");
+        app.MapOpenApi().AddEndpointFilter(RequireApiKey);
+        return app;
+    }
+
+    private static async ValueTask<object?> RequireApiKey(EndpointFilterInvocationContext context, EndpointFilterDelegate next)
+    {
+        var http = context.HttpContext;
+        var key = http.RequestServices.GetRequiredService<IOptionsMonitor<AdminOptions>>().CurrentValue.ApiKey;
+        var result = AdminApiKey.Check(http.Request, key);
+        return result == AdminApiKey.Result.Valid ? await next(context) : AdminApiKey.Reject(result);
+    }
+
+    private static async Task<IResult> GetDeliveryAsync(string id, IConnectionMultiplexer redis)
+    {
+        if (!IsDeliveryId(id))
+        {
+            return InvalidId();
+        }
+        var view = await LoadAsync(redis.GetDatabase(), id, withAttempts: true);
+        return view is null
+            ? Problems.Create(StatusCodes.Status404NotFound, "delivery_not_found", $"No delivery '{id}' is known (it may have expired).")
+            : TypedResults.Ok(view);
+    }
+
+    private static async Task<IResult> FindByRunAsync(string? runId, IConnectionMultiplexer redis)
+    {
+        if (string.IsNullOrEmpty(runId) || runId.Length > 1024)
+        {
+            return Problems.Create(StatusCodes.Status400BadRequest, "run_id_required", "Give the Port run id as ?runId=.");
+        }
+        var db = redis.GetDatabase();
+        var ids = await db.SetMembersAsync(RedisKeys.RunIndex(runId));
+        var views = new List<DeliveryView>();
+        foreach (var id in ids.Select(i => (string)i!).Order(StringComparer.Ordinal))
+        {
+            if (await LoadAsync(db, id, withAttempts: false) is { } view)
+            {
+                views.Add(view);
+            }
+        }
+        return TypedResults.Ok(new DeliveryList(views));
+    }
+
+    private static async Task<IResult> ListDeadLettersAsync(IConnectionMultiplexer redis, int? limit, string? cursor)
+    {
+        var take = Math.Clamp(limit ?? 50, 1, 500);
+        var offset = 0L;
+        if (cursor is not null && (!long.TryParse(cursor, NumberStyles.None, CultureInfo.InvariantCulture, out offset) || offset < 0))
+        {
+            return Problems.Create(StatusCodes.Status400BadRequest, "cursor_invalid", "The cursor must be the nextCursor value of a previous page.");
+        }
+        var db = redis.GetDatabase();
+        var ids = await db.SortedSetRangeByRankAsync(RedisKeys.DeadLetters, offset, offset + take);
+        var items = new List<DeliveryView>();
+        foreach (var id in ids.Take(take))
+        {
+            if (await LoadAsync(db, id!, withAttempts: true) is { } view)
+            {
+                items.Add(view);
+            }
+        }
+        var next = ids.Length > take ? (offset + take).ToString(CultureInfo.InvariantCulture) : null;
+        return TypedResults.Ok(new DeadLetterPage(items, next, await db.SortedSetLengthAsync(RedisKeys.DeadLetters)));
+    }
+
+    private static async Task<IResult> ReplayOneAsync(string id, DeliveryStore store, TimeProvider timeProvider, ILoggerFactory loggers)
+    {
+        if (!IsDeliveryId(id))
+        {
+            return InvalidId();
+        }
+        if (await store.ReplayAsync(id, timeProvider.GetUtcNow()) is null)
+        {
+            return Problems.Create(StatusCodes.Status404NotFound, "deadletter_not_found", $"'{id}' is not a dead letter.");
+        }
+        Log.Replayed(loggers.CreateLogger(typeof(OperatorApi)), 1);
+        return TypedResults.Accepted($"/api/deliveries/{id}", new ReplayResult(1, [id]));
+    }
+
+    private static async Task<IResult> ReplayAllAsync(IConnectionMultiplexer redis, DeliveryStore store, TimeProvider timeProvider, ILoggerFactory loggers, int? limit)
+    {
+        var take = Math.Clamp(limit ?? 100, 1, MaxReplayBatch);
+        var ids = await redis.GetDatabase().SortedSetRangeByRankAsync(RedisKeys.DeadLetters, 0, take - 1);
+        var replayed = new List<string>();
+        foreach (var id in ids)
+        {
+            if (await store.ReplayAsync(id!, timeProvider.GetUtcNow()) is not null)
+            {
+                replayed.Add(id!);
+            }
+        }
+        Log.Replayed(loggers.CreateLogger(typeof(OperatorApi)), replayed.Count);
+        return TypedResults.Ok(new ReplayResult(replayed.Count, replayed));
+    }
+
+    private static async Task<IResult> DeleteDeadLetterAsync(string id, IConnectionMultiplexer redis, TimeProvider timeProvider)
+    {
+        if (!IsDeliveryId(id))
+        {
+            return InvalidId();
+        }
+        var db = redis.GetDatabase();
+        var transaction = db.CreateTransaction();
+        transaction.AddCondition(Condition.SortedSetContains(RedisKeys.DeadLetters, id));
+        _ = transaction.SortedSetRemoveAsync(RedisKeys.DeadLetters, id);
+        _ = transaction.HashDeleteAsync(RedisKeys.Delivery(id), DeliveryRecord.Body);
+        _ = transaction.HashSetAsync(RedisKeys.Delivery(id),
+        [
+            new(DeliveryRecord.State, DeliveryStates.Discarded),
+            new(DeliveryRecord.UpdatedAt, timeProvider.GetUtcNow().ToUnixTimeMilliseconds()),
+        ]);
+        return await transaction.ExecuteAsync()
+            ? TypedResults.NoContent()
+            : Problems.Create(StatusCodes.Status404NotFound, "deadletter_not_found", $"'{id}' is not a dead letter.");
+    }
+
+    private static async Task<IResult> StatsAsync(BacklogMonitor monitor)
+    {
+        var snapshot = await monitor.ReadAsync();
+        return TypedResults.Ok(new StatsView(snapshot.StreamLength, snapshot.Pending, snapshot.ScheduledRetries, snapshot.DeadLetters,
+            snapshot.PausedTargets, snapshot.OldestAge.TotalSeconds));
+    }
+
+    private static async Task<DeliveryView?> LoadAsync(IDatabase db, string id, bool withAttempts)
+    {
+        var hash = (await db.HashGetAllAsync(RedisKeys.Delivery(id))).ToDictionary(e => (string)e.Name!, e => e.Value);
+        if (hash.Count == 0)
+        {
+            return null;
+        }
+        IReadOnlyList<AttemptRecord>? attempts = null;
+        if (withAttempts)
+        {
+            var raw = await db.ListRangeAsync(RedisKeys.Attempts(id));
+            attempts = raw.Select(r => JsonSerializer.Deserialize<AttemptRecord>((string)r!, AttemptRecord.JsonOptions)!).ToList();
+        }
+        string? Text(string name) => hash.TryGetValue(name, out var v) && !v.IsNullOrEmpty ? (string?)v : null;
+        DateTimeOffset? Time(string name) => hash.TryGetValue(name, out var v) && long.TryParse((string?)v, out var ms) && ms > 0
+            ? DateTimeOffset.FromUnixTimeMilliseconds(ms) : null;
+        int? Number(string name) => hash.TryGetValue(name, out var v) && int.TryParse((string?)v, out var n) ? n : null;
+        var traceParent = Text(DeliveryRecord.TraceParent);
+        return new DeliveryView(
+            id,
+            Text(DeliveryRecord.State) ?? "unknown",
+            Text(DeliveryRecord.Org),
+            Text(DeliveryRecord.Webhook),
+            Text(DeliveryRecord.RunId),
+            Time(DeliveryRecord.ReceivedAt),
+            Time(DeliveryRecord.UpdatedAt),
+            Time(DeliveryRecord.DeliveredAt),
+            Number(DeliveryRecord.Attempts) ?? 0,
+            Number(DeliveryRecord.LastStatus) is > 0 and var status ? status : null,
+            Text(DeliveryRecord.LastError),
+            Time(DeliveryRecord.NextAttemptAt),
+            Text(DeliveryRecord.Reason),
+            Text(DeliveryRecord.Hint),
+            traceParent is { Length: 55 } ? traceParent.Substring(3, 32) : null,
+            Number(DeliveryRecord.Replays) ?? 0,
+            attempts);
+    }
+
+    private static bool IsDeliveryId(string id) => DeliveryIdPattern().IsMatch(id);
+
+    private static IResult InvalidId() =>
+        Problems.Create(StatusCodes.Status400BadRequest, "delivery_id_invalid", "A delivery id looks like 'd_' followed by 32 hex digits.");
+
+    [GeneratedRegex("^d_[0-9a-f]{32}$", RegexOptions.CultureInvariant)]
+    private static partial Regex DeliveryIdPattern();
+
+    private static partial class Log
+    {
+        [LoggerMessage(EventIds.Replayed, LogLevel.Information, "Operator replayed {Count} dead letters")]
+        public static partial void Replayed(ILogger logger, int count);
+    }
+}
+
+internal sealed record DeliveryView(
+    string DeliveryId,
+    string State,
+    string? Org,
+    string? Webhook,
+    string? RunId,
+    DateTimeOffset? ReceivedAt,
+    DateTimeOffset? UpdatedAt,
+    DateTimeOffset? DeliveredAt,
+    int Attempts,
+    int? LastStatus,
+    string? LastError,
+    DateTimeOffset? NextAttemptAt,
+    string? Reason,
+    string? Hint,
+    string? TraceId,
+    int Replays,
+    IReadOnlyList<AttemptRecord>? AttemptHistory);
+
+internal sealed record DeliveryList(IReadOnlyList<DeliveryView> Items);
+
+internal sealed record DeadLetterPage(IReadOnlyList<DeliveryView> Items, string? NextCursor, long Total);
+
+internal sealed record ReplayResult(int Replayed, IReadOnlyList<string> DeliveryIds);
+
+internal sealed record StatsView(long StreamLength, long Pending, long ScheduledRetries, long DeadLetters, long PausedTargets, double OldestAgeSeconds);

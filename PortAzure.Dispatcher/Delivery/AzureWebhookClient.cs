@@ -1,0 +1,124 @@
+using System.Diagnostics;
+using System.Net.Http.Headers;
+using System.Text;
+using Microsoft.Extensions.Options;
+using PortAzure.Redis;
+using PortAzure.Security;
+using PortAzure.Signing;
+using PortAzure.Targets;
+
+namespace PortAzure.Dispatcher.Delivery;
+
+/// <summary>
+/// POSTs a run's exact bytes to an Azure DevOps incoming webhook, signed as Azure checks it.
+/// Exactly one request per call: its HttpClient has no resilience handler, and no redirect is followed.
+/// </summary>
+internal sealed class AzureWebhookClient(
+    IHttpClientFactory httpClientFactory,
+    IOptionsMonitor<AzureDevOpsOptions> azureOptions,
+    IOptionsMonitor<PortOptions> portOptions,
+    IOptionsMonitor<DispatcherOptions> dispatcherOptions,
+    TimeProvider timeProvider)
+{
+    public const string HttpClientName = "azure-devops";
+    public const string ApiVersion = "6.0-preview";
+    public const string RunIdHeader = "X-Port-Run-Id";
+    private const int ExcerptLength = 300;
+
+    public static Uri BuildUri(Uri baseUrl, string org, string webhook)
+    {
+        ArgumentNullException.ThrowIfNull(baseUrl);
+        // Validated here again: these two segments are the only user input in the URL.
+        if (!TargetNames.IsValidOrg(org) || !TargetNames.IsValidWebhook(webhook))
+        {
+            throw new ArgumentException($"'{org}/{webhook}' is not a valid Azure DevOps target.");
+        }
+        var root = baseUrl.AbsoluteUri.TrimEnd('/');
+        return new Uri($"{root}/{org}/_apis/public/distributedtask/webhooks/{webhook}?api-version={ApiVersion}");
+    }
+
+    public async Task<AttemptResult> PostAsync(DeliveryEntry entry, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(entry);
+        var azure = azureOptions.CurrentValue;
+        if (!azure.IsAllowed(entry.Org, entry.Webhook) || !TargetNames.IsValidOrg(entry.Org) || !TargetNames.IsValidWebhook(entry.Webhook))
+        {
+            return new AttemptResult(AttemptOutcome.Permanent, null, null, "", "target_not_allowed", TimeSpan.Zero);
+        }
+        var secret = azure.FindTarget(entry.Org, entry.Webhook)?.Secret ?? portOptions.CurrentValue.ClientSecret ?? "";
+
+        using var request = new HttpRequestMessage(HttpMethod.Post, BuildUri(azure.BaseUrl, entry.Org, entry.Webhook));
+        var content = new ReadOnlyMemoryContent(entry.Body);
+        content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
+        request.Content = content;
+        request.Headers.TryAddWithoutValidation(azure.SignatureHeader,
+            AzureSignature.Compute(entry.Body.Span, Encoding.UTF8.GetBytes(secret), azure.SignatureFormat));
+        request.Headers.TryAddWithoutValidation("Idempotency-Key", entry.DeliveryId);
+        if (entry.RunId is not null)
+        {
+            request.Headers.TryAddWithoutValidation(RunIdHeader, entry.RunId);
+        }
+
+        using var timeout = new CancellationTokenSource(dispatcherOptions.CurrentValue.RequestTimeout, timeProvider);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
+        var started = Stopwatch.GetTimestamp();
+        try
+        {
+            using var response = await httpClientFactory.CreateClient(HttpClientName).SendAsync(request, HttpCompletionOption.ResponseHeadersRead, linked.Token);
+            var excerpt = await ReadExcerptAsync(response, linked.Token);
+            var status = (int)response.StatusCode;
+            return new AttemptResult(OutcomeClassifier.Classify(status), status, RetryAfter(response), excerpt, null, Stopwatch.GetElapsedTime(started));
+        }
+        catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            return new AttemptResult(AttemptOutcome.Transient, null, null, "", "timeout", Stopwatch.GetElapsedTime(started));
+        }
+        catch (HttpRequestException)
+        {
+            return new AttemptResult(AttemptOutcome.Transient, null, null, "", "connection", Stopwatch.GetElapsedTime(started));
+        }
+    }
+
+    private TimeSpan? RetryAfter(HttpResponseMessage response)
+    {
+        if (response.Headers.RetryAfter is not { } retryAfter)
+        {
+            return null;
+        }
+        if (retryAfter.Delta is { } delta)
+        {
+            return delta;
+        }
+        return retryAfter.Date is { } date ? date - timeProvider.GetUtcNow() : null;
+    }
+
+    /// <summary>
+    /// Once the status line is in, the outcome is decided: a body that fails to arrive must not turn a
+    /// 2xx (a pipeline run started) into a retry.
+    /// </summary>
+    private static async Task<string> ReadExcerptAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return await ReadExcerptCoreAsync(response, cancellationToken);
+        }
+        catch (Exception ex) when (ex is HttpRequestException or OperationCanceledException or IOException)
+        {
+            return "";
+        }
+    }
+
+    private static async Task<string> ReadExcerptCoreAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    {
+        var buffer = new byte[ExcerptLength * 4];
+        await using var stream = await response.Content.ReadAsStreamAsync(cancellationToken);
+        var total = 0;
+        int read;
+        while (total < buffer.Length && (read = await stream.ReadAsync(buffer.AsMemory(total), cancellationToken)) > 0)
+        {
+            total += read;
+        }
+        var text = Encoding.UTF8.GetString(buffer, 0, total);
+        return text.Length > ExcerptLength ? text[..ExcerptLength] : text;
+    }
+}

@@ -1,0 +1,263 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Microsoft.Extensions.Options;
+using OpenTelemetry.Context.Propagation;
+using PortAzure.Diagnostics;
+using PortAzure.Dispatcher.Diagnostics;
+using PortAzure.Dispatcher.PortReporting;
+using PortAzure.Dispatcher.Retry;
+using PortAzure.Redis;
+using StackExchange.Redis;
+
+namespace PortAzure.Dispatcher.Delivery;
+
+/// <summary>
+/// One delivery attempt from start to recorded end: lease, state check, POST, classification, and the
+/// one atomic step that records the result and moves the delivery where it belongs next.
+/// </summary>
+internal sealed partial class DeliveryProcessor(
+    DeliveryStore store,
+    AzureWebhookClient client,
+    IOptionsMonitor<DispatcherOptions> options,
+    TimeProvider timeProvider,
+    DispatcherMetrics metrics,
+    PortReporter reporter,
+    ConsumerIdentity identity,
+    ILogger<DeliveryProcessor> logger)
+{
+    private static readonly TimeSpan[] FinishBackoff =
+        [TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(8)];
+
+    /// <param name="streamId">The stream entry's id, or null when the delivery came from the retry schedule.</param>
+    /// <param name="claimed">True when the entry was reclaimed from another (crashed) consumer.</param>
+    public async Task ProcessAsync(DeliveryEntry entry, string? streamId, bool claimed, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(entry);
+        var opts = options.CurrentValue;
+        var now = timeProvider.GetUtcNow();
+        var begin = await store.BeginAsync(entry, identity.Name, opts.LeaseDuration, claimed, now, TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds));
+        if (!begin.Leased)
+        {
+            // Another replica is posting it right now; it acknowledges the stream entry when done.
+            Log.LeaseHeld(logger, entry.DeliveryId);
+            return;
+        }
+
+        using var scope = logger.BeginScope(new Dictionary<string, object?>
+        {
+            ["DeliveryId"] = entry.DeliveryId,
+            ["RunId"] = entry.RunId,
+        });
+
+        if (begin.State is DeliveryStates.Delivered or DeliveryStates.DeadLettered)
+        {
+            Log.AlreadyFinished(logger, entry.DeliveryId, begin.State);
+            await FinishAsync(FinishMode.Skip, entry, streamId, now, null, null, []);
+            return;
+        }
+        if (claimed && begin.Claims > opts.MaxClaims)
+        {
+            var hint = $"The entry was reclaimed from stopped Dispatchers {begin.Claims} times; it is treated as poison. Replay it once the cause is found.";
+            await DeadLetterAsync(entry, streamId, now, begin.Attempts, "poison", hint, null, null);
+            return;
+        }
+        if (begin.PausedUntil is { } pausedUntil)
+        {
+            // The target is paused: wait for its probe without spending an attempt.
+            var due = pausedUntil + TimeSpan.FromMilliseconds(Random.Shared.Next(0, 1000));
+            await FinishAsync(FinishMode.Reschedule, entry, streamId, now, due, null,
+                [.. EntryFields(entry, DeliveryStates.Retrying, now), new(DeliveryRecord.NextAttemptAt, due.ToUnixTimeMilliseconds())]);
+            metrics.Paused();
+            return;
+        }
+
+        var attempt = begin.Attempts + 1;
+        var since = begin.Since ?? entry.ReceivedAt;
+        using var activity = StartAttemptActivity(entry, attempt, streamId);
+        var result = await client.PostAsync(entry, cancellationToken);
+        now = timeProvider.GetUtcNow();
+        metrics.Attempt(result);
+        activity?.SetTag("http.response.status_code", result.StatusCode);
+        activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, result.Outcome.ToString().ToLowerInvariant());
+        var attemptJson = AttemptJson(attempt, now, result);
+
+        switch (result.Outcome)
+        {
+            case AttemptOutcome.Delivered:
+                await FinishAsync(FinishMode.Delivered, entry, streamId, now, null, attemptJson,
+                [
+                    .. IdentityFields(entry),
+                    new(DeliveryRecord.State, DeliveryStates.Delivered),
+                    new(DeliveryRecord.Attempts, attempt),
+                    new(DeliveryRecord.LastStatus, result.StatusCode ?? 0),
+                    new(DeliveryRecord.DeliveredAt, now.ToUnixTimeMilliseconds()),
+                    new(DeliveryRecord.UpdatedAt, now.ToUnixTimeMilliseconds()),
+                ]);
+                metrics.Delivered(now - entry.ReceivedAt);
+                Log.Delivered(logger, entry.DeliveryId, entry.Org, entry.Webhook, result.StatusCode ?? 0, attempt);
+                reporter.Delivered(entry, result.StatusCode ?? 0);
+                break;
+
+            case AttemptOutcome.Transient:
+                var policy = new RetryPolicy(opts.Retry);
+                if (policy.NextAttemptAt(attempt, now, since, result.RetryAfter) is { } dueAt)
+                {
+                    activity?.SetStatus(ActivityStatusCode.Error, result.StatusClass);
+                    var failures = await FinishAsync(FinishMode.Retry, entry, streamId, now, dueAt, attemptJson,
+                    [
+                        .. EntryFields(entry, DeliveryStates.Retrying, now),
+                        new(DeliveryRecord.Attempts, attempt),
+                        new(DeliveryRecord.LastStatus, result.StatusCode ?? 0),
+                        new(DeliveryRecord.LastError, result.Error ?? ""),
+                        new(DeliveryRecord.NextAttemptAt, dueAt.ToUnixTimeMilliseconds()),
+                    ]);
+                    Log.RetryScheduled(logger, entry.DeliveryId, result.StatusClass, attempt, dueAt);
+                    if (failures == opts.TargetHealth.FailureThreshold)
+                    {
+                        Log.TargetPaused(logger, entry.Org, entry.Webhook, failures);
+                    }
+                }
+                else
+                {
+                    await DeadLetterAsync(entry, streamId, now, attempt, "retries_exhausted",
+                        OutcomeClassifier.Hint(result.StatusCode, result.Error), result, attemptJson);
+                }
+                break;
+
+            default:
+                await DeadLetterAsync(entry, streamId, now, attempt, "permanent_failure",
+                    OutcomeClassifier.Hint(result.StatusCode, result.Error), result, attemptJson);
+                break;
+        }
+        if (result.Outcome != AttemptOutcome.Delivered)
+        {
+            activity?.SetStatus(ActivityStatusCode.Error, result.StatusClass);
+        }
+    }
+
+    private async Task DeadLetterAsync(DeliveryEntry entry, string? streamId, DateTimeOffset now, int attempts, string reason, string hint, AttemptResult? result, string? attemptJson)
+    {
+        await FinishAsync(FinishMode.DeadLetter, entry, streamId, now, null, attemptJson,
+        [
+            .. EntryFields(entry, DeliveryStates.DeadLettered, now),
+            new(DeliveryRecord.Attempts, attempts),
+            new(DeliveryRecord.LastStatus, result?.StatusCode ?? 0),
+            new(DeliveryRecord.LastError, result?.Error ?? ""),
+            new(DeliveryRecord.Reason, reason),
+            new(DeliveryRecord.Hint, hint),
+            new(DeliveryRecord.DeadLetteredAt, now.ToUnixTimeMilliseconds()),
+        ]);
+        metrics.DeadLettered(reason);
+        Log.DeadLettered(logger, entry.DeliveryId, entry.Org, entry.Webhook, reason, result?.StatusCode ?? 0);
+        reporter.DeadLettered(entry, reason, hint);
+    }
+
+    /// <summary>
+    /// Records the end of an attempt. Retried while Redis is briefly away: once Azure has answered, giving
+    /// up here would let the entry be posted again after it is reclaimed.
+    /// </summary>
+    private async Task<long> FinishAsync(FinishMode mode, DeliveryEntry entry, string? streamId, DateTimeOffset now, DateTimeOffset? dueAt, string? attemptJson, IReadOnlyList<KeyValuePair<string, RedisValue>> fields)
+    {
+        var opts = options.CurrentValue;
+        var request = new DeliveryStore.FinishRequest(mode, entry, streamId, identity.Name, now, dueAt,
+            TimeSpan.FromHours(opts.DeliveredRetentionHours), attemptJson, opts.TargetHealth.FailureThreshold,
+            now + TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds), fields);
+        for (var i = 0; ; i++)
+        {
+            try
+            {
+                return await store.FinishAsync(request);
+            }
+            catch (Exception ex) when (ex is RedisException or TimeoutException && i < FinishBackoff.Length)
+            {
+                Log.FinishRetry(logger, ex, entry.DeliveryId, mode);
+                await Task.Delay(FinishBackoff[i], timeProvider);
+            }
+        }
+    }
+
+    private static Activity? StartAttemptActivity(DeliveryEntry entry, int attempt, string? streamId)
+    {
+        var parent = default(ActivityContext);
+        if (entry.TraceParent is not null)
+        {
+            var carrier = new Dictionary<string, string> { ["traceparent"] = entry.TraceParent };
+            if (entry.TraceState is not null)
+            {
+                carrier["tracestate"] = entry.TraceState;
+            }
+            parent = Propagators.DefaultTextMapPropagator.Extract(default, carrier,
+                static (c, key) => c.TryGetValue(key, out var value) ? [value] : []).ActivityContext;
+        }
+        var activity = PortAzureDiagnostics.ActivitySource.StartActivity($"process {RedisKeys.Stream}", ActivityKind.Consumer, parent);
+        if (activity is null)
+        {
+            return null;
+        }
+        activity.SetTag(PortAzureDiagnostics.Tags.MessagingSystem, PortAzureDiagnostics.RedisStreams);
+        activity.SetTag(PortAzureDiagnostics.Tags.MessagingDestination, RedisKeys.Stream);
+        activity.SetTag(PortAzureDiagnostics.Tags.MessagingOperationType, "process");
+        activity.SetTag(PortAzureDiagnostics.Tags.MessagingConsumerGroup, RedisKeys.ConsumerGroup);
+        activity.SetTag(PortAzureDiagnostics.Tags.MessagingMessageId, streamId ?? entry.DeliveryId);
+        activity.SetTag(PortAzureDiagnostics.Tags.DeliveryId, entry.DeliveryId);
+        activity.SetTag(PortAzureDiagnostics.Tags.RunId, entry.RunId);
+        activity.SetTag(PortAzureDiagnostics.Tags.Attempt, attempt);
+        activity.SetTag(PortAzureDiagnostics.Tags.Org, entry.Org);
+        activity.SetTag(PortAzureDiagnostics.Tags.Webhook, entry.Webhook);
+        return activity;
+    }
+
+    private static KeyValuePair<string, RedisValue>[] IdentityFields(DeliveryEntry entry) =>
+    [
+        new(DeliveryRecord.Org, entry.Org),
+        new(DeliveryRecord.Webhook, entry.Webhook),
+        new(DeliveryRecord.IdempotencyKey, entry.IdempotencyKey),
+        new(DeliveryRecord.RunId, entry.RunId ?? ""),
+        new(DeliveryRecord.ReceivedAt, entry.ReceivedAt.ToUnixTimeMilliseconds()),
+        new(DeliveryRecord.TraceParent, entry.TraceParent ?? ""),
+        new(DeliveryRecord.TraceState, entry.TraceState ?? ""),
+    ];
+
+    /// <summary>Everything needed to rebuild the entry once it leaves the stream, body included.</summary>
+    private static KeyValuePair<string, RedisValue>[] EntryFields(DeliveryEntry entry, string state, DateTimeOffset now) =>
+    [
+        .. IdentityFields(entry),
+        new(DeliveryRecord.Body, entry.Body),
+        new(DeliveryRecord.State, state),
+        new(DeliveryRecord.UpdatedAt, now.ToUnixTimeMilliseconds()),
+    ];
+
+    private string AttemptJson(int attempt, DateTimeOffset at, AttemptResult result) => JsonSerializer.Serialize(new AttemptRecord(
+        attempt, at, result.StatusCode, result.Outcome.ToString().ToLowerInvariant(), (long)result.Duration.TotalMilliseconds,
+        result.Excerpt, result.Error, identity.Name), AttemptRecord.JsonOptions);
+
+    private static partial class Log
+    {
+        [LoggerMessage(EventIds.Delivered, LogLevel.Information, "Delivered {DeliveryId} to {Org}/{Webhook}: {StatusCode} on attempt {Attempt}")]
+        public static partial void Delivered(ILogger logger, string deliveryId, string org, string webhook, int statusCode, int attempt);
+
+        [LoggerMessage(EventIds.RetryScheduled, LogLevel.Warning, "Delivery {DeliveryId} failed ({StatusClass}) on attempt {Attempt}; next attempt at {DueAt:o}")]
+        public static partial void RetryScheduled(ILogger logger, string deliveryId, string statusClass, int attempt, DateTimeOffset dueAt);
+
+        [LoggerMessage(EventIds.DeadLettered, LogLevel.Error, "Dead-lettered {DeliveryId} for {Org}/{Webhook}: {Reason} (last status {StatusCode})")]
+        public static partial void DeadLettered(ILogger logger, string deliveryId, string org, string webhook, string reason, int statusCode);
+
+        [LoggerMessage(EventIds.LeaseHeld, LogLevel.Debug, "Delivery {DeliveryId} is leased by another consumer; left to it")]
+        public static partial void LeaseHeld(ILogger logger, string deliveryId);
+
+        [LoggerMessage(EventIds.AlreadyFinished, LogLevel.Information, "Delivery {DeliveryId} is already {State}; this copy is dropped without posting")]
+        public static partial void AlreadyFinished(ILogger logger, string deliveryId, string state);
+
+        [LoggerMessage(EventIds.TargetPaused, LogLevel.Warning, "Target {Org}/{Webhook} paused after {Failures} transient failures in a row")]
+        public static partial void TargetPaused(ILogger logger, string org, string webhook, long failures);
+
+        [LoggerMessage(EventIds.FinishRetry, LogLevel.Warning, "Recording {Mode} for {DeliveryId} failed; retrying")]
+        public static partial void FinishRetry(ILogger logger, Exception exception, string deliveryId, FinishMode mode);
+    }
+}
+
+/// <summary>One attempt as kept in the delivery's attempt list and shown by the operator API.</summary>
+internal sealed record AttemptRecord(int Attempt, DateTimeOffset At, int? Status, string Outcome, long DurationMs, string Excerpt, string? Error, string Consumer)
+{
+    public static readonly JsonSerializerOptions JsonOptions = new(JsonSerializerDefaults.Web);
+}

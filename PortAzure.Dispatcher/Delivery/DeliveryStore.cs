@@ -1,0 +1,240 @@
+using System.Globalization;
+using PortAzure.Redis;
+using StackExchange.Redis;
+
+namespace PortAzure.Dispatcher.Delivery;
+
+/// <summary>What <see cref="DeliveryStore.BeginAsync"/> found before an attempt.</summary>
+internal readonly record struct BeginResult(bool Leased, string State, int Attempts, int Claims, DateTimeOffset? Since, DateTimeOffset? PausedUntil, bool IsProbe);
+
+/// <summary>How an attempt (or a decision not to attempt) ends.</summary>
+internal enum FinishMode
+{
+    /// <summary>2xx: recorded, acknowledged, body dropped, record kept for the retention period.</summary>
+    Delivered,
+
+    /// <summary>Transient failure: body kept in the record, id put into the retry schedule.</summary>
+    Retry,
+
+    /// <summary>Target paused: back into the schedule without spending an attempt.</summary>
+    Reschedule,
+
+    /// <summary>Permanent failure, budget spent, or poison: into the dead letters with a hint.</summary>
+    DeadLetter,
+
+    /// <summary>Already delivered or dead-lettered: drop this copy (stream entry or schedule slot).</summary>
+    Skip,
+}
+
+/// <summary>
+/// A delivery's state transitions in Redis. Each one is a Lua script, so that the record, the stream
+/// acknowledgement, the schedule and the dead letters never disagree: an entry leaves the stream only
+/// in the same step that puts it somewhere else.
+/// </summary>
+internal sealed class DeliveryStore(IConnectionMultiplexer redis)
+{
+    // KEYS: 1 record, 2 lease, 3 paused targets
+    // ARGV: 1 lease owner, 2 lease ms, 3 claimed (1/0), 4 target, 5 now ms, 6 probe interval ms
+    private const string BeginScript = """
+        if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+          return {0}
+        end
+        local r = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'since', 'at')
+        local claims = 0
+        if ARGV[3] == '1' then claims = redis.call('HINCRBY', KEYS[1], 'claims', 1) end
+        local paused = 0
+        local probe = 0
+        local probeAt = redis.call('HGET', KEYS[3], ARGV[4])
+        if probeAt then
+          if tonumber(probeAt) > tonumber(ARGV[5]) then
+            paused = probeAt
+          else
+            redis.call('HSET', KEYS[3], ARGV[4], tonumber(ARGV[5]) + tonumber(ARGV[6]))
+            probe = 1
+          end
+        end
+        return {1, r[1] or '', r[2] or '0', claims, r[3] or r[4] or '0', paused, probe}
+        """;
+
+    // KEYS: 1 record, 2 lease, 3 stream, 4 retry schedule, 5 dead letters, 6 attempts, 7 target failures, 8 paused targets
+    // ARGV: 1 mode, 2 stream id or '', 3 group, 4 delivery id, 5 lease owner, 6 now ms, 7 due ms, 8 target,
+    //       9 retention s, 10 attempt json or '', 11 pause threshold, 12 probe at ms, 13.. record field/value pairs
+    private const string FinishScript = """
+        local mode = ARGV[1]
+        if ARGV[2] ~= '' then
+          redis.call('XACK', KEYS[3], ARGV[3], ARGV[2])
+          redis.call('XDEL', KEYS[3], ARGV[2])
+        end
+        if ARGV[10] ~= '' then
+          redis.call('RPUSH', KEYS[6], ARGV[10])
+          redis.call('EXPIRE', KEYS[6], ARGV[9])
+        end
+        if #ARGV >= 13 then
+          local fields = {}
+          for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
+          redis.call('HSET', KEYS[1], unpack(fields))
+        end
+        local failures = 0
+        if mode == 'delivered' then
+          redis.call('HDEL', KEYS[1], 'body')
+          redis.call('ZREM', KEYS[4], ARGV[4])
+          redis.call('EXPIRE', KEYS[1], ARGV[9])
+          redis.call('HDEL', KEYS[7], ARGV[8])
+          redis.call('HDEL', KEYS[8], ARGV[8])
+        elseif mode == 'retry' then
+          redis.call('ZADD', KEYS[4], ARGV[7], ARGV[4])
+          failures = redis.call('HINCRBY', KEYS[7], ARGV[8], 1)
+          if failures >= tonumber(ARGV[11]) and redis.call('HEXISTS', KEYS[8], ARGV[8]) == 0 then
+            redis.call('HSET', KEYS[8], ARGV[8], ARGV[12])
+          end
+        elseif mode == 'reschedule' then
+          redis.call('ZADD', KEYS[4], ARGV[7], ARGV[4])
+        elseif mode == 'deadletter' then
+          redis.call('ZREM', KEYS[4], ARGV[4])
+          redis.call('ZADD', KEYS[5], ARGV[6], ARGV[4])
+        elseif mode == 'skip' then
+          redis.call('ZREM', KEYS[4], ARGV[4])
+        end
+        if redis.call('GET', KEYS[2]) == ARGV[5] then
+          redis.call('DEL', KEYS[2])
+        end
+        return failures
+        """;
+
+    // KEYS: 1 retry schedule. ARGV: 1 now ms, 2 lease-until ms, 3 count
+    // Moving the score forward is the claim: a replica that dies holding it lets it fall due again.
+    private const string ClaimDueScript = """
+        local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+        for _, id in ipairs(ids) do
+          redis.call('ZADD', KEYS[1], 'XX', ARGV[2], id)
+        end
+        return ids
+        """;
+
+    // KEYS: 1 dead letters, 2 record, 3 stream. ARGV: 1 delivery id, 2 now ms, 3 wake channel
+    private const string ReplayScript = """
+        if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
+          return false
+        end
+        local r = redis.call('HMGET', KEYS[2], 'org', 'webhook', 'body', 'key', 'run', 'at', 'traceparent', 'tracestate')
+        if not r[1] or not r[3] then
+          return false
+        end
+        local f = {'id', ARGV[1], 'org', r[1], 'webhook', r[2], 'body', r[3], 'key', r[4], 'at', r[6]}
+        if r[5] and r[5] ~= '' then f[#f + 1] = 'run'; f[#f + 1] = r[5] end
+        if r[7] and r[7] ~= '' then f[#f + 1] = 'traceparent'; f[#f + 1] = r[7] end
+        if r[8] and r[8] ~= '' then f[#f + 1] = 'tracestate'; f[#f + 1] = r[8] end
+        local sid = redis.call('XADD', KEYS[3], '*', unpack(f))
+        redis.call('HSET', KEYS[2], 'state', 'queued', 'attempts', 0, 'claims', 0, 'streamId', sid, 'updatedAt', ARGV[2], 'since', ARGV[2])
+        redis.call('HDEL', KEYS[2], 'body', 'hint', 'reason', 'nextAttemptAt', 'deadLetteredAt')
+        redis.call('HINCRBY', KEYS[2], 'replays', 1)
+        redis.call('PUBLISH', ARGV[3], sid)
+        return sid
+        """;
+
+    private IDatabase Db => redis.GetDatabase();
+
+    public async Task<BeginResult> BeginAsync(DeliveryEntry entry, string leaseOwner, TimeSpan lease, bool claimed, DateTimeOffset now, TimeSpan probeInterval)
+    {
+        var result = (RedisResult[])(await Db.ScriptEvaluateAsync(BeginScript,
+            [RedisKeys.Delivery(entry.DeliveryId), RedisKeys.Lease(entry.DeliveryId), RedisKeys.PausedTargets],
+            [leaseOwner, (long)lease.TotalMilliseconds, claimed ? 1 : 0, entry.Target, now.ToUnixTimeMilliseconds(), (long)probeInterval.TotalMilliseconds]))!;
+        if ((int)result[0] == 0)
+        {
+            return new BeginResult(false, "", 0, 0, null, null, false);
+        }
+        var since = (long)result[4];
+        var paused = (long)result[5];
+        return new BeginResult(
+            true,
+            (string)result[1]!,
+            (int)result[2],
+            (int)result[3],
+            since > 0 ? DateTimeOffset.FromUnixTimeMilliseconds(since) : null,
+            paused > 0 ? DateTimeOffset.FromUnixTimeMilliseconds(paused) : null,
+            (int)result[6] == 1);
+    }
+
+    public sealed record FinishRequest(
+        FinishMode Mode,
+        DeliveryEntry Entry,
+        string? StreamId,
+        string LeaseOwner,
+        DateTimeOffset Now,
+        DateTimeOffset? DueAt,
+        TimeSpan Retention,
+        string? AttemptJson,
+        int PauseThreshold,
+        DateTimeOffset PauseProbeAt,
+        IReadOnlyList<KeyValuePair<string, RedisValue>> Fields);
+
+    /// <returns>The target's consecutive transient failures after a retry; 0 otherwise.</returns>
+    public async Task<long> FinishAsync(FinishRequest request)
+    {
+        var entry = request.Entry;
+        var args = new List<RedisValue>(12 + (request.Fields.Count * 2))
+        {
+            request.Mode switch
+            {
+                FinishMode.Delivered => "delivered",
+                FinishMode.Retry => "retry",
+                FinishMode.Reschedule => "reschedule",
+                FinishMode.DeadLetter => "deadletter",
+                _ => "skip",
+            },
+            request.StreamId ?? "",
+            RedisKeys.ConsumerGroup,
+            entry.DeliveryId,
+            request.LeaseOwner,
+            request.Now.ToUnixTimeMilliseconds(),
+            request.DueAt?.ToUnixTimeMilliseconds() ?? 0,
+            entry.Target,
+            (long)request.Retention.TotalSeconds,
+            request.AttemptJson ?? "",
+            request.PauseThreshold,
+            request.PauseProbeAt.ToUnixTimeMilliseconds(),
+        };
+        foreach (var (name, value) in request.Fields)
+        {
+            args.Add(name);
+            args.Add(value);
+        }
+        var result = await Db.ScriptEvaluateAsync(FinishScript,
+            [
+                RedisKeys.Delivery(entry.DeliveryId), RedisKeys.Lease(entry.DeliveryId), RedisKeys.Stream, RedisKeys.RetrySchedule,
+                RedisKeys.DeadLetters, RedisKeys.Attempts(entry.DeliveryId), RedisKeys.TargetFailures, RedisKeys.PausedTargets,
+            ],
+            [.. args]);
+        return (long)result;
+    }
+
+    /// <summary>Claims up to <paramref name="count"/> due retries for <paramref name="lease"/>.</summary>
+    public async Task<string[]> ClaimDueRetriesAsync(DateTimeOffset now, TimeSpan lease, int count)
+    {
+        var result = await Db.ScriptEvaluateAsync(ClaimDueScript, [RedisKeys.RetrySchedule],
+            [now.ToUnixTimeMilliseconds(), (now + lease).ToUnixTimeMilliseconds(), count]);
+        return (string[])result!;
+    }
+
+    /// <summary>Rebuilds the entry of a scheduled retry from its record, or null when the record is gone.</summary>
+    public async Task<DeliveryEntry?> LoadEntryAsync(string deliveryId)
+    {
+        var fields = await Db.HashGetAllAsync(RedisKeys.Delivery(deliveryId));
+        return DeliveryEntry.FromFields(fields.Select(f => new KeyValuePair<RedisValue, RedisValue>(f.Name, f.Value))
+            .Append(new(DeliveryEntry.Fields.DeliveryId, deliveryId)));
+    }
+
+    /// <summary>Drops a schedule slot whose record has vanished (nothing left to deliver).</summary>
+    public Task RemoveFromScheduleAsync(string deliveryId) => Db.SortedSetRemoveAsync(RedisKeys.RetrySchedule, deliveryId);
+
+    /// <summary>Puts a dead letter back into the stream under the same delivery id; false when it is not a dead letter.</summary>
+    public async Task<string?> ReplayAsync(string deliveryId, DateTimeOffset now)
+    {
+        var result = await Db.ScriptEvaluateAsync(ReplayScript,
+            [RedisKeys.DeadLetters, RedisKeys.Delivery(deliveryId), RedisKeys.Stream],
+            [deliveryId, now.ToUnixTimeMilliseconds(), RedisKeys.WakeChannel]);
+        return result.IsNull ? null : (string?)result;
+    }
+
+    public static string FormatMs(DateTimeOffset time) => time.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture);
+}

@@ -1,0 +1,259 @@
+using System.Collections.Concurrent;
+using System.Threading.Channels;
+using Microsoft.Extensions.Options;
+using PortAzure.Dispatcher.Diagnostics;
+using PortAzure.Redis;
+using StackExchange.Redis;
+
+namespace PortAzure.Dispatcher.Delivery;
+
+/// <summary>
+/// Feeds the delivery slots: due retries first, then entries reclaimed from stopped consumers, then new
+/// stream entries. Woken by the Ingress's pub/sub message; polls slowly as a safety net.
+/// </summary>
+internal sealed partial class DeliveryWorker(
+    IConnectionMultiplexer redis,
+    DeliveryStore store,
+    DeliveryProcessor processor,
+    ConsumerIdentity identity,
+    IOptionsMonitor<DispatcherOptions> options,
+    TimeProvider timeProvider,
+    ILogger<DeliveryWorker> logger) : BackgroundService
+{
+    private static readonly TimeSpan MaxErrorBackoff = TimeSpan.FromSeconds(5);
+    private readonly Channel<bool> _wake = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
+    private readonly ConcurrentDictionary<Task, bool> _inFlight = new();
+    private readonly CancellationTokenSource _abandon = new();
+    private RedisValue _claimCursor = "0-0";
+    private DateTimeOffset _nextClaim;
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var opts = options.CurrentValue;
+        using var slots = new SemaphoreSlim(opts.MaxConcurrency, opts.MaxConcurrency);
+        Log.Started(logger, identity.Name, opts.MaxConcurrency);
+        var errorBackoff = TimeSpan.FromMilliseconds(100);
+        var groupReady = false;
+        var subscribed = false;
+
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                if (!groupReady)
+                {
+                    await EnsureGroupAsync();
+                    groupReady = true;
+                }
+                if (!subscribed)
+                {
+                    await redis.GetSubscriber().SubscribeAsync(RedisChannel.Literal(RedisKeys.WakeChannel), (_, _) => _wake.Writer.TryWrite(true));
+                    subscribed = true;
+                }
+
+                // Wait for a free slot; the read below asks for no more entries than there are slots.
+                await slots.WaitAsync(stoppingToken);
+                slots.Release();
+
+                var started = await FeedAsync(slots, stoppingToken);
+                errorBackoff = TimeSpan.FromMilliseconds(100);
+                if (started == 0)
+                {
+                    await WaitForWorkAsync(stoppingToken);
+                }
+            }
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+            {
+                break;
+            }
+            catch (RedisServerException ex) when (ex.Message.StartsWith("NOGROUP", StringComparison.Ordinal))
+            {
+                // Redis lost the group (restart without persistence, or the stream was deleted): make it again.
+                groupReady = false;
+                Log.RedisError(logger, ex, "consumer group missing; re-creating it");
+            }
+            catch (Exception ex) when (ex is RedisException or TimeoutException)
+            {
+                Log.RedisError(logger, ex, $"backing off {errorBackoff.TotalMilliseconds} ms");
+                await Delay(errorBackoff, stoppingToken);
+                errorBackoff = TimeSpan.FromTicks(Math.Min(errorBackoff.Ticks * 2, MaxErrorBackoff.Ticks));
+            }
+        }
+
+        await DrainAsync();
+    }
+
+    private async Task<int> FeedAsync(SemaphoreSlim slots, CancellationToken stoppingToken)
+    {
+        var opts = options.CurrentValue;
+        var started = 0;
+        var now = timeProvider.GetUtcNow();
+
+        var due = await store.ClaimDueRetriesAsync(now, opts.LeaseDuration, slots.CurrentCount);
+        foreach (var deliveryId in due)
+        {
+            var entry = await store.LoadEntryAsync(deliveryId);
+            if (entry is null)
+            {
+                Log.Malformed(logger, deliveryId);
+                await store.RemoveFromScheduleAsync(deliveryId);
+                continue;
+            }
+            await StartAsync(slots, entry, null, claimed: false, stoppingToken);
+            started++;
+        }
+
+        if (now >= _nextClaim && slots.CurrentCount > 0)
+        {
+            _nextClaim = now + TimeSpan.FromSeconds(opts.ClaimIntervalSeconds);
+            var claim = await redis.GetDatabase().StreamAutoClaimAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name,
+                (long)opts.LeaseDuration.TotalMilliseconds, _claimCursor, slots.CurrentCount);
+            _claimCursor = claim.NextStartId;
+            if (claim.ClaimedEntries.Length > 0)
+            {
+                Log.Claimed(logger, claim.ClaimedEntries.Length);
+            }
+            started += await StartEntriesAsync(slots, claim.ClaimedEntries, claimed: true, stoppingToken);
+        }
+
+        if (slots.CurrentCount > 0)
+        {
+            var entries = await redis.GetDatabase().StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name, ">", slots.CurrentCount);
+            started += await StartEntriesAsync(slots, entries, claimed: false, stoppingToken);
+        }
+        return started;
+    }
+
+    private async Task<int> StartEntriesAsync(SemaphoreSlim slots, StreamEntry[] entries, bool claimed, CancellationToken stoppingToken)
+    {
+        var started = 0;
+        foreach (var streamEntry in entries)
+        {
+            if (DeliveryEntry.FromStreamEntry(streamEntry) is not { } entry)
+            {
+                // Not written by the Ingress: nothing here can be delivered. Acknowledge so it stops coming back.
+                Log.Malformed(logger, streamEntry.Id.ToString());
+                await redis.GetDatabase().StreamAcknowledgeAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, streamEntry.Id);
+                continue;
+            }
+            await StartAsync(slots, entry, streamEntry.Id.ToString(), claimed, stoppingToken);
+            started++;
+        }
+        return started;
+    }
+
+    private async Task StartAsync(SemaphoreSlim slots, DeliveryEntry entry, string? streamId, bool claimed, CancellationToken stoppingToken)
+    {
+        // The slot is taken even during shutdown: the entry is already ours and must be handled or left pending.
+        await slots.WaitAsync(CancellationToken.None);
+        var task = Task.Run(async () =>
+        {
+            try
+            {
+                await processor.ProcessAsync(entry, streamId, claimed, _abandon.Token);
+            }
+            catch (Exception ex)
+            {
+                // Left as it is: a stream entry stays pending and is reclaimed; a retry's lease runs out.
+                Log.ProcessingFailed(logger, ex, entry.DeliveryId);
+            }
+            finally
+            {
+                slots.Release();
+            }
+        }, CancellationToken.None);
+        _inFlight.TryAdd(task, true);
+        _ = task.ContinueWith(t => _inFlight.TryRemove(t, out _), TaskScheduler.Default);
+        await Task.CompletedTask;
+        _ = stoppingToken;
+    }
+
+    private async Task WaitForWorkAsync(CancellationToken stoppingToken)
+    {
+        while (_wake.Reader.TryRead(out _))
+        {
+        }
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
+        timeout.CancelAfter(TimeSpan.FromSeconds(options.CurrentValue.PollIntervalSeconds));
+        try
+        {
+            await _wake.Reader.WaitToReadAsync(timeout.Token);
+        }
+        catch (OperationCanceledException) when (!stoppingToken.IsCancellationRequested)
+        {
+        }
+    }
+
+    private async Task EnsureGroupAsync()
+    {
+        try
+        {
+            // From "0": entries added before any Dispatcher ran (or while the group was missing) are read too.
+            await redis.GetDatabase().StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0", createStream: true);
+            Log.GroupCreated(logger, RedisKeys.ConsumerGroup);
+        }
+        catch (RedisServerException ex) when (ex.Message.StartsWith("BUSYGROUP", StringComparison.Ordinal))
+        {
+        }
+    }
+
+    /// <summary>Lets in-flight POSTs finish within the grace period; what is left stays pending for others.</summary>
+    private async Task DrainAsync()
+    {
+        var grace = TimeSpan.FromSeconds(options.CurrentValue.ShutdownGraceSeconds);
+        Log.ShuttingDown(logger, _inFlight.Count, grace.TotalSeconds);
+        try
+        {
+            await Task.WhenAll(_inFlight.Keys).WaitAsync(grace, timeProvider);
+        }
+        catch (TimeoutException)
+        {
+            Log.ShutdownAbandoned(logger, _inFlight.Count);
+            await _abandon.CancelAsync();
+        }
+    }
+
+    private async Task Delay(TimeSpan delay, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await Task.Delay(delay, timeProvider, cancellationToken);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+
+    public override void Dispose()
+    {
+        _abandon.Dispose();
+        base.Dispose();
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(EventIds.WorkerStarted, LogLevel.Information, "Dispatcher consumer {Consumer} started with {MaxConcurrency} delivery slots")]
+        public static partial void Started(ILogger logger, string consumer, int maxConcurrency);
+
+        [LoggerMessage(EventIds.GroupCreated, LogLevel.Information, "Consumer group {Group} created")]
+        public static partial void GroupCreated(ILogger logger, string group);
+
+        [LoggerMessage(EventIds.RedisError, LogLevel.Warning, "Redis error in the delivery loop: {Action}")]
+        public static partial void RedisError(ILogger logger, Exception exception, string action);
+
+        [LoggerMessage(EventIds.Claimed, LogLevel.Warning, "Reclaimed {Count} entries from stopped consumers")]
+        public static partial void Claimed(ILogger logger, int count);
+
+        [LoggerMessage(EventIds.MalformedEntry, LogLevel.Error, "Entry {Id} cannot be delivered: its fields or record are missing")]
+        public static partial void Malformed(ILogger logger, string id);
+
+        [LoggerMessage(EventIds.ProcessingFailed, LogLevel.Error, "Delivery {DeliveryId} failed unexpectedly; it stays pending and will be picked up again")]
+        public static partial void ProcessingFailed(ILogger logger, Exception exception, string deliveryId);
+
+        [LoggerMessage(EventIds.ShuttingDown, LogLevel.Information, "Stopping: waiting for {InFlight} in-flight deliveries up to {GraceSeconds} s")]
+        public static partial void ShuttingDown(ILogger logger, int inFlight, double graceSeconds);
+
+        [LoggerMessage(EventIds.ShutdownAbandoned, LogLevel.Warning, "Grace period over: {InFlight} deliveries abandoned; they stay pending for other Dispatchers")]
+        public static partial void ShutdownAbandoned(ILogger logger, int inFlight);
+    }
+}

@@ -1,0 +1,29 @@
+namespace PortAzure.Dispatcher.Diagnostics;
+
+/// <summary>The Dispatcher's log event ids, in one table.</summary>
+internal static class EventIds
+{
+    public const int Delivered = 2001;
+    public const int RetryScheduled = 2002;
+    public const int DeadLettered = 2003;
+    public const int LeaseHeld = 2004;
+    public const int AlreadyFinished = 2005;
+    public const int TargetPaused = 2006;
+    public const int FinishRetry = 2007;
+
+    public const int WorkerStarted = 2101;
+    public const int GroupCreated = 2102;
+    public const int RedisError = 2103;
+    public const int Claimed = 2104;
+    public const int MalformedEntry = 2105;
+    public const int ProcessingFailed = 2106;
+    public const int ShuttingDown = 2107;
+    public const int ShutdownAbandoned = 2108;
+
+    public const int ReportSent = 2201;
+    public const int ReportFailed = 2202;
+    public const int ReportDropped = 2203;
+
+    public const int OperatorApiRejected = 2301;
+    public const int Replayed = 2302;
+}

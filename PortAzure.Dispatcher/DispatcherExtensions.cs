@@ -1,0 +1,89 @@
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Http.Resilience;
+using Microsoft.Extensions.Options;
+using PortAzure.Dispatcher.Delivery;
+using PortAzure.Dispatcher.Diagnostics;
+using PortAzure.Dispatcher.PortReporting;
+using PortAzure.Security;
+using PortAzure.Targets;
+
+namespace PortAzure.Dispatcher;
+
+public static class DispatcherExtensions
+{
+    /// <summary>Registers the delivery workers, the Azure and Port clients, the operator API and their options.</summary>
+    public static WebApplicationBuilder AddDispatcherServices(this WebApplicationBuilder builder)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        var services = builder.Services;
+
+        builder.AddRedisClient(ResourceNames.Redis);
+
+        services.AddOptions<DispatcherOptions>().BindConfiguration(DispatcherOptions.SectionName).ValidateOnStart();
+        services.AddSingleton<IValidateOptions<DispatcherOptions>, DispatcherOptionsValidator>();
+        services.AddOptions<AzureDevOpsOptions>().BindConfiguration(AzureDevOpsOptions.SectionName).ValidateOnStart();
+        services.AddSingleton<IValidateOptions<AzureDevOpsOptions>, AzureDevOpsOptionsValidator>();
+        services.AddOptions<PortOptions>().BindConfiguration(PortOptions.SectionName).ValidateOnStart();
+        services.AddSingleton<IValidateOptions<PortOptions>, DispatcherPortOptionsValidator>();
+        services.AddOptions<AdminOptions>().BindConfiguration(AdminOptions.SectionName);
+
+        // The host waits for the delivery worker's grace period before it gives up on shutdown.
+        services.AddOptions<HostOptions>().Configure<IOptions<DispatcherOptions>>((host, dispatcher) =>
+            host.ShutdownTimeout = TimeSpan.FromSeconds(dispatcher.Value.ShutdownGraceSeconds + 5));
+
+        services.TryAddSingleton(TimeProvider.System);
+        services.AddProblemDetails();
+        services.AddOpenApi();
+
+        services.AddHttpClient(AzureWebhookClient.HttpClientName)
+            .ConfigurePrimaryHttpMessageHandler(() => new SocketsHttpHandler
+            {
+                // A redirect is a permanent failure to report, never a second POST somewhere else.
+                AllowAutoRedirect = false,
+                PooledConnectionLifetime = TimeSpan.FromMinutes(2),
+                ConnectTimeout = TimeSpan.FromSeconds(10),
+            })
+            .ConfigureHttpClient(client => client.Timeout = Timeout.InfiniteTimeSpan)
+            // No hidden retries: a repeated POST can start a second pipeline run. DeliveryProcessor decides.
+            .RemoveAllResilienceHandlers();
+        services.AddHttpClient(PortApiClient.HttpClientName)
+            .ConfigureHttpClient(client => client.Timeout = TimeSpan.FromSeconds(15))
+            // PortReportingService retries on its own schedule; a second layer would only multiply calls.
+            .RemoveAllResilienceHandlers();
+
+        services.AddSingleton<AzureWebhookClient>();
+        services.AddSingleton<PortApiClient>();
+        services.AddSingleton<ConsumerIdentity>();
+        services.AddSingleton<DeliveryStore>();
+        services.AddSingleton<DeliveryProcessor>();
+        services.AddSingleton<PortReporter>();
+        services.AddSingleton<DispatcherMetrics>();
+        services.AddSingleton<BacklogMonitor>();
+        services.AddHostedService(sp => sp.GetRequiredService<BacklogMonitor>());
+        services.AddHostedService<DeliveryWorker>();
+        services.AddHostedService<PortReportingService>();
+
+        services.AddHealthChecks().AddCheck<BacklogHealthCheck>("backlog");
+        return builder;
+    }
+}
+
+/// <summary>The Dispatcher signs with <c>Port:ClientSecret</c> unless every configured target has its own secret.</summary>
+internal sealed class DispatcherPortOptionsValidator(IOptions<AzureDevOpsOptions> azure) : IValidateOptions<PortOptions>
+{
+    public ValidateOptionsResult Validate(string? name, PortOptions options)
+    {
+        var targets = azure.Value.Targets;
+        var everyTargetHasSecret = targets.Count > 0 && targets.All(t => !string.IsNullOrEmpty(t.Secret));
+        var errors = new List<string>();
+        if (string.IsNullOrEmpty(options.ClientSecret) && !everyTargetHasSecret)
+        {
+            errors.Add("Port:ClientSecret is required (environment variable Port__ClientSecret): it signs the POSTs to Azure DevOps for targets without their own AzureDevOps:Targets:N:Secret.");
+        }
+        if (!options.ApiBaseUrl.IsAbsoluteUri)
+        {
+            errors.Add("Port:ApiBaseUrl must be an absolute URL.");
+        }
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+}

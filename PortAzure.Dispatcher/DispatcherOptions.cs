@@ -1,0 +1,104 @@
+using Microsoft.Extensions.Options;
+
+namespace PortAzure.Dispatcher;
+
+/// <summary>How the Dispatcher reads, posts and retries (<c>Dispatcher:*</c>).</summary>
+internal sealed class DispatcherOptions
+{
+    public const string SectionName = "Dispatcher";
+
+    /// <summary>Deliveries in flight at once in this instance.</summary>
+    public int MaxConcurrency { get; set; } = 16;
+
+    /// <summary>This instance's consumer name in the group; unique per process when not set.</summary>
+    public string? ConsumerName { get; set; }
+
+    /// <summary>Safety-net poll when no wake-up message arrives; also the retry schedule's resolution.</summary>
+    public double PollIntervalSeconds { get; set; } = 1;
+
+    /// <summary>One POST to Azure gives up after this long (a transient failure).</summary>
+    public double RequestTimeoutSeconds { get; set; } = 30;
+
+    /// <summary>Added to the request timeout for leases and for reclaiming a crashed consumer's entries.</summary>
+    public double ClaimMarginSeconds { get; set; } = 15;
+
+    public double ClaimIntervalSeconds { get; set; } = 5;
+
+    /// <summary>An entry reclaimed from crashed consumers more often than this is poison.</summary>
+    public int MaxClaims { get; set; } = 5;
+
+    /// <summary>On shutdown, how long in-flight POSTs may still take.</summary>
+    public double ShutdownGraceSeconds { get; set; } = 20;
+
+    /// <summary>How long a delivered delivery's record stays queryable.</summary>
+    public int DeliveredRetentionHours { get; set; } = 168;
+
+    /// <summary>/health reports Degraded when the oldest queued entry is older than this.</summary>
+    public double BacklogDegradedSeconds { get; set; } = 300;
+
+    public RetryOptions Retry { get; set; } = new();
+
+    public TargetHealthOptions TargetHealth { get; set; } = new();
+
+    public TimeSpan RequestTimeout => TimeSpan.FromSeconds(RequestTimeoutSeconds);
+
+    /// <summary>Leases and reclaims wait this long: a live POST always ends (times out) before it.</summary>
+    public TimeSpan LeaseDuration => TimeSpan.FromSeconds(RequestTimeoutSeconds + ClaimMarginSeconds);
+}
+
+internal sealed class RetryOptions
+{
+    public double InitialDelaySeconds { get; set; } = 1;
+    public double Multiplier { get; set; } = 2;
+    public double MaxDelaySeconds { get; set; } = 600;
+    public int MaxAttempts { get; set; } = 10;
+    public double MaxAgeHours { get; set; } = 24;
+
+    /// <summary>Each delay is spread by up to this fraction either way.</summary>
+    public double JitterFraction { get; set; } = 0.2;
+}
+
+internal sealed class TargetHealthOptions
+{
+    /// <summary>Consecutive transient failures of one target that pause it.</summary>
+    public int FailureThreshold { get; set; } = 20;
+
+    /// <summary>While paused, one delivery probes the target this often.</summary>
+    public double ProbeIntervalSeconds { get; set; } = 30;
+}
+
+internal sealed class DispatcherOptionsValidator : IValidateOptions<DispatcherOptions>
+{
+    public ValidateOptionsResult Validate(string? name, DispatcherOptions options)
+    {
+        var errors = new List<string>();
+        void Check(bool ok, string message)
+        {
+            if (!ok)
+            {
+                errors.Add(message);
+            }
+        }
+        Check(options.MaxConcurrency is >= 1 and <= 1024, "Dispatcher:MaxConcurrency must be between 1 and 1024.");
+        Check(options.PollIntervalSeconds is > 0 and <= 60, "Dispatcher:PollIntervalSeconds must be in (0, 60].");
+        Check(options.RequestTimeoutSeconds is > 0 and <= 300, "Dispatcher:RequestTimeoutSeconds must be in (0, 300].");
+        Check(options.ClaimMarginSeconds is >= 1 and <= 600, "Dispatcher:ClaimMarginSeconds must be between 1 and 600.");
+        Check(options.ClaimIntervalSeconds is > 0 and <= 600, "Dispatcher:ClaimIntervalSeconds must be in (0, 600].");
+        Check(options.MaxClaims is >= 1 and <= 100, "Dispatcher:MaxClaims must be between 1 and 100.");
+        Check(options.ShutdownGraceSeconds is >= 0 and <= 300, "Dispatcher:ShutdownGraceSeconds must be between 0 and 300.");
+        Check(options.DeliveredRetentionHours is >= 1, "Dispatcher:DeliveredRetentionHours must be at least 1.");
+        Check(options.BacklogDegradedSeconds > 0, "Dispatcher:BacklogDegradedSeconds must be positive.");
+        Check(options.ConsumerName is null || (options.ConsumerName.Length is > 0 and <= 200 && !options.ConsumerName.Any(char.IsWhiteSpace)),
+            "Dispatcher:ConsumerName must be 1 to 200 characters without spaces.");
+        var retry = options.Retry;
+        Check(retry.InitialDelaySeconds is > 0 and <= 3600, "Dispatcher:Retry:InitialDelaySeconds must be in (0, 3600].");
+        Check(retry.Multiplier is >= 1 and <= 10, "Dispatcher:Retry:Multiplier must be between 1 and 10.");
+        Check(retry.MaxDelaySeconds >= retry.InitialDelaySeconds, "Dispatcher:Retry:MaxDelaySeconds must be at least InitialDelaySeconds.");
+        Check(retry.MaxAttempts is >= 1 and <= 100, "Dispatcher:Retry:MaxAttempts must be between 1 and 100.");
+        Check(retry.MaxAgeHours > 0, "Dispatcher:Retry:MaxAgeHours must be positive.");
+        Check(retry.JitterFraction is >= 0 and < 1, "Dispatcher:Retry:JitterFraction must be in [0, 1).");
+        Check(options.TargetHealth.FailureThreshold >= 1, "Dispatcher:TargetHealth:FailureThreshold must be at least 1.");
+        Check(options.TargetHealth.ProbeIntervalSeconds > 0, "Dispatcher:TargetHealth:ProbeIntervalSeconds must be positive.");
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+}

@@ -1,0 +1,11 @@
+using PortAzure.Dispatcher;
+using PortAzure.Dispatcher.Api;
+
+var builder = WebApplication.CreateBuilder(args);
+builder.AddServiceDefaults();
+builder.AddDispatcherServices();
+
+var app = builder.Build();
+app.MapDefaultEndpoints();
+app.MapOperatorApi();
+app.Run();

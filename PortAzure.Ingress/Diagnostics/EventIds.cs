@@ -1,0 +1,11 @@
+namespace PortAzure.Ingress.Diagnostics;
+
+/// <summary>The Ingress's log event ids, in one table.</summary>
+internal static class EventIds
+{
+    public const int Accepted = 1001;
+    public const int Duplicate = 1002;
+    public const int Rejected = 1003;
+    public const int QueueUnavailable = 1004;
+    public const int OperatorApiRejected = 1101;
+}

@@ -1,0 +1,56 @@
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Options;
+using PortAzure.Ingress.Diagnostics;
+using PortAzure.Ingress.Edge;
+using PortAzure.Ingress.Queue;
+using PortAzure.Ingress.Webhooks;
+using PortAzure.Security;
+using PortAzure.Targets;
+
+namespace PortAzure.Ingress;
+
+public static class IngressExtensions
+{
+    public const string WebhookRoute = "/{org}/_apis/public/distributedtask/webhooks/{webhook}";
+
+    /// <summary>Registers the webhook edge, the queue, the operator API proxy and their options.</summary>
+    public static WebApplicationBuilder AddIngressServices(this WebApplicationBuilder builder)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+
+        builder.AddRedisClient(ResourceNames.Redis);
+
+        builder.Services.AddOptions<IngressOptions>().BindConfiguration(IngressOptions.SectionName).ValidateOnStart();
+        builder.Services.AddSingleton<IValidateOptions<IngressOptions>, IngressOptionsValidator>();
+        builder.Services.AddOptions<PortOptions>().BindConfiguration(PortOptions.SectionName).ValidateOnStart();
+        builder.Services.AddSingleton<IValidateOptions<PortOptions>, IngressPortOptionsValidator>();
+        builder.Services.AddOptions<AzureDevOpsOptions>().BindConfiguration(AzureDevOpsOptions.SectionName).ValidateOnStart();
+        builder.Services.AddSingleton<IValidateOptions<AzureDevOpsOptions>, AzureDevOpsOptionsValidator>();
+        builder.Services.AddOptions<AdminOptions>().BindConfiguration(AdminOptions.SectionName);
+
+        builder.Services.TryAddSingleton(TimeProvider.System);
+        builder.Services.AddProblemDetails();
+        builder.Services.AddSingleton<IngressMetrics>();
+        builder.Services.AddSingleton<RunQueue>();
+        builder.Services.AddSingleton<WebhookHandler>();
+
+        builder.Services.AddReverseProxy()
+            .LoadFromConfig(builder.Configuration.GetSection("ReverseProxy"))
+            .AddServiceDiscoveryDestinationResolver();
+        return builder;
+    }
+
+    /// <summary>Maps the webhook endpoint and the guarded operator API routes.</summary>
+    public static WebApplication MapIngress(this WebApplication app)
+    {
+        ArgumentNullException.ThrowIfNull(app);
+        app.UseExceptionHandler();
+        app.UseStatusCodePages();
+
+        app.MapPost(WebhookRoute, (HttpContext context, string org, string webhook, WebhookHandler handler) =>
+            handler.HandleAsync(context, org, webhook));
+
+        app.MapReverseProxy(proxy => proxy.UseOperatorApiKey());
+        return app;
+    }
+}

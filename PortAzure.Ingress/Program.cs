@@ -1,0 +1,10 @@
+using PortAzure.Ingress;
+
+var builder = WebApplication.CreateBuilder(args);
+builder.AddServiceDefaults();
+builder.AddIngressServices();
+
+var app = builder.Build();
+app.MapDefaultEndpoints();
+app.MapIngress();
+app.Run();

@@ -1,0 +1,65 @@
+using Microsoft.Extensions.Options;
+using PortAzure.Security;
+
+namespace PortAzure.Ingress.Webhooks;
+
+/// <summary>The webhook edge's rules (<c>Ingress:*</c>).</summary>
+internal sealed class IngressOptions
+{
+    public const string SectionName = "Ingress";
+
+    /// <summary>How far <c>X-Port-Timestamp</c> may be from our clock, either way.</summary>
+    public int TimestampToleranceSeconds { get; set; } = 300;
+
+    public long MaxBodyBytes { get; set; } = 1024 * 1024;
+
+    /// <summary>Accept Port's older body-only HMAC-SHA1 signature (no timestamp, so no replay window).</summary>
+    public bool AllowLegacySha1Signature { get; set; }
+
+    /// <summary>How long an accepted idempotency key is remembered.</summary>
+    public int IdempotencyWindowHours { get; set; } = 168;
+
+    /// <summary>Nesting limit when the body is parsed to find the run id.</summary>
+    public int MaxJsonDepth { get; set; } = 64;
+
+    /// <summary>Longest accepted run id or <c>Idempotency-Key</c>.</summary>
+    public int MaxRunIdLength { get; set; } = 200;
+}
+
+internal sealed class IngressOptionsValidator : IValidateOptions<IngressOptions>
+{
+    public ValidateOptionsResult Validate(string? name, IngressOptions options)
+    {
+        var errors = new List<string>();
+        if (options.TimestampToleranceSeconds is < 1 or > 86_400)
+        {
+            errors.Add("Ingress:TimestampToleranceSeconds must be between 1 and 86400.");
+        }
+        if (options.MaxBodyBytes is < 2 or > 64 * 1024 * 1024)
+        {
+            errors.Add("Ingress:MaxBodyBytes must be between 2 and 67108864.");
+        }
+        if (options.IdempotencyWindowHours is < 1 or > 24 * 90)
+        {
+            errors.Add("Ingress:IdempotencyWindowHours must be between 1 and 2160.");
+        }
+        if (options.MaxJsonDepth is < 2 or > 1000)
+        {
+            errors.Add("Ingress:MaxJsonDepth must be between 2 and 1000.");
+        }
+        if (options.MaxRunIdLength is < 8 or > 1024)
+        {
+            errors.Add("Ingress:MaxRunIdLength must be between 8 and 1024.");
+        }
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+}
+
+/// <summary>The Ingress cannot verify anything without Port's client secret.</summary>
+internal sealed class IngressPortOptionsValidator : IValidateOptions<PortOptions>
+{
+    public ValidateOptionsResult Validate(string? name, PortOptions options) =>
+        string.IsNullOrEmpty(options.ClientSecret)
+            ? ValidateOptionsResult.Fail("Port:ClientSecret is required (environment variable Port__ClientSecret): it verifies Port's signatures.")
+            : ValidateOptionsResult.Success;
+}

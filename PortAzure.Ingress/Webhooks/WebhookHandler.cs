@@ -1,0 +1,317 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Microsoft.Extensions.Options;
+using Microsoft.Net.Http.Headers;
+using OpenTelemetry;
+using OpenTelemetry.Context.Propagation;
+using PortAzure.Diagnostics;
+using PortAzure.Ingress.Diagnostics;
+using PortAzure.Ingress.Queue;
+using PortAzure.Redis;
+using PortAzure.Security;
+using PortAzure.Signing;
+using PortAzure.Targets;
+using StackExchange.Redis;
+
+namespace PortAzure.Ingress.Webhooks;
+
+/// <summary>
+/// Accepts a Port call on Azure's own webhook path: checks the target, the body and Port's signature,
+/// then hands the run to the stream. Answers 202 only once Redis holds the entry.
+/// </summary>
+internal sealed partial class WebhookHandler(
+    IOptionsMonitor<IngressOptions> ingressOptions,
+    IOptionsMonitor<PortOptions> portOptions,
+    IOptionsMonitor<AzureDevOpsOptions> azureOptions,
+    RunQueue queue,
+    TimeProvider timeProvider,
+    IngressMetrics metrics,
+    ILogger<WebhookHandler> logger)
+{
+    public const string IdempotencyKeyHeader = "Idempotency-Key";
+    private static readonly TimeSpan RedisRetryAfter = TimeSpan.FromSeconds(5);
+
+    public async Task<IResult> HandleAsync(HttpContext context, string org, string webhook)
+    {
+        var options = ingressOptions.CurrentValue;
+        var request = context.Request;
+
+        if (!TargetNames.IsValidOrg(org))
+        {
+            return Reject(StatusCodes.Status400BadRequest, RejectionReasons.InvalidOrg,
+                "The organisation name may hold only letters, digits and inner hyphens (at most 50).");
+        }
+        if (!TargetNames.IsValidWebhook(webhook))
+        {
+            return Reject(StatusCodes.Status400BadRequest, RejectionReasons.InvalidWebhook,
+                "The webhook name may hold only letters, digits, '-' and '_' (at most 100).");
+        }
+        if (!IsJson(request.ContentType))
+        {
+            return Reject(StatusCodes.Status415UnsupportedMediaType, RejectionReasons.UnsupportedMediaType,
+                "Send the run as 'Content-Type: application/json'.");
+        }
+        if (request.ContentLength > options.MaxBodyBytes)
+        {
+            return TooLarge(options);
+        }
+
+        var body = await ReadBodyAsync(request, options.MaxBodyBytes, context.RequestAborted);
+        if (body is null)
+        {
+            return TooLarge(options);
+        }
+
+        if (CheckSignature(request, body, options) is { } signatureProblem)
+        {
+            return signatureProblem;
+        }
+
+        if (!azureOptions.CurrentValue.IsAllowed(org, webhook))
+        {
+            return Reject(StatusCodes.Status404NotFound, RejectionReasons.UnknownTarget,
+                "This organisation and webhook are not in the relay's AzureDevOps:Targets list.");
+        }
+
+        if (body.Length == 0)
+        {
+            return Reject(StatusCodes.Status400BadRequest, RejectionReasons.BodyEmpty, "The body is empty; send the run as a JSON object.");
+        }
+
+        string? runId;
+        try
+        {
+            using var document = JsonDocument.Parse(body, new JsonDocumentOptions
+            {
+                MaxDepth = options.MaxJsonDepth,
+                // Two values for one key would let us and Azure read different run ids.
+                AllowDuplicateProperties = false,
+            });
+            if (document.RootElement.ValueKind != JsonValueKind.Object)
+            {
+                return Reject(StatusCodes.Status400BadRequest, RejectionReasons.BodyNotObject,
+                    $"The body must be a JSON object, not {document.RootElement.ValueKind.ToString().ToLowerInvariant()}.");
+            }
+            runId = RunIdExtractor.Find(document.RootElement);
+        }
+        catch (JsonException ex)
+        {
+            // The message names the position and the rule broken, never the content.
+            return Reject(StatusCodes.Status400BadRequest, RejectionReasons.BodyInvalidJson, "The body is not valid JSON: " + ex.Message);
+        }
+
+        if (runId is not null && !RunIdExtractor.IsAcceptable(runId, options.MaxRunIdLength))
+        {
+            return Reject(StatusCodes.Status400BadRequest, RejectionReasons.RunIdInvalid,
+                $"The run id must be 1 to {options.MaxRunIdLength} printable ASCII characters without spaces.");
+        }
+        string? explicitKey = null;
+        if (request.Headers.TryGetValue(IdempotencyKeyHeader, out var keyHeader))
+        {
+            explicitKey = keyHeader.Count == 1 ? keyHeader[0] : null;
+            if (explicitKey is null || !RunIdExtractor.IsAcceptable(explicitKey, options.MaxRunIdLength))
+            {
+                return Reject(StatusCodes.Status400BadRequest, RejectionReasons.RunIdInvalid,
+                    $"The Idempotency-Key header must be one value of 1 to {options.MaxRunIdLength} printable ASCII characters without spaces.");
+            }
+        }
+        var idempotencyKey = explicitKey ?? runId ?? "sha256:" + Convert.ToHexStringLower(SHA256.HashData(body));
+
+        return await EnqueueAsync(context, org, webhook, body, runId, idempotencyKey, options);
+    }
+
+    private async Task<IResult> EnqueueAsync(HttpContext context, string org, string webhook, byte[] body, string? runId, string idempotencyKey, IngressOptions options)
+    {
+        var deliveryId = NewDeliveryId();
+        using var activity = PortAzureDiagnostics.ActivitySource.StartActivity($"send {RedisKeys.Stream}", ActivityKind.Producer);
+        activity?.SetTag(PortAzureDiagnostics.Tags.MessagingSystem, PortAzureDiagnostics.RedisStreams);
+        activity?.SetTag(PortAzureDiagnostics.Tags.MessagingDestination, RedisKeys.Stream);
+        activity?.SetTag(PortAzureDiagnostics.Tags.MessagingOperationType, "send");
+        activity?.SetTag(PortAzureDiagnostics.Tags.MessagingMessageId, deliveryId);
+        activity?.SetTag(PortAzureDiagnostics.Tags.DeliveryId, deliveryId);
+        activity?.SetTag(PortAzureDiagnostics.Tags.RunId, runId);
+        activity?.SetTag(PortAzureDiagnostics.Tags.Org, org);
+        activity?.SetTag(PortAzureDiagnostics.Tags.Webhook, webhook);
+
+        var (traceParent, traceState) = CaptureTraceContext(activity ?? Activity.Current);
+        var entry = new DeliveryEntry(deliveryId, org, webhook, body, idempotencyKey, runId, timeProvider.GetUtcNow(), traceParent, traceState);
+
+        EnqueueResult result;
+        try
+        {
+            result = await queue.EnqueueAsync(entry, TimeSpan.FromHours(options.IdempotencyWindowHours));
+        }
+        catch (Exception ex) when (ex is RedisException or TimeoutException or ObjectDisposedException)
+        {
+            activity?.SetStatus(ActivityStatusCode.Error, "queue unavailable");
+            Log.QueueUnavailable(logger, ex, org, webhook);
+            return Reject(StatusCodes.Status503ServiceUnavailable, RejectionReasons.RedisUnavailable,
+                "The run could not be queued; nothing was accepted. Retry later.", RedisRetryAfter);
+        }
+
+        var location = $"/api/deliveries/{result.DeliveryId}";
+        context.Response.Headers.Location = location;
+        if (!result.Accepted)
+        {
+            activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, "duplicate");
+            activity?.SetTag(PortAzureDiagnostics.Tags.DeliveryId, result.DeliveryId);
+            metrics.Duplicate();
+            Log.Duplicate(logger, result.DeliveryId, runId, org, webhook);
+            return TypedResults.Ok(new WebhookAccepted(result.DeliveryId, runId, "duplicate", Duplicate: true));
+        }
+        activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, "accepted");
+        metrics.Accepted();
+        Log.Accepted(logger, deliveryId, runId, org, webhook);
+        return TypedResults.Json(new WebhookAccepted(deliveryId, runId, "queued", Duplicate: null), statusCode: StatusCodes.Status202Accepted);
+    }
+
+    private IResult? CheckSignature(HttpRequest request, byte[] body, IngressOptions options)
+    {
+        var signature = request.Headers[PortSignature.SignatureHeader].ToString();
+        var timestampHeader = request.Headers[PortSignature.TimestampHeader].ToString();
+        var secrets = portOptions.CurrentValue.VerificationSecrets();
+        if (string.IsNullOrWhiteSpace(signature))
+        {
+            return Reject(StatusCodes.Status401Unauthorized, RejectionReasons.SignatureMissing,
+                $"The {PortSignature.SignatureHeader} header is missing.");
+        }
+
+        if (PortSignature.HasV1Signature(signature) || !string.IsNullOrEmpty(timestampHeader))
+        {
+            if (string.IsNullOrEmpty(timestampHeader))
+            {
+                return Reject(StatusCodes.Status401Unauthorized, RejectionReasons.TimestampMissing,
+                    $"A v1 signature needs the {PortSignature.TimestampHeader} header.");
+            }
+            if (!PortSignature.TryParseTimestamp(timestampHeader, out var timestamp))
+            {
+                return Reject(StatusCodes.Status401Unauthorized, RejectionReasons.TimestampInvalid,
+                    $"{PortSignature.TimestampHeader} must be Unix seconds in decimal digits.");
+            }
+            var skew = timeProvider.GetUtcNow() - timestamp;
+            var tolerance = TimeSpan.FromSeconds(options.TimestampToleranceSeconds);
+            if (skew > tolerance)
+            {
+                return Reject(StatusCodes.Status401Unauthorized, RejectionReasons.TimestampTooOld,
+                    $"The timestamp is older than the {options.TimestampToleranceSeconds} s tolerance (a replay, or a clock out of sync).");
+            }
+            if (-skew > tolerance)
+            {
+                return Reject(StatusCodes.Status401Unauthorized, RejectionReasons.TimestampInFuture,
+                    $"The timestamp is more than {options.TimestampToleranceSeconds} s ahead of the relay's clock.");
+            }
+            if (!PortSignature.HasV1Signature(signature))
+            {
+                return Reject(StatusCodes.Status401Unauthorized, RejectionReasons.SignatureVersionUnsupported,
+                    $"{PortSignature.SignatureHeader} must carry a 'v1,<base64>' signature.");
+            }
+            return PortSignature.VerifyV1(signature, timestampHeader, body, secrets)
+                ? null
+                : Reject(StatusCodes.Status401Unauthorized, RejectionReasons.SignatureInvalid,
+                    "The signature does not match the body under the configured Port client secret.");
+        }
+
+        if (!options.AllowLegacySha1Signature)
+        {
+            return Reject(StatusCodes.Status401Unauthorized, RejectionReasons.SignatureVersionUnsupported,
+                $"Only 'v1,<base64>' signatures with {PortSignature.TimestampHeader} are accepted (Ingress:AllowLegacySha1Signature is off).");
+        }
+        return PortSignature.VerifyLegacySha1(signature, body, secrets)
+            ? null
+            : Reject(StatusCodes.Status401Unauthorized, RejectionReasons.SignatureInvalid,
+                "The legacy SHA-1 signature does not match the body under the configured Port client secret.");
+    }
+
+    private IResult Reject(int status, string reason, string detail, TimeSpan? retryAfter = null)
+    {
+        metrics.Rejected(reason);
+        Activity.Current?.SetTag(PortAzureDiagnostics.Tags.Outcome, "rejected");
+        Activity.Current?.SetTag(PortAzureDiagnostics.Tags.Reason, reason);
+        Log.Rejected(logger, status, reason);
+        return Problems.Create(status, reason, detail, retryAfter);
+    }
+
+    private IResult TooLarge(IngressOptions options) =>
+        Reject(StatusCodes.Status413PayloadTooLarge, RejectionReasons.BodyTooLarge, $"The body is larger than {options.MaxBodyBytes} bytes (Ingress:MaxBodyBytes).");
+
+    private static bool IsJson(string? contentType)
+    {
+        if (!MediaTypeHeaderValue.TryParse(contentType, out var mediaType) || mediaType.MediaType.Value is not { } type)
+        {
+            return false;
+        }
+        return type.Equals("application/json", StringComparison.OrdinalIgnoreCase) ||
+               (type.StartsWith("application/", StringComparison.OrdinalIgnoreCase) && type.EndsWith("+json", StringComparison.OrdinalIgnoreCase));
+    }
+
+    /// <summary>Reads at most <paramref name="limit"/> bytes; <see langword="null"/> when the body is longer.</summary>
+    private static async Task<byte[]?> ReadBodyAsync(HttpRequest request, long limit, CancellationToken cancellationToken)
+    {
+        if (request.ContentLength is { } length)
+        {
+            var exact = new byte[length];
+            await request.Body.ReadExactlyAsync(exact, cancellationToken);
+            return exact;
+        }
+        // Chunked: read until the end or one byte past the limit, whichever comes first.
+        using var buffer = new MemoryStream();
+        var chunk = new byte[16 * 1024];
+        int read;
+        while ((read = await request.Body.ReadAsync(chunk, cancellationToken)) > 0)
+        {
+            if (buffer.Length + read > limit)
+            {
+                return null;
+            }
+            buffer.Write(chunk, 0, read);
+        }
+        return buffer.ToArray();
+    }
+
+    private static (string? TraceParent, string? TraceState) CaptureTraceContext(Activity? activity)
+    {
+        if (activity is null)
+        {
+            return (null, null);
+        }
+        string? traceParent = null, traceState = null;
+        Propagators.DefaultTextMapPropagator.Inject(new PropagationContext(activity.Context, Baggage.Current), (object?)null, (_, key, value) =>
+        {
+            if (key == "traceparent")
+            {
+                traceParent = value;
+            }
+            else if (key == "tracestate")
+            {
+                traceState = value;
+            }
+        });
+        return (traceParent ?? activity.Id, traceState ?? activity.TraceStateString);
+    }
+
+    /// <summary>Time-ordered, so ids sort as the runs arrived; 32 hex digits.</summary>
+    private static string NewDeliveryId() => "d_" + Guid.CreateVersion7().ToString("N");
+
+    private static partial class Log
+    {
+        [LoggerMessage(EventIds.Accepted, LogLevel.Information, "Accepted run {RunId} for {Org}/{Webhook} as delivery {DeliveryId}")]
+        public static partial void Accepted(ILogger logger, string deliveryId, string? runId, string org, string webhook);
+
+        [LoggerMessage(EventIds.Duplicate, LogLevel.Information, "Run {RunId} for {Org}/{Webhook} was already accepted as delivery {DeliveryId}")]
+        public static partial void Duplicate(ILogger logger, string deliveryId, string? runId, string org, string webhook);
+
+        [LoggerMessage(EventIds.Rejected, LogLevel.Information, "Rejected a webhook call with {Status}: {Reason}")]
+        public static partial void Rejected(ILogger logger, int status, string reason);
+
+        [LoggerMessage(EventIds.QueueUnavailable, LogLevel.Error, "Could not queue a run for {Org}/{Webhook}: Redis is unavailable")]
+        public static partial void QueueUnavailable(ILogger logger, Exception exception, string org, string webhook);
+    }
+}
+
+internal sealed record WebhookAccepted(
+    string DeliveryId,
+    string? RunId,
+    string Status,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] bool? Duplicate);

@@ -1,0 +1,95 @@
+using StackExchange.Redis;
+
+namespace PortAzure.Redis;
+
+/// <summary>
+/// One accepted run as it travels through the stream: the exact bytes Port sent, where they go,
+/// and the W3C trace context of the request that accepted them.
+/// </summary>
+public sealed record DeliveryEntry(
+    string DeliveryId,
+    string Org,
+    string Webhook,
+    ReadOnlyMemory<byte> Body,
+    string IdempotencyKey,
+    string? RunId,
+    DateTimeOffset ReceivedAt,
+    string? TraceParent,
+    string? TraceState)
+{
+    public static class Fields
+    {
+        public const string DeliveryId = "id";
+        public const string Org = "org";
+        public const string Webhook = "webhook";
+        public const string Body = "body";
+        public const string IdempotencyKey = "key";
+        public const string RunId = "run";
+        public const string ReceivedAt = "at";
+        public const string TraceParent = "traceparent";
+        public const string TraceState = "tracestate";
+    }
+
+    public string Target => $"{Org}/{Webhook}";
+
+    public NameValueEntry[] ToStreamFields()
+    {
+        var fields = new List<NameValueEntry>(9)
+        {
+            new(Fields.DeliveryId, DeliveryId),
+            new(Fields.Org, Org),
+            new(Fields.Webhook, Webhook),
+            new(Fields.Body, Body),
+            new(Fields.IdempotencyKey, IdempotencyKey),
+            new(Fields.ReceivedAt, ReceivedAt.ToUnixTimeMilliseconds()),
+        };
+        if (RunId is not null)
+        {
+            fields.Add(new(Fields.RunId, RunId));
+        }
+        if (TraceParent is not null)
+        {
+            fields.Add(new(Fields.TraceParent, TraceParent));
+        }
+        if (!string.IsNullOrEmpty(TraceState))
+        {
+            fields.Add(new(Fields.TraceState, TraceState));
+        }
+        return [.. fields];
+    }
+
+    /// <summary>Reads an entry from stream fields or from a delivery record's hash fields.</summary>
+    /// <returns><see langword="null"/> when a required field is missing (a foreign or damaged entry).</returns>
+    public static DeliveryEntry? FromFields(IEnumerable<KeyValuePair<RedisValue, RedisValue>> fields)
+    {
+        ArgumentNullException.ThrowIfNull(fields);
+        string? id = null, org = null, webhook = null, key = null, run = null, tp = null, ts = null;
+        byte[]? body = null;
+        long at = 0;
+        foreach (var (name, value) in fields)
+        {
+            switch ((string?)name)
+            {
+                case Fields.DeliveryId: id = value; break;
+                case Fields.Org: org = value; break;
+                case Fields.Webhook: webhook = value; break;
+                case Fields.Body: body = value; break;
+                case Fields.IdempotencyKey: key = value; break;
+                case Fields.RunId: run = value; break;
+                case Fields.ReceivedAt: at = (long)value; break;
+                case Fields.TraceParent: tp = value; break;
+                case Fields.TraceState: ts = value; break;
+                default: break;
+            }
+        }
+        if (id is null || org is null || webhook is null || body is null || key is null)
+        {
+            return null;
+        }
+        return new DeliveryEntry(id, org, webhook, body, key, string.IsNullOrEmpty(run) ? null : run,
+            DateTimeOffset.FromUnixTimeMilliseconds(at), tp, ts);
+    }
+
+    public static DeliveryEntry? FromStreamEntry(StreamEntry entry) =>
+        entry.IsNull ? null : FromFields(entry.Values.Select(v => new KeyValuePair<RedisValue, RedisValue>(v.Name, v.Value)));
+}

@@ -1,0 +1,33 @@
+namespace PortAzure.Redis;
+
+/// <summary>Field names of a delivery's state record (a hash at <see cref="RedisKeys.Delivery"/>).</summary>
+public static class DeliveryRecord
+{
+    public const string State = "state";
+    // Shared with the stream entry's fields, so a record rebuilds the entry for a retry.
+    public const string Org = DeliveryEntry.Fields.Org;
+    public const string Webhook = DeliveryEntry.Fields.Webhook;
+    public const string RunId = DeliveryEntry.Fields.RunId;
+    public const string IdempotencyKey = DeliveryEntry.Fields.IdempotencyKey;
+    public const string ReceivedAt = DeliveryEntry.Fields.ReceivedAt;
+    public const string UpdatedAt = "updatedAt";
+    public const string DeliveredAt = "deliveredAt";
+    public const string Attempts = "attempts";
+    public const string LastStatus = "lastStatus";
+    public const string LastError = "lastError";
+    public const string NextAttemptAt = "nextAttemptAt";
+    public const string TraceParent = DeliveryEntry.Fields.TraceParent;
+    public const string TraceState = DeliveryEntry.Fields.TraceState;
+    public const string StreamId = "streamId";
+    public const string Claims = "claims";
+    public const string Hint = "hint";
+    public const string Reason = "reason";
+    public const string DeadLetteredAt = "deadLetteredAt";
+    public const string Replays = "replays";
+
+    /// <summary>Start of the current delivery cycle (receipt, or the last replay): the retry age counts from it.</summary>
+    public const string Since = "since";
+
+    /// <summary>Only kept while the delivery waits in the retry schedule or the dead letters.</summary>
+    public const string Body = DeliveryEntry.Fields.Body;
+}

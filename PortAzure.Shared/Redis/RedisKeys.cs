@@ -1,0 +1,41 @@
+namespace PortAzure.Redis;
+
+/// <summary>
+/// Every Redis key the relay uses. All keys share the hash tag <c>{portazure}</c> so that the
+/// Lua scripts that touch several of them stay valid on Redis Cluster (one slot).
+/// </summary>
+public static class RedisKeys
+{
+    public const string Prefix = "{portazure}:";
+
+    /// <summary>The stream of accepted runs waiting for delivery.</summary>
+    public const string Stream = Prefix + "runs";
+
+    /// <summary>The consumer group the Dispatchers read <see cref="Stream"/> through.</summary>
+    public const string ConsumerGroup = "dispatchers";
+
+    /// <summary>Pub/sub channel the Ingress publishes on with each entry to wake the Dispatchers.</summary>
+    public const string WakeChannel = Prefix + "wake";
+
+    /// <summary>Sorted set of delivery ids waiting for a retry, scored by due time (Unix ms).</summary>
+    public const string RetrySchedule = Prefix + "retries";
+
+    /// <summary>Sorted set of dead-lettered delivery ids, scored by dead-letter time (Unix ms).</summary>
+    public const string DeadLetters = Prefix + "deadletters";
+
+    /// <summary>Hash of paused targets (<c>org/webhook</c> to resume-probe time, Unix ms).</summary>
+    public const string PausedTargets = Prefix + "paused";
+
+    /// <summary>Hash of consecutive transient failures per target.</summary>
+    public const string TargetFailures = Prefix + "target-failures";
+
+    public static string Idempotency(string org, string webhook, string key) => $"{Prefix}idem:{org}/{webhook}/{key}";
+
+    public static string Delivery(string deliveryId) => $"{Prefix}delivery:{deliveryId}";
+
+    public static string Attempts(string deliveryId) => $"{Prefix}attempts:{deliveryId}";
+
+    public static string Lease(string deliveryId) => $"{Prefix}lease:{deliveryId}";
+
+    public static string RunIndex(string runId) => $"{Prefix}run:{runId}";
+}

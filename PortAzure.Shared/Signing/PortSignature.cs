@@ -1,0 +1,125 @@
+using System.Buffers;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+
+namespace PortAzure.Signing;
+
+/// <summary>
+/// Port's webhook signatures. Current scheme ("v1"): HMAC-SHA256 over <c>"{timestamp}." + body</c>,
+/// Base64, sent as <c>v1,&lt;base64&gt;</c>. Legacy scheme: HMAC-SHA1 of the body, hex.
+/// </summary>
+public static class PortSignature
+{
+    public const string TimestampHeader = "X-Port-Timestamp";
+    public const string SignatureHeader = "X-Port-Signature";
+    public const string VersionPrefix = "v1,";
+
+    private const int Sha256Length = 32;
+    private const int Sha1Length = 20;
+
+    /// <summary>Computes the header value <c>v1,&lt;base64&gt;</c> for a timestamp and body.</summary>
+    public static string ComputeV1(string secret, string timestamp, ReadOnlySpan<byte> body)
+    {
+        ArgumentNullException.ThrowIfNull(secret);
+        ArgumentNullException.ThrowIfNull(timestamp);
+        Span<byte> mac = stackalloc byte[Sha256Length];
+        ComputeV1Mac(Encoding.UTF8.GetBytes(secret), timestamp, body, mac);
+        return VersionPrefix + Convert.ToBase64String(mac);
+    }
+
+    /// <summary>
+    /// Checks a <c>v1</c> header value (one or more space-separated signatures, as Standard Webhooks
+    /// allows) against every secret given, in constant time per comparison.
+    /// </summary>
+    public static bool VerifyV1(string headerValue, string timestamp, ReadOnlySpan<byte> body, IReadOnlyList<byte[]> secrets)
+    {
+        ArgumentNullException.ThrowIfNull(headerValue);
+        ArgumentNullException.ThrowIfNull(timestamp);
+        ArgumentNullException.ThrowIfNull(secrets);
+        Span<byte> expected = stackalloc byte[Sha256Length];
+        Span<byte> received = stackalloc byte[Sha256Length + 3];
+        var matched = false;
+        foreach (var secret in secrets)
+        {
+            ComputeV1Mac(secret, timestamp, body, expected);
+            foreach (var range in headerValue.AsSpan().Split(' '))
+            {
+                var candidate = headerValue.AsSpan(range).Trim();
+                if (!candidate.StartsWith(VersionPrefix, StringComparison.Ordinal))
+                {
+                    continue;
+                }
+                if (!Convert.TryFromBase64Chars(candidate[VersionPrefix.Length..], received, out var written) || written != Sha256Length)
+                {
+                    continue;
+                }
+                // Keep comparing after a match: the time taken must not depend on which one matched.
+                matched |= CryptographicOperations.FixedTimeEquals(expected, received[..Sha256Length]);
+            }
+        }
+        return matched;
+    }
+
+    /// <summary>True when the header carries at least one signature with the <c>v1,</c> prefix.</summary>
+    public static bool HasV1Signature(string headerValue) =>
+        headerValue.Split(' ', StringSplitOptions.RemoveEmptyEntries).Any(s => s.StartsWith(VersionPrefix, StringComparison.Ordinal));
+
+    /// <summary>Legacy scheme: hex HMAC-SHA1 of the body (optionally <c>sha1=</c>-prefixed), any case.</summary>
+    public static bool VerifyLegacySha1(string headerValue, ReadOnlySpan<byte> body, IReadOnlyList<byte[]> secrets)
+    {
+        ArgumentNullException.ThrowIfNull(headerValue);
+        ArgumentNullException.ThrowIfNull(secrets);
+        var hex = headerValue.AsSpan().Trim();
+        if (hex.StartsWith("sha1=", StringComparison.OrdinalIgnoreCase))
+        {
+            hex = hex[5..];
+        }
+        if (hex.Length != Sha1Length * 2)
+        {
+            return false;
+        }
+        Span<byte> received = stackalloc byte[Sha1Length];
+        if (Convert.FromHexString(hex, received, out _, out var written) != OperationStatus.Done || written != Sha1Length)
+        {
+            return false;
+        }
+        Span<byte> expected = stackalloc byte[Sha1Length];
+        var matched = false;
+        foreach (var secret in secrets)
+        {
+            // SHA-1 is what Azure DevOps (and Port's legacy scheme) checks; the choice is not ours.
+            #pragma warning disable CA5350
+            HMACSHA1.HashData(secret, body, expected);
+            #pragma warning restore CA5350
+            matched |= CryptographicOperations.FixedTimeEquals(expected, received);
+        }
+        return matched;
+    }
+
+    private static void ComputeV1Mac(byte[] secret, string timestamp, ReadOnlySpan<byte> body, Span<byte> destination)
+    {
+        using var hmac = IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, secret);
+        hmac.AppendData(Encoding.ASCII.GetBytes(timestamp));
+        hmac.AppendData("."u8);
+        hmac.AppendData(body);
+        hmac.GetHashAndReset(destination);
+    }
+
+    /// <summary>Parses a Unix-seconds timestamp as Port sends it (decimal digits only).</summary>
+    public static bool TryParseTimestamp(string? value, out DateTimeOffset timestamp)
+    {
+        timestamp = default;
+        if (string.IsNullOrEmpty(value) || value.Length > 12 || !value.All(char.IsAsciiDigit))
+        {
+            return false;
+        }
+        var seconds = long.Parse(value, NumberStyles.None, CultureInfo.InvariantCulture);
+        if (seconds > DateTimeOffset.MaxValue.ToUnixTimeSeconds())
+        {
+            return false;
+        }
+        timestamp = DateTimeOffset.FromUnixTimeSeconds(seconds);
+        return true;
+    }
+}

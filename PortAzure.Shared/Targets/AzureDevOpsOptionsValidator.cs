@@ -1,0 +1,40 @@
+using Microsoft.Extensions.Options;
+
+namespace PortAzure.Targets;
+
+/// <summary>Reports every configuration error at once, so one start-up names them all.</summary>
+public sealed class AzureDevOpsOptionsValidator : IValidateOptions<AzureDevOpsOptions>
+{
+    public ValidateOptionsResult Validate(string? name, AzureDevOpsOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var errors = new List<string>();
+        if (!options.BaseUrl.IsAbsoluteUri || (options.BaseUrl.Scheme != Uri.UriSchemeHttps && options.BaseUrl.Scheme != Uri.UriSchemeHttp))
+        {
+            errors.Add("AzureDevOps:BaseUrl must be an absolute http or https URL.");
+        }
+        else if (!string.IsNullOrEmpty(options.BaseUrl.Query) || !string.IsNullOrEmpty(options.BaseUrl.Fragment))
+        {
+            errors.Add("AzureDevOps:BaseUrl must not carry a query or fragment.");
+        }
+        if (string.IsNullOrWhiteSpace(options.SignatureHeader) || !options.SignatureHeader.All(IsTokenChar))
+        {
+            errors.Add("AzureDevOps:SignatureHeader must be a valid HTTP header name.");
+        }
+        for (var i = 0; i < options.Targets.Count; i++)
+        {
+            var target = options.Targets[i];
+            if (!TargetNames.IsValidOrg(target.Org))
+            {
+                errors.Add($"AzureDevOps:Targets:{i}:Org '{target.Org}' is not a valid Azure DevOps organisation name.");
+            }
+            if (!TargetNames.IsValidWebhook(target.Webhook))
+            {
+                errors.Add($"AzureDevOps:Targets:{i}:Webhook '{target.Webhook}' is not a valid incoming webhook name ([-_A-Za-z0-9]).");
+            }
+        }
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+
+    private static bool IsTokenChar(char c) => char.IsAsciiLetterOrDigit(c) || "!#$%&'*+-.^_`|~".Contains(c, StringComparison.Ordinal);
+}
