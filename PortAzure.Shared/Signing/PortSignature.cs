@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Buffers.Text;
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text;
@@ -16,6 +17,7 @@ public static class PortSignature
     public const string VersionPrefix = "v1,";
 
     private const int Sha256Length = 32;
+    private const int Base64Length = 44;
     private const int Sha1Length = 20;
 
     /// <summary>Computes the header value <c>v1,&lt;base64&gt;</c> for a timestamp and body.</summary>
@@ -37,25 +39,29 @@ public static class PortSignature
         ArgumentNullException.ThrowIfNull(headerValue);
         ArgumentNullException.ThrowIfNull(timestamp);
         ArgumentNullException.ThrowIfNull(secrets);
-        Span<byte> expected = stackalloc byte[Sha256Length];
-        Span<byte> received = stackalloc byte[Sha256Length + 3];
+        Span<byte> mac = stackalloc byte[Sha256Length];
+        Span<byte> expected = stackalloc byte[Base64Length];
+        Span<byte> received = stackalloc byte[Base64Length];
         var matched = false;
         foreach (var secret in secrets)
         {
-            ComputeV1Mac(secret, timestamp, body, expected);
+            ComputeV1Mac(secret, timestamp, body, mac);
+            // Compare the Base64 text, not decoded bytes: a decoder ignores the padding bits, so
+            // several spellings would decode to one MAC. Only the canonical one is accepted.
+            Base64.EncodeToUtf8(mac, expected, out _, out _);
             foreach (var range in headerValue.AsSpan().Split(' '))
             {
                 var candidate = headerValue.AsSpan(range).Trim();
-                if (!candidate.StartsWith(VersionPrefix, StringComparison.Ordinal))
+                if (!candidate.StartsWith(VersionPrefix, StringComparison.Ordinal) || candidate.Length != VersionPrefix.Length + Base64Length)
                 {
                     continue;
                 }
-                if (!Convert.TryFromBase64Chars(candidate[VersionPrefix.Length..], received, out var written) || written != Sha256Length)
+                for (var i = 0; i < Base64Length; i++)
                 {
-                    continue;
+                    received[i] = (byte)candidate[VersionPrefix.Length + i];
                 }
                 // Keep comparing after a match: the time taken must not depend on which one matched.
-                matched |= CryptographicOperations.FixedTimeEquals(expected, received[..Sha256Length]);
+                matched |= CryptographicOperations.FixedTimeEquals(expected, received);
             }
         }
         return matched;

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: installs redis-server if it is missing (the tests start their own on a
+# free port unless REDIS_URL points at one), builds, runs every test, prints "N passed, N failed".
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if ! command -v redis-server >/dev/null 2>&1 && [ -z "${REDIS_URL:-}" ]; then
+  echo "redis-server not found: installing it from the OS packages" >&2
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+fi
+
+results="$(pwd)/TestResults"
+rm -rf "$results"
+status=0
+dotnet test PortAzure.Aspire.sln --logger "trx;LogFileName=results.trx" --logger "console;verbosity=normal" \
+  --results-directory "$results" "$@" || status=$?
+
+# The totals come from the test results file, not from the console.
+trx=$(find "$results" -name '*.trx' | head -n 1)
+if [ -z "$trx" ]; then
+  echo "no test results were written" >&2
+  echo "0 passed, 0 failed"
+  exit "${status:-1}"
+fi
+counters=$(grep -o '<Counters [^>]*>' "$trx")
+passed=$(echo "$counters" | sed -E 's/.* passed="([0-9]+)".*/\1/')
+failed=$(echo "$counters" | sed -E 's/.* failed="([0-9]+)".*/\1/')
+echo "$passed passed, $failed failed"
+exit "$status"

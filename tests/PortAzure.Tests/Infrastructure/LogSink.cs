@@ -1,0 +1,52 @@
+using System.Collections.Concurrent;
+using Microsoft.Extensions.Logging;
+
+namespace PortAzure.Tests.Infrastructure;
+
+/// <summary>Captures every log line (message, scope values, exception) a host writes at Information or above.</summary>
+public sealed class LogSink : ILoggerProvider
+{
+    private readonly ConcurrentQueue<string> _lines = new();
+
+    public IReadOnlyCollection<string> Lines => _lines;
+
+    public ILogger CreateLogger(string categoryName) => new SinkLogger(this, categoryName);
+
+    public void Dispose()
+    {
+    }
+
+    /// <summary>Fails when any captured line contains one of the forbidden strings.</summary>
+    public void AssertNoneContain(IEnumerable<string> forbidden)
+    {
+        foreach (var value in forbidden.Where(v => !string.IsNullOrEmpty(v)))
+        {
+            var offending = _lines.FirstOrDefault(l => l.Contains(value, StringComparison.Ordinal));
+            Assert.True(offending is null, $"A log line reveals '{value}': {offending}");
+        }
+    }
+
+    private sealed class SinkLogger(LogSink sink, string category) : ILogger
+    {
+        public IDisposable? BeginScope<TState>(TState state) where TState : notnull
+        {
+            sink._lines.Enqueue($"[scope] {category}: {Describe(state)}");
+            return null;
+        }
+
+        public bool IsEnabled(LogLevel logLevel) => logLevel >= LogLevel.Information;
+
+        public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
+        {
+            if (!IsEnabled(logLevel))
+            {
+                return;
+            }
+            sink._lines.Enqueue($"{logLevel} {category}[{eventId.Id}]: {formatter(state, exception)} {Describe(state)} {exception}");
+        }
+
+        private static string Describe<TState>(TState state) => state is IEnumerable<KeyValuePair<string, object?>> pairs
+            ? string.Join(", ", pairs.Select(p => $"{p.Key}={p.Value}"))
+            : state?.ToString() ?? "";
+    }
+}

@@ -1,0 +1,180 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using StackExchange.Redis;
+
+namespace PortAzure.Tests.Infrastructure;
+
+/// <summary>A real redis-server process on a free loopback port, for one test or for the whole run.</summary>
+public sealed class RedisServer : IAsyncDisposable
+{
+    private readonly string _dataDirectory;
+    private readonly string[] _extraArgs;
+    private Process? _process;
+
+    private RedisServer(int port, string dataDirectory, string[] extraArgs)
+    {
+        Port = port;
+        _dataDirectory = dataDirectory;
+        _extraArgs = extraArgs;
+    }
+
+    public int Port { get; }
+
+    public string ConnectionString => $"127.0.0.1:{Port},abortConnect=false,connectTimeout=2000,syncTimeout=3000,asyncTimeout=3000";
+
+    /// <param name="appendFsync">When set, AOF is on with this fsync policy.</param>
+    public static async Task<RedisServer> StartAsync(string? appendFsync = null, params string[] extraArgs)
+    {
+        var directory = Path.Combine(Path.GetTempPath(), "portazure-tests", "redis-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(directory);
+        var args = new List<string> { "--save", "" };
+        if (appendFsync is not null)
+        {
+            args.AddRange(["--appendonly", "yes", "--appendfsync", appendFsync]);
+        }
+        args.AddRange(extraArgs);
+        var server = new RedisServer(FreePort(), directory, [.. args]);
+        await server.StartProcessAsync();
+        return server;
+    }
+
+    public async Task StartProcessAsync()
+    {
+        var start = new ProcessStartInfo("redis-server")
+        {
+            WorkingDirectory = _dataDirectory,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var arg in new[] { "--port", Port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--bind", "127.0.0.1", "--dir", _dataDirectory }.Concat(_extraArgs))
+        {
+            start.ArgumentList.Add(arg);
+        }
+        _process = Process.Start(start) ?? throw new InvalidOperationException("redis-server did not start");
+        _process.OutputDataReceived += (_, _) => { };
+        _process.ErrorDataReceived += (_, _) => { };
+        _process.BeginOutputReadLine();
+        _process.BeginErrorReadLine();
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (DateTime.UtcNow < deadline)
+        {
+            try
+            {
+                await using var connection = await ConnectionMultiplexer.ConnectAsync($"127.0.0.1:{Port},connectTimeout=500");
+                var db = connection.GetDatabase();
+                // Loading an AOF answers LOADING until done.
+                await db.PingAsync();
+                await db.StringGetAsync("__ready");
+                return;
+            }
+            catch (Exception ex) when (ex is RedisException or TimeoutException)
+            {
+                await Task.Delay(50);
+            }
+        }
+        throw new InvalidOperationException($"redis-server on port {Port} did not answer within 20 s (is redis-server installed?)");
+    }
+
+    /// <summary>SIGKILL: no shutdown, no final fsync.</summary>
+    public void Kill()
+    {
+        if (_process is { HasExited: false })
+        {
+            _process.Kill();
+            _process.WaitForExit();
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Kill();
+        _process?.Dispose();
+        try
+        {
+            Directory.Delete(_dataDirectory, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+        await Task.CompletedTask;
+    }
+
+    public static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+}
+
+/// <summary>A database of the shared Redis, flushed, for one test; returned to the pool when disposed.</summary>
+public sealed class RedisLease(string connectionString, int database, Action<int> release) : IAsyncDisposable
+{
+    public string ConnectionString { get; } = connectionString;
+
+    public ValueTask DisposeAsync()
+    {
+        release(database);
+        return ValueTask.CompletedTask;
+    }
+}
+
+/// <summary>
+/// The run's shared Redis: <c>REDIS_URL</c> when set, else one redis-server started for the run. Each test
+/// leases a database of its own (the relay's keys are fixed, so tests must not share one).
+/// </summary>
+public static class SharedRedis
+{
+    private static readonly Lazy<Task<string>> Server = new(StartAsync);
+    private static readonly SemaphoreSlim Available = new(0);
+    private static readonly System.Collections.Concurrent.ConcurrentQueue<int> Free = new();
+    private static RedisServer? _owned;
+
+    public static async Task<RedisLease> LeaseAsync()
+    {
+        var endpoint = await Server.Value;
+        await Available.WaitAsync(TimeSpan.FromMinutes(5));
+        if (!Free.TryDequeue(out var database))
+        {
+            throw new InvalidOperationException("No Redis database free.");
+        }
+        var connectionString = $"{endpoint},defaultDatabase={database},abortConnect=false";
+        await using (var connection = await ConnectionMultiplexer.ConnectAsync(connectionString + ",allowAdmin=true"))
+        {
+            await connection.GetDatabase(database).ExecuteAsync("FLUSHDB");
+        }
+        return new RedisLease(connectionString, database, d =>
+        {
+            Free.Enqueue(d);
+            Available.Release();
+        });
+    }
+
+    private static async Task<string> StartAsync()
+    {
+        string endpoint;
+        var url = Environment.GetEnvironmentVariable("REDIS_URL");
+        if (!string.IsNullOrEmpty(url))
+        {
+            var uri = url.Contains("://", StringComparison.Ordinal) ? new Uri(url) : new Uri("redis://" + url);
+            endpoint = $"{uri.Host}:{(uri.Port > 0 ? uri.Port : 6379)}";
+        }
+        else
+        {
+            _owned = await RedisServer.StartAsync(null, "--databases", "64");
+            AppDomain.CurrentDomain.ProcessExit += (_, _) => _owned.Kill();
+            endpoint = $"127.0.0.1:{_owned.Port}";
+        }
+        await using var connection = await ConnectionMultiplexer.ConnectAsync(endpoint + ",allowAdmin=true");
+        var databases = connection.GetServer(connection.GetEndPoints()[0]).DatabaseCount;
+        // Database 0 is left alone: on a REDIS_URL server it may hold someone else's data.
+        for (var i = 1; i < databases; i++)
+        {
+            Free.Enqueue(i);
+        }
+        Available.Release(databases - 1);
+        return endpoint;
+    }
+}

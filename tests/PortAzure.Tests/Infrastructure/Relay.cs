@@ -1,0 +1,119 @@
+using StackExchange.Redis;
+
+namespace PortAzure.Tests.Infrastructure;
+
+/// <summary>The whole relay in-process over real sockets: emulator, Dispatcher(s), Ingress, on a real Redis.</summary>
+public sealed class Relay : IAsyncDisposable
+{
+    public const string AdminKey = "test-admin-key-1234";
+    private readonly RedisLease? _lease;
+    private readonly List<TestHost> _dispatchers = [];
+
+    private Relay(RedisLease? lease, string redisConnection, TestHost emulator, Dictionary<string, string?> config)
+    {
+        _lease = lease;
+        RedisConnection = redisConnection;
+        Emulator = emulator;
+        Config = config;
+        EmulatorApi = new EmulatorClient(emulator.Client);
+    }
+
+    public string RedisConnection { get; }
+
+    public TestHost Emulator { get; }
+
+    public EmulatorClient EmulatorApi { get; }
+
+    public TestHost Ingress { get; private set; } = null!;
+
+    public IReadOnlyList<TestHost> Dispatchers => _dispatchers;
+
+    public TestHost Dispatcher => _dispatchers[0];
+
+    public Dictionary<string, string?> Config { get; }
+
+    public IConnectionMultiplexer Redis { get; private set; } = null!;
+
+    public IDatabase Db => Redis.GetDatabase();
+
+    /// <param name="configure">Changes to the shared configuration before the hosts start.</param>
+    /// <param name="dispatchers">How many Dispatcher hosts; 0 starts none (start them with <see cref="AddDispatcherAsync"/>).</param>
+    public static async Task<Relay> StartAsync(Action<Dictionary<string, string?>>? configure = null, int dispatchers = 1, string? redisConnection = null)
+    {
+        RedisLease? lease = null;
+        if (redisConnection is null)
+        {
+            lease = await SharedRedis.LeaseAsync();
+            redisConnection = lease.ConnectionString;
+        }
+        var emulator = await TestHost.StartEmulatorAsync(new Dictionary<string, string?> { ["Emulator:Secret"] = TestRuns.Secret });
+        var config = new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = redisConnection,
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Admin:ApiKey"] = AdminKey,
+            ["AzureDevOps:BaseUrl"] = emulator.BaseAddress.ToString(),
+            ["Dispatcher:PollIntervalSeconds"] = "0.2",
+            ["Dispatcher:Retry:InitialDelaySeconds"] = "0.1",
+            ["Dispatcher:Retry:MaxDelaySeconds"] = "1",
+        };
+        configure?.Invoke(config);
+        var relay = new Relay(lease, redisConnection, emulator, config);
+        relay.Redis = await ConnectionMultiplexer.ConnectAsync(redisConnection);
+        for (var i = 0; i < dispatchers; i++)
+        {
+            await relay.AddDispatcherAsync();
+        }
+        var ingressConfig = new Dictionary<string, string?>(config);
+        if (dispatchers > 0)
+        {
+            ingressConfig["services:dispatcher:http:0"] = relay.Dispatcher.BaseAddress.ToString().TrimEnd('/');
+        }
+        relay.Ingress = await TestHost.StartIngressAsync(ingressConfig);
+        return relay;
+    }
+
+    public async Task<TestHost> AddDispatcherAsync(Action<Dictionary<string, string?>>? configure = null)
+    {
+        var config = new Dictionary<string, string?>(Config);
+        configure?.Invoke(config);
+        var host = await TestHost.StartDispatcherAsync(config);
+        _dispatchers.Add(host);
+        return host;
+    }
+
+    public async Task StopDispatcherAsync(TestHost dispatcher)
+    {
+        _dispatchers.Remove(dispatcher);
+        await dispatcher.DisposeAsync();
+    }
+
+    public Task<HttpResponseMessage> SendRunAsync(byte[] body, string org = TestRuns.Org, string webhook = TestRuns.Webhook) =>
+        TestRuns.SendAsync(Ingress.Client, body, org, webhook);
+
+    public HttpRequestMessage Operator(HttpMethod method, string path)
+    {
+        var request = new HttpRequestMessage(method, path);
+        request.Headers.TryAddWithoutValidation("X-Api-Key", AdminKey);
+        return request;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        // Ingress first (no new runs), then Dispatchers, then the emulator they post to.
+        if (Ingress is not null)
+        {
+            await Ingress.DisposeAsync();
+        }
+        foreach (var dispatcher in _dispatchers)
+        {
+            await dispatcher.DisposeAsync();
+        }
+        await Emulator.DisposeAsync();
+        Redis?.Dispose();
+        if (_lease is not null)
+        {
+            await _lease.DisposeAsync();
+        }
+    }
+}

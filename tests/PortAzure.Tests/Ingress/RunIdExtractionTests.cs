@@ -1,0 +1,82 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using PortAzure.Ingress.Webhooks;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+
+namespace PortAzure.Tests.Ingress;
+
+public class RunIdExtractionTests
+{
+    [Theory]
+    [InlineData("""{"context":{"runId":"r_ctx"}}""", "r_ctx")]
+    [InlineData("""{"port_context":{"runId":"r_port"}}""", "r_port")]
+    [InlineData("""{"run_id":"r_flat"}""", "r_flat")]
+    [InlineData("""{"run":{"id":"r_nested"}}""", "r_nested")]
+    [InlineData("""{"run_id":"r_second","context":{"runId":"r_first"}}""", "r_first")]
+    [InlineData("""{"context":{"runId":42}}""", null)]
+    [InlineData("""{"context":"r_not_an_object"}""", null)]
+    [InlineData("""{"other":1}""", null)]
+    public void Find_KnownLocations_ReturnsTheRunId(string json, string? expected)
+    {
+        using var document = JsonDocument.Parse(json);
+        Assert.Equal(expected, RunIdExtractor.Find(document.RootElement));
+    }
+
+    [Theory]
+    [InlineData("""{"context":{"runId":"RUN"}}""")]
+    [InlineData("""{"port_context":{"runId":"RUN"}}""")]
+    [InlineData("""{"run_id":"RUN"}""")]
+    [InlineData("""{"run":{"id":"RUN"}}""")]
+    public async Task Post_RunIdInEachLocation_IsTheIdempotencyKey(string template)
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var runId = TestRuns.NewRunId();
+
+        using var response = await relay.SendRunAsync(Encoding.UTF8.GetBytes(template.Replace("RUN", runId, StringComparison.Ordinal)));
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        Assert.Equal(runId, (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("runId").GetString());
+        var entry = DeliveryEntry.FromStreamEntry((await relay.Db.StreamRangeAsync(RedisKeys.Stream)).Single())!;
+        Assert.Equal(runId, entry.IdempotencyKey);
+        Assert.Equal(runId, entry.RunId);
+    }
+
+    [Fact]
+    public async Task Post_IdempotencyKeyHeader_WinsOverTheBody()
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var key = "key-" + Guid.NewGuid().ToString("N");
+        using var first = TestRuns.Signed(TestRuns.Body(TestRuns.NewRunId()));
+        first.Headers.Add("Idempotency-Key", key);
+        using var second = TestRuns.Signed(TestRuns.Body(TestRuns.NewRunId()));
+        second.Headers.Add("Idempotency-Key", key);
+
+        using var firstResponse = await relay.Ingress.Client.SendAsync(first);
+        using var secondResponse = await relay.Ingress.Client.SendAsync(second);
+
+        Assert.Equal(HttpStatusCode.Accepted, firstResponse.StatusCode);
+        Assert.Equal(HttpStatusCode.OK, secondResponse.StatusCode);
+        var entry = DeliveryEntry.FromStreamEntry((await relay.Db.StreamRangeAsync(RedisKeys.Stream)).Single())!;
+        Assert.Equal(key, entry.IdempotencyKey);
+    }
+
+    [Fact]
+    public async Task Post_NoRunIdAnywhere_KeysOnTheBodyHash()
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var body = Encoding.UTF8.GetBytes($$"""{"action":"no_run","nonce":"{{Guid.NewGuid():N}}"}""");
+
+        using var first = await relay.SendRunAsync(body);
+        using var second = await relay.SendRunAsync(body);
+
+        Assert.Equal(HttpStatusCode.Accepted, first.StatusCode);
+        Assert.Equal(HttpStatusCode.OK, second.StatusCode);
+        var entry = DeliveryEntry.FromStreamEntry((await relay.Db.StreamRangeAsync(RedisKeys.Stream)).Single())!;
+        Assert.Equal("sha256:" + Convert.ToHexStringLower(SHA256.HashData(body)), entry.IdempotencyKey);
+        Assert.Null(entry.RunId);
+    }
+}

@@ -1,0 +1,349 @@
+using System.Globalization;
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Http.Json;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using PortAzure.Redis;
+using PortAzure.Signing;
+using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
+
+namespace PortAzure.Tests.Ingress;
+
+public class WebhookHandlerTests
+{
+    [Fact]
+    public async Task Post_SignedRun_Answers202AfterTheEntryIsInTheStream()
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var runId = TestRuns.NewRunId();
+        var body = TestRuns.Body(runId);
+
+        using var response = await relay.SendRunAsync(body);
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        var accepted = await response.Content.ReadFromJsonAsync<JsonElement>();
+        var deliveryId = accepted.GetProperty("deliveryId").GetString()!;
+        Assert.Equal(runId, accepted.GetProperty("runId").GetString());
+        Assert.Equal("queued", accepted.GetProperty("status").GetString());
+        Assert.Equal($"/api/deliveries/{deliveryId}", response.Headers.Location?.ToString());
+
+        var entries = await relay.Db.StreamRangeAsync(RedisKeys.Stream);
+        var entry = Assert.Single(entries);
+        var decoded = DeliveryEntry.FromStreamEntry(entry)!;
+        Assert.Equal(deliveryId, decoded.DeliveryId);
+        Assert.Equal(TestRuns.Org, decoded.Org);
+        Assert.Equal(TestRuns.Webhook, decoded.Webhook);
+        Assert.Equal(body, decoded.Body.ToArray());
+        Assert.Equal(runId, decoded.RunId);
+        Assert.Equal(runId, decoded.IdempotencyKey);
+        Assert.Matches("^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$", decoded.TraceParent);
+        Assert.InRange(decoded.ReceivedAt, DateTimeOffset.UtcNow.AddMinutes(-1), DateTimeOffset.UtcNow.AddSeconds(1));
+        Assert.Equal(DeliveryStates.Queued, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State));
+    }
+
+    [Fact]
+    public async Task Post_SameRunTwice_SecondAnswers200DuplicateWithFirstIdAndEnqueuesNothing()
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var body = TestRuns.Body(TestRuns.NewRunId());
+
+        using var first = await relay.SendRunAsync(body);
+        using var second = await relay.SendRunAsync(body);
+
+        Assert.Equal(HttpStatusCode.Accepted, first.StatusCode);
+        Assert.Equal(HttpStatusCode.OK, second.StatusCode);
+        var firstJson = await first.Content.ReadFromJsonAsync<JsonElement>();
+        var secondJson = await second.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(firstJson.GetProperty("deliveryId").GetString(), secondJson.GetProperty("deliveryId").GetString());
+        Assert.True(secondJson.GetProperty("duplicate").GetBoolean());
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
+    public async Task Post_SameRunToAnotherWebhook_IsAcceptedSeparately()
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var body = TestRuns.Body(TestRuns.NewRunId());
+
+        using var first = await relay.SendRunAsync(body);
+        using var second = await relay.SendRunAsync(body, webhook: "other-hook");
+
+        Assert.Equal(HttpStatusCode.Accepted, first.StatusCode);
+        Assert.Equal(HttpStatusCode.Accepted, second.StatusCode);
+        Assert.Equal(2, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
+    public async Task Post_ConcurrentCopiesOfOneRun_ExactlyOneAccepted()
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var body = TestRuns.Body(TestRuns.NewRunId());
+
+        var responses = await Task.WhenAll(Enumerable.Range(0, 20).Select(_ => relay.SendRunAsync(body)));
+
+        Assert.Equal(1, responses.Count(r => r.StatusCode == HttpStatusCode.Accepted));
+        Assert.Equal(19, responses.Count(r => r.StatusCode == HttpStatusCode.OK));
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    public static TheoryData<string, string, int, string> RejectionCases() => new()
+    {
+        { "no signature", "no-signature", 401, "signature_missing" },
+        { "signed with another secret", "wrong-secret", 401, "signature_invalid" },
+        { "signature of another body", "other-body", 401, "signature_invalid" },
+        { "timestamp 301 s old", "old", 401, "timestamp_too_old" },
+        { "timestamp 301 s ahead", "future", 401, "timestamp_in_future" },
+        { "v1 signature without timestamp", "no-timestamp", 401, "timestamp_missing" },
+        { "non-numeric timestamp", "bad-timestamp", 401, "timestamp_invalid" },
+        { "legacy SHA-1 while not allowed", "legacy", 401, "signature_version_unsupported" },
+        { "body over 1 MiB", "too-large", 413, "body_too_large" },
+        { "text/plain", "text-plain", 415, "unsupported_media_type" },
+        { "no content type", "no-content-type", 415, "unsupported_media_type" },
+        { "JSON array", "array", 400, "body_not_json_object" },
+        { "JSON scalar", "scalar", 400, "body_not_json_object" },
+        { "broken JSON", "broken", 400, "body_invalid_json" },
+        { "empty body", "empty", 400, "body_empty" },
+        { "org with underscore", "bad-org", 400, "invalid_org" },
+        { "webhook with a dot", "bad-webhook", 400, "invalid_webhook" },
+        { "run id of 10 KB", "long-run-id", 400, "run_id_invalid" },
+    };
+
+    [Theory]
+    [MemberData(nameof(RejectionCases))]
+    public async Task Post_BadRequest_AnswersProblemWithReasonAndWritesNothing(string description, string kind, int status, string reason)
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        using var request = BuildBadRequest(kind);
+
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.True(status == (int)response.StatusCode, $"{description}: expected {status}, got {(int)response.StatusCode}");
+        Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        var problem = await response.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(reason, problem.GetProperty("reason").GetString());
+        Assert.Equal(status, problem.GetProperty("status").GetInt32());
+        Assert.False(string.IsNullOrEmpty(problem.GetProperty("detail").GetString()));
+        Assert.Equal(0, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+        Assert.Empty(await relay.Redis.GetServer(relay.Redis.GetEndPoints()[0]).KeysAsync(relay.Db.Database).ToListAsync());
+    }
+
+    private static HttpRequestMessage BuildBadRequest(string kind)
+    {
+        var body = TestRuns.Body(TestRuns.NewRunId());
+        var now = DateTimeOffset.UtcNow;
+        switch (kind)
+        {
+            case "no-signature":
+            {
+                var request = TestRuns.Signed(body);
+                request.Headers.Remove(PortSignature.SignatureHeader);
+                return request;
+            }
+            case "wrong-secret": return TestRuns.Signed(body, secret: "not-the-secret");
+            case "other-body":
+            {
+                var request = TestRuns.Signed(TestRuns.Body("r_other"));
+                request.Content = Json(body);
+                return request;
+            }
+            case "old": return TestRuns.Signed(body, at: now.AddSeconds(-301));
+            case "future": return TestRuns.Signed(body, at: now.AddSeconds(301));
+            case "no-timestamp":
+            {
+                var request = TestRuns.Signed(body);
+                request.Headers.Remove(PortSignature.TimestampHeader);
+                return request;
+            }
+            case "bad-timestamp": return WithHeaders(body, "soon", PortSignature.ComputeV1(TestRuns.Secret, "soon", body));
+            case "legacy":
+            {
+                var request = new HttpRequestMessage(HttpMethod.Post, TestRuns.Path()) { Content = Json(body) };
+                request.Headers.TryAddWithoutValidation(PortSignature.SignatureHeader, Convert.ToHexString(HMACSHA1.HashData(Encoding.UTF8.GetBytes(TestRuns.Secret), body)));
+                return request;
+            }
+            case "too-large":
+            {
+                var large = new byte[(1024 * 1024) + 1];
+                Array.Fill(large, (byte)' ');
+                large[0] = (byte)'{';
+                large[^1] = (byte)'}';
+                return TestRuns.Signed(large);
+            }
+            case "text-plain":
+            {
+                var request = TestRuns.Signed(body);
+                request.Content!.Headers.ContentType = new MediaTypeHeaderValue("text/plain");
+                return request;
+            }
+            case "no-content-type":
+            {
+                var request = TestRuns.Signed(body);
+                request.Content!.Headers.ContentType = null;
+                return request;
+            }
+            case "array": return TestRuns.Signed("[1,2]"u8.ToArray());
+            case "scalar": return TestRuns.Signed("\"run\""u8.ToArray());
+            case "broken": return TestRuns.Signed("{\"context\":"u8.ToArray());
+            case "empty": return TestRuns.Signed([]);
+            case "bad-org": return TestRuns.Signed(body, org: "con_toso");
+            case "bad-webhook": return TestRuns.Signed(body, webhook: "de.ploy");
+            case "long-run-id": return TestRuns.Signed(TestRuns.Body("r_" + new string('x', 10 * 1024)));
+            default: throw new ArgumentOutOfRangeException(nameof(kind), kind, null);
+        }
+    }
+
+    private static ByteArrayContent Json(byte[] body)
+    {
+        var content = new ByteArrayContent(body);
+        content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
+        return content;
+    }
+
+    private static HttpRequestMessage WithHeaders(byte[] body, string timestamp, string signature)
+    {
+        var request = new HttpRequestMessage(HttpMethod.Post, TestRuns.Path()) { Content = Json(body) };
+        request.Headers.TryAddWithoutValidation(PortSignature.TimestampHeader, timestamp);
+        request.Headers.TryAddWithoutValidation(PortSignature.SignatureHeader, signature);
+        return request;
+    }
+
+    [Theory]
+    [InlineData(-295)]
+    [InlineData(295)]
+    public async Task Post_TimestampWithinTolerance_IsAccepted(int offsetSeconds)
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        using var request = TestRuns.Signed(TestRuns.Body(TestRuns.NewRunId()), at: DateTimeOffset.UtcNow.AddSeconds(offsetSeconds));
+
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+    }
+
+    [Fact]
+    public async Task Post_ToleranceConfigured_AppliesTheConfiguredWindow()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Ingress:TimestampToleranceSeconds"] = "10", dispatchers: 0);
+        using var request = TestRuns.Signed(TestRuns.Body(TestRuns.NewRunId()), at: DateTimeOffset.UtcNow.AddSeconds(-60));
+
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+    }
+
+    [Fact]
+    public async Task Post_LegacySha1WhenAllowed_IsAccepted()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Ingress:AllowLegacySha1Signature"] = "true", dispatchers: 0);
+        var body = TestRuns.Body(TestRuns.NewRunId());
+        using var request = new HttpRequestMessage(HttpMethod.Post, TestRuns.Path()) { Content = Json(body) };
+        request.Headers.TryAddWithoutValidation(PortSignature.SignatureHeader, Convert.ToHexString(HMACSHA1.HashData(Encoding.UTF8.GetBytes(TestRuns.Secret), body)).ToLowerInvariant());
+
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+    }
+
+    [Fact]
+    public async Task Post_SignedWithPreviousSecretDuringRotation_IsAccepted()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientSecret"] = "the-new-secret";
+            c["Port:PreviousClientSecret"] = TestRuns.Secret;
+        }, dispatchers: 0);
+
+        using var response = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()));
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+    }
+
+    [Fact]
+    public async Task Post_TargetNotInConfiguredList_Answers404AndWritesNothing()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["AzureDevOps:Targets:0:Org"] = TestRuns.Org;
+            c["AzureDevOps:Targets:0:Webhook"] = "allowed-hook";
+        }, dispatchers: 0);
+
+        using var rejected = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()), webhook: "other-hook");
+        using var accepted = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()), webhook: "allowed-hook");
+
+        Assert.Equal(HttpStatusCode.NotFound, rejected.StatusCode);
+        Assert.Equal("unknown_target", (await rejected.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+        Assert.Equal(HttpStatusCode.Accepted, accepted.StatusCode);
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
+    public async Task Post_ApiVersionQuery_IsIgnored()
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var body = TestRuns.Body(TestRuns.NewRunId());
+        var timestamp = DateTimeOffset.UtcNow.ToUnixTimeSeconds().ToString(CultureInfo.InvariantCulture);
+        using var request = new HttpRequestMessage(HttpMethod.Post, $"{TestRuns.Org}/_apis/public/distributedtask/webhooks/{TestRuns.Webhook}") { Content = Json(body) };
+        request.Headers.TryAddWithoutValidation(PortSignature.TimestampHeader, timestamp);
+        request.Headers.TryAddWithoutValidation(PortSignature.SignatureHeader, PortSignature.ComputeV1(TestRuns.Secret, timestamp, body));
+
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+    }
+
+    [Fact]
+    public async Task Post_RedisUnreachable_Answers503WithRetryAfterNever202()
+    {
+        await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = $"127.0.0.1:{RedisServer.FreePort()},abortConnect=false,connectTimeout=300,asyncTimeout=1000,syncTimeout=1000",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+        });
+
+        using var response = await TestRuns.SendAsync(ingress.Client, TestRuns.Body(TestRuns.NewRunId()));
+
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+        Assert.NotNull(response.Headers.RetryAfter);
+        Assert.Equal("queue_unavailable", (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+    }
+
+    [Fact]
+    public async Task Start_WithoutPortClientSecret_FailsNamingTheKey()
+    {
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartIngressAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
+        }));
+        Assert.Contains("Port:ClientSecret", error.ToString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Start_InvalidOptions_ReportsEveryErrorAtOnce()
+    {
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartIngressAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["AzureDevOps:Targets:0:Org"] = "bad org",
+            ["AzureDevOps:Targets:0:Webhook"] = "bad/hook",
+        }));
+        Assert.Contains("AzureDevOps:Targets:0:Org", error.ToString(), StringComparison.Ordinal);
+        Assert.Contains("AzureDevOps:Targets:0:Webhook", error.ToString(), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("/health")]
+    [InlineData("/alive")]
+    public async Task Get_HealthEndpointsOutsideDevelopment_AreServed(string path)
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+
+        using var response = await relay.Ingress.Client.GetAsync(path);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.Equal("Healthy", await response.Content.ReadAsStringAsync());
+    }
+}
