@@ -53,6 +53,8 @@ public sealed class Relay : IAsyncDisposable
             ["Port:ClientSecret"] = TestRuns.Secret,
             ["Admin:ApiKey"] = AdminKey,
             ["AzureDevOps:BaseUrl"] = emulator.BaseAddress.ToString(),
+            // Port's API is the emulator too; reporting only starts when a test sets Port:ClientId.
+            ["Port:ApiBaseUrl"] = emulator.BaseAddress.ToString(),
             ["Dispatcher:PollIntervalSeconds"] = "0.2",
             ["Dispatcher:Retry:InitialDelaySeconds"] = "0.1",
             ["Dispatcher:Retry:MaxDelaySeconds"] = "1",

@@ -1,0 +1,109 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using static PortAzure.Tests.Dispatcher.DeliveryOutcomeTests;
+
+namespace PortAzure.Tests.Dispatcher;
+
+public class DeadLetterTests
+{
+    [Fact]
+    public async Task DeadLetter_KeepsBodyTargetAttemptsAndHint()
+    {
+        await using var relay = await Relay.StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 404, body = "VS800075: The project with id 'x' does not exist" } } });
+        var body = TestRuns.Body(TestRuns.NewRunId());
+        using var response = await relay.SendRunAsync(body);
+        var deliveryId = (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deliveryId").GetString()!;
+
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
+
+        Assert.Equal(body, (byte[])(await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Body))!);
+        using var list = relay.Operator(HttpMethod.Get, "/api/deadletters");
+        using var page = await relay.Ingress.Client.SendAsync(list);
+        var json = await page.Content.ReadFromJsonAsync<JsonElement>();
+        var item = Assert.Single(json.GetProperty("items").EnumerateArray());
+        Assert.Equal(deliveryId, item.GetProperty("deliveryId").GetString());
+        Assert.Equal(TestRuns.Org, item.GetProperty("org").GetString());
+        Assert.Equal(TestRuns.Webhook, item.GetProperty("webhook").GetString());
+        var attempt = Assert.Single(item.GetProperty("attemptHistory").EnumerateArray());
+        Assert.Equal(404, attempt.GetProperty("status").GetInt32());
+        Assert.Contains("VS800075", attempt.GetProperty("excerpt").GetString(), StringComparison.Ordinal);
+        Assert.True(attempt.GetProperty("at").GetDateTimeOffset() > DateTimeOffset.UtcNow.AddMinutes(-1));
+        Assert.Contains("organisation name", item.GetProperty("hint").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Replay_OneDeadLetter_IsDeliveredOnceUnderTheSameId()
+    {
+        await using var relay = await Relay.StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 401 } } });
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
+
+        using var replay = relay.Operator(HttpMethod.Post, $"/api/deadletters/{deliveryId}/replay");
+        using var answer = await relay.Ingress.Client.SendAsync(replay);
+        Assert.Equal(HttpStatusCode.Accepted, answer.StatusCode);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+        await Task.Delay(500);
+
+        var delivered = await relay.EmulatorApi.DeliveredAsync();
+        Assert.Equal(deliveryId, Assert.Single(delivered).Header("Idempotency-Key"));
+        Assert.Equal(0, await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters));
+        Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Body));
+        var view = await DeliveryAsync(relay, deliveryId);
+        Assert.Equal(1, view.GetProperty("replays").GetInt32());
+
+        using var again = relay.Operator(HttpMethod.Post, $"/api/deadletters/{deliveryId}/replay");
+        using var notDead = await relay.Ingress.Client.SendAsync(again);
+        Assert.Equal(HttpStatusCode.NotFound, notDead.StatusCode);
+    }
+
+    [Fact]
+    public async Task ReplayAll_SeveralDeadLetters_AreAllDelivered()
+    {
+        await using var relay = await Relay.StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = Enumerable.Repeat(new { status = 400 }, 5).ToArray() });
+        var ids = new List<string>();
+        for (var i = 0; i < 5; i++)
+        {
+            ids.Add(await SendAsync(relay));
+        }
+        foreach (var id in ids)
+        {
+            await WaitForStateAsync(relay, id, DeliveryStates.DeadLettered);
+        }
+
+        using var replay = relay.Operator(HttpMethod.Post, "/api/deadletters/replay?limit=3");
+        using var first = await relay.Ingress.Client.SendAsync(replay);
+        Assert.Equal(3, (await first.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("replayed").GetInt32());
+        using var replayRest = relay.Operator(HttpMethod.Post, "/api/deadletters/replay");
+        using var second = await relay.Ingress.Client.SendAsync(replayRest);
+        Assert.Equal(2, (await second.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("replayed").GetInt32());
+
+        foreach (var id in ids)
+        {
+            await WaitForStateAsync(relay, id, DeliveryStates.Delivered);
+        }
+        Assert.Equal(5, (await relay.EmulatorApi.DeliveredAsync()).Select(r => r.Header("Idempotency-Key")).Distinct().Count());
+    }
+
+    [Fact]
+    public async Task Delete_DeadLetter_RemovesItAndItsBody()
+    {
+        await using var relay = await Relay.StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 400 } } });
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
+
+        using var delete = relay.Operator(HttpMethod.Delete, $"/api/deadletters/{deliveryId}");
+        using var answer = await relay.Ingress.Client.SendAsync(delete);
+
+        Assert.Equal(HttpStatusCode.NoContent, answer.StatusCode);
+        Assert.Equal(0, await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters));
+        Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Body));
+        Assert.Equal(DeliveryStates.Discarded, (await DeliveryAsync(relay, deliveryId)).GetProperty("state").GetString());
+    }
+}

@@ -1,0 +1,221 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+
+namespace PortAzure.Tests.Dispatcher;
+
+/// <summary>Each outcome class, against the emulator told what to answer.</summary>
+public class DeliveryOutcomeTests
+{
+    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(20);
+
+    internal static async Task<string> SendAsync(Relay relay, string? runId = null, string webhook = TestRuns.Webhook)
+    {
+        using var response = await relay.SendRunAsync(TestRuns.Body(runId ?? TestRuns.NewRunId()), webhook: webhook);
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        return (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deliveryId").GetString()!;
+    }
+
+    internal static async Task<JsonElement> DeliveryAsync(Relay relay, string deliveryId)
+    {
+        using var request = relay.Operator(HttpMethod.Get, $"/api/deliveries/{deliveryId}");
+        using var response = await relay.Ingress.Client.SendAsync(request);
+        response.EnsureSuccessStatusCode();
+        return await response.Content.ReadFromJsonAsync<JsonElement>();
+    }
+
+    internal static Task WaitForStateAsync(Relay relay, string deliveryId, string state) =>
+        Eventually.HoldsAsync(async () => (await DeliveryAsync(relay, deliveryId)).GetProperty("state").GetString() == state, Wait, $"{deliveryId} is {state}");
+
+    [Theory]
+    [InlineData(408)]
+    [InlineData(429)]
+    [InlineData(500)]
+    [InlineData(502)]
+    [InlineData(503)]
+    [InlineData(504)]
+    public async Task Transient_StatusOnce_IsRetriedAndDelivered(int status)
+    {
+        await using var relay = await Relay.StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status } } });
+
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+
+        var view = await DeliveryAsync(relay, deliveryId);
+        Assert.Equal(2, view.GetProperty("attempts").GetInt32());
+        var history = view.GetProperty("attemptHistory").EnumerateArray().ToList();
+        Assert.Equal(status, history[0].GetProperty("status").GetInt32());
+        Assert.Equal("transient", history[0].GetProperty("outcome").GetString());
+        Assert.Equal(200, history[1].GetProperty("status").GetInt32());
+        Assert.Equal(2, (await relay.EmulatorApi.RequestsAsync()).Count);
+    }
+
+    [Theory]
+    [InlineData(400, "Secret")]
+    [InlineData(401, "Headers")]
+    [InlineData(403, "Secret")]
+    [InlineData(404, "organisation name")]
+    [InlineData(410, "not retried")]
+    [InlineData(302, "redirect")]
+    [InlineData(301, "redirect")]
+    public async Task Permanent_Status_IsDeadLetteredAtOnceWithAHint(int status, string hint)
+    {
+        await using var relay = await Relay.StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status } } });
+
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
+        await Task.Delay(700);
+
+        var view = await DeliveryAsync(relay, deliveryId);
+        Assert.Equal("permanent_failure", view.GetProperty("reason").GetString());
+        Assert.Contains(hint, view.GetProperty("hint").GetString(), StringComparison.OrdinalIgnoreCase);
+        Assert.Equal(status, view.GetProperty("lastStatus").GetInt32());
+        Assert.Equal(1, view.GetProperty("attempts").GetInt32());
+        var requests = await relay.EmulatorApi.RequestsAsync();
+        // One POST: not retried, and a redirect is not followed.
+        Assert.Single(requests);
+        Assert.Equal(1, await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters));
+        Assert.Equal(0, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
+    public async Task Timeout_SlowAnswer_IsTransientAndRetried()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:RequestTimeoutSeconds"] = "0.5");
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 200, delayMs = 3000 } } });
+
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+
+        var history = (await DeliveryAsync(relay, deliveryId)).GetProperty("attemptHistory").EnumerateArray().ToList();
+        Assert.Equal("timeout", history[0].GetProperty("error").GetString());
+        Assert.Equal("delivered", history[^1].GetProperty("outcome").GetString());
+    }
+
+    [Fact]
+    public async Task ConnectionRefused_UntilBudgetSpent_IsDeadLetteredAsUnreachable()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["AzureDevOps:BaseUrl"] = $"http://127.0.0.1:{RedisServer.FreePort()}";
+            c["Dispatcher:Retry:MaxAttempts"] = "3";
+        });
+
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
+
+        var view = await DeliveryAsync(relay, deliveryId);
+        Assert.Equal("retries_exhausted", view.GetProperty("reason").GetString());
+        Assert.Equal(3, view.GetProperty("attempts").GetInt32());
+        Assert.Contains("could not be reached", view.GetProperty("hint").GetString(), StringComparison.Ordinal);
+        Assert.All(view.GetProperty("attemptHistory").EnumerateArray(), a => Assert.Equal("connection", a.GetProperty("error").GetString()));
+    }
+
+    [Fact]
+    public async Task WebhookNotActive_500UntilBudgetSpent_HintSaysRunThePipelineOnce()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxAttempts"] = "3");
+        await relay.EmulatorApi.ScriptAsync(new { failureRate = 1.0, failureStatuses = new[] { 500 } });
+
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
+
+        var view = await DeliveryAsync(relay, deliveryId);
+        Assert.Contains("once by hand", view.GetProperty("hint").GetString(), StringComparison.Ordinal);
+        Assert.Equal(3, (await relay.EmulatorApi.RequestsAsync()).Count);
+    }
+
+    [Fact]
+    public async Task RetryAfter_Seconds_IsHonoured()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxDelaySeconds"] = "10");
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503, retryAfter = "2" } } });
+
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+
+        var requests = await relay.EmulatorApi.RequestsAsync();
+        Assert.Equal(2, requests.Count);
+        var gap = requests[1].ReceivedAt - requests[0].ReceivedAt;
+        Assert.InRange(gap.TotalSeconds, 1.9, 4.5);
+    }
+
+    [Fact]
+    public async Task RetryAfter_HttpDate_IsHonoured()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxDelaySeconds"] = "10");
+        var at = DateTimeOffset.UtcNow.AddSeconds(3).ToString("R", System.Globalization.CultureInfo.InvariantCulture);
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 429, retryAfter = at } } });
+
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+
+        var requests = await relay.EmulatorApi.RequestsAsync();
+        Assert.True(requests[1].ReceivedAt >= DateTimeOffset.Parse(at, System.Globalization.CultureInfo.InvariantCulture).AddSeconds(-1.1),
+            $"retried at {requests[1].ReceivedAt:o}, asked for {at}");
+    }
+
+    [Fact]
+    public async Task RetryAfter_BeyondTheCap_IsClampedToTheCap()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxDelaySeconds"] = "1");
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503, retryAfter = "3600" } } });
+
+        var deliveryId = await SendAsync(relay);
+
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+    }
+
+    [Fact]
+    public async Task AzureClient_TransientAnswer_IsPostedOnceUntilOurOwnRetryIsDue()
+    {
+        // The ServiceDefaults resilience handler would retry a 503 within a few seconds; our client must not.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:Retry:InitialDelaySeconds"] = "30";
+            c["Dispatcher:Retry:MaxDelaySeconds"] = "30";
+        });
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503 }, new { status = 503 }, new { status = 503 } } });
+
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Retrying);
+        await Task.Delay(6000);
+
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+        Assert.Equal(1, await relay.Db.SortedSetLengthAsync(RedisKeys.RetrySchedule));
+        Assert.Equal(0, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
+    public async Task Load_ThirtyPercent503Or429AcrossAThousandRuns_AllDeliveredNoneTwice()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:MaxConcurrency"] = "32";
+            c["Dispatcher:Retry:InitialDelaySeconds"] = "0.05";
+            c["Dispatcher:Retry:MaxDelaySeconds"] = "0.5";
+            c["Dispatcher:Retry:MaxAttempts"] = "30";
+        });
+        await relay.EmulatorApi.ScriptAsync(new { failureRate = 0.3, failureStatuses = new[] { 503, 429 }, retryAfter = "0", seed = 7 });
+        var runIds = Enumerable.Range(0, 1000).Select(_ => TestRuns.NewRunId()).ToList();
+
+        foreach (var batch in runIds.Chunk(50))
+        {
+            var responses = await Task.WhenAll(batch.Select(r => relay.SendRunAsync(TestRuns.Body(r))));
+            Assert.All(responses, r => Assert.Equal(HttpStatusCode.Accepted, r.StatusCode));
+        }
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.DeliveredAsync()).Count >= 1000, TimeSpan.FromSeconds(120), "1,000 runs delivered");
+        await Task.Delay(1000);
+
+        var all = await relay.EmulatorApi.RequestsAsync();
+        var delivered = await relay.EmulatorApi.DeliveredAsync();
+        Assert.True(all.Count(r => r.StatusCode is 503 or 429) > 200, "the emulator failed about 30 % of the calls");
+        Assert.Equal(1000, delivered.Count);
+        Assert.Equal(runIds.Order(), delivered.Select(r => r.Header("X-Port-Run-Id")!).Order());
+        Assert.Equal(0, await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters));
+    }
+}

@@ -1,0 +1,106 @@
+using System.Text;
+using System.Text.Json;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using static PortAzure.Tests.Dispatcher.DeliveryOutcomeTests;
+
+namespace PortAzure.Tests.Dispatcher;
+
+public class PortReportingTests
+{
+    private static Task<Relay> StartAsync() => Relay.StartAsync(c => c["Port:ClientId"] = "relay-client");
+
+    [Fact]
+    public async Task Delivered_RunWithRunId_LogsALineNamingTargetAndStatus()
+    {
+        await using var relay = await StartAsync();
+        var runId = TestRuns.NewRunId();
+
+        await SendAsync(relay, runId);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId), TimeSpan.FromSeconds(20), "a Port log line");
+
+        var calls = await relay.EmulatorApi.PortCallsAsync();
+        Assert.Contains(calls, c => c.Path == "/v1/auth/access_token" && c.StatusCode == 200);
+        var log = Assert.Single(calls, c => c.RunId == runId);
+        Assert.Equal($"/v1/actions/runs/{runId}/logs", log.Path);
+        Assert.Equal(201, log.StatusCode);
+        Assert.True(log.AuthorizationPresent);
+        var message = JsonDocument.Parse(log.BodyText!).RootElement;
+        Assert.Contains($"{TestRuns.Org}/{TestRuns.Webhook}", message.GetProperty("message").GetString(), StringComparison.Ordinal);
+        Assert.Contains("HTTP 200", message.GetProperty("message").GetString(), StringComparison.Ordinal);
+        Assert.False(message.TryGetProperty("terminationStatus", out _));
+    }
+
+    [Fact]
+    public async Task DeadLettered_Run_LogsTheHintAndTerminatesWithFailure()
+    {
+        await using var relay = await StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 404 } } });
+        var runId = TestRuns.NewRunId();
+
+        await SendAsync(relay, runId);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId), TimeSpan.FromSeconds(20), "a Port log line");
+
+        var log = Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.RunId == runId);
+        var message = JsonDocument.Parse(log.BodyText!).RootElement;
+        Assert.Equal("FAILURE", message.GetProperty("terminationStatus").GetString());
+        Assert.False(string.IsNullOrEmpty(message.GetProperty("statusLabel").GetString()));
+        Assert.Contains("organisation name", message.GetProperty("message").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task TokenIsCached_AcrossManyReports()
+    {
+        await using var relay = await StartAsync();
+        var runIds = Enumerable.Range(0, 10).Select(_ => TestRuns.NewRunId()).ToList();
+
+        foreach (var runId in runIds)
+        {
+            await SendAsync(relay, runId);
+        }
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count(c => c.RunId is not null) == 10, TimeSpan.FromSeconds(20), "10 log lines");
+
+        Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.Path == "/v1/auth/access_token");
+    }
+
+    [Fact]
+    public async Task PortApiDown_DeliveryIsUnaffected_AndReportArrivesOnceBack()
+    {
+        await using var relay = await StartAsync();
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
+        var runId = TestRuns.NewRunId();
+
+        var deliveryId = await SendAsync(relay, runId);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+        Assert.Single(await relay.EmulatorApi.DeliveredAsync());
+
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = false });
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201),
+            TimeSpan.FromSeconds(20), "the report is retried once Port is back");
+        Assert.Single(await relay.EmulatorApi.DeliveredAsync());
+    }
+
+    [Fact]
+    public async Task RunWithoutRunId_IsNotReported()
+    {
+        await using var relay = await StartAsync();
+        using var response = await relay.SendRunAsync(Encoding.UTF8.GetBytes($$"""{"action":"x","nonce":"{{Guid.NewGuid():N}}"}"""));
+
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.DeliveredAsync()).Count == 1, TimeSpan.FromSeconds(20), "delivered");
+        await Task.Delay(1000);
+
+        Assert.Empty(await relay.EmulatorApi.PortCallsAsync());
+    }
+
+    [Fact]
+    public async Task NoClientId_NothingIsReported()
+    {
+        await using var relay = await Relay.StartAsync();
+        await SendAsync(relay);
+
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.DeliveredAsync()).Count == 1, TimeSpan.FromSeconds(20), "delivered");
+        await Task.Delay(500);
+
+        Assert.Empty(await relay.EmulatorApi.PortCallsAsync());
+    }
+}

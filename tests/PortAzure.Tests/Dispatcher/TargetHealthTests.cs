@@ -1,0 +1,53 @@
+using System.Net.Http.Json;
+using System.Text.Json;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using static PortAzure.Tests.Dispatcher.DeliveryOutcomeTests;
+
+namespace PortAzure.Tests.Dispatcher;
+
+public class TargetHealthTests
+{
+    [Fact]
+    public async Task FailingTarget_IsPausedWithoutSpendingAttempts_OthersFlow_ThenResumes()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:TargetHealth:FailureThreshold"] = "3";
+            c["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "1";
+            // Without the pause, 4 attempts at <= 0.2 s apart would be spent in about a second.
+            c["Dispatcher:Retry:MaxAttempts"] = "4";
+            c["Dispatcher:Retry:MaxDelaySeconds"] = "0.2";
+        });
+        await relay.EmulatorApi.ScriptAsync(new { webhook = "broken", failureRate = 1.0, failureStatuses = new[] { 503 } });
+
+        var broken = new List<string>();
+        for (var i = 0; i < 4; i++)
+        {
+            broken.Add(await SendAsync(relay, webhook: "broken"));
+        }
+        await Eventually.HoldsAsync(async () => await relay.Db.HashExistsAsync(RedisKeys.PausedTargets, $"{TestRuns.Org}/broken"),
+            TimeSpan.FromSeconds(10), "the failing target is paused");
+
+        var healthy = await SendAsync(relay, webhook: "healthy");
+        await WaitForStateAsync(relay, healthy, DeliveryStates.Delivered);
+
+        using var statsRequest = relay.Operator(HttpMethod.Get, "/api/stats");
+        using var statsAnswer = await relay.Ingress.Client.SendAsync(statsRequest);
+        Assert.Equal(1, (await statsAnswer.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("pausedTargets").GetInt64());
+
+        await Task.Delay(3000);
+        foreach (var id in broken)
+        {
+            Assert.Equal(DeliveryStates.Retrying, (await DeliveryAsync(relay, id)).GetProperty("state").GetString());
+        }
+
+        // Azure recovers: the next probe succeeds and the held deliveries go through.
+        using var reset = await relay.Emulator.Client.DeleteAsync("_emulator/behavior");
+        foreach (var id in broken)
+        {
+            await WaitForStateAsync(relay, id, DeliveryStates.Delivered);
+        }
+        Assert.False(await relay.Db.HashExistsAsync(RedisKeys.PausedTargets, $"{TestRuns.Org}/broken"));
+    }
+}
