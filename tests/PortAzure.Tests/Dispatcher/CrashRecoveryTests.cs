@@ -1,0 +1,108 @@
+using System.Net;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
+using Xunit.Abstractions;
+
+namespace PortAzure.Tests.Dispatcher;
+
+public class CrashRecoveryTests(ITestOutputHelper output)
+{
+    private const int MaxConcurrency = 64;
+
+    [Fact]
+    public async Task Dispatcher_KilledWithSigkillMidStream_AnotherDeliversEverything_DuplicatesBoundedByInFlight()
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        await relay.EmulatorApi.ScriptAsync(new { delayMs = 150 });
+        var config = new Dictionary<string, string?>(relay.Config)
+        {
+            ["Dispatcher:MaxConcurrency"] = MaxConcurrency.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            ["Dispatcher:RequestTimeoutSeconds"] = "2",
+            ["Dispatcher:ClaimMarginSeconds"] = "1",
+            ["Dispatcher:ClaimIntervalSeconds"] = "0.5",
+        };
+        var runIds = Enumerable.Range(0, 500).Select(_ => TestRuns.NewRunId()).ToList();
+        foreach (var batch in runIds.Chunk(50))
+        {
+            var responses = await Task.WhenAll(batch.Select(r => relay.SendRunAsync(TestRuns.Body(r))));
+            Assert.All(responses, r => Assert.Equal(HttpStatusCode.Accepted, r.StatusCode));
+        }
+
+        using (var first = DispatcherProcess.Start(config))
+        {
+            await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count >= 120, TimeSpan.FromSeconds(60), "the first Dispatcher is mid-stream");
+            first.Kill();
+        }
+        var atKill = (await relay.EmulatorApi.RequestsAsync()).Count;
+        var pendingAtKill = (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount;
+
+        using var second = DispatcherProcess.Start(config);
+        // Done when every run arrived and nothing is left in the stream: the entries the killed
+        // Dispatcher held are reclaimed (after timeout + margin) and finished too.
+        await Eventually.HoldsAsync(async () =>
+                (await relay.EmulatorApi.RequestsAsync()).Select(r => r.Header("X-Port-Run-Id")).Distinct().Count() == 500 &&
+                await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0,
+            TimeSpan.FromSeconds(90), "every run delivered and every entry finished after the restart");
+        await Task.Delay(500);
+
+        var requests = await relay.EmulatorApi.RequestsAsync();
+        var duplicates = requests.Count - requests.Select(r => r.Header("X-Port-Run-Id")).Distinct().Count();
+        output.WriteLine($"POSTs before the kill: {atKill}; entries pending at the kill: {pendingAtKill}; runs delivered twice: {duplicates}");
+        Assert.Equal(runIds.Order(), requests.Select(r => r.Header("X-Port-Run-Id")!).Distinct().Order());
+        Assert.InRange(duplicates, 0, MaxConcurrency);
+        Assert.True(duplicates <= pendingAtKill, $"{duplicates} duplicates but only {pendingAtKill} entries were in flight");
+    }
+
+    [Fact]
+    public async Task PendingEntry_OfAStoppedConsumer_IsNotClaimedBeforeTimeoutPlusMargin()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:RequestTimeoutSeconds"] = "3";
+            c["Dispatcher:ClaimMarginSeconds"] = "2";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+        }, dispatchers: 0);
+        using (var response = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId())))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        }
+        // A consumer reads the entry and dies without a trace.
+        await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0");
+        Assert.Single(await relay.Db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dead-consumer", ">", 10));
+        var readAt = DateTimeOffset.UtcNow;
+
+        await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(20), "the entry is reclaimed and delivered");
+
+        var deliveredAt = (await relay.EmulatorApi.RequestsAsync())[0].ReceivedAt;
+        Assert.True(deliveredAt - readAt >= TimeSpan.FromSeconds(4.9), $"claimed after {(deliveredAt - readAt).TotalSeconds:F1} s, before timeout + margin (5 s)");
+    }
+
+    [Fact]
+    public async Task Poison_EntryClaimedTooOften_IsDeadLettered()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:RequestTimeoutSeconds"] = "0.5";
+            c["Dispatcher:ClaimMarginSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+            c["Dispatcher:MaxClaims"] = "2";
+        }, dispatchers: 0);
+        using (var response = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId())))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        }
+        await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0");
+        var entry = Assert.Single(await relay.Db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "crashing-consumer", ">", 10));
+        var deliveryId = DeliveryEntry.FromStreamEntry(entry)!.DeliveryId;
+        // It has crashed its consumers twice already.
+        await relay.Db.HashSetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Claims, 2);
+
+        await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(async () => await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters) == 1, TimeSpan.FromSeconds(20), "the poison entry is dead-lettered");
+
+        Assert.Equal("poison", (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Reason));
+        Assert.Empty(await relay.EmulatorApi.RequestsAsync());
+    }
+}

@@ -1,0 +1,93 @@
+using System.Net;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
+using Xunit.Abstractions;
+
+namespace PortAzure.Tests.Dispatcher;
+
+public class RedisRestartTests(ITestOutputHelper output)
+{
+    [Fact]
+    public async Task RedisKilledAndRestartedWithAof_MidStream_EveryAcceptedRunIsDelivered()
+    {
+        await using var redis = await RedisServer.StartAsync("always");
+        await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString);
+        await relay.EmulatorApi.ScriptAsync(new { delayMs = 10 });
+        var accepted = new System.Collections.Concurrent.ConcurrentBag<string>();
+        var refused = 0;
+        using var stop = new CancellationTokenSource();
+
+        // Four Port callers keep sending while Redis is killed (SIGKILL) and started again on its AOF.
+        var senders = Enumerable.Range(0, 4).Select(_ => Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                var runId = TestRuns.NewRunId();
+                using var response = await relay.SendRunAsync(TestRuns.Body(runId));
+                if (response.StatusCode == HttpStatusCode.Accepted)
+                {
+                    accepted.Add(runId);
+                }
+                else
+                {
+                    Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+                    Interlocked.Increment(ref refused);
+                }
+            }
+        })).ToList();
+        await Task.Delay(1500);
+        redis.Kill();
+        await Task.Delay(2000);
+        await redis.StartProcessAsync();
+        await Task.Delay(1500);
+        await stop.CancelAsync();
+        await Task.WhenAll(senders);
+        output.WriteLine($"accepted {accepted.Count}, refused while Redis was down {refused}");
+        Assert.True(refused > 0, "the Ingress noticed Redis was down");
+
+        try
+        {
+            await Eventually.HoldsAsync(async () =>
+            {
+                var delivered = (await relay.EmulatorApi.DeliveredAsync()).Select(r => r.Header("X-Port-Run-Id")).ToHashSet();
+                return accepted.All(delivered.Contains);
+            }, TimeSpan.FromSeconds(60), "every accepted run is delivered");
+        }
+        finally
+        {
+            var delivered = (await relay.EmulatorApi.DeliveredAsync()).Select(r => r.Header("X-Port-Run-Id")).ToHashSet();
+            foreach (var missing in accepted.Where(a => !delivered.Contains(a)).Take(5))
+            {
+                var ids = await relay.Db.SetMembersAsync(RedisKeys.RunIndex(missing));
+                output.WriteLine($"missing {missing}: ids {string.Join(",", ids)}");
+                foreach (var id in ids)
+                {
+                    var hash = await relay.Db.HashGetAllAsync(RedisKeys.Delivery(id!));
+                    output.WriteLine("  " + string.Join(" ", hash.Where(h => h.Name != "body").Select(h => $"{h.Name}={h.Value}")));
+                }
+            }
+            output.WriteLine($"stream {await relay.Db.StreamLengthAsync(RedisKeys.Stream)} retries {await relay.Db.SortedSetLengthAsync(RedisKeys.RetrySchedule)} dead {await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters)}");
+            foreach (var line in relay.Dispatcher.Logs.Lines.Where(l => l.StartsWith("Warn", StringComparison.Ordinal) || l.StartsWith("Err", StringComparison.Ordinal)).Take(15))
+            {
+                output.WriteLine(line[..Math.Min(400, line.Length)]);
+            }
+        }
+        var errorLines = relay.Dispatcher.Logs.Lines.Count(l => l.Contains("[2103]", StringComparison.Ordinal));
+        output.WriteLine($"Dispatcher Redis error log lines during the outage: {errorLines}");
+        Assert.True(errorLines < 200, $"{errorLines} error lines: the delivery loop spun instead of backing off");
+    }
+
+    [Fact]
+    public async Task ConsumerGroupDeleted_WhileRunning_IsRecreatedAndDeliveryResumes()
+    {
+        await using var relay = await Relay.StartAsync();
+        await DeliveryOutcomeTests.SendAsync(relay);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(20), "first run delivered");
+
+        await relay.Db.StreamDeleteConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup);
+        await DeliveryOutcomeTests.SendAsync(relay);
+
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 2, TimeSpan.FromSeconds(20), "delivery resumes after NOGROUP");
+    }
+}

@@ -1,0 +1,46 @@
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
+
+namespace PortAzure.Tests.Dispatcher;
+
+public class ShutdownTests
+{
+    [Fact]
+    public async Task Stop_WithPostsInFlight_LetsThemFinishAndLeavesTheRestForOthers()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:MaxConcurrency"] = "2";
+            c["Dispatcher:RequestTimeoutSeconds"] = "5";
+            c["Dispatcher:ClaimMarginSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+        });
+        await relay.EmulatorApi.ScriptAsync(new { delayMs = 1500 });
+        var ids = new List<string>();
+        for (var i = 0; i < 5; i++)
+        {
+            ids.Add(await DeliveryOutcomeTests.SendAsync(relay));
+        }
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 2, TimeSpan.FromSeconds(10), "two POSTs in flight");
+
+        await relay.StopDispatcherAsync(relay.Dispatcher);
+
+        var states = new List<string>();
+        foreach (var id in ids)
+        {
+            states.Add((string)(await relay.Db.HashGetAsync(RedisKeys.Delivery(id), DeliveryRecord.State))!);
+        }
+        Assert.Equal(2, states.Count(s => s == DeliveryStates.Delivered));
+        Assert.Equal(3, states.Count(s => s == DeliveryStates.Queued));
+        Assert.Equal(3, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+
+        await relay.AddDispatcherAsync();
+        foreach (var id in ids)
+        {
+            await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(id), DeliveryRecord.State) == DeliveryStates.Delivered,
+                TimeSpan.FromSeconds(30), $"{id} delivered by the next Dispatcher");
+        }
+        Assert.Equal(5, (await relay.EmulatorApi.RequestsAsync()).Count);
+    }
+}
