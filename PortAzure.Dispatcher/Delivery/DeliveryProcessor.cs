@@ -25,7 +25,7 @@ internal sealed partial class DeliveryProcessor(
     ConsumerIdentity identity,
     ILogger<DeliveryProcessor> logger)
 {
-    private static readonly TimeSpan[] FinishBackoff =
+    private static readonly TimeSpan[] RedisBackoff =
         [TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(8)];
 
     /// <param name="streamId">The stream entry's id, or null when the delivery came from the retry schedule.</param>
@@ -35,7 +35,10 @@ internal sealed partial class DeliveryProcessor(
         ArgumentNullException.ThrowIfNull(entry);
         var opts = options.CurrentValue;
         var now = timeProvider.GetUtcNow();
-        var begin = await store.BeginAsync(entry, identity.Name, opts.LeaseDuration, claimed, now, TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds));
+        // Nothing has been posted yet: riding out a short Redis outage here is safe, and quicker than
+        // leaving the entry to be reclaimed after the lease.
+        var begin = await WithRedisRetriesAsync(() => store.BeginAsync(entry, identity.Name, opts.LeaseDuration, claimed, now,
+            TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds)), entry.DeliveryId, "begin");
         if (!begin.Leased)
         {
             // Another replica is posting it right now; it acknowledges the stream entry when done.
@@ -162,16 +165,21 @@ internal sealed partial class DeliveryProcessor(
         var request = new DeliveryStore.FinishRequest(mode, entry, streamId, identity.Name, now, dueAt,
             TimeSpan.FromHours(opts.DeliveredRetentionHours), attemptJson, opts.TargetHealth.FailureThreshold,
             now + TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds), fields);
+        return await WithRedisRetriesAsync(() => store.FinishAsync(request), entry.DeliveryId, mode.ToString());
+    }
+
+    private async Task<T> WithRedisRetriesAsync<T>(Func<Task<T>> operation, string deliveryId, string step)
+    {
         for (var i = 0; ; i++)
         {
             try
             {
-                return await store.FinishAsync(request);
+                return await operation();
             }
-            catch (Exception ex) when (ex is RedisException or TimeoutException && i < FinishBackoff.Length)
+            catch (Exception ex) when (ex is RedisException or TimeoutException && i < RedisBackoff.Length)
             {
-                Log.FinishRetry(logger, ex, entry.DeliveryId, mode);
-                await Task.Delay(FinishBackoff[i], timeProvider);
+                Log.RedisRetry(logger, ex, step, deliveryId);
+                await Task.Delay(RedisBackoff[i], timeProvider);
             }
         }
     }
@@ -251,8 +259,8 @@ internal sealed partial class DeliveryProcessor(
         [LoggerMessage(EventIds.TargetPaused, LogLevel.Warning, "Target {Org}/{Webhook} paused after {Failures} transient failures in a row")]
         public static partial void TargetPaused(ILogger logger, string org, string webhook, long failures);
 
-        [LoggerMessage(EventIds.FinishRetry, LogLevel.Warning, "Recording {Mode} for {DeliveryId} failed; retrying")]
-        public static partial void FinishRetry(ILogger logger, Exception exception, string deliveryId, FinishMode mode);
+        [LoggerMessage(EventIds.RedisRetry, LogLevel.Warning, "Redis failed at step {Step} of {DeliveryId}; retrying")]
+        public static partial void RedisRetry(ILogger logger, Exception exception, string step, string deliveryId);
     }
 }
 

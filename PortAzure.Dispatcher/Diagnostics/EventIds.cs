@@ -9,7 +9,7 @@ internal static class EventIds
     public const int LeaseHeld = 2004;
     public const int AlreadyFinished = 2005;
     public const int TargetPaused = 2006;
-    public const int FinishRetry = 2007;
+    public const int RedisRetry = 2007;
 
     public const int WorkerStarted = 2101;
     public const int GroupCreated = 2102;

@@ -13,9 +13,10 @@ internal readonly record struct EnqueueResult(bool Accepted, string DeliveryId);
 /// </summary>
 internal sealed class RunQueue(IConnectionMultiplexer redis)
 {
-    // KEYS: 1 idempotency key, 2 stream, 3 delivery record, 4 run index (or "" when there is no run id)
+    // KEYS: 1 idempotency key, 2 stream, 3 delivery record, 4 run index
+    //       (a placeholder in the same slot when there is no run id: Redis Cluster refuses keys in two slots)
     // ARGV: 1 delivery id, 2 idempotency TTL (s), 3 wake channel, 4 number of stream field args,
-    //       5.. stream field/value pairs, then delivery record field/value pairs
+    //       5 has run id (1/0), 6.. stream field/value pairs, then delivery record field/value pairs
     private const string EnqueueScript = """
         local existing = redis.call('GET', KEYS[1])
         if existing then
@@ -23,13 +24,13 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
         end
         local n = tonumber(ARGV[4])
         local fields = {}
-        for i = 5, 4 + n do fields[#fields + 1] = ARGV[i] end
+        for i = 6, 5 + n do fields[#fields + 1] = ARGV[i] end
         local streamId = redis.call('XADD', KEYS[2], '*', unpack(fields))
         redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
         local record = {'streamId', streamId}
-        for i = 5 + n, #ARGV do record[#record + 1] = ARGV[i] end
+        for i = 6 + n, #ARGV do record[#record + 1] = ARGV[i] end
         redis.call('HSET', KEYS[3], unpack(record))
-        if KEYS[4] ~= '' then
+        if ARGV[5] == '1' then
           redis.call('SADD', KEYS[4], ARGV[1])
           redis.call('EXPIRE', KEYS[4], ARGV[2])
         end
@@ -53,12 +54,13 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
             new(DeliveryRecord.Attempts, 0),
             new(DeliveryRecord.TraceParent, entry.TraceParent ?? ""),
         };
-        var args = new RedisValue[4 + (streamFields.Length * 2) + (record.Length * 2)];
+        var args = new RedisValue[5 + (streamFields.Length * 2) + (record.Length * 2)];
         args[0] = entry.DeliveryId;
         args[1] = (long)idempotencyWindow.TotalSeconds;
         args[2] = RedisKeys.WakeChannel;
         args[3] = streamFields.Length * 2;
-        var i = 4;
+        args[4] = entry.RunId is null ? 0 : 1;
+        var i = 5;
         foreach (var field in streamFields.Concat(record))
         {
             args[i++] = field.Name;
@@ -69,7 +71,7 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
             RedisKeys.Idempotency(entry.Org, entry.Webhook, entry.IdempotencyKey),
             RedisKeys.Stream,
             RedisKeys.Delivery(entry.DeliveryId),
-            entry.RunId is null ? "" : RedisKeys.RunIndex(entry.RunId),
+            RedisKeys.RunIndex(entry.RunId ?? ""),
         ];
         var result = (RedisResult[])(await redis.GetDatabase().ScriptEvaluateAsync(EnqueueScript, keys, args))!;
         return new EnqueueResult((int)result[0] == 1, (string)result[1]!);
