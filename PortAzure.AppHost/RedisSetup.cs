@@ -54,12 +54,26 @@ internal static class RedisSetup
 
             default:
                 var fsync = AppendFsync(builder);
-                var redis = builder.AddRedis(ResourceNames.Redis)
+                return builder.AddRedis(ResourceNames.Redis)
                     .WithDataVolume(VolumeName)
-                    // AOF: an entry Redis acknowledged survives a restart (RDB snapshots alone would lose minutes).
-                    .WithArgs("--appendonly", "yes", "--appendfsync", fsync);
-                return redis;
+                    // AOF: an entry Redis acknowledged survives a restart (RDB snapshots alone would lose up to
+                    // a minute). Aspire starts the container as `sh -c "redis-server ..."`, so the options must
+                    // go into that script: arguments after it would reach sh, not Redis.
+                    .WithArgs(context => AppendToRedisCommand(context.Args, $"--appendonly yes --appendfsync {fsync}"));
         }
+    }
+
+    internal static void AppendToRedisCommand(IList<object> args, string options)
+    {
+        for (var i = 0; i < args.Count; i++)
+        {
+            if (args[i] is string command && command.StartsWith("redis-server", StringComparison.Ordinal))
+            {
+                args[i] = $"{command} {options}";
+                return;
+            }
+        }
+        throw new InvalidOperationException("Aspire's Redis container command line has changed; persistence options could not be added to it.");
     }
 
     private static IResourceBuilder<IResourceWithConnectionString> AddRedisServer(this IDistributedApplicationBuilder builder)
