@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs the whole system: Redis, the Ingress, the Dispatcher and the Azure DevOps emulator under the
+# Aspire AppHost, with its dashboard at http://localhost:15080 (the login URL is printed below).
+# Redis comes from a container when Docker/Podman answers, else from redis-server, which this script
+# installs from the OS packages when neither is there. Extra arguments go to the AppHost.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+have_container_runtime() { command -v docker >/dev/null 2>&1 && timeout 5 docker info >/dev/null 2>&1; }
+
+if [ -z "${ConnectionStrings__redis:-}" ] && ! have_container_runtime && ! command -v redis-server >/dev/null 2>&1; then
+  echo "No container runtime and no redis-server: installing redis-server from the OS packages" >&2
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+fi
+
+exec dotnet run --project PortAzure.AppHost --launch-profile http -- "$@"

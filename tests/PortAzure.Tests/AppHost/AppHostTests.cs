@@ -1,0 +1,115 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+using Aspire.Hosting;
+using Aspire.Hosting.ApplicationModel;
+using Aspire.Hosting.Testing;
+using PortAzure.Tests.Infrastructure;
+
+namespace PortAzure.Tests.AppHost;
+
+public class AppHostTests
+{
+    [Fact]
+    public async Task AppHost_WithRedisServerExecutable_RunsARunThroughToTheEmulator()
+    {
+        var dataDirectory = Path.Combine(Path.GetTempPath(), "portazure-tests", "apphost-" + Guid.NewGuid().ToString("N")[..8]);
+        var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.PortAzure_AppHost>(
+            ["--Redis:Mode=executable", $"--Redis:DataDirectory={dataDirectory}"]);
+        await using var app = await builder.BuildAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(3));
+        await app.StartAsync(timeout.Token);
+        foreach (var resource in new[] { ResourceNames.Ingress, ResourceNames.Dispatcher, ResourceNames.AzureDevOpsEmulator })
+        {
+            await app.ResourceNotifications.WaitForResourceAsync(resource, KnownResourceStates.Running, timeout.Token);
+        }
+
+        using var ingress = app.CreateHttpClient(ResourceNames.Ingress);
+        using var emulator = app.CreateHttpClient(ResourceNames.AzureDevOpsEmulator);
+        var runId = TestRuns.NewRunId();
+        var body = TestRuns.Body(runId);
+        HttpStatusCode status = 0;
+        // The Ingress may answer before its Redis connection is up; a real Port call would be retried too.
+        await Eventually.HoldsAsync(async () =>
+        {
+            using var response = await TestRuns.SendAsync(ingress, body);
+            status = response.StatusCode;
+            return status is HttpStatusCode.Accepted or HttpStatusCode.OK;
+        }, TimeSpan.FromSeconds(60), "the Ingress accepts the run");
+
+        var emulatorApi = new EmulatorClient(emulator);
+        await Eventually.HoldsAsync(async () => (await emulatorApi.RequestsAsync()).Any(r => r.Header("X-Port-Run-Id") == runId),
+            TimeSpan.FromSeconds(60), "the run reaches the emulator");
+        var received = Assert.Single(await emulatorApi.RequestsAsync(), r => r.Header("X-Port-Run-Id") == runId);
+        Assert.True(received.SignatureValid);
+        Assert.Equal(body, received.Body);
+
+        using var health = await ingress.GetAsync("/health");
+        Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+        using var operatorCall = new HttpRequestMessage(HttpMethod.Get, $"/api/deliveries?runId={runId}");
+        operatorCall.Headers.Add("X-Api-Key", "dev-admin-key");
+        using var answer = await ingress.SendAsync(operatorCall);
+        Assert.Equal(HttpStatusCode.OK, answer.StatusCode);
+
+        await app.StopAsync(CancellationToken.None);
+        try
+        {
+            Directory.Delete(dataDirectory, recursive: true);
+        }
+        catch (IOException)
+        {
+        }
+    }
+
+    [Fact]
+    public async Task Manifest_Published_HasPersistentRedisExternalIngressSecretParametersAndNoEmulator()
+    {
+        var output = Path.Combine(Path.GetTempPath(), "portazure-tests", $"manifest-{Guid.NewGuid():N}.json");
+        Directory.CreateDirectory(Path.GetDirectoryName(output)!);
+        var configuration = AppContext.BaseDirectory.Contains($"{Path.DirectorySeparatorChar}Release{Path.DirectorySeparatorChar}", StringComparison.Ordinal) ? "Release" : "Debug";
+        var appHost = Path.Combine(Repository.Root, "PortAzure.AppHost", "bin", configuration, "net10.0", "PortAzure.AppHost.dll");
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var arg in new[] { appHost, "--publisher", "manifest", "--output-path", output })
+        {
+            start.ArgumentList.Add(arg);
+        }
+        using var process = Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync(new CancellationTokenSource(TimeSpan.FromMinutes(2)).Token);
+        Assert.True(process.ExitCode == 0, await stdout + await stderr);
+
+        using var manifest = JsonDocument.Parse(await File.ReadAllTextAsync(output));
+        var resources = manifest.RootElement.GetProperty("resources");
+
+        var redis = resources.GetProperty(ResourceNames.Redis);
+        Assert.StartsWith("container.v", redis.GetProperty("type").GetString(), StringComparison.Ordinal);
+        var command = string.Join(" ", redis.GetProperty("args").EnumerateArray().Select(a => a.GetString()));
+        Assert.Matches("redis-server .*--appendonly yes --appendfsync (everysec|always)", command);
+        Assert.Contains(redis.GetProperty("volumes").EnumerateArray(), v => v.GetProperty("name").GetString() == "portazure-redis-data" && v.GetProperty("target").GetString() == "/data");
+
+        var ingress = resources.GetProperty(ResourceNames.Ingress);
+        Assert.Equal("project.v0", ingress.GetProperty("type").GetString());
+        Assert.True(ingress.GetProperty("bindings").GetProperty("http").GetProperty("external").GetBoolean());
+        Assert.Equal("{redis.connectionString}", ingress.GetProperty("env").GetProperty("ConnectionStrings__redis").GetString());
+        Assert.Equal("{port-client-secret.value}", ingress.GetProperty("env").GetProperty("Port__ClientSecret").GetString());
+
+        var dispatcher = resources.GetProperty(ResourceNames.Dispatcher);
+        Assert.Equal("project.v0", dispatcher.GetProperty("type").GetString());
+        Assert.False(dispatcher.GetProperty("bindings").GetProperty("http").TryGetProperty("external", out var external) && external.GetBoolean());
+        Assert.Equal("{admin-api-key.value}", dispatcher.GetProperty("env").GetProperty("Admin__ApiKey").GetString());
+
+        foreach (var secret in new[] { "port-client-secret", "admin-api-key" })
+        {
+            var parameter = resources.GetProperty(secret);
+            Assert.Equal("parameter.v0", parameter.GetProperty("type").GetString());
+            Assert.True(parameter.GetProperty("inputs").GetProperty("value").GetProperty("secret").GetBoolean());
+            // No development default is published.
+            Assert.False(parameter.GetProperty("inputs").GetProperty("value").TryGetProperty("default", out _));
+        }
+        Assert.False(resources.TryGetProperty(ResourceNames.AzureDevOpsEmulator, out _));
+        Assert.DoesNotContain("port-demo-secret", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
+        Assert.DoesNotContain("dev-admin-key", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
+    }
+}
