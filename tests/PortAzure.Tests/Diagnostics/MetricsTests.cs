@@ -1,0 +1,81 @@
+using System.Net;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.Metrics.Testing;
+using PortAzure.Diagnostics;
+using PortAzure.Tests.Infrastructure;
+
+namespace PortAzure.Tests.Diagnostics;
+
+public class MetricsTests
+{
+    [Fact]
+    public async Task Ingress_KnownSequence_CountsAcceptedDuplicateAndRejectedByReason()
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        using var requests = new MetricCollector<long>(relay.Ingress.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(),
+            PortAzureDiagnostics.Name, "portazure.ingress.requests");
+        var body = TestRuns.Body(TestRuns.NewRunId());
+
+        (await relay.SendRunAsync(body)).Dispose();
+        (await relay.SendRunAsync(body)).Dispose();
+        (await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()))).Dispose();
+        using (var wrong = TestRuns.Signed(body, secret: "wrong"))
+        {
+            (await relay.Ingress.Client.SendAsync(wrong)).Dispose();
+        }
+        (await relay.SendRunAsync(body, org: "bad_org")).Dispose();
+
+        var measurements = requests.GetMeasurementSnapshot();
+        long Count(string outcome, string? reason = null) => measurements
+            .Where(m => (string?)m.Tags["outcome"] == outcome && (reason is null || (string?)m.Tags["reason"] == reason))
+            .Sum(m => m.Value);
+        Assert.Equal(2, Count("accepted"));
+        Assert.Equal(1, Count("duplicate"));
+        Assert.Equal(1, Count("rejected", "signature_invalid"));
+        Assert.Equal(1, Count("rejected", "invalid_org"));
+    }
+
+    [Fact]
+    public async Task Dispatcher_RetryThenDelivery_CountsAttemptsByOutcomeAndRecordsLatency()
+    {
+        await using var relay = await Relay.StartAsync();
+        var meters = relay.Dispatcher.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
+        using var attempts = new MetricCollector<long>(meters, PortAzureDiagnostics.Name, "portazure.dispatch.attempts");
+        using var latency = new MetricCollector<double>(meters, PortAzureDiagnostics.Name, "portazure.delivery.latency");
+        using var deadLetters = new MetricCollector<long>(meters, PortAzureDiagnostics.Name, "portazure.dispatch.deadletters");
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503 }, new { status = 200 }, new { status = 404 } } });
+
+        await Dispatcher.DeliveryOutcomeTests.SendAsync(relay);
+        await Eventually.HoldsAsync(() => Task.FromResult(latency.GetMeasurementSnapshot().Count == 1), TimeSpan.FromSeconds(20), "one delivery");
+        await Dispatcher.DeliveryOutcomeTests.SendAsync(relay);
+        await Eventually.HoldsAsync(() => Task.FromResult(deadLetters.GetMeasurementSnapshot().Count == 1), TimeSpan.FromSeconds(20), "one dead letter");
+
+        var snapshot = attempts.GetMeasurementSnapshot();
+        Assert.Equal(1, snapshot.Count(m => (string?)m.Tags["outcome"] == "transient" && (string?)m.Tags["status_class"] == "5xx"));
+        Assert.Equal(1, snapshot.Count(m => (string?)m.Tags["outcome"] == "delivered" && (string?)m.Tags["status_class"] == "2xx"));
+        Assert.Equal(1, snapshot.Count(m => (string?)m.Tags["outcome"] == "permanent" && (string?)m.Tags["status_class"] == "4xx"));
+        Assert.InRange(latency.GetMeasurementSnapshot()[0].Value, 0, 20);
+        Assert.Equal("permanent_failure", deadLetters.GetMeasurementSnapshot()[0].Tags["reason"]);
+    }
+
+    [Fact]
+    public async Task Dispatcher_OldestQueuedRunPastThreshold_ReportsDegraded()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:BacklogDegradedSeconds"] = "1";
+            c["Dispatcher:MaxConcurrency"] = "1";
+        });
+        await relay.EmulatorApi.ScriptAsync(new { delayMs = 15000 });
+        await Dispatcher.DeliveryOutcomeTests.SendAsync(relay);
+        await Dispatcher.DeliveryOutcomeTests.SendAsync(relay);
+
+        await Eventually.HoldsAsync(async () =>
+        {
+            using var response = await relay.Dispatcher.Client.GetAsync("/health");
+            return response.StatusCode == HttpStatusCode.OK && await response.Content.ReadAsStringAsync() == "Degraded";
+        }, TimeSpan.FromSeconds(15), "/health reports Degraded");
+        using var alive = await relay.Dispatcher.Client.GetAsync("/alive");
+        Assert.Equal("Healthy", await alive.Content.ReadAsStringAsync());
+    }
+}

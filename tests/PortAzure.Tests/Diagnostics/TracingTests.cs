@@ -1,0 +1,175 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using PortAzure.Diagnostics;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+
+namespace PortAzure.Tests.Diagnostics;
+
+/// <summary>One trace from Port's call to the Azure POST, across Redis, with the attributes operators filter on.</summary>
+public sealed class TracingTests : IDisposable
+{
+    private readonly ConcurrentQueue<Activity> _stopped = new();
+    private readonly ActivityListener _listener;
+
+    public TracingTests()
+    {
+        _listener = new ActivityListener
+        {
+            ShouldListenTo = source => source.Name is PortAzureDiagnostics.Name or "Microsoft.AspNetCore" or "System.Net.Http",
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = _stopped.Enqueue,
+        };
+        ActivitySource.AddActivityListener(_listener);
+    }
+
+    public void Dispose() => _listener.Dispose();
+
+    private static (string TraceParent, string TraceId) NewTraceParent()
+    {
+        var traceId = ActivityTraceId.CreateRandom().ToHexString();
+        return ($"00-{traceId}-{ActivitySpanId.CreateRandom().ToHexString()}-01", traceId);
+    }
+
+    private static Task<HttpResponseMessage> SendTracedAsync(Relay relay, byte[] body, string traceParent) =>
+        SendTracedAsync(relay, TestRuns.Signed(body), traceParent);
+
+    /// <summary>
+    /// Sends as Port would, with its own traceparent, over a plain socket: an HttpClient in this process
+    /// would be instrumented by the hosts' tracer providers and replace the header with its own span.
+    /// </summary>
+    private static async Task<HttpResponseMessage> SendTracedAsync(Relay relay, HttpRequestMessage request, string traceParent)
+    {
+        using (request)
+        {
+            var body = await request.Content!.ReadAsByteArrayAsync();
+            var head = new StringBuilder()
+                .Append(CultureInfo.InvariantCulture, $"POST /{request.RequestUri} HTTP/1.1\r\n")
+                .Append(CultureInfo.InvariantCulture, $"Host: {relay.Ingress.BaseAddress.Authority}\r\n")
+                .Append("Content-Type: application/json\r\n")
+                .Append(CultureInfo.InvariantCulture, $"Content-Length: {body.Length}\r\n")
+                .Append(CultureInfo.InvariantCulture, $"traceparent: {traceParent}\r\n")
+                .Append("Connection: close\r\n");
+            foreach (var header in request.Headers)
+            {
+                head.Append(CultureInfo.InvariantCulture, $"{header.Key}: {string.Join(",", header.Value)}\r\n");
+            }
+            head.Append("\r\n");
+            using var tcp = new TcpClient();
+            await tcp.ConnectAsync(relay.Ingress.BaseAddress.Host, relay.Ingress.BaseAddress.Port);
+            await using var stream = tcp.GetStream();
+            await stream.WriteAsync(Encoding.ASCII.GetBytes(head.ToString()));
+            await stream.WriteAsync(body);
+            using var reader = new StreamReader(stream, Encoding.ASCII);
+            var statusLine = await reader.ReadLineAsync() ?? "";
+            await reader.ReadToEndAsync();
+            return new HttpResponseMessage((HttpStatusCode)int.Parse(statusLine.Split(' ')[1], CultureInfo.InvariantCulture));
+        }
+    }
+
+    private List<Activity> InTrace(string traceId) => _stopped.Where(a => a.TraceId.ToHexString() == traceId).ToList();
+
+    [Fact]
+    public async Task AcceptedRun_PortTraceparent_JoinsOneTraceUpToTheAzurePost()
+    {
+        await using var relay = await Relay.StartAsync();
+        var (traceParent, traceId) = NewTraceParent();
+        var runId = TestRuns.NewRunId();
+
+        using var response = await SendTracedAsync(relay, TestRuns.Body(runId), traceParent);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(20), "delivered");
+        await Eventually.HoldsAsync(() => Task.FromResult(InTrace(traceId).Any(a => a.OperationName == "System.Net.Http.HttpRequestOut")), TimeSpan.FromSeconds(5), "spans stopped");
+
+        var received = (await relay.EmulatorApi.RequestsAsync())[0];
+        Assert.Equal(traceId, received.Header("traceparent")!.Split('-')[1]);
+
+        var spans = InTrace(traceId);
+        var producer = Assert.Single(spans, a => a.Source.Name == PortAzureDiagnostics.Name && a.Kind == ActivityKind.Producer);
+        Assert.Equal($"send {RedisKeys.Stream}", producer.DisplayName);
+        Assert.Equal("redis_streams", producer.GetTagItem("messaging.system"));
+        Assert.Equal(RedisKeys.Stream, producer.GetTagItem("messaging.destination.name"));
+        Assert.Equal("send", producer.GetTagItem("messaging.operation.type"));
+        Assert.Equal(runId, producer.GetTagItem("portazure.run_id"));
+        Assert.Equal("accepted", producer.GetTagItem("portazure.outcome"));
+        var deliveryId = (string)producer.GetTagItem("portazure.delivery_id")!;
+
+        // Port's span -> the Ingress's server span -> the producer span.
+        var server = Assert.Single(spans, a => a.SpanId == producer.ParentSpanId);
+        Assert.Equal(ActivityKind.Server, server.Kind);
+        Assert.Equal(traceParent.Split('-')[2], server.ParentSpanId.ToHexString());
+
+        var process = Assert.Single(spans, a => a.Source.Name == PortAzureDiagnostics.Name && a.Kind == ActivityKind.Consumer);
+        Assert.Equal(producer.SpanId, process.ParentSpanId);
+        Assert.Equal("process", process.GetTagItem("messaging.operation.type"));
+        Assert.Equal(deliveryId, process.GetTagItem("portazure.delivery_id"));
+        Assert.Equal(runId, process.GetTagItem("portazure.run_id"));
+        Assert.Equal(1, process.GetTagItem("portazure.attempt"));
+        Assert.Equal(TestRuns.Org, process.GetTagItem("azure_devops.org"));
+        Assert.Equal(TestRuns.Webhook, process.GetTagItem("azure_devops.webhook"));
+
+        var post = Assert.Single(spans, a => a.OperationName == "System.Net.Http.HttpRequestOut");
+        Assert.Equal(process.SpanId, post.ParentSpanId);
+        // And "Azure" (the emulator) continues the same trace under the POST.
+        Assert.Single(spans, a => a.Kind == ActivityKind.Server && a.ParentSpanId == post.SpanId);
+    }
+
+    [Fact]
+    public async Task RetriedRun_EachAttemptIsANewSpanInTheSameTrace()
+    {
+        await using var relay = await Relay.StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503 } } });
+        var (traceParent, traceId) = NewTraceParent();
+
+        using var response = await SendTracedAsync(relay, TestRuns.Body(TestRuns.NewRunId()), traceParent);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 2, TimeSpan.FromSeconds(20), "retried and delivered");
+        await Eventually.HoldsAsync(() => Task.FromResult(InTrace(traceId).Count(a => a.Kind == ActivityKind.Consumer) == 2), TimeSpan.FromSeconds(5), "two attempt spans");
+
+        var requests = await relay.EmulatorApi.RequestsAsync();
+        Assert.All(requests, r => Assert.Equal(traceId, r.Header("traceparent")!.Split('-')[1]));
+        var attempts = InTrace(traceId).Where(a => a.Kind == ActivityKind.Consumer).OrderBy(a => a.StartTimeUtc).ToList();
+        Assert.Equal([1, 2], attempts.Select(a => (int)a.GetTagItem("portazure.attempt")!));
+        Assert.Equal(ActivityStatusCode.Error, attempts[0].Status);
+        Assert.Equal("transient", attempts[0].GetTagItem("portazure.outcome"));
+        Assert.Equal("delivered", attempts[1].GetTagItem("portazure.outcome"));
+    }
+
+    [Fact]
+    public async Task DeadLetteredRun_AttemptSpanIsMarkedError()
+    {
+        await using var relay = await Relay.StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 404 } } });
+        var (traceParent, traceId) = NewTraceParent();
+
+        using var response = await SendTracedAsync(relay, TestRuns.Body(TestRuns.NewRunId()), traceParent);
+        await Eventually.HoldsAsync(() => Task.FromResult(InTrace(traceId).Any(a => a.Kind == ActivityKind.Consumer)), TimeSpan.FromSeconds(20), "attempt span");
+
+        var attempt = Assert.Single(InTrace(traceId), a => a.Kind == ActivityKind.Consumer);
+        Assert.Equal(ActivityStatusCode.Error, attempt.Status);
+        Assert.Equal("permanent", attempt.GetTagItem("portazure.outcome"));
+        Assert.Equal(404, attempt.GetTagItem("http.response.status_code"));
+    }
+
+    [Fact]
+    public async Task DuplicateAndRejectedCalls_AreTaggedWithTheirOutcome()
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var body = TestRuns.Body(TestRuns.NewRunId());
+        using var first = await relay.SendRunAsync(body);
+        var (duplicateParent, duplicateTrace) = NewTraceParent();
+        using var duplicate = await SendTracedAsync(relay, body, duplicateParent);
+        var (rejectedParent, rejectedTrace) = NewTraceParent();
+        using var rejectedResponse = await SendTracedAsync(relay, TestRuns.Signed(body, secret: "wrong"), rejectedParent);
+        await Eventually.HoldsAsync(() => Task.FromResult(InTrace(rejectedTrace).Any(a => a.Kind == ActivityKind.Server)), TimeSpan.FromSeconds(5), "server span");
+
+        var duplicateSpan = Assert.Single(InTrace(duplicateTrace), a => a.Kind == ActivityKind.Producer);
+        Assert.Equal("duplicate", duplicateSpan.GetTagItem("portazure.outcome"));
+        var rejectedSpan = Assert.Single(InTrace(rejectedTrace), a => a.Kind == ActivityKind.Server);
+        Assert.Equal("rejected", rejectedSpan.GetTagItem("portazure.outcome"));
+        Assert.Equal("signature_invalid", rejectedSpan.GetTagItem("portazure.reason"));
+        Assert.DoesNotContain(InTrace(rejectedTrace), a => a.Kind == ActivityKind.Producer);
+    }
+}
