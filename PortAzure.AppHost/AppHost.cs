@@ -19,6 +19,12 @@ var dispatcher = builder.AddProject<Projects.PortAzure_Dispatcher>(ResourceNames
     .WithEnvironment("Port__ClientId", portClientId)
     .WithEnvironment("Admin__ApiKey", adminApiKey)
     .WithReplicas(builder.Configuration.GetValue("Dispatcher:Replicas", 1));
+if (builder.ExecutionContext.IsPublishMode)
+{
+    // The manifest's project.v0 entry has no replica count; this writes the usual entry plus a
+    // "replicas" value bound to a parameter, so the deployment chooses it.
+    dispatcher.WithReplicaCountParameter(builder.AddParameter("dispatcher-replicas"));
+}
 
 var ingress = builder.AddProject<Projects.PortAzure_Ingress>(ResourceNames.Ingress)
     .WithReference(redis).WaitFor(redis)

@@ -99,6 +99,8 @@ public class AppHostTests
         Assert.Equal("project.v0", dispatcher.GetProperty("type").GetString());
         Assert.False(dispatcher.GetProperty("bindings").GetProperty("http").TryGetProperty("external", out var external) && external.GetBoolean());
         Assert.Equal("{admin-api-key.value}", dispatcher.GetProperty("env").GetProperty("Admin__ApiKey").GetString());
+        Assert.Equal("{dispatcher-replicas.value}", dispatcher.GetProperty("replicas").GetString());
+        Assert.Equal("parameter.v0", resources.GetProperty("dispatcher-replicas").GetProperty("type").GetString());
 
         foreach (var secret in new[] { "port-client-secret", "admin-api-key" })
         {
@@ -111,5 +113,52 @@ public class AppHostTests
         Assert.False(resources.TryGetProperty(ResourceNames.AzureDevOpsEmulator, out _));
         Assert.DoesNotContain("port-demo-secret", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
         Assert.DoesNotContain("dev-admin-key", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(null, "everysec")]
+    [InlineData("always", "always")]
+    public async Task ExecutableRedis_HasAofOnInADataFolderThatIsKept(string? fsync, string expected)
+    {
+        var dataDirectory = Path.Combine(Path.GetTempPath(), "portazure-tests", "apphost-model-" + Guid.NewGuid().ToString("N")[..8]);
+        string[] args = fsync is null
+            ? ["--Redis:Mode=executable", $"--Redis:DataDirectory={dataDirectory}"]
+            : ["--Redis:Mode=executable", $"--Redis:DataDirectory={dataDirectory}", $"--Redis:AppendFsync={fsync}"];
+        var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.PortAzure_AppHost>(args);
+
+        var redis = Assert.IsAssignableFrom<ExecutableResource>(builder.Resources.Single(r => r.Name == ResourceNames.Redis));
+#pragma warning disable CS0618 // The replacement (ExecutionConfigurationBuilder) needs a running app; this reads the model only.
+        var values = await redis.GetArgumentValuesAsync();
+#pragma warning restore CS0618
+
+        Assert.Equal("redis-server", redis.Command);
+        var line = string.Join(" ", values);
+        Assert.Contains("--appendonly yes", line, StringComparison.Ordinal);
+        Assert.Contains($"--appendfsync {expected}", line, StringComparison.Ordinal);
+        Assert.Contains($"--dir {dataDirectory}", line, StringComparison.Ordinal);
+        Assert.Contains("--bind 127.0.0.1", line, StringComparison.Ordinal);
+        Assert.True(Directory.Exists(dataDirectory));
+        Assert.IsAssignableFrom<IResourceWithConnectionString>(redis);
+        Directory.Delete(dataDirectory, recursive: true);
+    }
+
+    [Fact]
+    public async Task ConnectionStringMode_UsesTheGivenRedisAndStartsNoServer()
+    {
+        var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.PortAzure_AppHost>(
+            ["--Redis:Mode=connectionstring", "--ConnectionStrings:redis=redis.example:6380,ssl=true"]);
+
+        var redis = builder.Resources.Single(r => r.Name == ResourceNames.Redis);
+
+        Assert.IsNotType<ExecutableResource>(redis);
+        Assert.IsNotType<ContainerResource>(redis);
+        Assert.IsAssignableFrom<IResourceWithConnectionString>(redis);
+    }
+
+    [Fact]
+    public async Task UnknownRedisMode_StopsWithAMessageNamingTheSetting()
+    {
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => DistributedApplicationTestingBuilder.CreateAsync<Projects.PortAzure_AppHost>(["--Redis:Mode=floppy"]));
+        Assert.Contains("Redis:Mode", error.ToString(), StringComparison.Ordinal);
     }
 }

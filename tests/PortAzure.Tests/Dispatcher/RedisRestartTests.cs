@@ -95,3 +95,28 @@ public class RedisRestartTests(ITestOutputHelper output)
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 2, TimeSpan.FromSeconds(20), "delivery resumes after NOGROUP");
     }
 }
+
+public class RedisPersistenceTests
+{
+    [Fact]
+    public async Task RedisSigkilledUnderAppendfsyncAlways_AfterAThousandAcceptedRuns_EveryOneIsDelivered()
+    {
+        await using var redis = await RedisServer.StartAsync("always");
+        await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString, dispatchers: 0);
+        var runIds = Enumerable.Range(0, 1000).Select(_ => TestRuns.NewRunId()).ToList();
+        foreach (var batch in runIds.Chunk(50))
+        {
+            var responses = await Task.WhenAll(batch.Select(r => relay.SendRunAsync(TestRuns.Body(r))));
+            Assert.All(responses, r => Assert.Equal(HttpStatusCode.Accepted, r.StatusCode));
+        }
+
+        redis.Kill();
+        await redis.StartProcessAsync();
+        await relay.AddDispatcherAsync(c => c["Dispatcher:MaxConcurrency"] = "32");
+
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count >= 1000, TimeSpan.FromSeconds(90), "1,000 runs delivered");
+        await Task.Delay(500);
+        var requests = await relay.EmulatorApi.RequestsAsync();
+        Assert.Equal(runIds.Order(), requests.Select(r => r.Header("X-Port-Run-Id")!).Order());
+    }
+}
