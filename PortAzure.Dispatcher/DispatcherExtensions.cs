@@ -27,9 +27,14 @@ public static class DispatcherExtensions
         services.AddSingleton<IValidateOptions<PortOptions>, DispatcherPortOptionsValidator>();
         services.AddOptions<AdminOptions>().BindConfiguration(AdminOptions.SectionName);
 
-        // The host waits for the delivery worker's grace period before it gives up on shutdown.
-        services.AddOptions<HostOptions>().Configure<IOptions<DispatcherOptions>>((host, dispatcher) =>
-            host.ShutdownTimeout = TimeSpan.FromSeconds(dispatcher.Value.ShutdownGraceSeconds + 5));
+        // The host waits for the delivery worker's grace period before it gives up on shutdown. Bound
+        // here without validation, so that ValidateOnStart still reports every options error at once.
+        services.AddOptions<HostOptions>().Configure(host =>
+        {
+            var dispatcher = new DispatcherOptions();
+            builder.Configuration.GetSection(DispatcherOptions.SectionName).Bind(dispatcher);
+            host.ShutdownTimeout = TimeSpan.FromSeconds(Math.Max(0, dispatcher.ShutdownGraceSeconds) + 5);
+        });
 
         services.TryAddSingleton(TimeProvider.System);
         services.AddProblemDetails();

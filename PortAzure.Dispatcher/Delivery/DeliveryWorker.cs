@@ -55,7 +55,7 @@ internal sealed partial class DeliveryWorker(
                 await slots.WaitAsync(stoppingToken);
                 slots.Release();
 
-                var started = await FeedAsync(slots, stoppingToken);
+                var started = await FeedAsync(slots);
                 errorBackoff = TimeSpan.FromMilliseconds(100);
                 if (started == 0)
                 {
@@ -83,7 +83,7 @@ internal sealed partial class DeliveryWorker(
         await DrainAsync();
     }
 
-    private async Task<int> FeedAsync(SemaphoreSlim slots, CancellationToken stoppingToken)
+    private async Task<int> FeedAsync(SemaphoreSlim slots)
     {
         var opts = options.CurrentValue;
         var started = 0;
@@ -99,7 +99,7 @@ internal sealed partial class DeliveryWorker(
                 await store.RemoveFromScheduleAsync(deliveryId);
                 continue;
             }
-            await StartAsync(slots, entry, null, claimed: false, stoppingToken);
+            await StartAsync(slots, entry, null, claimed: false);
             started++;
         }
 
@@ -113,18 +113,18 @@ internal sealed partial class DeliveryWorker(
             {
                 Log.Claimed(logger, claim.ClaimedEntries.Length);
             }
-            started += await StartEntriesAsync(slots, claim.ClaimedEntries, claimed: true, stoppingToken);
+            started += await StartEntriesAsync(slots, claim.ClaimedEntries, claimed: true);
         }
 
         if (slots.CurrentCount > 0)
         {
             var entries = await redis.GetDatabase().StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name, ">", slots.CurrentCount);
-            started += await StartEntriesAsync(slots, entries, claimed: false, stoppingToken);
+            started += await StartEntriesAsync(slots, entries, claimed: false);
         }
         return started;
     }
 
-    private async Task<int> StartEntriesAsync(SemaphoreSlim slots, StreamEntry[] entries, bool claimed, CancellationToken stoppingToken)
+    private async Task<int> StartEntriesAsync(SemaphoreSlim slots, StreamEntry[] entries, bool claimed)
     {
         var started = 0;
         foreach (var streamEntry in entries)
@@ -136,13 +136,13 @@ internal sealed partial class DeliveryWorker(
                 await redis.GetDatabase().StreamAcknowledgeAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, streamEntry.Id);
                 continue;
             }
-            await StartAsync(slots, entry, streamEntry.Id.ToString(), claimed, stoppingToken);
+            await StartAsync(slots, entry, streamEntry.Id.ToString(), claimed);
             started++;
         }
         return started;
     }
 
-    private async Task StartAsync(SemaphoreSlim slots, DeliveryEntry entry, string? streamId, bool claimed, CancellationToken stoppingToken)
+    private async Task StartAsync(SemaphoreSlim slots, DeliveryEntry entry, string? streamId, bool claimed)
     {
         // The slot is taken even during shutdown: the entry is already ours and must be handled or left pending.
         await slots.WaitAsync(CancellationToken.None);
@@ -164,8 +164,6 @@ internal sealed partial class DeliveryWorker(
         }, CancellationToken.None);
         _inFlight.TryAdd(task, true);
         _ = task.ContinueWith(t => _inFlight.TryRemove(t, out _), TaskScheduler.Default);
-        await Task.CompletedTask;
-        _ = stoppingToken;
     }
 
     private async Task WaitForWorkAsync(CancellationToken stoppingToken)

@@ -347,3 +347,35 @@ public class WebhookHandlerTests
         Assert.Equal("Healthy", await response.Content.ReadAsStringAsync());
     }
 }
+
+public class HealthTests
+{
+    [Fact]
+    public async Task Health_RedisUnreachable_IsUnhealthyWhileAliveStaysHealthy()
+    {
+        await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = $"127.0.0.1:{RedisServer.FreePort()},abortConnect=false,connectTimeout=300,asyncTimeout=1000,syncTimeout=1000",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+        });
+
+        using var health = await ingress.Client.GetAsync("/health");
+        using var alive = await ingress.Client.GetAsync("/alive");
+
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, health.StatusCode);
+        Assert.Equal("Unhealthy", await health.Content.ReadAsStringAsync());
+        Assert.Equal(HttpStatusCode.OK, alive.StatusCode);
+    }
+
+    [Fact]
+    public async Task Dispatcher_StartsWithoutAnySecret_FailsNamingTheKey()
+    {
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartDispatcherAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
+            ["Dispatcher:MaxConcurrency"] = "0",
+        }));
+        Assert.Contains("Port:ClientSecret", error.ToString(), StringComparison.Ordinal);
+        Assert.Contains("Dispatcher:MaxConcurrency", error.ToString(), StringComparison.Ordinal);
+    }
+}
