@@ -29,6 +29,34 @@ internal sealed class KestrelLimitsSetup(IConfiguration configuration, IOptions<
         limits.MinRequestBodyDataRate = new MinDataRate(bytesPerSecond: 240, gracePeriod: TimeSpan.FromSeconds(5));
         limits.MaxRequestBodySize = ingressOptions.Value.MaxBodyBytes + BodySlackBytes;
         // Bound again after the defaults, so an operator's value wins whether or not the host already bound it.
-        configuration.GetSection(SectionName).Bind(limits);
+        var section = configuration.GetSection(SectionName);
+        section.Bind(limits);
+        // The binder cannot set MinDataRate (read-only properties, set through its constructor).
+        limits.MinRequestBodyDataRate = DataRate(section, nameof(KestrelServerLimits.MinRequestBodyDataRate), limits.MinRequestBodyDataRate);
+        limits.MinResponseDataRate = DataRate(section, nameof(KestrelServerLimits.MinResponseDataRate), limits.MinResponseDataRate);
+    }
+
+    /// <summary><c>{name}:BytesPerSecond</c> and <c>{name}:GracePeriod</c>; a rate of 0 turns the check off.</summary>
+    private static MinDataRate? DataRate(IConfigurationSection limits, string name, MinDataRate? current)
+    {
+        var section = limits.GetSection(name);
+        if (!section.Exists())
+        {
+            return current;
+        }
+        var bytesPerSecond = section.GetValue(nameof(MinDataRate.BytesPerSecond), current?.BytesPerSecond ?? 240);
+        var gracePeriod = section.GetValue(nameof(MinDataRate.GracePeriod), current?.GracePeriod ?? TimeSpan.FromSeconds(5));
+        if (bytesPerSecond <= 0)
+        {
+            return null;
+        }
+        try
+        {
+            return new MinDataRate(bytesPerSecond, gracePeriod);
+        }
+        catch (ArgumentOutOfRangeException ex)
+        {
+            throw new InvalidOperationException($"{SectionName}:{name} is out of range (the grace period must be over 1 s): {ex.Message}", ex);
+        }
     }
 }
