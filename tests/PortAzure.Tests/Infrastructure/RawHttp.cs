@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.Net;
 using System.Net.Sockets;
 using System.Text;
 
@@ -48,12 +49,14 @@ public static class RawHttp
 {
     private static readonly byte[] HeaderEnd = "\r\n\r\n"u8.ToArray();
 
-    public static async Task<RawResponse> SendAsync(Uri baseAddress, RawRequest request, TimeSpan timeout)
+    /// <param name="from">A loopback address to connect from (any of 127.0.0.0/8), to appear as another client.</param>
+    public static async Task<RawResponse> SendAsync(Uri baseAddress, RawRequest request, TimeSpan timeout, IPAddress? from = null)
     {
         ArgumentNullException.ThrowIfNull(baseAddress);
         ArgumentNullException.ThrowIfNull(request);
         using var cts = new CancellationTokenSource(timeout);
-        using var client = new TcpClient { NoDelay = true };
+        using var client = from is null ? new TcpClient() : new TcpClient(new IPEndPoint(from, 0));
+        client.NoDelay = true;
         await client.ConnectAsync(baseAddress.Host, baseAddress.Port, cts.Token);
         var stream = client.GetStream();
 
