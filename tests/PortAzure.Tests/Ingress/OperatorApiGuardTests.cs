@@ -105,7 +105,7 @@ public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<Ope
             Assert.Equal("delivery_not_found", await ReasonAsync(response));
         }
         await Eventually.HoldsAsync(() => Task.FromResult(fixture.DispatcherRequests.GetMeasurementSnapshot().Count > before),
-            TimeSpan.FromSeconds(5), "the Dispatcher to count the proxied call");
+            TimeSpan.FromSeconds(15), "the Dispatcher to count the proxied call");
     }
 
     [Theory]
