@@ -1,3 +1,4 @@
+using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 using PortAzure.Ingress.Diagnostics;
@@ -29,7 +30,9 @@ public static class IngressExtensions
         builder.Services.AddOptions<AdminOptions>().BindConfiguration(AdminOptions.SectionName);
 
         builder.Services.TryAddSingleton(TimeProvider.System);
-        builder.Services.AddProblemDetails();
+        builder.Services.AddProblemDetails(options => options.CustomizeProblemDetails = FallbackReason.Add);
+        builder.Services.AddWebhookRateLimiting();
+        builder.Services.AddSingleton<IConfigureOptions<KestrelServerOptions>, KestrelLimitsSetup>();
         builder.Services.AddSingleton<IngressMetrics>();
         builder.Services.AddSingleton<RunQueue>();
         builder.Services.AddSingleton<WebhookHandler>();
@@ -46,9 +49,11 @@ public static class IngressExtensions
         ArgumentNullException.ThrowIfNull(app);
         app.UseExceptionHandler();
         app.UseStatusCodePages();
+        app.UseRateLimiter();
 
         app.MapPost(WebhookRoute, (HttpContext context, string org, string webhook, WebhookHandler handler) =>
-            handler.HandleAsync(context, org, webhook));
+            handler.HandleAsync(context, org, webhook))
+            .RequireWebhookRateLimits();
 
         app.MapReverseProxy(proxy => proxy.UseOperatorApiKey());
         return app;

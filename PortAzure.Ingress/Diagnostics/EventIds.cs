@@ -8,4 +8,5 @@ internal static class EventIds
     public const int Rejected = 1003;
     public const int QueueUnavailable = 1004;
     public const int OperatorApiRejected = 1101;
+    public const int RateLimited = 1102;
 }

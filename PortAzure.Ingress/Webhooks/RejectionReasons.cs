@@ -9,6 +9,8 @@ internal static class RejectionReasons
     public const string UnsupportedMediaType = "unsupported_media_type";
     public const string BodyTooLarge = "body_too_large";
     public const string BodyEmpty = "body_empty";
+    public const string BodyUnreadable = "body_unreadable";
+    public const string BodyTimeout = "body_timeout";
     public const string BodyInvalidJson = "body_invalid_json";
     public const string BodyNotObject = "body_not_json_object";
     public const string SignatureMissing = "signature_missing";
@@ -20,4 +22,5 @@ internal static class RejectionReasons
     public const string TimestampInFuture = "timestamp_in_future";
     public const string RunIdInvalid = "run_id_invalid";
     public const string RedisUnavailable = "queue_unavailable";
+    public const string RateLimited = "rate_limited";
 }

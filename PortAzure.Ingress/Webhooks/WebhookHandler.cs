@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using System.Text.Unicode;
 using Microsoft.Extensions.Options;
 using Microsoft.Net.Http.Headers;
 using OpenTelemetry;
@@ -58,7 +59,17 @@ internal sealed partial class WebhookHandler(
             return TooLarge(options);
         }
 
-        var body = await ReadBodyAsync(request, options.MaxBodyBytes, context.RequestAborted);
+        byte[]? body;
+        try
+        {
+            body = await ReadBodyAsync(request, options.MaxBodyBytes, context.RequestAborted);
+        }
+        catch (BadHttpRequestException ex)
+        {
+            // Kestrel refuses the body mid-read (broken chunk framing, its own size limit, too slow):
+            // without this the exception handler would answer 500 for the client's mistake.
+            return Unreadable(ex, options);
+        }
         if (body is null)
         {
             return TooLarge(options);
@@ -78,6 +89,13 @@ internal sealed partial class WebhookHandler(
         if (body.Length == 0)
         {
             return Reject(StatusCodes.Status400BadRequest, RejectionReasons.BodyEmpty, "The body is empty; send the run as a JSON object.");
+        }
+
+        // The JSON reader checks UTF-8 only in the strings it is asked to decode; the rest of the
+        // body would reach Azure unchecked.
+        if (!Utf8.IsValid(body))
+        {
+            return Reject(StatusCodes.Status400BadRequest, RejectionReasons.BodyInvalidJson, "The body is not valid UTF-8, which JSON requires.");
         }
 
         string? runId;
@@ -235,6 +253,15 @@ internal sealed partial class WebhookHandler(
 
     private IResult TooLarge(IngressOptions options) =>
         Reject(StatusCodes.Status413PayloadTooLarge, RejectionReasons.BodyTooLarge, $"The body is larger than {options.MaxBodyBytes} bytes (Ingress:MaxBodyBytes).");
+
+    private IResult Unreadable(BadHttpRequestException exception, IngressOptions options) => exception.StatusCode switch
+    {
+        StatusCodes.Status413PayloadTooLarge => TooLarge(options),
+        StatusCodes.Status408RequestTimeout => Reject(StatusCodes.Status408RequestTimeout, RejectionReasons.BodyTimeout,
+            "The body arrived more slowly than the server's minimum data rate."),
+        _ => Reject(StatusCodes.Status400BadRequest, RejectionReasons.BodyUnreadable,
+            "The body could not be read: its framing (Content-Length or chunked encoding) is broken."),
+    };
 
     private static bool IsJson(string? contentType)
     {

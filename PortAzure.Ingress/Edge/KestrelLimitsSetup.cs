@@ -1,0 +1,62 @@
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.Options;
+using PortAzure.Ingress.Webhooks;
+
+namespace PortAzure.Ingress.Edge;
+
+/// <summary>
+/// Kestrel's connection-level limits with the Ingress's defaults; every key under Kestrel's own
+/// <c>Kestrel:Limits</c> section (e.g. <c>Kestrel:Limits:MaxRequestHeadersTotalSize</c>) overrides them.
+/// </summary>
+internal sealed class KestrelLimitsSetup(IConfiguration configuration, IOptions<IngressOptions> ingressOptions) : IConfigureOptions<KestrelServerOptions>
+{
+    public const string SectionName = "Kestrel:Limits";
+
+    /// <summary>
+    /// Room above <c>Ingress:MaxBodyBytes</c>: a moderately large body reaches the handler, which answers
+    /// its own 413 problem, while anything far larger (draining after that answer included) is cut by Kestrel.
+    /// </summary>
+    public const long BodySlackBytes = 64 * 1024;
+
+    public void Configure(KestrelServerOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var limits = options.Limits;
+        limits.MaxRequestHeadersTotalSize = 32 * 1024;
+        limits.MaxRequestHeaderCount = 100;
+        // Kestrel's own default is 30 s: a slow-header client would hold a connection three times as long.
+        limits.RequestHeadersTimeout = TimeSpan.FromSeconds(10);
+        limits.MinRequestBodyDataRate = new MinDataRate(bytesPerSecond: 240, gracePeriod: TimeSpan.FromSeconds(5));
+        limits.MaxRequestBodySize = ingressOptions.Value.MaxBodyBytes + BodySlackBytes;
+        // Bound again after the defaults, so an operator's value wins whether or not the host already bound it.
+        var section = configuration.GetSection(SectionName);
+        section.Bind(limits);
+        // The binder cannot set MinDataRate (read-only properties, set through its constructor).
+        limits.MinRequestBodyDataRate = DataRate(section, nameof(KestrelServerLimits.MinRequestBodyDataRate), limits.MinRequestBodyDataRate);
+        limits.MinResponseDataRate = DataRate(section, nameof(KestrelServerLimits.MinResponseDataRate), limits.MinResponseDataRate);
+    }
+
+    /// <summary><c>{name}:BytesPerSecond</c> and <c>{name}:GracePeriod</c>; a rate of 0 turns the check off.</summary>
+    private static MinDataRate? DataRate(IConfigurationSection limits, string name, MinDataRate? current)
+    {
+        var section = limits.GetSection(name);
+        if (!section.Exists())
+        {
+            return current;
+        }
+        var bytesPerSecond = section.GetValue(nameof(MinDataRate.BytesPerSecond), current?.BytesPerSecond ?? 240);
+        var gracePeriod = section.GetValue(nameof(MinDataRate.GracePeriod), current?.GracePeriod ?? TimeSpan.FromSeconds(5));
+        if (bytesPerSecond <= 0)
+        {
+            return null;
+        }
+        try
+        {
+            return new MinDataRate(bytesPerSecond, gracePeriod);
+        }
+        catch (ArgumentOutOfRangeException ex)
+        {
+            throw new InvalidOperationException($"{SectionName}:{name} is out of range (the grace period must be over 1 s): {ex.Message}", ex);
+        }
+    }
+}

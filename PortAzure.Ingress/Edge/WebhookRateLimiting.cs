@@ -1,0 +1,118 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Threading.RateLimiting;
+using Microsoft.AspNetCore.RateLimiting;
+using Microsoft.Extensions.Options;
+using PortAzure.Ingress.Diagnostics;
+using PortAzure.Ingress.Webhooks;
+
+namespace PortAzure.Ingress.Edge;
+
+/// <summary>
+/// Abuse limits on the webhook route: a token bucket per client address, and one shared bucket for
+/// all clients. Nothing else (operator API, health probes) passes through either bucket.
+/// </summary>
+/// <remarks>
+/// Token buckets rather than fixed windows: Port fires a burst when many actions are triggered at
+/// once (a bulk run over entities), and a bucket lets that burst through while still capping the
+/// sustained rate; a fixed window would also allow twice the limit across a window boundary.
+/// </remarks>
+internal static partial class WebhookRateLimiting
+{
+    private const string GlobalPartition = "all-webhook-clients";
+    private static readonly TimeSpan Period = TimeSpan.FromSeconds(1);
+    private static readonly TimeSpan MinimumRetryAfter = TimeSpan.FromSeconds(1);
+
+    public static IServiceCollection AddWebhookRateLimiting(this IServiceCollection services)
+    {
+        services.AddOptions<RateLimitOptions>().BindConfiguration(RateLimitOptions.SectionName).ValidateOnStart();
+        services.AddSingleton<IValidateOptions<RateLimitOptions>, RateLimitOptionsValidator>();
+        services.AddRateLimiter(_ => { });
+        services.AddOptions<RateLimiterOptions>().Configure<IOptions<RateLimitOptions>>((limiter, configured) =>
+        {
+            var options = configured.Value;
+            limiter.RejectionStatusCode = StatusCodes.Status429TooManyRequests;
+            limiter.OnRejected = RejectAsync;
+            if (!options.Enabled)
+            {
+                return;
+            }
+            // Chained, per-client bucket first: a client refused by its own bucket never takes a token
+            // from the shared one, so one flooding client cannot use up everyone's allowance. (An
+            // endpoint policy would not do: the middleware takes the global lease before the policy's.)
+            var perClient = PartitionedRateLimiter.Create<HttpContext, string>(context => IsWebhookEndpoint(context)
+                ? RateLimitPartition.GetTokenBucketLimiter(ClientKey(context), _ => Bucket(options.PermitsPerSecondPerClient, options.Burst))
+                : RateLimitPartition.GetNoLimiter(""));
+            var global = PartitionedRateLimiter.Create<HttpContext, string>(context => IsWebhookEndpoint(context)
+                ? RateLimitPartition.GetTokenBucketLimiter(GlobalPartition, _ => Bucket(options.GlobalPermitsPerSecond, options.GlobalBurst))
+                : RateLimitPartition.GetNoLimiter(""));
+            limiter.GlobalLimiter = PartitionedRateLimiter.CreateChained(perClient, global);
+        });
+        return services;
+    }
+
+    /// <summary>Puts an endpoint under the webhook limits.</summary>
+    public static TBuilder RequireWebhookRateLimits<TBuilder>(this TBuilder endpoint) where TBuilder : IEndpointConventionBuilder =>
+        endpoint.WithMetadata(WebhookLimited.Instance);
+
+    private static TokenBucketRateLimiterOptions Bucket(int perSecond, int burst) => new()
+    {
+        TokenLimit = burst,
+        TokensPerPeriod = perSecond,
+        ReplenishmentPeriod = Period,
+        // No queue: a waiting request holds a connection and its body; Port can come back later.
+        QueueLimit = 0,
+    };
+
+    private static bool IsWebhookEndpoint(HttpContext context) => context.GetEndpoint()?.Metadata.GetMetadata<WebhookLimited>() is not null;
+
+    /// <summary>
+    /// The connection's address (behind a load balancer, put UseForwardedHeaders with the balancer
+    /// as a known proxy first; X-Forwarded-For is never trusted here, or any client could pick its
+    /// own bucket). IPv6 clients are grouped by /64: one host usually holds a whole /64.
+    /// </summary>
+    private static string ClientKey(HttpContext context)
+    {
+        var address = context.Connection.RemoteIpAddress;
+        if (address is null)
+        {
+            return "unknown";
+        }
+        if (address.IsIPv4MappedToIPv6)
+        {
+            address = address.MapToIPv4();
+        }
+        if (address.AddressFamily == AddressFamily.InterNetworkV6)
+        {
+            var bytes = address.GetAddressBytes();
+            Array.Clear(bytes, 8, 8);
+            address = new IPAddress(bytes);
+        }
+        return address.ToString();
+    }
+
+    private static async ValueTask RejectAsync(OnRejectedContext rejected, CancellationToken cancellationToken)
+    {
+        var context = rejected.HttpContext;
+        var retryAfter = rejected.Lease.TryGetMetadata(MetadataName.RetryAfter, out var delay) && delay > MinimumRetryAfter
+            ? delay
+            : MinimumRetryAfter;
+        context.RequestServices.GetRequiredService<IngressMetrics>().Rejected(RejectionReasons.RateLimited);
+        Log.RateLimited(context.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(WebhookRateLimiting)),
+            ClientKey(context), retryAfter.TotalSeconds);
+        await Problems.Create(StatusCodes.Status429TooManyRequests, RejectionReasons.RateLimited,
+            "Too many webhook calls; retry after the number of seconds in Retry-After.", retryAfter).ExecuteAsync(context);
+    }
+
+    private sealed class WebhookLimited
+    {
+        public static readonly WebhookLimited Instance = new();
+    }
+
+    private static partial class Log
+    {
+        // Debug: under a flood one line per refused call would be the flood; the requests metric counts them.
+        [LoggerMessage(EventIds.RateLimited, LogLevel.Debug, "Refused a webhook call from {Client}: rate limit reached, retry after {RetryAfterSeconds} s")]
+        public static partial void RateLimited(ILogger logger, string client, double retryAfterSeconds);
+    }
+}

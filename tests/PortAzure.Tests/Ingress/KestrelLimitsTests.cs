@@ -1,0 +1,100 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Options;
+using PortAzure.Tests.Infrastructure;
+
+namespace PortAzure.Tests.Ingress;
+
+public class KestrelLimitsTests
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(30);
+
+    [Fact]
+    public async Task Start_NoKestrelConfiguration_AppliesTheIngressDefaults()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Ingress:MaxBodyBytes"] = "100000", dispatchers: 0);
+
+        var limits = relay.Ingress.Services.GetRequiredService<IOptions<KestrelServerOptions>>().Value.Limits;
+
+        Assert.Equal(32 * 1024, limits.MaxRequestHeadersTotalSize);
+        Assert.Equal(100, limits.MaxRequestHeaderCount);
+        Assert.Equal(TimeSpan.FromSeconds(10), limits.RequestHeadersTimeout);
+        Assert.Equal(240, limits.MinRequestBodyDataRate!.BytesPerSecond);
+        Assert.Equal(TimeSpan.FromSeconds(5), limits.MinRequestBodyDataRate.GracePeriod);
+        Assert.Equal(100_000 + (64 * 1024), limits.MaxRequestBodySize);
+    }
+
+    [Fact]
+    public async Task Start_KestrelLimitsSection_OverridesEveryDefault()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Kestrel:Limits:MaxRequestHeadersTotalSize"] = "8192";
+            c["Kestrel:Limits:MaxRequestHeaderCount"] = "20";
+            c["Kestrel:Limits:RequestHeadersTimeout"] = "00:00:03";
+            c["Kestrel:Limits:MinRequestBodyDataRate:BytesPerSecond"] = "100";
+            c["Kestrel:Limits:MinRequestBodyDataRate:GracePeriod"] = "00:00:02";
+            c["Kestrel:Limits:MaxRequestBodySize"] = "2000000";
+        }, dispatchers: 0);
+
+        var limits = relay.Ingress.Services.GetRequiredService<IOptions<KestrelServerOptions>>().Value.Limits;
+
+        Assert.Equal(8192, limits.MaxRequestHeadersTotalSize);
+        Assert.Equal(20, limits.MaxRequestHeaderCount);
+        Assert.Equal(TimeSpan.FromSeconds(3), limits.RequestHeadersTimeout);
+        Assert.Equal(100, limits.MinRequestBodyDataRate!.BytesPerSecond);
+        Assert.Equal(TimeSpan.FromSeconds(2), limits.MinRequestBodyDataRate.GracePeriod);
+        Assert.Equal(2_000_000, limits.MaxRequestBodySize);
+
+        var flood = Enumerable.Range(0, 25).Select(i => RawRequest.HeaderLine($"X-Flood-{i}", "x")).ToList();
+        var response = await RawHttp.SendAsync(relay.Ingress.BaseAddress, new RawRequest("GET", "/health"u8.ToArray(), flood, [], RawFraming.None), Timeout);
+        Assert.Equal(431, response.Status);
+        using var health = await relay.Ingress.Client.GetAsync("/health");
+        Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+    }
+
+    [Fact]
+    public async Task Request_HeadersSentTooSlowly_ConnectionIsClosedAfterRequestHeadersTimeout()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Kestrel:Limits:RequestHeadersTimeout"] = "00:00:01", dispatchers: 0);
+        using var client = new TcpClient();
+        await client.ConnectAsync(relay.Ingress.BaseAddress.Host, relay.Ingress.BaseAddress.Port);
+        var stream = client.GetStream();
+
+        // Half a request head, then nothing: a slow-headers (slowloris) client.
+        await stream.WriteAsync(Encoding.ASCII.GetBytes("POST /contoso/_apis/public/distributedtask/webhooks/deploy HTTP/1.1\r\nHost: x\r\n"));
+        using var cts = new CancellationTokenSource(Timeout);
+        var response = await RawHttp.ReadResponseAsync(stream, cts.Token);
+
+        // No tight time bound: Kestrel checks timeouts on a 1 s heartbeat plus 1 s of slack, and a loaded
+        // machine adds more. That the configured value is the one applied is checked above.
+        Assert.Equal(408, response.Status);
+    }
+
+    [Fact]
+    public async Task Post_BodySentTooSlowly_IsCutByTheMinimumDataRate()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Kestrel:Limits:MinRequestBodyDataRate:BytesPerSecond"] = "240";
+            c["Kestrel:Limits:MinRequestBodyDataRate:GracePeriod"] = "00:00:02";
+        }, dispatchers: 0);
+        using var client = new TcpClient();
+        await client.ConnectAsync(relay.Ingress.BaseAddress.Host, relay.Ingress.BaseAddress.Port);
+        var stream = client.GetStream();
+
+        await stream.WriteAsync(Encoding.ASCII.GetBytes(
+            "POST /contoso/_apis/public/distributedtask/webhooks/deploy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+            "X-Port-Signature: v1,x\r\nContent-Length: 10000\r\n\r\n{\"a\":"));
+        using var cts = new CancellationTokenSource(Timeout);
+        var response = await RawHttp.ReadResponseAsync(stream, cts.Token);
+
+        Assert.Equal(408, response.Status);
+        Assert.Contains("\"reason\":\"body_timeout\"", response.Text, StringComparison.Ordinal);
+        using var health = await relay.Ingress.Client.GetAsync("/health");
+        Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+    }
+}

@@ -1,0 +1,194 @@
+using System.Diagnostics.Metrics;
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Http.Json;
+using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.Metrics.Testing;
+using PortAzure.Tests.Infrastructure;
+
+namespace PortAzure.Tests.Ingress;
+
+/// <summary>
+/// One relay (Ingress with the operator key, one Dispatcher) and a second Ingress with no key that
+/// proxies to the same Dispatcher; the Dispatcher's request count shows which calls reached it.
+/// </summary>
+public sealed class OperatorApiRelay : IAsyncLifetime
+{
+    public Relay Relay { get; private set; } = null!;
+
+    /// <summary>An Ingress with no Admin:ApiKey, in front of the same Dispatcher.</summary>
+    public TestHost ClosedIngress { get; private set; } = null!;
+
+    public string DeliveryId { get; private set; } = null!;
+
+    public string RunId { get; } = TestRuns.NewRunId();
+
+    public MetricCollector<double> DispatcherRequests { get; private set; } = null!;
+
+    public async Task InitializeAsync()
+    {
+        Relay = await Relay.StartAsync();
+        var config = new Dictionary<string, string?>(Relay.Config)
+        {
+            ["Admin:ApiKey"] = "",
+            ["services:dispatcher:http:0"] = Relay.Dispatcher.BaseAddress.ToString().TrimEnd('/'),
+        };
+        ClosedIngress = await TestHost.StartIngressAsync(config);
+        using var accepted = await Relay.SendRunAsync(TestRuns.Body(RunId));
+        accepted.EnsureSuccessStatusCode();
+        DeliveryId = (await accepted.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deliveryId").GetString()!;
+        DispatcherRequests = new MetricCollector<double>(Relay.Dispatcher.Services.GetRequiredService<IMeterFactory>(),
+            "Microsoft.AspNetCore.Hosting", "http.server.request.duration");
+    }
+
+    public async Task DisposeAsync()
+    {
+        DispatcherRequests.Dispose();
+        await ClosedIngress.DisposeAsync();
+        await Relay.DisposeAsync();
+    }
+
+    public string Resolve(string path) => path.Replace("{deliveryId}", DeliveryId, StringComparison.Ordinal).Replace("{runId}", RunId, StringComparison.Ordinal);
+}
+
+public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<OperatorApiRelay>
+{
+    private const string UnknownDelivery = "d_00000000000000000000000000000000";
+
+    /// <summary>Every operator route the Ingress proxies, with the status a right key gets.</summary>
+    public static TheoryData<string, string, int> Routes() => new()
+    {
+        { "GET", "/api/deliveries/{deliveryId}", 200 },
+        { "GET", $"/api/deliveries/{UnknownDelivery}", 404 },
+        { "GET", "/api/deliveries?runId={runId}", 200 },
+        { "GET", "/api/deadletters", 200 },
+        { "POST", "/api/deadletters/replay", 200 },
+        { "GET", "/api/stats", 200 },
+        { "GET", "/openapi/v1.json", 200 },
+    };
+
+    public static TheoryData<string, string, int, string> RoutesWithScheme()
+    {
+        var data = new TheoryData<string, string, int, string>();
+        foreach (var row in Routes())
+        {
+            foreach (var scheme in new[] { "bearer", "x-api-key" })
+            {
+                data.Add((string)row[0], (string)row[1], (int)row[2], scheme);
+            }
+        }
+        return data;
+    }
+
+    public static TheoryData<string, string> RoutesOnly()
+    {
+        var data = new TheoryData<string, string>();
+        foreach (var row in Routes())
+        {
+            data.Add((string)row[0], (string)row[1]);
+        }
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(RoutesWithScheme))]
+    public async Task Call_WithRightKey_IsAnsweredByTheDispatcher(string method, string path, int status, string scheme)
+    {
+        var before = fixture.DispatcherRequests.GetMeasurementSnapshot().Count;
+
+        using var response = await SendAsync(fixture.Relay.Ingress, method, path, scheme, Relay.AdminKey);
+
+        Assert.Equal(status, (int)response.StatusCode);
+        if (status == 404)
+        {
+            Assert.Equal("delivery_not_found", await ReasonAsync(response));
+        }
+        await Eventually.HoldsAsync(() => Task.FromResult(fixture.DispatcherRequests.GetMeasurementSnapshot().Count > before),
+            TimeSpan.FromSeconds(15), "the Dispatcher to count the proxied call");
+    }
+
+    [Theory]
+    [MemberData(nameof(RoutesOnly))]
+    public async Task Call_WithoutKey_Answers401ApiKeyMissingAtTheEdge(string method, string path)
+    {
+        var before = fixture.DispatcherRequests.GetMeasurementSnapshot().Count;
+
+        using var response = await SendAsync(fixture.Relay.Ingress, method, path, scheme: null, key: null);
+
+        Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        Assert.Equal("api_key_missing", await ReasonAsync(response));
+        Assert.Equal(before, fixture.DispatcherRequests.GetMeasurementSnapshot().Count);
+    }
+
+    [Theory]
+    [MemberData(nameof(RoutesOnly))]
+    public async Task Call_WithWrongKey_Answers401ApiKeyInvalidAtTheEdge(string method, string path)
+    {
+        var before = fixture.DispatcherRequests.GetMeasurementSnapshot().Count;
+
+        foreach (var scheme in new[] { "bearer", "x-api-key" })
+        {
+            using var response = await SendAsync(fixture.Relay.Ingress, method, path, scheme, "not-the-admin-key");
+
+            Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+            Assert.Equal("api_key_invalid", await ReasonAsync(response));
+        }
+        Assert.Equal(before, fixture.DispatcherRequests.GetMeasurementSnapshot().Count);
+    }
+
+    [Theory]
+    [MemberData(nameof(RoutesOnly))]
+    public async Task Call_IngressWithoutAdminKey_Answers404OperatorApiDisabledNeverReachingTheDispatcher(string method, string path)
+    {
+        var before = fixture.DispatcherRequests.GetMeasurementSnapshot().Count;
+
+        // The Dispatcher behind it has a key and would answer 2xx to this one.
+        using var withKey = await SendAsync(fixture.ClosedIngress, method, path, "x-api-key", Relay.AdminKey);
+        using var withoutKey = await SendAsync(fixture.ClosedIngress, method, path, scheme: null, key: null);
+
+        Assert.Equal(HttpStatusCode.NotFound, withKey.StatusCode);
+        Assert.Equal("operator_api_disabled", await ReasonAsync(withKey));
+        Assert.Equal(HttpStatusCode.NotFound, withoutKey.StatusCode);
+        Assert.Equal("operator_api_disabled", await ReasonAsync(withoutKey));
+        Assert.Equal(before, fixture.DispatcherRequests.GetMeasurementSnapshot().Count);
+    }
+
+    [Theory]
+    [MemberData(nameof(RoutesOnly))]
+    public async Task Call_DispatcherDirectly_RejectsMissingAndWrongKeys(string method, string path)
+    {
+        using var missing = await SendAsync(fixture.Relay.Dispatcher, method, path, scheme: null, key: null);
+        using var wrong = await SendAsync(fixture.Relay.Dispatcher, method, path, "bearer", "not-the-admin-key");
+        using var right = await SendAsync(fixture.Relay.Dispatcher, method, path, "bearer", Relay.AdminKey);
+
+        Assert.Equal(HttpStatusCode.Unauthorized, missing.StatusCode);
+        Assert.Equal("api_key_missing", await ReasonAsync(missing));
+        Assert.Equal(HttpStatusCode.Unauthorized, wrong.StatusCode);
+        Assert.Equal("api_key_invalid", await ReasonAsync(wrong));
+        Assert.True(right.IsSuccessStatusCode || right.StatusCode == HttpStatusCode.NotFound, $"{method} {path}: {(int)right.StatusCode}");
+    }
+
+    private async Task<HttpResponseMessage> SendAsync(TestHost host, string method, string path, string? scheme, string? key)
+    {
+        using var request = new HttpRequestMessage(new HttpMethod(method), fixture.Resolve(path));
+        switch (scheme)
+        {
+            case "bearer":
+                request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", key);
+                break;
+            case "x-api-key":
+                request.Headers.TryAddWithoutValidation("X-Api-Key", key);
+                break;
+            default:
+                break;
+        }
+        return await host.Client.SendAsync(request);
+    }
+
+    private static async Task<string?> ReasonAsync(HttpResponseMessage response)
+    {
+        Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        return (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString();
+    }
+}

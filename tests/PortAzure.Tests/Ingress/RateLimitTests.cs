@@ -1,0 +1,152 @@
+using System.Globalization;
+using System.Net;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+using PortAzure.Redis;
+using PortAzure.Signing;
+using PortAzure.Tests.Infrastructure;
+
+namespace PortAzure.Tests.Ingress;
+
+public class RateLimitTests
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(10);
+
+    private static Action<Dictionary<string, string?>> Limits(int perClient, int burst, int global = 1000, int globalBurst = 1000) => c =>
+    {
+        c["Ingress:RateLimit:PermitsPerSecondPerClient"] = perClient.ToString(CultureInfo.InvariantCulture);
+        c["Ingress:RateLimit:Burst"] = burst.ToString(CultureInfo.InvariantCulture);
+        c["Ingress:RateLimit:GlobalPermitsPerSecond"] = global.ToString(CultureInfo.InvariantCulture);
+        c["Ingress:RateLimit:GlobalBurst"] = globalBurst.ToString(CultureInfo.InvariantCulture);
+    };
+
+    [Fact]
+    public async Task Post_PastPerClientLimit_Answers429WithRetryAfterThenRecovers()
+    {
+        await using var relay = await Relay.StartAsync(Limits(perClient: 5, burst: 5), dispatchers: 0);
+
+        // All at once, so the bucket cannot refill in between however slow the machine is.
+        var responses = await Task.WhenAll(Enumerable.Range(0, 20).Select(_ => relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()))));
+
+        var accepted = responses.Count(r => r.StatusCode == HttpStatusCode.Accepted);
+        var refused = responses.Where(r => r.StatusCode == HttpStatusCode.TooManyRequests).ToList();
+        Assert.Equal(responses.Length, accepted + refused.Count);
+        Assert.InRange(accepted, 5, 15);
+        Assert.Equal(accepted, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+        var retryAfter = TimeSpan.Zero;
+        foreach (var response in refused)
+        {
+            Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+            var problem = await response.Content.ReadFromJsonAsync<JsonElement>();
+            Assert.Equal("rate_limited", problem.GetProperty("reason").GetString());
+            Assert.Equal(429, problem.GetProperty("status").GetInt32());
+            var delta = response.Headers.RetryAfter?.Delta;
+            Assert.NotNull(delta);
+            Assert.InRange(delta.Value, TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(5));
+            retryAfter = delta.Value > retryAfter ? delta.Value : retryAfter;
+        }
+        foreach (var response in responses)
+        {
+            response.Dispose();
+        }
+
+        // The limiter refills on a 100 ms heartbeat, so the refill can land just after Retry-After.
+        await Task.Delay(retryAfter + TimeSpan.FromMilliseconds(300));
+        using var again = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()));
+        Assert.Equal(HttpStatusCode.Accepted, again.StatusCode);
+    }
+
+    [Fact]
+    public async Task Get_HealthAndOperatorApiPastTheWebhookLimit_AreNotLimited()
+    {
+        await using var relay = await Relay.StartAsync(Limits(perClient: 1, burst: 1, global: 1, globalBurst: 1));
+        var flood = await Task.WhenAll(Enumerable.Range(0, 10).Select(_ => relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()))));
+        Assert.Contains(flood, r => r.StatusCode == HttpStatusCode.TooManyRequests);
+
+        for (var i = 0; i < 20; i++)
+        {
+            using var health = await relay.Ingress.Client.GetAsync("/health");
+            using var alive = await relay.Ingress.Client.GetAsync("/alive");
+            using var stats = await relay.Ingress.Client.SendAsync(relay.Operator(HttpMethod.Get, "/api/stats"));
+            Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+            Assert.Equal(HttpStatusCode.OK, alive.StatusCode);
+            Assert.Equal(HttpStatusCode.OK, stats.StatusCode);
+        }
+    }
+
+    [Fact]
+    public async Task Post_OneClientFlooding_LeavesOtherClientsTheirAllowance()
+    {
+        await using var relay = await Relay.StartAsync(Limits(perClient: 2, burst: 2, global: 6, globalBurst: 6), dispatchers: 0);
+        var flooder = IPAddress.Parse("127.0.0.2");
+        var other = IPAddress.Parse("127.0.0.3");
+
+        // Were refused calls charged to the shared bucket, these 20 would empty it for everyone.
+        var flood = await Task.WhenAll(Enumerable.Range(0, 20).Select(_ => RawHttp.SendAsync(relay.Ingress.BaseAddress, SignedRun(), Timeout, flooder)));
+        var others = new List<int>();
+        for (var i = 0; i < 2; i++)
+        {
+            others.Add((await RawHttp.SendAsync(relay.Ingress.BaseAddress, SignedRun(), Timeout, other)).Status);
+        }
+
+        Assert.Contains(flood, r => r.Status == 429);
+        Assert.All(others, status => Assert.Equal(202, status));
+    }
+
+    [Fact]
+    public async Task Post_PastGlobalLimit_Answers429EvenToClientsWithinTheirOwnLimit()
+    {
+        await using var relay = await Relay.StartAsync(Limits(perClient: 100, burst: 100, global: 2, globalBurst: 2), dispatchers: 0);
+
+        var responses = await Task.WhenAll(Enumerable.Range(2, 10).Select(i =>
+            RawHttp.SendAsync(relay.Ingress.BaseAddress, SignedRun(), Timeout, IPAddress.Parse($"127.0.0.{i}"))));
+
+        Assert.All(responses, r => Assert.Contains(r.Status, new[] { 202, 429 }));
+        Assert.InRange(responses.Count(r => r.Status == 202), 2, 8);
+        Assert.Contains(responses, r => r.Status == 429 && r.Text.Contains("\"reason\":\"rate_limited\"", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Post_RateLimitDisabled_NeverAnswers429()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            Limits(perClient: 1, burst: 1, global: 1, globalBurst: 1)(c);
+            c["Ingress:RateLimit:Enabled"] = "false";
+        }, dispatchers: 0);
+
+        for (var i = 0; i < 10; i++)
+        {
+            using var response = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()));
+            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        }
+    }
+
+    [Fact]
+    public async Task Start_InvalidRateLimitOptions_ReportsEveryErrorAtOnce()
+    {
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartIngressAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Ingress:RateLimit:PermitsPerSecondPerClient"] = "10",
+            ["Ingress:RateLimit:Burst"] = "5",
+            ["Ingress:RateLimit:GlobalPermitsPerSecond"] = "0",
+        }));
+        Assert.Contains("Ingress:RateLimit:Burst", error.ToString(), StringComparison.Ordinal);
+        Assert.Contains("Ingress:RateLimit:GlobalPermitsPerSecond", error.ToString(), StringComparison.Ordinal);
+    }
+
+    private static RawRequest SignedRun()
+    {
+        var body = TestRuns.Body(TestRuns.NewRunId());
+        var timestamp = DateTimeOffset.UtcNow.ToUnixTimeSeconds().ToString(CultureInfo.InvariantCulture);
+        return new RawRequest("POST", Encoding.ASCII.GetBytes(BadInputCorpus.DefaultPath),
+        [
+            RawRequest.HeaderLine("Content-Type", "application/json"),
+            RawRequest.HeaderLine(PortSignature.TimestampHeader, timestamp),
+            RawRequest.HeaderLine(PortSignature.SignatureHeader, PortSignature.ComputeV1(TestRuns.Secret, timestamp, body)),
+        ], body);
+    }
+}
