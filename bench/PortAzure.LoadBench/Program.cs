@@ -44,7 +44,12 @@ var redisConnection = $"127.0.0.1:{redisPort},abortConnect=false";
 using var redis = await ConnectionMultiplexer.ConnectAsync(redisConnection);
 var db = redis.GetDatabase();
 
-var serviceLog = settings.ServiceLogLevel is { } level ? new Dictionary<string, string> { ["Logging__LogLevel__Default"] = level } : [];
+// What-if knobs for the Ingress and Dispatchers (profiling without code changes): --service-log-level, --service-env K=V.
+var serviceLog = new Dictionary<string, string>(settings.ServiceEnv);
+if (settings.ServiceLogLevel is { } level)
+{
+    serviceLog["Logging__LogLevel__Default"] = level;
+}
 
 var emulator = ServiceProcess.StartDotnet("emulator", Dll("PortAzure.AzureDevOpsEmulator", ""),
     new Dictionary<string, string>
@@ -218,6 +223,24 @@ var backlogAccepted = ingressMax.AcceptedRunIds().ToList();
 Console.WriteLine($"drain: {backlogAccepted.Count} queued runs, one Dispatcher (MaxConcurrency {settings.DispatcherConcurrency})");
 var drain1 = await DrainAsync("drain1", 1, backlogAccepted);
 
+if (settings.IngressOnly)
+{
+    // Profiling runs: baselines, Ingress max and the drain that checks it; nothing else.
+    var ingressOnlyRss = ingress.PeakRssMb();
+    foreach (var service in services)
+    {
+        service.Dispose();
+    }
+    report.Line("## Ingress only");
+    report.Line();
+    report.Line($"- bare Kestrel {bareResult.RatePerSecond:0} req/s ({bareCpuPerReq:0} us CPU/request); Ingress {ingressMax.RatePerSecond:0} runs/s = {ingressMax.RatePerSecond / bareResult.RatePerSecond:P0} " +
+        $"({ingressCpuPerReq:0} us Ingress CPU/run, {redisCpuPerReq:0} us redis CPU/run); {ingressMax.Latency()}");
+    report.Line($"- drain, one Dispatcher: {drain1.Rate:0} deliveries/s; peak RSS Ingress {ingressOnlyRss:0} MB, Dispatcher {dispatcherPeakRss:0} MB");
+    report.Line($"- {string.Join("; ", verifications)}");
+    report.Write();
+    return verifications.All(v => v.Ok) ? 0 : 1;
+}
+
 // ---------------------------------------------------------------- Ingress, open model
 var openResults = new List<LoadResult>();
 var openAccepted = new List<string>();
@@ -303,8 +326,10 @@ return 0;
 internal sealed class Settings
 {
     public bool Smoke { get; private set; }
+    public bool IngressOnly { get; private set; }
     public string? OutDir { get; private set; }
     public string? ServiceLogLevel { get; private set; }
+    public Dictionary<string, string> ServiceEnv { get; } = [];
     public int Connections { get; private set; } = 32;
     public int DispatcherConcurrency { get; private set; } = 128;
     public int Backlog { get; private set; } = 100_000;
@@ -336,8 +361,13 @@ internal sealed class Settings
                     s.E2EDuration = TimeSpan.FromSeconds(0.5);
                     s.StallTimeout = TimeSpan.FromSeconds(30);
                     break;
+                case "--ingress-only": s.IngressOnly = true; break;
                 case "--out": s.OutDir = Path.GetFullPath(Next()); break;
                 case "--service-log-level": s.ServiceLogLevel = Next(); break;
+                case "--service-env":
+                    var pair = Next().Split('=', 2);
+                    s.ServiceEnv[pair[0]] = pair.Length > 1 ? pair[1] : "";
+                    break;
                 case "--connections": s.Connections = int.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--dispatcher-concurrency": s.DispatcherConcurrency = int.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--backlog": s.Backlog = int.Parse(Next(), CultureInfo.InvariantCulture); break;
@@ -346,7 +376,7 @@ internal sealed class Settings
                 case "--e2e-seconds": s.E2EDuration = TimeSpan.FromSeconds(double.Parse(Next(), CultureInfo.InvariantCulture)); break;
                 case "--e2e-rates": s.E2ERates = [.. Next().Split(',').Select(r => int.Parse(r, CultureInfo.InvariantCulture))]; break;
                 case "--help" or "-h":
-                    Console.WriteLine("bench/run.sh [--smoke] [--out DIR] [--service-log-level Warning] [--connections 32] [--dispatcher-concurrency 128] " +
+                    Console.WriteLine("bench/run.sh [--smoke] [--ingress-only] [--out DIR] [--service-log-level Warning] [--service-env KEY=VALUE]... [--connections 32] [--dispatcher-concurrency 128] " +
                         "[--backlog 100000] [--backlog3 100000] [--open-seconds 10] [--e2e-seconds 15] [--e2e-rates 100,500,1000]");
                     Environment.Exit(0);
                     break;
