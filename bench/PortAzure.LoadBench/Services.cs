@@ -27,7 +27,12 @@ internal sealed class ServiceProcess : IDisposable
     /// <summary>Starts <paramref name="command"/> through <c>sh -c 'exec ...'</c>, so the pid is the program's own.</summary>
     public static ServiceProcess Start(string name, string command, IEnumerable<string> args, IDictionary<string, string> env, string logFile, int port)
     {
-        var start = new ProcessStartInfo("/bin/sh") { UseShellExecute = false, WorkingDirectory = Path.GetDirectoryName(logFile)! };
+        // The working directory is the program's own: ASP.NET Core takes it as the content root, and
+        // reads appsettings.json (log levels included) from there.
+        var workingDirectory = args.FirstOrDefault(a => a.EndsWith(".dll", StringComparison.Ordinal)) is { } dll
+            ? Path.GetDirectoryName(dll)!
+            : Path.GetDirectoryName(logFile)!;
+        var start = new ProcessStartInfo("/bin/sh") { UseShellExecute = false, WorkingDirectory = workingDirectory };
         start.ArgumentList.Add("-c");
         start.ArgumentList.Add("exec \"$@\" >\"$LOADBENCH_LOG\" 2>&1");
         start.ArgumentList.Add("sh");

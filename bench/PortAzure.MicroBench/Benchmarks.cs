@@ -2,7 +2,6 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using BenchmarkDotNet.Attributes;
-using BenchmarkDotNet.Jobs;
 using PortAzure.Ingress.Webhooks;
 using PortAzure.Redis;
 using PortAzure.Signing;
@@ -19,7 +18,6 @@ public static class Sample
 
 /// <summary>Port's v1 signature check as the Ingress calls it: one header value, one secret.</summary>
 [MemoryDiagnoser]
-[ShortRunJob(RuntimeMoniker.Net10_0)]
 public class PortSignatureBenchmarks
 {
     private readonly byte[] _body = Sample.Body;
@@ -43,7 +41,6 @@ public class PortSignatureBenchmarks
 
 /// <summary>The HMAC-SHA1 header the Dispatcher puts on every POST to Azure.</summary>
 [MemoryDiagnoser]
-[ShortRunJob(RuntimeMoniker.Net10_0)]
 public class AzureSignatureBenchmarks
 {
     private readonly byte[] _body = Sample.Body;
@@ -59,7 +56,6 @@ public class AzureSignatureBenchmarks
 
 /// <summary>Finding the run id as the Ingress does: parse with its options, then look in the known places.</summary>
 [MemoryDiagnoser]
-[ShortRunJob(RuntimeMoniker.Net10_0)]
 public class RunIdBenchmarks
 {
     private static readonly JsonDocumentOptions Options = new() { MaxDepth = 64, AllowDuplicateProperties = false };
@@ -85,7 +81,6 @@ public class RunIdBenchmarks
 
 /// <summary>The stream entry's encoding (Ingress) and decoding (Dispatcher).</summary>
 [MemoryDiagnoser]
-[ShortRunJob(RuntimeMoniker.Net10_0)]
 public class DeliveryEntryBenchmarks
 {
     private DeliveryEntry _entry = null!;
