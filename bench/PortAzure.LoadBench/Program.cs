@@ -171,17 +171,37 @@ async Task<(Verification Verification, List<Delivered> Records)> VerifyAsync(str
 async Task<(double Rate, double RateWithStartup, double Peak, double Seconds)> DrainAsync(string scenario, int dispatcherCount, List<string> accepted)
 {
     var expected = accepted.Count;
+    var commandsBefore = await CommandStatsAsync();
     var start = Stopwatch.GetTimestamp();
     var dispatchers = StartDispatchers(dispatcherCount, scenario);
     var (seconds, first, peak) = await WaitDeliveredAsync(expected, start);
     var rate = expected / Math.Max(1e-9, seconds - first);
     Console.WriteLine($"  {scenario}: {expected} deliveries in {seconds:0.0} s from process start ({seconds - first:0.0} s from the first delivery): {rate:0} deliveries/s, peak 1-s window {peak:0}/s");
+    var commandsAfter = await CommandStatsAsync();
+    Console.WriteLine("  redis commands per delivery: " + string.Join(", ", commandsAfter
+        .Select(kv => (kv.Key, Calls: kv.Value - commandsBefore.GetValueOrDefault(kv.Key)))
+        .Where(c => c.Calls > 0).OrderByDescending(c => c.Calls)
+        .Select(c => $"{c.Key} {c.Calls / (double)Math.Max(1, expected):0.00}")));
     await VerifyAsync(scenario, accepted);
     StopDispatchers(dispatchers);
     return (rate, expected / seconds, peak, seconds);
 }
 
-var loadLog = new List<string>();
+// INFO commandstats: calls per command, to count Redis round trips per delivery.
+async Task<Dictionary<string, long>> CommandStatsAsync()
+{
+    var text = (string?)await db.ExecuteAsync("INFO", "commandstats") ?? "";
+    var stats = new Dictionary<string, long>(StringComparer.Ordinal);
+    foreach (var line in text.Split('\n'))
+    {
+        if (line.StartsWith("cmdstat_", StringComparison.Ordinal) && line.IndexOf(":calls=", StringComparison.Ordinal) is var at and > 0)
+        {
+            var calls = line[(at + 7)..].Split(',')[0];
+            stats[line[8..at]] = long.Parse(calls, CultureInfo.InvariantCulture);
+        }
+    }
+    return stats;
+}
 
 // ---------------------------------------------------------------- baselines
 Console.WriteLine("baseline: redis-benchmark XADD");
