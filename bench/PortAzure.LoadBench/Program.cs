@@ -1,0 +1,446 @@
+using System.Diagnostics;
+using System.Globalization;
+using PortAzure.LoadBench;
+using StackExchange.Redis;
+
+CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
+CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
+
+var settings = Settings.Parse(args);
+var root = Settings.FindRoot();
+var stamp = DateTime.UtcNow.ToString("yyyyMMdd-HHmmss", CultureInfo.InvariantCulture);
+var outDir = settings.OutDir ?? Path.Combine(root, "bench", "results", stamp + (settings.Smoke ? "-smoke" : ""));
+Directory.CreateDirectory(outDir);
+var logs = Path.Combine(outDir, "logs");
+Directory.CreateDirectory(logs);
+
+var report = new Report(outDir);
+report.Line($"# PortAzure load bench {(settings.Smoke ? "(smoke)" : "")} {stamp} UTC");
+report.Line();
+report.Machine(settings);
+
+const string Secret = "bench-port-client-secret";
+const string Org = "contoso";
+const string Webhook = "deploy";
+var sample = File.ReadAllBytes(Path.Combine(AppContext.BaseDirectory, "Data", "port-run-v1.sample.json"));
+var runTag = Guid.NewGuid().ToString("N")[..6];
+string RunIdFor(string scenario, long i) => $"r_{runTag}_{scenario}_{i:D7}";
+
+var verifications = new List<Verification>();
+var services = new List<ServiceProcess>();
+var dispatcherPeakRss = 0.0;
+
+string Dll(string project, string dir) => Path.Combine(root, dir, project, "bin", "Release", "net10.0", project + ".dll");
+
+var redisPort = ServiceProcess.FreePort();
+var redisDir = Path.Combine(outDir, "redis");
+Directory.CreateDirectory(redisDir);
+var redisServer = ServiceProcess.Start("redis-server", "redis-server",
+    ["--port", redisPort.ToString(CultureInfo.InvariantCulture), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", redisDir],
+    new Dictionary<string, string>(), Path.Combine(logs, "redis.log"), redisPort);
+services.Add(redisServer);
+await redisServer.WaitReadyAsync(null, TimeSpan.FromSeconds(20));
+var redisConnection = $"127.0.0.1:{redisPort},abortConnect=false";
+using var redis = await ConnectionMultiplexer.ConnectAsync(redisConnection);
+var db = redis.GetDatabase();
+
+// What-if knobs for the Ingress and Dispatchers (profiling without code changes): --service-log-level, --service-env K=V.
+var serviceLog = new Dictionary<string, string>(settings.ServiceEnv);
+if (settings.ServiceLogLevel is { } level)
+{
+    serviceLog["Logging__LogLevel__Default"] = level;
+}
+
+var emulator = ServiceProcess.StartDotnet("emulator", Dll("PortAzure.AzureDevOpsEmulator", ""),
+    new Dictionary<string, string>
+    {
+        ["Emulator__Secret"] = Secret,
+        // The stand-in for Azure is not under test: its per-request log line would only steal CPU.
+        ["Logging__LogLevel__Default"] = "Warning",
+    }, Path.Combine(logs, "emulator.log"), ServiceProcess.FreePort());
+services.Add(emulator);
+
+var ingress = ServiceProcess.StartDotnet("ingress", Dll("PortAzure.Ingress", ""),
+    new Dictionary<string, string>(serviceLog)
+    {
+        ["ConnectionStrings__redis"] = redisConnection,
+        ["Port__ClientSecret"] = Secret,
+        ["AzureDevOps__BaseUrl"] = emulator.BaseUri.ToString(),
+    }, Path.Combine(logs, "ingress.log"), ServiceProcess.FreePort());
+services.Add(ingress);
+
+var bare = ServiceProcess.StartDotnet("bare-kestrel", Dll("PortAzure.BareKestrel", "bench"),
+    new Dictionary<string, string>(), Path.Combine(logs, "bare-kestrel.log"), ServiceProcess.FreePort());
+services.Add(bare);
+
+await emulator.WaitReadyAsync("/alive", TimeSpan.FromSeconds(60));
+await ingress.WaitReadyAsync("/alive", TimeSpan.FromSeconds(60));
+await bare.WaitReadyAsync("/", TimeSpan.FromSeconds(60));
+using var emulatorClient = new EmulatorClient(emulator.BaseUri);
+
+var dispatcherNumber = 0;
+List<ServiceProcess> StartDispatchers(int count, string scenario) =>
+    [.. Enumerable.Range(0, count).Select(_ =>
+    {
+        var n = ++dispatcherNumber;
+        var d = ServiceProcess.StartDotnet($"dispatcher-{n}", Dll("PortAzure.Dispatcher", ""),
+            new Dictionary<string, string>(serviceLog)
+            {
+                ["ConnectionStrings__redis"] = redisConnection,
+                ["Port__ClientSecret"] = Secret,
+                ["AzureDevOps__BaseUrl"] = emulator.BaseUri.ToString(),
+                ["Dispatcher__MaxConcurrency"] = settings.DispatcherConcurrency.ToString(CultureInfo.InvariantCulture),
+                ["Dispatcher__ConsumerName"] = $"bench-{scenario}-{n}",
+            }, Path.Combine(logs, $"dispatcher-{n}-{scenario}.log"), ServiceProcess.FreePort());
+        services.Add(d);
+        return d;
+    })];
+
+void StopDispatchers(List<ServiceProcess> dispatchers)
+{
+    foreach (var d in dispatchers)
+    {
+        dispatcherPeakRss = Math.Max(dispatcherPeakRss, d.PeakRssMb());
+        d.Stop(TimeSpan.FromSeconds(30));
+        dispatcherPeakRss = Math.Max(dispatcherPeakRss, d.PeakRssMb());
+    }
+}
+
+// Waits until the emulator holds `expected` records (or nothing moves for the stall time), then lets
+// stragglers (duplicates) arrive before the records are read.
+async Task<(double Seconds, double FirstAfter, double PeakWindowRate)> WaitDeliveredAsync(int expected, long startTicks)
+{
+    var samples = new List<(double T, int Count)>();
+    double? first = null;
+    var lastProgress = Stopwatch.GetTimestamp();
+    var last = -1;
+    while (true)
+    {
+        var count = await emulatorClient.CountAsync();
+        var t = Stopwatch.GetElapsedTime(startTicks).TotalSeconds;
+        samples.Add((t, count));
+        if (count > 0 && first is null)
+        {
+            first = t;
+        }
+        if (count != last)
+        {
+            last = count;
+            lastProgress = Stopwatch.GetTimestamp();
+        }
+        if (count >= expected)
+        {
+            break;
+        }
+        if (Stopwatch.GetElapsedTime(lastProgress) > settings.StallTimeout)
+        {
+            Console.WriteLine($"  no delivery progress for {settings.StallTimeout.TotalSeconds} s at {count}/{expected}");
+            break;
+        }
+        await Task.Delay(50);
+    }
+    var done = samples[^1].T;
+    var peak = 0.0;
+    for (int i = 0, j = 0; i < samples.Count; i++)
+    {
+        while (j < samples.Count && samples[j].T - samples[i].T < 1.0)
+        {
+            j++;
+        }
+        if (j < samples.Count)
+        {
+            peak = Math.Max(peak, (samples[j].Count - samples[i].Count) / (samples[j].T - samples[i].T));
+        }
+    }
+    return (done, first ?? done, peak);
+}
+
+async Task<(Verification Verification, List<Delivered> Records)> VerifyAsync(string scenario, IReadOnlyCollection<string> accepted)
+{
+    await Task.Delay(settings.Smoke ? 300 : 1000);
+    var records = await emulatorClient.RecordsAsync();
+    var verification = Verification.Check(scenario, accepted, records);
+    var streamLength = await db.StreamLengthAsync("{portazure}:runs");
+    var pending = (await db.StreamPendingAsync("{portazure}:runs", "dispatchers")).PendingMessageCount;
+    Console.WriteLine($"  {verification} (stream length {streamLength}, pending {pending})");
+    verifications.Add(verification);
+    await emulatorClient.ClearAsync();
+    return (verification, records);
+}
+
+async Task<(double Rate, double RateWithStartup, double Peak, double Seconds)> DrainAsync(string scenario, int dispatcherCount, List<string> accepted)
+{
+    var expected = accepted.Count;
+    var commandsBefore = await CommandStatsAsync();
+    var start = Stopwatch.GetTimestamp();
+    var dispatchers = StartDispatchers(dispatcherCount, scenario);
+    var (seconds, first, peak) = await WaitDeliveredAsync(expected, start);
+    var rate = expected / Math.Max(1e-9, seconds - first);
+    Console.WriteLine($"  {scenario}: {expected} deliveries in {seconds:0.0} s from process start ({seconds - first:0.0} s from the first delivery): {rate:0} deliveries/s, peak 1-s window {peak:0}/s");
+    var commandsAfter = await CommandStatsAsync();
+    Console.WriteLine("  redis commands per delivery: " + string.Join(", ", commandsAfter
+        .Select(kv => (kv.Key, Calls: kv.Value - commandsBefore.GetValueOrDefault(kv.Key)))
+        .Where(c => c.Calls > 0).OrderByDescending(c => c.Calls)
+        .Select(c => $"{c.Key} {c.Calls / (double)Math.Max(1, expected):0.00}")));
+    await VerifyAsync(scenario, accepted);
+    StopDispatchers(dispatchers);
+    return (rate, expected / seconds, peak, seconds);
+}
+
+// INFO commandstats: calls per command, to count Redis round trips per delivery.
+async Task<Dictionary<string, long>> CommandStatsAsync()
+{
+    var text = (string?)await db.ExecuteAsync("INFO", "commandstats") ?? "";
+    var stats = new Dictionary<string, long>(StringComparer.Ordinal);
+    foreach (var line in text.Split('\n'))
+    {
+        if (line.StartsWith("cmdstat_", StringComparison.Ordinal) && line.IndexOf(":calls=", StringComparison.Ordinal) is var at and > 0)
+        {
+            var calls = line[(at + 7)..].Split(',')[0];
+            stats[line[8..at]] = long.Parse(calls, CultureInfo.InvariantCulture);
+        }
+    }
+    return stats;
+}
+
+// ---------------------------------------------------------------- baselines
+Console.WriteLine("baseline: redis-benchmark XADD");
+var payload = new string('x', sample.Length);
+var xaddPlain = RedisBench.Run(redisPort, settings.RedisBenchRequests, settings.Connections, 1, payload);
+var xaddPipelined = RedisBench.Run(redisPort, settings.RedisBenchRequests * 4, settings.Connections, 16, payload);
+await db.KeyDeleteAsync("bench");
+Console.WriteLine($"  XADD -c {settings.Connections}: {xaddPlain}; with -P 16: {xaddPipelined}");
+
+Console.WriteLine("baseline: bare Kestrel, closed loop");
+double cpuBefore;
+LoadResult bareResult;
+using (var bareClient = new LoadClient(bare.BaseUri, Org, Webhook, Secret, settings.Connections, sample))
+{
+    cpuBefore = bare.CpuSeconds();
+    bareResult = await LoadModels.ClosedAsync("bare", bareClient, settings.Connections, 20_000_000,
+        settings.BaselineDuration, settings.WarmupRequests, i => RunIdFor("bare", i));
+}
+var bareCpuPerReq = (bare.CpuSeconds() - cpuBefore) / bareResult.Issued * 1e6;
+Console.WriteLine($"  bare Kestrel: {bareResult.RatePerSecond:0} req/s over {bareResult.Issued} requests ({bareResult.StatusSummary()}), {bareResult.Latency()}, server CPU {bareCpuPerReq:0} us/request");
+bare.Stop(TimeSpan.FromSeconds(10));
+
+// ---------------------------------------------------------------- Ingress, closed loop, no Dispatcher
+using var ingressClient = new LoadClient(ingress.BaseUri, Org, Webhook, Secret, 4096, sample);
+Console.WriteLine($"ingress: closed loop, {settings.Connections} connections, {settings.Backlog} runs, Dispatchers stopped");
+LoadResult ingressMax;
+double ingressCpuPerReq, redisCpuPerReq;
+using (var closedClient = new LoadClient(ingress.BaseUri, Org, Webhook, Secret, settings.Connections, sample))
+{
+    var ingressCpu = ingress.CpuSeconds();
+    var redisCpu = redisServer.CpuSeconds();
+    ingressMax = await LoadModels.ClosedAsync("ingress-max", closedClient, settings.Connections, settings.Backlog, null, settings.WarmupRequests, i => RunIdFor("imax", i));
+    ingressCpuPerReq = (ingress.CpuSeconds() - ingressCpu) / ingressMax.Issued * 1e6;
+    redisCpuPerReq = (redisServer.CpuSeconds() - redisCpu) / ingressMax.Issued * 1e6;
+}
+Console.WriteLine($"  ingress max: {ingressMax.RatePerSecond:0} accepted runs/s ({ingressMax.StatusSummary()}), {ingressMax.Latency()}, CPU per run: ingress {ingressCpuPerReq:0} us, redis {redisCpuPerReq:0} us");
+var backlogAccepted = ingressMax.AcceptedRunIds().ToList();
+
+Console.WriteLine($"drain: {backlogAccepted.Count} queued runs, one Dispatcher (MaxConcurrency {settings.DispatcherConcurrency})");
+var drain1 = await DrainAsync("drain1", 1, backlogAccepted);
+
+if (settings.IngressOnly)
+{
+    // Profiling runs: baselines, Ingress max and the drain that checks it; nothing else.
+    var ingressOnlyRss = ingress.PeakRssMb();
+    foreach (var service in services)
+    {
+        service.Dispose();
+    }
+    report.Line("## Ingress only");
+    report.Line();
+    report.Line($"- bare Kestrel {bareResult.RatePerSecond:0} req/s ({bareCpuPerReq:0} us CPU/request); Ingress {ingressMax.RatePerSecond:0} runs/s = {ingressMax.RatePerSecond / bareResult.RatePerSecond:P0} " +
+        $"({ingressCpuPerReq:0} us Ingress CPU/run, {redisCpuPerReq:0} us redis CPU/run); {ingressMax.Latency()}");
+    report.Line($"- drain, one Dispatcher: {drain1.Rate:0} deliveries/s; peak RSS Ingress {ingressOnlyRss:0} MB, Dispatcher {dispatcherPeakRss:0} MB");
+    report.Line($"- {string.Join("; ", verifications)}");
+    report.Write();
+    return verifications.All(v => v.Ok) ? 0 : 1;
+}
+
+// ---------------------------------------------------------------- Ingress, open model
+var openResults = new List<LoadResult>();
+var openAccepted = new List<string>();
+foreach (var fraction in new[] { 0.25, 0.50, 0.75 })
+{
+    var rate = Math.Max(10, ingressMax.RatePerSecond * fraction);
+    var name = $"open{(int)(fraction * 100)}";
+    var result = await LoadModels.OpenAsync(name, ingressClient, rate, settings.OpenDuration, i => RunIdFor(name, i));
+    Console.WriteLine($"  ingress open model at {fraction:P0} of max ({rate:0}/s, {result.Issued} runs): {result.Latency()} ({result.StatusSummary()})");
+    openResults.Add(result);
+    openAccepted.AddRange(result.AcceptedRunIds());
+}
+var drainOpen = await DrainAsync("drain-open", 1, openAccepted);
+
+// ---------------------------------------------------------------- end to end
+Console.WriteLine("end to end: one Dispatcher running, open model");
+var e2eDispatchers = StartDispatchers(1, "e2e");
+await e2eDispatchers[0].WaitReadyAsync("/alive", TimeSpan.FromSeconds(60));
+var e2eResults = new List<(double Rate, LoadResult Load, Percentiles Relay, Verification Verification)>();
+{
+    // Warm-up: JIT and connection pools of a fresh Dispatcher; checked like the rest, not reported.
+    var warm = await LoadModels.OpenAsync("e2e-warm", ingressClient, 200, settings.Smoke ? TimeSpan.FromSeconds(0.5) : TimeSpan.FromSeconds(3), i => RunIdFor("e2ewarm", i));
+    var warmAccepted = warm.AcceptedRunIds().ToList();
+    await WaitDeliveredAsync(warmAccepted.Count, Stopwatch.GetTimestamp());
+    await VerifyAsync("e2e-warm", warmAccepted);
+}
+foreach (var rate in settings.E2ERates)
+{
+    var name = $"e2e{rate}";
+    var load = await LoadModels.OpenAsync(name, ingressClient, rate, settings.E2EDuration, i => RunIdFor(name, i));
+    var accepted = load.AcceptedRunIds().ToList();
+    await WaitDeliveredAsync(accepted.Count, Stopwatch.GetTimestamp());
+    var (verification, records) = await VerifyAsync(name, accepted);
+    var sentAt = new Dictionary<string, DateTimeOffset>(StringComparer.Ordinal);
+    for (long i = 0; i < load.Issued; i++)
+    {
+        sentAt[load.RunId(i)] = load.SentAt[i];
+    }
+    var relay = Percentiles.Of(records
+        .Where(r => r.RunId is not null && sentAt.ContainsKey(r.RunId))
+        .Select(r => (r.ReceivedAt - sentAt[r.RunId!]).TotalMilliseconds));
+    Console.WriteLine($"  {rate} runs/s: relay-added latency (scheduled send -> emulator receivedAt) {relay}; Ingress answer {load.Latency()} ({load.StatusSummary()})");
+    e2eResults.Add((rate, load, relay, verification));
+}
+StopDispatchers(e2eDispatchers);
+
+// ---------------------------------------------------------------- three Dispatchers
+Console.WriteLine($"drain: {settings.Backlog3} queued runs, three Dispatchers");
+LoadResult enqueue3;
+using (var closedClient = new LoadClient(ingress.BaseUri, Org, Webhook, Secret, settings.Connections, sample))
+{
+    enqueue3 = await LoadModels.ClosedAsync("enqueue3", closedClient, settings.Connections, settings.Backlog3, null, settings.WarmupRequests, i => RunIdFor("d3", i));
+}
+Console.WriteLine($"  enqueued at {enqueue3.RatePerSecond:0} runs/s ({enqueue3.StatusSummary()})");
+var drain3 = await DrainAsync("drain3", 3, enqueue3.AcceptedRunIds().ToList());
+
+var ingressPeakRss = ingress.PeakRssMb();
+var emulatorPeakRss = emulator.PeakRssMb();
+var redisInfo = await db.ExecuteAsync("INFO", "memory");
+var redisPeak = ((string?)redisInfo ?? "").Split('\n').FirstOrDefault(l => l.StartsWith("used_memory_peak_human:", StringComparison.Ordinal))?.Split(':')[1].Trim();
+
+foreach (var service in services)
+{
+    service.Dispose();
+}
+
+// ---------------------------------------------------------------- report
+report.Results(settings, xaddPlain, xaddPipelined, bareResult, bareCpuPerReq, ingressMax, ingressCpuPerReq, redisCpuPerReq, drain1, openResults, drainOpen,
+    e2eResults.Select(e => (e.Rate, e.Load, e.Relay)).ToList(), enqueue3, drain3, ingressPeakRss, dispatcherPeakRss, emulatorPeakRss, redisPeak, verifications);
+report.Write();
+
+var failed = verifications.Where(v => !v.Ok).ToList();
+Console.WriteLine();
+Console.WriteLine($"results: {Path.Combine(outDir, "results.md")}");
+if (failed.Count > 0)
+{
+    Console.WriteLine($"FAILED: {failed.Count} scenario(s) lost or duplicated runs: {string.Join(", ", failed.Select(f => f.Scenario))}");
+    return 1;
+}
+Console.WriteLine($"OK: {verifications.Count} scenarios, no run lost, none delivered twice");
+return 0;
+
+internal sealed class Settings
+{
+    public bool Smoke { get; private set; }
+    public bool IngressOnly { get; private set; }
+    public string? OutDir { get; private set; }
+    public string? ServiceLogLevel { get; private set; }
+    public Dictionary<string, string> ServiceEnv { get; } = [];
+    public int Connections { get; private set; } = 32;
+    public int DispatcherConcurrency { get; private set; } = 128;
+    public int Backlog { get; private set; } = 100_000;
+    public int Backlog3 { get; private set; } = 100_000;
+    public long WarmupRequests { get; private set; } = 5_000;
+    public int RedisBenchRequests { get; private set; } = 100_000;
+    public TimeSpan BaselineDuration { get; private set; } = TimeSpan.FromSeconds(12);
+    public TimeSpan OpenDuration { get; private set; } = TimeSpan.FromSeconds(10);
+    public TimeSpan E2EDuration { get; private set; } = TimeSpan.FromSeconds(15);
+    public TimeSpan StallTimeout { get; private set; } = TimeSpan.FromSeconds(60);
+    public int[] E2ERates { get; private set; } = [100, 500, 1000];
+
+    public static Settings Parse(string[] args)
+    {
+        var s = new Settings();
+        for (var i = 0; i < args.Length; i++)
+        {
+            string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{args[i]} needs a value");
+            switch (args[i])
+            {
+                case "--smoke":
+                    s.Smoke = true;
+                    s.Backlog = 400;
+                    s.Backlog3 = 300;
+                    s.WarmupRequests = 50;
+                    s.RedisBenchRequests = 2_000;
+                    s.BaselineDuration = TimeSpan.FromSeconds(1);
+                    s.OpenDuration = TimeSpan.FromSeconds(0.5);
+                    s.E2EDuration = TimeSpan.FromSeconds(0.5);
+                    s.StallTimeout = TimeSpan.FromSeconds(30);
+                    break;
+                case "--ingress-only": s.IngressOnly = true; break;
+                case "--out": s.OutDir = Path.GetFullPath(Next()); break;
+                case "--service-log-level": s.ServiceLogLevel = Next(); break;
+                case "--service-env":
+                    var pair = Next().Split('=', 2);
+                    s.ServiceEnv[pair[0]] = pair.Length > 1 ? pair[1] : "";
+                    break;
+                case "--connections": s.Connections = int.Parse(Next(), CultureInfo.InvariantCulture); break;
+                case "--dispatcher-concurrency": s.DispatcherConcurrency = int.Parse(Next(), CultureInfo.InvariantCulture); break;
+                case "--backlog": s.Backlog = int.Parse(Next(), CultureInfo.InvariantCulture); break;
+                case "--backlog3": s.Backlog3 = int.Parse(Next(), CultureInfo.InvariantCulture); break;
+                case "--open-seconds": s.OpenDuration = TimeSpan.FromSeconds(double.Parse(Next(), CultureInfo.InvariantCulture)); break;
+                case "--e2e-seconds": s.E2EDuration = TimeSpan.FromSeconds(double.Parse(Next(), CultureInfo.InvariantCulture)); break;
+                case "--e2e-rates": s.E2ERates = [.. Next().Split(',').Select(r => int.Parse(r, CultureInfo.InvariantCulture))]; break;
+                case "--help" or "-h":
+                    Console.WriteLine("bench/run.sh [--smoke] [--ingress-only] [--out DIR] [--service-log-level Warning] [--service-env KEY=VALUE]... [--connections 32] [--dispatcher-concurrency 128] " +
+                        "[--backlog 100000] [--backlog3 100000] [--open-seconds 10] [--e2e-seconds 15] [--e2e-rates 100,500,1000]");
+                    Environment.Exit(0);
+                    break;
+                default: throw new ArgumentException($"unknown option {args[i]} (try --help)");
+            }
+        }
+        return s;
+    }
+
+    public static string FindRoot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "PortAzure.Aspire.sln")))
+            {
+                return dir.FullName;
+            }
+        }
+        throw new InvalidOperationException("PortAzure.Aspire.sln not found above " + AppContext.BaseDirectory);
+    }
+}
+
+internal static class RedisBench
+{
+    public sealed record Result(double Rps, double P50, double P99)
+    {
+        public override string ToString() => $"{Rps:0} XADD/s (p50 {P50:0.000} ms, p99 {P99:0.000} ms)";
+    }
+
+    /// <summary><c>redis-benchmark -c C -n N [-P P] --csv XADD bench * body &lt;payload&gt;</c>.</summary>
+    public static Result Run(int port, int requests, int clients, int pipeline, string payload)
+    {
+        var start = new ProcessStartInfo("redis-benchmark") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { "-h", "127.0.0.1", "-p", port.ToString(CultureInfo.InvariantCulture), "-c", clients.ToString(CultureInfo.InvariantCulture),
+                     "-n", requests.ToString(CultureInfo.InvariantCulture), "-P", pipeline.ToString(CultureInfo.InvariantCulture), "--csv", "XADD", "bench", "*", "body", payload })
+        {
+            start.ArgumentList.Add(a);
+        }
+        using var process = Process.Start(start)!;
+        var output = process.StandardOutput.ReadToEnd();
+        process.WaitForExit();
+        var line = output.Split('\n').LastOrDefault(l => l.StartsWith("\"XADD", StringComparison.Ordinal))
+            ?? throw new InvalidOperationException("redis-benchmark printed no result: " + output + process.StandardError.ReadToEnd());
+        var fields = line.Split("\",\"").Select(f => f.Trim('"', '\r')).ToArray();
+        return new Result(double.Parse(fields[1], CultureInfo.InvariantCulture), double.Parse(fields[4], CultureInfo.InvariantCulture), double.Parse(fields[6], CultureInfo.InvariantCulture));
+    }
+}
