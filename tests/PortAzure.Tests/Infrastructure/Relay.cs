@@ -56,6 +56,11 @@ public sealed class Relay : IAsyncDisposable
             // Port's API is the emulator too; reporting only starts when a test sets Port:ClientId.
             ["Port:ApiBaseUrl"] = emulator.BaseAddress.ToString(),
             ["Dispatcher:PollIntervalSeconds"] = "0.2",
+            // Load tests send thousands of runs from one address; RateLimitTests set their own limits.
+            ["Ingress:RateLimit:PermitsPerSecondPerClient"] = "100000",
+            ["Ingress:RateLimit:Burst"] = "100000",
+            ["Ingress:RateLimit:GlobalPermitsPerSecond"] = "100000",
+            ["Ingress:RateLimit:GlobalBurst"] = "100000",
             ["Dispatcher:Retry:InitialDelaySeconds"] = "0.1",
             ["Dispatcher:Retry:MaxDelaySeconds"] = "1",
         };
