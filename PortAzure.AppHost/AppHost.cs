@@ -18,6 +18,7 @@ var dispatcher = builder.AddProject<Projects.PortAzure_Dispatcher>(ResourceNames
     .WithEnvironment("Port__ClientSecret", portClientSecret)
     .WithEnvironment("Port__ClientId", portClientId)
     .WithEnvironment("Admin__ApiKey", adminApiKey)
+    .WithHttpHealthCheck("/health")
     .WithReplicas(builder.Configuration.GetValue("Dispatcher:Replicas", 1));
 if (builder.ExecutionContext.IsPublishMode)
 {
@@ -32,6 +33,7 @@ var ingress = builder.AddProject<Projects.PortAzure_Ingress>(ResourceNames.Ingre
     .WithEnvironment("Port__ClientSecret", portClientSecret)
     .WithEnvironment("Admin__ApiKey", adminApiKey)
     .WithExternalHttpEndpoints()
+    .WithHttpHealthCheck("/health")
     .WithReplicas(builder.Configuration.GetValue("Ingress:Replicas", 1));
 
 if (builder.Configuration["AzureDevOps:BaseUrl"] is { Length: > 0 } azureBaseUrl)
@@ -43,7 +45,8 @@ else if (runMode)
     // No Azure DevOps configured: a local emulator takes the webhook POSTs (and Port's API calls), so
     // a new user sees a run go through without an Azure account. Never part of a deployment.
     var emulator = builder.AddProject<Projects.PortAzure_AzureDevOpsEmulator>(ResourceNames.AzureDevOpsEmulator)
-        .WithEnvironment("Emulator__Secret", portClientSecret);
+        .WithEnvironment("Emulator__Secret", portClientSecret)
+        .WithHttpHealthCheck("/health");
     var emulatorUrl = emulator.GetEndpoint("http");
     dispatcher
         .WithEnvironment("AzureDevOps__BaseUrl", emulatorUrl)

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace PortAzure.AppHost;
 
@@ -84,7 +85,23 @@ internal static class RedisSetup
         Directory.CreateDirectory(dataDirectory);
         var port = int.TryParse(builder.Configuration[PortKey], out var configuredPort) && configuredPort > 0 ? configuredPort : FreePort();
         var resource = new RedisServerResource(ResourceNames.Redis, dataDirectory);
+        // Running is not ready: redis-server may still be loading its AOF. Dependants wait for a PING.
+        var healthCheck = $"{ResourceNames.Redis}-ping";
+        builder.Services.AddHealthChecks().AddAsyncCheck(healthCheck, async cancellationToken =>
+        {
+            try
+            {
+                await using var connection = await StackExchange.Redis.ConnectionMultiplexer.ConnectAsync($"127.0.0.1:{port},abortConnect=true,connectTimeout=1000");
+                await connection.GetDatabase().PingAsync();
+                return Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckResult.Healthy();
+            }
+            catch (StackExchange.Redis.RedisException ex)
+            {
+                return Microsoft.Extensions.Diagnostics.HealthChecks.HealthCheckResult.Unhealthy(ex.Message);
+            }
+        });
         return builder.AddResource(resource)
+            .WithHealthCheck(healthCheck)
             .WithArgs("--port", port.ToString(System.Globalization.CultureInfo.InvariantCulture), "--bind", "127.0.0.1",
                 "--dir", dataDirectory, "--appendonly", "yes", "--appendfsync", AppendFsync(builder),
                 "--save", "", "--protected-mode", "yes")
