@@ -124,7 +124,7 @@ internal static partial class OperatorApi
         return TypedResults.Ok(new ReplayResult(replayed.Count, replayed));
     }
 
-    private static async Task<IResult> DeleteDeadLetterAsync(string id, IConnectionMultiplexer redis, TimeProvider timeProvider)
+    private static async Task<IResult> DeleteDeadLetterAsync(string id, IConnectionMultiplexer redis, TimeProvider timeProvider, IOptionsMonitor<DispatcherOptions> options)
     {
         if (!IsDeliveryId(id))
         {
@@ -140,6 +140,8 @@ internal static partial class OperatorApi
             new(DeliveryRecord.State, DeliveryStates.Discarded),
             new(DeliveryRecord.UpdatedAt, timeProvider.GetUtcNow().ToUnixTimeMilliseconds()),
         ]);
+        // Kept for the record as long as a delivered one, then gone.
+        _ = transaction.KeyExpireAsync(RedisKeys.Delivery(id), TimeSpan.FromHours(options.CurrentValue.DeliveredRetentionHours));
         return await transaction.ExecuteAsync()
             ? TypedResults.NoContent()
             : Problems.Create(StatusCodes.Status404NotFound, "deadletter_not_found", $"'{id}' is not a dead letter.");

@@ -39,6 +39,7 @@ internal static class OutcomeClassifier
         >= 300 and < 400 => "Azure DevOps answered with a redirect, which the relay does not follow: check AzureDevOps:BaseUrl.",
         429 => "Azure DevOps kept throttling this webhook (429) until the retry budget ran out.",
         408 or 502 or 503 or 504 => "Azure DevOps stayed unavailable until the retry budget ran out; replay once it is back.",
+        null when error == AzureWebhookClient.TargetNotAllowed => "The target is not in AzureDevOps:Targets (or its name is not valid for Azure); nothing was posted. Add the target to the list, then replay.",
         null when error == "timeout" => "Azure DevOps did not answer within the request timeout until the retry budget ran out.",
         null => "Azure DevOps could not be reached until the retry budget ran out: check network access and AzureDevOps:BaseUrl.",
         _ => $"Azure DevOps answered {statusCode}, which is not retried.",

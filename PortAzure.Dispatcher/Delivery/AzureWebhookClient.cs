@@ -23,6 +23,7 @@ internal sealed class AzureWebhookClient(
     public const string HttpClientName = "azure-devops";
     public const string ApiVersion = "6.0-preview";
     public const string RunIdHeader = "X-Port-Run-Id";
+    public const string TargetNotAllowed = "target_not_allowed";
     private const int ExcerptLength = 300;
 
     public static Uri BuildUri(Uri baseUrl, string org, string webhook)
@@ -43,7 +44,7 @@ internal sealed class AzureWebhookClient(
         var azure = azureOptions.CurrentValue;
         if (!azure.IsAllowed(entry.Org, entry.Webhook) || !TargetNames.IsValidOrg(entry.Org) || !TargetNames.IsValidWebhook(entry.Webhook))
         {
-            return new AttemptResult(AttemptOutcome.Permanent, null, null, "", "target_not_allowed", TimeSpan.Zero);
+            return new AttemptResult(AttemptOutcome.Permanent, null, null, "", TargetNotAllowed, TimeSpan.Zero);
         }
         var secret = azure.FindTarget(entry.Org, entry.Webhook)?.Secret ?? portOptions.CurrentValue.ClientSecret ?? "";
 

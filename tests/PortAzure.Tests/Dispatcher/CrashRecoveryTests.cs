@@ -23,11 +23,7 @@ public class CrashRecoveryTests(ITestOutputHelper output)
             ["Dispatcher:ClaimIntervalSeconds"] = "0.5",
         };
         var runIds = Enumerable.Range(0, 500).Select(_ => TestRuns.NewRunId()).ToList();
-        foreach (var batch in runIds.Chunk(50))
-        {
-            var responses = await Task.WhenAll(batch.Select(r => relay.SendRunAsync(TestRuns.Body(r))));
-            Assert.All(responses, r => Assert.Equal(HttpStatusCode.Accepted, r.StatusCode));
-        }
+        await relay.SendAllAcceptedAsync(runIds);
 
         using (var first = DispatcherProcess.Start(config))
         {

@@ -105,5 +105,6 @@ public class DeadLetterTests
         Assert.Equal(0, await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters));
         Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Body));
         Assert.Equal(DeliveryStates.Discarded, (await DeliveryAsync(relay, deliveryId)).GetProperty("state").GetString());
+        Assert.NotNull(await relay.Db.KeyTimeToLiveAsync(RedisKeys.Delivery(deliveryId)));
     }
 }

@@ -203,11 +203,7 @@ public class DeliveryOutcomeTests
         await relay.EmulatorApi.ScriptAsync(new { failureRate = 0.3, failureStatuses = new[] { 503, 429 }, retryAfter = "0", seed = 7 });
         var runIds = Enumerable.Range(0, 1000).Select(_ => TestRuns.NewRunId()).ToList();
 
-        foreach (var batch in runIds.Chunk(50))
-        {
-            var responses = await Task.WhenAll(batch.Select(r => relay.SendRunAsync(TestRuns.Body(r))));
-            Assert.All(responses, r => Assert.Equal(HttpStatusCode.Accepted, r.StatusCode));
-        }
+        await relay.SendAllAcceptedAsync(runIds);
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.DeliveredAsync()).Count >= 1000, TimeSpan.FromSeconds(120), "1,000 runs delivered");
         await Task.Delay(1000);
 

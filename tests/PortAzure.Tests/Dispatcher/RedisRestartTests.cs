@@ -104,11 +104,7 @@ public class RedisPersistenceTests
         await using var redis = await RedisServer.StartAsync("always");
         await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString, dispatchers: 0);
         var runIds = Enumerable.Range(0, 1000).Select(_ => TestRuns.NewRunId()).ToList();
-        foreach (var batch in runIds.Chunk(50))
-        {
-            var responses = await Task.WhenAll(batch.Select(r => relay.SendRunAsync(TestRuns.Body(r))));
-            Assert.All(responses, r => Assert.Equal(HttpStatusCode.Accepted, r.StatusCode));
-        }
+        await relay.SendAllAcceptedAsync(runIds);
 
         redis.Kill();
         await redis.StartProcessAsync();

@@ -14,11 +14,7 @@ public class ReplicaTests
         await relay.EmulatorApi.ScriptAsync(new { delayMs = 20 });
         var runIds = Enumerable.Range(0, 300).Select(_ => TestRuns.NewRunId()).ToList();
 
-        foreach (var batch in runIds.Chunk(50))
-        {
-            var responses = await Task.WhenAll(batch.Select(r => relay.SendRunAsync(TestRuns.Body(r))));
-            Assert.All(responses, r => Assert.Equal(HttpStatusCode.Accepted, r.StatusCode));
-        }
+        await relay.SendAllAcceptedAsync(runIds);
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count >= 300, TimeSpan.FromSeconds(60), "300 runs delivered");
         await Task.Delay(1000);
 
@@ -39,11 +35,7 @@ public class ScaleOutTests(Xunit.Abstractions.ITestOutputHelper output)
         await relay.EmulatorApi.ScriptAsync(new { delayMs = 5 });
         var runIds = Enumerable.Range(0, 3000).Select(_ => TestRuns.NewRunId()).ToList();
 
-        foreach (var batch in runIds.Chunk(100))
-        {
-            var responses = await Task.WhenAll(batch.Select(r => relay.SendRunAsync(TestRuns.Body(r))));
-            Assert.All(responses, r => Assert.Equal(HttpStatusCode.Accepted, r.StatusCode));
-        }
+        await relay.SendAllAcceptedAsync(runIds);
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count >= 3000, TimeSpan.FromSeconds(120), "3,000 runs delivered");
         await Task.Delay(1000);
 

@@ -44,3 +44,50 @@ public class ShutdownTests
         Assert.Equal(5, (await relay.EmulatorApi.RequestsAsync()).Count);
     }
 }
+
+public class SigtermTests
+{
+    [Fact]
+    public async Task Sigterm_DispatcherProcess_FinishesInFlightPostsAndExits_RestIsDeliveredOnceByAnother()
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        await relay.EmulatorApi.ScriptAsync(new { delayMs = 5000 });
+        var config = new Dictionary<string, string?>(relay.Config)
+        {
+            ["Dispatcher:MaxConcurrency"] = "2",
+            ["Dispatcher:RequestTimeoutSeconds"] = "5",
+            ["Dispatcher:ClaimMarginSeconds"] = "1",
+            ["Dispatcher:ClaimIntervalSeconds"] = "0.2",
+        };
+        var ids = new List<string>();
+        for (var i = 0; i < 4; i++)
+        {
+            ids.Add(await DeliveryOutcomeTests.SendAsync(relay));
+        }
+
+        using (var dispatcher = DispatcherProcess.Start(config))
+        {
+            await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 2, TimeSpan.FromSeconds(30), "two POSTs in flight");
+            Assert.True(dispatcher.Terminate(TimeSpan.FromSeconds(20)), "the Dispatcher exits after SIGTERM within its grace period");
+        }
+
+        var states = new List<string?>();
+        foreach (var id in ids)
+        {
+            states.Add(await relay.Db.HashGetAsync(RedisKeys.Delivery(id), DeliveryRecord.State));
+        }
+        // Every POST under way at SIGTERM was allowed to finish and was recorded; the rest were never started.
+        var posted = (await relay.EmulatorApi.RequestsAsync()).Count;
+        Assert.InRange(posted, 2, 3);
+        Assert.Equal(posted, states.Count(s => s == DeliveryStates.Delivered));
+        Assert.Equal(4 - posted, states.Count(s => s == DeliveryStates.Queued));
+
+        await relay.AddDispatcherAsync(c => c["Dispatcher:ClaimMarginSeconds"] = "1");
+        foreach (var id in ids)
+        {
+            await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(id), DeliveryRecord.State) == DeliveryStates.Delivered,
+                TimeSpan.FromSeconds(60), $"{id} delivered");
+        }
+        Assert.Equal(4, (await relay.EmulatorApi.RequestsAsync()).Count);
+    }
+}

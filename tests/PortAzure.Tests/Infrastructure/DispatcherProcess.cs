@@ -41,6 +41,16 @@ public sealed class DispatcherProcess : IDisposable
 
     public bool HasExited => _process.HasExited;
 
+    /// <summary>SIGTERM, as a container platform stops a replica; waits for the process to exit.</summary>
+    public bool Terminate(TimeSpan timeout)
+    {
+        using (var kill = Process.Start("kill", ["-TERM", _process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
+        {
+            kill.WaitForExit();
+        }
+        return _process.WaitForExit(timeout);
+    }
+
     /// <summary>SIGKILL: no shutdown hook runs, in-flight POSTs are cut.</summary>
     public void Kill()
     {

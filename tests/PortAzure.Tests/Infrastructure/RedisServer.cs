@@ -140,7 +140,8 @@ public static class SharedRedis
         {
             throw new InvalidOperationException("No Redis database free.");
         }
-        var connectionString = $"{endpoint},defaultDatabase={database},abortConnect=false";
+        // Generous timeouts: one test process hosts several services on 2 shared cores.
+        var connectionString = $"{endpoint},defaultDatabase={database},abortConnect=false,asyncTimeout=15000,syncTimeout=15000";
         await using (var connection = await ConnectionMultiplexer.ConnectAsync(connectionString + ",allowAdmin=true"))
         {
             await connection.GetDatabase(database).ExecuteAsync("FLUSHDB");

@@ -98,6 +98,20 @@ public sealed class Relay : IAsyncDisposable
     public Task<HttpResponseMessage> SendRunAsync(byte[] body, string org = TestRuns.Org, string webhook = TestRuns.Webhook) =>
         TestRuns.SendAsync(Ingress.Client, body, org, webhook);
 
+    /// <summary>Sends one run per id, <paramref name="batchSize"/> at a time, and asserts each was accepted.</summary>
+    public async Task SendAllAcceptedAsync(IEnumerable<string> runIds, int batchSize = 50)
+    {
+        foreach (var batch in runIds.Chunk(batchSize))
+        {
+            var responses = await Task.WhenAll(batch.Select(r => SendRunAsync(TestRuns.Body(r))));
+            foreach (var response in responses)
+            {
+                Assert.Equal(System.Net.HttpStatusCode.Accepted, response.StatusCode);
+                response.Dispose();
+            }
+        }
+    }
+
     public HttpRequestMessage Operator(HttpMethod method, string path)
     {
         var request = new HttpRequestMessage(method, path);
