@@ -65,8 +65,10 @@ public static class DispatcherExtensions
         services.AddSingleton<DispatcherMetrics>();
         services.AddSingleton<BacklogMonitor>();
         services.AddHostedService(sp => sp.GetRequiredService<BacklogMonitor>());
-        services.AddHostedService<DeliveryWorker>();
+        // Hosted services stop in reverse order: reporting is registered first so that it still runs
+        // while the delivery worker drains its in-flight POSTs.
         services.AddHostedService<PortReportingService>();
+        services.AddHostedService<DeliveryWorker>();
 
         services.AddHealthChecks().AddCheck<BacklogHealthCheck>("backlog");
         return builder;

@@ -19,6 +19,7 @@ public static class Problems
         400 => "Bad request",
         401 => "Unauthorized",
         404 => "Not found",
+        409 => "Conflict",
         413 => "Payload too large",
         415 => "Unsupported media type",
         429 => "Too many requests",

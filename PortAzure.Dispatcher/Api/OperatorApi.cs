@@ -100,9 +100,16 @@ internal static partial class OperatorApi
         {
             return InvalidId();
         }
-        if (await store.ReplayAsync(id, timeProvider.GetUtcNow()) is null)
+        try
         {
-            return Problems.Create(StatusCodes.Status404NotFound, "deadletter_not_found", $"'{id}' is not a dead letter.");
+            if (await store.ReplayAsync(id, timeProvider.GetUtcNow()) is null)
+            {
+                return Problems.Create(StatusCodes.Status404NotFound, "deadletter_not_found", $"'{id}' is not a dead letter.");
+            }
+        }
+        catch (RedisServerException)
+        {
+            return Problems.Create(StatusCodes.Status409Conflict, "deadletter_not_replayable", $"'{id}' has no body or target left to replay; it stays a dead letter.");
         }
         Log.Replayed(loggers.CreateLogger(typeof(OperatorApi)), 1);
         return TypedResults.Accepted($"/api/deliveries/{id}", new ReplayResult(1, [id]));
@@ -115,9 +122,16 @@ internal static partial class OperatorApi
         var replayed = new List<string>();
         foreach (var id in ids)
         {
-            if (await store.ReplayAsync(id!, timeProvider.GetUtcNow()) is not null)
+            try
             {
-                replayed.Add(id!);
+                if (await store.ReplayAsync(id!, timeProvider.GetUtcNow()) is not null)
+                {
+                    replayed.Add(id!);
+                }
+            }
+            catch (RedisServerException)
+            {
+                // Not replayable (no body left): it stays a dead letter; the others go on.
             }
         }
         Log.Replayed(loggers.CreateLogger(typeof(OperatorApi)), replayed.Count);
@@ -142,6 +156,7 @@ internal static partial class OperatorApi
         ]);
         // Kept for the record as long as a delivered one, then gone.
         _ = transaction.KeyExpireAsync(RedisKeys.Delivery(id), TimeSpan.FromHours(options.CurrentValue.DeliveredRetentionHours));
+        _ = transaction.KeyExpireAsync(RedisKeys.Attempts(id), TimeSpan.FromHours(options.CurrentValue.DeliveredRetentionHours));
         return await transaction.ExecuteAsync()
             ? TypedResults.NoContent()
             : Problems.Create(StatusCodes.Status404NotFound, "deadletter_not_found", $"'{id}' is not a dead letter.");

@@ -25,7 +25,15 @@ internal sealed partial class DeliveryProcessor(
     ConsumerIdentity identity,
     ILogger<DeliveryProcessor> logger)
 {
-    private static readonly TimeSpan[] RedisBackoff =
+    // Once Azure has answered, the result is worth waiting for: about two minutes, longer than a
+    // managed Redis failover, before the entry is left to be reclaimed (and posted again).
+    private static readonly TimeSpan[] FinishBackoff =
+    [
+        TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2),
+        TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(8), .. Enumerable.Repeat(TimeSpan.FromSeconds(15), 7),
+    ];
+
+    private static readonly TimeSpan[] BeginBackoff =
         [TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(8)];
 
     /// <param name="streamId">The stream entry's id, or null when the delivery came from the retry schedule.</param>
@@ -35,13 +43,21 @@ internal sealed partial class DeliveryProcessor(
         ArgumentNullException.ThrowIfNull(entry);
         var opts = options.CurrentValue;
         var now = timeProvider.GetUtcNow();
+        // One token per attempt: a late finish of this attempt can tell that its lease was taken over.
+        var leaseToken = $"{identity.Name}/{Guid.NewGuid():N}";
         // Nothing has been posted yet: riding out a short Redis outage here is safe, and quicker than
         // leaving the entry to be reclaimed after the lease.
-        var begin = await WithRedisRetriesAsync(() => store.BeginAsync(entry, identity.Name, opts.LeaseDuration, claimed, now,
-            TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds)), entry.DeliveryId, "begin");
+        var begin = await WithRedisRetriesAsync(() => store.BeginAsync(entry, leaseToken, opts.LeaseDuration, claimed, now,
+            TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds)), BeginBackoff, entry.DeliveryId, "begin");
+        if (begin.AlreadyFinished)
+        {
+            Log.AlreadyFinished(logger, entry.DeliveryId, begin.State);
+            await FinishAsync(FinishMode.Skip, entry, streamId, leaseToken, now, null, null, []);
+            return;
+        }
         if (!begin.Leased)
         {
-            // Another replica is posting it right now; it acknowledges the stream entry when done.
+            // Another attempt is posting it right now; it acknowledges the stream entry when done.
             Log.LeaseHeld(logger, entry.DeliveryId);
             return;
         }
@@ -52,30 +68,20 @@ internal sealed partial class DeliveryProcessor(
             ["RunId"] = entry.RunId,
         });
 
-        if (begin.State is DeliveryStates.Delivered or DeliveryStates.DeadLettered)
-        {
-            Log.AlreadyFinished(logger, entry.DeliveryId, begin.State);
-            await FinishAsync(FinishMode.Skip, entry, streamId, now, null, null, []);
-            return;
-        }
         if (claimed && begin.Claims > opts.MaxClaims)
         {
             var hint = $"The entry was reclaimed from stopped Dispatchers {begin.Claims} times; it is treated as poison. Replay it once the cause is found.";
-            await DeadLetterAsync(entry, streamId, now, begin.Attempts, "poison", hint, null, null);
+            await DeadLetterAsync(entry, streamId, leaseToken, now, begin.Attempts, "poison", hint, null, null);
             return;
         }
+        var since = begin.Since ?? entry.ReceivedAt;
         if (begin.PausedUntil is { } pausedUntil)
         {
-            // The target is paused: wait for its probe without spending an attempt.
-            var due = pausedUntil + TimeSpan.FromMilliseconds(Random.Shared.Next(0, 1000));
-            await FinishAsync(FinishMode.Reschedule, entry, streamId, now, due, null,
-                [.. EntryFields(entry, DeliveryStates.Retrying, now), new(DeliveryRecord.NextAttemptAt, due.ToUnixTimeMilliseconds())]);
-            metrics.Paused();
+            await HoldForPausedTargetAsync(entry, streamId, leaseToken, now, since, pausedUntil, begin.Attempts);
             return;
         }
 
         var attempt = begin.Attempts + 1;
-        var since = begin.Since ?? entry.ReceivedAt;
         using var activity = StartAttemptActivity(entry, attempt, streamId);
         var result = await client.PostAsync(entry, cancellationToken);
         now = timeProvider.GetUtcNow();
@@ -87,7 +93,7 @@ internal sealed partial class DeliveryProcessor(
         switch (result.Outcome)
         {
             case AttemptOutcome.Delivered:
-                await FinishAsync(FinishMode.Delivered, entry, streamId, now, null, attemptJson,
+                await FinishAsync(FinishMode.Delivered, entry, streamId, leaseToken, now, null, attemptJson,
                 [
                     .. IdentityFields(entry),
                     new(DeliveryRecord.State, DeliveryStates.Delivered),
@@ -106,7 +112,7 @@ internal sealed partial class DeliveryProcessor(
                 if (policy.NextAttemptAt(attempt, now, since, result.RetryAfter) is { } dueAt)
                 {
                     activity?.SetStatus(ActivityStatusCode.Error, result.StatusClass);
-                    var failures = await FinishAsync(FinishMode.Retry, entry, streamId, now, dueAt, attemptJson,
+                    var failures = await FinishAsync(FinishMode.Retry, entry, streamId, leaseToken, now, dueAt, attemptJson,
                     [
                         .. EntryFields(entry, DeliveryStates.Retrying, now),
                         new(DeliveryRecord.Attempts, attempt),
@@ -122,13 +128,13 @@ internal sealed partial class DeliveryProcessor(
                 }
                 else
                 {
-                    await DeadLetterAsync(entry, streamId, now, attempt, "retries_exhausted",
+                    await DeadLetterAsync(entry, streamId, leaseToken, now, attempt, "retries_exhausted",
                         OutcomeClassifier.Hint(result.StatusCode, result.Error), result, attemptJson);
                 }
                 break;
 
             default:
-                await DeadLetterAsync(entry, streamId, now, attempt, "permanent_failure",
+                await DeadLetterAsync(entry, streamId, leaseToken, now, attempt, "permanent_failure",
                     OutcomeClassifier.Hint(result.StatusCode, result.Error), result, attemptJson);
                 break;
         }
@@ -138,9 +144,32 @@ internal sealed partial class DeliveryProcessor(
         }
     }
 
-    private async Task DeadLetterAsync(DeliveryEntry entry, string? streamId, DateTimeOffset now, int attempts, string reason, string hint, AttemptResult? result, string? attemptJson)
+    /// <summary>
+    /// The target is paused: wait for its probe without spending an attempt, but not past the retry age.
+    /// Held deliveries are spread over the probe interval so that they do not all fall due at once.
+    /// </summary>
+    private async Task HoldForPausedTargetAsync(DeliveryEntry entry, string? streamId, string leaseToken, DateTimeOffset now, DateTimeOffset since, DateTimeOffset pausedUntil, int attempts)
     {
-        await FinishAsync(FinishMode.DeadLetter, entry, streamId, now, null, attemptJson,
+        var opts = options.CurrentValue;
+        if (now - since > TimeSpan.FromHours(opts.Retry.MaxAgeHours))
+        {
+            await DeadLetterAsync(entry, streamId, leaseToken, now, attempts, "retries_exhausted",
+                $"The target {entry.Target} stayed paused (repeated transient failures) past Dispatcher:Retry:MaxAgeHours; replay once it answers again.", null, null);
+            return;
+        }
+        var due = pausedUntil + (TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds) * Random.Shared.NextDouble());
+        KeyValuePair<string, RedisValue>[] fields = streamId is null
+            // From the schedule: the record already holds the body; do not write it again.
+            ? [new(DeliveryRecord.State, DeliveryStates.Retrying), new(DeliveryRecord.UpdatedAt, now.ToUnixTimeMilliseconds())]
+            : EntryFields(entry, DeliveryStates.Retrying, now);
+        await FinishAsync(FinishMode.Reschedule, entry, streamId, leaseToken, now, due, null,
+            [.. fields, new(DeliveryRecord.NextAttemptAt, due.ToUnixTimeMilliseconds())]);
+        metrics.Paused();
+    }
+
+    private async Task DeadLetterAsync(DeliveryEntry entry, string? streamId, string leaseToken, DateTimeOffset now, int attempts, string reason, string hint, AttemptResult? result, string? attemptJson)
+    {
+        await FinishAsync(FinishMode.DeadLetter, entry, streamId, leaseToken, now, null, attemptJson,
         [
             .. EntryFields(entry, DeliveryStates.DeadLettered, now),
             new(DeliveryRecord.Attempts, attempts),
@@ -159,16 +188,16 @@ internal sealed partial class DeliveryProcessor(
     /// Records the end of an attempt. Retried while Redis is briefly away: once Azure has answered, giving
     /// up here would let the entry be posted again after it is reclaimed.
     /// </summary>
-    private async Task<long> FinishAsync(FinishMode mode, DeliveryEntry entry, string? streamId, DateTimeOffset now, DateTimeOffset? dueAt, string? attemptJson, IReadOnlyList<KeyValuePair<string, RedisValue>> fields)
+    private async Task<long> FinishAsync(FinishMode mode, DeliveryEntry entry, string? streamId, string leaseToken, DateTimeOffset now, DateTimeOffset? dueAt, string? attemptJson, IReadOnlyList<KeyValuePair<string, RedisValue>> fields)
     {
         var opts = options.CurrentValue;
-        var request = new DeliveryStore.FinishRequest(mode, entry, streamId, identity.Name, now, dueAt,
+        var request = new DeliveryStore.FinishRequest(mode, entry, streamId, leaseToken, now, dueAt,
             TimeSpan.FromHours(opts.DeliveredRetentionHours), attemptJson, opts.TargetHealth.FailureThreshold,
             now + TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds), fields);
-        return await WithRedisRetriesAsync(() => store.FinishAsync(request), entry.DeliveryId, mode.ToString());
+        return await WithRedisRetriesAsync(() => store.FinishAsync(request), FinishBackoff, entry.DeliveryId, mode.ToString());
     }
 
-    private async Task<T> WithRedisRetriesAsync<T>(Func<Task<T>> operation, string deliveryId, string step)
+    private async Task<T> WithRedisRetriesAsync<T>(Func<Task<T>> operation, TimeSpan[] backoff, string deliveryId, string step)
     {
         for (var i = 0; ; i++)
         {
@@ -176,10 +205,10 @@ internal sealed partial class DeliveryProcessor(
             {
                 return await operation();
             }
-            catch (Exception ex) when (ex is RedisException or TimeoutException && i < RedisBackoff.Length)
+            catch (Exception ex) when (ex is RedisException or TimeoutException && i < backoff.Length)
             {
                 Log.RedisRetry(logger, ex, step, deliveryId);
-                await Task.Delay(RedisBackoff[i], timeProvider);
+                await Task.Delay(backoff[i], timeProvider);
             }
         }
     }

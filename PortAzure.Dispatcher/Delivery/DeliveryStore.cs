@@ -4,8 +4,14 @@ using StackExchange.Redis;
 
 namespace PortAzure.Dispatcher.Delivery;
 
-/// <summary>What <see cref="DeliveryStore.BeginAsync"/> found before an attempt.</summary>
-internal readonly record struct BeginResult(bool Leased, string State, int Attempts, int Claims, DateTimeOffset? Since, DateTimeOffset? PausedUntil, bool IsProbe);
+/// <summary>
+/// What <see cref="DeliveryStore.BeginAsync"/> found before an attempt. Not <see cref="Leased"/> with a
+/// final <see cref="State"/>: already finished; with an empty one: another attempt holds the lease.
+/// </summary>
+internal readonly record struct BeginResult(bool Leased, string State, int Attempts, int Claims, DateTimeOffset? Since, DateTimeOffset? PausedUntil, bool IsProbe)
+{
+    public bool AlreadyFinished => !Leased && State.Length > 0;
+}
 
 /// <summary>How an attempt (or a decision not to attempt) ends.</summary>
 internal enum FinishMode
@@ -34,12 +40,19 @@ internal enum FinishMode
 internal sealed class DeliveryStore(IConnectionMultiplexer redis)
 {
     // KEYS: 1 record, 2 lease, 3 paused targets
-    // ARGV: 1 lease owner, 2 lease ms, 3 claimed (1/0), 4 target, 5 now ms, 6 probe interval ms
+    // ARGV: 1 lease token, 2 lease ms, 3 claimed (1/0), 4 target, 5 now ms, 6 probe interval ms
+    // Returns {0} leased by another attempt; {2, state} already finished (nothing taken);
+    // {1, state, attempts, claims, since, pausedUntil, probe} the lease is ours.
     private const string BeginScript = """
-        if not redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+        local lease = redis.call('GET', KEYS[2])
+        if lease and lease ~= ARGV[1] then
           return {0}
         end
         local r = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'since', 'at')
+        if r[1] == 'delivered' or r[1] == 'deadlettered' or r[1] == 'discarded' then
+          return {2, r[1]}
+        end
+        redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
         local claims = 0
         if ARGV[3] == '1' then claims = redis.call('HINCRBY', KEYS[1], 'claims', 1) end
         local paused = 0
@@ -57,13 +70,23 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         """;
 
     // KEYS: 1 record, 2 lease, 3 stream, 4 retry schedule, 5 dead letters, 6 attempts, 7 target failures, 8 paused targets
-    // ARGV: 1 mode, 2 stream id or '', 3 group, 4 delivery id, 5 lease owner, 6 now ms, 7 due ms, 8 target,
+    // ARGV: 1 mode, 2 stream id or '', 3 group, 4 delivery id, 5 lease token, 6 now ms, 7 due ms, 8 target,
     //       9 retention s, 10 attempt json or '', 11 pause threshold, 12 probe at ms, 13.. record field/value pairs
+    // Returns -1 when the delivery had already finished elsewhere (only this copy was dropped).
     private const string FinishScript = """
         local mode = ARGV[1]
         if ARGV[2] ~= '' then
           redis.call('XACK', KEYS[3], ARGV[3], ARGV[2])
           redis.call('XDEL', KEYS[3], ARGV[2])
+        end
+        local ours = redis.call('GET', KEYS[2]) == ARGV[5]
+        local state = redis.call('HGET', KEYS[1], 'state')
+        local finished = state == 'delivered' or state == 'deadlettered' or state == 'discarded'
+        if mode == 'skip' or (finished and not ours) then
+          -- A late result (our lease ran out and another attempt finished it) must not undo that.
+          if finished then redis.call('ZREM', KEYS[4], ARGV[4]) end
+          if ours then redis.call('DEL', KEYS[2]) end
+          return -1
         end
         if ARGV[10] ~= '' then
           redis.call('RPUSH', KEYS[6], ARGV[10])
@@ -92,10 +115,10 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         elseif mode == 'deadletter' then
           redis.call('ZREM', KEYS[4], ARGV[4])
           redis.call('ZADD', KEYS[5], ARGV[6], ARGV[4])
-        elseif mode == 'skip' then
-          redis.call('ZREM', KEYS[4], ARGV[4])
+          -- A dead letter waits for an operator, its attempt history with it.
+          redis.call('PERSIST', KEYS[6])
         end
-        if redis.call('GET', KEYS[2]) == ARGV[5] then
+        if ours then
           redis.call('DEL', KEYS[2])
         end
         return failures
@@ -113,17 +136,19 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
 
     // KEYS: 1 dead letters, 2 record, 3 stream. ARGV: 1 delivery id, 2 now ms, 3 wake channel
     private const string ReplayScript = """
-        if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then
+        if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
           return false
         end
         local r = redis.call('HMGET', KEYS[2], 'org', 'webhook', 'body', 'key', 'run', 'at', 'traceparent', 'tracestate')
-        if not r[1] or not r[3] then
-          return false
+        if not r[1] or not r[2] or not r[3] or not r[4] then
+          -- Checked before anything changes: a dead letter that cannot be replayed stays one.
+          return redis.error_reply('dead letter ' .. ARGV[1] .. ' has no body or target to replay')
         end
-        local f = {'id', ARGV[1], 'org', r[1], 'webhook', r[2], 'body', r[3], 'key', r[4], 'at', r[6]}
+        local f = {'id', ARGV[1], 'org', r[1], 'webhook', r[2], 'body', r[3], 'key', r[4], 'at', r[6] or ARGV[2]}
         if r[5] and r[5] ~= '' then f[#f + 1] = 'run'; f[#f + 1] = r[5] end
         if r[7] and r[7] ~= '' then f[#f + 1] = 'traceparent'; f[#f + 1] = r[7] end
         if r[8] and r[8] ~= '' then f[#f + 1] = 'tracestate'; f[#f + 1] = r[8] end
+        redis.call('ZREM', KEYS[1], ARGV[1])
         local sid = redis.call('XADD', KEYS[3], '*', unpack(f))
         redis.call('HSET', KEYS[2], 'state', 'queued', 'attempts', 0, 'claims', 0, 'streamId', sid, 'updatedAt', ARGV[2], 'since', ARGV[2])
         redis.call('HDEL', KEYS[2], 'body', 'hint', 'reason', 'nextAttemptAt', 'deadLetteredAt')
@@ -134,14 +159,19 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
 
     private IDatabase Db => redis.GetDatabase();
 
-    public async Task<BeginResult> BeginAsync(DeliveryEntry entry, string leaseOwner, TimeSpan lease, bool claimed, DateTimeOffset now, TimeSpan probeInterval)
+    public async Task<BeginResult> BeginAsync(DeliveryEntry entry, string leaseToken, TimeSpan lease, bool claimed, DateTimeOffset now, TimeSpan probeInterval)
     {
         var result = (RedisResult[])(await Db.ScriptEvaluateAsync(BeginScript,
             [RedisKeys.Delivery(entry.DeliveryId), RedisKeys.Lease(entry.DeliveryId), RedisKeys.PausedTargets],
-            [leaseOwner, (long)lease.TotalMilliseconds, claimed ? 1 : 0, entry.Target, now.ToUnixTimeMilliseconds(), (long)probeInterval.TotalMilliseconds]))!;
-        if ((int)result[0] == 0)
+            [leaseToken, (long)lease.TotalMilliseconds, claimed ? 1 : 0, entry.Target, now.ToUnixTimeMilliseconds(), (long)probeInterval.TotalMilliseconds]))!;
+        switch ((int)result[0])
         {
-            return new BeginResult(false, "", 0, 0, null, null, false);
+            case 0:
+                return new BeginResult(false, "", 0, 0, null, null, false);
+            case 2:
+                return new BeginResult(false, (string)result[1]!, 0, 0, null, null, false);
+            default:
+                break;
         }
         var since = (long)result[4];
         var paused = (long)result[5];
@@ -159,7 +189,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         FinishMode Mode,
         DeliveryEntry Entry,
         string? StreamId,
-        string LeaseOwner,
+        string LeaseToken,
         DateTimeOffset Now,
         DateTimeOffset? DueAt,
         TimeSpan Retention,
@@ -185,7 +215,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             request.StreamId ?? "",
             RedisKeys.ConsumerGroup,
             entry.DeliveryId,
-            request.LeaseOwner,
+            request.LeaseToken,
             request.Now.ToUnixTimeMilliseconds(),
             request.DueAt?.ToUnixTimeMilliseconds() ?? 0,
             entry.Target,

@@ -72,8 +72,10 @@ internal sealed partial class DeliveryWorker(
                 groupReady = false;
                 Log.RedisError(logger, ex, "consumer group missing; re-creating it");
             }
-            catch (Exception ex) when (ex is RedisException or TimeoutException)
+            catch (Exception ex)
             {
+                // Whatever it is (Redis away, a damaged entry), the loop backs off and goes on:
+                // a faulted BackgroundService would stop the whole Dispatcher.
                 Log.RedisError(logger, ex, $"backing off {errorBackoff.TotalMilliseconds} ms");
                 await Delay(errorBackoff, stoppingToken);
                 errorBackoff = TimeSpan.FromTicks(Math.Min(errorBackoff.Ticks * 2, MaxErrorBackoff.Ticks));
@@ -131,9 +133,12 @@ internal sealed partial class DeliveryWorker(
         {
             if (DeliveryEntry.FromStreamEntry(streamEntry) is not { } entry)
             {
-                // Not written by the Ingress: nothing here can be delivered. Acknowledge so it stops coming back.
+                // Not written by the Ingress: nothing here can be delivered. Acknowledged and deleted so it
+                // stops coming back (and stops counting as the oldest queued run).
                 Log.Malformed(logger, streamEntry.Id.ToString());
-                await redis.GetDatabase().StreamAcknowledgeAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, streamEntry.Id);
+                var db = redis.GetDatabase();
+                await db.StreamAcknowledgeAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, streamEntry.Id);
+                await db.StreamDeleteAsync(RedisKeys.Stream, [streamEntry.Id]);
                 continue;
             }
             await StartAsync(slots, entry, streamEntry.Id.ToString(), claimed);
@@ -151,6 +156,11 @@ internal sealed partial class DeliveryWorker(
             try
             {
                 await processor.ProcessAsync(entry, streamId, claimed, _abandon.Token);
+            }
+            catch (OperationCanceledException) when (_abandon.IsCancellationRequested)
+            {
+                // Shutdown's grace period ran out mid-POST: left pending for another Dispatcher.
+                Log.Abandoned(logger, entry.DeliveryId);
             }
             catch (Exception ex)
             {
@@ -208,6 +218,15 @@ internal sealed partial class DeliveryWorker(
         {
             Log.ShutdownAbandoned(logger, _inFlight.Count);
             await _abandon.CancelAsync();
+            // Let the cancelled attempts unwind (and any that just got an answer record it) before
+            // the host disposes the Redis connection.
+            try
+            {
+                await Task.WhenAll(_inFlight.Keys).WaitAsync(TimeSpan.FromSeconds(3), timeProvider);
+            }
+            catch (TimeoutException)
+            {
+            }
         }
     }
 
@@ -236,7 +255,7 @@ internal sealed partial class DeliveryWorker(
         [LoggerMessage(EventIds.GroupCreated, LogLevel.Information, "Consumer group {Group} created")]
         public static partial void GroupCreated(ILogger logger, string group);
 
-        [LoggerMessage(EventIds.RedisError, LogLevel.Warning, "Redis error in the delivery loop: {Action}")]
+        [LoggerMessage(EventIds.RedisError, LogLevel.Warning, "Error in the delivery loop: {Action}")]
         public static partial void RedisError(ILogger logger, Exception exception, string action);
 
         [LoggerMessage(EventIds.Claimed, LogLevel.Warning, "Reclaimed {Count} entries from stopped consumers")]
@@ -250,6 +269,9 @@ internal sealed partial class DeliveryWorker(
 
         [LoggerMessage(EventIds.ShuttingDown, LogLevel.Information, "Stopping: waiting for {InFlight} in-flight deliveries up to {GraceSeconds} s")]
         public static partial void ShuttingDown(ILogger logger, int inFlight, double graceSeconds);
+
+        [LoggerMessage(EventIds.Abandoned, LogLevel.Information, "Delivery {DeliveryId} was abandoned at shutdown; it stays pending for another Dispatcher")]
+        public static partial void Abandoned(ILogger logger, string deliveryId);
 
         [LoggerMessage(EventIds.ShutdownAbandoned, LogLevel.Warning, "Grace period over: {InFlight} deliveries abandoned; they stay pending for other Dispatchers")]
         public static partial void ShutdownAbandoned(ILogger logger, int inFlight);

@@ -19,10 +19,12 @@ internal static class EventIds
     public const int ProcessingFailed = 2106;
     public const int ShuttingDown = 2107;
     public const int ShutdownAbandoned = 2108;
+    public const int Abandoned = 2109;
 
     public const int ReportSent = 2201;
     public const int ReportFailed = 2202;
     public const int ReportDropped = 2203;
+    public const int ReportCallFailed = 2204;
 
     public const int OperatorApiRejected = 2301;
     public const int Replayed = 2302;

@@ -43,8 +43,11 @@ internal sealed partial class PortReportingService(
             {
                 result = await client.SendLogAsync(report, stoppingToken);
             }
-            catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException && !stoppingToken.IsCancellationRequested)
+            catch (Exception ex) when (!stoppingToken.IsCancellationRequested)
             {
+                // Any failure (network, a malformed answer) is this report's problem only: retried,
+                // never allowed to end the sender loop.
+                Log.CallFailed(logger, ex, report.DeliveryId);
                 result = PortCallResult.RetryLater;
             }
             if (result == PortCallResult.Sent)
@@ -67,6 +70,9 @@ internal sealed partial class PortReportingService(
     {
         [LoggerMessage(EventIds.ReportSent, LogLevel.Debug, "Reported delivery {DeliveryId} to Port run {RunId}")]
         public static partial void Sent(ILogger logger, string deliveryId, string runId);
+
+        [LoggerMessage(EventIds.ReportCallFailed, LogLevel.Debug, "A call to Port's API for delivery {DeliveryId} failed")]
+        public static partial void CallFailed(ILogger logger, Exception exception, string deliveryId);
 
         [LoggerMessage(EventIds.ReportFailed, LogLevel.Warning, "Could not report delivery {DeliveryId} to Port run {RunId} after {Attempts} attempts")]
         public static partial void Failed(ILogger logger, string deliveryId, string runId, int attempts);

@@ -135,7 +135,9 @@ internal sealed partial class WebhookHandler(
                     $"The Idempotency-Key header must be one value of 1 to {options.MaxRunIdLength} printable ASCII characters without spaces.");
             }
         }
-        var idempotencyKey = explicitKey ?? runId ?? "sha256:" + Convert.ToHexStringLower(SHA256.HashData(body));
+        // The run id is inside the signed body; the header is not signed. A header must never turn one
+        // signed run into several deliveries, so it counts only when the body carries no run id.
+        var idempotencyKey = runId ?? explicitKey ?? "sha256:" + Convert.ToHexStringLower(SHA256.HashData(body));
 
         return await EnqueueAsync(context, org, webhook, body, runId, idempotencyKey, options);
     }

@@ -76,7 +76,12 @@ public sealed record DeliveryEntry(
                 case Fields.Body: body = value; break;
                 case Fields.IdempotencyKey: key = value; break;
                 case Fields.RunId: run = value; break;
-                case Fields.ReceivedAt: at = (long)value; break;
+                case Fields.ReceivedAt:
+                    if (!value.TryParse(out at))
+                    {
+                        return null;
+                    }
+                    break;
                 case Fields.TraceParent: tp = value; break;
                 case Fields.TraceState: ts = value; break;
                 default: break;

@@ -55,7 +55,7 @@ public class SigtermTests
         var config = new Dictionary<string, string?>(relay.Config)
         {
             ["Dispatcher:MaxConcurrency"] = "2",
-            ["Dispatcher:RequestTimeoutSeconds"] = "5",
+            ["Dispatcher:RequestTimeoutSeconds"] = "15",
             ["Dispatcher:ClaimMarginSeconds"] = "1",
             ["Dispatcher:ClaimIntervalSeconds"] = "0.2",
         };

@@ -46,13 +46,13 @@ public class RunIdExtractionTests
     }
 
     [Fact]
-    public async Task Post_IdempotencyKeyHeader_WinsOverTheBody()
+    public async Task Post_IdempotencyKeyHeader_KeysARunWithoutRunId()
     {
         await using var relay = await Relay.StartAsync(dispatchers: 0);
         var key = "key-" + Guid.NewGuid().ToString("N");
-        using var first = TestRuns.Signed(TestRuns.Body(TestRuns.NewRunId()));
+        using var first = TestRuns.Signed(Encoding.UTF8.GetBytes("""{"action":"a","n":1}"""));
         first.Headers.Add("Idempotency-Key", key);
-        using var second = TestRuns.Signed(TestRuns.Body(TestRuns.NewRunId()));
+        using var second = TestRuns.Signed(Encoding.UTF8.GetBytes("""{"action":"a","n":2}"""));
         second.Headers.Add("Idempotency-Key", key);
 
         using var firstResponse = await relay.Ingress.Client.SendAsync(first);
@@ -62,6 +62,25 @@ public class RunIdExtractionTests
         Assert.Equal(HttpStatusCode.OK, secondResponse.StatusCode);
         var entry = DeliveryEntry.FromStreamEntry((await relay.Db.StreamRangeAsync(RedisKeys.Stream)).Single())!;
         Assert.Equal(key, entry.IdempotencyKey);
+    }
+
+    [Fact]
+    public async Task Post_SignedRunReplayedWithNewIdempotencyKeys_IsQueuedOnce()
+    {
+        // The header is not signed: it must not turn one signed run into several deliveries.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var body = TestRuns.Body(TestRuns.NewRunId());
+        var statuses = new List<HttpStatusCode>();
+        foreach (var key in new[] { "a", "b", "c" })
+        {
+            using var request = TestRuns.Signed(body);
+            request.Headers.Add("Idempotency-Key", "key-" + key);
+            using var response = await relay.Ingress.Client.SendAsync(request);
+            statuses.Add(response.StatusCode);
+        }
+
+        Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.OK, HttpStatusCode.OK], statuses);
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
     }
 
     [Fact]

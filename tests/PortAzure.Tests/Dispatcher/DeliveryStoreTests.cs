@@ -1,0 +1,105 @@
+using System.Net;
+using PortAzure.Dispatcher.Delivery;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
+
+namespace PortAzure.Tests.Dispatcher;
+
+/// <summary>The state transitions' Lua scripts against a real Redis, for the races a live test cannot time.</summary>
+public class DeliveryStoreTests
+{
+    private static DeliveryEntry NewEntry() => new("d_" + Guid.NewGuid().ToString("N"), TestRuns.Org, TestRuns.Webhook,
+        TestRuns.Body(TestRuns.NewRunId()), "k-" + Guid.NewGuid().ToString("N"), null, DateTimeOffset.UtcNow, null, null);
+
+    private static DeliveryStore.FinishRequest Finish(FinishMode mode, DeliveryEntry entry, string token, params KeyValuePair<string, RedisValue>[] fields) =>
+        new(mode, entry, null, token, DateTimeOffset.UtcNow, DateTimeOffset.UtcNow.AddSeconds(30), TimeSpan.FromHours(1), null, 20,
+            DateTimeOffset.UtcNow.AddSeconds(30), fields);
+
+    [Fact]
+    public async Task Finish_LateRetryAfterAnotherAttemptDelivered_DoesNotUndoTheDelivery()
+    {
+        await using var lease = await SharedRedis.LeaseAsync();
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
+        var store = new DeliveryStore(redis);
+        var entry = NewEntry();
+        var now = DateTimeOffset.UtcNow;
+
+        // Attempt A takes the lease; it runs out while A waits; attempt B takes over and delivers.
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromMilliseconds(50), false, now, TimeSpan.FromSeconds(30))).Leased);
+        await Task.Delay(100);
+        Assert.True((await store.BeginAsync(entry, "B", TimeSpan.FromSeconds(30), false, now, TimeSpan.FromSeconds(30))).Leased);
+        await store.FinishAsync(Finish(FinishMode.Delivered, entry, "B", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered)));
+
+        // A's late result: a transient failure it would schedule for a retry.
+        var result = await store.FinishAsync(Finish(FinishMode.Retry, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Retrying)));
+
+        var db = redis.GetDatabase();
+        Assert.Equal(-1, result);
+        Assert.Equal(DeliveryStates.Delivered, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
+        Assert.Equal(0, await db.SortedSetLengthAsync(RedisKeys.RetrySchedule));
+    }
+
+    [Fact]
+    public async Task Begin_FinishedDelivery_TakesNoLeaseNoClaimAndNoProbe()
+    {
+        await using var lease = await SharedRedis.LeaseAsync();
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
+        var db = redis.GetDatabase();
+        var store = new DeliveryStore(redis);
+        var entry = NewEntry();
+        await db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State, DeliveryStates.Discarded);
+        await db.HashSetAsync(RedisKeys.PausedTargets, entry.Target, 1);
+
+        var begin = await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), claimed: true, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30));
+
+        Assert.True(begin.AlreadyFinished);
+        Assert.False(await db.KeyExistsAsync(RedisKeys.Lease(entry.DeliveryId)));
+        Assert.False(await db.HashExistsAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.Claims));
+        Assert.Equal(1, (long)await db.HashGetAsync(RedisKeys.PausedTargets, entry.Target));
+    }
+
+    [Fact]
+    public async Task Begin_RetriedAfterATimeout_StillOwnsItsLease()
+    {
+        await using var lease = await SharedRedis.LeaseAsync();
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
+        var store = new DeliveryStore(redis);
+        var entry = NewEntry();
+
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        Assert.False((await store.BeginAsync(entry, "B", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+    }
+
+    [Fact]
+    public async Task Replay_DeadLetterWithoutBody_StaysADeadLetter()
+    {
+        await using var lease = await SharedRedis.LeaseAsync();
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
+        var db = redis.GetDatabase();
+        var store = new DeliveryStore(redis);
+        const string id = "d_0123456789abcdef0123456789abcdef";
+        await db.SortedSetAddAsync(RedisKeys.DeadLetters, id, 1);
+        await db.HashSetAsync(RedisKeys.Delivery(id), [new(DeliveryRecord.State, DeliveryStates.DeadLettered), new(DeliveryRecord.Org, "contoso")]);
+
+        await Assert.ThrowsAsync<RedisServerException>(() => store.ReplayAsync(id, DateTimeOffset.UtcNow));
+
+        Assert.Equal(1, await db.SortedSetLengthAsync(RedisKeys.DeadLetters));
+        Assert.Equal(0, await db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
+    public async Task Dispatcher_DamagedStreamEntry_IsDroppedAndDeliveryGoesOn()
+    {
+        await using var relay = await Relay.StartAsync();
+        await relay.Db.StreamAddAsync(RedisKeys.Stream, [new("id", "d_x"), new("org", "contoso"), new("webhook", "deploy"), new("body", "{}"), new("key", "k"), new("at", "not-a-number")]);
+
+        var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
+
+        await DeliveryOutcomeTests.WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0, TimeSpan.FromSeconds(10), "the damaged entry is deleted");
+        using var health = await relay.Dispatcher.Client.GetAsync("/alive");
+        Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+    }
+}
