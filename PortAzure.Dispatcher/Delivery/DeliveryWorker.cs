@@ -43,6 +43,7 @@ internal sealed partial class DeliveryWorker(
                 if (!groupReady)
                 {
                     await EnsureGroupAsync();
+                    await RemoveStaleConsumersAsync();
                     groupReady = true;
                 }
                 if (!subscribed)
@@ -202,6 +203,24 @@ internal sealed partial class DeliveryWorker(
         }
         catch (RedisServerException ex) when (ex.Message.StartsWith("BUSYGROUP", StringComparison.Ordinal))
         {
+        }
+    }
+
+    /// <summary>
+    /// Every process joins under a new consumer name, so the group would collect the names of stopped
+    /// Dispatchers. A consumer with nothing pending, silent for longer than a lease, is gone: removed.
+    /// One with pending entries is left alone; XAUTOCLAIM empties it first.
+    /// </summary>
+    private async Task RemoveStaleConsumersAsync()
+    {
+        var db = redis.GetDatabase();
+        var lease = (long)options.CurrentValue.LeaseDuration.TotalMilliseconds;
+        foreach (var consumer in await db.StreamConsumerInfoAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup))
+        {
+            if (consumer.PendingMessageCount == 0 && consumer.IdleTimeInMilliseconds > lease && consumer.Name != identity.Name)
+            {
+                await db.StreamDeleteConsumerAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, consumer.Name);
+            }
         }
     }
 

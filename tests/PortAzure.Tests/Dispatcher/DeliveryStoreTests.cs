@@ -103,3 +103,29 @@ public class DeliveryStoreTests
         Assert.Equal(HttpStatusCode.OK, health.StatusCode);
     }
 }
+
+public class ConsumerCleanupTests
+{
+    [Fact]
+    public async Task Start_StoppedConsumersWithNothingPending_AreRemovedOthersKept()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:RequestTimeoutSeconds"] = "0.5";
+            c["Dispatcher:ClaimMarginSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "600";
+        }, dispatchers: 0);
+        await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0", createStream: true);
+        await relay.Db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "stopped-empty", ">", 1);
+        await DeliveryOutcomeTests.SendAsync(relay);
+        Assert.Single(await relay.Db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "stopped-with-pending", ">", 1));
+        await Task.Delay(2000);
+
+        await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(async () => (await relay.Db.StreamConsumerInfoAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup))
+            .All(c => c.Name != "stopped-empty"), TimeSpan.FromSeconds(10), "the stopped consumer is removed");
+
+        var names = (await relay.Db.StreamConsumerInfoAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).Select(c => (string)c.Name!).ToList();
+        Assert.Contains("stopped-with-pending", names);
+    }
+}
