@@ -96,7 +96,7 @@ public class CrashRecoveryTests(ITestOutputHelper output)
         await relay.Db.HashSetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Claims, 2);
 
         await relay.AddDispatcherAsync();
-        await Eventually.HoldsAsync(async () => await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters) == 1, TimeSpan.FromSeconds(20), "the poison entry is dead-lettered");
+        await Eventually.HoldsAsync(async () => await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters) == 1, TimeSpan.FromSeconds(60), "the poison entry is dead-lettered");
 
         Assert.Equal("poison", (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Reason));
         Assert.Empty(await relay.EmulatorApi.RequestsAsync());

@@ -9,7 +9,8 @@ namespace PortAzure.Tests.Dispatcher;
 /// <summary>Each outcome class, against the emulator told what to answer.</summary>
 public class DeliveryOutcomeTests
 {
-    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(20);
+    // Generous: the suite runs many hosts at once on 2 cores.
+    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(45);
 
     internal static async Task<string> SendAsync(Relay relay, string? runId = null, string webhook = TestRuns.Webhook)
     {

@@ -10,7 +10,8 @@ namespace PortAzure.Tests.EndToEnd;
 /// <summary>Port call -> Ingress -> Redis -> Dispatcher -> emulator, all real hosts over loopback.</summary>
 public class PipelineTests
 {
-    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(20);
+    // Generous: the suite runs many hosts at once on 2 cores.
+    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(45);
 
     [Fact]
     public async Task Run_ThroughTheRelay_ArrivesOnceWithIdenticalBytesAndAzureSignature()
