@@ -78,4 +78,27 @@ public class MetricsTests
         using var alive = await relay.Dispatcher.Client.GetAsync("/alive");
         Assert.Equal("Healthy", await alive.Content.ReadAsStringAsync());
     }
+
+    [Fact]
+    public async Task Dispatcher_BacklogGauges_ReportDeadLettersAndPausedTargets()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:TargetHealth:FailureThreshold"] = "1");
+        var meters = relay.Dispatcher.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
+        using var deadLetters = new MetricCollector<long>(meters, PortAzureDiagnostics.Name, "portazure.backlog.deadletters");
+        using var paused = new MetricCollector<long>(meters, PortAzureDiagnostics.Name, "portazure.backlog.paused_targets");
+        using var reports = new MetricCollector<long>(meters, PortAzureDiagnostics.Name, "portazure.port.reports");
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 404 }, new { status = 503 } } });
+
+        await Dispatcher.DeliveryOutcomeTests.SendAsync(relay);
+        await Dispatcher.DeliveryOutcomeTests.SendAsync(relay);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count >= 2, TimeSpan.FromSeconds(45), "both attempted");
+        await Eventually.HoldsAsync(async () =>
+        {
+            await relay.Dispatcher.Services.GetRequiredService<PortAzure.Dispatcher.Diagnostics.BacklogMonitor>().ReadAsync();
+            deadLetters.RecordObservableInstruments();
+            paused.RecordObservableInstruments();
+            return deadLetters.LastMeasurement?.Value == 1 && paused.LastMeasurement?.Value == 1;
+        }, TimeSpan.FromSeconds(20), "the gauges show one dead letter and one paused target");
+        Assert.Empty(reports.GetMeasurementSnapshot());
+    }
 }
