@@ -1,4 +1,3 @@
-using System.Globalization;
 using PortAzure.Redis;
 using StackExchange.Redis;
 
@@ -8,7 +7,7 @@ namespace PortAzure.Dispatcher.Delivery;
 /// What <see cref="DeliveryStore.BeginAsync"/> found before an attempt. Not <see cref="Leased"/> with a
 /// final <see cref="State"/>: already finished; with an empty one: another attempt holds the lease.
 /// </summary>
-internal readonly record struct BeginResult(bool Leased, string State, int Attempts, int Claims, DateTimeOffset? Since, DateTimeOffset? PausedUntil, bool IsProbe)
+internal readonly record struct BeginResult(bool Leased, string State, int Attempts, int Claims, DateTimeOffset? Since, DateTimeOffset? PausedUntil)
 {
     public bool AlreadyFinished => !Leased && State.Length > 0;
 }
@@ -42,7 +41,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // KEYS: 1 record, 2 lease, 3 paused targets
     // ARGV: 1 lease token, 2 lease ms, 3 claimed (1/0), 4 target, 5 now ms, 6 probe interval ms
     // Returns {0} leased by another attempt; {2, state} already finished (nothing taken);
-    // {1, state, attempts, claims, since, pausedUntil, probe} the lease is ours.
+    // {1, state, attempts, claims, since, pausedUntil, probe} the lease is ours (probe: this attempt is
+    // the paused target's probe; the caller needs only pausedUntil = 0 to go ahead).
     private const string BeginScript = """
         local lease = redis.call('GET', KEYS[2])
         if lease and lease ~= ARGV[1] then
@@ -167,9 +167,9 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         switch ((int)result[0])
         {
             case 0:
-                return new BeginResult(false, "", 0, 0, null, null, false);
+                return new BeginResult(false, "", 0, 0, null, null);
             case 2:
-                return new BeginResult(false, (string)result[1]!, 0, 0, null, null, false);
+                return new BeginResult(false, (string)result[1]!, 0, 0, null, null);
             default:
                 break;
         }
@@ -181,8 +181,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             (int)result[2],
             (int)result[3],
             since > 0 ? DateTimeOffset.FromUnixTimeMilliseconds(since) : null,
-            paused > 0 ? DateTimeOffset.FromUnixTimeMilliseconds(paused) : null,
-            (int)result[6] == 1);
+            paused > 0 ? DateTimeOffset.FromUnixTimeMilliseconds(paused) : null);
     }
 
     public sealed record FinishRequest(
@@ -265,6 +264,4 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             [deliveryId, now.ToUnixTimeMilliseconds(), RedisKeys.WakeChannel]);
         return result.IsNull ? null : (string?)result;
     }
-
-    public static string FormatMs(DateTimeOffset time) => time.ToUnixTimeMilliseconds().ToString(CultureInfo.InvariantCulture);
 }

@@ -4,7 +4,6 @@ namespace PortAzure.Redis;
 public static class DeliveryStates
 {
     public const string Queued = "queued";
-    public const string Delivering = "delivering";
     public const string Retrying = "retrying";
     public const string Delivered = "delivered";
     public const string DeadLettered = "deadlettered";
