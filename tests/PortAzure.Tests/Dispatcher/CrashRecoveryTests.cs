@@ -18,7 +18,7 @@ public class CrashRecoveryTests(ITestOutputHelper output)
         var config = new Dictionary<string, string?>(relay.Config)
         {
             ["Dispatcher:MaxConcurrency"] = MaxConcurrency.ToString(System.Globalization.CultureInfo.InvariantCulture),
-            ["Dispatcher:RequestTimeoutSeconds"] = "2",
+            ["Dispatcher:RequestTimeoutSeconds"] = "5",
             ["Dispatcher:ClaimMarginSeconds"] = "1",
             ["Dispatcher:ClaimIntervalSeconds"] = "0.5",
         };
