@@ -42,8 +42,15 @@ internal sealed class DispatcherOptions
 
     public TimeSpan RequestTimeout => TimeSpan.FromSeconds(RequestTimeoutSeconds);
 
-    /// <summary>Leases and reclaims wait this long: a live POST always ends (times out) before it.</summary>
-    public TimeSpan LeaseDuration => TimeSpan.FromSeconds(RequestTimeoutSeconds + ClaimMarginSeconds);
+    /// <summary>
+    /// An attempt's lease (and a claimed retry's): a live POST always ends (times out) before it runs out.
+    /// Half the margin, so that it has run out by the time <see cref="ClaimMinIdle"/> lets another
+    /// consumer reclaim the entry (the lease is taken just after the entry is read).
+    /// </summary>
+    public TimeSpan LeaseDuration => TimeSpan.FromSeconds(RequestTimeoutSeconds + (ClaimMarginSeconds / 2));
+
+    /// <summary>A pending entry is reclaimed from its consumer only after being idle this long.</summary>
+    public TimeSpan ClaimMinIdle => TimeSpan.FromSeconds(RequestTimeoutSeconds + ClaimMarginSeconds);
 }
 
 internal sealed class RetryOptions

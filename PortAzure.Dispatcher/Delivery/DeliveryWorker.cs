@@ -110,7 +110,7 @@ internal sealed partial class DeliveryWorker(
         {
             _nextClaim = now + TimeSpan.FromSeconds(opts.ClaimIntervalSeconds);
             var claim = await redis.GetDatabase().StreamAutoClaimAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name,
-                (long)opts.LeaseDuration.TotalMilliseconds, _claimCursor, slots.CurrentCount);
+                (long)opts.ClaimMinIdle.TotalMilliseconds, _claimCursor, slots.CurrentCount);
             _claimCursor = claim.NextStartId;
             if (claim.ClaimedEntries.Length > 0)
             {
@@ -214,7 +214,7 @@ internal sealed partial class DeliveryWorker(
     private async Task RemoveStaleConsumersAsync()
     {
         var db = redis.GetDatabase();
-        var lease = (long)options.CurrentValue.LeaseDuration.TotalMilliseconds;
+        var lease = (long)options.CurrentValue.ClaimMinIdle.TotalMilliseconds;
         foreach (var consumer in await db.StreamConsumerInfoAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup))
         {
             if (consumer.PendingMessageCount == 0 && consumer.IdleTimeInMilliseconds > lease && consumer.Name != identity.Name)

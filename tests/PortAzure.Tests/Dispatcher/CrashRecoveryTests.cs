@@ -101,4 +101,34 @@ public class CrashRecoveryTests(ITestOutputHelper output)
         Assert.Equal("poison", (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Reason));
         Assert.Empty(await relay.EmulatorApi.RequestsAsync());
     }
+
+    [Fact]
+    public async Task ReclaimedEntry_WhoseDeadAttemptHadTakenALease_IsDeliveredAtTheFirstReclaim()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:RequestTimeoutSeconds"] = "2";
+            c["Dispatcher:ClaimMarginSeconds"] = "2";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+        }, dispatchers: 0);
+        using (var response = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId())))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        }
+        await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0");
+        var read = Assert.Single(await relay.Db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dead-consumer", ">", 1));
+        var readAt = DateTimeOffset.UtcNow;
+        // The dead consumer got as far as its lease, a second after reading (lease = timeout + margin/2 = 3 s).
+        await Task.Delay(1000);
+        var store = new PortAzure.Dispatcher.Delivery.DeliveryStore(relay.Redis);
+        Assert.True((await store.BeginAsync(DeliveryEntry.FromStreamEntry(read)!, "dead-consumer/attempt", TimeSpan.FromSeconds(3), false,
+            DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+
+        await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(30), "delivered");
+
+        // Reclaimed after 4 s idle, when the 3 s lease taken at 1 s has run out: no second wait.
+        var after = (await relay.EmulatorApi.RequestsAsync())[0].ReceivedAt - readAt;
+        Assert.InRange(after.TotalSeconds, 3.9, 7.5);
+    }
 }
