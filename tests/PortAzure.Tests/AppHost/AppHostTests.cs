@@ -9,6 +9,7 @@ using PortAzure.Tests.Infrastructure;
 
 namespace PortAzure.Tests.AppHost;
 
+[Collection(HeavyTests.Name)]
 public class AppHostTests
 {
     [Fact]

@@ -6,6 +6,7 @@ using Xunit.Abstractions;
 
 namespace PortAzure.Tests.Dispatcher;
 
+[Collection(HeavyTests.Name)]
 public class CrashRecoveryTests(ITestOutputHelper output)
 {
     private const int MaxConcurrency = 64;

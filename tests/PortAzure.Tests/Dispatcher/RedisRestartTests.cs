@@ -96,6 +96,7 @@ public class RedisRestartTests(ITestOutputHelper output)
     }
 }
 
+[Collection(HeavyTests.Name)]
 public class RedisPersistenceTests
 {
     [Fact]

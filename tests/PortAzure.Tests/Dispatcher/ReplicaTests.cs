@@ -26,6 +26,7 @@ public class ReplicaTests
     }
 }
 
+[Collection(HeavyTests.Name)]
 public class ScaleOutTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     [Fact]

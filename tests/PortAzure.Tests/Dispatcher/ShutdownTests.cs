@@ -51,6 +51,7 @@ public class ShutdownTests
     }
 }
 
+[Collection(HeavyTests.Name)]
 public class SigtermTests
 {
     [Fact]
