@@ -51,6 +51,17 @@ public class CrashRecoveryTests(ITestOutputHelper output)
         Assert.True(duplicates <= pendingAtKill, $"{duplicates} duplicates but only {pendingAtKill} entries were in flight");
     }
 
+    /// <summary>Queues one run and has <paramref name="consumer"/> read it (then "die": it never acknowledges).</summary>
+    private static async Task<StreamEntry> QueueOneReadByAsync(Relay relay, string consumer)
+    {
+        using (var response = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId())))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        }
+        await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0");
+        return Assert.Single(await relay.Db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, consumer, ">", 10));
+    }
+
     [Fact]
     public async Task PendingEntry_OfAStoppedConsumer_IsNotClaimedBeforeTimeoutPlusMargin()
     {
@@ -60,13 +71,8 @@ public class CrashRecoveryTests(ITestOutputHelper output)
             c["Dispatcher:ClaimMarginSeconds"] = "2";
             c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
         }, dispatchers: 0);
-        using (var response = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId())))
-        {
-            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
-        }
         // A consumer reads the entry and dies without a trace.
-        await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0");
-        Assert.Single(await relay.Db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dead-consumer", ">", 10));
+        await QueueOneReadByAsync(relay, "dead-consumer");
         var readAt = DateTimeOffset.UtcNow;
 
         await relay.AddDispatcherAsync();
@@ -86,12 +92,7 @@ public class CrashRecoveryTests(ITestOutputHelper output)
             c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
             c["Dispatcher:MaxClaims"] = "2";
         }, dispatchers: 0);
-        using (var response = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId())))
-        {
-            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
-        }
-        await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0");
-        var entry = Assert.Single(await relay.Db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "crashing-consumer", ">", 10));
+        var entry = await QueueOneReadByAsync(relay, "crashing-consumer");
         var deliveryId = DeliveryEntry.FromStreamEntry(entry)!.DeliveryId;
         // It has crashed its consumers twice already.
         await relay.Db.HashSetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Claims, 2);
@@ -112,12 +113,7 @@ public class CrashRecoveryTests(ITestOutputHelper output)
             c["Dispatcher:ClaimMarginSeconds"] = "2";
             c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
         }, dispatchers: 0);
-        using (var response = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId())))
-        {
-            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
-        }
-        await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0");
-        var read = Assert.Single(await relay.Db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dead-consumer", ">", 1));
+        var read = await QueueOneReadByAsync(relay, "dead-consumer");
         var readAt = DateTimeOffset.UtcNow;
         // The dead consumer got as far as its lease, a second after reading (lease = timeout + margin/2 = 3 s).
         await Task.Delay(1000);
