@@ -4,6 +4,7 @@ using Microsoft.Extensions.Options;
 using PortAzure.Dispatcher.Delivery;
 using PortAzure.Dispatcher.Diagnostics;
 using PortAzure.Dispatcher.PortReporting;
+using PortAzure.Redis;
 using PortAzure.Security;
 using PortAzure.Targets;
 
@@ -17,7 +18,7 @@ public static class DispatcherExtensions
         ArgumentNullException.ThrowIfNull(builder);
         var services = builder.Services;
 
-        builder.AddRedisClient(ResourceNames.Redis);
+        builder.AddPortAzureRedisClient();
 
         services.AddOptions<DispatcherOptions>().BindConfiguration(DispatcherOptions.SectionName).ValidateOnStart();
         services.AddSingleton<IValidateOptions<DispatcherOptions>, DispatcherOptionsValidator>();

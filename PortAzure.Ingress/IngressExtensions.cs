@@ -5,6 +5,7 @@ using PortAzure.Ingress.Diagnostics;
 using PortAzure.Ingress.Edge;
 using PortAzure.Ingress.Queue;
 using PortAzure.Ingress.Webhooks;
+using PortAzure.Redis;
 using PortAzure.Security;
 using PortAzure.Targets;
 
@@ -19,7 +20,7 @@ public static class IngressExtensions
     {
         ArgumentNullException.ThrowIfNull(builder);
 
-        builder.AddRedisClient(ResourceNames.Redis);
+        builder.AddPortAzureRedisClient();
 
         builder.Services.AddOptions<IngressOptions>().BindConfiguration(IngressOptions.SectionName).ValidateOnStart();
         builder.Services.AddSingleton<IValidateOptions<IngressOptions>, IngressOptionsValidator>();

@@ -1,0 +1,78 @@
+using Aspire.StackExchange.Redis;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Hosting;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
+
+namespace PortAzure.Tests.Redis;
+
+public class RedisClientSetupTests
+{
+    [Fact]
+    public void AddPortAzureRedisClient_NoTracingSwitch_TurnsRedisCommandSpansOff()
+    {
+        var settings = Register(new Dictionary<string, string?>());
+
+        Assert.True(settings.DisableTracing);
+    }
+
+    [Theory]
+    [InlineData("Aspire:StackExchange:Redis:DisableTracing")]
+    [InlineData("Aspire:StackExchange:Redis:redis:DisableTracing")]
+    public void AddPortAzureRedisClient_AspireSwitchFalse_KeepsRedisCommandSpans(string key)
+    {
+        var settings = Register(new Dictionary<string, string?> { [key] = "false" });
+
+        Assert.False(settings.DisableTracing);
+    }
+
+    [Fact]
+    public void AddPortAzureRedisClient_AspireSwitchTrue_TurnsRedisCommandSpansOff()
+    {
+        var settings = Register(new Dictionary<string, string?> { ["Aspire:StackExchange:Redis:DisableTracing"] = "true" });
+
+        Assert.True(settings.DisableTracing);
+    }
+
+    [Fact]
+    public async Task Start_Ingress_ConnectsToRedisBeforeTheFirstRequest()
+    {
+        await using var lease = await SharedRedis.LeaseAsync();
+        var clientName = "warmup-" + Guid.NewGuid().ToString("N");
+
+        await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = $"{lease.ConnectionString},name={clientName}",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+        });
+
+        // No request has been sent: the connection exists because start-up made it.
+        await using var observer = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString + ",allowAdmin=true");
+        var clients = await observer.GetServers()[0].ClientListAsync();
+        Assert.Contains(clients, c => c.Name == clientName);
+    }
+
+    [Fact]
+    public async Task Start_RedisUnreachable_StartsAndLogsAWarning()
+    {
+        await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = $"127.0.0.1:{RedisServer.FreePort()},abortConnect=false,connectTimeout=500",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+        });
+
+        Assert.Contains(ingress.Logs.Lines, l => l.StartsWith("Warning PortAzure.Redis.RedisConnectionWarmup[3001]", StringComparison.Ordinal));
+    }
+
+    private static StackExchangeRedisSettings Register(Dictionary<string, string?> config)
+    {
+        var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
+        builder.Configuration.AddInMemoryCollection(config);
+        builder.Configuration["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false";
+        StackExchangeRedisSettings? seen = null;
+        builder.AddPortAzureRedisClient(settings => seen = settings);
+        Assert.NotNull(seen);
+        return seen;
+    }
+}
