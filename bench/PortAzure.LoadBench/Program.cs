@@ -218,9 +218,14 @@ double cpuBefore;
 LoadResult bareResult;
 using (var bareClient = new LoadClient(bare.BaseUri, Org, Webhook, Secret, settings.Connections, sample))
 {
+    // Both servers get the same untimed warm-up, so that JIT tiering and pool growth are behind them when
+    // the measured phase starts; CPU is counted over the measured phase only.
+    var bareWarm = await LoadModels.ClosedAsync("bare-warm", bareClient, settings.Connections, 20_000_000,
+        settings.WarmupDuration, 0, i => RunIdFor("barewarm", i));
+    Console.WriteLine($"  bare Kestrel warm-up: {bareWarm.Issued} requests in {bareWarm.ElapsedSeconds:0.0} s, first-request latency max {bareWarm.Latency().Max:0} ms");
     cpuBefore = bare.CpuSeconds();
     bareResult = await LoadModels.ClosedAsync("bare", bareClient, settings.Connections, 20_000_000,
-        settings.BaselineDuration, settings.WarmupRequests, i => RunIdFor("bare", i));
+        settings.BaselineDuration, 0, i => RunIdFor("bare", i));
 }
 var bareCpuPerReq = (bare.CpuSeconds() - cpuBefore) / bareResult.Issued * 1e6;
 Console.WriteLine($"  bare Kestrel: {bareResult.RatePerSecond:0} req/s over {bareResult.Issued} requests ({bareResult.StatusSummary()}), {bareResult.Latency()}, server CPU {bareCpuPerReq:0} us/request");
@@ -229,13 +234,19 @@ bare.Stop(TimeSpan.FromSeconds(10));
 // ---------------------------------------------------------------- Ingress, closed loop, no Dispatcher
 using var ingressClient = new LoadClient(ingress.BaseUri, Org, Webhook, Secret, 4096, sample);
 Console.WriteLine($"ingress: closed loop, {settings.Connections} connections, {settings.Backlog} runs, Dispatchers stopped");
-LoadResult ingressMax;
+LoadResult ingressMax, ingressWarm;
 double ingressCpuPerReq, redisCpuPerReq;
 using (var closedClient = new LoadClient(ingress.BaseUri, Org, Webhook, Secret, settings.Connections, sample))
 {
+    ingressWarm = await LoadModels.ClosedAsync("ingress-warm", closedClient, settings.Connections, 20_000_000,
+        settings.WarmupDuration, 0, i => RunIdFor("iwarm", i));
+    Console.WriteLine($"  ingress warm-up: {ingressWarm.Issued} runs in {ingressWarm.ElapsedSeconds:0.0} s ({ingressWarm.StatusSummary()}), cold-start latency max {ingressWarm.Latency().Max:0} ms");
+    // The warm-up runs were accepted: they are delivered and checked like any others, and drained now so
+    // that the measured backlog is exactly --backlog runs.
+    await DrainAsync("ingress-warm", 1, ingressWarm.AcceptedRunIds().ToList());
     var ingressCpu = ingress.CpuSeconds();
     var redisCpu = redisServer.CpuSeconds();
-    ingressMax = await LoadModels.ClosedAsync("ingress-max", closedClient, settings.Connections, settings.Backlog, null, settings.WarmupRequests, i => RunIdFor("imax", i));
+    ingressMax = await LoadModels.ClosedAsync("ingress-max", closedClient, settings.Connections, settings.Backlog, null, 0, i => RunIdFor("imax", i));
     ingressCpuPerReq = (ingress.CpuSeconds() - ingressCpu) / ingressMax.Issued * 1e6;
     redisCpuPerReq = (redisServer.CpuSeconds() - redisCpu) / ingressMax.Issued * 1e6;
 }
@@ -357,6 +368,7 @@ internal sealed class Settings
     public int Backlog { get; private set; } = 100_000;
     public int Backlog3 { get; private set; } = 100_000;
     public long WarmupRequests { get; private set; } = 5_000;
+    public TimeSpan WarmupDuration { get; private set; } = TimeSpan.FromSeconds(10);
     public int RedisBenchRequests { get; private set; } = 100_000;
     public TimeSpan BaselineDuration { get; private set; } = TimeSpan.FromSeconds(12);
     public TimeSpan OpenDuration { get; private set; } = TimeSpan.FromSeconds(10);
@@ -377,6 +389,7 @@ internal sealed class Settings
                     s.Backlog = 400;
                     s.Backlog3 = 300;
                     s.WarmupRequests = 50;
+                    s.WarmupDuration = TimeSpan.FromSeconds(0.5);
                     s.RedisBenchRequests = 2_000;
                     s.BaselineDuration = TimeSpan.FromSeconds(1);
                     s.OpenDuration = TimeSpan.FromSeconds(0.5);
@@ -384,6 +397,7 @@ internal sealed class Settings
                     s.StallTimeout = TimeSpan.FromSeconds(30);
                     break;
                 case "--ingress-only": s.IngressOnly = true; break;
+                case "--warmup-seconds": s.WarmupDuration = TimeSpan.FromSeconds(double.Parse(Next(), CultureInfo.InvariantCulture)); break;
                 case "--out": s.OutDir = Path.GetFullPath(Next()); break;
                 case "--service-log-level": s.ServiceLogLevel = Next(); break;
                 case "--service-env":
@@ -398,7 +412,7 @@ internal sealed class Settings
                 case "--e2e-seconds": s.E2EDuration = TimeSpan.FromSeconds(double.Parse(Next(), CultureInfo.InvariantCulture)); break;
                 case "--e2e-rates": s.E2ERates = [.. Next().Split(',').Select(r => int.Parse(r, CultureInfo.InvariantCulture))]; break;
                 case "--help" or "-h":
-                    Console.WriteLine("bench/run.sh [--smoke] [--ingress-only] [--out DIR] [--service-log-level Warning] [--service-env KEY=VALUE]... [--connections 32] [--dispatcher-concurrency 128] " +
+                    Console.WriteLine("bench/run.sh [--smoke] [--ingress-only] [--out DIR] [--service-log-level Warning] [--service-env KEY=VALUE]... [--warmup-seconds 10] [--connections 32] [--dispatcher-concurrency 128] " +
                         "[--backlog 100000] [--backlog3 100000] [--open-seconds 10] [--e2e-seconds 15] [--e2e-rates 100,500,1000]");
                     Environment.Exit(0);
                     break;
