@@ -250,7 +250,7 @@ using (var closedClient = new LoadClient(ingress.BaseUri, Org, Webhook, Secret, 
     ingressCpuPerReq = (ingress.CpuSeconds() - ingressCpu) / ingressMax.Issued * 1e6;
     redisCpuPerReq = (redisServer.CpuSeconds() - redisCpu) / ingressMax.Issued * 1e6;
 }
-Console.WriteLine($"  ingress max: {ingressMax.RatePerSecond:0} accepted runs/s ({ingressMax.StatusSummary()}), {ingressMax.Latency()}, CPU per run: ingress {ingressCpuPerReq:0} us, redis {redisCpuPerReq:0} us");
+Console.WriteLine($"  ingress max: {ingressMax.RatePerSecond:0} accepted runs/s ({ingressMax.StatusSummary()}), {ingressMax.Latency()}, CPU per run: ingress {ingressCpuPerReq:0} us, redis {redisCpuPerReq:0} us; Ingress peak RSS so far {ingress.PeakRssMb():0} MB");
 var backlogAccepted = ingressMax.AcceptedRunIds().ToList();
 
 Console.WriteLine($"drain: {backlogAccepted.Count} queued runs, one Dispatcher (MaxConcurrency {settings.DispatcherConcurrency})");
@@ -282,7 +282,7 @@ foreach (var fraction in new[] { 0.25, 0.50, 0.75 })
     var rate = Math.Max(10, ingressMax.RatePerSecond * fraction);
     var name = $"open{(int)(fraction * 100)}";
     var result = await LoadModels.OpenAsync(name, ingressClient, rate, settings.OpenDuration, i => RunIdFor(name, i));
-    Console.WriteLine($"  ingress open model at {fraction:P0} of max ({rate:0}/s, {result.Issued} runs): {result.Latency()} ({result.StatusSummary()})");
+    Console.WriteLine($"  ingress open model at {fraction:P0} of max ({rate:0}/s, {result.Issued} runs): {result.Latency()} ({result.StatusSummary()}); Ingress peak RSS so far {ingress.PeakRssMb():0} MB");
     openResults.Add(result);
     openAccepted.AddRange(result.AcceptedRunIds());
 }
@@ -315,7 +315,7 @@ foreach (var rate in settings.E2ERates)
     var relay = Percentiles.Of(records
         .Where(r => r.RunId is not null && sentAt.ContainsKey(r.RunId))
         .Select(r => (r.ReceivedAt - sentAt[r.RunId!]).TotalMilliseconds));
-    Console.WriteLine($"  {rate} runs/s: relay-added latency (scheduled send -> emulator receivedAt) {relay}; Ingress answer {load.Latency()} ({load.StatusSummary()})");
+    Console.WriteLine($"  {rate} runs/s: relay-added latency (scheduled send -> emulator receivedAt) {relay}; Ingress answer {load.Latency()} ({load.StatusSummary()}); Ingress peak RSS so far {ingress.PeakRssMb():0} MB");
     e2eResults.Add((rate, load, relay, verification));
 }
 StopDispatchers(e2eDispatchers);
