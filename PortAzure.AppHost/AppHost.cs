@@ -36,6 +36,16 @@ var ingress = builder.AddProject<Projects.PortAzure_Ingress>(ResourceNames.Ingre
     .WithHttpHealthCheck("/health")
     .WithReplicas(builder.Configuration.GetValue("Ingress:Replicas", 1));
 
+if (runMode)
+{
+    // The local dashboard shows a span per Redis command too. The services leave those spans off by
+    // default (they cost hundreds of MB under load: docs/benchmarks.md), so deployments do not get them.
+    foreach (var service in new IResourceBuilder<IResourceWithEnvironment>[] { ingress, dispatcher })
+    {
+        service.WithEnvironment("Aspire__StackExchange__Redis__DisableTracing", "false");
+    }
+}
+
 if (builder.Configuration["AzureDevOps:BaseUrl"] is { Length: > 0 } azureBaseUrl)
 {
     dispatcher.WithEnvironment("AzureDevOps__BaseUrl", azureBaseUrl);

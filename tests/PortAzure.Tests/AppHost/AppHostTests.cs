@@ -12,6 +12,8 @@ namespace PortAzure.Tests.AppHost;
 [Collection(HeavyTests.Name)]
 public class AppHostTests
 {
+    private const string RedisCommandTracingSwitch = "Aspire__StackExchange__Redis__DisableTracing";
+
     [Fact]
     public async Task AppHost_WithRedisServerExecutable_RunsARunThroughToTheEmulator()
     {
@@ -24,6 +26,12 @@ public class AppHostTests
         foreach (var resource in new[] { ResourceNames.Ingress, ResourceNames.Dispatcher, ResourceNames.AzureDevOpsEmulator })
         {
             await app.ResourceNotifications.WaitForResourceAsync(resource, KnownResourceStates.Running, timeout.Token);
+        }
+        // The local dashboard shows a span per Redis command; the services' own default leaves them off.
+        foreach (var service in new[] { ResourceNames.Ingress, ResourceNames.Dispatcher })
+        {
+            var running = await app.ResourceNotifications.WaitForResourceAsync(service, e => e.Snapshot.State?.Text == KnownResourceStates.Running, timeout.Token);
+            Assert.Contains(running.Snapshot.EnvironmentVariables, v => v.Name == RedisCommandTracingSwitch && v.Value == "false");
         }
 
         using var ingress = app.CreateHttpClient(ResourceNames.Ingress);
@@ -112,6 +120,9 @@ public class AppHostTests
             Assert.False(parameter.GetProperty("inputs").GetProperty("value").TryGetProperty("default", out _));
         }
         Assert.False(resources.TryGetProperty(ResourceNames.AzureDevOpsEmulator, out _));
+        // A deployment keeps the services' default: no span per Redis command.
+        Assert.False(ingress.GetProperty("env").TryGetProperty(RedisCommandTracingSwitch, out _));
+        Assert.False(dispatcher.GetProperty("env").TryGetProperty(RedisCommandTracingSwitch, out _));
         Assert.DoesNotContain("port-demo-secret", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
         Assert.DoesNotContain("dev-admin-key", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
     }
