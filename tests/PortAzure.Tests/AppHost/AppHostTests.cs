@@ -155,6 +155,17 @@ public class AppHostTests
     }
 
     [Fact]
+    public async Task ReplicaSettings_IngressAndDispatcher_RunThatManyReplicas()
+    {
+        var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.PortAzure_AppHost>(
+            ["--Redis:Mode=connectionstring", "--ConnectionStrings:redis=127.0.0.1:1", "--Ingress:Replicas=2", "--Dispatcher:Replicas=3"]);
+
+        int Replicas(string name) => builder.Resources.Single(r => r.Name == name).Annotations.OfType<ReplicaAnnotation>().Single().Replicas;
+        Assert.Equal(2, Replicas(ResourceNames.Ingress));
+        Assert.Equal(3, Replicas(ResourceNames.Dispatcher));
+    }
+
+    [Fact]
     public async Task ConnectionStringMode_UsesTheGivenRedisAndStartsNoServer()
     {
         var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.PortAzure_AppHost>(

@@ -26,7 +26,7 @@ public class CrashRecoveryTests(ITestOutputHelper output)
         var runIds = Enumerable.Range(0, 500).Select(_ => TestRuns.NewRunId()).ToList();
         await relay.SendAllAcceptedAsync(runIds);
 
-        using (var first = DispatcherProcess.Start(config))
+        using (var first = ServiceProcess.StartDispatcher(config))
         {
             await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count >= 120, TimeSpan.FromSeconds(60), "the first Dispatcher is mid-stream");
             first.Kill();
@@ -34,7 +34,7 @@ public class CrashRecoveryTests(ITestOutputHelper output)
         var atKill = (await relay.EmulatorApi.RequestsAsync()).Count;
         var pendingAtKill = (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount;
 
-        using var second = DispatcherProcess.Start(config);
+        using var second = ServiceProcess.StartDispatcher(config);
         // Done when every run arrived and nothing is left in the stream: the entries the killed
         // Dispatcher held are reclaimed (after timeout + margin) and finished too.
         await Eventually.HoldsAsync(async () =>

@@ -72,7 +72,7 @@ public class SigtermTests
             ids.Add(await DeliveryOutcomeTests.SendAsync(relay));
         }
 
-        using (var dispatcher = DispatcherProcess.Start(config))
+        using (var dispatcher = ServiceProcess.StartDispatcher(config))
         {
             await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 2, TimeSpan.FromSeconds(30), "two POSTs in flight");
             Assert.True(dispatcher.Terminate(TimeSpan.FromSeconds(20)), "the Dispatcher exits after SIGTERM within its grace period");

@@ -2,20 +2,29 @@ using System.Diagnostics;
 
 namespace PortAzure.Tests.Infrastructure;
 
-/// <summary>The Dispatcher as a real OS process (the built PortAzure.Dispatcher.dll), for tests about crashes.</summary>
-public sealed class DispatcherProcess : IDisposable
+/// <summary>
+/// A relay service as a real OS process (its built dll, run as a deployment runs it: configuration from
+/// environment variables only), for tests about crashes and stand-alone runs.
+/// </summary>
+public sealed class ServiceProcess : IDisposable
 {
     private readonly Process _process;
 
-    private DispatcherProcess(Process process) => _process = process;
+    private ServiceProcess(Process process) => _process = process;
 
-    public static DispatcherProcess Start(IDictionary<string, string?> config)
+    public static ServiceProcess StartDispatcher(IDictionary<string, string?> config) => Start("PortAzure.Dispatcher", config, "http://127.0.0.1:0");
+
+    /// <summary>The Ingress on <paramref name="port"/> at 127.0.0.1.</summary>
+    public static ServiceProcess StartIngress(IDictionary<string, string?> config, int port) =>
+        Start("PortAzure.Ingress", config, $"http://127.0.0.1:{port.ToString(System.Globalization.CultureInfo.InvariantCulture)}");
+
+    private static ServiceProcess Start(string project, IDictionary<string, string?> config, string urls)
     {
         var configuration = AppContext.BaseDirectory.Contains($"{Path.DirectorySeparatorChar}Release{Path.DirectorySeparatorChar}", StringComparison.Ordinal) ? "Release" : "Debug";
-        var dll = Path.Combine(Repository.Root, "PortAzure.Dispatcher", "bin", configuration, "net10.0", "PortAzure.Dispatcher.dll");
+        var dll = Path.Combine(Repository.Root, project, "bin", configuration, "net10.0", project + ".dll");
         if (!File.Exists(dll))
         {
-            throw new FileNotFoundException("Build the Dispatcher first.", dll);
+            throw new FileNotFoundException($"Build {project} first.", dll);
         }
         var start = new ProcessStartInfo("dotnet")
         {
@@ -25,21 +34,23 @@ public sealed class DispatcherProcess : IDisposable
             UseShellExecute = false,
         };
         start.ArgumentList.Add(dll);
-        start.Environment["ASPNETCORE_URLS"] = "http://127.0.0.1:0";
+        start.Environment["ASPNETCORE_URLS"] = urls;
         start.Environment["ASPNETCORE_ENVIRONMENT"] = "Testing";
         foreach (var (key, value) in config)
         {
             start.Environment[key.Replace(":", "__", StringComparison.Ordinal)] = value;
         }
-        var process = Process.Start(start) ?? throw new InvalidOperationException("The Dispatcher did not start.");
+        var process = Process.Start(start) ?? throw new InvalidOperationException($"{project} did not start.");
         process.OutputDataReceived += (_, _) => { };
         process.ErrorDataReceived += (_, _) => { };
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
-        return new DispatcherProcess(process);
+        return new ServiceProcess(process);
     }
 
     public bool HasExited => _process.HasExited;
+
+    public int ExitCode => _process.ExitCode;
 
     /// <summary>SIGTERM, as a container platform stops a replica; waits for the process to exit.</summary>
     public bool Terminate(TimeSpan timeout)

@@ -1,0 +1,47 @@
+using System.Net;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
+
+namespace PortAzure.Tests.Ingress;
+
+/// <summary>The Ingress run on its own, as a deployment runs it: the built dll and environment variables.</summary>
+[Collection(HeavyTests.Name)]
+public class IngressProcessTests
+{
+    [Fact]
+    public async Task Run_OwnProcessConfiguredByEnvironment_AcceptsASignedRunIntoTheStreamAndStopsOnSigterm()
+    {
+        await using var lease = await SharedRedis.LeaseAsync();
+        var port = RedisServer.FreePort();
+        using var ingress = ServiceProcess.StartIngress(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = lease.ConnectionString,
+            ["Port:ClientSecret"] = TestRuns.Secret,
+        }, port);
+        using var client = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}/") };
+        await Eventually.HoldsAsync(async () =>
+        {
+            try
+            {
+                using var health = await client.GetAsync("/health");
+                return health.StatusCode == HttpStatusCode.OK;
+            }
+            catch (HttpRequestException)
+            {
+                return false;
+            }
+        }, TimeSpan.FromSeconds(60), "the Ingress process reports healthy");
+
+        var runId = TestRuns.NewRunId();
+        using var response = await TestRuns.SendAsync(client, TestRuns.Body(runId));
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
+        var entry = Assert.Single(await redis.GetDatabase().StreamRangeAsync(RedisKeys.Stream));
+        Assert.Equal(runId, DeliveryEntry.FromStreamEntry(entry)!.RunId);
+
+        Assert.True(ingress.Terminate(TimeSpan.FromSeconds(30)), "the Ingress exits on SIGTERM");
+        Assert.Equal(0, ingress.ExitCode);
+    }
+}
