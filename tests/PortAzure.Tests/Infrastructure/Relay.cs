@@ -1,3 +1,4 @@
+using Microsoft.Extensions.DependencyInjection;
 using StackExchange.Redis;
 
 namespace PortAzure.Tests.Infrastructure;
@@ -80,11 +81,11 @@ public sealed class Relay : IAsyncDisposable
         return relay;
     }
 
-    public async Task<TestHost> AddDispatcherAsync(Action<Dictionary<string, string?>>? configure = null)
+    public async Task<TestHost> AddDispatcherAsync(Action<Dictionary<string, string?>>? configure = null, Action<IServiceCollection>? services = null)
     {
         var config = new Dictionary<string, string?>(Config);
         configure?.Invoke(config);
-        var host = await TestHost.StartDispatcherAsync(config);
+        var host = await TestHost.StartDispatcherAsync(config, services);
         _dispatchers.Add(host);
         return host;
     }
