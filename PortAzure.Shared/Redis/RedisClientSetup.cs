@@ -7,10 +7,10 @@ using StackExchange.Redis;
 namespace PortAzure.Redis;
 
 /// <summary>The services' one way to register the Redis connection (Aspire's client integration).</summary>
-public static class RedisClientSetup
+internal static class RedisClientSetup
 {
     /// <summary>Aspire's own switches for Redis command spans; either one, when set, wins over our default.</summary>
-    public static readonly string[] TracingSwitches =
+    private static readonly string[] TracingSwitches =
     [
         "Aspire:StackExchange:Redis:DisableTracing",
         $"Aspire:StackExchange:Redis:{ResourceNames.Redis}:DisableTracing",
@@ -27,7 +27,7 @@ public static class RedisClientSetup
         builder.AddRedisClient(ResourceNames.Redis, settings =>
         {
             // Redis command spans are off unless configured: the instrumentation keeps every command's
-            // profiling session until its next flush (10 s), which under load held 400+ MB and a quarter of
+            // profiling session until its next flush (10 s), which under load held 400+ MB and about 30 % of
             // the Ingress's CPU (docs/benchmarks.md). Our own producer and consumer spans already carry the
             // trace from Port's call through the stream to the Azure POST.
             if (!tracingConfigured)
@@ -38,19 +38,20 @@ public static class RedisClientSetup
         }, options =>
         {
             // The default socket manager completes replies on its own pool of 10 threads, one more hand-off
-            // per command; on two cores the extra wake-ups cost more than they save (57 vs 85 us of Ingress
-            // CPU per run, docs/benchmarks.md). Nothing here blocks a thread on Redis, which is the starvation
-            // that dedicated pool guards against; start-up connects before requests arrive.
+            // per command; on two cores the extra wake-ups cost more than they save (70 -> 57 us of Ingress
+            // CPU per run, docs/benchmarks.md). That pool guards against code that blocks pool threads on
+            // Redis; the relay's calls are all asynchronous, and the one blocking call, Aspire's connect,
+            // runs once while the host starts (RedisConnectionWarmup), before any request.
             options.SocketManager = SocketManager.ThreadPool;
         });
         builder.Services.AddHostedService<RedisConnectionWarmup>();
         return builder;
     }
 
-    /// <summary>True when configuration sets one of Aspire's <see cref="TracingSwitches"/>.</summary>
+    /// <summary>True when configuration gives a value to one of Aspire's tracing switches.</summary>
     public static bool IsTracingConfigured(IConfiguration configuration)
     {
         ArgumentNullException.ThrowIfNull(configuration);
-        return TracingSwitches.Any(key => configuration[key] is not null);
+        return TracingSwitches.Any(key => !string.IsNullOrEmpty(configuration[key]));
     }
 }

@@ -155,7 +155,7 @@ public class AppHostTests
     }
 
     [Fact]
-    public async Task ReplicaSettings_IngressAndDispatcher_RunThatManyReplicas()
+    public async Task ReplicaSettings_IngressAndDispatcher_ModelHasThatManyReplicas()
     {
         var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.PortAzure_AppHost>(
             ["--Redis:Mode=connectionstring", "--ConnectionStrings:redis=127.0.0.1:1", "--Ingress:Replicas=2", "--Dispatcher:Replicas=3"]);

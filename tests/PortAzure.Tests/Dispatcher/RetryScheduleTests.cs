@@ -17,6 +17,8 @@ public class RetryScheduleTests
             config["Dispatcher:Retry:MaxDelaySeconds"] = "600";
             config["Dispatcher:Retry:JitterFraction"] = "0";
         }, dispatchers: 0);
+        // The fake clock also drives the worker's back-off after a Redis error; none is expected against
+        // the local redis-server, and one would show as a timeout below, not as a wrong result.
         var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
         await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
         await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503 } } });

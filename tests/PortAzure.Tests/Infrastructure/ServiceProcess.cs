@@ -1,16 +1,22 @@
+using System.Collections.Concurrent;
 using System.Diagnostics;
 
 namespace PortAzure.Tests.Infrastructure;
 
 /// <summary>
-/// A relay service as a real OS process (its built dll, run as a deployment runs it: configuration from
-/// environment variables only), for tests about crashes and stand-alone runs.
+/// A relay service as a real OS process (its built dll, run as a deployment runs it: the bin folder's
+/// appsettings.json plus environment variables), for tests about crashes and stand-alone runs.
 /// </summary>
 public sealed class ServiceProcess : IDisposable
 {
+    private const int KeptLines = 200;
     private readonly Process _process;
+    private readonly ConcurrentQueue<string> _output = new();
 
     private ServiceProcess(Process process) => _process = process;
+
+    /// <summary>The last lines the process wrote (stdout and stderr), for failure messages.</summary>
+    public string Output => string.Join(Environment.NewLine, _output);
 
     public static ServiceProcess StartDispatcher(IDictionary<string, string?> config) => Start("PortAzure.Dispatcher", config, "http://127.0.0.1:0");
 
@@ -41,11 +47,24 @@ public sealed class ServiceProcess : IDisposable
             start.Environment[key.Replace(":", "__", StringComparison.Ordinal)] = value;
         }
         var process = Process.Start(start) ?? throw new InvalidOperationException($"{project} did not start.");
-        process.OutputDataReceived += (_, _) => { };
-        process.ErrorDataReceived += (_, _) => { };
+        var service = new ServiceProcess(process);
+        process.OutputDataReceived += (_, e) => service.Keep(e.Data);
+        process.ErrorDataReceived += (_, e) => service.Keep(e.Data);
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
-        return new ServiceProcess(process);
+        return service;
+    }
+
+    private void Keep(string? line)
+    {
+        if (line is null)
+        {
+            return;
+        }
+        _output.Enqueue(line);
+        while (_output.Count > KeptLines && _output.TryDequeue(out _))
+        {
+        }
     }
 
     public bool HasExited => _process.HasExited;

@@ -31,7 +31,7 @@ public class IngressProcessTests
             {
                 return false;
             }
-        }, TimeSpan.FromSeconds(60), "the Ingress process reports healthy");
+        }, TimeSpan.FromSeconds(60), () => "the Ingress process reports healthy; its output:\n" + ingress.Output);
 
         var runId = TestRuns.NewRunId();
         using var response = await TestRuns.SendAsync(client, TestRuns.Body(runId));

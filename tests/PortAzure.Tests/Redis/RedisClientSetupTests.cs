@@ -1,6 +1,8 @@
 using Aspire.StackExchange.Redis;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Options;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
 using StackExchange.Redis;
@@ -28,11 +30,28 @@ public class RedisClientSetupTests
     }
 
     [Fact]
-    public void AddPortAzureRedisClient_AspireSwitchTrue_TurnsRedisCommandSpansOff()
+    public void AddPortAzureRedisClient_NamedSwitchTrue_WinsOverTheGeneralFalse()
     {
-        var settings = Register(new Dictionary<string, string?> { ["Aspire:StackExchange:Redis:DisableTracing"] = "true" });
+        var settings = Register(new Dictionary<string, string?>
+        {
+            ["Aspire:StackExchange:Redis:DisableTracing"] = "false",
+            ["Aspire:StackExchange:Redis:redis:DisableTracing"] = "true",
+        });
 
         Assert.True(settings.DisableTracing);
+    }
+
+    [Fact]
+    public void AddPortAzureRedisClient_Connection_CompletesRepliesOnTheDotNetThreadPool()
+    {
+        var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
+        builder.Configuration["ConnectionStrings:redis"] = "127.0.0.1:1";
+        builder.AddPortAzureRedisClient();
+        using var host = builder.Build();
+
+        var options = host.Services.GetRequiredService<IOptionsMonitor<ConfigurationOptions>>().Get(Options.DefaultName);
+
+        Assert.Same(SocketManager.ThreadPool, options.SocketManager);
     }
 
     [Fact]
@@ -49,8 +68,8 @@ public class RedisClientSetupTests
 
         // No request has been sent: the connection exists because start-up made it.
         await using var observer = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString + ",allowAdmin=true");
-        var clients = await observer.GetServers()[0].ClientListAsync();
-        Assert.Contains(clients, c => c.Name == clientName);
+        await Eventually.HoldsAsync(async () => (await observer.GetServers()[0].ClientListAsync()).Any(c => c.Name == clientName),
+            TimeSpan.FromSeconds(10), "the Ingress's connection is in Redis's client list");
     }
 
     [Fact]
@@ -58,7 +77,8 @@ public class RedisClientSetupTests
     {
         await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
         {
-            ["ConnectionStrings:redis"] = $"127.0.0.1:{RedisServer.FreePort()},abortConnect=false,connectTimeout=500",
+            // No abortConnect=false here: Aspire's default must be what lets the service start.
+            ["ConnectionStrings:redis"] = $"127.0.0.1:{RedisServer.FreePort()},connectTimeout=500",
             ["Port:ClientSecret"] = TestRuns.Secret,
         });
 
