@@ -49,9 +49,6 @@ internal static class RedisClientSetup
     }
 
     /// <summary>True when configuration gives a value to one of Aspire's tracing switches.</summary>
-    public static bool IsTracingConfigured(IConfiguration configuration)
-    {
-        ArgumentNullException.ThrowIfNull(configuration);
-        return TracingSwitches.Any(key => !string.IsNullOrEmpty(configuration[key]));
-    }
+    private static bool IsTracingConfigured(IConfiguration configuration) =>
+        TracingSwitches.Any(key => !string.IsNullOrEmpty(configuration[key]));
 }

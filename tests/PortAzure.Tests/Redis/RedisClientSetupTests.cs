@@ -44,8 +44,7 @@ public class RedisClientSetupTests
     [Fact]
     public void AddPortAzureRedisClient_Connection_CompletesRepliesOnTheDotNetThreadPool()
     {
-        var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
-        builder.Configuration["ConnectionStrings:redis"] = "127.0.0.1:1";
+        var builder = NewBuilder(new Dictionary<string, string?>());
         builder.AddPortAzureRedisClient();
         using var host = builder.Build();
 
@@ -87,12 +86,19 @@ public class RedisClientSetupTests
 
     private static StackExchangeRedisSettings Register(Dictionary<string, string?> config)
     {
-        var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
-        builder.Configuration.AddInMemoryCollection(config);
-        builder.Configuration["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false";
+        var builder = NewBuilder(config);
         StackExchangeRedisSettings? seen = null;
         builder.AddPortAzureRedisClient(settings => seen = settings);
         Assert.NotNull(seen);
         return seen;
+    }
+
+    /// <summary>A host builder with <paramref name="config"/> and a Redis connection string nothing connects to.</summary>
+    private static HostApplicationBuilder NewBuilder(Dictionary<string, string?> config)
+    {
+        var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
+        builder.Configuration.AddInMemoryCollection(config);
+        builder.Configuration["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false";
+        return builder;
     }
 }
