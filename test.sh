@@ -25,6 +25,23 @@ if [ -z "$trx" ]; then
   echo "0 passed, 0 failed"
   exit "${status:-1}"
 fi
+# Failed tests again, just above the totals: the console scrolls them out of a CI log's tail.
+if grep -q 'outcome="Failed"' "$trx" && command -v python3 >/dev/null 2>&1; then
+  python3 - "$trx" <<'PY' || true
+import sys
+import xml.etree.ElementTree as ET
+
+ns = {"t": "http://microsoft.com/schemas/VisualStudio/TeamTest/2010"}
+for result in ET.parse(sys.argv[1]).getroot().iterfind(".//t:UnitTestResult", ns):
+    if result.get("outcome") != "Failed":
+        continue
+    message = result.findtext(".//t:ErrorInfo/t:Message", default="", namespaces=ns).strip()
+    stack = result.findtext(".//t:ErrorInfo/t:StackTrace", default="", namespaces=ns).strip()
+    print(f"FAILED {result.get('testName')} ({result.get('duration')})")
+    print("  " + message[:4000].replace("\n", "\n  "))
+    print("  " + "\n  ".join(stack.splitlines()[:12]))
+PY
+fi
 counters=$(grep -o '<Counters [^>]*>' "$trx")
 passed=$(echo "$counters" | sed -E 's/.* passed="([0-9]+)".*/\1/')
 failed=$(echo "$counters" | sed -E 's/.* failed="([0-9]+)".*/\1/')

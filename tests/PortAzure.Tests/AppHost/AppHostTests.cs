@@ -5,6 +5,8 @@ using System.Text.Json;
 using Aspire.Hosting;
 using Aspire.Hosting.ApplicationModel;
 using Aspire.Hosting.Testing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
 using PortAzure.Tests.Infrastructure;
 
 namespace PortAzure.Tests.AppHost;
@@ -20,6 +22,21 @@ public class AppHostTests
         var dataDirectory = Path.Combine(Path.GetTempPath(), "portazure-tests", "apphost-" + Guid.NewGuid().ToString("N")[..8]);
         var builder = await DistributedApplicationTestingBuilder.CreateAsync<Projects.PortAzure_AppHost>(
             ["--Redis:Mode=executable", $"--Redis:DataDirectory={dataDirectory}"]);
+        // The resources' logs go to a sink, shown only if the test fails: on the console they bury CI's summary.
+        var logs = new LogSink();
+        builder.Services.AddLogging(logging => logging.ClearProviders().AddProvider(logs));
+        try
+        {
+            await RunThroughToTheEmulatorAsync(builder, dataDirectory);
+        }
+        catch (Exception failure) when (failure is not OperationCanceledException)
+        {
+            throw new Xunit.Sdk.XunitException($"{failure.Message}\nLast log lines of the app:\n{string.Join('\n', logs.Lines.TakeLast(80))}", failure);
+        }
+    }
+
+    private static async Task RunThroughToTheEmulatorAsync(IDistributedApplicationTestingBuilder builder, string dataDirectory)
+    {
         await using var app = await builder.BuildAsync();
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(3));
         await app.StartAsync(timeout.Token);
