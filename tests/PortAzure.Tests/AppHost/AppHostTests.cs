@@ -57,12 +57,20 @@ public class AppHostTests
         var body = TestRuns.Body(runId);
         HttpStatusCode status = 0;
         // The Ingress may answer before its Redis connection is up; a real Port call would be retried too.
+        // "Running" means launched, not listening: until Kestrel listens, DCP's proxy drops the connection.
         await Eventually.HoldsAsync(async () =>
         {
-            using var response = await TestRuns.SendAsync(ingress, body);
-            status = response.StatusCode;
-            return status is HttpStatusCode.Accepted or HttpStatusCode.OK;
-        }, TimeSpan.FromSeconds(60), "the Ingress accepts the run");
+            try
+            {
+                using var response = await TestRuns.SendAsync(ingress, body);
+                status = response.StatusCode;
+                return status is HttpStatusCode.Accepted or HttpStatusCode.OK;
+            }
+            catch (HttpRequestException)
+            {
+                return false;
+            }
+        }, TimeSpan.FromSeconds(60), () => $"the Ingress accepts the run (last answer: {(int)status})");
 
         var emulatorApi = new EmulatorClient(emulator);
         await Eventually.HoldsAsync(async () => (await emulatorApi.RequestsAsync()).Any(r => r.Header("X-Port-Run-Id") == runId),

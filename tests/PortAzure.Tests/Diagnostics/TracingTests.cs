@@ -73,6 +73,17 @@ public sealed class TracingTests : IDisposable
 
     private List<Activity> InTrace(string traceId) => _stopped.Where(a => a.TraceId.ToHexString() == traceId).ToList();
 
+    /// <summary>Ingress server, producer, consumer, the Azure POST and the emulator's server span under it.</summary>
+    private static bool AllStopped(List<Activity> spans)
+    {
+        var post = spans.FirstOrDefault(a => a.OperationName == "System.Net.Http.HttpRequestOut");
+        return post is not null
+            && spans.Any(a => a.Source.Name == PortAzureDiagnostics.Name && a.Kind == ActivityKind.Producer)
+            && spans.Any(a => a.Source.Name == PortAzureDiagnostics.Name && a.Kind == ActivityKind.Consumer)
+            && spans.Count(a => a.Kind == ActivityKind.Server) == 2
+            && spans.Any(a => a.Kind == ActivityKind.Server && a.ParentSpanId == post.SpanId);
+    }
+
     [Fact]
     public async Task AcceptedRun_PortTraceparent_JoinsOneTraceUpToTheAzurePost()
     {
@@ -82,7 +93,9 @@ public sealed class TracingTests : IDisposable
 
         using var response = await SendTracedAsync(relay, TestRuns.Body(runId), traceParent);
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(20), "delivered");
-        await Eventually.HoldsAsync(() => Task.FromResult(InTrace(traceId).Any(a => a.OperationName == "System.Net.Http.HttpRequestOut")), TimeSpan.FromSeconds(5), "spans stopped");
+        // Spans stop after the answers they cover: the consumer span once its outcome is in Redis, the server
+        // spans after their responses are written. Wait for every one the assertions below look at.
+        await Eventually.HoldsAsync(() => Task.FromResult(AllStopped(InTrace(traceId))), TimeSpan.FromSeconds(10), "all five spans stopped");
 
         var received = (await relay.EmulatorApi.RequestsAsync())[0];
         Assert.Equal(traceId, received.Header("traceparent")!.Split('-')[1]);

@@ -115,8 +115,10 @@ public class CrashRecoveryTests(ITestOutputHelper output)
         }, dispatchers: 0);
         var read = await QueueOneReadByAsync(relay, "dead-consumer");
         var readAt = DateTimeOffset.UtcNow;
-        // The dead consumer got as far as its lease, a second after reading (lease = timeout + margin/2 = 3 s).
-        await Task.Delay(1000);
+        // The dead consumer got as far as its lease, half a second after reading (lease = timeout + margin/2
+        // = 3 s): it runs out at 3.5 s, before the claim at 4 s idle. (At 1 s it would run out exactly at the
+        // claim, and a claim a few ms early would find it held and wait another 4 s.)
+        await Task.Delay(500);
         var store = new PortAzure.Dispatcher.Delivery.DeliveryStore(relay.Redis);
         Assert.True((await store.BeginAsync(DeliveryEntry.FromStreamEntry(read)!, "dead-consumer/attempt", TimeSpan.FromSeconds(3), false,
             DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
@@ -124,7 +126,7 @@ public class CrashRecoveryTests(ITestOutputHelper output)
         await relay.AddDispatcherAsync();
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(30), "delivered");
 
-        // Reclaimed after 4 s idle, when the 3 s lease taken at 1 s has run out: no second wait.
+        // Reclaimed after 4 s idle, when the 3 s lease taken at 0.5 s has run out: no second wait.
         var after = (await relay.EmulatorApi.RequestsAsync())[0].ReceivedAt - readAt;
         Assert.InRange(after.TotalSeconds, 3.9, 7.5);
     }

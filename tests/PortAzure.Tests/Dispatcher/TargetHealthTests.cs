@@ -15,8 +15,9 @@ public class TargetHealthTests
         {
             c["Dispatcher:TargetHealth:FailureThreshold"] = "3";
             c["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "1";
-            // Without the pause, 4 attempts at <= 0.2 s apart would be spent in about a second.
-            c["Dispatcher:Retry:MaxAttempts"] = "4";
+            // Without the pause, 10 attempts at <= 0.2 s apart would be spent in about 2 s, inside the 3 s
+            // watched below. With it, only probes (one a second, each an attempt) spend them.
+            c["Dispatcher:Retry:MaxAttempts"] = "10";
             c["Dispatcher:Retry:MaxDelaySeconds"] = "0.2";
         });
         await relay.EmulatorApi.ScriptAsync(new { webhook = "broken", failureRate = 1.0, failureStatuses = new[] { 503 } });

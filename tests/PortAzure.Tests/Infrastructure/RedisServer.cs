@@ -109,6 +109,21 @@ public sealed class RedisServer : IAsyncDisposable
     }
 }
 
+/// <summary>
+/// A loopback port that refuses connections for as long as this lives: bound, never listening, so no other
+/// test's server can take it meanwhile (a port merely found free could be).
+/// </summary>
+public sealed class ClosedPort : IDisposable
+{
+    private readonly Socket _socket = new(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+
+    public ClosedPort() => _socket.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+
+    public int Port => ((IPEndPoint)_socket.LocalEndPoint!).Port;
+
+    public void Dispose() => _socket.Dispose();
+}
+
 /// <summary>A database of the shared Redis, flushed, for one test; returned to the pool when disposed.</summary>
 public sealed class RedisLease(string connectionString, int database, Action<int> release) : IAsyncDisposable
 {

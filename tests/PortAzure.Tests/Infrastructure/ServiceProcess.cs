@@ -12,19 +12,25 @@ public sealed class ServiceProcess : IDisposable
     private const int KeptLines = 200;
     private readonly Process _process;
     private readonly ConcurrentQueue<string> _output = new();
+    private readonly TaskCompletionSource<Uri> _listening = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     private ServiceProcess(Process process) => _process = process;
 
     /// <summary>The last lines the process wrote (stdout and stderr), for failure messages.</summary>
     public string Output => string.Join(Environment.NewLine, _output);
 
-    public static ServiceProcess StartDispatcher(IDictionary<string, string?> config) => Start("PortAzure.Dispatcher", config, "http://127.0.0.1:0");
+    /// <summary>
+    /// Where Kestrel listens, from its "Now listening on:" line. The services bind port 0 and report the
+    /// port: a port found free beforehand could be taken by a parallel test before the process binds it.
+    /// </summary>
+    public Task<Uri> ListeningAddress => _listening.Task;
 
-    /// <summary>The Ingress on <paramref name="port"/> at 127.0.0.1.</summary>
-    public static ServiceProcess StartIngress(IDictionary<string, string?> config, int port) =>
-        Start("PortAzure.Ingress", config, $"http://127.0.0.1:{port.ToString(System.Globalization.CultureInfo.InvariantCulture)}");
+    public static ServiceProcess StartDispatcher(IDictionary<string, string?> config) => Start("PortAzure.Dispatcher", config);
 
-    private static ServiceProcess Start(string project, IDictionary<string, string?> config, string urls)
+    public static ServiceProcess StartIngress(IDictionary<string, string?> config) => Start("PortAzure.Ingress", config);
+
+    private static ServiceProcess Start(string project, IDictionary<string, string?> config)
+
     {
         var configuration = AppContext.BaseDirectory.Contains($"{Path.DirectorySeparatorChar}Release{Path.DirectorySeparatorChar}", StringComparison.Ordinal) ? "Release" : "Debug";
         var dll = Path.Combine(Repository.Root, project, "bin", configuration, "net10.0", project + ".dll");
@@ -40,7 +46,7 @@ public sealed class ServiceProcess : IDisposable
             UseShellExecute = false,
         };
         start.ArgumentList.Add(dll);
-        start.Environment["ASPNETCORE_URLS"] = urls;
+        start.Environment["ASPNETCORE_URLS"] = "http://127.0.0.1:0";
         start.Environment["ASPNETCORE_ENVIRONMENT"] = "Testing";
         foreach (var (key, value) in config)
         {
@@ -59,7 +65,14 @@ public sealed class ServiceProcess : IDisposable
     {
         if (line is null)
         {
+            _listening.TrySetException(new InvalidOperationException("The process ended its output without listening:\n" + Output));
             return;
+        }
+        const string Listening = "Now listening on: ";
+        var at = line.IndexOf(Listening, StringComparison.Ordinal);
+        if (at >= 0)
+        {
+            _listening.TrySetResult(new Uri(line[(at + Listening.Length)..].Trim()));
         }
         _output.Enqueue(line);
         while (_output.Count > KeptLines && _output.TryDequeue(out _))

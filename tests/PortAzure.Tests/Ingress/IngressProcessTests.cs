@@ -13,13 +13,12 @@ public class IngressProcessTests
     public async Task Run_OwnProcessConfiguredByEnvironment_AcceptsASignedRunIntoTheStreamAndStopsOnSigterm()
     {
         await using var lease = await SharedRedis.LeaseAsync();
-        var port = RedisServer.FreePort();
         using var ingress = ServiceProcess.StartIngress(new Dictionary<string, string?>
         {
             ["ConnectionStrings:redis"] = lease.ConnectionString,
             ["Port:ClientSecret"] = TestRuns.Secret,
-        }, port);
-        using var client = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}/") };
+        });
+        using var client = new HttpClient { BaseAddress = await ingress.ListeningAddress.WaitAsync(TimeSpan.FromSeconds(60)) };
         await Eventually.HoldsAsync(async () =>
         {
             try

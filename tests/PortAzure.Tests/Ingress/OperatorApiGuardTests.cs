@@ -158,6 +158,7 @@ public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<Ope
     [MemberData(nameof(RoutesOnly))]
     public async Task Call_DispatcherDirectly_RejectsMissingAndWrongKeys(string method, string path)
     {
+        var before = fixture.DispatcherRequests.GetMeasurementSnapshot().Count;
         using var missing = await SendAsync(fixture.Relay.Dispatcher, method, path, scheme: null, key: null);
         using var wrong = await SendAsync(fixture.Relay.Dispatcher, method, path, "bearer", "not-the-admin-key");
         using var right = await SendAsync(fixture.Relay.Dispatcher, method, path, "bearer", Relay.AdminKey);
@@ -167,6 +168,10 @@ public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<Ope
         Assert.Equal(HttpStatusCode.Unauthorized, wrong.StatusCode);
         Assert.Equal("api_key_invalid", await ReasonAsync(wrong));
         Assert.True(right.IsSuccessStatusCode || right.StatusCode == HttpStatusCode.NotFound, $"{method} {path}: {(int)right.StatusCode}");
+        // Kestrel records a request's duration after the answer is sent: let these three land before the
+        // next test in this class takes its "before" count.
+        await Eventually.HoldsAsync(() => Task.FromResult(fixture.DispatcherRequests.GetMeasurementSnapshot().Count >= before + 3),
+            TimeSpan.FromSeconds(15), "the Dispatcher to count the three direct calls");
     }
 
     private async Task<HttpResponseMessage> SendAsync(TestHost host, string method, string path, string? scheme, string? key)

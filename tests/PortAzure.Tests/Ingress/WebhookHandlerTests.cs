@@ -297,9 +297,10 @@ public class WebhookHandlerTests
     [Fact]
     public async Task Post_RedisUnreachable_Answers503WithRetryAfterNever202()
     {
+        using var closed = new ClosedPort();
         await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
         {
-            ["ConnectionStrings:redis"] = $"127.0.0.1:{RedisServer.FreePort()},abortConnect=false,connectTimeout=300,asyncTimeout=1000,syncTimeout=1000",
+            ["ConnectionStrings:redis"] = $"127.0.0.1:{closed.Port},abortConnect=false,connectTimeout=300,asyncTimeout=1000,syncTimeout=1000",
             ["Port:ClientSecret"] = TestRuns.Secret,
         });
 
@@ -353,9 +354,10 @@ public class HealthTests
     [Fact]
     public async Task Health_RedisUnreachable_IsUnhealthyWhileAliveStaysHealthy()
     {
+        using var closed = new ClosedPort();
         await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
         {
-            ["ConnectionStrings:redis"] = $"127.0.0.1:{RedisServer.FreePort()},abortConnect=false,connectTimeout=300,asyncTimeout=1000,syncTimeout=1000",
+            ["ConnectionStrings:redis"] = $"127.0.0.1:{closed.Port},abortConnect=false,connectTimeout=300,asyncTimeout=1000,syncTimeout=1000",
             ["Port:ClientSecret"] = TestRuns.Secret,
         });
 

@@ -74,10 +74,11 @@ public class RedisClientSetupTests
     [Fact]
     public async Task Start_RedisUnreachable_StartsAndLogsAWarning()
     {
+        using var closed = new ClosedPort();
         await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
         {
             // No abortConnect=false here: Aspire's default must be what lets the service start.
-            ["ConnectionStrings:redis"] = $"127.0.0.1:{RedisServer.FreePort()},connectTimeout=500",
+            ["ConnectionStrings:redis"] = $"127.0.0.1:{closed.Port},connectTimeout=500",
             ["Port:ClientSecret"] = TestRuns.Secret,
         });
 
