@@ -37,7 +37,10 @@ internal sealed partial class DeliveryProcessor(
         [TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(8)];
 
     /// <param name="streamId">The stream entry's id, or null when the delivery came from the retry schedule.</param>
-    /// <param name="claimed">True when the entry was reclaimed from another (crashed) consumer.</param>
+    /// <param name="claimed">
+    /// True when the entry (or the retry-schedule slot) was reclaimed from another, stopped or crashed,
+    /// consumer: counted towards <see cref="DispatcherOptions.MaxClaims"/>.
+    /// </param>
     public async Task ProcessAsync(DeliveryEntry entry, string? streamId, bool claimed, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(entry);
@@ -256,7 +259,7 @@ internal sealed partial class DeliveryProcessor(
     ];
 
     /// <summary>Everything needed to rebuild the entry once it leaves the stream, body included.</summary>
-    private static KeyValuePair<string, RedisValue>[] EntryFields(DeliveryEntry entry, string state, DateTimeOffset now) =>
+    internal static KeyValuePair<string, RedisValue>[] EntryFields(DeliveryEntry entry, string state, DateTimeOffset now) =>
     [
         .. IdentityFields(entry),
         new(DeliveryRecord.Body, entry.Body),

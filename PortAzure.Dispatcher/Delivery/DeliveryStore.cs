@@ -69,7 +69,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         return {1, r[1] or '', r[2] or '0', claims, r[3] or r[4] or '0', paused, probe}
         """;
 
-    // KEYS: 1 record, 2 lease, 3 stream, 4 retry schedule, 5 dead letters, 6 attempts, 7 target failures, 8 paused targets
+    // KEYS: 1 record, 2 lease, 3 stream, 4 retry schedule, 5 dead letters, 6 attempts, 7 target failures, 8 paused targets,
+    //       9 retry claims
     // ARGV: 1 mode, 2 stream id or '', 3 group, 4 delivery id, 5 lease token, 6 now ms, 7 due ms, 8 target,
     //       9 retention s, 10 attempt json or '', 11 pause threshold, 12 probe at ms, 13.. record field/value pairs
     // Returns -1 when the delivery had already finished elsewhere (only this copy was dropped).
@@ -79,6 +80,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           redis.call('XACK', KEYS[3], ARGV[3], ARGV[2])
           redis.call('XDEL', KEYS[3], ARGV[2])
         end
+        -- Whatever the outcome, this attempt ended: a claim of its schedule slot that never got here did not.
+        redis.call('HDEL', KEYS[9], ARGV[4])
         local ours = redis.call('GET', KEYS[2]) == ARGV[5]
         local state = redis.call('HGET', KEYS[1], 'state')
         local finished = state == 'delivered' or state == 'deadlettered' or state == 'discarded'
@@ -124,14 +127,21 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         return failures
         """;
 
-    // KEYS: 1 retry schedule. ARGV: 1 now ms, 2 lease-until ms, 3 count
-    // Moving the score forward is the claim: a replica that dies holding it lets it fall due again.
+    // KEYS: 1 retry schedule, 2 retry claims. ARGV: 1 now ms, 2 lease-until ms, 3 count
+    // Returns {id, reclaimed (1/0), ...}.
+    // Moving the score forward is the claim: a replica that dies holding it lets it fall due again. The
+    // claims hash tells that case apart (the finish of an attempt removes the id), so that an item that
+    // crashes every replica is counted as poison like a reclaimed stream entry, not retried forever.
     private const string ClaimDueScript = """
         local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+        local claimed = {}
         for _, id in ipairs(ids) do
           redis.call('ZADD', KEYS[1], 'XX', ARGV[2], id)
+          local n = redis.call('HINCRBY', KEYS[2], id, 1)
+          claimed[#claimed + 1] = id
+          claimed[#claimed + 1] = n > 1 and 1 or 0
         end
-        return ids
+        return claimed
         """;
 
     // KEYS: 1 dead letters, 2 record, 3 stream. ARGV: 1 delivery id, 2 now ms, 3 wake channel
@@ -232,17 +242,26 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             [
                 RedisKeys.Delivery(entry.DeliveryId), RedisKeys.Lease(entry.DeliveryId), RedisKeys.Stream, RedisKeys.RetrySchedule,
                 RedisKeys.DeadLetters, RedisKeys.Attempts(entry.DeliveryId), RedisKeys.TargetFailures, RedisKeys.PausedTargets,
+                RedisKeys.RetryClaims,
             ],
             [.. args]);
         return (long)result;
     }
 
-    /// <summary>Claims up to <paramref name="count"/> due retries for <paramref name="lease"/>.</summary>
-    public async Task<string[]> ClaimDueRetriesAsync(DateTimeOffset now, TimeSpan lease, int count)
+    /// <summary>
+    /// Claims up to <paramref name="count"/> due retries for <paramref name="lease"/>. Reclaimed: an earlier
+    /// claim of the same slot never finished (its replica stopped or crashed).
+    /// </summary>
+    public async Task<IReadOnlyList<(string DeliveryId, bool Reclaimed)>> ClaimDueRetriesAsync(DateTimeOffset now, TimeSpan lease, int count)
     {
-        var result = await Db.ScriptEvaluateAsync(ClaimDueScript, [RedisKeys.RetrySchedule],
-            [now.ToUnixTimeMilliseconds(), (now + lease).ToUnixTimeMilliseconds(), count]);
-        return (string[])result!;
+        var result = (RedisResult[])(await Db.ScriptEvaluateAsync(ClaimDueScript, [RedisKeys.RetrySchedule, RedisKeys.RetryClaims],
+            [now.ToUnixTimeMilliseconds(), (now + lease).ToUnixTimeMilliseconds(), count]))!;
+        var due = new (string, bool)[result.Length / 2];
+        for (var i = 0; i < due.Length; i++)
+        {
+            due[i] = ((string)result[2 * i]!, (int)result[(2 * i) + 1] == 1);
+        }
+        return due;
     }
 
     /// <summary>Rebuilds the entry of a scheduled retry from its record, or null when the record is gone.</summary>
@@ -254,7 +273,13 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     }
 
     /// <summary>Drops a schedule slot whose record has vanished (nothing left to deliver).</summary>
-    public Task RemoveFromScheduleAsync(string deliveryId) => Db.SortedSetRemoveAsync(RedisKeys.RetrySchedule, deliveryId);
+    public async Task RemoveFromScheduleAsync(string deliveryId)
+    {
+        var transaction = Db.CreateTransaction();
+        _ = transaction.SortedSetRemoveAsync(RedisKeys.RetrySchedule, deliveryId);
+        _ = transaction.HashDeleteAsync(RedisKeys.RetryClaims, deliveryId);
+        await transaction.ExecuteAsync();
+    }
 
     /// <summary>Puts a dead letter back into the stream under the same delivery id; false when it is not a dead letter.</summary>
     public async Task<string?> ReplayAsync(string deliveryId, DateTimeOffset now)

@@ -93,7 +93,7 @@ internal sealed partial class DeliveryWorker(
         var now = timeProvider.GetUtcNow();
 
         var due = await store.ClaimDueRetriesAsync(now, opts.LeaseDuration, slots.CurrentCount);
-        foreach (var deliveryId in due)
+        foreach (var (deliveryId, reclaimed) in due)
         {
             var entry = await store.LoadEntryAsync(deliveryId);
             if (entry is null)
@@ -102,7 +102,7 @@ internal sealed partial class DeliveryWorker(
                 await store.RemoveFromScheduleAsync(deliveryId);
                 continue;
             }
-            await StartAsync(slots, entry, null, claimed: false);
+            await StartAsync(slots, entry, null, claimed: reclaimed);
             started++;
         }
 

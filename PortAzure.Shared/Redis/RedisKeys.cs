@@ -20,6 +20,12 @@ public static class RedisKeys
     /// <summary>Sorted set of delivery ids waiting for a retry, scored by due time (Unix ms).</summary>
     public const string RetrySchedule = Prefix + "retries";
 
+    /// <summary>
+    /// Hash of delivery ids claimed from <see cref="RetrySchedule"/> and not yet finished (id to number of
+    /// claims). A claim that finds its id here again follows one that never finished: a crashed replica.
+    /// </summary>
+    public const string RetryClaims = Prefix + "retry-claims";
+
     /// <summary>Sorted set of dead-lettered delivery ids, scored by dead-letter time (Unix ms).</summary>
     public const string DeadLetters = Prefix + "deadletters";
 

@@ -104,6 +104,61 @@ public class CrashRecoveryTests(ITestOutputHelper output)
         Assert.Empty(await relay.EmulatorApi.RequestsAsync());
     }
 
+    /// <summary>
+    /// A delivery waiting in the retry schedule, moved there from the stream as a failed attempt does, that
+    /// has already crashed its consumers twice; <paramref name="crashedClaim"/>: a replica claimed its slot
+    /// and died before finishing, so the slot fell due again.
+    /// </summary>
+    private static async Task<string> ScheduledRetryAsync(Relay relay, bool crashedClaim)
+    {
+        var read = await QueueOneReadByAsync(relay, "failing-consumer");
+        var entry = DeliveryEntry.FromStreamEntry(read)!;
+        var store = new PortAzure.Dispatcher.Delivery.DeliveryStore(relay.Redis);
+        var now = DateTimeOffset.UtcNow;
+        Assert.True((await store.BeginAsync(entry, "failing-consumer/attempt", TimeSpan.FromSeconds(30), false, now, TimeSpan.FromSeconds(30))).Leased);
+        await store.FinishAsync(new(PortAzure.Dispatcher.Delivery.FinishMode.Retry, entry, read.Id.ToString(), "failing-consumer/attempt", now, now,
+            TimeSpan.FromHours(1), null, 20, now,
+            [.. PortAzure.Dispatcher.Delivery.DeliveryProcessor.EntryFields(entry, DeliveryStates.Retrying, now), new(DeliveryRecord.Attempts, 1)]));
+        await relay.Db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.Claims, 2);
+        if (crashedClaim)
+        {
+            // Claimed with a lease that has already run out, then nothing: the replica died.
+            Assert.Equal([(entry.DeliveryId, false)], await store.ClaimDueRetriesAsync(now, TimeSpan.Zero, 10));
+        }
+        return entry.DeliveryId;
+    }
+
+    [Fact]
+    public async Task Poison_RetryWhoseClaimsCrashedTooOften_IsDeadLettered()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:MaxClaims"] = "2", dispatchers: 0);
+        var deliveryId = await ScheduledRetryAsync(relay, crashedClaim: true);
+
+        await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(async () => await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters) == 1, TimeSpan.FromSeconds(30), "the poison retry is dead-lettered");
+
+        Assert.Equal("poison", (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Reason));
+        Assert.Equal(3, (long)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Claims));
+        Assert.Empty(await relay.EmulatorApi.RequestsAsync());
+        Assert.Equal(0, await relay.Db.SortedSetLengthAsync(RedisKeys.RetrySchedule));
+        Assert.Equal(0, await relay.Db.HashLengthAsync(RedisKeys.RetryClaims));
+    }
+
+    [Fact]
+    public async Task ScheduledRetry_ClaimedForTheFirstTime_IsNotCountedAsACrash()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:MaxClaims"] = "2", dispatchers: 0);
+        var deliveryId = await ScheduledRetryAsync(relay, crashedClaim: false);
+
+        await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.Delivered,
+            TimeSpan.FromSeconds(30), "the retry is delivered");
+
+        Assert.Equal(2, (long)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Claims));
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+        Assert.Equal(0, await relay.Db.HashLengthAsync(RedisKeys.RetryClaims));
+    }
+
     [Fact]
     public async Task ReclaimedEntry_WhoseDeadAttemptHadTakenALease_IsDeliveredAtTheFirstReclaim()
     {

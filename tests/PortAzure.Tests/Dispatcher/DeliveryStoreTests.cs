@@ -41,6 +41,48 @@ public class DeliveryStoreTests
     }
 
     [Fact]
+    public async Task ClaimDueRetries_SlotClaimedAgainBeforeAnyFinish_IsReportedReclaimedUntilAnAttemptEnds()
+    {
+        await using var lease = await SharedRedis.LeaseAsync();
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
+        var db = redis.GetDatabase();
+        var store = new DeliveryStore(redis);
+        var entry = NewEntry();
+        var now = DateTimeOffset.UtcNow;
+        await db.SortedSetAddAsync(RedisKeys.RetrySchedule, entry.DeliveryId, now.ToUnixTimeMilliseconds());
+
+        var first = await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(10), 10);
+        // Not due again while the claim's lease runs.
+        var during = await store.ClaimDueRetriesAsync(now.AddSeconds(9), TimeSpan.FromSeconds(10), 10);
+        // The claimer never finished: the slot falls due after the lease and is claimed again.
+        var again = await store.ClaimDueRetriesAsync(now.AddSeconds(11), TimeSpan.FromSeconds(10), 10);
+        await store.FinishAsync(Finish(FinishMode.Retry, entry, "B", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Retrying)));
+        var afterFinish = await store.ClaimDueRetriesAsync(now.AddMinutes(5), TimeSpan.FromSeconds(10), 10);
+
+        Assert.Equal([(entry.DeliveryId, false)], first);
+        Assert.Empty(during);
+        Assert.Equal([(entry.DeliveryId, true)], again);
+        Assert.Equal([(entry.DeliveryId, false)], afterFinish);
+    }
+
+    [Fact]
+    public async Task RemoveFromSchedule_ClaimedSlot_ForgetsTheClaimToo()
+    {
+        await using var lease = await SharedRedis.LeaseAsync();
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
+        var db = redis.GetDatabase();
+        var store = new DeliveryStore(redis);
+        var id = NewEntry().DeliveryId;
+        await db.SortedSetAddAsync(RedisKeys.RetrySchedule, id, 0);
+        await store.ClaimDueRetriesAsync(DateTimeOffset.UtcNow, TimeSpan.FromSeconds(10), 10);
+
+        await store.RemoveFromScheduleAsync(id);
+
+        Assert.Null(await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, id));
+        Assert.False(await db.HashExistsAsync(RedisKeys.RetryClaims, id));
+    }
+
+    [Fact]
     public async Task Begin_FinishedDelivery_TakesNoLeaseNoClaimAndNoProbe()
     {
         await using var lease = await SharedRedis.LeaseAsync();

@@ -1,0 +1,71 @@
+using PortAzure.LoadBench;
+
+namespace PortAzure.Tests.Bench;
+
+/// <summary>The benchmark harness's verdict on a scenario: what CI's smoke run fails on.</summary>
+public class VerificationTests
+{
+    private static readonly DateTimeOffset At = DateTimeOffset.UnixEpoch;
+
+    private static Delivered Record(string? runId, int status = 200, bool signatureValid = true) => new(runId, At, status, signatureValid);
+
+    [Fact]
+    public void Check_EachAcceptedRunOnce_IsOk()
+    {
+        var verification = Verification.Check("s", ["a", "b", "c"], [Record("c"), Record("a"), Record("b")]);
+
+        Assert.True(verification.Ok);
+        Assert.Equal((3, 3, 0, 0, 0, 0), (verification.Accepted, verification.DeliveredRecords, verification.Lost, verification.Duplicated, verification.Unexpected, verification.BadSignature));
+    }
+
+    [Fact]
+    public void Check_AcceptedRunNeverDelivered_FailsAsLost()
+    {
+        var verification = Verification.Check("s", ["a", "b", "c"], [Record("a"), Record("c")]);
+
+        Assert.False(verification.Ok);
+        Assert.Equal(1, verification.Lost);
+        Assert.Contains("lost 1", verification.ToString(), StringComparison.Ordinal);
+        Assert.EndsWith("FAIL", verification.ToString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Check_RunDeliveredTwice_FailsAsDuplicated()
+    {
+        var verification = Verification.Check("s", ["a", "b"], [Record("a"), Record("b"), Record("a")]);
+
+        Assert.False(verification.Ok);
+        Assert.Equal(1, verification.Duplicated);
+        Assert.Equal(0, verification.Lost);
+    }
+
+    [Theory]
+    [InlineData(200, false)]
+    [InlineData(500, true)]
+    public void Check_BadSignatureOrFailedStatus_Fails(int status, bool signatureValid)
+    {
+        var verification = Verification.Check("s", ["a"], [Record("a", status, signatureValid)]);
+
+        Assert.False(verification.Ok);
+        Assert.Equal(1, verification.BadSignature);
+    }
+
+    [Fact]
+    public void Check_RecordOfARunNotAcceptedInThisScenario_IsCountedButNotAFailure()
+    {
+        // A straggler of an earlier scenario: reported, but it says nothing about this scenario's runs.
+        var verification = Verification.Check("s", ["a"], [Record("a"), Record("old"), Record(null)]);
+
+        Assert.True(verification.Ok);
+        Assert.Equal(2, verification.Unexpected);
+    }
+
+    [Fact]
+    public void Check_AcceptedIdsRepeatedInTheInput_AreCountedOnce()
+    {
+        var verification = Verification.Check("s", ["a", "a"], [Record("a")]);
+
+        Assert.True(verification.Ok);
+        Assert.Equal(1, verification.Accepted);
+    }
+}
