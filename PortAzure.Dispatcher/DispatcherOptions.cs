@@ -33,6 +33,13 @@ internal sealed class DispatcherOptions
     /// <summary>How long a delivered delivery's record stays queryable.</summary>
     public int DeliveredRetentionHours { get; set; } = 168;
 
+    /// <summary>
+    /// A Port report taken by a reporter that stopped (crash, or shutdown while Port's API was down) is
+    /// taken over after this long. Above a report's own retries (about 4 min plus the calls), or a live
+    /// reporter's report would be sent twice.
+    /// </summary>
+    public double PortReportReclaimSeconds { get; set; } = 900;
+
     /// <summary>/health reports Degraded when the oldest queued entry is older than this.</summary>
     public double BacklogDegradedSeconds { get; set; } = 300;
 
@@ -95,6 +102,7 @@ internal sealed class DispatcherOptionsValidator : IValidateOptions<DispatcherOp
         Check(options.ShutdownGraceSeconds is >= 0 and <= 300, "Dispatcher:ShutdownGraceSeconds must be between 0 and 300.");
         Check(options.DeliveredRetentionHours is >= 1, "Dispatcher:DeliveredRetentionHours must be at least 1.");
         Check(options.BacklogDegradedSeconds > 0, "Dispatcher:BacklogDegradedSeconds must be positive.");
+        Check(options.PortReportReclaimSeconds is >= 1 and <= 86400, "Dispatcher:PortReportReclaimSeconds must be between 1 and 86400.");
         Check(options.ConsumerName is null || (options.ConsumerName.Length is > 0 and <= 200 && !options.ConsumerName.Any(char.IsWhiteSpace)),
             "Dispatcher:ConsumerName must be 1 to 200 characters without spaces.");
         var retry = options.Retry;

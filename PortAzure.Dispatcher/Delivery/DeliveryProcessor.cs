@@ -104,10 +104,9 @@ internal sealed partial class DeliveryProcessor(
                     new(DeliveryRecord.LastStatus, result.StatusCode ?? 0),
                     new(DeliveryRecord.DeliveredAt, now.ToUnixTimeMilliseconds()),
                     new(DeliveryRecord.UpdatedAt, now.ToUnixTimeMilliseconds()),
-                ]);
+                ], reporter.Delivered(entry, result.StatusCode ?? 0));
                 metrics.Delivered(now - entry.ReceivedAt);
                 Log.Delivered(logger, entry.DeliveryId, entry.Org, entry.Webhook, result.StatusCode ?? 0, attempt);
-                reporter.Delivered(entry, result.StatusCode ?? 0);
                 break;
 
             case AttemptOutcome.Transient:
@@ -181,22 +180,22 @@ internal sealed partial class DeliveryProcessor(
             new(DeliveryRecord.Reason, reason),
             new(DeliveryRecord.Hint, hint),
             new(DeliveryRecord.DeadLetteredAt, now.ToUnixTimeMilliseconds()),
-        ]);
+        ], reporter.DeadLettered(entry, reason, hint));
         metrics.DeadLettered(reason);
         Log.DeadLettered(logger, entry.DeliveryId, entry.Org, entry.Webhook, reason, result?.StatusCode ?? 0);
-        reporter.DeadLettered(entry, reason, hint);
     }
 
     /// <summary>
     /// Records the end of an attempt. Retried while Redis is briefly away: once Azure has answered, giving
     /// up here would let the entry be posted again after it is reclaimed.
     /// </summary>
-    private async Task<long> FinishAsync(FinishMode mode, DeliveryEntry entry, string? streamId, string leaseToken, DateTimeOffset now, DateTimeOffset? dueAt, string? attemptJson, IReadOnlyList<KeyValuePair<string, RedisValue>> fields)
+    private async Task<long> FinishAsync(FinishMode mode, DeliveryEntry entry, string? streamId, string leaseToken, DateTimeOffset now, DateTimeOffset? dueAt, string? attemptJson,
+        IReadOnlyList<KeyValuePair<string, RedisValue>> fields, PortReport? report = null)
     {
         var opts = options.CurrentValue;
         var request = new DeliveryStore.FinishRequest(mode, entry, streamId, leaseToken, now, dueAt,
             TimeSpan.FromHours(opts.DeliveredRetentionHours), attemptJson, opts.TargetHealth.FailureThreshold,
-            now + TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds), fields);
+            now + TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds), fields, report);
         return await WithRedisRetriesAsync(() => store.FinishAsync(request), FinishBackoff, entry.DeliveryId, mode.ToString());
     }
 

@@ -70,9 +70,10 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         """;
 
     // KEYS: 1 record, 2 lease, 3 stream, 4 retry schedule, 5 dead letters, 6 attempts, 7 target failures, 8 paused targets,
-    //       9 retry claims
+    //       9 retry claims, 10 Port reports
     // ARGV: 1 mode, 2 stream id or '', 3 group, 4 delivery id, 5 lease token, 6 now ms, 7 due ms, 8 target,
-    //       9 retention s, 10 attempt json or '', 11 pause threshold, 12 probe at ms, 13.. record field/value pairs
+    //       9 retention s, 10 attempt json or '', 11 pause threshold, 12 probe at ms, 13 k = number of report args,
+    //       14..13+k Port report field/value pairs, then record field/value pairs
     // Returns -1 when the delivery had already finished elsewhere (only this copy was dropped).
     private const string FinishScript = """
         local mode = ARGV[1]
@@ -95,9 +96,16 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           redis.call('RPUSH', KEYS[6], ARGV[10])
           redis.call('EXPIRE', KEYS[6], ARGV[9])
         end
-        if #ARGV >= 13 then
+        local k = tonumber(ARGV[13])
+        if k > 0 then
+          -- In the same step as the outcome: a crash right after it cannot lose the report.
+          local report = {}
+          for i = 14, 13 + k do report[#report + 1] = ARGV[i] end
+          redis.call('XADD', KEYS[10], 'MAXLEN', '~', 100000, '*', unpack(report))
+        end
+        if #ARGV >= 14 + k then
           local fields = {}
-          for i = 13, #ARGV do fields[#fields + 1] = ARGV[i] end
+          for i = 14 + k, #ARGV do fields[#fields + 1] = ARGV[i] end
           redis.call('HSET', KEYS[1], unpack(fields))
         end
         local failures = 0
@@ -205,13 +213,15 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         string? AttemptJson,
         int PauseThreshold,
         DateTimeOffset PauseProbeAt,
-        IReadOnlyList<KeyValuePair<string, RedisValue>> Fields);
+        IReadOnlyList<KeyValuePair<string, RedisValue>> Fields,
+        PortReporting.PortReport? Report = null);
 
     /// <returns>The target's consecutive transient failures after a retry; 0 otherwise.</returns>
     public async Task<long> FinishAsync(FinishRequest request)
     {
         var entry = request.Entry;
-        var args = new List<RedisValue>(12 + (request.Fields.Count * 2))
+        var report = request.Report?.ToStreamFields() ?? [];
+        var args = new List<RedisValue>(13 + (report.Length * 2) + (request.Fields.Count * 2))
         {
             request.Mode switch
             {
@@ -232,7 +242,13 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             request.AttemptJson ?? "",
             request.PauseThreshold,
             request.PauseProbeAt.ToUnixTimeMilliseconds(),
+            report.Length * 2,
         };
+        foreach (var field in report)
+        {
+            args.Add(field.Name);
+            args.Add(field.Value);
+        }
         foreach (var (name, value) in request.Fields)
         {
             args.Add(name);
@@ -242,7 +258,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             [
                 RedisKeys.Delivery(entry.DeliveryId), RedisKeys.Lease(entry.DeliveryId), RedisKeys.Stream, RedisKeys.RetrySchedule,
                 RedisKeys.DeadLetters, RedisKeys.Attempts(entry.DeliveryId), RedisKeys.TargetFailures, RedisKeys.PausedTargets,
-                RedisKeys.RetryClaims,
+                RedisKeys.RetryClaims, RedisKeys.PortReports,
             ],
             [.. args]);
         return (long)result;

@@ -23,8 +23,9 @@ internal static class EventIds
 
     public const int ReportSent = 2201;
     public const int ReportFailed = 2202;
-    public const int ReportDropped = 2203;
+    public const int ReportMalformed = 2203;
     public const int ReportCallFailed = 2204;
+    public const int ReportQueueError = 2205;
 
     public const int OperatorApiRejected = 2301;
     public const int Replayed = 2302;

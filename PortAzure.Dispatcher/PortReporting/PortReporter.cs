@@ -1,61 +1,62 @@
-using System.Threading.Channels;
 using Microsoft.Extensions.Options;
-using PortAzure.Dispatcher.Diagnostics;
 using PortAzure.Redis;
 using PortAzure.Security;
+using StackExchange.Redis;
 
 namespace PortAzure.Dispatcher.PortReporting;
 
 /// <summary>A run log line for Port's API, with an optional final status.</summary>
-internal sealed record PortReport(string RunId, string DeliveryId, string Message, string? TerminationStatus, string? StatusLabel);
+internal sealed record PortReport(string RunId, string DeliveryId, string Message, string? TerminationStatus, string? StatusLabel)
+{
+    private const string RunIdField = "run";
+    private const string DeliveryIdField = "id";
+    private const string MessageField = "message";
+    private const string TerminationStatusField = "status";
+    private const string StatusLabelField = "label";
+
+    public NameValueEntry[] ToStreamFields() => TerminationStatus is null
+        ? [new(RunIdField, RunId), new(DeliveryIdField, DeliveryId), new(MessageField, Message)]
+        : [new(RunIdField, RunId), new(DeliveryIdField, DeliveryId), new(MessageField, Message),
+            new(TerminationStatusField, TerminationStatus), new(StatusLabelField, StatusLabel ?? "")];
+
+    /// <summary>The report in a stream entry, or null when the entry is not one (damaged, or trimmed away).</summary>
+    public static PortReport? FromStreamEntry(StreamEntry entry)
+    {
+        if (entry.IsNull)
+        {
+            return null;
+        }
+        string? Get(string name) => entry[name] is { IsNullOrEmpty: false } value ? (string?)value : null;
+        return Get(RunIdField) is { } runId && Get(DeliveryIdField) is { } deliveryId && Get(MessageField) is { } message
+            ? new PortReport(runId, deliveryId, message, Get(TerminationStatusField), Get(StatusLabelField))
+            : null;
+    }
+}
 
 /// <summary>
-/// Queues reports of a run's fate for Port. Never waits: a delivery is never held up, and never
-/// repeated, because of Port's API. Reports are kept in memory (at most
-/// <see cref="Capacity"/>); a crash loses the ones not yet sent.
+/// Words a run's fate for Port. The report is written to Redis in the same step that records the
+/// outcome (<see cref="Delivery.DeliveryStore.FinishAsync"/>), and <see cref="PortReportingService"/>
+/// sends it: a delivery is never held up or repeated because of Port's API, and a crash loses no report.
 /// </summary>
-internal sealed partial class PortReporter(IOptionsMonitor<PortOptions> portOptions, DispatcherMetrics metrics, ILogger<PortReporter> logger)
+internal sealed class PortReporter(IOptionsMonitor<PortOptions> portOptions)
 {
-    public const int Capacity = 10_000;
-    private readonly Channel<PortReport> _queue = Channel.CreateBounded<PortReport>(new BoundedChannelOptions(Capacity)
-    {
-        FullMode = BoundedChannelFullMode.DropWrite,
-        SingleWriter = false,
-    });
-
-    public ChannelReader<PortReport> Reader => _queue.Reader;
-
     public bool Enabled => portOptions.CurrentValue is { ClientId.Length: > 0, ClientSecret.Length: > 0 };
 
-    public void Delivered(DeliveryEntry entry, int statusCode)
+    /// <returns>Null when reporting is off or the run has no Port run id.</returns>
+    public PortReport? Delivered(DeliveryEntry entry, int statusCode)
     {
         ArgumentNullException.ThrowIfNull(entry);
-        Enqueue(entry, $"PortAzure delivered the run to Azure DevOps {entry.Org}/{entry.Webhook} (HTTP {statusCode}); delivery {entry.DeliveryId}.", null, null);
+        return Create(entry, $"PortAzure delivered the run to Azure DevOps {entry.Org}/{entry.Webhook} (HTTP {statusCode}); delivery {entry.DeliveryId}.", null, null);
     }
 
-    public void DeadLettered(DeliveryEntry entry, string reason, string hint)
+    /// <returns>Null when reporting is off or the run has no Port run id.</returns>
+    public PortReport? DeadLettered(DeliveryEntry entry, string reason, string hint)
     {
         ArgumentNullException.ThrowIfNull(entry);
-        Enqueue(entry, $"PortAzure could not deliver the run to Azure DevOps {entry.Org}/{entry.Webhook} ({reason}): {hint} Delivery {entry.DeliveryId}.",
+        return Create(entry, $"PortAzure could not deliver the run to Azure DevOps {entry.Org}/{entry.Webhook} ({reason}): {hint} Delivery {entry.DeliveryId}.",
             "FAILURE", "Delivery to Azure DevOps failed");
     }
 
-    private void Enqueue(DeliveryEntry entry, string message, string? terminationStatus, string? statusLabel)
-    {
-        if (entry.RunId is null || !Enabled)
-        {
-            return;
-        }
-        if (!_queue.Writer.TryWrite(new PortReport(entry.RunId, entry.DeliveryId, message, terminationStatus, statusLabel)))
-        {
-            metrics.PortReport("dropped");
-            Log.Dropped(logger, entry.DeliveryId);
-        }
-    }
-
-    private static partial class Log
-    {
-        [LoggerMessage(EventIds.ReportDropped, LogLevel.Warning, "Port report for {DeliveryId} dropped: the report queue is full")]
-        public static partial void Dropped(ILogger logger, string deliveryId);
-    }
+    private PortReport? Create(DeliveryEntry entry, string message, string? terminationStatus, string? statusLabel) =>
+        entry.RunId is null || !Enabled ? null : new PortReport(entry.RunId, entry.DeliveryId, message, terminationStatus, statusLabel);
 }

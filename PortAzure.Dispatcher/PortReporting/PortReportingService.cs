@@ -1,40 +1,183 @@
+using System.Collections.Concurrent;
+using Microsoft.Extensions.Options;
+using PortAzure.Dispatcher.Delivery;
 using PortAzure.Dispatcher.Diagnostics;
+using PortAzure.Redis;
+using StackExchange.Redis;
 
 namespace PortAzure.Dispatcher.PortReporting;
 
-/// <summary>Sends queued reports to Port with their own retries, apart from the delivery slots.</summary>
+/// <summary>
+/// Sends the reports that finished deliveries left in <see cref="RedisKeys.PortReports"/>, each with its
+/// own retries, apart from the delivery slots. A report leaves the stream only once it was sent or given
+/// up on; one whose reporter stopped stays pending and is taken over after
+/// <see cref="DispatcherOptions.PortReportReclaimSeconds"/>, by any Dispatcher.
+/// </summary>
 internal sealed partial class PortReportingService(
+    IConnectionMultiplexer redis,
     PortReporter reporter,
     PortApiClient client,
+    ConsumerIdentity identity,
+    IOptionsMonitor<DispatcherOptions> options,
     DispatcherMetrics metrics,
     TimeProvider timeProvider,
     ILogger<PortReportingService> logger) : BackgroundService
 {
-    private const int Senders = 4;
+    private const int MaxInFlight = 16;
+    private static readonly TimeSpan MaxErrorBackoff = TimeSpan.FromSeconds(5);
     private static readonly TimeSpan[] Backoff =
     [
         TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(15),
         TimeSpan.FromSeconds(30), TimeSpan.FromSeconds(60), TimeSpan.FromSeconds(120),
     ];
 
-    protected override Task ExecuteAsync(CancellationToken stoppingToken) =>
-        Task.WhenAll(Enumerable.Range(0, Senders).Select(_ => SendLoopAsync(stoppingToken)));
+    private readonly ConcurrentDictionary<Task, bool> _inFlight = new();
+    // Not disposed: a send's continuation may release it after ExecuteAsync has returned.
+    private readonly SemaphoreSlim _slots = new(MaxInFlight, MaxInFlight);
+    private RedisValue _claimCursor = "0-0";
+    private DateTimeOffset _nextClaim;
 
-    private async Task SendLoopAsync(CancellationToken stoppingToken)
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        if (!reporter.Enabled)
+        {
+            // Nothing writes reports without Port's credentials, so there is nothing to send.
+            return;
+        }
+        var slots = _slots;
+        var groupReady = false;
+        var errorBackoff = TimeSpan.FromMilliseconds(100);
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            try
+            {
+                if (!groupReady)
+                {
+                    await EnsureGroupAsync();
+                    groupReady = true;
+                }
+                await slots.WaitAsync(stoppingToken);
+                slots.Release();
+                var started = await FeedAsync(slots, stoppingToken);
+                errorBackoff = TimeSpan.FromMilliseconds(100);
+                if (started == 0)
+                {
+                    await Task.Delay(TimeSpan.FromSeconds(options.CurrentValue.PollIntervalSeconds), timeProvider, stoppingToken);
+                }
+            }
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+            {
+                break;
+            }
+            catch (RedisServerException ex) when (ex.Message.StartsWith("NOGROUP", StringComparison.Ordinal))
+            {
+                groupReady = false;
+                Log.QueueError(logger, ex);
+            }
+            catch (Exception ex)
+            {
+                // Redis away: back off and go on; a faulted BackgroundService would stop the Dispatcher.
+                Log.QueueError(logger, ex);
+                try
+                {
+                    await Task.Delay(errorBackoff, timeProvider, stoppingToken);
+                }
+                catch (OperationCanceledException)
+                {
+                    break;
+                }
+                errorBackoff = TimeSpan.FromTicks(Math.Min(errorBackoff.Ticks * 2, MaxErrorBackoff.Ticks));
+            }
+        }
+        // Sends under way end at the stop; their reports stay pending for the next reporter.
+        await Task.WhenAll(_inFlight.Keys);
+    }
+
+    private async Task EnsureGroupAsync()
+    {
+        var db = redis.GetDatabase();
+        try
+        {
+            await db.StreamCreateConsumerGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, "0-0", createStream: true);
+        }
+        catch (RedisServerException ex) when (ex.Message.StartsWith("BUSYGROUP", StringComparison.Ordinal))
+        {
+        }
+        // As in the delivery group: every process joins under a new name; stopped ones with nothing
+        // pending would otherwise collect in the group.
+        var reclaim = (long)(options.CurrentValue.PortReportReclaimSeconds * 1000);
+        foreach (var consumer in await db.StreamConsumerInfoAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup))
+        {
+            if (consumer.PendingMessageCount == 0 && consumer.IdleTimeInMilliseconds > reclaim && consumer.Name != identity.Name)
+            {
+                await db.StreamDeleteConsumerAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, consumer.Name);
+            }
+        }
+    }
+
+    private async Task<int> FeedAsync(SemaphoreSlim slots, CancellationToken stoppingToken)
+    {
+        var opts = options.CurrentValue;
+        var db = redis.GetDatabase();
+        var entries = new List<StreamEntry>();
+        var now = timeProvider.GetUtcNow();
+        if (now >= _nextClaim)
+        {
+            _nextClaim = now + TimeSpan.FromSeconds(opts.ClaimIntervalSeconds);
+            var claim = await db.StreamAutoClaimAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name,
+                (long)(opts.PortReportReclaimSeconds * 1000), _claimCursor, slots.CurrentCount);
+            _claimCursor = claim.NextStartId;
+            entries.AddRange(claim.ClaimedEntries);
+        }
+        if (slots.CurrentCount > entries.Count)
+        {
+            entries.AddRange(await db.StreamReadGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name, ">",
+                slots.CurrentCount - entries.Count));
+        }
+        foreach (var entry in entries)
+        {
+            await slots.WaitAsync(stoppingToken);
+            var send = SendAndRemoveAsync(entry, stoppingToken);
+            _inFlight[send] = true;
+            _ = send.ContinueWith(t =>
+            {
+                _inFlight.TryRemove(t, out _);
+                slots.Release();
+            }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        }
+        return entries.Count;
+    }
+
+    private async Task SendAndRemoveAsync(StreamEntry entry, CancellationToken stoppingToken)
     {
         try
         {
-            await foreach (var report in reporter.Reader.ReadAllAsync(stoppingToken))
+            var report = PortReport.FromStreamEntry(entry);
+            if (report is null)
             {
-                await SendAsync(report, stoppingToken);
+                Log.Malformed(logger, entry.Id.ToString());
             }
+            else if (!await SendAsync(report, stoppingToken))
+            {
+                return;
+            }
+            var transaction = redis.GetDatabase().CreateTransaction();
+            _ = transaction.StreamAcknowledgeAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, entry.Id);
+            _ = transaction.StreamDeleteAsync(RedisKeys.PortReports, [entry.Id]);
+            await transaction.ExecuteAsync();
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
         {
         }
+        catch (Exception ex)
+        {
+            // Left pending: taken over later, at worst one more log line in Port.
+            Log.QueueError(logger, ex);
+        }
     }
 
-    private async Task SendAsync(PortReport report, CancellationToken stoppingToken)
+    /// <returns>True when the report is done with (sent, or given up on); false when stopped first.</returns>
+    private async Task<bool> SendAsync(PortReport report, CancellationToken stoppingToken)
     {
         for (var attempt = 0; ; attempt++)
         {
@@ -43,7 +186,11 @@ internal sealed partial class PortReportingService(
             {
                 result = await client.SendLogAsync(report, stoppingToken);
             }
-            catch (Exception ex) when (!stoppingToken.IsCancellationRequested)
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+            {
+                return false;
+            }
+            catch (Exception ex)
             {
                 // Any failure (network, a malformed answer) is this report's problem only: retried,
                 // never allowed to end the sender loop.
@@ -54,15 +201,22 @@ internal sealed partial class PortReportingService(
             {
                 metrics.PortReport("sent");
                 Log.Sent(logger, report.DeliveryId, report.RunId);
-                return;
+                return true;
             }
             if (result == PortCallResult.Rejected || attempt >= Backoff.Length)
             {
                 metrics.PortReport("failed");
                 Log.Failed(logger, report.DeliveryId, report.RunId, attempt + 1);
-                return;
+                return true;
             }
-            await Task.Delay(Backoff[attempt], timeProvider, stoppingToken);
+            try
+            {
+                await Task.Delay(Backoff[attempt], timeProvider, stoppingToken);
+            }
+            catch (OperationCanceledException)
+            {
+                return false;
+            }
         }
     }
 
@@ -76,5 +230,11 @@ internal sealed partial class PortReportingService(
 
         [LoggerMessage(EventIds.ReportFailed, LogLevel.Warning, "Could not report delivery {DeliveryId} to Port run {RunId} after {Attempts} attempts")]
         public static partial void Failed(ILogger logger, string deliveryId, string runId, int attempts);
+
+        [LoggerMessage(EventIds.ReportMalformed, LogLevel.Warning, "Port report entry {EntryId} is damaged; dropped")]
+        public static partial void Malformed(ILogger logger, string entryId);
+
+        [LoggerMessage(EventIds.ReportQueueError, LogLevel.Warning, "Port report queue: Redis call failed; backing off")]
+        public static partial void QueueError(ILogger logger, Exception exception);
     }
 }

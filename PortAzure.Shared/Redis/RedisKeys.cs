@@ -29,6 +29,15 @@ public static class RedisKeys
     /// <summary>Sorted set of dead-lettered delivery ids, scored by dead-letter time (Unix ms).</summary>
     public const string DeadLetters = Prefix + "deadletters";
 
+    /// <summary>
+    /// Stream of reports for Port's API, written by the step that finishes a delivery, removed once sent
+    /// (or given up on) by whichever Dispatcher's reporter took it.
+    /// </summary>
+    public const string PortReports = Prefix + "port-reports";
+
+    /// <summary>The consumer group the Dispatchers read <see cref="PortReports"/> through.</summary>
+    public const string PortReportersGroup = "port-reporters";
+
     /// <summary>Hash of paused targets (<c>org/webhook</c> to resume-probe time, Unix ms).</summary>
     public const string PausedTargets = Prefix + "paused";
 

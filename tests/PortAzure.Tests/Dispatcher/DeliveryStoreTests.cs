@@ -66,6 +66,29 @@ public class DeliveryStoreTests
     }
 
     [Fact]
+    public async Task Finish_WithAPortReport_WritesItInTheSameStepOnlyWhenTheOutcomeIsRecorded()
+    {
+        await using var lease = await SharedRedis.LeaseAsync();
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
+        var db = redis.GetDatabase();
+        var store = new DeliveryStore(redis);
+        var entry = NewEntry();
+        var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "delivered", "FAILURE", "label");
+        var delivered = new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered);
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromMilliseconds(50), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        await Task.Delay(100);
+        Assert.True((await store.BeginAsync(entry, "B", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+
+        await store.FinishAsync(Finish(FinishMode.Delivered, entry, "B", delivered) with { Report = report });
+        // A's late result after B recorded the outcome: neither it nor its report is written.
+        await store.FinishAsync(Finish(FinishMode.Delivered, entry, "A", delivered) with { Report = report });
+
+        var written = Assert.Single(await db.StreamRangeAsync(RedisKeys.PortReports));
+        Assert.Equal(report, PortAzure.Dispatcher.PortReporting.PortReport.FromStreamEntry(written));
+        Assert.Equal(DeliveryStates.Delivered, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
+    }
+
+    [Fact]
     public async Task RemoveFromSchedule_ClaimedSlot_ForgetsTheClaimToo()
     {
         await using var lease = await SharedRedis.LeaseAsync();

@@ -73,10 +73,42 @@ public class PortReportingTests
         var deliveryId = await SendAsync(relay, runId);
         await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
         Assert.Single(await relay.EmulatorApi.DeliveredAsync());
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0, TimeSpan.FromSeconds(10), "a first, failing call to Port");
+        Assert.DoesNotContain(await relay.EmulatorApi.PortCallsAsync(), c => c.StatusCode is >= 200 and < 300);
 
         await relay.EmulatorApi.PortBehaviorAsync(new { down = false });
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201),
             TimeSpan.FromSeconds(20), "the report is retried once Port is back");
+        Assert.Single(await relay.EmulatorApi.DeliveredAsync());
+    }
+
+    [Fact]
+    public async Task PortApiDown_DispatcherStopsWithTheReportUnsent_NextDispatcherSendsItOnce()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientId"] = "relay-client";
+            c["Dispatcher:PortReportReclaimSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+        });
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
+        var runId = TestRuns.NewRunId();
+        var deliveryId = await SendAsync(relay, runId);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0, TimeSpan.FromSeconds(10), "a first, failing call to Port");
+
+        // Stopped while its report is still being retried: it stays in Redis, pending.
+        await relay.StopDispatcherAsync(relay.Dispatcher);
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
+        Assert.Equal(1, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
+
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = false });
+        await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201),
+            TimeSpan.FromSeconds(20), "the next Dispatcher takes the report over and sends it");
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 0, TimeSpan.FromSeconds(10), "the sent report leaves Redis");
+
+        Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.RunId == runId && c.StatusCode == 201);
         Assert.Single(await relay.EmulatorApi.DeliveredAsync());
     }
 
