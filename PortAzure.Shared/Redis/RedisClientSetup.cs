@@ -16,6 +16,9 @@ internal static class RedisClientSetup
         $"Aspire:StackExchange:Redis:{ResourceNames.Redis}:DisableTracing",
     ];
 
+    /// <summary>Which pool completes Redis replies: <c>ThreadPool</c> (default) or <c>Dedicated</c>.</summary>
+    public const string SocketManagerKey = "Redis:SocketManager";
+
     /// <summary>
     /// Registers <c>IConnectionMultiplexer</c> for the <c>redis</c> connection, with health check, logging and
     /// metrics, and connects it while the host starts rather than on the first request.
@@ -24,6 +27,7 @@ internal static class RedisClientSetup
     {
         ArgumentNullException.ThrowIfNull(builder);
         var tracingConfigured = IsTracingConfigured(builder.Configuration);
+        var socketManager = SocketManagerFrom(builder.Configuration);
         builder.AddRedisClient(ResourceNames.Redis, settings =>
         {
             // Redis command spans are off unless configured: the instrumentation keeps every command's
@@ -41,12 +45,20 @@ internal static class RedisClientSetup
             // per command; on two cores the extra wake-ups cost more than they save (70 -> 57 us of Ingress
             // CPU per run, docs/benchmarks.md). That pool guards against code that blocks pool threads on
             // Redis; the relay's calls are all asynchronous, and the one blocking call, Aspire's connect,
-            // runs once while the host starts (RedisConnectionWarmup), before any request.
-            options.SocketManager = SocketManager.ThreadPool;
+            // runs once while the host starts (RedisConnectionWarmup), before any request. The price: under
+            // overload, replies wait in the same queue as incoming requests; "Dedicated" goes back.
+            options.SocketManager = socketManager;
         });
         builder.Services.AddHostedService<RedisConnectionWarmup>();
         return builder;
     }
+
+    private static SocketManager SocketManagerFrom(IConfiguration configuration) => configuration[SocketManagerKey] switch
+    {
+        null or "" or "ThreadPool" => SocketManager.ThreadPool,
+        "Dedicated" => SocketManager.Shared,
+        var other => throw new InvalidOperationException($"{SocketManagerKey} must be ThreadPool or Dedicated, not '{other}'."),
+    };
 
     /// <summary>True when configuration gives a value to one of Aspire's tracing switches.</summary>
     private static bool IsTracingConfigured(IConfiguration configuration) =>

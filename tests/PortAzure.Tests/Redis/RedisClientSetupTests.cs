@@ -54,6 +54,29 @@ public class RedisClientSetupTests
     }
 
     [Fact]
+    public void AddPortAzureRedisClient_SocketManagerDedicated_CompletesRepliesOnStackExchangeRedisOwnPool()
+    {
+        var builder = NewBuilder(new Dictionary<string, string?> { [RedisClientSetup.SocketManagerKey] = "Dedicated" });
+        builder.AddPortAzureRedisClient();
+        using var host = builder.Build();
+
+        var options = host.Services.GetRequiredService<IOptionsMonitor<ConfigurationOptions>>().Get(Options.DefaultName);
+
+        Assert.Same(SocketManager.Shared, options.SocketManager);
+    }
+
+    [Fact]
+    public void AddPortAzureRedisClient_UnknownSocketManager_FailsNamingTheSetting()
+    {
+        var builder = NewBuilder(new Dictionary<string, string?> { [RedisClientSetup.SocketManagerKey] = "Fastest" });
+
+        var error = Assert.Throws<InvalidOperationException>(() => builder.AddPortAzureRedisClient());
+
+        Assert.Contains("Redis:SocketManager", error.Message, StringComparison.Ordinal);
+        Assert.Contains("Fastest", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Start_Ingress_ConnectsToRedisBeforeTheFirstRequest()
     {
         await using var lease = await SharedRedis.LeaseAsync();
