@@ -37,6 +37,7 @@ public static class IngressExtensions
         builder.Services.AddSingleton<IngressMetrics>();
         builder.Services.AddSingleton<RunQueue>();
         builder.Services.AddSingleton<WebhookHandler>();
+        builder.Services.AddSingleton<WebhookConcurrencyLimit>();
 
         builder.Services.AddReverseProxy()
             .LoadFromConfig(builder.Configuration.GetSection("ReverseProxy"))
@@ -54,7 +55,8 @@ public static class IngressExtensions
 
         app.MapPost(WebhookRoute, (HttpContext context, string org, string webhook, WebhookHandler handler) =>
             handler.HandleAsync(context, org, webhook))
-            .RequireWebhookRateLimits();
+            .RequireWebhookRateLimits()
+            .AddEndpointFilter((context, next) => context.HttpContext.RequestServices.GetRequiredService<WebhookConcurrencyLimit>().InvokeAsync(context, next));
 
         app.MapReverseProxy(proxy => proxy.UseOperatorApiKey());
         return app;

@@ -24,6 +24,12 @@ internal sealed class IngressOptions
 
     /// <summary>Longest accepted run id or <c>Idempotency-Key</c>.</summary>
     public int MaxRunIdLength { get; set; } = 200;
+
+    /// <summary>
+    /// Webhook calls in progress at once; more are answered 503 (0: no cap). At ~2 ms a call, 1,000 in
+    /// flight is far above what one replica does (~30 at its maximum rate here) and a few MB of buffers.
+    /// </summary>
+    public int MaxConcurrentCalls { get; set; } = 1000;
 }
 
 internal sealed class IngressOptionsValidator : IValidateOptions<IngressOptions>
@@ -50,6 +56,10 @@ internal sealed class IngressOptionsValidator : IValidateOptions<IngressOptions>
         if (options.MaxRunIdLength is < 8 or > 1024)
         {
             errors.Add("Ingress:MaxRunIdLength must be between 8 and 1024.");
+        }
+        if (options.MaxConcurrentCalls is < 0 or > 100_000)
+        {
+            errors.Add("Ingress:MaxConcurrentCalls must be between 0 (no cap) and 100000.");
         }
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
     }

@@ -23,4 +23,5 @@ internal static class RejectionReasons
     public const string RunIdInvalid = "run_id_invalid";
     public const string RedisUnavailable = "queue_unavailable";
     public const string RateLimited = "rate_limited";
+    public const string Overloaded = "overloaded";
 }
