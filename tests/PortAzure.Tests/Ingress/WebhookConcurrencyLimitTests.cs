@@ -9,36 +9,55 @@ namespace PortAzure.Tests.Ingress;
 /// <summary>The cap on webhook calls in flight, with Redis made to hold calls (CLIENT PAUSE WRITE).</summary>
 public class WebhookConcurrencyLimitTests
 {
-    private static async Task<(RedisServer Redis, TestHost Ingress)> StartAsync(int maxConcurrentCalls)
+    /// <summary>An Ingress on a Redis of its own (the pause would hold every test sharing one), and an admin connection.</summary>
+    private sealed class Setup : IAsyncDisposable
     {
-        // Its own server: the pause would hold every test sharing one.
-        var redis = await RedisServer.StartAsync();
-        var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
+        private RedisServer _redis = null!;
+        private ConnectionMultiplexer _admin = null!;
+
+        public TestHost Ingress { get; private set; } = null!;
+
+        public IDatabase Db => _admin.GetDatabase();
+
+        public static async Task<Setup> StartAsync(int maxConcurrentCalls)
         {
-            ["ConnectionStrings:redis"] = redis.ConnectionString,
-            ["Port:ClientSecret"] = TestRuns.Secret,
-            ["Ingress:MaxConcurrentCalls"] = maxConcurrentCalls.ToString(System.Globalization.CultureInfo.InvariantCulture),
-        });
-        return (redis, ingress);
+            var setup = new Setup { _redis = await RedisServer.StartAsync() };
+            setup.Ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
+            {
+                ["ConnectionStrings:redis"] = setup._redis.ConnectionString,
+                ["Port:ClientSecret"] = TestRuns.Secret,
+                ["Ingress:MaxConcurrentCalls"] = maxConcurrentCalls.ToString(System.Globalization.CultureInfo.InvariantCulture),
+            });
+            setup._admin = await ConnectionMultiplexer.ConnectAsync(setup._redis.ConnectionString + ",allowAdmin=true");
+            return setup;
+        }
+
+        /// <summary>Writes (the Ingress's enqueue script among them) wait this long; reads go on.</summary>
+        public async Task PauseWritesAsync(int milliseconds) =>
+            await Db.ExecuteAsync("CLIENT", "PAUSE", milliseconds.ToString(System.Globalization.CultureInfo.InvariantCulture), "WRITE");
+
+        public Task<HttpResponseMessage> SendAsync() => TestRuns.SendAsync(Ingress.Client, TestRuns.Body(TestRuns.NewRunId()));
+
+        public async ValueTask DisposeAsync()
+        {
+            await _admin.DisposeAsync();
+            await Ingress.DisposeAsync();
+            await _redis.DisposeAsync();
+        }
     }
 
     [Fact]
     public async Task Post_PastTheCapWhileCallsAreHeld_Answers503OverloadedAtOnceAcceptsNothingThenRecovers()
     {
-        var (redis, ingress) = await StartAsync(maxConcurrentCalls: 2);
-        await using var _ = redis;
-        await using var __ = ingress;
-        await using var admin = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString + ",allowAdmin=true");
-        var db = admin.GetDatabase();
+        await using var setup = await Setup.StartAsync(maxConcurrentCalls: 2);
 
-        // Writes (the Ingress's enqueue script) wait for 3 s; the two calls hold both permits meanwhile.
-        await db.ExecuteAsync("CLIENT", "PAUSE", "3000", "WRITE");
-        var held = new[] { TestRuns.NewRunId(), TestRuns.NewRunId() }
-            .Select(id => TestRuns.SendAsync(ingress.Client, TestRuns.Body(id))).ToArray();
+        // The two calls hold both permits while their enqueue waits.
+        await setup.PauseWritesAsync(3000);
+        var held = new[] { setup.SendAsync(), setup.SendAsync() };
         await Eventually.HoldsAsync(() => Task.FromResult(held.All(t => !t.IsCompleted)), TimeSpan.FromSeconds(1), "both calls in progress");
         await Task.Delay(300);
 
-        using var refused = await TestRuns.SendAsync(ingress.Client, TestRuns.Body(TestRuns.NewRunId()));
+        using var refused = await setup.SendAsync();
         var heldWhenRefused = held.Count(t => !t.IsCompleted);
 
         Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
@@ -53,23 +72,20 @@ public class WebhookConcurrencyLimitTests
             response.Dispose();
         }
         // The refused call left nothing behind; the permits came back.
-        Assert.Equal(2, await db.StreamLengthAsync(RedisKeys.Stream));
-        using var after = await TestRuns.SendAsync(ingress.Client, TestRuns.Body(TestRuns.NewRunId()));
+        Assert.Equal(2, await setup.Db.StreamLengthAsync(RedisKeys.Stream));
+        using var after = await setup.SendAsync();
         Assert.Equal(HttpStatusCode.Accepted, after.StatusCode);
     }
 
     [Fact]
     public async Task Post_CapZero_HasNoCap()
     {
-        var (redis, ingress) = await StartAsync(maxConcurrentCalls: 0);
-        await using var _ = redis;
-        await using var __ = ingress;
-        await using var admin = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString + ",allowAdmin=true");
+        await using var setup = await Setup.StartAsync(maxConcurrentCalls: 0);
 
-        await admin.GetDatabase().ExecuteAsync("CLIENT", "PAUSE", "1000", "WRITE");
-        var responses = await Task.WhenAll(Enumerable.Range(0, 5).Select(_ => TestRuns.SendAsync(ingress.Client, TestRuns.Body(TestRuns.NewRunId()))));
+        await setup.PauseWritesAsync(1000);
+        var responses = await Task.WhenAll(Enumerable.Range(0, 5).Select(_ => setup.SendAsync()));
 
         Assert.All(responses, r => Assert.Equal(HttpStatusCode.Accepted, r.StatusCode));
-        Assert.Equal(5, await admin.GetDatabase().StreamLengthAsync(RedisKeys.Stream));
+        Assert.Equal(5, await setup.Db.StreamLengthAsync(RedisKeys.Stream));
     }
 }
