@@ -35,8 +35,8 @@ internal sealed class DispatcherOptions
 
     /// <summary>
     /// A Port report taken by a reporter that stopped (crash, or shutdown while Port's API was down) is
-    /// taken over after this long. Above a report's own retries (about 4 min plus the calls), or a live
-    /// reporter's report would be sent twice.
+    /// taken over after this long. A live reporter resets the report's idle time after each wait, so this
+    /// must only exceed one wait (up to 2 min) plus one call; below that a report would be sent twice.
     /// </summary>
     public double PortReportReclaimSeconds { get; set; } = 900;
 

@@ -55,8 +55,7 @@ public static class IngressExtensions
 
         app.MapPost(WebhookRoute, (HttpContext context, string org, string webhook, WebhookHandler handler) =>
             handler.HandleAsync(context, org, webhook))
-            .RequireWebhookRateLimits()
-            .AddEndpointFilter((context, next) => context.HttpContext.RequestServices.GetRequiredService<WebhookConcurrencyLimit>().InvokeAsync(context, next));
+            .RequireWebhookRateLimits();
 
         app.MapReverseProxy(proxy => proxy.UseOperatorApiKey());
         return app;

@@ -288,6 +288,18 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             .Append(new(DeliveryEntry.Fields.DeliveryId, deliveryId)));
     }
 
+    /// <summary>Ends claims of schedule slots that were never started; best effort (Redis may be what failed).</summary>
+    public async Task ReleaseRetryClaimsAsync(IEnumerable<string> deliveryIds)
+    {
+        try
+        {
+            await Db.HashDeleteAsync(RedisKeys.RetryClaims, [.. deliveryIds.Select(id => (RedisValue)id)]);
+        }
+        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        {
+        }
+    }
+
     /// <summary>Drops a schedule slot whose record has vanished (nothing left to deliver).</summary>
     public async Task RemoveFromScheduleAsync(string deliveryId)
     {

@@ -93,17 +93,33 @@ internal sealed partial class DeliveryWorker(
         var now = timeProvider.GetUtcNow();
 
         var due = await store.ClaimDueRetriesAsync(now, opts.LeaseDuration, slots.CurrentCount);
-        foreach (var (deliveryId, reclaimed) in due)
+        var handled = 0;
+        try
         {
-            var entry = await store.LoadEntryAsync(deliveryId);
-            if (entry is null)
+            foreach (var (deliveryId, reclaimed) in due)
             {
-                Log.Malformed(logger, deliveryId);
-                await store.RemoveFromScheduleAsync(deliveryId);
-                continue;
+                var entry = await store.LoadEntryAsync(deliveryId);
+                if (entry is null)
+                {
+                    Log.Malformed(logger, deliveryId);
+                    await store.RemoveFromScheduleAsync(deliveryId);
+                }
+                else
+                {
+                    await StartAsync(slots, entry, null, claimed: reclaimed);
+                    started++;
+                }
+                handled++;
             }
-            await StartAsync(slots, entry, null, claimed: reclaimed);
-            started++;
+        }
+        finally
+        {
+            if (handled < due.Count)
+            {
+                // A Redis error before these were started: their claims end here, so that the next claim of
+                // their slots is not counted as a crashed attempt.
+                await store.ReleaseRetryClaimsAsync(due.Skip(handled).Select(d => d.DeliveryId));
+            }
         }
 
         if (now >= _nextClaim && slots.CurrentCount > 0)

@@ -32,6 +32,9 @@ internal sealed partial class PortReportingService(
     ];
 
     private readonly ConcurrentDictionary<Task, bool> _inFlight = new();
+    // Entry ids this reporter is sending: one it reclaims from itself (a wait longer than the reclaim
+    // time) is not started a second time.
+    private readonly ConcurrentDictionary<string, bool> _sending = new(StringComparer.Ordinal);
     // Not disposed: a send's continuation may release it after ExecuteAsync has returned.
     private readonly SemaphoreSlim _slots = new(MaxInFlight, MaxInFlight);
     private RedisValue _claimCursor = "0-0";
@@ -134,13 +137,18 @@ internal sealed partial class PortReportingService(
             entries.AddRange(await db.StreamReadGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name, ">",
                 slots.CurrentCount - entries.Count));
         }
+        // Redis 6.2 returns reclaimed entries that were trimmed away as nil, still pending; 7.x drops them.
+        entries.RemoveAll(e => e.IsNull || _sending.ContainsKey(e.Id.ToString()));
         foreach (var entry in entries)
         {
             await slots.WaitAsync(stoppingToken);
+            _sending[entry.Id.ToString()] = true;
             var send = SendAndRemoveAsync(entry, stoppingToken);
             _inFlight[send] = true;
+            var id = entry.Id.ToString();
             _ = send.ContinueWith(t =>
             {
+                _sending.TryRemove(id, out _);
                 _inFlight.TryRemove(t, out _);
                 slots.Release();
             }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
@@ -157,7 +165,7 @@ internal sealed partial class PortReportingService(
             {
                 Log.Malformed(logger, entry.Id.ToString());
             }
-            else if (!await SendAsync(report, stoppingToken))
+            else if (!await SendAsync(report, entry.Id, stoppingToken))
             {
                 return;
             }
@@ -177,7 +185,7 @@ internal sealed partial class PortReportingService(
     }
 
     /// <returns>True when the report is done with (sent, or given up on); false when stopped first.</returns>
-    private async Task<bool> SendAsync(PortReport report, CancellationToken stoppingToken)
+    private async Task<bool> SendAsync(PortReport report, RedisValue entryId, CancellationToken stoppingToken)
     {
         for (var attempt = 0; ; attempt++)
         {
@@ -217,6 +225,24 @@ internal sealed partial class PortReportingService(
             {
                 return false;
             }
+            await TouchAsync(entryId);
+        }
+    }
+
+    /// <summary>
+    /// Resets the entry's idle time, so that a report this reporter is still retrying is not taken over as
+    /// the report of a stopped one, however long Port's API keeps it waiting.
+    /// </summary>
+    private async Task TouchAsync(RedisValue entryId)
+    {
+        try
+        {
+            await redis.GetDatabase().StreamClaimIdsOnlyAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name, 0, [entryId]);
+        }
+        catch (Exception ex)
+        {
+            // Not fatal: at worst the report is taken over and shows twice in Port's run log.
+            Log.QueueError(logger, ex);
         }
     }
 

@@ -1,58 +1,49 @@
 using System.Threading.RateLimiting;
 using Microsoft.Extensions.Options;
-using PortAzure.Ingress.Diagnostics;
 using PortAzure.Ingress.Webhooks;
 
 namespace PortAzure.Ingress.Edge;
 
 /// <summary>
-/// A cap on webhook calls in flight (<c>Ingress:MaxConcurrentCalls</c>), after the rate limits. The rate
-/// limits bound arrivals, not work: when Redis or the host slows down, calls would queue, each holding its
-/// connection, body and buffers (319 MB in an overloaded benchmark phase, docs/benchmarks.md). Past the cap a
-/// call is answered 503 with Retry-After at once, and nothing is accepted.
+/// A cap on verified runs waiting for Redis at once (<c>Ingress:MaxConcurrentCalls</c>). The rate limits
+/// bound arrivals, not work in progress: when Redis slows down, calls would pile up, each holding its
+/// connection, body and buffers (319 MB in an overloaded benchmark phase, docs/benchmarks.md). Past the cap
+/// a run is answered 503 with Retry-After at once, and nothing is accepted.
 /// </summary>
-internal sealed partial class WebhookConcurrencyLimit : IDisposable
+/// <remarks>
+/// Taken after the body is read and the signature checked, not before: a permit held from the start would
+/// let unauthenticated clients hold all of them with slow uploads (Kestrel's minimum data rate and body size
+/// bound those, per connection).
+/// </remarks>
+internal sealed class WebhookConcurrencyLimit : IDisposable
 {
-    private static readonly TimeSpan RetryAfter = TimeSpan.FromSeconds(1);
     private readonly ConcurrencyLimiter? _limiter;
-    private readonly IngressMetrics _metrics;
-    private readonly ILogger<WebhookConcurrencyLimit> _logger;
 
-    public WebhookConcurrencyLimit(IOptions<IngressOptions> options, IngressMetrics metrics, ILogger<WebhookConcurrencyLimit> logger)
+    public WebhookConcurrencyLimit(IOptions<IngressOptions> options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        _metrics = metrics;
-        _logger = logger;
         var cap = options.Value.MaxConcurrentCalls;
         // No queue: a waiting call would hold what the cap is there to bound.
         _limiter = cap == 0 ? null : new ConcurrencyLimiter(new ConcurrencyLimiterOptions { PermitLimit = cap, QueueLimit = 0 });
     }
 
-    public async ValueTask<object?> InvokeAsync(EndpointFilterInvocationContext context, EndpointFilterDelegate next)
-    {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(next);
-        if (_limiter is null)
-        {
-            return await next(context);
-        }
-        using var lease = _limiter.AttemptAcquire();
-        if (!lease.IsAcquired)
-        {
-            _metrics.Rejected(RejectionReasons.Overloaded);
-            Log.Overloaded(_logger);
-            return Problems.Create(StatusCodes.Status503ServiceUnavailable, RejectionReasons.Overloaded,
-                "Too many webhook calls are in progress; nothing was accepted. Retry after the number of seconds in Retry-After.", RetryAfter);
-        }
-        return await next(context);
-    }
+    /// <summary>A permit to dispose when the run's Redis write is over; not acquired when the cap is reached.</summary>
+    public RateLimitLease TryEnter() => _limiter?.AttemptAcquire() ?? NoCap.Instance;
 
     public void Dispose() => _limiter?.Dispose();
 
-    private static partial class Log
+    private sealed class NoCap : RateLimitLease
     {
-        // Debug, as for the rate limits: under overload one line per refused call would add to it.
-        [LoggerMessage(EventIds.Overloaded, LogLevel.Debug, "Refused a webhook call: Ingress:MaxConcurrentCalls calls already in progress")]
-        public static partial void Overloaded(ILogger logger);
+        public static readonly NoCap Instance = new();
+
+        public override bool IsAcquired => true;
+
+        public override IEnumerable<string> MetadataNames => [];
+
+        public override bool TryGetMetadata(string metadataName, out object? metadata)
+        {
+            metadata = null;
+            return false;
+        }
     }
 }

@@ -26,8 +26,8 @@ internal sealed class IngressOptions
     public int MaxRunIdLength { get; set; } = 200;
 
     /// <summary>
-    /// Webhook calls in progress at once; more are answered 503 (0: no cap). At ~2 ms a call, 1,000 in
-    /// flight is far above what one replica does (~30 at its maximum rate here) and a few MB of buffers.
+    /// Verified runs waiting for Redis at once; more are answered 503 (0: no cap). At ~2 ms a call, 1,000
+    /// is far above what one replica has in flight (~30 at its maximum rate here) and a few MB of buffers.
     /// </summary>
     public int MaxConcurrentCalls { get; set; } = 1000;
 }

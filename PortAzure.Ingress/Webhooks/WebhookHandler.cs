@@ -8,6 +8,7 @@ using Microsoft.Net.Http.Headers;
 using OpenTelemetry;
 using OpenTelemetry.Context.Propagation;
 using PortAzure.Diagnostics;
+using PortAzure.Ingress.Edge;
 using PortAzure.Ingress.Diagnostics;
 using PortAzure.Ingress.Queue;
 using PortAzure.Redis;
@@ -27,12 +28,14 @@ internal sealed partial class WebhookHandler(
     IOptionsMonitor<PortOptions> portOptions,
     IOptionsMonitor<AzureDevOpsOptions> azureOptions,
     RunQueue queue,
+    WebhookConcurrencyLimit concurrency,
     TimeProvider timeProvider,
     IngressMetrics metrics,
     ILogger<WebhookHandler> logger)
 {
     public const string IdempotencyKeyHeader = "Idempotency-Key";
     private static readonly TimeSpan RedisRetryAfter = TimeSpan.FromSeconds(5);
+    private static readonly TimeSpan OverloadedRetryAfter = TimeSpan.FromSeconds(1);
 
     public async Task<IResult> HandleAsync(HttpContext context, string org, string webhook)
     {
@@ -158,6 +161,14 @@ internal sealed partial class WebhookHandler(
         var (traceParent, traceState) = CaptureTraceContext(activity ?? Activity.Current);
         var entry = new DeliveryEntry(deliveryId, org, webhook, body, idempotencyKey, runId, timeProvider.GetUtcNow(), traceParent, traceState);
 
+        using var permit = concurrency.TryEnter();
+        if (!permit.IsAcquired)
+        {
+            activity?.SetStatus(ActivityStatusCode.Error, "overloaded");
+            return Reject(StatusCodes.Status503ServiceUnavailable, RejectionReasons.Overloaded,
+                "Too many runs are waiting to be queued (Ingress:MaxConcurrentCalls); nothing was accepted. Retry after the number of seconds in Retry-After.",
+                OverloadedRetryAfter);
+        }
         EnqueueResult result;
         try
         {

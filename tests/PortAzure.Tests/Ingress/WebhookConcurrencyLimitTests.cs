@@ -78,6 +78,25 @@ public class WebhookConcurrencyLimitTests
     }
 
     [Fact]
+    public async Task Post_BadSignatureWhileTheCapIsReached_IsStill401_PermitsAreTakenOnlyAfterVerification()
+    {
+        await using var setup = await Setup.StartAsync(maxConcurrentCalls: 1);
+        await setup.PauseWritesAsync(2000);
+        var held = setup.SendAsync();
+        await Task.Delay(300);
+
+        using var badRequest = TestRuns.Signed(TestRuns.Body(TestRuns.NewRunId()), secret: "not-the-secret");
+        using var unsigned = await setup.Ingress.Client.SendAsync(badRequest);
+        using var signed = await setup.SendAsync();
+
+        Assert.False(held.IsCompleted);
+        Assert.Equal(HttpStatusCode.Unauthorized, unsigned.StatusCode);
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, signed.StatusCode);
+        using var heldResponse = await held;
+        Assert.Equal(HttpStatusCode.Accepted, heldResponse.StatusCode);
+    }
+
+    [Fact]
     public async Task Post_CapZero_HasNoCap()
     {
         await using var setup = await Setup.StartAsync(maxConcurrentCalls: 0);
