@@ -42,8 +42,12 @@ internal sealed partial class DeliveryWorker(
             {
                 if (!groupReady)
                 {
-                    await EnsureGroupAsync();
-                    await RemoveStaleConsumersAsync();
+                    var db = redis.GetDatabase();
+                    if (await ConsumerGroup.EnsureAsync(db, RedisKeys.Stream, RedisKeys.ConsumerGroup))
+                    {
+                        Log.GroupCreated(logger, RedisKeys.ConsumerGroup);
+                    }
+                    await ConsumerGroup.RemoveStaleConsumersAsync(db, RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name, options.CurrentValue.ClaimMinIdle);
                     groupReady = true;
                 }
                 if (!subscribed)
@@ -206,37 +210,6 @@ internal sealed partial class DeliveryWorker(
         }
         catch (OperationCanceledException) when (!stoppingToken.IsCancellationRequested)
         {
-        }
-    }
-
-    private async Task EnsureGroupAsync()
-    {
-        try
-        {
-            // From "0": entries added before any Dispatcher ran (or while the group was missing) are read too.
-            await redis.GetDatabase().StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0", createStream: true);
-            Log.GroupCreated(logger, RedisKeys.ConsumerGroup);
-        }
-        catch (RedisServerException ex) when (ex.Message.StartsWith("BUSYGROUP", StringComparison.Ordinal))
-        {
-        }
-    }
-
-    /// <summary>
-    /// Every process joins under a new consumer name, so the group would collect the names of stopped
-    /// Dispatchers. A consumer with nothing pending, silent for longer than a lease, is gone: removed.
-    /// One with pending entries is left alone; XAUTOCLAIM empties it first.
-    /// </summary>
-    private async Task RemoveStaleConsumersAsync()
-    {
-        var db = redis.GetDatabase();
-        var lease = (long)options.CurrentValue.ClaimMinIdle.TotalMilliseconds;
-        foreach (var consumer in await db.StreamConsumerInfoAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup))
-        {
-            if (consumer.PendingMessageCount == 0 && consumer.IdleTimeInMilliseconds > lease && consumer.Name != identity.Name)
-            {
-                await db.StreamDeleteConsumerAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, consumer.Name);
-            }
         }
     }
 

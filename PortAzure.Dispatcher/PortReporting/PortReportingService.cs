@@ -31,10 +31,9 @@ internal sealed partial class PortReportingService(
         TimeSpan.FromSeconds(30), TimeSpan.FromSeconds(60), TimeSpan.FromSeconds(120),
     ];
 
-    private readonly ConcurrentDictionary<Task, bool> _inFlight = new();
-    // Entry ids this reporter is sending: one it reclaims from itself (a wait longer than the reclaim
+    // Sends under way, by entry id: one this reporter reclaims from itself (a wait longer than the reclaim
     // time) is not started a second time.
-    private readonly ConcurrentDictionary<string, bool> _sending = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, Task> _sending = new(StringComparer.Ordinal);
     // Not disposed: a send's continuation may release it after ExecuteAsync has returned.
     private readonly SemaphoreSlim _slots = new(MaxInFlight, MaxInFlight);
     private RedisValue _claimCursor = "0-0";
@@ -47,7 +46,6 @@ internal sealed partial class PortReportingService(
             // Nothing writes reports without Port's credentials, so there is nothing to send.
             return;
         }
-        var slots = _slots;
         var groupReady = false;
         var errorBackoff = TimeSpan.FromMilliseconds(100);
         while (!stoppingToken.IsCancellationRequested)
@@ -59,9 +57,9 @@ internal sealed partial class PortReportingService(
                     await EnsureGroupAsync();
                     groupReady = true;
                 }
-                await slots.WaitAsync(stoppingToken);
-                slots.Release();
-                var started = await FeedAsync(slots, stoppingToken);
+                await _slots.WaitAsync(stoppingToken);
+                _slots.Release();
+                var started = await FeedAsync(stoppingToken);
                 errorBackoff = TimeSpan.FromMilliseconds(100);
                 if (started == 0)
                 {
@@ -93,32 +91,18 @@ internal sealed partial class PortReportingService(
             }
         }
         // Sends under way end at the stop; their reports stay pending for the next reporter.
-        await Task.WhenAll(_inFlight.Keys);
+        await Task.WhenAll(_sending.Values);
     }
 
     private async Task EnsureGroupAsync()
     {
         var db = redis.GetDatabase();
-        try
-        {
-            await db.StreamCreateConsumerGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, "0-0", createStream: true);
-        }
-        catch (RedisServerException ex) when (ex.Message.StartsWith("BUSYGROUP", StringComparison.Ordinal))
-        {
-        }
-        // As in the delivery group: every process joins under a new name; stopped ones with nothing
-        // pending would otherwise collect in the group.
-        var reclaim = (long)(options.CurrentValue.PortReportReclaimSeconds * 1000);
-        foreach (var consumer in await db.StreamConsumerInfoAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup))
-        {
-            if (consumer.PendingMessageCount == 0 && consumer.IdleTimeInMilliseconds > reclaim && consumer.Name != identity.Name)
-            {
-                await db.StreamDeleteConsumerAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, consumer.Name);
-            }
-        }
+        await ConsumerGroup.EnsureAsync(db, RedisKeys.PortReports, RedisKeys.PortReportersGroup);
+        await ConsumerGroup.RemoveStaleConsumersAsync(db, RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name,
+            TimeSpan.FromSeconds(options.CurrentValue.PortReportReclaimSeconds));
     }
 
-    private async Task<int> FeedAsync(SemaphoreSlim slots, CancellationToken stoppingToken)
+    private async Task<int> FeedAsync(CancellationToken stoppingToken)
     {
         var opts = options.CurrentValue;
         var db = redis.GetDatabase();
@@ -128,29 +112,27 @@ internal sealed partial class PortReportingService(
         {
             _nextClaim = now + TimeSpan.FromSeconds(opts.ClaimIntervalSeconds);
             var claim = await db.StreamAutoClaimAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name,
-                (long)(opts.PortReportReclaimSeconds * 1000), _claimCursor, slots.CurrentCount);
+                (long)(opts.PortReportReclaimSeconds * 1000), _claimCursor, _slots.CurrentCount);
             _claimCursor = claim.NextStartId;
             entries.AddRange(claim.ClaimedEntries);
         }
-        if (slots.CurrentCount > entries.Count)
+        if (_slots.CurrentCount > entries.Count)
         {
             entries.AddRange(await db.StreamReadGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name, ">",
-                slots.CurrentCount - entries.Count));
+                _slots.CurrentCount - entries.Count));
         }
         // Redis 6.2 returns reclaimed entries that were trimmed away as nil, still pending; 7.x drops them.
         entries.RemoveAll(e => e.IsNull || _sending.ContainsKey(e.Id.ToString()));
         foreach (var entry in entries)
         {
-            await slots.WaitAsync(stoppingToken);
-            _sending[entry.Id.ToString()] = true;
-            var send = SendAndRemoveAsync(entry, stoppingToken);
-            _inFlight[send] = true;
+            await _slots.WaitAsync(stoppingToken);
             var id = entry.Id.ToString();
-            _ = send.ContinueWith(t =>
+            var send = SendAndRemoveAsync(entry, stoppingToken);
+            _sending[id] = send;
+            _ = send.ContinueWith(done =>
             {
                 _sending.TryRemove(id, out _);
-                _inFlight.TryRemove(t, out _);
-                slots.Release();
+                _slots.Release();
             }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
         return entries.Count;

@@ -17,33 +17,20 @@ namespace PortAzure.Ingress.Edge;
 /// </remarks>
 internal sealed class WebhookConcurrencyLimit : IDisposable
 {
-    private readonly ConcurrencyLimiter? _limiter;
+    private readonly RateLimiter _limiter;
 
     public WebhookConcurrencyLimit(IOptions<IngressOptions> options)
     {
         ArgumentNullException.ThrowIfNull(options);
         var cap = options.Value.MaxConcurrentCalls;
-        // No queue: a waiting call would hold what the cap is there to bound.
-        _limiter = cap == 0 ? null : new ConcurrencyLimiter(new ConcurrencyLimiterOptions { PermitLimit = cap, QueueLimit = 0 });
+        // No queue: a waiting call would hold what the cap is there to bound. No cap: the library's no-op limiter.
+        _limiter = cap == 0
+            ? RateLimitPartition.GetNoLimiter(string.Empty).Factory(string.Empty)
+            : new ConcurrencyLimiter(new ConcurrencyLimiterOptions { PermitLimit = cap, QueueLimit = 0 });
     }
 
     /// <summary>A permit to dispose when the run's Redis write is over; not acquired when the cap is reached.</summary>
-    public RateLimitLease TryEnter() => _limiter?.AttemptAcquire() ?? NoCap.Instance;
+    public RateLimitLease TryEnter() => _limiter.AttemptAcquire();
 
-    public void Dispose() => _limiter?.Dispose();
-
-    private sealed class NoCap : RateLimitLease
-    {
-        public static readonly NoCap Instance = new();
-
-        public override bool IsAcquired => true;
-
-        public override IEnumerable<string> MetadataNames => [];
-
-        public override bool TryGetMetadata(string metadataName, out object? metadata)
-        {
-            metadata = null;
-            return false;
-        }
-    }
+    public void Dispose() => _limiter.Dispose();
 }

@@ -44,25 +44,13 @@ public class RedisClientSetupTests
     [Fact]
     public void AddPortAzureRedisClient_Connection_CompletesRepliesOnTheDotNetThreadPool()
     {
-        var builder = NewBuilder(new Dictionary<string, string?>());
-        builder.AddPortAzureRedisClient();
-        using var host = builder.Build();
-
-        var options = host.Services.GetRequiredService<IOptionsMonitor<ConfigurationOptions>>().Get(Options.DefaultName);
-
-        Assert.Same(SocketManager.ThreadPool, options.SocketManager);
+        Assert.Same(SocketManager.ThreadPool, SocketManagerOf(new Dictionary<string, string?>()));
     }
 
     [Fact]
     public void AddPortAzureRedisClient_SocketManagerDedicated_CompletesRepliesOnStackExchangeRedisOwnPool()
     {
-        var builder = NewBuilder(new Dictionary<string, string?> { [RedisClientSetup.SocketManagerKey] = "Dedicated" });
-        builder.AddPortAzureRedisClient();
-        using var host = builder.Build();
-
-        var options = host.Services.GetRequiredService<IOptionsMonitor<ConfigurationOptions>>().Get(Options.DefaultName);
-
-        Assert.Same(SocketManager.Shared, options.SocketManager);
+        Assert.Same(SocketManager.Shared, SocketManagerOf(new Dictionary<string, string?> { [RedisClientSetup.SocketManagerKey] = "Dedicated" }));
     }
 
     [Fact]
@@ -115,6 +103,15 @@ public class RedisClientSetupTests
         builder.AddPortAzureRedisClient(settings => seen = settings);
         Assert.NotNull(seen);
         return seen;
+    }
+
+    /// <summary>The socket manager the registered connection's options carry, given <paramref name="config"/>.</summary>
+    private static SocketManager? SocketManagerOf(Dictionary<string, string?> config)
+    {
+        var builder = NewBuilder(config);
+        builder.AddPortAzureRedisClient();
+        using var host = builder.Build();
+        return host.Services.GetRequiredService<IOptionsMonitor<ConfigurationOptions>>().Get(Options.DefaultName).SocketManager;
     }
 
     /// <summary>A host builder with <paramref name="config"/> and a Redis connection string nothing connects to.</summary>

@@ -1,0 +1,42 @@
+using StackExchange.Redis;
+
+namespace PortAzure.Dispatcher.Delivery;
+
+/// <summary>Joining a stream's consumer group, as the delivery worker and the Port reporter both do.</summary>
+internal static class ConsumerGroup
+{
+    /// <summary>
+    /// Creates the group (and the stream) unless it exists; true when this call created it. From "0":
+    /// entries added before any Dispatcher ran (or while the group was missing) are read too.
+    /// </summary>
+    public static async Task<bool> EnsureAsync(IDatabase db, RedisKey stream, string group)
+    {
+        ArgumentNullException.ThrowIfNull(db);
+        try
+        {
+            await db.StreamCreateConsumerGroupAsync(stream, group, "0-0", createStream: true);
+            return true;
+        }
+        catch (RedisServerException ex) when (ex.Message.StartsWith("BUSYGROUP", StringComparison.Ordinal))
+        {
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// Every process joins under a new consumer name, so the group would collect the names of stopped
+    /// Dispatchers. A consumer with nothing pending, silent for longer than <paramref name="idle"/>, is gone:
+    /// removed. One with pending entries is left alone; XAUTOCLAIM empties it first.
+    /// </summary>
+    public static async Task RemoveStaleConsumersAsync(IDatabase db, RedisKey stream, string group, string self, TimeSpan idle)
+    {
+        ArgumentNullException.ThrowIfNull(db);
+        foreach (var consumer in await db.StreamConsumerInfoAsync(stream, group))
+        {
+            if (consumer.PendingMessageCount == 0 && consumer.IdleTimeInMilliseconds > idle.TotalMilliseconds && consumer.Name != self)
+            {
+                await db.StreamDeleteConsumerAsync(stream, group, consumer.Name);
+            }
+        }
+    }
+}
