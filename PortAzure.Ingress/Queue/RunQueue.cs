@@ -15,22 +15,22 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
 {
     // KEYS: 1 idempotency key, 2 stream, 3 delivery record, 4 run index
     //       (a placeholder in the same slot when there is no run id: Redis Cluster refuses keys in two slots)
-    // ARGV: 1 delivery id, 2 idempotency TTL (s), 3 wake channel, 4 number of stream field args,
-    //       5 has run id (1/0), 6.. stream field/value pairs, then delivery record field/value pairs
-    private const string EnqueueScript = """
+    // ARGV: 1 delivery id, 2 idempotency TTL (s), 3 wake channel, 4 has run id (1/0), 5 received at (Unix ms),
+    //       6.. the stream entry's field/value pairs, id and body first (DeliveryEntry.ToStreamFields)
+    // Why this shape: every argument costs Redis a Lua string, and this script is most of Redis's work per run.
+    // The record shares the entry's field names, so it is the pairs after id and body (ARGV[10..]) plus its
+    // own four fields; sending them a second time cost more than the rest of the script (docs/benchmarks.md).
+    // GET before the first write: a failed XADD must not leave the key taken (a retry would be a "duplicate").
+    private const string EnqueueScript = $$"""
         local existing = redis.call('GET', KEYS[1])
         if existing then
           return {0, existing}
         end
-        local n = tonumber(ARGV[4])
-        local fields = {}
-        for i = 6, 5 + n do fields[#fields + 1] = ARGV[i] end
-        local streamId = redis.call('XADD', KEYS[2], '*', unpack(fields))
+        local streamId = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 6))
         redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-        local record = {'streamId', streamId}
-        for i = 6 + n, #ARGV do record[#record + 1] = ARGV[i] end
-        redis.call('HSET', KEYS[3], unpack(record))
-        if ARGV[5] == '1' then
+        redis.call('HSET', KEYS[3], '{{DeliveryRecord.StreamId}}', streamId, '{{DeliveryRecord.State}}', '{{DeliveryStates.Queued}}',
+          '{{DeliveryRecord.UpdatedAt}}', ARGV[5], '{{DeliveryRecord.Attempts}}', '0', unpack(ARGV, 10))
+        if ARGV[4] == '1' then
           redis.call('SADD', KEYS[4], ARGV[1])
           redis.call('EXPIRE', KEYS[4], ARGV[2])
         end
@@ -42,26 +42,14 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
     {
         ArgumentNullException.ThrowIfNull(entry);
         var streamFields = entry.ToStreamFields();
-        var record = new NameValueEntry[]
-        {
-            new(DeliveryRecord.State, DeliveryStates.Queued),
-            new(DeliveryRecord.Org, entry.Org),
-            new(DeliveryRecord.Webhook, entry.Webhook),
-            new(DeliveryRecord.RunId, entry.RunId ?? ""),
-            new(DeliveryRecord.IdempotencyKey, entry.IdempotencyKey),
-            new(DeliveryRecord.ReceivedAt, entry.ReceivedAt.ToUnixTimeMilliseconds()),
-            new(DeliveryRecord.UpdatedAt, entry.ReceivedAt.ToUnixTimeMilliseconds()),
-            new(DeliveryRecord.Attempts, 0),
-            new(DeliveryRecord.TraceParent, entry.TraceParent ?? ""),
-        };
-        var args = new RedisValue[5 + (streamFields.Length * 2) + (record.Length * 2)];
+        var args = new RedisValue[5 + (streamFields.Length * 2)];
         args[0] = entry.DeliveryId;
         args[1] = (long)idempotencyWindow.TotalSeconds;
         args[2] = RedisKeys.WakeChannel;
-        args[3] = streamFields.Length * 2;
-        args[4] = entry.RunId is null ? 0 : 1;
+        args[3] = entry.RunId is null ? 0 : 1;
+        args[4] = entry.ReceivedAt.ToUnixTimeMilliseconds();
         var i = 5;
-        foreach (var field in streamFields.Concat(record))
+        foreach (var field in streamFields)
         {
             args[i++] = field.Name;
             args[i++] = field.Value;

@@ -32,14 +32,18 @@ public sealed record DeliveryEntry(
 
     public string Target => $"{Org}/{Webhook}";
 
+    /// <summary>
+    /// The entry's stream fields, id and body first: the Ingress's enqueue script copies the fields after
+    /// those two into the delivery record, whose field names are the same.
+    /// </summary>
     public NameValueEntry[] ToStreamFields()
     {
         var fields = new List<NameValueEntry>(9)
         {
             new(Fields.DeliveryId, DeliveryId),
+            new(Fields.Body, Body),
             new(Fields.Org, Org),
             new(Fields.Webhook, Webhook),
-            new(Fields.Body, Body),
             new(Fields.IdempotencyKey, IdempotencyKey),
             new(Fields.ReceivedAt, ReceivedAt.ToUnixTimeMilliseconds()),
         };

@@ -34,6 +34,27 @@ public class PortSignatureTests
         Assert.False(PortSignature.VerifyV1(signature, timestamp, TestRuns.SampleBody, Secrets));
     }
 
+    // Sizes around the point where the message buffer moves from the stack to the pool (4,096 bytes with the timestamp).
+    [Theory]
+    [InlineData(0)]
+    [InlineData(4085)]
+    [InlineData(4086)]
+    [InlineData(100_000)]
+    public void ComputeV1_BodySizes_MatchesHmacOfTimestampDotBody(int size)
+    {
+        var body = new byte[size];
+        new Random(size).NextBytes(body);
+        using var reference = System.Security.Cryptography.IncrementalHash.CreateHMAC(
+            System.Security.Cryptography.HashAlgorithmName.SHA256, Encoding.UTF8.GetBytes(TestRuns.Secret));
+        reference.AppendData(Encoding.ASCII.GetBytes("1763632800."));
+        reference.AppendData(body);
+
+        var header = PortSignature.ComputeV1(TestRuns.Secret, "1763632800", body);
+
+        Assert.Equal("v1," + Convert.ToBase64String(reference.GetHashAndReset()), header);
+        Assert.True(PortSignature.VerifyV1(header, "1763632800", body, Secrets));
+    }
+
     [Fact]
     public void VerifyV1_OneByteOfBodyChanged_Rejects()
     {
