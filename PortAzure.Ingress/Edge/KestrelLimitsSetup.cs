@@ -27,13 +27,32 @@ internal sealed class KestrelLimitsSetup(IConfiguration configuration, IOptions<
         // Kestrel's own default is 30 s: a slow-header client would hold a connection three times as long.
         limits.RequestHeadersTimeout = TimeSpan.FromSeconds(10);
         limits.MinRequestBodyDataRate = new MinDataRate(bytesPerSecond: 240, gracePeriod: TimeSpan.FromSeconds(5));
-        limits.MaxRequestBodySize = ingressOptions.Value.MaxBodyBytes + BodySlackBytes;
+        if (TryGetMaxBodyBytes(out var maxBodyBytes))
+        {
+            limits.MaxRequestBodySize = maxBodyBytes + BodySlackBytes;
+        }
         // Bound again after the defaults, so an operator's value wins whether or not the host already bound it.
         var section = configuration.GetSection(SectionName);
         section.Bind(limits);
         // The binder cannot set MinDataRate (read-only properties, set through its constructor).
         limits.MinRequestBodyDataRate = DataRate(section, nameof(KestrelServerLimits.MinRequestBodyDataRate), limits.MinRequestBodyDataRate);
         limits.MinResponseDataRate = DataRate(section, nameof(KestrelServerLimits.MinResponseDataRate), limits.MinResponseDataRate);
+    }
+
+    private bool TryGetMaxBodyBytes(out long maxBodyBytes)
+    {
+        try
+        {
+            maxBodyBytes = ingressOptions.Value.MaxBodyBytes;
+            return true;
+        }
+        catch (OptionsValidationException)
+        {
+            // The host builds Kestrel before it runs the start-up validation, which reports invalid Ingress
+            // options together with every other invalid option; throwing here would report them alone.
+            maxBodyBytes = 0;
+            return false;
+        }
     }
 
     /// <summary><c>{name}:BytesPerSecond</c> and <c>{name}:GracePeriod</c>; a rate of 0 turns the check off.</summary>

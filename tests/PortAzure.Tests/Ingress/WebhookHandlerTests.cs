@@ -332,9 +332,12 @@ public class WebhookHandlerTests
             ["Port:ClientSecret"] = TestRuns.Secret,
             ["AzureDevOps:Targets:0:Org"] = "bad org",
             ["AzureDevOps:Targets:0:Webhook"] = "bad/hook",
+            // Read early by Kestrel's limits, yet reported with the rest.
+            ["Ingress:MaxConcurrentCalls"] = "-1",
         }));
         Assert.Contains("AzureDevOps:Targets:0:Org", error.ToString(), StringComparison.Ordinal);
         Assert.Contains("AzureDevOps:Targets:0:Webhook", error.ToString(), StringComparison.Ordinal);
+        Assert.Contains("Ingress:MaxConcurrentCalls", error.ToString(), StringComparison.Ordinal);
     }
 
     [Fact]
