@@ -165,9 +165,10 @@ internal sealed partial class WebhookHandler(
         if (!permit.IsAcquired)
         {
             activity?.SetStatus(ActivityStatusCode.Error, "overloaded");
+            // Debug, as for the rate limit: under overload one line per refused call would add to it; the metric counts them.
             return Reject(StatusCodes.Status503ServiceUnavailable, RejectionReasons.Overloaded,
                 "Too many runs are waiting to be queued (Ingress:MaxConcurrentCalls); nothing was accepted. Retry after the number of seconds in Retry-After.",
-                OverloadedRetryAfter);
+                OverloadedRetryAfter, LogLevel.Debug);
         }
         EnqueueResult result;
         try
@@ -255,12 +256,12 @@ internal sealed partial class WebhookHandler(
                 "The legacy SHA-1 signature does not match the body under the configured Port client secret.");
     }
 
-    private IResult Reject(int status, string reason, string detail, TimeSpan? retryAfter = null)
+    private IResult Reject(int status, string reason, string detail, TimeSpan? retryAfter = null, LogLevel level = LogLevel.Information)
     {
         metrics.Rejected(reason);
         Activity.Current?.SetTag(PortAzureDiagnostics.Tags.Outcome, "rejected");
         Activity.Current?.SetTag(PortAzureDiagnostics.Tags.Reason, reason);
-        Log.Rejected(logger, status, reason);
+        Log.Rejected(logger, level, status, reason);
         return Problems.Create(status, reason, detail, retryAfter);
     }
 
@@ -342,8 +343,8 @@ internal sealed partial class WebhookHandler(
         [LoggerMessage(EventIds.Duplicate, LogLevel.Information, "Run {RunId} for {Org}/{Webhook} was already accepted as delivery {DeliveryId}")]
         public static partial void Duplicate(ILogger logger, string deliveryId, string? runId, string org, string webhook);
 
-        [LoggerMessage(EventIds.Rejected, LogLevel.Information, "Rejected a webhook call with {Status}: {Reason}")]
-        public static partial void Rejected(ILogger logger, int status, string reason);
+        [LoggerMessage(EventId = EventIds.Rejected, Message = "Rejected a webhook call with {Status}: {Reason}")]
+        public static partial void Rejected(ILogger logger, LogLevel level, int status, string reason);
 
         [LoggerMessage(EventIds.QueueUnavailable, LogLevel.Error, "Could not queue a run for {Org}/{Webhook}: Redis is unavailable")]
         public static partial void QueueUnavailable(ILogger logger, Exception exception, string org, string webhook);

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Text.Json;
+using PortAzure.Ingress.Webhooks;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
 using StackExchange.Redis;
@@ -9,6 +10,7 @@ namespace PortAzure.Tests.Ingress;
 /// <summary>The cap on webhook calls in flight, with Redis made to hold calls (CLIENT PAUSE WRITE).</summary>
 public class WebhookConcurrencyLimitTests
 {
+
     /// <summary>An Ingress on a Redis of its own (the pause would hold every test sharing one), and an admin connection.</summary>
     private sealed class Setup : IAsyncDisposable
     {
@@ -65,6 +67,8 @@ public class WebhookConcurrencyLimitTests
         Assert.Equal("application/problem+json", refused.Content.Headers.ContentType?.MediaType);
         Assert.Equal("overloaded", JsonDocument.Parse(await refused.Content.ReadAsStringAsync()).RootElement.GetProperty("reason").GetString());
         Assert.Equal(TimeSpan.FromSeconds(1), refused.Headers.RetryAfter?.Delta);
+        // Refusals under overload are logged at Debug only: one line per refused call would add to the load.
+        Assert.DoesNotContain(setup.Ingress.Logs.Lines, line => line.Contains(RejectionReasons.Overloaded, StringComparison.Ordinal));
 
         foreach (var response in await Task.WhenAll(held))
         {
