@@ -71,8 +71,9 @@ var ingress = ServiceProcess.StartDotnet("ingress", Dll("PortAzure.Ingress", "")
     }, Path.Combine(logs, "ingress.log"), ServiceProcess.FreePort());
 services.Add(ingress);
 
+// The baseline runs under the same runtime knobs (--service-env), so that a what-if ratio compares like with like.
 var bare = ServiceProcess.StartDotnet("bare-kestrel", Dll("PortAzure.BareKestrel", "bench"),
-    new Dictionary<string, string>(), Path.Combine(logs, "bare-kestrel.log"), ServiceProcess.FreePort());
+    new Dictionary<string, string>(settings.ServiceEnv), Path.Combine(logs, "bare-kestrel.log"), ServiceProcess.FreePort());
 services.Add(bare);
 
 await emulator.WaitReadyAsync("/alive", TimeSpan.FromSeconds(60));
