@@ -67,9 +67,11 @@ internal static partial class WebhookRateLimiting
     private static bool IsWebhookEndpoint(HttpContext context) => context.GetEndpoint()?.Metadata.GetMetadata<WebhookLimited>() is not null;
 
     /// <summary>
-    /// The connection's address (behind a load balancer, put UseForwardedHeaders with the balancer
-    /// as a known proxy first; X-Forwarded-For is never trusted here, or any client could pick its
-    /// own bucket). IPv6 clients are grouped by /64: one host usually holds a whole /64.
+    /// The client's address as the host resolved it: the connection's, or, with forwarded headers on
+    /// (<c>ASPNETCORE_FORWARDEDHEADERS_ENABLED=true</c>, as the published manifest sets), the last
+    /// <c>X-Forwarded-For</c> entry, the one the proxy in front appended. This method never reads the
+    /// header itself, or any client could pick its own bucket. IPv6 clients are grouped by /64: one host
+    /// usually holds a whole /64.
     /// </summary>
     private static string ClientKey(HttpContext context)
     {

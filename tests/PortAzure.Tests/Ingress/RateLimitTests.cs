@@ -95,6 +95,45 @@ public class RateLimitTests
     }
 
     [Fact]
+    public async Task Post_ForwardedForWithoutForwardedHeadersOn_DoesNotChooseTheBucket()
+    {
+        await using var relay = await Relay.StartAsync(Limits(perClient: 1, burst: 2), dispatchers: 0);
+
+        // A client naming a new address in each call: without the setting, the header is ignored.
+        var statuses = await SendForwardedAsync(relay, Enumerable.Range(1, 6).Select(i => $"203.0.113.{i}"));
+
+        Assert.Contains(HttpStatusCode.TooManyRequests, statuses);
+    }
+
+    [Fact]
+    public async Task Post_ForwardedHeadersOn_BucketsByTheAddressTheProxyAppended()
+    {
+        // As the published manifest runs the services (ASPNETCORE_FORWARDEDHEADERS_ENABLED=true).
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            Limits(perClient: 1, burst: 2)(c);
+            c["FORWARDEDHEADERS_ENABLED"] = "true";
+        }, dispatchers: 0);
+
+        // What a client writes into the header comes first; the proxy appends the address it saw, and only
+        // that last entry counts. These six calls come from one client, whatever it claims.
+        var one = await SendForwardedAsync(relay, Enumerable.Range(1, 6).Select(i => $"198.51.100.{i}, 203.0.113.1"));
+        var other = await SendForwardedAsync(relay, ["203.0.113.2", "203.0.113.2"]);
+
+        Assert.Contains(HttpStatusCode.TooManyRequests, one);
+        Assert.All(other, status => Assert.Equal(HttpStatusCode.Accepted, status));
+    }
+
+    private static async Task<HttpStatusCode[]> SendForwardedAsync(Relay relay, IEnumerable<string> forwardedFor) =>
+        await Task.WhenAll(forwardedFor.Select(async value =>
+        {
+            using var request = TestRuns.Signed(TestRuns.Body(TestRuns.NewRunId()));
+            request.Headers.TryAddWithoutValidation("X-Forwarded-For", value);
+            using var response = await relay.Ingress.Client.SendAsync(request);
+            return response.StatusCode;
+        }));
+
+    [Fact]
     public async Task Post_PastGlobalLimit_Answers429EvenToClientsWithinTheirOwnLimit()
     {
         await using var relay = await Relay.StartAsync(Limits(perClient: 100, burst: 100, global: 2, globalBurst: 2), dispatchers: 0);
