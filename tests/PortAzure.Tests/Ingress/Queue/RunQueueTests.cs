@@ -10,12 +10,13 @@ public class RunQueueTests
 {
     private static readonly TimeSpan Window = TimeSpan.FromHours(24);
 
-    private static DeliveryEntry NewEntry(string? runId, string? traceState = null)
+    private const string TraceParent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    private static DeliveryEntry NewEntry(string? runId, string? traceParent = TraceParent, string? traceState = null)
     {
         var key = runId ?? "sha256:" + Guid.NewGuid().ToString("N");
         return new DeliveryEntry("d_" + Guid.CreateVersion7().ToString("N"), TestRuns.Org, TestRuns.Webhook, TestRuns.Body(runId ?? "none"), key, runId,
-            DateTimeOffset.FromUnixTimeMilliseconds(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds()),
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", traceState);
+            DateTimeOffset.FromUnixTimeMilliseconds(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds()), traceParent, traceState);
     }
 
     [Fact]
@@ -46,6 +47,7 @@ public class RunQueueTests
         Assert.Equal(receivedAt, record[DeliveryRecord.UpdatedAt]);
         Assert.Equal("0", record[DeliveryRecord.Attempts]);
         Assert.Equal(entry.TraceParent, record[DeliveryRecord.TraceParent]);
+        Assert.Equal(entry.TraceState, record[DeliveryRecord.TraceState]);
         // The body travels in the stream entry only: the record keeps it only while a retry or a dead letter needs it.
         Assert.False(record.ContainsKey(DeliveryRecord.Body));
 
@@ -76,17 +78,22 @@ public class RunQueueTests
     }
 
     [Fact]
-    public async Task EnqueueAsync_NoRunId_AddsNoRunIndexAndNoRunField()
+    public async Task EnqueueAsync_NoRunIdNoTraceContext_AddsNoRunIndexAndOnlyTheFieldsItHas()
     {
         await using var lease = await SharedRedis.LeaseAsync();
         await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
         var db = redis.GetDatabase();
-        var entry = NewEntry(runId: null);
+        var entry = NewEntry(runId: null, traceParent: null);
 
         Assert.True((await new RunQueue(redis).EnqueueAsync(entry, Window)).Accepted);
 
-        Assert.Null(DeliveryEntry.FromStreamEntry(Assert.Single(await db.StreamRangeAsync(RedisKeys.Stream)))!.RunId);
-        Assert.True(string.IsNullOrEmpty(await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.RunId)));
+        var read = DeliveryEntry.FromStreamEntry(Assert.Single(await db.StreamRangeAsync(RedisKeys.Stream)))!;
+        Assert.Null(read.RunId);
+        Assert.Null(read.TraceParent);
+        var record = await db.HashGetAllAsync(RedisKeys.Delivery(entry.DeliveryId));
+        string[] expected = [DeliveryRecord.Attempts, DeliveryRecord.IdempotencyKey, DeliveryRecord.Org, DeliveryRecord.ReceivedAt,
+            DeliveryRecord.State, DeliveryRecord.StreamId, DeliveryRecord.UpdatedAt, DeliveryRecord.Webhook];
+        Assert.Equal(expected.Order(StringComparer.Ordinal), record.Select(e => (string)e.Name!).Order(StringComparer.Ordinal));
         // The script's fourth key is this placeholder when there is no run id; it must stay unwritten.
         Assert.False(await db.KeyExistsAsync(RedisKeys.RunIndex("")));
     }
@@ -94,9 +101,9 @@ public class RunQueueTests
     [Fact]
     public async Task EnqueueAsync_NewRun_PublishesTheStreamIdOnTheWakeChannel()
     {
-        await using var lease = await SharedRedis.LeaseAsync();
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
-        // Channels are server-wide: tests in other databases publish on it too.
+        // A server of its own: channels are server-wide, and another test's stream could get the same id.
+        await using var server = await RedisServer.StartAsync();
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(server.ConnectionString);
         var messages = new System.Collections.Concurrent.ConcurrentQueue<string>();
         await redis.GetSubscriber().SubscribeAsync(RedisChannel.Literal(RedisKeys.WakeChannel), (_, message) => messages.Enqueue(message!));
 
