@@ -1,7 +1,10 @@
 using System.Text;
 using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
 using static PortAzure.Tests.Dispatcher.DeliveryOutcomeTests;
 
 namespace PortAzure.Tests.Dispatcher;
@@ -111,6 +114,43 @@ public class PortReportingTests
         Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.RunId == runId && c.StatusCode == 201);
         Assert.Single(await relay.EmulatorApi.DeliveredAsync());
     }
+
+    [Fact]
+    public async Task PortApiDown_ReporterStillRetrying_ResetsTheReportsIdleTimeAfterEachWait()
+    {
+        // Another Dispatcher takes over a report idle for PortReportReclaimSeconds; this one is idle only
+        // while its reporter waits, and the reporter must say it is still alive after each wait.
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
+        var deliveryId = await SendAsync(relay, TestRuns.NewRunId());
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 1,
+            TimeSpan.FromSeconds(30), $"delivery {deliveryId} delivered and its report queued");
+
+        // The reporter polls on the fake clock: small steps (well short of the 1 s back-off) until its first call fails.
+        await Eventually.HoldsAsync(async () =>
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(100));
+            return (await relay.EmulatorApi.PortCallsAsync()).Count > 0;
+        }, TimeSpan.FromSeconds(20), "a first, failing call to Port");
+        var callsBefore = (await relay.EmulatorApi.PortCallsAsync()).Count;
+
+        // Real time passes while the reporter waits out its back-off on the stopped clock.
+        await Task.Delay(TimeSpan.FromSeconds(2));
+        var idleDuringWait = await ReportIdleMillisecondsAsync(relay);
+        clock.Advance(TimeSpan.FromSeconds(1));
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count > callsBefore,
+            TimeSpan.FromSeconds(20), "the second attempt, made after the wait");
+        var idleAfterWait = await ReportIdleMillisecondsAsync(relay);
+
+        Assert.InRange(idleDuringWait, 1_900, long.MaxValue);
+        Assert.True(idleAfterWait < idleDuringWait - 1_000, $"idle {idleDuringWait} ms during the wait, {idleAfterWait} ms after it");
+    }
+
+    private static async Task<long> ReportIdleMillisecondsAsync(Relay relay) =>
+        Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, 10, RedisValue.Null))
+            .IdleTimeInMilliseconds;
 
     [Fact]
     public async Task RunWithoutRunId_IsNotReported()
