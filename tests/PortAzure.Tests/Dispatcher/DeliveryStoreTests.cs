@@ -66,6 +66,26 @@ public class DeliveryStoreTests
     }
 
     [Fact]
+    public async Task ReleaseRetryClaims_ClaimNeverStarted_NextClaimIsNotCountedAsACrash()
+    {
+        await using var lease = await SharedRedis.LeaseAsync();
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
+        var db = redis.GetDatabase();
+        var store = new DeliveryStore(redis);
+        var entry = NewEntry();
+        var now = DateTimeOffset.UtcNow;
+        await db.SortedSetAddAsync(RedisKeys.RetrySchedule, entry.DeliveryId, now.ToUnixTimeMilliseconds());
+
+        // The worker claimed the slot, then a Redis error stopped it before the attempt began.
+        var first = await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(10), 10);
+        await store.ReleaseRetryClaimsAsync([entry.DeliveryId]);
+        var again = await store.ClaimDueRetriesAsync(now.AddSeconds(11), TimeSpan.FromSeconds(10), 10);
+
+        Assert.Equal([(entry.DeliveryId, false)], first);
+        Assert.Equal([(entry.DeliveryId, false)], again);
+    }
+
+    [Fact]
     public async Task Finish_WithAPortReport_WritesItInTheSameStepOnlyWhenTheOutcomeIsRecorded()
     {
         await using var lease = await SharedRedis.LeaseAsync();
