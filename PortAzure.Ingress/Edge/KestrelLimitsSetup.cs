@@ -18,6 +18,15 @@ internal sealed class KestrelLimitsSetup(IConfiguration configuration, IOptions<
     /// </summary>
     public const long BodySlackBytes = 64 * 1024;
 
+    /// <summary>
+    /// Open connections at once. The cap on calls in progress (<c>Ingress:MaxConcurrentCalls</c>, 1,000) counts
+    /// only calls waiting for Redis; calls waiting for a CPU before they reach the handler each hold a connection
+    /// and its buffers (~20 KB), and a client that opens a connection per waiting call took the Ingress from
+    /// 140 to 211-238 MB in the benchmark's overloaded phases (docs/benchmarks.md). Past the cap Kestrel closes
+    /// new connections at once. Raise it behind a proxy that keeps many idle connections open.
+    /// </summary>
+    public const long DefaultMaxConcurrentConnections = 1024;
+
     public void Configure(KestrelServerOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -27,6 +36,7 @@ internal sealed class KestrelLimitsSetup(IConfiguration configuration, IOptions<
         // Kestrel's own default is 30 s: a slow-header client would hold a connection three times as long.
         limits.RequestHeadersTimeout = TimeSpan.FromSeconds(10);
         limits.MinRequestBodyDataRate = new MinDataRate(bytesPerSecond: 240, gracePeriod: TimeSpan.FromSeconds(5));
+        limits.MaxConcurrentConnections = DefaultMaxConcurrentConnections;
         if (TryGetMaxBodyBytes(out var maxBodyBytes))
         {
             limits.MaxRequestBodySize = maxBodyBytes + BodySlackBytes;

@@ -25,6 +25,7 @@ public class KestrelLimitsTests
         Assert.Equal(240, limits.MinRequestBodyDataRate!.BytesPerSecond);
         Assert.Equal(TimeSpan.FromSeconds(5), limits.MinRequestBodyDataRate.GracePeriod);
         Assert.Equal(100_000 + (64 * 1024), limits.MaxRequestBodySize);
+        Assert.Equal(1024L, limits.MaxConcurrentConnections);
     }
 
     [Fact]
@@ -38,6 +39,7 @@ public class KestrelLimitsTests
             c["Kestrel:Limits:MinRequestBodyDataRate:BytesPerSecond"] = "100";
             c["Kestrel:Limits:MinRequestBodyDataRate:GracePeriod"] = "00:00:02";
             c["Kestrel:Limits:MaxRequestBodySize"] = "2000000";
+            c["Kestrel:Limits:MaxConcurrentConnections"] = "5000";
         }, dispatchers: 0);
 
         var limits = relay.Ingress.Services.GetRequiredService<IOptions<KestrelServerOptions>>().Value.Limits;
@@ -48,12 +50,68 @@ public class KestrelLimitsTests
         Assert.Equal(100, limits.MinRequestBodyDataRate!.BytesPerSecond);
         Assert.Equal(TimeSpan.FromSeconds(2), limits.MinRequestBodyDataRate.GracePeriod);
         Assert.Equal(2_000_000, limits.MaxRequestBodySize);
+        Assert.Equal(5000L, limits.MaxConcurrentConnections);
 
         var flood = Enumerable.Range(0, 25).Select(i => RawRequest.HeaderLine($"X-Flood-{i}", "x")).ToList();
         var response = await RawHttp.SendAsync(relay.Ingress.BaseAddress, new RawRequest("GET", "/health"u8.ToArray(), flood, [], RawFraming.None), Timeout);
         Assert.Equal(431, response.Status);
         using var health = await relay.Ingress.Client.GetAsync("/health");
         Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+    }
+
+    [Fact]
+    public async Task Connect_PastMaxConcurrentConnections_IsClosedWithoutAnAnswerWhileHeldOnesAreServed()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Kestrel:Limits:MaxConcurrentConnections"] = "3", dispatchers: 0);
+        var endpoint = new IPEndPoint(IPAddress.Loopback, relay.Ingress.BaseAddress.Port);
+        var held = new List<TcpClient>();
+        try
+        {
+            // Three connections in the middle of a request (the test client's own pooled one, if any, counts too).
+            for (var i = 0; i < 3; i++)
+            {
+                var client = new TcpClient();
+                await client.ConnectAsync(endpoint);
+                await client.GetStream().WriteAsync("GET /health HTTP/1.1\r\nHost: x\r\n"u8.ToArray());
+                held.Add(client);
+            }
+
+            using var refused = new TcpClient();
+            await refused.ConnectAsync(endpoint);
+            var answer = await ReadAnswerAsync(refused, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"u8.ToArray());
+            Assert.Equal("", answer);
+
+            // The first connection is still served once its request is complete.
+            var served = await ReadAnswerAsync(held[0], "Connection: close\r\n\r\n"u8.ToArray());
+            Assert.StartsWith("HTTP/1.1 200", served, StringComparison.Ordinal);
+        }
+        finally
+        {
+            held.ForEach(c => c.Dispose());
+        }
+    }
+
+    /// <summary>Sends the rest of a request and reads until the server closes; "" when it closed without a byte.</summary>
+    private static async Task<string> ReadAnswerAsync(TcpClient client, byte[] request)
+    {
+        using var timeout = new CancellationTokenSource(Timeout);
+        var stream = client.GetStream();
+        var received = new MemoryStream();
+        try
+        {
+            await stream.WriteAsync(request, timeout.Token);
+            var buffer = new byte[4096];
+            int read;
+            while ((read = await stream.ReadAsync(buffer, timeout.Token)) > 0)
+            {
+                received.Write(buffer, 0, read);
+            }
+        }
+        catch (IOException)
+        {
+            // A reset: closed without an answer, as far as the client can tell.
+        }
+        return Encoding.ASCII.GetString(received.ToArray());
     }
 
     [Fact]
