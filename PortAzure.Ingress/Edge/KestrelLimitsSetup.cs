@@ -18,15 +18,6 @@ internal sealed class KestrelLimitsSetup(IConfiguration configuration, IOptions<
     /// </summary>
     public const long BodySlackBytes = 64 * 1024;
 
-    /// <summary>
-    /// Open connections at once. The cap on calls in progress (<c>Ingress:MaxConcurrentCalls</c>, 1,000) counts
-    /// only calls waiting for Redis; calls waiting for a CPU before they reach the handler each hold a connection
-    /// and its buffers (~20 KB), and a client that opens a connection per waiting call took the Ingress from
-    /// 140 to 211-238 MB in the benchmark's overloaded phases (docs/benchmarks.md). Past the cap Kestrel closes
-    /// new connections at once. Raise it behind a proxy that keeps many idle connections open.
-    /// </summary>
-    public const long DefaultMaxConcurrentConnections = 1024;
-
     public void Configure(KestrelServerOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -36,7 +27,8 @@ internal sealed class KestrelLimitsSetup(IConfiguration configuration, IOptions<
         // Kestrel's own default is 30 s: a slow-header client would hold a connection three times as long.
         limits.RequestHeadersTimeout = TimeSpan.FromSeconds(10);
         limits.MinRequestBodyDataRate = new MinDataRate(bytesPerSecond: 240, gracePeriod: TimeSpan.FromSeconds(5));
-        limits.MaxConcurrentConnections = DefaultMaxConcurrentConnections;
+        // No cap on open connections by default: idle keep-alive connections count towards it, so one client
+        // holding many could lock every other client out (docs/benchmarks.md, run m). Kestrel:Limits can set one.
         if (TryGetMaxBodyBytes(out var maxBodyBytes))
         {
             limits.MaxRequestBodySize = maxBodyBytes + BodySlackBytes;

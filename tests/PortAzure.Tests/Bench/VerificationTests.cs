@@ -68,4 +68,13 @@ public class VerificationTests
         Assert.True(verification.Ok);
         Assert.Equal(1, verification.Accepted);
     }
+
+    [Fact]
+    public void Check_NoRunAccepted_Fails()
+    {
+        var verification = Verification.Check("s", [], []);
+
+        Assert.False(verification.Ok);
+        Assert.Contains("FAIL (no run accepted)", verification.ToString(), StringComparison.Ordinal);
+    }
 }

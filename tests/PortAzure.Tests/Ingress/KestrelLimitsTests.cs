@@ -25,7 +25,7 @@ public class KestrelLimitsTests
         Assert.Equal(240, limits.MinRequestBodyDataRate!.BytesPerSecond);
         Assert.Equal(TimeSpan.FromSeconds(5), limits.MinRequestBodyDataRate.GracePeriod);
         Assert.Equal(100_000 + (64 * 1024), limits.MaxRequestBodySize);
-        Assert.Equal(1024L, limits.MaxConcurrentConnections);
+        Assert.Null(limits.MaxConcurrentConnections);
     }
 
     [Fact]
