@@ -233,7 +233,10 @@ Console.WriteLine($"  bare Kestrel: {bareResult.RatePerSecond:0} req/s over {bar
 bare.Stop(TimeSpan.FromSeconds(10));
 
 // ---------------------------------------------------------------- Ingress, closed loop, no Dispatcher
-using var ingressClient = new LoadClient(ingress.BaseUri, Org, Webhook, Secret, 4096, sample);
+// The open model's client (and the end-to-end phases'): a bounded pool, as wrk2 holds a fixed set of connections.
+// Requests that find every connection busy wait in the client, and that wait counts in their latency (it runs
+// from the due time). With 4,096 a stall made it open hundreds of connections at once (docs/benchmarks.md, runs i-m).
+using var ingressClient = new LoadClient(ingress.BaseUri, Org, Webhook, Secret, settings.OpenConnections, sample);
 Console.WriteLine($"ingress: closed loop, {settings.Connections} connections, {settings.Backlog} runs, Dispatchers stopped");
 LoadResult ingressMax, ingressWarm;
 double ingressCpuPerReq, redisCpuPerReq;
@@ -367,6 +370,7 @@ internal sealed class Settings
     public string? ServiceLogLevel { get; private set; }
     public Dictionary<string, string> ServiceEnv { get; } = [];
     public int Connections { get; private set; } = 32;
+    public int OpenConnections { get; private set; } = 256;
     public int DispatcherConcurrency { get; private set; } = 128;
     public int Backlog { get; private set; } = 100_000;
     public int Backlog3 { get; private set; } = 100_000;
@@ -408,6 +412,7 @@ internal sealed class Settings
                     s.ServiceEnv[pair[0]] = pair.Length > 1 ? pair[1] : "";
                     break;
                 case "--connections": s.Connections = int.Parse(Next(), CultureInfo.InvariantCulture); break;
+                case "--open-connections": s.OpenConnections = int.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--dispatcher-concurrency": s.DispatcherConcurrency = int.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--backlog": s.Backlog = int.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--backlog3": s.Backlog3 = int.Parse(Next(), CultureInfo.InvariantCulture); break;
@@ -415,7 +420,7 @@ internal sealed class Settings
                 case "--e2e-seconds": s.E2EDuration = TimeSpan.FromSeconds(double.Parse(Next(), CultureInfo.InvariantCulture)); break;
                 case "--e2e-rates": s.E2ERates = [.. Next().Split(',').Select(r => int.Parse(r, CultureInfo.InvariantCulture))]; break;
                 case "--help" or "-h":
-                    Console.WriteLine("bench/run.sh [--smoke] [--ingress-only] [--out DIR] [--service-log-level Warning] [--service-env KEY=VALUE]... [--warmup-seconds 10] [--connections 32] [--dispatcher-concurrency 128] " +
+                    Console.WriteLine("bench/run.sh [--smoke] [--ingress-only] [--out DIR] [--service-log-level Warning] [--service-env KEY=VALUE]... [--warmup-seconds 10] [--connections 32] [--open-connections 256] [--dispatcher-concurrency 128] " +
                         "[--backlog 100000] [--backlog3 100000] [--open-seconds 10] [--e2e-seconds 15] [--e2e-rates 100,500,1000]");
                     Environment.Exit(0);
                     break;

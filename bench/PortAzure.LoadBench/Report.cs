@@ -22,7 +22,7 @@ internal sealed class Report(string outDir)
         Line($"- .NET runtime: {RuntimeInformation.FrameworkDescription}; SDK: {Run("dotnet", "--version")}; {Run("redis-server", "--version")}");
         Line($"- OS: {RuntimeInformation.OSDescription}");
         Line($"- load average at start: {File.ReadAllText("/proc/loadavg").Trim()}");
-        Line($"- settings: connections {settings.Connections}, Dispatcher MaxConcurrency {settings.DispatcherConcurrency}, backlog {settings.Backlog} / {settings.Backlog3}, " +
+        Line($"- settings: connections {settings.Connections} (open model: {settings.OpenConnections}), Dispatcher MaxConcurrency {settings.DispatcherConcurrency}, backlog {settings.Backlog} / {settings.Backlog3}, " +
              $"service log level {settings.ServiceLogLevel ?? "as shipped (Information)"}" +
              (settings.ServiceEnv.Count > 0 ? "; service env " + string.Join(" ", settings.ServiceEnv.Select(kv => $"{kv.Key}={kv.Value}")) : ""));
         Line();
