@@ -16,6 +16,34 @@ public class DeliveryStoreTests
         new(mode, entry, null, token, DateTimeOffset.UtcNow, DateTimeOffset.UtcNow.AddSeconds(30), TimeSpan.FromHours(1), null, 20,
             DateTimeOffset.UtcNow.AddSeconds(30), fields);
 
+    /// <summary>A store on a leased database, and one delivery whose retry slot is due now.</summary>
+    private sealed class DueSlot : IAsyncDisposable
+    {
+        private RedisLease _lease = null!;
+        private ConnectionMultiplexer _redis = null!;
+
+        public DeliveryStore Store { get; private set; } = null!;
+
+        public DeliveryEntry Entry { get; } = NewEntry();
+
+        public DateTimeOffset Now { get; } = DateTimeOffset.UtcNow;
+
+        public static async Task<DueSlot> StartAsync()
+        {
+            var slot = new DueSlot { _lease = await SharedRedis.LeaseAsync() };
+            slot._redis = await ConnectionMultiplexer.ConnectAsync(slot._lease.ConnectionString);
+            slot.Store = new DeliveryStore(slot._redis);
+            await slot._redis.GetDatabase().SortedSetAddAsync(RedisKeys.RetrySchedule, slot.Entry.DeliveryId, slot.Now.ToUnixTimeMilliseconds());
+            return slot;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await _redis.DisposeAsync();
+            await _lease.DisposeAsync();
+        }
+    }
+
     [Fact]
     public async Task Finish_LateRetryAfterAnotherAttemptDelivered_DoesNotUndoTheDelivery()
     {
@@ -43,13 +71,8 @@ public class DeliveryStoreTests
     [Fact]
     public async Task ClaimDueRetries_SlotClaimedAgainBeforeAnyFinish_IsReportedReclaimedUntilAnAttemptEnds()
     {
-        await using var lease = await SharedRedis.LeaseAsync();
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
-        var db = redis.GetDatabase();
-        var store = new DeliveryStore(redis);
-        var entry = NewEntry();
-        var now = DateTimeOffset.UtcNow;
-        await db.SortedSetAddAsync(RedisKeys.RetrySchedule, entry.DeliveryId, now.ToUnixTimeMilliseconds());
+        await using var slot = await DueSlot.StartAsync();
+        var (store, entry, now) = (slot.Store, slot.Entry, slot.Now);
 
         var first = await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(10), 10);
         // Not due again while the claim's lease runs.
@@ -68,13 +91,8 @@ public class DeliveryStoreTests
     [Fact]
     public async Task ReleaseRetryClaims_ClaimNeverStarted_NextClaimIsNotCountedAsACrash()
     {
-        await using var lease = await SharedRedis.LeaseAsync();
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
-        var db = redis.GetDatabase();
-        var store = new DeliveryStore(redis);
-        var entry = NewEntry();
-        var now = DateTimeOffset.UtcNow;
-        await db.SortedSetAddAsync(RedisKeys.RetrySchedule, entry.DeliveryId, now.ToUnixTimeMilliseconds());
+        await using var slot = await DueSlot.StartAsync();
+        var (store, entry, now) = (slot.Store, slot.Entry, slot.Now);
 
         // The worker claimed the slot, then a Redis error stopped it before the attempt began.
         var first = await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(10), 10);
