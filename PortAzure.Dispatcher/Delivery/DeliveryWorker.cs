@@ -20,7 +20,6 @@ internal sealed partial class DeliveryWorker(
     TimeProvider timeProvider,
     ILogger<DeliveryWorker> logger) : BackgroundService
 {
-    private static readonly TimeSpan MaxErrorBackoff = TimeSpan.FromSeconds(5);
     private readonly Channel<bool> _wake = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
     private readonly ConcurrentDictionary<Task, bool> _inFlight = new();
     private readonly CancellationTokenSource _abandon = new();
@@ -32,7 +31,7 @@ internal sealed partial class DeliveryWorker(
         var opts = options.CurrentValue;
         using var slots = new SemaphoreSlim(opts.MaxConcurrency, opts.MaxConcurrency);
         Log.Started(logger, identity.Name, opts.MaxConcurrency);
-        var errorBackoff = TimeSpan.FromMilliseconds(100);
+        var errorBackoff = new ErrorBackoff(timeProvider);
         var groupReady = false;
         var subscribed = false;
 
@@ -61,7 +60,7 @@ internal sealed partial class DeliveryWorker(
                 slots.Release();
 
                 var started = await FeedAsync(slots);
-                errorBackoff = TimeSpan.FromMilliseconds(100);
+                errorBackoff.Reset();
                 if (started == 0)
                 {
                     await WaitForWorkAsync(stoppingToken);
@@ -81,9 +80,8 @@ internal sealed partial class DeliveryWorker(
             {
                 // Whatever it is (Redis away, a damaged entry), the loop backs off and goes on:
                 // a faulted BackgroundService would stop the whole Dispatcher.
-                Log.RedisError(logger, ex, $"backing off {errorBackoff.TotalMilliseconds} ms");
-                await Delay(errorBackoff, stoppingToken);
-                errorBackoff = TimeSpan.FromTicks(Math.Min(errorBackoff.Ticks * 2, MaxErrorBackoff.Ticks));
+                Log.RedisError(logger, ex, $"backing off {errorBackoff.Current.TotalMilliseconds} ms");
+                await errorBackoff.WaitAsync(stoppingToken);
             }
         }
 
@@ -235,17 +233,6 @@ internal sealed partial class DeliveryWorker(
             catch (TimeoutException)
             {
             }
-        }
-    }
-
-    private async Task Delay(TimeSpan delay, CancellationToken cancellationToken)
-    {
-        try
-        {
-            await Task.Delay(delay, timeProvider, cancellationToken);
-        }
-        catch (OperationCanceledException)
-        {
         }
     }
 

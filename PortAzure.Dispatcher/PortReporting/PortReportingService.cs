@@ -24,7 +24,6 @@ internal sealed partial class PortReportingService(
     ILogger<PortReportingService> logger) : BackgroundService
 {
     private const int MaxInFlight = 16;
-    private static readonly TimeSpan MaxErrorBackoff = TimeSpan.FromSeconds(5);
     private static readonly TimeSpan[] Backoff =
     [
         TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(15),
@@ -47,7 +46,7 @@ internal sealed partial class PortReportingService(
             return;
         }
         var groupReady = false;
-        var errorBackoff = TimeSpan.FromMilliseconds(100);
+        var errorBackoff = new ErrorBackoff(timeProvider);
         while (!stoppingToken.IsCancellationRequested)
         {
             try
@@ -60,7 +59,7 @@ internal sealed partial class PortReportingService(
                 await _slots.WaitAsync(stoppingToken);
                 _slots.Release();
                 var started = await FeedAsync(stoppingToken);
-                errorBackoff = TimeSpan.FromMilliseconds(100);
+                errorBackoff.Reset();
                 if (started == 0)
                 {
                     await Task.Delay(TimeSpan.FromSeconds(options.CurrentValue.PollIntervalSeconds), timeProvider, stoppingToken);
@@ -79,15 +78,10 @@ internal sealed partial class PortReportingService(
             {
                 // Redis away: back off and go on; a faulted BackgroundService would stop the Dispatcher.
                 Log.QueueError(logger, ex);
-                try
-                {
-                    await Task.Delay(errorBackoff, timeProvider, stoppingToken);
-                }
-                catch (OperationCanceledException)
+                if (!await errorBackoff.WaitAsync(stoppingToken))
                 {
                     break;
                 }
-                errorBackoff = TimeSpan.FromTicks(Math.Min(errorBackoff.Ticks * 2, MaxErrorBackoff.Ticks));
             }
         }
         // Sends under way end at the stop; their reports stay pending for the next reporter.
