@@ -19,8 +19,7 @@ public class DeliveryStoreTests
     /// <summary>A store on a leased database, and one delivery whose retry slot is due now.</summary>
     private sealed class DueSlot : IAsyncDisposable
     {
-        private RedisLease _lease = null!;
-        private ConnectionMultiplexer _redis = null!;
+        private LeasedRedis _redis = null!;
 
         public DeliveryStore Store { get; private set; } = null!;
 
@@ -30,25 +29,20 @@ public class DeliveryStoreTests
 
         public static async Task<DueSlot> StartAsync()
         {
-            var slot = new DueSlot { _lease = await SharedRedis.LeaseAsync() };
-            slot._redis = await ConnectionMultiplexer.ConnectAsync(slot._lease.ConnectionString);
-            slot.Store = new DeliveryStore(slot._redis);
-            await slot._redis.GetDatabase().SortedSetAddAsync(RedisKeys.RetrySchedule, slot.Entry.DeliveryId, slot.Now.ToUnixTimeMilliseconds());
+            var slot = new DueSlot { _redis = await SharedRedis.ConnectAsync() };
+            slot.Store = new DeliveryStore(slot._redis.Connection);
+            await slot._redis.Db.SortedSetAddAsync(RedisKeys.RetrySchedule, slot.Entry.DeliveryId, slot.Now.ToUnixTimeMilliseconds());
             return slot;
         }
 
-        public async ValueTask DisposeAsync()
-        {
-            await _redis.DisposeAsync();
-            await _lease.DisposeAsync();
-        }
+        public ValueTask DisposeAsync() => _redis.DisposeAsync();
     }
 
     [Fact]
     public async Task Finish_LateRetryAfterAnotherAttemptDelivered_DoesNotUndoTheDelivery()
     {
-        await using var lease = await SharedRedis.LeaseAsync();
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
+        await using var leased = await SharedRedis.ConnectAsync();
+        var redis = leased.Connection;
         var store = new DeliveryStore(redis);
         var entry = NewEntry();
         var now = DateTimeOffset.UtcNow;
@@ -106,9 +100,8 @@ public class DeliveryStoreTests
     [Fact]
     public async Task Finish_WithAPortReport_WritesItInTheSameStepOnlyWhenTheOutcomeIsRecorded()
     {
-        await using var lease = await SharedRedis.LeaseAsync();
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
-        var db = redis.GetDatabase();
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (redis, db) = (leased.Connection, leased.Db);
         var store = new DeliveryStore(redis);
         var entry = NewEntry();
         var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "delivered", "FAILURE", "label");
@@ -129,9 +122,8 @@ public class DeliveryStoreTests
     [Fact]
     public async Task RemoveFromSchedule_ClaimedSlot_ForgetsTheClaimToo()
     {
-        await using var lease = await SharedRedis.LeaseAsync();
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
-        var db = redis.GetDatabase();
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (redis, db) = (leased.Connection, leased.Db);
         var store = new DeliveryStore(redis);
         var id = NewEntry().DeliveryId;
         await db.SortedSetAddAsync(RedisKeys.RetrySchedule, id, 0);
@@ -146,9 +138,8 @@ public class DeliveryStoreTests
     [Fact]
     public async Task Begin_FinishedDelivery_TakesNoLeaseNoClaimAndNoProbe()
     {
-        await using var lease = await SharedRedis.LeaseAsync();
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
-        var db = redis.GetDatabase();
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (redis, db) = (leased.Connection, leased.Db);
         var store = new DeliveryStore(redis);
         var entry = NewEntry();
         await db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State, DeliveryStates.Discarded);
@@ -165,8 +156,8 @@ public class DeliveryStoreTests
     [Fact]
     public async Task Begin_RetriedAfterATimeout_StillOwnsItsLease()
     {
-        await using var lease = await SharedRedis.LeaseAsync();
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
+        await using var leased = await SharedRedis.ConnectAsync();
+        var redis = leased.Connection;
         var store = new DeliveryStore(redis);
         var entry = NewEntry();
 
@@ -178,9 +169,8 @@ public class DeliveryStoreTests
     [Fact]
     public async Task Replay_DeadLetterWithoutBody_StaysADeadLetter()
     {
-        await using var lease = await SharedRedis.LeaseAsync();
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
-        var db = redis.GetDatabase();
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (redis, db) = (leased.Connection, leased.Db);
         var store = new DeliveryStore(redis);
         const string id = "d_0123456789abcdef0123456789abcdef";
         await db.SortedSetAddAsync(RedisKeys.DeadLetters, id, 1);

@@ -136,6 +136,20 @@ public sealed class RedisLease(string connectionString, int database, Action<int
     }
 }
 
+/// <summary>A leased database and a connection to it, for tests that call the relay's Redis code directly.</summary>
+public sealed class LeasedRedis(RedisLease lease, ConnectionMultiplexer connection) : IAsyncDisposable
+{
+    public ConnectionMultiplexer Connection { get; } = connection;
+
+    public IDatabase Db => Connection.GetDatabase();
+
+    public async ValueTask DisposeAsync()
+    {
+        await Connection.DisposeAsync();
+        await lease.DisposeAsync();
+    }
+}
+
 /// <summary>
 /// The run's shared Redis: <c>REDIS_URL</c> when set, else one redis-server started for the run. Each test
 /// leases a database of its own (the relay's keys are fixed, so tests must not share one).
@@ -146,6 +160,13 @@ public static class SharedRedis
     private static readonly SemaphoreSlim Available = new(0);
     private static readonly System.Collections.Concurrent.ConcurrentQueue<int> Free = new();
     private static RedisServer? _owned;
+
+    /// <summary>A leased database, connected.</summary>
+    public static async Task<LeasedRedis> ConnectAsync()
+    {
+        var lease = await LeaseAsync();
+        return new LeasedRedis(lease, await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString));
+    }
 
     public static async Task<RedisLease> LeaseAsync()
     {

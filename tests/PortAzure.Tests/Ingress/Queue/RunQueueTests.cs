@@ -22,9 +22,8 @@ public class RunQueueTests
     [Fact]
     public async Task EnqueueAsync_NewRun_AddsTheEntryAndItsRecordIndexAndKey()
     {
-        await using var lease = await SharedRedis.LeaseAsync();
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
-        var db = redis.GetDatabase();
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (redis, db) = (leased.Connection, leased.Db);
         var entry = NewEntry(TestRuns.NewRunId(), traceState: "vendor=1");
 
         var result = await new RunQueue(redis).EnqueueAsync(entry, Window);
@@ -61,9 +60,8 @@ public class RunQueueTests
     [Fact]
     public async Task EnqueueAsync_SameKeyAgain_ReturnsTheFirstDeliveryIdAndWritesNothing()
     {
-        await using var lease = await SharedRedis.LeaseAsync();
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
-        var db = redis.GetDatabase();
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (redis, db) = (leased.Connection, leased.Db);
         var queue = new RunQueue(redis);
         var first = NewEntry(TestRuns.NewRunId());
         var second = first with { DeliveryId = "d_" + Guid.CreateVersion7().ToString("N") };
@@ -80,9 +78,8 @@ public class RunQueueTests
     [Fact]
     public async Task EnqueueAsync_NoRunIdNoTraceContext_AddsNoRunIndexAndOnlyTheFieldsItHas()
     {
-        await using var lease = await SharedRedis.LeaseAsync();
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(lease.ConnectionString);
-        var db = redis.GetDatabase();
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (redis, db) = (leased.Connection, leased.Db);
         var entry = NewEntry(runId: null, traceParent: null);
 
         Assert.True((await new RunQueue(redis).EnqueueAsync(entry, Window)).Accepted);
