@@ -340,18 +340,6 @@ public class WebhookHandlerTests
         Assert.Contains("Ingress:MaxConcurrentCalls", error.ToString(), StringComparison.Ordinal);
     }
 
-    [Fact]
-    public async Task Start_NegativeMaxConcurrentCalls_FailsNamingTheKey()
-    {
-        var error = await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartIngressAsync(new Dictionary<string, string?>
-        {
-            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
-            ["Port:ClientSecret"] = TestRuns.Secret,
-            ["Ingress:MaxConcurrentCalls"] = "-1",
-        }));
-        Assert.Contains("Ingress:MaxConcurrentCalls", error.ToString(), StringComparison.Ordinal);
-    }
-
     [Theory]
     [InlineData("/health")]
     [InlineData("/alive")]
