@@ -27,12 +27,13 @@ internal sealed class KestrelLimitsSetup(IConfiguration configuration, IOptions<
         // Kestrel's own default is 30 s: a slow-header client would hold a connection three times as long.
         limits.RequestHeadersTimeout = TimeSpan.FromSeconds(10);
         limits.MinRequestBodyDataRate = new MinDataRate(bytesPerSecond: 240, gracePeriod: TimeSpan.FromSeconds(5));
-        // No cap on open connections by default: idle keep-alive connections count towards it, so one client
-        // holding many could lock every other client out (docs/benchmarks.md, run m). Kestrel:Limits can set one.
         if (TryGetMaxBodyBytes(out var maxBodyBytes))
         {
             limits.MaxRequestBodySize = maxBodyBytes + BodySlackBytes;
         }
+        // No cap on open connections by default: idle keep-alive connections count towards it, so one client
+        // holding many could lock every other client out (docs/benchmarks.md, run m). Kestrel:Limits can set one.
+
         // Bound again after the defaults, so an operator's value wins whether or not the host already bound it.
         var section = configuration.GetSection(SectionName);
         section.Bind(limits);

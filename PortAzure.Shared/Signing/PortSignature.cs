@@ -106,8 +106,8 @@ public static class PortSignature
 
     private static void ComputeV1Mac(byte[] secret, string timestamp, ReadOnlySpan<byte> body, Span<byte> destination)
     {
-        // One-shot HMAC over one buffer: an IncrementalHash per call costs a native HMAC context and a
-        // handle for three appends, several times the hashing of a typical 0.5-2 KB run message.
+        // One-shot HMAC over one buffer: an IncrementalHash per call allocates a native HMAC context and its
+        // handle for three appends (296 against 32 B per verification, docs/benchmarks.md).
         var length = timestamp.Length + 1 + body.Length;
         var rented = length <= StackallocLimit ? null : ArrayPool<byte>.Shared.Rent(length);
         Span<byte> message = rented is null ? stackalloc byte[length] : rented;
