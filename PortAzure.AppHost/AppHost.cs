@@ -38,11 +38,13 @@ var ingress = builder.AddProject<Projects.PortAzure_Ingress>(ResourceNames.Ingre
 
 if (runMode)
 {
-    // The local dashboard shows a span per Redis command too. The services leave those spans off by
-    // default (they cost hundreds of MB under load: docs/benchmarks.md), so deployments do not get them.
+    // The local dashboard shows a span per Redis command and a log line per accepted and delivered run too.
+    // The services leave both off by default (spans cost hundreds of MB under load, the lines CPU per run:
+    // docs/benchmarks.md), so deployments do not get them.
     foreach (var service in new IResourceBuilder<IResourceWithEnvironment>[] { ingress, dispatcher })
     {
         service.WithEnvironment("Aspire__StackExchange__Redis__DisableTracing", "false");
+        service.WithEnvironment("Logging__LogLevel__PortAzure", "Debug");
     }
 }
 

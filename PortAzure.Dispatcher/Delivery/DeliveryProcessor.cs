@@ -272,7 +272,9 @@ internal sealed partial class DeliveryProcessor(
 
     private static partial class Log
     {
-        [LoggerMessage(EventIds.Delivered, LogLevel.Information, "Delivered {DeliveryId} to {Org}/{Webhook}: {StatusCode} on attempt {Attempt}")]
+        // Debug, as the Ingress's "Accepted run" (a line per run is CPU per run, docs/benchmarks.md): the span,
+        // the metrics and the attempt log show every delivery. Retries and dead letters stay above Debug.
+        [LoggerMessage(EventIds.Delivered, LogLevel.Debug, "Delivered {DeliveryId} to {Org}/{Webhook}: {StatusCode} on attempt {Attempt}")]
         public static partial void Delivered(ILogger logger, string deliveryId, string org, string webhook, int statusCode, int attempt);
 
         [LoggerMessage(EventIds.RetryScheduled, LogLevel.Warning, "Delivery {DeliveryId} failed ({StatusClass}) on attempt {Attempt}; next attempt at {DueAt:o}")]

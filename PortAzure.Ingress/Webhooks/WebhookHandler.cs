@@ -337,7 +337,10 @@ internal sealed partial class WebhookHandler(
 
     private static partial class Log
     {
-        [LoggerMessage(EventIds.Accepted, LogLevel.Information, "Accepted run {RunId} for {Org}/{Webhook} as delivery {DeliveryId}")]
+        // Debug: a line per accepted run took a sixth of the Ingress's CPU per run, nearly all of it in the
+        // console provider (docs/benchmarks.md). The span, the metric and the record show every run; the
+        // AppHost turns these lines on for the local dashboard.
+        [LoggerMessage(EventIds.Accepted, LogLevel.Debug, "Accepted run {RunId} for {Org}/{Webhook} as delivery {DeliveryId}")]
         public static partial void Accepted(ILogger logger, string deliveryId, string? runId, string org, string webhook);
 
         [LoggerMessage(EventIds.Duplicate, LogLevel.Information, "Run {RunId} for {Org}/{Webhook} was already accepted as delivery {DeliveryId}")]

@@ -15,6 +15,7 @@ namespace PortAzure.Tests.AppHost;
 public class AppHostTests
 {
     private const string RedisCommandTracingSwitch = "Aspire__StackExchange__Redis__DisableTracing";
+    private const string RelayLogLevel = "Logging__LogLevel__PortAzure";
 
     [Fact]
     public async Task AppHost_WithRedisServerExecutable_RunsARunThroughToTheEmulator()
@@ -27,7 +28,7 @@ public class AppHostTests
         builder.Services.AddLogging(logging => logging.ClearProviders().AddProvider(logs));
         try
         {
-            await RunThroughToTheEmulatorAsync(builder, dataDirectory);
+            await RunThroughToTheEmulatorAsync(builder, dataDirectory, logs);
         }
         catch (Exception failure) when (failure is not OperationCanceledException)
         {
@@ -35,7 +36,7 @@ public class AppHostTests
         }
     }
 
-    private static async Task RunThroughToTheEmulatorAsync(IDistributedApplicationTestingBuilder builder, string dataDirectory)
+    private static async Task RunThroughToTheEmulatorAsync(IDistributedApplicationTestingBuilder builder, string dataDirectory, LogSink logs)
     {
         await using var app = await builder.BuildAsync();
         using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(3));
@@ -44,11 +45,12 @@ public class AppHostTests
         {
             await app.ResourceNotifications.WaitForResourceAsync(resource, KnownResourceStates.Running, timeout.Token);
         }
-        // The local dashboard shows a span per Redis command; the services' own default leaves them off.
+        // The local dashboard shows a span per Redis command and a line per run; the services' own defaults leave both off.
         foreach (var service in new[] { ResourceNames.Ingress, ResourceNames.Dispatcher })
         {
             var running = await app.ResourceNotifications.WaitForResourceAsync(service, e => e.Snapshot.State?.Text == KnownResourceStates.Running, timeout.Token);
             Assert.Contains(running.Snapshot.EnvironmentVariables, v => v.Name == RedisCommandTracingSwitch && v.Value == "false");
+            Assert.Contains(running.Snapshot.EnvironmentVariables, v => v.Name == RelayLogLevel && v.Value == "Debug");
         }
 
         using var ingress = app.CreateHttpClient(ResourceNames.Ingress);
@@ -78,6 +80,8 @@ public class AppHostTests
         var received = Assert.Single(await emulatorApi.RequestsAsync(), r => r.Header("X-Port-Run-Id") == runId);
         Assert.True(received.SignatureValid);
         Assert.Equal(body, received.Body);
+        await Eventually.HoldsAsync(() => Task.FromResult(logs.Lines.Any(l => l.Contains($"Accepted run {runId}", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(10), "the Ingress's log shows the accepted run");
 
         using var health = await ingress.GetAsync("/health");
         Assert.Equal(HttpStatusCode.OK, health.StatusCode);
@@ -148,6 +152,8 @@ public class AppHostTests
         // A deployment keeps the services' default: no span per Redis command.
         Assert.False(ingress.GetProperty("env").TryGetProperty(RedisCommandTracingSwitch, out _));
         Assert.False(dispatcher.GetProperty("env").TryGetProperty(RedisCommandTracingSwitch, out _));
+        Assert.False(ingress.GetProperty("env").TryGetProperty(RelayLogLevel, out _));
+        Assert.False(dispatcher.GetProperty("env").TryGetProperty(RelayLogLevel, out _));
         Assert.DoesNotContain("port-demo-secret", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
         Assert.DoesNotContain("dev-admin-key", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
     }

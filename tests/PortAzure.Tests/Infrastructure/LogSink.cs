@@ -3,7 +3,10 @@ using Microsoft.Extensions.Logging;
 
 namespace PortAzure.Tests.Infrastructure;
 
-/// <summary>Captures every log line (message, scope values, exception) a host writes at Information or above.</summary>
+/// <summary>
+/// Captures every log line (message, scope values, exception) the host's filters let through, each prefixed
+/// with its level, so that the no-secrets check also covers the lines a deployment keeps at Debug.
+/// </summary>
 public sealed class LogSink : ILoggerProvider
 {
     private readonly ConcurrentQueue<string> _lines = new();
@@ -34,7 +37,7 @@ public sealed class LogSink : ILoggerProvider
             return null;
         }
 
-        public bool IsEnabled(LogLevel logLevel) => logLevel >= LogLevel.Information;
+        public bool IsEnabled(LogLevel logLevel) => logLevel != LogLevel.None;
 
         public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter)
         {

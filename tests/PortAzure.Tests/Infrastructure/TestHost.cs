@@ -61,6 +61,14 @@ public sealed class TestHost : IAsyncDisposable
             // The project's own appsettings.json (YARP routes and all) is what the test runs with.
             ContentRootPath = Path.Combine(Repository.Root, project),
         });
+        // The relay's own Debug lines (a success per run, refusals under load) are captured too, so that the
+        // no-secrets check at disposal covers them; a test's own settings can still override this. The emulator
+        // logs what it receives, bodies included, at Debug: it stands in for Azure, where the rule does not apply.
+        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["Logging:LogLevel:PortAzure"] = "Debug",
+            ["Logging:LogLevel:PortAzure.AzureDevOpsEmulator"] = "Information",
+        });
         builder.Configuration.AddInMemoryCollection(config);
         builder.WebHost.UseUrls("http://127.0.0.1:0");
         var logs = new LogSink();

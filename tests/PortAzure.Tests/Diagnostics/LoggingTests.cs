@@ -1,0 +1,37 @@
+using System.Net;
+using System.Text.Json;
+using PortAzure.Tests.Infrastructure;
+
+namespace PortAzure.Tests.Diagnostics;
+
+public class LoggingTests
+{
+    // A line per successful run is CPU per run (docs/benchmarks.md): deployments log successes at Debug only,
+    // while the span, the metrics and the delivery record still show every run.
+    [Fact]
+    public async Task DeliveredRun_SuccessLines_AreDebugOnlyAndCarryTheIds()
+    {
+        await using var relay = await Relay.StartAsync();
+        var runId = TestRuns.NewRunId();
+
+        using var response = await relay.SendRunAsync(TestRuns.Body(runId));
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        var deliveryId = JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement.GetProperty("deliveryId").GetString()!;
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Any(r => r.Header("X-Port-Run-Id") == runId),
+            TimeSpan.FromSeconds(20), "the run reaches the emulator");
+        await Eventually.HoldsAsync(() => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains($"Delivered {deliveryId}", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(5), "the Dispatcher logs the delivery");
+
+        Assert.Contains(relay.Ingress.Logs.Lines, l =>
+            l.StartsWith("Debug PortAzure.Ingress.Webhooks.WebhookHandler[1001]: ", StringComparison.Ordinal) &&
+            l.Contains($"Accepted run {runId}", StringComparison.Ordinal) && l.Contains(deliveryId, StringComparison.Ordinal));
+        Assert.Contains(relay.Dispatcher.Logs.Lines, l =>
+            l.StartsWith("Debug PortAzure.Dispatcher.Delivery.DeliveryProcessor[2001]: ", StringComparison.Ordinal) &&
+            l.Contains($"Delivered {deliveryId}", StringComparison.Ordinal));
+        foreach (var host in new[] { relay.Ingress, relay.Dispatcher })
+        {
+            Assert.DoesNotContain(host.Logs.Lines, l => !l.StartsWith("Debug ", StringComparison.Ordinal) && !l.StartsWith("[scope] ", StringComparison.Ordinal) &&
+                (l.Contains(runId, StringComparison.Ordinal) || l.Contains(deliveryId, StringComparison.Ordinal)));
+        }
+    }
+}
