@@ -337,8 +337,8 @@ internal sealed partial class WebhookHandler(
 
     private static partial class Log
     {
-        // Debug: a line per accepted run took a sixth of the Ingress's CPU per run, nearly all of it in the
-        // console provider (docs/benchmarks.md). The span, the metric and the record show every run; the
+        // Debug: a line per accepted run took about an eighth of the Ingress's CPU per run, nearly all of it
+        // in the console provider (docs/benchmarks.md). The span, the metric and the record show every run; the
         // AppHost turns these lines on for the local dashboard.
         [LoggerMessage(EventIds.Accepted, LogLevel.Debug, "Accepted run {RunId} for {Org}/{Webhook} as delivery {DeliveryId}")]
         public static partial void Accepted(ILogger logger, string deliveryId, string? runId, string org, string webhook);
