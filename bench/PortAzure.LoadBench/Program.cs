@@ -17,7 +17,6 @@ Directory.CreateDirectory(logs);
 var report = new Report(outDir);
 report.Line($"# PortAzure load bench {(settings.Smoke ? "(smoke)" : "")} {stamp} UTC");
 report.Line();
-report.Machine(settings);
 
 const string Secret = "bench-port-client-secret";
 const string Org = "contoso";
@@ -40,6 +39,18 @@ var redisServer = ServiceProcess.Start("redis-server", "redis-server",
     new Dictionary<string, string>(), Path.Combine(logs, "redis.log"), redisPort);
 services.Add(redisServer);
 await redisServer.WaitReadyAsync(null, TimeSpan.FromSeconds(20));
+if (settings.RedisCpus is { } redisCpus)
+{
+    // What-if "Redis on its own cores": run the bench under `taskset -c 0 ./bench/run.sh ... --redis-cpus 1`, so that
+    // the generator, both servers and the Dispatchers share CPU 0 and Redis alone has CPU 1 (-a: all its threads).
+    using var taskset = Process.Start("taskset", ["-a", "-pc", redisCpus, redisServer.Pid.ToString(CultureInfo.InvariantCulture)])!;
+    await taskset.WaitForExitAsync();
+    if (taskset.ExitCode != 0)
+    {
+        throw new InvalidOperationException($"taskset could not pin redis-server to CPUs {redisCpus} (exit {taskset.ExitCode}).");
+    }
+}
+report.Machine(settings, redisServer.Pid);
 var redisConnection = $"127.0.0.1:{redisPort},abortConnect=false";
 using var redis = await ConnectionMultiplexer.ConnectAsync(redisConnection);
 var db = redis.GetDatabase();
@@ -368,6 +379,7 @@ internal sealed class Settings
     public bool IngressOnly { get; private set; }
     public string? OutDir { get; private set; }
     public string? ServiceLogLevel { get; private set; }
+    public string? RedisCpus { get; private set; }
     public Dictionary<string, string> ServiceEnv { get; } = [];
     public int Connections { get; private set; } = 32;
     public int OpenConnections { get; private set; } = 256;
@@ -407,6 +419,7 @@ internal sealed class Settings
                 case "--warmup-seconds": s.WarmupDuration = TimeSpan.FromSeconds(double.Parse(Next(), CultureInfo.InvariantCulture)); break;
                 case "--out": s.OutDir = Path.GetFullPath(Next()); break;
                 case "--service-log-level": s.ServiceLogLevel = Next(); break;
+                case "--redis-cpus": s.RedisCpus = Next(); break;
                 case "--service-env":
                     var pair = Next().Split('=', 2);
                     s.ServiceEnv[pair[0]] = pair.Length > 1 ? pair[1] : "";
@@ -420,7 +433,7 @@ internal sealed class Settings
                 case "--e2e-seconds": s.E2EDuration = TimeSpan.FromSeconds(double.Parse(Next(), CultureInfo.InvariantCulture)); break;
                 case "--e2e-rates": s.E2ERates = [.. Next().Split(',').Select(r => int.Parse(r, CultureInfo.InvariantCulture))]; break;
                 case "--help" or "-h":
-                    Console.WriteLine("bench/run.sh [--smoke] [--ingress-only] [--out DIR] [--service-log-level Warning] [--service-env KEY=VALUE]... [--warmup-seconds 10] [--connections 32] [--open-connections 256] [--dispatcher-concurrency 128] " +
+                    Console.WriteLine("bench/run.sh [--smoke] [--ingress-only] [--out DIR] [--service-log-level Warning] [--service-env KEY=VALUE]... [--redis-cpus 1] [--warmup-seconds 10] [--connections 32] [--open-connections 256] [--dispatcher-concurrency 128] " +
                         "[--backlog 100000] [--backlog3 100000] [--open-seconds 10] [--e2e-seconds 15] [--e2e-rates 100,500,1000]");
                     Environment.Exit(0);
                     break;

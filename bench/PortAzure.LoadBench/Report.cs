@@ -12,7 +12,7 @@ internal sealed class Report(string outDir)
 
     public void Line(string text = "") => _md.AppendLine(text);
 
-    public void Machine(Settings settings)
+    public void Machine(Settings settings, int redisPid)
     {
         var cpu = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? "?";
         var mem = File.ReadLines("/proc/meminfo").FirstOrDefault(l => l.StartsWith("MemTotal", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? "?";
@@ -22,11 +22,15 @@ internal sealed class Report(string outDir)
         Line($"- .NET runtime: {RuntimeInformation.FrameworkDescription}; SDK: {Run("dotnet", "--version")}; {Run("redis-server", "--version")}");
         Line($"- OS: {RuntimeInformation.OSDescription}");
         Line($"- load average at start: {File.ReadAllText("/proc/loadavg").Trim()}");
+        Line($"- CPUs allowed: generator and services {CpusAllowed("self")}; Redis {CpusAllowed(redisPid.ToString(CultureInfo.InvariantCulture))}");
         Line($"- settings: connections {settings.Connections} (open model: {settings.OpenConnections}), Dispatcher MaxConcurrency {settings.DispatcherConcurrency}, backlog {settings.Backlog} / {settings.Backlog3}, " +
              $"service log level {settings.ServiceLogLevel ?? "as shipped (Information)"}" +
              (settings.ServiceEnv.Count > 0 ? "; service env " + string.Join(" ", settings.ServiceEnv.Select(kv => $"{kv.Key}={kv.Value}")) : ""));
         Line();
     }
+
+    private static string CpusAllowed(string pid) =>
+        File.ReadLines($"/proc/{pid}/status").FirstOrDefault(l => l.StartsWith("Cpus_allowed_list:", StringComparison.Ordinal))?.Split(':', 2)[1].Trim() ?? "?";
 
     private static string Run(string file, string args)
     {
