@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The load bench in one command: builds Release, then runs bench/PortAzure.LoadBench, which starts
 # redis-server (its own port, --save ""), the Azure DevOps emulator, the Ingress, the Dispatcher(s) and
-# a bare Kestrel baseline as real processes, measures, and checks that no run is lost or duplicated.
+# two Kestrel baselines (bare, and storing each body with one XADD) as real processes, measures, and checks
+# that no run is lost or duplicated.
 #   ./bench/run.sh            full run (several minutes; results in bench/results/<stamp>/results.md)
 #   ./bench/run.sh --smoke    tiny run (seconds of load), checks lost/duplicated runs only; exit 1 on a failure
 # Options are passed through: ./bench/run.sh --help

@@ -86,10 +86,17 @@ services.Add(ingress);
 var bare = ServiceProcess.StartDotnet("bare-kestrel", Dll("PortAzure.BareKestrel", "bench"),
     new Dictionary<string, string>(settings.ServiceEnv), Path.Combine(logs, "bare-kestrel.log"), ServiceProcess.FreePort());
 services.Add(bare);
+// The second baseline: the same Kestrel, plus one XADD of the body before the 202 (the least a service that
+// stores each call before answering must do), so that the Ingress's ratio to it shows the relay's own overhead.
+var bareXadd = ServiceProcess.StartDotnet("kestrel-xadd", Dll("PortAzure.BareKestrel", "bench"),
+    new Dictionary<string, string>(settings.ServiceEnv) { ["BareKestrel__Redis"] = redisConnection },
+    Path.Combine(logs, "kestrel-xadd.log"), ServiceProcess.FreePort());
+services.Add(bareXadd);
 
 await emulator.WaitReadyAsync("/alive", TimeSpan.FromSeconds(60));
 await ingress.WaitReadyAsync("/alive", TimeSpan.FromSeconds(60));
 await bare.WaitReadyAsync("/", TimeSpan.FromSeconds(60));
+await bareXadd.WaitReadyAsync("/", TimeSpan.FromSeconds(60));
 using var emulatorClient = new EmulatorClient(emulator.BaseUri);
 
 var dispatcherNumber = 0;
@@ -225,23 +232,29 @@ var xaddPipelined = RedisBench.Run(redisPort, settings.RedisBenchRequests * 4, s
 await db.KeyDeleteAsync("bench");
 Console.WriteLine($"  XADD -c {settings.Connections}: {xaddPlain}; with -P 16: {xaddPipelined}");
 
-Console.WriteLine("baseline: bare Kestrel, closed loop");
-double cpuBefore;
-LoadResult bareResult, bareWarm;
-using (var bareClient = new LoadClient(bare.BaseUri, Org, Webhook, Secret, settings.Connections, sample))
+async Task<Baseline> MeasureBaselineAsync(string name, string tag, ServiceProcess server)
 {
-    // Both servers get the same untimed warm-up, so that JIT tiering and pool growth are behind them when
+    Console.WriteLine($"baseline: {name}, closed loop");
+    using var client = new LoadClient(server.BaseUri, Org, Webhook, Secret, settings.Connections, sample);
+    // Every server gets the same untimed warm-up, so that JIT tiering and pool growth are behind it when
     // the measured phase starts; CPU is counted over the measured phase only.
-    bareWarm = await LoadModels.ClosedAsync("bare-warm", bareClient, settings.Connections, 20_000_000,
-        settings.WarmupDuration, 0, i => RunIdFor("barewarm", i));
-    Console.WriteLine($"  bare Kestrel warm-up: {bareWarm.Issued} requests in {bareWarm.ElapsedSeconds:0.0} s, slowest answer {bareWarm.Latency().Max:0} ms");
-    cpuBefore = bare.CpuSeconds();
-    bareResult = await LoadModels.ClosedAsync("bare", bareClient, settings.Connections, 20_000_000,
-        settings.BaselineDuration, 0, i => RunIdFor("bare", i));
+    var warm = await LoadModels.ClosedAsync(tag + "-warm", client, settings.Connections, 20_000_000,
+        settings.WarmupDuration, 0, i => RunIdFor(tag + "warm", i));
+    Console.WriteLine($"  {name} warm-up: {warm.Issued} requests in {warm.ElapsedSeconds:0.0} s, slowest answer {warm.Latency().Max:0} ms");
+    var cpu = server.CpuSeconds();
+    var redisCpu = redisServer.CpuSeconds();
+    var result = await LoadModels.ClosedAsync(tag, client, settings.Connections, 20_000_000,
+        settings.BaselineDuration, 0, i => RunIdFor(tag, i));
+    var baseline = new Baseline(result, warm, (server.CpuSeconds() - cpu) / result.Issued * 1e6, (redisServer.CpuSeconds() - redisCpu) / result.Issued * 1e6);
+    Console.WriteLine($"  {name}: {result.RatePerSecond:0} req/s over {result.Issued} requests ({result.StatusSummary()}), {result.Latency()}, server CPU {baseline.CpuPerRequest:0} us/request, redis {baseline.RedisCpuPerRequest:0} us/request");
+    server.Stop(TimeSpan.FromSeconds(10));
+    return baseline;
 }
-var bareCpuPerReq = (bare.CpuSeconds() - cpuBefore) / bareResult.Issued * 1e6;
-Console.WriteLine($"  bare Kestrel: {bareResult.RatePerSecond:0} req/s over {bareResult.Issued} requests ({bareResult.StatusSummary()}), {bareResult.Latency()}, server CPU {bareCpuPerReq:0} us/request");
-bare.Stop(TimeSpan.FromSeconds(10));
+
+var bareBaseline = await MeasureBaselineAsync("bare Kestrel", "bare", bare);
+var (bareResult, bareWarm, bareCpuPerReq) = (bareBaseline.Result, bareBaseline.Warm, bareBaseline.CpuPerRequest);
+var xaddBaseline = await MeasureBaselineAsync("Kestrel + XADD", "xadd", bareXadd);
+await db.KeyDeleteAsync("bench:store");
 
 // ---------------------------------------------------------------- Ingress, closed loop, no Dispatcher
 // The open model's client (and the end-to-end phases'): a bounded pool, as wrk2 holds a fixed set of connections.
@@ -283,6 +296,8 @@ if (settings.IngressOnly)
     report.Line();
     report.Line($"- bare Kestrel {bareResult.RatePerSecond:0} req/s ({bareCpuPerReq:0} us CPU/request); Ingress {ingressMax.RatePerSecond:0} runs/s = {ingressMax.RatePerSecond / bareResult.RatePerSecond:P0} " +
         $"({ingressCpuPerReq:0} us Ingress CPU/run, {redisCpuPerReq:0} us redis CPU/run); {ingressMax.Latency()}");
+    report.Line($"- Kestrel + XADD {xaddBaseline.Result.RatePerSecond:0} req/s ({xaddBaseline.CpuPerRequest:0} us CPU/request, {xaddBaseline.RedisCpuPerRequest:0} us redis CPU/request); " +
+        $"Ingress = {ingressMax.RatePerSecond / xaddBaseline.Result.RatePerSecond:P0} of it");
     report.Line($"- drain, one Dispatcher: {drain1.Rate:0} deliveries/s; peak RSS Ingress {ingressOnlyRss:0} MB, Dispatcher {dispatcherPeakRss:0} MB");
     report.Line($"- {string.Join("; ", verifications)}");
     report.Write();
@@ -356,7 +371,7 @@ foreach (var service in services)
 }
 
 // ---------------------------------------------------------------- report
-report.Results(settings, xaddPlain, xaddPipelined, bareResult, bareCpuPerReq, ingressMax, ingressCpuPerReq, redisCpuPerReq, drain1, openResults, drainOpen,
+report.Results(settings, xaddPlain, xaddPipelined, bareResult, bareCpuPerReq, xaddBaseline, ingressMax, ingressCpuPerReq, redisCpuPerReq, drain1, openResults, drainOpen,
     e2eResults.Select(e => (e.Rate, e.Load, e.Relay)).ToList(), enqueue3, drain3, ingressPeakRss, dispatcherPeakRss, emulatorPeakRss, redisPeak, verifications);
 report.Line();
 report.Line($"- cold start: slowest answer of the untimed warm-up, bare Kestrel {bareWarm.Latency().Max:0} ms, Ingress {ingressWarm.Latency().Max:0} ms");
@@ -372,6 +387,8 @@ if (failed.Count > 0)
 }
 Console.WriteLine($"OK: {verifications.Count} scenarios, no run lost, none delivered twice");
 return 0;
+
+internal sealed record Baseline(LoadResult Result, LoadResult Warm, double CpuPerRequest, double RedisCpuPerRequest);
 
 internal sealed class Settings
 {
