@@ -162,6 +162,36 @@ public class CrashRecoveryTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task ScheduledRetry_RedisFailsBeforeItStarts_ClaimIsReleasedAndNotCountedAsACrash()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:MaxClaims"] = "2", dispatchers: 0);
+        var deliveryId = await ScheduledRetryAsync(relay, crashedClaim: false);
+        // The record turns into a string: loading the claimed retry fails with WRONGTYPE, a Redis error
+        // between the claim and the start, as a failover at that moment would be.
+        var record = RedisKeys.Delivery(deliveryId);
+        var saved = record + ":saved";
+        await relay.Db.KeyRenameAsync(record, saved);
+        await relay.Db.StringSetAsync(record, "not a hash");
+
+        var dispatcher = await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(() => Task.FromResult(dispatcher.Logs.Lines.Any(l => l.Contains("[2103]", StringComparison.Ordinal) && l.Contains("WRONGTYPE", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(30), "the round fails on the damaged record");
+        Assert.False(await relay.Db.HashExistsAsync(RedisKeys.RetryClaims, deliveryId));
+
+        // Repaired, and due again (as it would be once the claim's lease ran out): one more claim would make
+        // three, over MaxClaims, had the failed round's claim been left to count as a crash.
+        await relay.Db.KeyDeleteAsync(record);
+        await relay.Db.KeyRenameAsync(saved, record);
+        await relay.Db.SortedSetAddAsync(RedisKeys.RetrySchedule, deliveryId, 0);
+        await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(record, DeliveryRecord.State) == DeliveryStates.Delivered,
+            TimeSpan.FromSeconds(30), "the retry is delivered");
+
+        Assert.Equal(2, (long)await relay.Db.HashGetAsync(record, DeliveryRecord.Claims));
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+        Assert.Equal(0, await relay.Db.HashLengthAsync(RedisKeys.RetryClaims));
+    }
+
+    [Fact]
     public async Task ReclaimedEntry_WhoseDeadAttemptHadTakenALease_IsDeliveredAtTheFirstReclaim()
     {
         await using var relay = await Relay.StartAsync(c =>
