@@ -43,6 +43,10 @@ if (settings.RedisCpus is { } redisCpus)
 {
     // What-if "Redis on its own cores": run the bench under `taskset -c 0 ./bench/run.sh ... --redis-cpus 1`, so that
     // the generator, both servers and the Dispatchers share CPU 0 and Redis alone has CPU 1 (-a: all its threads).
+    if (OperatingSystem.IsLinux() && (Process.GetCurrentProcess().ProcessorAffinity.ToInt64() & Settings.CpuMask(redisCpus)) != 0)
+    {
+        Console.WriteLine($"  warning: the generator and the services may also run on CPUs {redisCpus}; start the bench under `taskset -c <the other CPUs>` (the report's \"CPUs allowed\" line shows what each side had)");
+    }
     using var taskset = Process.Start("taskset", ["-a", "-pc", redisCpus, redisServer.Pid.ToString(CultureInfo.InvariantCulture)])!;
     await taskset.WaitForExitAsync();
     if (taskset.ExitCode != 0)
@@ -241,6 +245,8 @@ async Task<Baseline> MeasureBaselineAsync(string name, string tag, ServiceProces
     var warm = await LoadModels.ClosedAsync(tag + "-warm", client, settings.Connections, 20_000_000,
         settings.WarmupDuration, 0, i => RunIdFor(tag + "warm", i));
     Console.WriteLine($"  {name} warm-up: {warm.Issued} requests in {warm.ElapsedSeconds:0.0} s, slowest answer {warm.Latency().Max:0} ms");
+    // The storing baseline's stream grows by ~30,000 bodies a second; UNLINK frees them off Redis's main thread.
+    await db.ExecuteAsync("UNLINK", "bench:store");
     var cpu = server.CpuSeconds();
     var redisCpu = redisServer.CpuSeconds();
     var result = await LoadModels.ClosedAsync(tag, client, settings.Connections, 20_000_000,
@@ -248,13 +254,13 @@ async Task<Baseline> MeasureBaselineAsync(string name, string tag, ServiceProces
     var baseline = new Baseline(result, warm, (server.CpuSeconds() - cpu) / result.Issued * 1e6, (redisServer.CpuSeconds() - redisCpu) / result.Issued * 1e6);
     Console.WriteLine($"  {name}: {result.RatePerSecond:0} req/s over {result.Issued} requests ({result.StatusSummary()}), {result.Latency()}, server CPU {baseline.CpuPerRequest:0} us/request, redis {baseline.RedisCpuPerRequest:0} us/request");
     server.Stop(TimeSpan.FromSeconds(10));
+    await db.ExecuteAsync("UNLINK", "bench:store");
     return baseline;
 }
 
 var bareBaseline = await MeasureBaselineAsync("bare Kestrel", "bare", bare);
 var (bareResult, bareWarm, bareCpuPerReq) = (bareBaseline.Result, bareBaseline.Warm, bareBaseline.CpuPerRequest);
 var xaddBaseline = await MeasureBaselineAsync("Kestrel + XADD", "xadd", bareXadd);
-await db.KeyDeleteAsync("bench:store");
 
 // ---------------------------------------------------------------- Ingress, closed loop, no Dispatcher
 // The open model's client (and the end-to-end phases'): a bounded pool, as wrk2 holds a fixed set of connections.
@@ -371,7 +377,7 @@ foreach (var service in services)
 }
 
 // ---------------------------------------------------------------- report
-report.Results(settings, xaddPlain, xaddPipelined, bareResult, bareCpuPerReq, xaddBaseline, ingressMax, ingressCpuPerReq, redisCpuPerReq, drain1, openResults, drainOpen,
+report.Results(settings, xaddPlain, xaddPipelined, bareBaseline, xaddBaseline, ingressMax, ingressCpuPerReq, redisCpuPerReq, drain1, openResults, drainOpen,
     e2eResults.Select(e => (e.Rate, e.Load, e.Relay)).ToList(), enqueue3, drain3, ingressPeakRss, dispatcherPeakRss, emulatorPeakRss, redisPeak, verifications);
 report.Line();
 report.Line($"- cold start: slowest answer of the untimed warm-up, bare Kestrel {bareWarm.Latency().Max:0} ms, Ingress {ingressWarm.Latency().Max:0} ms");
@@ -458,6 +464,23 @@ internal sealed class Settings
             }
         }
         return s;
+    }
+
+    /// <summary>A CPU list as taskset takes it ("1", "0,2", "2-3") as an affinity mask.</summary>
+    public static long CpuMask(string list)
+    {
+        long mask = 0;
+        foreach (var part in list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            var range = part.Split('-', 2);
+            var first = int.Parse(range[0], CultureInfo.InvariantCulture);
+            var last = range.Length == 2 ? int.Parse(range[1], CultureInfo.InvariantCulture) : first;
+            for (var cpu = first; cpu <= last; cpu++)
+            {
+                mask |= 1L << cpu;
+            }
+        }
+        return mask;
     }
 
     public static string FindRoot()

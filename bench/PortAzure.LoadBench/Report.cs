@@ -51,8 +51,7 @@ internal sealed class Report(string outDir)
         Settings settings,
         RedisBench.Result xadd,
         RedisBench.Result xaddPipelined,
-        LoadResult bare,
-        double bareCpu,
+        Baseline bareKestrel,
         Baseline kestrelXadd,
         LoadResult ingressMax,
         double ingressCpu,
@@ -71,14 +70,15 @@ internal sealed class Report(string outDir)
     {
         string F(double v) => v.ToString("0", CultureInfo.InvariantCulture);
         string Ms(double v) => v.ToString("0.00", CultureInfo.InvariantCulture);
+        var bare = bareKestrel.Result;
         var ratio = ingressMax.RatePerSecond / bare.RatePerSecond;
         Line("## Results");
         Line();
         Line("| what | result | baseline / target |");
         Line("| --- | --- | --- |");
         Line($"| Redis XADD, redis-benchmark -c {settings.Connections} (525-byte field) | {F(xadd.Rps)}/s (p50 {xadd.P50:0.000} ms, p99 {xadd.P99:0.000} ms) | -P 16: {F(xaddPipelined.Rps)}/s |");
-        Line($"| bare Kestrel, closed loop {settings.Connections} conns, same generator | {F(bare.RatePerSecond)} req/s; {bare.Latency()} | server CPU {F(bareCpu)} us/request |");
-        Line($"| Kestrel + one XADD of the body before the 202, closed loop {settings.Connections} conns, same generator | {F(kestrelXadd.Result.RatePerSecond)} req/s; {kestrelXadd.Result.Latency()} | server CPU {F(kestrelXadd.CpuPerRequest)} us/request, redis {F(kestrelXadd.RedisCpuPerRequest)} us/request |");
+        Line($"| bare Kestrel, closed loop {settings.Connections} conns, same generator | {F(bare.RatePerSecond)} req/s ({bare.StatusSummary()}); {bare.Latency()} | server CPU {F(bareKestrel.CpuPerRequest)} us/request |");
+        Line($"| Kestrel + one XADD of the body before the 202, closed loop {settings.Connections} conns, same generator | {F(kestrelXadd.Result.RatePerSecond)} req/s ({kestrelXadd.Result.StatusSummary()}); {kestrelXadd.Result.Latency()} | server CPU {F(kestrelXadd.CpuPerRequest)} us/request, redis {F(kestrelXadd.RedisCpuPerRequest)} us/request |");
         Line($"| Ingress max accepted runs/s, closed loop {settings.Connections} conns, signed, unique run ids | {F(ingressMax.RatePerSecond)} runs/s; {ingressMax.Latency()} | {ratio:P0} of bare Kestrel (target >= 60 %) {(ratio >= 0.6 ? "MET" : "MISSED")}; {ingressMax.RatePerSecond / kestrelXadd.Result.RatePerSecond:P0} of Kestrel + XADD; CPU per run: Ingress {F(ingressCpu)} us, redis {F(redisCpu)} us |");
         foreach (var o in open)
         {
