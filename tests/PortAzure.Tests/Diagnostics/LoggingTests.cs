@@ -1,5 +1,6 @@
 using System.Net;
 using System.Text.Json;
+using Microsoft.Extensions.Configuration;
 using PortAzure.Tests.Infrastructure;
 
 namespace PortAzure.Tests.Diagnostics;
@@ -33,5 +34,18 @@ public class LoggingTests
             Assert.DoesNotContain(host.Logs.Lines, l => !l.StartsWith("Debug ", StringComparison.Ordinal) && !l.StartsWith("[scope] ", StringComparison.Ordinal) &&
                 (l.Contains(runId, StringComparison.Ordinal) || l.Contains(deliveryId, StringComparison.Ordinal)));
         }
+    }
+
+    // The test hosts turn the relay's Debug lines on; what a deployment runs with is the projects' appsettings.json.
+    [Theory]
+    [InlineData("PortAzure.Ingress")]
+    [InlineData("PortAzure.Dispatcher")]
+    public void ShippedSettings_LeaveTheRelaysOwnLinesAtInformation(string project)
+    {
+        var settings = new ConfigurationBuilder().AddJsonFile(Path.Combine(Repository.Root, project, "appsettings.json")).Build();
+
+        Assert.Equal("Information", settings["Logging:LogLevel:Default"]);
+        Assert.DoesNotContain(settings.GetSection("Logging:LogLevel").GetChildren(), level =>
+            level.Key.StartsWith("PortAzure", StringComparison.Ordinal) && level.Value is "Debug" or "Trace");
     }
 }
