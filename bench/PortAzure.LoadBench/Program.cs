@@ -259,7 +259,6 @@ async Task<Baseline> MeasureBaselineAsync(string name, string tag, ServiceProces
 }
 
 var bareBaseline = await MeasureBaselineAsync("bare Kestrel", "bare", bare);
-var (bareResult, bareWarm, bareCpuPerReq) = (bareBaseline.Result, bareBaseline.Warm, bareBaseline.CpuPerRequest);
 var xaddBaseline = await MeasureBaselineAsync("Kestrel + XADD", "xadd", bareXadd);
 
 // ---------------------------------------------------------------- Ingress, closed loop, no Dispatcher
@@ -300,7 +299,7 @@ if (settings.IngressOnly)
     }
     report.Line("## Ingress only");
     report.Line();
-    report.Line($"- bare Kestrel {bareResult.RatePerSecond:0} req/s ({bareCpuPerReq:0} us CPU/request); Ingress {ingressMax.RatePerSecond:0} runs/s = {ingressMax.RatePerSecond / bareResult.RatePerSecond:P0} " +
+    report.Line($"- bare Kestrel {bareBaseline.Result.RatePerSecond:0} req/s ({bareBaseline.CpuPerRequest:0} us CPU/request); Ingress {ingressMax.RatePerSecond:0} runs/s = {ingressMax.RatePerSecond / bareBaseline.Result.RatePerSecond:P0} " +
         $"({ingressCpuPerReq:0} us Ingress CPU/run, {redisCpuPerReq:0} us redis CPU/run); {ingressMax.Latency()}");
     report.Line($"- Kestrel + XADD {xaddBaseline.Result.RatePerSecond:0} req/s ({xaddBaseline.CpuPerRequest:0} us CPU/request, {xaddBaseline.RedisCpuPerRequest:0} us redis CPU/request); " +
         $"Ingress = {ingressMax.RatePerSecond / xaddBaseline.Result.RatePerSecond:P0} of it");
@@ -380,7 +379,7 @@ foreach (var service in services)
 report.Results(settings, xaddPlain, xaddPipelined, bareBaseline, xaddBaseline, ingressMax, ingressCpuPerReq, redisCpuPerReq, drain1, openResults, drainOpen,
     e2eResults.Select(e => (e.Rate, e.Load, e.Relay)).ToList(), enqueue3, drain3, ingressPeakRss, dispatcherPeakRss, emulatorPeakRss, redisPeak, verifications);
 report.Line();
-report.Line($"- cold start: slowest answer of the untimed warm-up, bare Kestrel {bareWarm.Latency().Max:0} ms, Ingress {ingressWarm.Latency().Max:0} ms");
+report.Line($"- cold start: slowest answer of the untimed warm-up, bare Kestrel {bareBaseline.Warm.Latency().Max:0} ms, Ingress {ingressWarm.Latency().Max:0} ms");
 report.Write();
 
 var failed = verifications.Where(v => !v.Ok).ToList();
