@@ -15,6 +15,13 @@ if (builder.Configuration["BareKestrel:Redis"] is { Length: > 0 } connection)
 }
 
 var app = builder.Build();
+if (builder.Configuration.GetValue<bool>("BareKestrel:OtlpSink"))
+{
+    // The bench's --otlp: this process is the services' telemetry collector, not a baseline.
+    OtlpSink.Map(app);
+    app.Run();
+    return;
+}
 app.MapPost("/{org}/_apis/public/distributedtask/webhooks/{webhook}", async (HttpContext context) =>
 {
     var length = context.Request.ContentLength ?? 0;

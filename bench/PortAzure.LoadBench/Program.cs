@@ -66,6 +66,20 @@ if (settings.ServiceLogLevel is { } level)
     serviceLog["Logging__LogLevel__Default"] = level;
 }
 
+// --otlp: the Ingress and the Dispatchers export their telemetry, as in production, to a stand-in collector (a third
+// BareKestrel that counts what it receives), so that the export's cost shows in their CPU per run.
+ServiceProcess? otlpSink = null;
+if (settings.Otlp)
+{
+    otlpSink = ServiceProcess.StartDotnet("otlp-sink", Dll("PortAzure.BareKestrel", "bench"),
+        new Dictionary<string, string> { ["BareKestrel__OtlpSink"] = "true" }, Path.Combine(logs, "otlp-sink.log"), ServiceProcess.FreePort());
+    services.Add(otlpSink);
+    await otlpSink.WaitReadyAsync("/v1/received", TimeSpan.FromSeconds(60));
+    serviceLog["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlpSink.BaseUri.ToString().TrimEnd('/');
+    serviceLog["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf";
+}
+using var telemetry = otlpSink is null ? null : new OtlpSinkClient(otlpSink.BaseUri);
+
 var emulator = ServiceProcess.StartDotnet("emulator", Dll("PortAzure.AzureDevOpsEmulator", ""),
     new Dictionary<string, string>
     {
@@ -78,6 +92,7 @@ services.Add(emulator);
 var ingress = ServiceProcess.StartDotnet("ingress", Dll("PortAzure.Ingress", ""),
     new Dictionary<string, string>(serviceLog)
     {
+        ["OTEL_SERVICE_NAME"] = "ingress",
         ["ConnectionStrings__redis"] = redisConnection,
         ["Port__ClientSecret"] = Secret,
         ["AzureDevOps__BaseUrl"] = emulator.BaseUri.ToString(),
@@ -111,6 +126,7 @@ List<ServiceProcess> StartDispatchers(int count, string scenario) =>
         var d = ServiceProcess.StartDotnet($"dispatcher-{n}", Dll("PortAzure.Dispatcher", ""),
             new Dictionary<string, string>(serviceLog)
             {
+                ["OTEL_SERVICE_NAME"] = "dispatcher",
                 ["ConnectionStrings__redis"] = redisConnection,
                 ["Port__ClientSecret"] = Secret,
                 ["AzureDevOps__BaseUrl"] = emulator.BaseUri.ToString(),
@@ -268,6 +284,7 @@ var xaddBaseline = await MeasureBaselineAsync("Kestrel + XADD", "xadd", bareXadd
 using var ingressClient = new LoadClient(ingress.BaseUri, Org, Webhook, Secret, settings.OpenConnections, sample);
 Console.WriteLine($"ingress: closed loop, {settings.Connections} connections, {settings.Backlog} runs, Dispatchers stopped");
 LoadResult ingressMax, ingressWarm;
+Dictionary<string, OtlpSinkClient.Counts>? telemetryBefore;
 double ingressCpuPerReq, redisCpuPerReq;
 using (var closedClient = new LoadClient(ingress.BaseUri, Org, Webhook, Secret, settings.Connections, sample))
 {
@@ -277,6 +294,7 @@ using (var closedClient = new LoadClient(ingress.BaseUri, Org, Webhook, Secret, 
     // The warm-up runs were accepted: they are delivered and checked like any others, and drained now so
     // that the measured backlog is exactly --backlog runs.
     await DrainAsync("ingress-warm", 1, ingressWarm.AcceptedRunIds().ToList());
+    telemetryBefore = telemetry is null ? null : await telemetry.SettledAsync();
     var ingressCpu = ingress.CpuSeconds();
     var redisCpu = redisServer.CpuSeconds();
     ingressMax = await LoadModels.ClosedAsync("ingress-max", closedClient, settings.Connections, settings.Backlog, null, 0, i => RunIdFor("imax", i));
@@ -288,6 +306,19 @@ var backlogAccepted = ingressMax.AcceptedRunIds().ToList();
 
 Console.WriteLine($"drain: {backlogAccepted.Count} queued runs, one Dispatcher (MaxConcurrency {settings.DispatcherConcurrency})");
 var drain1 = await DrainAsync("drain1", 1, backlogAccepted);
+// Once the sink has been quiet for longer than the SDK's export delay (and the stopped Dispatcher flushed on its
+// way out), what it has not received was dropped: the batch processor's queue holds 2,048 items by default.
+string? telemetryLine = null;
+if (telemetry is not null)
+{
+    var after = await telemetry.SettledAsync();
+    OtlpSinkClient.Counts Delta(string service) => after.GetValueOrDefault(service, new()) - telemetryBefore!.GetValueOrDefault(service, new());
+    var (ingressSent, dispatcherSent) = (Delta("ingress"), Delta("dispatcher"));
+    telemetryLine = $"OTLP export: the Ingress sent {ingressSent.Spans} spans ({ingressSent.Spans / (double)ingressMax.Issued:0.00} per run; 2 each if none was dropped), " +
+        $"{ingressSent.LogRecords} log records, {ingressSent.Bytes / 1e6:0.0} MB in {ingressSent.Requests} exports for {ingressMax.Issued} runs; " +
+        $"the Dispatcher {dispatcherSent.Spans} spans ({dispatcherSent.Spans / (double)backlogAccepted.Count:0.00} per delivery), {dispatcherSent.LogRecords} log records";
+    Console.WriteLine("  " + telemetryLine);
+}
 
 if (settings.IngressOnly)
 {
@@ -304,6 +335,10 @@ if (settings.IngressOnly)
     report.Line($"- Kestrel + XADD {xaddBaseline.Result.RatePerSecond:0} req/s ({xaddBaseline.CpuPerRequest:0} us CPU/request, {xaddBaseline.RedisCpuPerRequest:0} us redis CPU/request); " +
         $"Ingress = {ingressMax.RatePerSecond / xaddBaseline.Result.RatePerSecond:P0} of it");
     report.Line($"- drain, one Dispatcher: {drain1.Rate:0} deliveries/s; peak RSS Ingress {ingressOnlyRss:0} MB, Dispatcher {dispatcherPeakRss:0} MB");
+    if (telemetryLine is not null)
+    {
+        report.Line("- " + telemetryLine);
+    }
     report.Line($"- {string.Join("; ", verifications)}");
     report.Write();
     return verifications.All(v => v.Ok) ? 0 : 1;
@@ -379,6 +414,10 @@ foreach (var service in services)
 report.Results(settings, xaddPlain, xaddPipelined, bareBaseline, xaddBaseline, ingressMax, ingressCpuPerReq, redisCpuPerReq, drain1, openResults, drainOpen,
     e2eResults.Select(e => (e.Rate, e.Load, e.Relay)).ToList(), enqueue3, drain3, ingressPeakRss, dispatcherPeakRss, emulatorPeakRss, redisPeak, verifications);
 report.Line();
+if (telemetryLine is not null)
+{
+    report.Line("- " + telemetryLine);
+}
 report.Line($"- cold start: slowest answer of the untimed warm-up, bare Kestrel {bareBaseline.Warm.Latency().Max:0} ms, Ingress {ingressWarm.Latency().Max:0} ms");
 report.Write();
 
@@ -399,6 +438,7 @@ internal sealed class Settings
 {
     public bool Smoke { get; private set; }
     public bool IngressOnly { get; private set; }
+    public bool Otlp { get; private set; }
     public string? OutDir { get; private set; }
     public string? ServiceLogLevel { get; private set; }
     public string? RedisCpus { get; private set; }
@@ -438,6 +478,7 @@ internal sealed class Settings
                     s.StallTimeout = TimeSpan.FromSeconds(30);
                     break;
                 case "--ingress-only": s.IngressOnly = true; break;
+                case "--otlp": s.Otlp = true; break;
                 case "--warmup-seconds": s.WarmupDuration = TimeSpan.FromSeconds(double.Parse(Next(), CultureInfo.InvariantCulture)); break;
                 case "--out": s.OutDir = Path.GetFullPath(Next()); break;
                 case "--service-log-level": s.ServiceLogLevel = Next(); break;
@@ -455,7 +496,7 @@ internal sealed class Settings
                 case "--e2e-seconds": s.E2EDuration = TimeSpan.FromSeconds(double.Parse(Next(), CultureInfo.InvariantCulture)); break;
                 case "--e2e-rates": s.E2ERates = [.. Next().Split(',').Select(r => int.Parse(r, CultureInfo.InvariantCulture))]; break;
                 case "--help" or "-h":
-                    Console.WriteLine("bench/run.sh [--smoke] [--ingress-only] [--out DIR] [--service-log-level Warning] [--service-env KEY=VALUE]... [--redis-cpus 1] [--warmup-seconds 10] [--connections 32] [--open-connections 256] [--dispatcher-concurrency 128] " +
+                    Console.WriteLine("bench/run.sh [--smoke] [--ingress-only] [--otlp] [--out DIR] [--service-log-level Warning] [--service-env KEY=VALUE]... [--redis-cpus 1] [--warmup-seconds 10] [--connections 32] [--open-connections 256] [--dispatcher-concurrency 128] " +
                         "[--backlog 100000] [--backlog3 100000] [--open-seconds 10] [--e2e-seconds 15] [--e2e-rates 100,500,1000]");
                     Environment.Exit(0);
                     break;

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Net;
+using System.Net.Http.Json;
 using System.Net.Sockets;
 using System.Text.Json;
 
@@ -246,4 +247,42 @@ internal sealed record Verification(string Scenario, int Accepted, int Delivered
 
     public override string ToString() =>
         $"{Scenario}: accepted {Accepted}, emulator records {DeliveredRecords}, lost {Lost}, duplicated {Duplicated}, unexpected {Unexpected}, bad signature/status {BadSignature} => {(Ok ? "OK" : Accepted == 0 ? "FAIL (no run accepted)" : "FAIL")}";
+}
+
+/// <summary>The stand-in OTLP collector's counts (bench/PortAzure.BareKestrel/OtlpSink.cs), per service.name.</summary>
+internal sealed class OtlpSinkClient(Uri baseUri) : IDisposable
+{
+    private static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web);
+    private readonly HttpClient _http = new() { BaseAddress = baseUri };
+
+    public async Task<Dictionary<string, Counts>> ReceivedAsync() =>
+        await _http.GetFromJsonAsync<Dictionary<string, Counts>>(new Uri("v1/received", UriKind.Relative), Json) ?? [];
+
+    /// <summary>
+    /// The counts once nothing has arrived for longer than the SDK's export delay (5 s by default): the batch
+    /// processors send a full batch (512) at once, but the tail waits for the timer.
+    /// </summary>
+    public async Task<Dictionary<string, Counts>> SettledAsync()
+    {
+        var last = await ReceivedAsync();
+        var quietSince = Stopwatch.GetTimestamp();
+        while (Stopwatch.GetElapsedTime(quietSince) < TimeSpan.FromSeconds(6))
+        {
+            await Task.Delay(500);
+            var now = await ReceivedAsync();
+            if (!now.OrderBy(kv => kv.Key).SequenceEqual(last.OrderBy(kv => kv.Key)))
+            {
+                (last, quietSince) = (now, Stopwatch.GetTimestamp());
+            }
+        }
+        return last;
+    }
+
+    public void Dispose() => _http.Dispose();
+
+    internal sealed record Counts(long Spans = 0, long LogRecords = 0, long Metrics = 0, long Requests = 0, long Bytes = 0)
+    {
+        public static Counts operator -(Counts a, Counts b) =>
+            new(a.Spans - b.Spans, a.LogRecords - b.LogRecords, a.Metrics - b.Metrics, a.Requests - b.Requests, a.Bytes - b.Bytes);
+    }
 }
