@@ -84,10 +84,13 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         -- Whatever the outcome, this attempt ended: a claim of its schedule slot that never got here did not.
         redis.call('HDEL', KEYS[9], ARGV[4])
         local ours = redis.call('GET', KEYS[2]) == ARGV[5]
-        local state = redis.call('HGET', KEYS[1], 'state')
+        local r = redis.call('HMGET', KEYS[1], 'state', 'finishedBy')
+        local state = r[1]
         local finished = state == 'delivered' or state == 'deadlettered' or state == 'discarded'
-        if mode == 'skip' or (finished and not ours) then
-          -- A late result (our lease ran out and another attempt finished it) must not undo that.
+        -- Dropped: a result that would undo a finished delivery, whoever holds the lease (two attempts overlap when
+        -- a lease runs out mid-attempt, and either may record first); only Azure's acceptance outranks a dead letter.
+        -- Also dropped: a second run of this very attempt's finish (the first one's reply was lost on the way back).
+        if mode == 'skip' or r[2] == ARGV[5] or (finished and (mode ~= 'delivered' or state == 'delivered')) then
           if finished then redis.call('ZREM', KEYS[4], ARGV[4]) end
           if ours then redis.call('DEL', KEYS[2]) end
           return -1
@@ -103,13 +106,14 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           for i = 14, 13 + k do report[#report + 1] = ARGV[i] end
           redis.call('XADD', KEYS[10], 'MAXLEN', '~', 100000, '*', unpack(report))
         end
-        if #ARGV >= 14 + k then
-          local fields = {}
+        if state or #ARGV >= 14 + k then
+          local fields = {'finishedBy', ARGV[5]}
           for i = 14 + k, #ARGV do fields[#fields + 1] = ARGV[i] end
           redis.call('HSET', KEYS[1], unpack(fields))
         end
         local failures = 0
         if mode == 'delivered' then
+          if state == 'deadlettered' then redis.call('ZREM', KEYS[5], ARGV[4]) end
           redis.call('HDEL', KEYS[1], 'body')
           redis.call('ZREM', KEYS[4], ARGV[4])
           redis.call('EXPIRE', KEYS[1], ARGV[9])

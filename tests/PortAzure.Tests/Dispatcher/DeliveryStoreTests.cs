@@ -62,6 +62,82 @@ public class DeliveryStoreTests
         Assert.Equal(0, await db.SortedSetLengthAsync(RedisKeys.RetrySchedule));
     }
 
+    [Theory]
+    [InlineData(DeliveryStates.Retrying)]
+    [InlineData(DeliveryStates.DeadLettered)]
+    [InlineData(DeliveryStates.Delivered)]
+    public async Task Finish_LeaseHolderAfterALateAttemptDelivered_DoesNotUndoTheDelivery(string state)
+    {
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry();
+        var now = DateTimeOffset.UtcNow;
+        var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "delivered", "SUCCESS", "label");
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromMilliseconds(50), false, now, TimeSpan.FromSeconds(30))).Leased);
+        await Task.Delay(100);
+        Assert.True((await store.BeginAsync(entry, "B", TimeSpan.FromSeconds(30), false, now, TimeSpan.FromSeconds(30))).Leased);
+
+        // A's lease ran out while it waited for Azure, but Azure accepted A's POST, and A records that first.
+        await store.FinishAsync(Finish(FinishMode.Delivered, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered)) with { Report = report });
+        // B still holds the lease; its own result must not turn the delivered run back into a retry, a dead letter or a second report.
+        var mode = state switch
+        {
+            DeliveryStates.Retrying => FinishMode.Retry,
+            DeliveryStates.DeadLettered => FinishMode.DeadLetter,
+            _ => FinishMode.Delivered,
+        };
+        var result = await store.FinishAsync(Finish(mode, entry, "B", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, state)) with { Report = report });
+
+        Assert.Equal(-1, result);
+        Assert.Equal(DeliveryStates.Delivered, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
+        Assert.Equal(0, await db.SortedSetLengthAsync(RedisKeys.RetrySchedule));
+        Assert.Equal(0, await db.SortedSetLengthAsync(RedisKeys.DeadLetters));
+        Assert.Single(await db.StreamRangeAsync(RedisKeys.PortReports));
+        Assert.False(await db.KeyExistsAsync(RedisKeys.Lease(entry.DeliveryId)));
+    }
+
+    [Fact]
+    public async Task Finish_LateDeliveryAfterAnotherAttemptDeadLettered_RecordsTheDelivery()
+    {
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry();
+        var now = DateTimeOffset.UtcNow;
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromMilliseconds(50), false, now, TimeSpan.FromSeconds(30))).Leased);
+        await Task.Delay(100);
+        Assert.True((await store.BeginAsync(entry, "B", TimeSpan.FromSeconds(30), false, now, TimeSpan.FromSeconds(30))).Leased);
+        await store.FinishAsync(Finish(FinishMode.DeadLetter, entry, "B", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.DeadLettered)));
+        Assert.Equal(1, await db.SortedSetLengthAsync(RedisKeys.DeadLetters));
+
+        // Azure accepted A's POST after all: the run was started, so a dead letter (and a replay) would be wrong.
+        await store.FinishAsync(Finish(FinishMode.Delivered, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered)));
+
+        Assert.Equal(DeliveryStates.Delivered, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
+        Assert.Equal(0, await db.SortedSetLengthAsync(RedisKeys.DeadLetters));
+    }
+
+    [Fact]
+    public async Task Finish_RunAgainAfterItsReplyWasLost_IsNotAppliedTwice()
+    {
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry();
+        var now = DateTimeOffset.UtcNow;
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, now, TimeSpan.FromSeconds(30))).Leased);
+        var retry = Finish(FinishMode.Retry, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Retrying))
+            with { AttemptJson = """{"attempt":1,"status":503}""" };
+
+        var first = await store.FinishAsync(retry);
+        // The same call again, as the processor's retry sends it when the first reply timed out.
+        var second = await store.FinishAsync(retry);
+
+        Assert.Equal(1, first);
+        Assert.Equal(-1, second);
+        Assert.Equal(1, await db.ListLengthAsync(RedisKeys.Attempts(entry.DeliveryId)));
+        Assert.Equal(1, (long)await db.HashGetAsync(RedisKeys.TargetFailures, entry.Target));
+        Assert.Equal(1, await db.SortedSetLengthAsync(RedisKeys.RetrySchedule));
+    }
+
     [Fact]
     public async Task ClaimDueRetries_SlotClaimedAgainBeforeAnyFinish_IsReportedReclaimedUntilAnAttemptEnds()
     {
