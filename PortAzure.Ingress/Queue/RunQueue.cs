@@ -7,6 +7,12 @@ namespace PortAzure.Ingress.Queue;
 internal readonly record struct EnqueueResult(bool Accepted, string DeliveryId);
 
 /// <summary>
+/// A second key that must also be free, for a run whose idempotency key the sender chose (an unsigned header):
+/// it names the signed call itself, so that replaying the call under new header values finds it taken.
+/// </summary>
+internal readonly record struct ReplayGuard(string Key, TimeSpan Lifetime);
+
+/// <summary>
 /// Appends accepted runs to the stream. De-duplication, the XADD, the delivery record and the
 /// wake-up message happen in one Lua script: one round trip, and no state where the key is
 /// taken but the entry is missing (or the reverse).
@@ -14,22 +20,30 @@ internal readonly record struct EnqueueResult(bool Accepted, string DeliveryId);
 internal sealed class RunQueue(IConnectionMultiplexer redis)
 {
     // KEYS: 1 idempotency key, 2 stream, 3 delivery record, 4 run index
-    //       (a placeholder in the same slot when there is no run id: Redis Cluster refuses keys in two slots)
+    //       (a placeholder in the same slot when there is no run id: Redis Cluster refuses keys in two slots),
+    //       5 the replay guard's key, only when there is one
     // ARGV: 1 delivery id, 2 idempotency TTL (s), 3 wake channel, 4 has run id (1/0), 5 received at (Unix ms),
-    //       6.. the stream entry's field/value pairs, id and body first (DeliveryEntry.ToStreamFields)
+    //       6 the replay guard's TTL (s) or 0, 7.. the stream entry's field/value pairs, id and body first (DeliveryEntry.ToStreamFields)
     // Why this shape: every argument costs Redis a Lua string, and this script is most of Redis's work per run.
-    // The record shares the entry's field names, so it is the pairs after id and body (ARGV[10..]) plus its
+    // The record shares the entry's field names, so it is the pairs after id and body (ARGV[11..]) plus its
     // own four fields; sending them a second time cost Redis ~4 µs per run (docs/benchmarks.md).
+    // The guard (KEYS[5]) answers like the key it guards: a replay is a duplicate of the run it repeats.
     // GET before the first write: a failed XADD must not leave the key taken (a retry would be a "duplicate").
     private const string EnqueueScript = $$"""
         local existing = redis.call('GET', KEYS[1])
+        if not existing and KEYS[5] then
+          existing = redis.call('GET', KEYS[5])
+        end
         if existing then
           return {0, existing}
         end
-        local streamId = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 6))
+        local streamId = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 7))
         redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+        if KEYS[5] then
+          redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[6])
+        end
         redis.call('HSET', KEYS[3], '{{DeliveryRecord.StreamId}}', streamId, '{{DeliveryRecord.State}}', '{{DeliveryStates.Queued}}',
-          '{{DeliveryRecord.UpdatedAt}}', ARGV[5], '{{DeliveryRecord.Attempts}}', '0', unpack(ARGV, 10))
+          '{{DeliveryRecord.UpdatedAt}}', ARGV[5], '{{DeliveryRecord.Attempts}}', '0', unpack(ARGV, 11))
         if ARGV[4] == '1' then
           redis.call('SADD', KEYS[4], ARGV[1])
           redis.call('EXPIRE', KEYS[4], ARGV[2])
@@ -38,29 +52,39 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
         return {1, ARGV[1]}
         """;
 
-    public async Task<EnqueueResult> EnqueueAsync(DeliveryEntry entry, TimeSpan idempotencyWindow)
+    public async Task<EnqueueResult> EnqueueAsync(DeliveryEntry entry, TimeSpan idempotencyWindow, ReplayGuard? replayGuard = null)
     {
         ArgumentNullException.ThrowIfNull(entry);
         var streamFields = entry.ToStreamFields();
-        var args = new RedisValue[5 + (streamFields.Length * 2)];
+        var args = new RedisValue[6 + (streamFields.Length * 2)];
         args[0] = entry.DeliveryId;
         args[1] = (long)idempotencyWindow.TotalSeconds;
         args[2] = RedisKeys.WakeChannel;
         args[3] = entry.RunId is null ? 0 : 1;
         args[4] = entry.ReceivedAt.ToUnixTimeMilliseconds();
-        var i = 5;
+        args[5] = replayGuard is { } guard ? Math.Max(1, (long)guard.Lifetime.TotalSeconds) : 0;
+        var i = 6;
         foreach (var field in streamFields)
         {
             args[i++] = field.Name;
             args[i++] = field.Value;
         }
-        RedisKey[] keys =
-        [
-            RedisKeys.Idempotency(entry.Org, entry.Webhook, entry.IdempotencyKey),
-            RedisKeys.Stream,
-            RedisKeys.Delivery(entry.DeliveryId),
-            RedisKeys.RunIndex(entry.RunId ?? ""),
-        ];
+        RedisKey[] keys = replayGuard is { } g
+            ?
+            [
+                RedisKeys.Idempotency(entry.Org, entry.Webhook, entry.IdempotencyKey),
+                RedisKeys.Stream,
+                RedisKeys.Delivery(entry.DeliveryId),
+                RedisKeys.RunIndex(entry.RunId ?? ""),
+                g.Key,
+            ]
+            :
+            [
+                RedisKeys.Idempotency(entry.Org, entry.Webhook, entry.IdempotencyKey),
+                RedisKeys.Stream,
+                RedisKeys.Delivery(entry.DeliveryId),
+                RedisKeys.RunIndex(entry.RunId ?? ""),
+            ];
         var result = (RedisResult[])(await redis.GetDatabase().ScriptEvaluateAsync(EnqueueScript, keys, args))!;
         return new EnqueueResult((int)result[0] == 1, (string)result[1]!);
     }

@@ -141,11 +141,35 @@ internal sealed partial class WebhookHandler(
         // The run id is inside the signed body; the header is not signed. A header must never turn one
         // signed run into several deliveries, so it counts only when the body carries no run id.
         var idempotencyKey = runId ?? explicitKey ?? "sha256:" + Convert.ToHexStringLower(SHA256.HashData(body));
+        var replayGuard = runId is null && explicitKey is not null ? GuardAgainstReplay(request, org, webhook, body, options) : (ReplayGuard?)null;
 
-        return await EnqueueAsync(context, org, webhook, body, runId, idempotencyKey, options);
+        return await EnqueueAsync(context, org, webhook, body, runId, idempotencyKey, replayGuard, options);
     }
 
-    private async Task<IResult> EnqueueAsync(HttpContext context, string org, string webhook, byte[] body, string? runId, string idempotencyKey, IngressOptions options)
+    /// <summary>
+    /// For a run keyed by the unsigned header: the same signed call, replayed under another header value, must
+    /// still be one run. What the signature covers names the call (a sender re-sending a body signs a new
+    /// timestamp), and the name is kept as long as that timestamp is accepted. A legacy SHA-1 signature covers the
+    /// body alone, so there the same body is one run for the idempotency window, whatever the header says.
+    /// </summary>
+    private static ReplayGuard GuardAgainstReplay(HttpRequest request, string org, string webhook, byte[] body, IngressOptions options)
+    {
+        var timestamp = request.Headers[PortSignature.TimestampHeader].ToString();
+        if (timestamp.Length == 0)
+        {
+            return new ReplayGuard(RedisKeys.Replay(org, webhook, Convert.ToHexStringLower(SHA256.HashData(body))),
+                TimeSpan.FromHours(options.IdempotencyWindowHours));
+        }
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        hash.AppendData(System.Text.Encoding.ASCII.GetBytes(timestamp + "."));
+        hash.AppendData(body);
+        // The timestamp is accepted from `tolerance` ahead of the clock to `tolerance` behind it.
+        return new ReplayGuard(RedisKeys.Replay(org, webhook, "v1:" + Convert.ToHexStringLower(hash.GetHashAndReset())),
+            TimeSpan.FromSeconds(2 * options.TimestampToleranceSeconds));
+    }
+
+    private async Task<IResult> EnqueueAsync(HttpContext context, string org, string webhook, byte[] body, string? runId, string idempotencyKey,
+        ReplayGuard? replayGuard, IngressOptions options)
     {
         var deliveryId = NewDeliveryId();
         using var activity = PortAzureDiagnostics.ActivitySource.StartActivity($"send {RedisKeys.Stream}", ActivityKind.Producer);
@@ -173,7 +197,7 @@ internal sealed partial class WebhookHandler(
         EnqueueResult result;
         try
         {
-            result = await queue.EnqueueAsync(entry, TimeSpan.FromHours(options.IdempotencyWindowHours));
+            result = await queue.EnqueueAsync(entry, TimeSpan.FromHours(options.IdempotencyWindowHours), replayGuard);
         }
         catch (Exception ex) when (ex is RedisException or TimeoutException or ObjectDisposedException)
         {

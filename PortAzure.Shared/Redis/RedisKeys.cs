@@ -46,6 +46,9 @@ public static class RedisKeys
 
     public static string Idempotency(string org, string webhook, string key) => $"{Prefix}idem:{org}/{webhook}/{key}";
 
+    /// <summary>What a signed call was (a hash of what its signature covers), for runs keyed by the unsigned Idempotency-Key header.</summary>
+    public static string Replay(string org, string webhook, string signedContentHash) => $"{Prefix}replay:{org}/{webhook}/{signedContentHash}";
+
     public static string Delivery(string deliveryId) => $"{Prefix}delivery:{deliveryId}";
 
     public static string Attempts(string deliveryId) => $"{Prefix}attempts:{deliveryId}";

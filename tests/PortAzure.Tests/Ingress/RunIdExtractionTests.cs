@@ -84,6 +84,77 @@ public class RunIdExtractionTests
     }
 
     [Fact]
+    public async Task Post_CallWithoutRunIdReplayedWithNewIdempotencyKeys_IsQueuedOnce()
+    {
+        // Without a run id the header is the key; a captured call sent again under other header values (inside
+        // the timestamp tolerance) is still the same signed call.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var body = Encoding.UTF8.GetBytes($$"""{"action":"no_run","nonce":"{{Guid.NewGuid():N}}"}""");
+        var at = DateTimeOffset.UtcNow;
+        var answers = new List<(HttpStatusCode Status, string? DeliveryId)>();
+        foreach (var key in new[] { "a", "b", "c" })
+        {
+            using var request = TestRuns.Signed(body, at: at);
+            request.Headers.Add("Idempotency-Key", "key-" + key);
+            using var response = await relay.Ingress.Client.SendAsync(request);
+            answers.Add((response.StatusCode, (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deliveryId").GetString()));
+        }
+
+        Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.OK, HttpStatusCode.OK], answers.Select(a => a.Status));
+        Assert.Single(answers.Select(a => a.DeliveryId).Distinct());
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
+    public async Task Post_SameBodyWithoutRunIdSignedAnewWithAnotherKey_IsASecondRun()
+    {
+        // A sender that means a second run signs it again (a new timestamp) and gives it its own key.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var body = Encoding.UTF8.GetBytes($$"""{"action":"no_run","nonce":"{{Guid.NewGuid():N}}"}""");
+        using var first = TestRuns.Signed(body, at: DateTimeOffset.UtcNow.AddSeconds(-2));
+        first.Headers.Add("Idempotency-Key", "key-1");
+        using var second = TestRuns.Signed(body, at: DateTimeOffset.UtcNow);
+        second.Headers.Add("Idempotency-Key", "key-2");
+
+        using var firstResponse = await relay.Ingress.Client.SendAsync(first);
+        using var secondResponse = await relay.Ingress.Client.SendAsync(second);
+
+        Assert.Equal(HttpStatusCode.Accepted, firstResponse.StatusCode);
+        Assert.Equal(HttpStatusCode.Accepted, secondResponse.StatusCode);
+        Assert.Equal(2, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+        var guards = new List<TimeSpan>();
+        await foreach (var key in relay.Redis.GetServers()[0].KeysAsync(relay.Db.Database, RedisKeys.Prefix + "replay:*"))
+        {
+            guards.Add((await relay.Db.KeyTimeToLiveAsync(key))!.Value);
+        }
+        // Kept while the timestamp is accepted (300 s either side), not for the idempotency window.
+        Assert.Equal(2, guards.Count);
+        Assert.All(guards, ttl => Assert.InRange(ttl, TimeSpan.FromSeconds(590), TimeSpan.FromSeconds(600)));
+    }
+
+    [Fact]
+    public async Task Post_LegacySignedCallWithoutRunIdReplayedWithNewIdempotencyKey_IsQueuedOnce()
+    {
+        // A SHA-1 signature covers the body alone: nothing tells a replay from a new call with the same body.
+        await using var relay = await Relay.StartAsync(c => c["Ingress:AllowLegacySha1Signature"] = "true", dispatchers: 0);
+        var body = Encoding.UTF8.GetBytes($$"""{"action":"no_run","nonce":"{{Guid.NewGuid():N}}"}""");
+        var statuses = new List<HttpStatusCode>();
+        foreach (var key in new[] { "a", "b" })
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, TestRuns.Path()) { Content = new ByteArrayContent(body) };
+            request.Content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+            request.Headers.TryAddWithoutValidation(PortAzure.Signing.PortSignature.SignatureHeader,
+                Convert.ToHexStringLower(HMACSHA1.HashData(Encoding.UTF8.GetBytes(TestRuns.Secret), body)));
+            request.Headers.Add("Idempotency-Key", "key-" + key);
+            using var response = await relay.Ingress.Client.SendAsync(request);
+            statuses.Add(response.StatusCode);
+        }
+
+        Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.OK], statuses);
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
     public async Task Post_NoRunIdAnywhere_KeysOnTheBodyHash()
     {
         await using var relay = await Relay.StartAsync(dispatchers: 0);
