@@ -1,6 +1,7 @@
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Http.Resilience;
 using Microsoft.Extensions.Options;
+using PortAzure.Dispatcher.Api;
 using PortAzure.Dispatcher.Delivery;
 using PortAzure.Dispatcher.Diagnostics;
 using PortAzure.Dispatcher.PortReporting;
@@ -39,6 +40,7 @@ public static class DispatcherExtensions
 
         services.TryAddSingleton(TimeProvider.System);
         services.AddProblemDetails();
+        services.AddExceptionHandler<RedisUnavailableHandler>();
         services.AddOpenApi();
 
         services.AddHttpClient(AzureWebhookClient.HttpClientName)

@@ -100,16 +100,14 @@ internal static partial class OperatorApi
         {
             return InvalidId();
         }
-        try
+        switch (await store.ReplayAsync(id, timeProvider.GetUtcNow()))
         {
-            if (await store.ReplayAsync(id, timeProvider.GetUtcNow()) is null)
-            {
+            case ReplayOutcome.NotADeadLetter:
                 return Problems.Create(StatusCodes.Status404NotFound, "deadletter_not_found", $"'{id}' is not a dead letter.");
-            }
-        }
-        catch (RedisServerException)
-        {
-            return Problems.Create(StatusCodes.Status409Conflict, "deadletter_not_replayable", $"'{id}' has no body or target left to replay; it stays a dead letter.");
+            case ReplayOutcome.NotReplayable:
+                return Problems.Create(StatusCodes.Status409Conflict, "deadletter_not_replayable", $"'{id}' has no body or target left to replay; it stays a dead letter.");
+            default:
+                break;
         }
         Log.Replayed(loggers.CreateLogger(typeof(OperatorApi)), 1);
         return TypedResults.Accepted($"/api/deliveries/{id}", new ReplayResult(1, [id]));
@@ -122,16 +120,10 @@ internal static partial class OperatorApi
         var replayed = new List<string>();
         foreach (var id in ids)
         {
-            try
+            // One that is not replayable (no body left) stays a dead letter; the others go on.
+            if (await store.ReplayAsync(id!, timeProvider.GetUtcNow()) == ReplayOutcome.Replayed)
             {
-                if (await store.ReplayAsync(id!, timeProvider.GetUtcNow()) is not null)
-                {
-                    replayed.Add(id!);
-                }
-            }
-            catch (RedisServerException)
-            {
-                // Not replayable (no body left): it stays a dead letter; the others go on.
+                replayed.Add(id!);
             }
         }
         Log.Replayed(loggers.CreateLogger(typeof(OperatorApi)), replayed.Count);

@@ -12,6 +12,16 @@ internal readonly record struct BeginResult(bool Leased, string State, int Attem
     public bool AlreadyFinished => !Leased && State.Length > 0;
 }
 
+/// <summary>What an operator's replay of a dead letter did.</summary>
+internal enum ReplayOutcome
+{
+    Replayed,
+    NotADeadLetter,
+
+    /// <summary>A dead letter whose record lost its body or target: it stays a dead letter.</summary>
+    NotReplayable,
+}
+
 /// <summary>How an attempt (or a decision not to attempt) ends.</summary>
 internal enum FinishMode
 {
@@ -157,6 +167,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         """;
 
     // KEYS: 1 dead letters, 2 record, 3 stream. ARGV: 1 delivery id, 2 now ms, 3 wake channel
+    // Returns the new stream id; nil: not a dead letter; 0: a dead letter without body or target (left as it is).
     private const string ReplayScript = """
         if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
           return false
@@ -164,7 +175,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         local r = redis.call('HMGET', KEYS[2], 'org', 'webhook', 'body', 'key', 'run', 'at', 'traceparent', 'tracestate')
         if not r[1] or not r[2] or not r[3] or not r[4] then
           -- Checked before anything changes: a dead letter that cannot be replayed stays one.
-          return redis.error_reply('dead letter ' .. ARGV[1] .. ' has no body or target to replay')
+          return 0
         end
         local f = {'id', ARGV[1], 'org', r[1], 'webhook', r[2], 'body', r[3], 'key', r[4], 'at', r[6] or ARGV[2]}
         if r[5] and r[5] ~= '' then f[#f + 1] = 'run'; f[#f + 1] = r[5] end
@@ -313,12 +324,14 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         await transaction.ExecuteAsync();
     }
 
-    /// <summary>Puts a dead letter back into the stream under the same delivery id; false when it is not a dead letter.</summary>
-    public async Task<string?> ReplayAsync(string deliveryId, DateTimeOffset now)
+    /// <summary>Puts a dead letter back into the stream under the same delivery id.</summary>
+    public async Task<ReplayOutcome> ReplayAsync(string deliveryId, DateTimeOffset now)
     {
         var result = await Db.ScriptEvaluateAsync(ReplayScript,
             [RedisKeys.DeadLetters, RedisKeys.Delivery(deliveryId), RedisKeys.Stream],
             [deliveryId, now.ToUnixTimeMilliseconds(), RedisKeys.WakeChannel]);
-        return result.IsNull ? null : (string?)result;
+        return result.IsNull ? ReplayOutcome.NotADeadLetter
+            : result.Resp2Type == ResultType.Integer ? ReplayOutcome.NotReplayable
+            : ReplayOutcome.Replayed;
     }
 }

@@ -29,4 +29,5 @@ internal static class EventIds
 
     public const int OperatorApiRejected = 2301;
     public const int Replayed = 2302;
+    public const int OperatorApiRedisUnavailable = 2303;
 }

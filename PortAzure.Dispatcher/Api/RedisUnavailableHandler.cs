@@ -1,0 +1,34 @@
+using Microsoft.AspNetCore.Diagnostics;
+using PortAzure.Dispatcher.Diagnostics;
+using StackExchange.Redis;
+
+namespace PortAzure.Dispatcher.Api;
+
+/// <summary>
+/// Redis unreachable, timing out or refusing writes (a failover's READONLY) during an operator call: a 503 with a
+/// reason and Retry-After, where the default handler would answer a bare 500 that reads like a bug in the relay.
+/// Every operator change is one script or transaction, so a retry repeats nothing that happened.
+/// </summary>
+internal sealed partial class RedisUnavailableHandler(ILogger<RedisUnavailableHandler> logger) : IExceptionHandler
+{
+    private static readonly TimeSpan RetryAfter = TimeSpan.FromSeconds(5);
+
+    public async ValueTask<bool> TryHandleAsync(HttpContext httpContext, Exception exception, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(httpContext);
+        if (exception is not (RedisException or TimeoutException))
+        {
+            return false;
+        }
+        Log.RedisUnavailable(logger, exception, httpContext.Request.Method, httpContext.Request.Path.Value ?? "");
+        await Problems.Create(StatusCodes.Status503ServiceUnavailable, "redis_unavailable",
+            "Redis did not answer the request; retry after the number of seconds in Retry-After.", RetryAfter).ExecuteAsync(httpContext);
+        return true;
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(EventIds.OperatorApiRedisUnavailable, LogLevel.Warning, "Operator call {Method} {Path} failed: Redis unavailable")]
+        public static partial void RedisUnavailable(ILogger logger, Exception exception, string method, string path);
+    }
+}

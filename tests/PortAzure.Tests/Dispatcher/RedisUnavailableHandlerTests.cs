@@ -1,0 +1,31 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+using PortAzure.Tests.Infrastructure;
+
+namespace PortAzure.Tests.Dispatcher;
+
+public class RedisUnavailableHandlerTests
+{
+    [Fact]
+    public async Task OperatorApi_RedisGone_Answers503ProblemWithReasonAndRetryAfter()
+    {
+        await using var redis = await RedisServer.StartAsync();
+        await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString);
+        using (var before = relay.Operator(HttpMethod.Get, "/api/stats"))
+        using (var answer = await relay.Ingress.Client.SendAsync(before))
+        {
+            Assert.Equal(HttpStatusCode.OK, answer.StatusCode);
+        }
+
+        redis.Kill();
+        using var request = relay.Operator(HttpMethod.Get, "/api/stats");
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        // Through the Ingress's YARP route, as an operator sees it: not a bare 500.
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+        Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        Assert.Equal("redis_unavailable", (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+        Assert.NotNull(response.Headers.RetryAfter);
+    }
+}
