@@ -22,6 +22,13 @@ internal sealed class DispatcherOptions
     /// <summary>Added to the request timeout for leases and for reclaiming a crashed consumer's entries.</summary>
     public double ClaimMarginSeconds { get; set; } = 15;
 
+    /// <summary>
+    /// Once Azure has answered, how long an attempt keeps trying to record the result while Redis is away. The
+    /// attempt's lease covers it, so no other replica posts the run again meanwhile; the price is that a run whose
+    /// Dispatcher crashed mid-attempt is posted again only once that lease has run out.
+    /// </summary>
+    public double FinishRetrySeconds { get; set; } = 60;
+
     public double ClaimIntervalSeconds { get; set; } = 5;
 
     /// <summary>An entry reclaimed from crashed consumers more often than this is poison.</summary>
@@ -50,11 +57,14 @@ internal sealed class DispatcherOptions
     public TimeSpan RequestTimeout => TimeSpan.FromSeconds(RequestTimeoutSeconds);
 
     /// <summary>
-    /// An attempt's lease (and a claimed retry's): a live POST always ends (times out) before it runs out.
-    /// Half the margin, so that it has run out by the time <see cref="ClaimMinIdle"/> lets another
-    /// consumer reclaim the entry (the lease is taken just after the entry is read).
+    /// An attempt's lease (and a claimed retry's): a live POST always ends (times out), and so do the retries of
+    /// its result's recording, before it runs out. Another replica that reclaims the entry meanwhile finds the
+    /// lease held and leaves it; with <see cref="FinishRetrySeconds"/> at 0 the lease has run out by the time
+    /// <see cref="ClaimMinIdle"/> lets it reclaim (half the margin; the lease is taken just after the entry is read).
     /// </summary>
-    public TimeSpan LeaseDuration => TimeSpan.FromSeconds(RequestTimeoutSeconds + (ClaimMarginSeconds / 2));
+    public TimeSpan LeaseDuration => TimeSpan.FromSeconds(RequestTimeoutSeconds + FinishRetrySeconds + (ClaimMarginSeconds / 2));
+
+    public TimeSpan FinishRetryWindow => TimeSpan.FromSeconds(FinishRetrySeconds);
 
     /// <summary>A pending entry is reclaimed from its consumer only after being idle this long.</summary>
     public TimeSpan ClaimMinIdle => TimeSpan.FromSeconds(RequestTimeoutSeconds + ClaimMarginSeconds);
@@ -97,6 +107,7 @@ internal sealed class DispatcherOptionsValidator : IValidateOptions<DispatcherOp
         Check(options.PollIntervalSeconds is > 0 and <= 60, "Dispatcher:PollIntervalSeconds must be in (0, 60].");
         Check(options.RequestTimeoutSeconds is > 0 and <= 300, "Dispatcher:RequestTimeoutSeconds must be in (0, 300].");
         Check(options.ClaimMarginSeconds is >= 1 and <= 600, "Dispatcher:ClaimMarginSeconds must be between 1 and 600.");
+        Check(options.FinishRetrySeconds is >= 0 and <= 3600, "Dispatcher:FinishRetrySeconds must be between 0 and 3600.");
         Check(options.ClaimIntervalSeconds is > 0 and <= 600, "Dispatcher:ClaimIntervalSeconds must be in (0, 600].");
         Check(options.MaxClaims is >= 1 and <= 100, "Dispatcher:MaxClaims must be between 1 and 100.");
         Check(options.ShutdownGraceSeconds is >= 0 and <= 300, "Dispatcher:ShutdownGraceSeconds must be between 0 and 300.");

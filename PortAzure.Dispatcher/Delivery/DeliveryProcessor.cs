@@ -25,13 +25,11 @@ internal sealed partial class DeliveryProcessor(
     ConsumerIdentity identity,
     ILogger<DeliveryProcessor> logger)
 {
-    // Once Azure has answered, the result is worth waiting for: about two minutes, longer than a
-    // managed Redis failover, before the entry is left to be reclaimed (and posted again).
+    // Once Azure has answered, the result is worth waiting for, for Dispatcher:FinishRetrySeconds (inside the
+    // attempt's lease, so no other replica posts the run meanwhile). Never more than 2 s apart: when Redis is
+    // back, the result should be recorded at once.
     private static readonly TimeSpan[] FinishBackoff =
-    [
-        TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2),
-        TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(8), .. Enumerable.Repeat(TimeSpan.FromSeconds(15), 7),
-    ];
+        [TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2)];
 
     private static readonly TimeSpan[] BeginBackoff =
         [TimeSpan.FromMilliseconds(100), TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(8)];
@@ -196,10 +194,17 @@ internal sealed partial class DeliveryProcessor(
         var request = new DeliveryStore.FinishRequest(mode, entry, streamId, leaseToken, now, dueAt,
             TimeSpan.FromHours(opts.DeliveredRetentionHours), attemptJson, opts.TargetHealth.FailureThreshold,
             now + TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds), fields, report);
-        return await WithRedisRetriesAsync(() => store.FinishAsync(request), FinishBackoff, entry.DeliveryId, mode.ToString());
+        var giveUpAt = timeProvider.GetUtcNow() + opts.FinishRetryWindow;
+        return await WithRedisRetriesAsync(() => store.FinishAsync(request),
+            i => FinishBackoff[Math.Min(i, FinishBackoff.Length - 1)] is var delay && timeProvider.GetUtcNow() + delay <= giveUpAt ? delay : null,
+            entry.DeliveryId, mode.ToString());
     }
 
-    private async Task<T> WithRedisRetriesAsync<T>(Func<Task<T>> operation, TimeSpan[] backoff, string deliveryId, string step)
+    private Task<T> WithRedisRetriesAsync<T>(Func<Task<T>> operation, TimeSpan[] backoff, string deliveryId, string step) =>
+        WithRedisRetriesAsync(operation, i => i < backoff.Length ? backoff[i] : null, deliveryId, step);
+
+    /// <param name="nextDelay">The wait before retry <c>i</c> (0-based), or null to give up and throw.</param>
+    private async Task<T> WithRedisRetriesAsync<T>(Func<Task<T>> operation, Func<int, TimeSpan?> nextDelay, string deliveryId, string step)
     {
         for (var i = 0; ; i++)
         {
@@ -207,10 +212,10 @@ internal sealed partial class DeliveryProcessor(
             {
                 return await operation();
             }
-            catch (Exception ex) when (ex is RedisException or TimeoutException && i < backoff.Length)
+            catch (Exception ex) when (ex is RedisException or TimeoutException && nextDelay(i) is { } delay)
             {
                 Log.RedisRetry(logger, ex, step, deliveryId);
-                await Task.Delay(backoff[i], timeProvider);
+                await Task.Delay(delay, timeProvider);
             }
         }
     }

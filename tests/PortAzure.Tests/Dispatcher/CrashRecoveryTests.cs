@@ -22,6 +22,8 @@ public class CrashRecoveryTests(ITestOutputHelper output)
             ["Dispatcher:RequestTimeoutSeconds"] = "5",
             ["Dispatcher:ClaimMarginSeconds"] = "1",
             ["Dispatcher:ClaimIntervalSeconds"] = "0.5",
+            // The killed process's leases run out after timeout + this + margin/2: short, so the test is.
+            ["Dispatcher:FinishRetrySeconds"] = "1",
         };
         var runIds = Enumerable.Range(0, 500).Select(_ => TestRuns.NewRunId()).ToList();
         await relay.SendAllAcceptedAsync(runIds);

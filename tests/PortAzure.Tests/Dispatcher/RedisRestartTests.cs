@@ -83,6 +83,39 @@ public class RedisRestartTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task RedisGoneAfterAzureAnswered_LongerThanTimeoutPlusMargin_TheRunIsPostedOnce()
+    {
+        // Redis dies while Azure handles the POST and stays away longer than timeout + margin (3 s) but
+        // inside the finish window (20 s). The attempt's lease covers the window, so a replica that reclaims
+        // the entry when Redis is back finds it held and does not post the run a second time.
+        await using var redis = await RedisServer.StartAsync("always");
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:RequestTimeoutSeconds"] = "2";
+            c["Dispatcher:ClaimMarginSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+            c["Dispatcher:FinishRetrySeconds"] = "20";
+        }, redisConnection: redis.ConnectionString);
+        await relay.EmulatorApi.ScriptAsync(new { delayMs = 1500 });
+        var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
+        // The emulator records a request when it arrives, then waits 1.5 s before answering 200.
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(20), "the POST reached Azure");
+
+        redis.Kill();
+        await Task.Delay(TimeSpan.FromSeconds(6));
+        await redis.StartProcessAsync();
+        // A second replica, started only now, reclaims at once: the entry has been idle for more than 3 s.
+        await relay.AddDispatcherAsync();
+
+        await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.Delivered,
+            TimeSpan.FromSeconds(30), "the first attempt records its result");
+        // Give a reclaiming replica time to post it again, were it going to.
+        await Task.Delay(TimeSpan.FromSeconds(3));
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+        Assert.Equal(0, (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount);
+    }
+
+    [Fact]
     public async Task ConsumerGroupDeleted_WhileRunning_IsRecreatedAndDeliveryResumes()
     {
         await using var relay = await Relay.StartAsync();

@@ -16,6 +16,7 @@ public class ShutdownTests
             c["Dispatcher:RequestTimeoutSeconds"] = "15";
             c["Dispatcher:ClaimMarginSeconds"] = "1";
             c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+            c["Dispatcher:FinishRetrySeconds"] = "1";
         });
         // Long enough that the stop surely lands while the first two POSTs are in flight.
         await relay.EmulatorApi.ScriptAsync(new { delayMs = 5000 });
@@ -67,6 +68,7 @@ public class SigtermTests
             ["Dispatcher:RequestTimeoutSeconds"] = "15",
             ["Dispatcher:ClaimMarginSeconds"] = "1",
             ["Dispatcher:ClaimIntervalSeconds"] = "0.2",
+            ["Dispatcher:FinishRetrySeconds"] = "1",
         };
         var ids = new List<string>();
         for (var i = 0; i < 4; i++)
