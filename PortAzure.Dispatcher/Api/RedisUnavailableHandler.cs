@@ -5,8 +5,9 @@ using StackExchange.Redis;
 namespace PortAzure.Dispatcher.Api;
 
 /// <summary>
-/// Redis unreachable, timing out or refusing writes (a failover's READONLY) during an operator call: a 503 with a
-/// reason and Retry-After, where the default handler would answer a bare 500 that reads like a bug in the relay.
+/// Redis unreachable, timing out or refusing for now (a failover's READONLY, LOADING after a restart) during an
+/// operator call: a 503 with a reason and Retry-After, where the default handler would answer a bare 500 that reads
+/// like a bug in the relay.
 /// Every operator change is one script or transaction, so a retry repeats nothing that happened.
 /// </summary>
 internal sealed partial class RedisUnavailableHandler(ILogger<RedisUnavailableHandler> logger) : IExceptionHandler
@@ -16,7 +17,7 @@ internal sealed partial class RedisUnavailableHandler(ILogger<RedisUnavailableHa
     public async ValueTask<bool> TryHandleAsync(HttpContext httpContext, Exception exception, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(httpContext);
-        if (exception is not (RedisException or TimeoutException))
+        if (!IsUnavailable(exception))
         {
             return false;
         }
@@ -25,6 +26,17 @@ internal sealed partial class RedisUnavailableHandler(ILogger<RedisUnavailableHa
             "Redis did not answer the request; retry after the number of seconds in Retry-After.", RetryAfter).ExecuteAsync(httpContext);
         return true;
     }
+
+    // A server error that only says "not now" (a failover, a load, a busy script); any other one (WRONGTYPE, a
+    // script error) is a fault to see as a 500, not something a retry fixes.
+    private static readonly string[] TransientServerErrors = ["READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "BUSY", "CLUSTERDOWN"];
+
+    private static bool IsUnavailable(Exception exception) => exception switch
+    {
+        RedisConnectionException or TimeoutException => true,
+        RedisServerException server => TransientServerErrors.Any(code => server.Message.StartsWith(code + " ", StringComparison.Ordinal)),
+        _ => false,
+    };
 
     private static partial class Log
     {

@@ -44,16 +44,17 @@ internal sealed partial class DeliveryProcessor(
         ArgumentNullException.ThrowIfNull(entry);
         var opts = options.CurrentValue;
         var now = timeProvider.GetUtcNow();
-        // One token per attempt: a late finish of this attempt can tell that its lease was taken over.
-        var leaseToken = $"{identity.Name}/{Guid.NewGuid():N}";
+        // One token per attempt: a late finish of this attempt can tell that its lease was taken over. The lease
+        // is set after `now`, so it lasts at least until the time kept here.
+        var lease = new AttemptLease($"{identity.Name}/{Guid.NewGuid():N}", now + opts.LeaseDuration);
         // Nothing has been posted yet: riding out a short Redis outage here is safe, and quicker than
         // leaving the entry to be reclaimed after the lease.
-        var begin = await WithRedisRetriesAsync(() => store.BeginAsync(entry, leaseToken, opts.LeaseDuration, claimed, now,
+        var begin = await WithRedisRetriesAsync(() => store.BeginAsync(entry, lease.Token, opts.LeaseDuration, claimed, now,
             TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds)), BeginBackoff, entry.DeliveryId, "begin");
         if (begin.AlreadyFinished)
         {
             Log.AlreadyFinished(logger, entry.DeliveryId, begin.State);
-            await FinishAsync(FinishMode.Skip, entry, streamId, leaseToken, now, null, null, []);
+            await FinishAsync(FinishMode.Skip, entry, streamId, lease, now, null, null, []);
             return;
         }
         if (!begin.Leased)
@@ -72,19 +73,30 @@ internal sealed partial class DeliveryProcessor(
         if (claimed && begin.Claims > opts.MaxClaims)
         {
             var hint = $"The entry was reclaimed from stopped Dispatchers {begin.Claims} times; it is treated as poison. Replay it once the cause is found.";
-            await DeadLetterAsync(entry, streamId, leaseToken, now, begin.Attempts, "poison", hint, null, null);
+            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "poison", hint, null, null);
             return;
         }
         var since = begin.Since ?? entry.ReceivedAt;
         if (begin.PausedUntil is { } pausedUntil)
         {
-            await HoldForPausedTargetAsync(entry, streamId, leaseToken, now, since, pausedUntil, begin.Attempts);
+            await HoldForPausedTargetAsync(entry, streamId, lease, now, since, pausedUntil, begin.Attempts);
             return;
         }
 
         var attempt = begin.Attempts + 1;
         using var activity = StartAttemptActivity(entry, attempt, streamId);
-        var result = await client.PostAsync(entry, cancellationToken);
+        AttemptResult result;
+        try
+        {
+            result = await client.PostAsync(entry, cancellationToken);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // Shutdown gave up on this POST. Nobody will record its result, so the lease would only hold the run back
+            // from the other replicas (for the whole finish window); whether Azure got it stays unknown either way.
+            await store.ReleaseLeaseAsync(entry.DeliveryId, lease.Token);
+            throw;
+        }
         now = timeProvider.GetUtcNow();
         metrics.Attempt(result);
         activity?.SetTag("http.response.status_code", result.StatusCode);
@@ -94,7 +106,7 @@ internal sealed partial class DeliveryProcessor(
         switch (result.Outcome)
         {
             case AttemptOutcome.Delivered:
-                await FinishAsync(FinishMode.Delivered, entry, streamId, leaseToken, now, null, attemptJson,
+                await FinishAsync(FinishMode.Delivered, entry, streamId, lease, now, null, attemptJson,
                 [
                     .. IdentityFields(entry),
                     new(DeliveryRecord.State, DeliveryStates.Delivered),
@@ -112,7 +124,7 @@ internal sealed partial class DeliveryProcessor(
                 if (policy.NextAttemptAt(attempt, now, since, result.RetryAfter) is { } dueAt)
                 {
                     activity?.SetStatus(ActivityStatusCode.Error, result.StatusClass);
-                    var failures = await FinishAsync(FinishMode.Retry, entry, streamId, leaseToken, now, dueAt, attemptJson,
+                    var failures = await FinishAsync(FinishMode.Retry, entry, streamId, lease, now, dueAt, attemptJson,
                     [
                         .. EntryFields(entry, DeliveryStates.Retrying, now),
                         new(DeliveryRecord.Attempts, attempt),
@@ -128,13 +140,13 @@ internal sealed partial class DeliveryProcessor(
                 }
                 else
                 {
-                    await DeadLetterAsync(entry, streamId, leaseToken, now, attempt, "retries_exhausted",
+                    await DeadLetterAsync(entry, streamId, lease, now, attempt, "retries_exhausted",
                         OutcomeClassifier.Hint(result.StatusCode, result.Error), result, attemptJson);
                 }
                 break;
 
             default:
-                await DeadLetterAsync(entry, streamId, leaseToken, now, attempt, "permanent_failure",
+                await DeadLetterAsync(entry, streamId, lease, now, attempt, "permanent_failure",
                     OutcomeClassifier.Hint(result.StatusCode, result.Error), result, attemptJson);
                 break;
         }
@@ -148,12 +160,12 @@ internal sealed partial class DeliveryProcessor(
     /// The target is paused: wait for its probe without spending an attempt, but not past the retry age.
     /// Held deliveries are spread over the probe interval so that they do not all fall due at once.
     /// </summary>
-    private async Task HoldForPausedTargetAsync(DeliveryEntry entry, string? streamId, string leaseToken, DateTimeOffset now, DateTimeOffset since, DateTimeOffset pausedUntil, int attempts)
+    private async Task HoldForPausedTargetAsync(DeliveryEntry entry, string? streamId, AttemptLease lease, DateTimeOffset now, DateTimeOffset since, DateTimeOffset pausedUntil, int attempts)
     {
         var opts = options.CurrentValue;
         if (now - since > TimeSpan.FromHours(opts.Retry.MaxAgeHours))
         {
-            await DeadLetterAsync(entry, streamId, leaseToken, now, attempts, "retries_exhausted",
+            await DeadLetterAsync(entry, streamId, lease, now, attempts, "retries_exhausted",
                 $"The target {entry.Target} stayed paused (repeated transient failures) past Dispatcher:Retry:MaxAgeHours; replay once it answers again.", null, null);
             return;
         }
@@ -162,14 +174,14 @@ internal sealed partial class DeliveryProcessor(
             // From the schedule: the record already holds the body; do not write it again.
             ? [new(DeliveryRecord.State, DeliveryStates.Retrying), new(DeliveryRecord.UpdatedAt, now.ToUnixTimeMilliseconds())]
             : EntryFields(entry, DeliveryStates.Retrying, now);
-        await FinishAsync(FinishMode.Reschedule, entry, streamId, leaseToken, now, due, null,
+        await FinishAsync(FinishMode.Reschedule, entry, streamId, lease, now, due, null,
             [.. fields, new(DeliveryRecord.NextAttemptAt, due.ToUnixTimeMilliseconds())]);
         metrics.Paused();
     }
 
-    private async Task DeadLetterAsync(DeliveryEntry entry, string? streamId, string leaseToken, DateTimeOffset now, int attempts, string reason, string hint, AttemptResult? result, string? attemptJson)
+    private async Task DeadLetterAsync(DeliveryEntry entry, string? streamId, AttemptLease lease, DateTimeOffset now, int attempts, string reason, string hint, AttemptResult? result, string? attemptJson)
     {
-        await FinishAsync(FinishMode.DeadLetter, entry, streamId, leaseToken, now, null, attemptJson,
+        await FinishAsync(FinishMode.DeadLetter, entry, streamId, lease, now, null, attemptJson,
         [
             .. EntryFields(entry, DeliveryStates.DeadLettered, now),
             new(DeliveryRecord.Attempts, attempts),
@@ -187,18 +199,25 @@ internal sealed partial class DeliveryProcessor(
     /// Records the end of an attempt. Retried while Redis is briefly away: once Azure has answered, giving
     /// up here would let the entry be posted again after it is reclaimed.
     /// </summary>
-    private async Task<long> FinishAsync(FinishMode mode, DeliveryEntry entry, string? streamId, string leaseToken, DateTimeOffset now, DateTimeOffset? dueAt, string? attemptJson,
+    private async Task<long> FinishAsync(FinishMode mode, DeliveryEntry entry, string? streamId, AttemptLease lease, DateTimeOffset now, DateTimeOffset? dueAt, string? attemptJson,
         IReadOnlyList<KeyValuePair<string, RedisValue>> fields, PortReport? report = null)
     {
         var opts = options.CurrentValue;
-        var request = new DeliveryStore.FinishRequest(mode, entry, streamId, leaseToken, now, dueAt,
+        var request = new DeliveryStore.FinishRequest(mode, entry, streamId, lease.Token, now, dueAt,
             TimeSpan.FromHours(opts.DeliveredRetentionHours), attemptJson, opts.TargetHealth.FailureThreshold,
             now + TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds), fields, report);
-        var giveUpAt = timeProvider.GetUtcNow() + opts.FinishRetryWindow;
+        // The last try must also end inside the lease (once it has run out, another replica may post the run
+        // again), and a try can take a whole Redis timeout while Redis is away.
+        var lastTryAt = Min(timeProvider.GetUtcNow() + opts.FinishRetryWindow, lease.Until - store.OperationTimeout);
         return await WithRedisRetriesAsync(() => store.FinishAsync(request),
-            i => FinishBackoff[Math.Min(i, FinishBackoff.Length - 1)] is var delay && timeProvider.GetUtcNow() + delay <= giveUpAt ? delay : null,
+            i => FinishBackoff[Math.Min(i, FinishBackoff.Length - 1)] is var delay && timeProvider.GetUtcNow() + delay <= lastTryAt ? delay : null,
             entry.DeliveryId, mode.ToString());
     }
+
+    private static DateTimeOffset Min(DateTimeOffset a, DateTimeOffset b) => a < b ? a : b;
+
+    /// <summary>An attempt's lease: its token, and a time it lasts at least until.</summary>
+    private readonly record struct AttemptLease(string Token, DateTimeOffset Until);
 
     private Task<T> WithRedisRetriesAsync<T>(Func<Task<T>> operation, TimeSpan[] backoff, string deliveryId, string step) =>
         WithRedisRetriesAsync(operation, i => i < backoff.Length ? backoff[i] : null, deliveryId, step);

@@ -123,7 +123,10 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         end
         local failures = 0
         if mode == 'delivered' then
-          if state == 'deadlettered' then redis.call('ZREM', KEYS[5], ARGV[4]) end
+          if state == 'deadlettered' then
+            redis.call('ZREM', KEYS[5], ARGV[4])
+            redis.call('HDEL', KEYS[1], 'reason', 'hint', 'deadLetteredAt')
+          end
           redis.call('HDEL', KEYS[1], 'body')
           redis.call('ZREM', KEYS[4], ARGV[4])
           redis.call('EXPIRE', KEYS[1], ARGV[9])
@@ -190,7 +193,30 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         return sid
         """;
 
+    // KEYS: 1 lease. ARGV: 1 lease token
+    private const string ReleaseLeaseScript = """
+        if redis.call('GET', KEYS[1]) == ARGV[1] then
+          return redis.call('DEL', KEYS[1])
+        end
+        return 0
+        """;
+
     private IDatabase Db => redis.GetDatabase();
+
+    /// <summary>How long one call may take before the client gives up on it (its sync timeout; keep the async one no longer).</summary>
+    public TimeSpan OperationTimeout => TimeSpan.FromMilliseconds(redis.TimeoutMilliseconds);
+
+    /// <summary>Ends an attempt's lease if it still holds it; best effort (Redis may be what failed).</summary>
+    public async Task ReleaseLeaseAsync(string deliveryId, string leaseToken)
+    {
+        try
+        {
+            await Db.ScriptEvaluateAsync(ReleaseLeaseScript, [RedisKeys.Lease(deliveryId)], [leaseToken]);
+        }
+        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        {
+        }
+    }
 
     public async Task<BeginResult> BeginAsync(DeliveryEntry entry, string leaseToken, TimeSpan lease, bool claimed, DateTimeOffset now, TimeSpan probeInterval)
     {

@@ -141,16 +141,17 @@ internal sealed partial class WebhookHandler(
         // The run id is inside the signed body; the header is not signed. A header must never turn one
         // signed run into several deliveries, so it counts only when the body carries no run id.
         var idempotencyKey = runId ?? explicitKey ?? "sha256:" + Convert.ToHexStringLower(SHA256.HashData(body));
-        var replayGuard = runId is null && explicitKey is not null ? GuardAgainstReplay(request, org, webhook, body, options) : (ReplayGuard?)null;
+        var replayGuard = runId is null ? GuardAgainstReplay(request, org, webhook, body, options) : (ReplayGuard?)null;
 
         return await EnqueueAsync(context, org, webhook, body, runId, idempotencyKey, replayGuard, options);
     }
 
     /// <summary>
-    /// For a run keyed by the unsigned header: the same signed call, replayed under another header value, must
-    /// still be one run. What the signature covers names the call (a sender re-sending a body signs a new
-    /// timestamp), and the name is kept as long as that timestamp is accepted. A legacy SHA-1 signature covers the
-    /// body alone, so there the same body is one run for the idempotency window, whatever the header says.
+    /// For a run without a run id, whose key the unsigned header can choose: the same signed call, replayed with
+    /// another header value, or with the header added or left out, must still be one run. What the signature
+    /// covers names the call (a sender re-sending a body signs a new timestamp), and the name is kept as long as
+    /// that timestamp is accepted. A legacy SHA-1 signature covers the body alone, so there the same body is one
+    /// run for the idempotency window, whatever the header says.
     /// </summary>
     private static ReplayGuard GuardAgainstReplay(HttpRequest request, string org, string webhook, byte[] body, IngressOptions options)
     {

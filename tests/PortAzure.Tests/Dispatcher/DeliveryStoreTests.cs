@@ -106,7 +106,9 @@ public class DeliveryStoreTests
         Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromMilliseconds(50), false, now, TimeSpan.FromSeconds(30))).Leased);
         await Task.Delay(100);
         Assert.True((await store.BeginAsync(entry, "B", TimeSpan.FromSeconds(30), false, now, TimeSpan.FromSeconds(30))).Leased);
-        await store.FinishAsync(Finish(FinishMode.DeadLetter, entry, "B", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.DeadLettered)));
+        await store.FinishAsync(Finish(FinishMode.DeadLetter, entry, "B", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.DeadLettered),
+            new(DeliveryRecord.Reason, "permanent_failure"), new(DeliveryRecord.Hint, "Replay it once the cause is fixed."),
+            new(DeliveryRecord.DeadLetteredAt, now.ToUnixTimeMilliseconds())));
         Assert.Equal(1, await db.SortedSetLengthAsync(RedisKeys.DeadLetters));
 
         // Azure accepted A's POST after all: the run was started, so a dead letter (and a replay) would be wrong.
@@ -114,6 +116,9 @@ public class DeliveryStoreTests
 
         Assert.Equal(DeliveryStates.Delivered, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
         Assert.Equal(0, await db.SortedSetLengthAsync(RedisKeys.DeadLetters));
+        // Nor does the record still tell the operator to replay it.
+        Assert.All(await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), [DeliveryRecord.Reason, DeliveryRecord.Hint, DeliveryRecord.DeadLetteredAt]),
+            value => Assert.True(value.IsNull));
     }
 
     [Fact]

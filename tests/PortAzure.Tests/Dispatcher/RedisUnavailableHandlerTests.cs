@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Http.Json;
 using System.Text.Json;
+using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
 
 namespace PortAzure.Tests.Dispatcher;
@@ -27,5 +28,19 @@ public class RedisUnavailableHandlerTests
         Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
         Assert.Equal("redis_unavailable", (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
         Assert.NotNull(response.Headers.RetryAfter);
+    }
+
+    [Fact]
+    public async Task OperatorApi_RedisAnswersWithAnError_IsA500NotRedisUnavailable()
+    {
+        // WRONGTYPE is a fault (here: a key damaged by hand), not an outage a retry would outlast.
+        await using var relay = await Relay.StartAsync();
+        await relay.Db.StringSetAsync(RedisKeys.DeadLetters, "not a sorted set");
+
+        using var request = relay.Operator(HttpMethod.Get, "/api/deadletters");
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.InternalServerError, response.StatusCode);
+        Assert.Null(response.Headers.RetryAfter);
     }
 }

@@ -52,6 +52,28 @@ public class ShutdownTests
         var requests = await relay.EmulatorApi.RequestsAsync();
         Assert.True(requests.Count == 5, "POSTs: " + string.Join("; ", requests.Select(r => $"{r.ReceivedAt:HH:mm:ss.fff} {r.Header("Idempotency-Key")}")));
     }
+
+    [Fact]
+    public async Task Stop_GraceRunsOutMidPost_TheAbandonedAttemptGivesItsLeaseBack()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:ShutdownGraceSeconds"] = "0";
+            c["Dispatcher:RequestTimeoutSeconds"] = "15";
+        });
+        await relay.EmulatorApi.ScriptAsync(new { delayMs = 5000 });
+        var id = await DeliveryOutcomeTests.SendAsync(relay);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(10), "the POST is in flight");
+        Assert.True(await relay.Db.KeyExistsAsync(RedisKeys.Lease(id)));
+
+        await relay.StopDispatcherAsync(relay.Dispatcher);
+
+        // Left for another replica, and not held back for the whole lease (timeout + finish window + margin/2)
+        // by an attempt that will never record anything.
+        Assert.False(await relay.Db.KeyExistsAsync(RedisKeys.Lease(id)));
+        Assert.Equal(DeliveryStates.Queued, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(id), DeliveryRecord.State));
+        Assert.Equal(1, (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount);
+    }
 }
 
 [Collection(HeavyTests.Name)]

@@ -105,6 +105,30 @@ public class RunIdExtractionTests
         Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
     }
 
+    [Theory]
+    [InlineData("key-first", null)]
+    [InlineData(null, "key-second")]
+    public async Task Post_CallWithoutRunIdReplayedWithTheHeaderAddedOrRemoved_IsQueuedOnce(string? firstKey, string? secondKey)
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var body = Encoding.UTF8.GetBytes($$"""{"action":"no_run","nonce":"{{Guid.NewGuid():N}}"}""");
+        var at = DateTimeOffset.UtcNow;
+        var statuses = new List<HttpStatusCode>();
+        foreach (var key in new[] { firstKey, secondKey })
+        {
+            using var request = TestRuns.Signed(body, at: at);
+            if (key is not null)
+            {
+                request.Headers.Add("Idempotency-Key", key);
+            }
+            using var response = await relay.Ingress.Client.SendAsync(request);
+            statuses.Add(response.StatusCode);
+        }
+
+        Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.OK], statuses);
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
     [Fact]
     public async Task Post_SameBodyWithoutRunIdSignedAnewWithAnotherKey_IsASecondRun()
     {
