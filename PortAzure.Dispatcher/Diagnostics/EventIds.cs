@@ -26,6 +26,7 @@ internal static class EventIds
     public const int ReportMalformed = 2203;
     public const int ReportCallFailed = 2204;
     public const int ReportQueueError = 2205;
+    public const int PortCredentialsRefused = 2206;
 
     public const int OperatorApiRejected = 2301;
     public const int Replayed = 2302;

@@ -2,6 +2,7 @@ using System.Net;
 using System.Net.Http.Json;
 using System.Text.Json.Serialization;
 using Microsoft.Extensions.Options;
+using PortAzure.Dispatcher.Diagnostics;
 using PortAzure.Security;
 
 namespace PortAzure.Dispatcher.PortReporting;
@@ -12,24 +13,35 @@ internal enum PortCallResult
     Sent,
     RetryLater,
     Rejected,
+
+    /// <summary>Port refused the relay's own credentials: nothing is wrong with the report.</summary>
+    CredentialsRefused,
 }
 
 /// <summary>Port's REST API: an access token cached until shortly before it expires, and run log lines.</summary>
-internal sealed class PortApiClient(IHttpClientFactory httpClientFactory, IOptionsMonitor<PortOptions> options, TimeProvider timeProvider) : IDisposable
+internal sealed partial class PortApiClient(
+    IHttpClientFactory httpClientFactory,
+    IOptionsMonitor<PortOptions> options,
+    TimeProvider timeProvider,
+    ILogger<PortApiClient> logger) : IDisposable
 {
     public const string HttpClientName = "port-api";
     private static readonly TimeSpan RefreshMargin = TimeSpan.FromSeconds(60);
+
+    // After a refusal the token endpoint is left alone for a while: every waiting report would otherwise ask again.
+    private static readonly TimeSpan RefusalPause = TimeSpan.FromSeconds(30);
     private readonly SemaphoreSlim _tokenLock = new(1, 1);
     private string? _token;
     private DateTimeOffset _tokenExpires;
+    private DateTimeOffset _refusedUntil;
 
     public async Task<PortCallResult> SendLogAsync(PortReport report, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(report);
-        var token = await GetTokenAsync(cancellationToken);
+        var (token, refused) = await GetTokenAsync(cancellationToken);
         if (token is null)
         {
-            return PortCallResult.RetryLater;
+            return refused ? PortCallResult.CredentialsRefused : PortCallResult.RetryLater;
         }
         var uri = new Uri(options.CurrentValue.ApiBaseUrl, $"/v1/actions/runs/{Uri.EscapeDataString(report.RunId)}/logs");
         using var request = new HttpRequestMessage(HttpMethod.Post, uri)
@@ -51,36 +63,47 @@ internal sealed class PortApiClient(IHttpClientFactory httpClientFactory, IOptio
         return code is 408 or 429 or >= 500 ? PortCallResult.RetryLater : PortCallResult.Rejected;
     }
 
-    private async Task<string?> GetTokenAsync(CancellationToken cancellationToken)
+    /// <returns>The token, or null and whether Port refused the credentials (rather than failed to answer).</returns>
+    private async Task<(string? Token, bool Refused)> GetTokenAsync(CancellationToken cancellationToken)
     {
         if (_token is { } cached && timeProvider.GetUtcNow() < _tokenExpires)
         {
-            return cached;
+            return (cached, false);
         }
         await _tokenLock.WaitAsync(cancellationToken);
         try
         {
             if (_token is { } again && timeProvider.GetUtcNow() < _tokenExpires)
             {
-                return again;
+                return (again, false);
+            }
+            if (timeProvider.GetUtcNow() < _refusedUntil)
+            {
+                return (null, true);
             }
             var port = options.CurrentValue;
             using var response = await httpClientFactory.CreateClient(HttpClientName).PostAsJsonAsync(new Uri(port.ApiBaseUrl, "/v1/auth/access_token"),
                 new TokenRequest(port.ClientId ?? "", port.ClientSecret ?? ""), cancellationToken);
+            if (response.StatusCode is HttpStatusCode.Unauthorized or HttpStatusCode.Forbidden)
+            {
+                _refusedUntil = timeProvider.GetUtcNow() + RefusalPause;
+                Log.CredentialsRefused(logger, (int)response.StatusCode, port.ClientId ?? "");
+                return (null, true);
+            }
             if (!response.IsSuccessStatusCode)
             {
-                return null;
+                return (null, false);
             }
             var token = await response.Content.ReadFromJsonAsync<TokenResponse>(cancellationToken);
             if (token?.AccessToken is not { Length: > 0 } accessToken)
             {
-                return null;
+                return (null, false);
             }
             var lifetime = TimeSpan.FromSeconds(token.ExpiresIn);
             var margin = lifetime > RefreshMargin * 2 ? RefreshMargin : lifetime / 2;
             _token = accessToken;
             _tokenExpires = timeProvider.GetUtcNow() + lifetime - margin;
-            return accessToken;
+            return (accessToken, false);
         }
         finally
         {
@@ -89,6 +112,13 @@ internal sealed class PortApiClient(IHttpClientFactory httpClientFactory, IOptio
     }
 
     public void Dispose() => _tokenLock.Dispose();
+
+    private static partial class Log
+    {
+        [LoggerMessage(EventIds.PortCredentialsRefused, LogLevel.Warning,
+            "Port refused the relay's API credentials (HTTP {Status}, client id {ClientId}); reports wait until it accepts them")]
+        public static partial void CredentialsRefused(ILogger logger, int status, string clientId);
+    }
 
     private sealed record TokenRequest([property: JsonPropertyName("clientId")] string ClientId, [property: JsonPropertyName("clientSecret")] string ClientSecret);
 

@@ -24,6 +24,8 @@ internal sealed partial class PortReportingService(
     ILogger<PortReportingService> logger) : BackgroundService
 {
     private const int MaxInFlight = 16;
+    private static readonly TimeSpan CredentialsRefusedWait = TimeSpan.FromSeconds(60);
+
     private static readonly TimeSpan[] Backoff =
     [
         TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(15),
@@ -163,7 +165,7 @@ internal sealed partial class PortReportingService(
     /// <returns>True when the report is done with (sent, or given up on); false when stopped first.</returns>
     private async Task<bool> SendAsync(PortReport report, RedisValue entryId, CancellationToken stoppingToken)
     {
-        for (var attempt = 0; ; attempt++)
+        for (var attempt = 0; ;)
         {
             PortCallResult result;
             try
@@ -187,15 +189,26 @@ internal sealed partial class PortReportingService(
                 Log.Sent(logger, report.DeliveryId, report.RunId);
                 return true;
             }
-            if (result == PortCallResult.Rejected || attempt >= Backoff.Length)
+            TimeSpan wait;
+            if (result == PortCallResult.CredentialsRefused)
+            {
+                // Nothing wrong with the report, and no outage that ends by itself: it waits without spending its
+                // attempts until Port takes the relay's credentials again (a secret rotation under way, a typo fixed).
+                wait = CredentialsRefusedWait;
+            }
+            else if (result == PortCallResult.Rejected || attempt >= Backoff.Length)
             {
                 metrics.PortReport("failed");
                 Log.Failed(logger, report.DeliveryId, report.RunId, attempt + 1);
                 return true;
             }
+            else
+            {
+                wait = Backoff[attempt++];
+            }
             try
             {
-                await Task.Delay(Backoff[attempt], timeProvider, stoppingToken);
+                await Task.Delay(wait, timeProvider, stoppingToken);
             }
             catch (OperationCanceledException)
             {

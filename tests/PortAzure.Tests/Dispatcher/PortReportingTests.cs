@@ -148,6 +148,34 @@ public class PortReportingTests
         Assert.True(idleAfterWait < idleDuringWait - 1_000, $"idle {idleDuringWait} ms during the wait, {idleAfterWait} ms after it");
     }
 
+    [Fact]
+    public async Task PortRefusesTheCredentials_LongerThanTheReportsAttempts_ReportWaitsAndIsSentOnceAccepted()
+    {
+        // A secret rotation under way, or a typo being fixed: not an outage, and not the report's fault.
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
+        // More refusals than a report's 8 attempts; the token call is the only Port call while there is no token.
+        await relay.EmulatorApi.PortBehaviorAsync(new { failNext = 10, status = 401 });
+        var runId = TestRuns.NewRunId();
+        var deliveryId = await SendAsync(relay, runId);
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 1,
+            TimeSpan.FromSeconds(30), $"delivery {deliveryId} delivered and its report queued");
+
+        // The reporter waits on the fake clock: move it a minute at a time until the eleventh token call is accepted.
+        await Eventually.HoldsAsync(async () =>
+        {
+            clock.Advance(TimeSpan.FromSeconds(61));
+            return (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201);
+        }, TimeSpan.FromSeconds(60), "the report is sent once Port accepts the credentials");
+
+        var calls = await relay.EmulatorApi.PortCallsAsync();
+        Assert.Equal(10, calls.Count(c => c.Path == "/v1/auth/access_token" && c.StatusCode == 401));
+        Assert.Single(calls, c => c.RunId == runId);
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 0, TimeSpan.FromSeconds(10), "the report leaves the stream");
+        Assert.Contains(relay.Dispatcher.Logs.Lines, l => l.Contains("[2206]", StringComparison.Ordinal));
+    }
+
     private static async Task<long> ReportIdleMillisecondsAsync(Relay relay) =>
         Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, 10, RedisValue.Null))
             .IdleTimeInMilliseconds;
