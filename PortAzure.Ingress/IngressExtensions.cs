@@ -38,6 +38,7 @@ public static class IngressExtensions
         builder.Services.AddSingleton<RunQueue>();
         builder.Services.AddSingleton<WebhookHandler>();
         builder.Services.AddSingleton<WebhookConcurrencyLimit>();
+        builder.Services.AddSingleton<OperatorApiRefusalLog>();
 
         builder.Services.AddReverseProxy()
             .LoadFromConfig(builder.Configuration.GetSection("ReverseProxy"))

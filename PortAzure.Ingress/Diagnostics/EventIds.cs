@@ -9,4 +9,5 @@ internal static class EventIds
     public const int QueueUnavailable = 1004;
     public const int OperatorApiRejected = 1101;
     public const int RateLimited = 1102;
+    public const int OperatorApiRejectedAgain = 1103;
 }

@@ -1,5 +1,4 @@
 using Microsoft.Extensions.Options;
-using PortAzure.Ingress.Diagnostics;
 using PortAzure.Security;
 
 namespace PortAzure.Ingress.Edge;
@@ -8,7 +7,7 @@ namespace PortAzure.Ingress.Edge;
 /// Checks the operator key before YARP forwards anything to the Dispatcher. The Dispatcher checks it
 /// again: the edge is the first wall, not the only one.
 /// </summary>
-internal static partial class OperatorApiGuard
+internal static class OperatorApiGuard
 {
     public static IApplicationBuilder UseOperatorApiKey(this IApplicationBuilder proxy) =>
         proxy.Use(async (context, next) =>
@@ -17,16 +16,10 @@ internal static partial class OperatorApiGuard
             var result = AdminApiKey.Check(context.Request, key);
             if (result != AdminApiKey.Result.Valid)
             {
-                Log.Rejected(context.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(OperatorApiGuard)), result);
+                context.RequestServices.GetRequiredService<OperatorApiRefusalLog>().Refused(result);
                 await AdminApiKey.Reject(result).ExecuteAsync(context);
                 return;
             }
             await next(context);
         });
-
-    private static partial class Log
-    {
-        [LoggerMessage(EventIds.OperatorApiRejected, LogLevel.Warning, "Operator API call refused at the edge: {Result}")]
-        public static partial void Rejected(ILogger logger, AdminApiKey.Result result);
-    }
 }
