@@ -94,7 +94,7 @@ internal sealed partial class DeliveryProcessor(
         {
             // Shutdown gave up on this POST. Nobody will record its result, so the lease would only hold the run back
             // from the other replicas (for the whole finish window); whether Azure got it stays unknown either way.
-            await store.ReleaseLeaseAsync(entry.DeliveryId, lease.Token);
+            await store.ReleaseLeaseAsync(entry.DeliveryId, lease.Token, fromSchedule: streamId is null, timeProvider.GetUtcNow());
             throw;
         }
         now = timeProvider.GetUtcNow();

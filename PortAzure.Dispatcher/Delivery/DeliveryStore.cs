@@ -193,25 +193,48 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         return sid
         """;
 
-    // KEYS: 1 lease. ARGV: 1 lease token
+    // KEYS: 1 lease, 2 retry schedule, 3 retry claims. ARGV: 1 lease token, 2 delivery id, 3 now ms, 4 from the schedule (1/0)
+    // A retry taken from the schedule was also claimed there (its due time pushed a lease ahead, a claim counted):
+    // both are undone, so that it is due again at once and its next claim does not count as a crash.
     private const string ReleaseLeaseScript = """
-        if redis.call('GET', KEYS[1]) == ARGV[1] then
-          return redis.call('DEL', KEYS[1])
+        if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+          return 0
         end
-        return 0
+        redis.call('DEL', KEYS[1])
+        if ARGV[4] == '1' then
+          redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[2])
+          redis.call('HDEL', KEYS[3], ARGV[2])
+        end
+        return 1
         """;
+
+    private TimeSpan? _operationTimeout;
 
     private IDatabase Db => redis.GetDatabase();
 
-    /// <summary>How long one call may take before the client gives up on it (its sync timeout; keep the async one no longer).</summary>
-    public TimeSpan OperationTimeout => TimeSpan.FromMilliseconds(redis.TimeoutMilliseconds);
+    /// <summary>How long one call may take before the client gives up on it: the longer of its sync and async timeouts.</summary>
+    public TimeSpan OperationTimeout => _operationTimeout ??= TimeSpan.FromMilliseconds(Math.Max(redis.TimeoutMilliseconds, AsyncTimeoutOf(redis)));
 
-    /// <summary>Ends an attempt's lease if it still holds it; best effort (Redis may be what failed).</summary>
-    public async Task ReleaseLeaseAsync(string deliveryId, string leaseToken)
+    private static int AsyncTimeoutOf(IConnectionMultiplexer redis)
     {
         try
         {
-            await Db.ScriptEvaluateAsync(ReleaseLeaseScript, [RedisKeys.Lease(deliveryId)], [leaseToken]);
+            return ConfigurationOptions.Parse(redis.Configuration).AsyncTimeout;
+        }
+        catch (ArgumentException)
+        {
+            return 0;
+        }
+    }
+
+    /// <summary>Ends an attempt's lease if it still holds it; best effort (Redis may be what failed).</summary>
+    /// <param name="fromSchedule">The attempt was a retry claimed from the schedule: its claim is undone too.</param>
+    public async Task ReleaseLeaseAsync(string deliveryId, string leaseToken, bool fromSchedule, DateTimeOffset now)
+    {
+        try
+        {
+            await Db.ScriptEvaluateAsync(ReleaseLeaseScript, [RedisKeys.Lease(deliveryId), RedisKeys.RetrySchedule, RedisKeys.RetryClaims],
+                [leaseToken, deliveryId, now.ToUnixTimeMilliseconds(), fromSchedule ? 1 : 0]);
         }
         catch (Exception ex) when (ex is RedisException or TimeoutException)
         {

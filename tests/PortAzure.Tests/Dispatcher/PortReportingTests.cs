@@ -149,31 +149,50 @@ public class PortReportingTests
     }
 
     [Fact]
-    public async Task PortRefusesTheCredentials_LongerThanTheReportsAttempts_ReportWaitsAndIsSentOnceAccepted()
+    public async Task PortRefusesTheCredentials_LongerThanTheReportsAttempts_ReportsWaitAndAreSentOnceAccepted()
     {
-        // A secret rotation under way, or a typo being fixed: not an outage, and not the report's fault.
+        // A secret rotation under way, or a typo being fixed: not an outage, and not the reports' fault.
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        await relay.EmulatorApi.PortBehaviorAsync(new { failNext = 1000, status = 401 });
+        var runIds = new[] { TestRuns.NewRunId(), TestRuns.NewRunId(), TestRuns.NewRunId() };
+        foreach (var runId in runIds)
+        {
+            await SendAsync(relay, runId);
+        }
         var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
         await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
-        // More refusals than a report's 8 attempts; the token call is the only Port call while there is no token.
-        await relay.EmulatorApi.PortBehaviorAsync(new { failNext = 10, status = 401 });
-        var runId = TestRuns.NewRunId();
-        var deliveryId = await SendAsync(relay, runId);
-        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 1,
-            TimeSpan.FromSeconds(30), $"delivery {deliveryId} delivered and its report queued");
-
-        // The reporter waits on the fake clock: move it a minute at a time until the eleventh token call is accepted.
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 3,
+            TimeSpan.FromSeconds(30), "the three runs delivered and their reports queued");
+        // The reporter polls on the fake clock: small steps until its first call.
         await Eventually.HoldsAsync(async () =>
         {
-            clock.Advance(TimeSpan.FromSeconds(61));
-            return (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201);
-        }, TimeSpan.FromSeconds(60), "the report is sent once Port accepts the credentials");
+            clock.Advance(TimeSpan.FromMilliseconds(100));
+            return (await relay.EmulatorApi.PortCallsAsync()).Count > 0;
+        }, TimeSpan.FromSeconds(20), "a first token call");
+        await Task.Delay(500);
 
+        // Three reports asked for a token at once: one call to Port, one Warning (the refusal is kept for 30 s).
+        Assert.Single(await relay.EmulatorApi.PortCallsAsync());
+        Assert.Single(relay.Dispatcher.Logs.Lines, l => l.Contains("[2206]", StringComparison.Ordinal));
+
+        // Ten minutes of refusals, far past a report's 8 attempts (~4 min): one token call per minute, nothing given up.
+        for (var minute = 1; minute <= 10; minute++)
+        {
+            clock.Advance(TimeSpan.FromSeconds(61));
+            await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count == minute + 1, TimeSpan.FromSeconds(10), $"the token call of minute {minute}");
+        }
+        Assert.Equal(3, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
+
+        await relay.EmulatorApi.PortBehaviorAsync(new { failNext = 0 });
+        clock.Advance(TimeSpan.FromSeconds(61));
+        await Eventually.HoldsAsync(async () =>
+        {
+            var sent = (await relay.EmulatorApi.PortCallsAsync()).Where(c => c.StatusCode == 201).Select(c => c.RunId).ToHashSet();
+            return runIds.All(sent.Contains);
+        }, TimeSpan.FromSeconds(20), "every report is sent once Port accepts the credentials");
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 0, TimeSpan.FromSeconds(10), "the reports leave the stream");
         var calls = await relay.EmulatorApi.PortCallsAsync();
-        Assert.Equal(10, calls.Count(c => c.Path == "/v1/auth/access_token" && c.StatusCode == 401));
-        Assert.Single(calls, c => c.RunId == runId);
-        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 0, TimeSpan.FromSeconds(10), "the report leaves the stream");
-        Assert.Contains(relay.Dispatcher.Logs.Lines, l => l.Contains("[2206]", StringComparison.Ordinal));
+        Assert.All(runIds, runId => Assert.Single(calls, c => c.RunId == runId));
     }
 
     private static async Task<long> ReportIdleMillisecondsAsync(Relay relay) =>

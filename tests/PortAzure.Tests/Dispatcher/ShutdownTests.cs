@@ -74,10 +74,35 @@ public class ShutdownTests
         Assert.Equal(DeliveryStates.Queued, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(id), DeliveryRecord.State));
         Assert.Equal(1, (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount);
     }
+
+    [Fact]
+    public async Task Stop_GraceRunsOutMidRetry_TheRetryIsDueAgainAtOnceAndNotCountedAsACrash()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:ShutdownGraceSeconds"] = "0";
+            c["Dispatcher:RequestTimeoutSeconds"] = "15";
+        });
+        // The first attempt gets a 503 (a retry, due within a second); the retry's POST then takes 5 s.
+        await relay.EmulatorApi.ScriptAsync(new { responses = new object[] { new { status = 503 }, new { status = 200, delayMs = 5000 } } });
+        var id = await DeliveryOutcomeTests.SendAsync(relay);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 2, TimeSpan.FromSeconds(20), "the retry's POST is in flight");
+        Assert.True(await relay.Db.KeyExistsAsync(RedisKeys.Lease(id)));
+
+        await relay.StopDispatcherAsync(relay.Dispatcher);
+
+        // Claiming it from the schedule had pushed its due time a lease ahead and counted a claim: both undone.
+        Assert.False(await relay.Db.KeyExistsAsync(RedisKeys.Lease(id)));
+        var due = await relay.Db.SortedSetScoreAsync(RedisKeys.RetrySchedule, id);
+        Assert.NotNull(due);
+        Assert.True(due <= DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(), $"due at {due}, after now");
+        Assert.False(await relay.Db.HashExistsAsync(RedisKeys.RetryClaims, id));
+    }
 }
 
 [Collection(HeavyTests.Name)]
 public class SigtermTests
+
 {
     [Fact]
     public async Task Sigterm_DispatcherProcess_FinishesInFlightPostsAndExits_RestIsDeliveredOnceByAnother()

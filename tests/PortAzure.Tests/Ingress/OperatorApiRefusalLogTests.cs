@@ -10,7 +10,7 @@ namespace PortAzure.Tests.Ingress;
 public class OperatorApiRefusalLogTests
 {
     [Fact]
-    public async Task Refused_CallsInALoopWithoutAKey_OneWarningEachAlsoAtDebug()
+    public async Task Refused_CallsInALoopWithoutAKey_OneWarningAndEachAtDebug()
     {
         await using var relay = await Relay.StartAsync(dispatchers: 0);
 
@@ -21,7 +21,7 @@ public class OperatorApiRefusalLogTests
         }
 
         Assert.Single(relay.Ingress.Logs.Lines, l => l.StartsWith("Warning", StringComparison.Ordinal) && l.Contains("[1101]", StringComparison.Ordinal));
-        Assert.Equal(29, relay.Ingress.Logs.Lines.Count(l => l.StartsWith("Debug", StringComparison.Ordinal) && l.Contains("[1103]", StringComparison.Ordinal)));
+        Assert.Equal(30, relay.Ingress.Logs.Lines.Count(l => l.StartsWith("Debug", StringComparison.Ordinal) && l.Contains("[1103]", StringComparison.Ordinal)));
     }
 
     [Fact]
