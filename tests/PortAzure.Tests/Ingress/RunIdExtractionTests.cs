@@ -89,16 +89,10 @@ public class RunIdExtractionTests
         // Without a run id the header is the key; a captured call sent again under other header values (inside
         // the timestamp tolerance) is still the same signed call.
         await using var relay = await Relay.StartAsync(dispatchers: 0);
-        var body = Encoding.UTF8.GetBytes($$"""{"action":"no_run","nonce":"{{Guid.NewGuid():N}}"}""");
+        var body = NoRunIdBody();
         var at = DateTimeOffset.UtcNow;
-        var answers = new List<(HttpStatusCode Status, string? DeliveryId)>();
-        foreach (var key in new[] { "a", "b", "c" })
-        {
-            using var request = TestRuns.Signed(body, at: at);
-            request.Headers.Add("Idempotency-Key", "key-" + key);
-            using var response = await relay.Ingress.Client.SendAsync(request);
-            answers.Add((response.StatusCode, (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deliveryId").GetString()));
-        }
+
+        var answers = await SendEachAsync(relay, () => TestRuns.Signed(body, at: at), "key-a", "key-b", "key-c");
 
         Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.OK, HttpStatusCode.OK], answers.Select(a => a.Status));
         Assert.Single(answers.Select(a => a.DeliveryId).Distinct());
@@ -111,21 +105,12 @@ public class RunIdExtractionTests
     public async Task Post_CallWithoutRunIdReplayedWithTheHeaderAddedOrRemoved_IsQueuedOnce(string? firstKey, string? secondKey)
     {
         await using var relay = await Relay.StartAsync(dispatchers: 0);
-        var body = Encoding.UTF8.GetBytes($$"""{"action":"no_run","nonce":"{{Guid.NewGuid():N}}"}""");
+        var body = NoRunIdBody();
         var at = DateTimeOffset.UtcNow;
-        var statuses = new List<HttpStatusCode>();
-        foreach (var key in new[] { firstKey, secondKey })
-        {
-            using var request = TestRuns.Signed(body, at: at);
-            if (key is not null)
-            {
-                request.Headers.Add("Idempotency-Key", key);
-            }
-            using var response = await relay.Ingress.Client.SendAsync(request);
-            statuses.Add(response.StatusCode);
-        }
 
-        Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.OK], statuses);
+        var answers = await SendEachAsync(relay, () => TestRuns.Signed(body, at: at), firstKey, secondKey);
+
+        Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.OK], answers.Select(a => a.Status));
         Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
     }
 
@@ -134,17 +119,12 @@ public class RunIdExtractionTests
     {
         // A sender that means a second run signs it again (a new timestamp) and gives it its own key.
         await using var relay = await Relay.StartAsync(dispatchers: 0);
-        var body = Encoding.UTF8.GetBytes($$"""{"action":"no_run","nonce":"{{Guid.NewGuid():N}}"}""");
-        using var first = TestRuns.Signed(body, at: DateTimeOffset.UtcNow.AddSeconds(-2));
-        first.Headers.Add("Idempotency-Key", "key-1");
-        using var second = TestRuns.Signed(body, at: DateTimeOffset.UtcNow);
-        second.Headers.Add("Idempotency-Key", "key-2");
+        var body = NoRunIdBody();
+        var timestamps = new Queue<DateTimeOffset>([DateTimeOffset.UtcNow.AddSeconds(-2), DateTimeOffset.UtcNow]);
 
-        using var firstResponse = await relay.Ingress.Client.SendAsync(first);
-        using var secondResponse = await relay.Ingress.Client.SendAsync(second);
+        var answers = await SendEachAsync(relay, () => TestRuns.Signed(body, at: timestamps.Dequeue()), "key-1", "key-2");
 
-        Assert.Equal(HttpStatusCode.Accepted, firstResponse.StatusCode);
-        Assert.Equal(HttpStatusCode.Accepted, secondResponse.StatusCode);
+        Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.Accepted], answers.Select(a => a.Status));
         Assert.Equal(2, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
         var guards = new List<TimeSpan>();
         await foreach (var key in relay.Redis.GetServers()[0].KeysAsync(relay.Db.Database, RedisKeys.Prefix + "replay:*"))
@@ -161,20 +141,19 @@ public class RunIdExtractionTests
     {
         // A SHA-1 signature covers the body alone: nothing tells a replay from a new call with the same body.
         await using var relay = await Relay.StartAsync(c => c["Ingress:AllowLegacySha1Signature"] = "true", dispatchers: 0);
-        var body = Encoding.UTF8.GetBytes($$"""{"action":"no_run","nonce":"{{Guid.NewGuid():N}}"}""");
-        var statuses = new List<HttpStatusCode>();
-        foreach (var key in new[] { "a", "b" })
+        var body = NoRunIdBody();
+        HttpRequestMessage SignLegacy()
         {
-            using var request = new HttpRequestMessage(HttpMethod.Post, TestRuns.Path()) { Content = new ByteArrayContent(body) };
+            var request = new HttpRequestMessage(HttpMethod.Post, TestRuns.Path()) { Content = new ByteArrayContent(body) };
             request.Content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
             request.Headers.TryAddWithoutValidation(PortAzure.Signing.PortSignature.SignatureHeader,
                 Convert.ToHexStringLower(HMACSHA1.HashData(Encoding.UTF8.GetBytes(TestRuns.Secret), body)));
-            request.Headers.Add("Idempotency-Key", "key-" + key);
-            using var response = await relay.Ingress.Client.SendAsync(request);
-            statuses.Add(response.StatusCode);
+            return request;
         }
 
-        Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.OK], statuses);
+        var answers = await SendEachAsync(relay, SignLegacy, "key-a", "key-b");
+
+        Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.OK], answers.Select(a => a.Status));
         Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
     }
 
@@ -182,7 +161,7 @@ public class RunIdExtractionTests
     public async Task Post_NoRunIdAnywhere_KeysOnTheBodyHash()
     {
         await using var relay = await Relay.StartAsync(dispatchers: 0);
-        var body = Encoding.UTF8.GetBytes($$"""{"action":"no_run","nonce":"{{Guid.NewGuid():N}}"}""");
+        var body = NoRunIdBody();
 
         using var first = await relay.SendRunAsync(body);
         using var second = await relay.SendRunAsync(body);
@@ -192,5 +171,25 @@ public class RunIdExtractionTests
         var entry = DeliveryEntry.FromStreamEntry((await relay.Db.StreamRangeAsync(RedisKeys.Stream)).Single())!;
         Assert.Equal("sha256:" + Convert.ToHexStringLower(SHA256.HashData(body)), entry.IdempotencyKey);
         Assert.Null(entry.RunId);
+    }
+
+    private static byte[] NoRunIdBody() => Encoding.UTF8.GetBytes($$"""{"action":"no_run","nonce":"{{Guid.NewGuid():N}}"}""");
+
+    /// <summary>Sends one request per Idempotency-Key value (null: no header), each made by <paramref name="sign"/>.</summary>
+    private static async Task<List<(HttpStatusCode Status, string? DeliveryId)>> SendEachAsync(Relay relay, Func<HttpRequestMessage> sign, params string?[] keys)
+    {
+        var answers = new List<(HttpStatusCode, string?)>();
+        foreach (var key in keys)
+        {
+            using var request = sign();
+            if (key is not null)
+            {
+                request.Headers.Add("Idempotency-Key", key);
+            }
+            using var response = await relay.Ingress.Client.SendAsync(request);
+            var answer = await response.Content.ReadFromJsonAsync<JsonElement>();
+            answers.Add((response.StatusCode, answer.TryGetProperty("deliveryId", out var id) ? id.GetString() : null));
+        }
+        return answers;
     }
 }
