@@ -73,7 +73,7 @@ public static class DispatcherExtensions
         services.AddHostedService<PortReportingService>();
         services.AddHostedService<DeliveryWorker>();
 
-        services.AddHealthChecks().AddCheck<BacklogHealthCheck>("backlog");
+        services.AddHealthChecks().AddCheck<BacklogHealthCheck>("backlog").AddCheck<PortCredentialsHealthCheck>("port-credentials");
         return builder;
     }
 }

@@ -34,6 +34,10 @@ internal sealed partial class PortApiClient(
     private string? _token;
     private DateTimeOffset _tokenExpires;
     private DateTimeOffset _refusedUntil;
+    private volatile bool _credentialsRefused;
+
+    /// <summary>True from a refusal of the credentials by Port's token endpoint until it next issues a token.</summary>
+    public bool CredentialsRefused => _credentialsRefused;
 
     public async Task<PortCallResult> SendLogAsync(PortReport report, CancellationToken cancellationToken)
     {
@@ -87,6 +91,7 @@ internal sealed partial class PortApiClient(
             if (response.StatusCode is HttpStatusCode.Unauthorized or HttpStatusCode.Forbidden)
             {
                 _refusedUntil = timeProvider.GetUtcNow() + RefusalPause;
+                _credentialsRefused = true;
                 Log.CredentialsRefused(logger, (int)response.StatusCode, port.ClientId ?? "");
                 return (null, true);
             }
@@ -103,6 +108,7 @@ internal sealed partial class PortApiClient(
             var margin = lifetime > RefreshMargin * 2 ? RefreshMargin : lifetime / 2;
             _token = accessToken;
             _tokenExpires = timeProvider.GetUtcNow() + lifetime - margin;
+            _credentialsRefused = false;
             return (accessToken, false);
         }
         finally

@@ -174,6 +174,7 @@ public class PortReportingTests
         // Three reports asked for a token at once: one call to Port, one Warning (the refusal is kept for 30 s).
         Assert.Single(await relay.EmulatorApi.PortCallsAsync());
         Assert.Single(relay.Dispatcher.Logs.Lines, l => l.Contains("[2206]", StringComparison.Ordinal));
+        Assert.Equal("Degraded", await HealthAsync(relay));
 
         // Ten minutes of refusals, far past a report's 8 attempts (~4 min): one token call per minute, nothing given up.
         for (var minute = 1; minute <= 10; minute++)
@@ -193,6 +194,13 @@ public class PortReportingTests
         await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 0, TimeSpan.FromSeconds(10), "the reports leave the stream");
         var calls = await relay.EmulatorApi.PortCallsAsync();
         Assert.All(runIds, runId => Assert.Single(calls, c => c.RunId == runId));
+        Assert.Equal("Healthy", await HealthAsync(relay));
+    }
+
+    private static async Task<string> HealthAsync(Relay relay)
+    {
+        using var response = await relay.Dispatcher.Client.GetAsync(new Uri("/health", UriKind.Relative));
+        return await response.Content.ReadAsStringAsync();
     }
 
     private static async Task<long> ReportIdleMillisecondsAsync(Relay relay) =>
