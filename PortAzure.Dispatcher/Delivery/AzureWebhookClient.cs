@@ -46,7 +46,8 @@ internal sealed class AzureWebhookClient(
         {
             return new AttemptResult(AttemptOutcome.Permanent, null, null, "", TargetNotAllowed, TimeSpan.Zero);
         }
-        var secret = azure.FindTarget(entry.Org, entry.Webhook)?.Secret ?? portOptions.CurrentValue.ClientSecret ?? "";
+        // An empty per-target secret is "not set", as the options validator and the docs have it: never an empty HMAC key.
+        var secret = azure.FindTarget(entry.Org, entry.Webhook)?.Secret is { Length: > 0 } own ? own : portOptions.CurrentValue.ClientSecret ?? "";
 
         using var request = new HttpRequestMessage(HttpMethod.Post, BuildUri(azure.BaseUrl, entry.Org, entry.Webhook));
         var content = new ReadOnlyMemoryContent(entry.Body);
@@ -73,6 +74,12 @@ internal sealed class AzureWebhookClient(
         catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
         {
             return new AttemptResult(AttemptOutcome.Transient, null, null, "", "timeout", Stopwatch.GetElapsedTime(started));
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            // The handler's ConnectTimeout (connection and TLS handshake) ends in a cancellation too, not an
+            // HttpRequestException: a connection failure like any other, not a crash of the attempt.
+            return new AttemptResult(AttemptOutcome.Transient, null, null, "", "connection", Stopwatch.GetElapsedTime(started));
         }
         catch (HttpRequestException)
         {

@@ -5,6 +5,23 @@ namespace PortAzure.Dispatcher.Delivery;
 /// <summary>Joining a stream's consumer group, as the delivery worker and the Port reporter both do.</summary>
 internal static class ConsumerGroup
 {
+    // KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 idle ms. The check and the removal in one step: between a separate
+    // XINFO and DELCONSUMER the consumer could read an entry, and removing it would drop that entry from the pending
+    // list, where nothing would ever reclaim it.
+    private const string RemoveIfStaleScript = """
+        for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+          local f = {}
+          for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+          if f['name'] == ARGV[2] then
+            if f['pending'] == 0 and f['idle'] > tonumber(ARGV[3]) then
+              return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
+            end
+            return -1
+          end
+        end
+        return -1
+        """;
+
     /// <summary>
     /// Creates the group (and the stream) unless it exists; true when this call created it. From "0":
     /// entries added before any Dispatcher ran (or while the group was missing) are read too.
@@ -35,7 +52,7 @@ internal static class ConsumerGroup
         {
             if (consumer.PendingMessageCount == 0 && consumer.IdleTimeInMilliseconds > idle.TotalMilliseconds && consumer.Name != self)
             {
-                await db.StreamDeleteConsumerAsync(stream, group, consumer.Name);
+                await db.ScriptEvaluateAsync(RemoveIfStaleScript, [stream], [group, consumer.Name, (long)idle.TotalMilliseconds]);
             }
         }
     }

@@ -352,12 +352,22 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             .Append(new(DeliveryEntry.Fields.DeliveryId, deliveryId)));
     }
 
-    /// <summary>Ends claims of schedule slots that were never started; best effort (Redis may be what failed).</summary>
-    public async Task ReleaseRetryClaimsAsync(IEnumerable<string> deliveryIds)
+    /// <summary>
+    /// Undoes claims of schedule slots that were never started: due again at once, and not counted as crashed
+    /// attempts. Best effort (Redis may be what failed).
+    /// </summary>
+    public async Task ReleaseRetryClaimsAsync(IEnumerable<string> deliveryIds, DateTimeOffset now)
     {
         try
         {
-            await Db.HashDeleteAsync(RedisKeys.RetryClaims, [.. deliveryIds.Select(id => (RedisValue)id)]);
+            var ids = deliveryIds.Select(id => (RedisValue)id).ToArray();
+            var transaction = Db.CreateTransaction();
+            foreach (var id in ids)
+            {
+                _ = transaction.SortedSetUpdateAsync(RedisKeys.RetrySchedule, id, now.ToUnixTimeMilliseconds(), SortedSetWhen.Exists);
+            }
+            _ = transaction.HashDeleteAsync(RedisKeys.RetryClaims, ids);
+            await transaction.ExecuteAsync();
         }
         catch (Exception ex) when (ex is RedisException or TimeoutException)
         {

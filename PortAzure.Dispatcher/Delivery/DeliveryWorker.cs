@@ -120,7 +120,7 @@ internal sealed partial class DeliveryWorker(
             {
                 // A Redis error before these were started: their claims end here, so that the next claim of
                 // their slots is not counted as a crashed attempt.
-                await store.ReleaseRetryClaimsAsync(due.Skip(handled).Select(d => d.DeliveryId));
+                await store.ReleaseRetryClaimsAsync(due.Skip(handled).Select(d => d.DeliveryId), timeProvider.GetUtcNow());
             }
         }
 

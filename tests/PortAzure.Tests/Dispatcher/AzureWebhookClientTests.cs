@@ -51,4 +51,45 @@ public class AzureWebhookClientTests
         Assert.Equal("target_not_allowed", (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.LastError));
         Assert.Contains("AzureDevOps:Targets", (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.Hint), StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task Dispatcher_TargetWithAnEmptySecret_SignsWithTheClientSecret()
+    {
+        // An empty per-target secret (an empty secretKeyRef, a "" placeholder) means "not set", never an empty HMAC key.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["AzureDevOps:Targets:0:Org"] = TestRuns.Org;
+            c["AzureDevOps:Targets:0:Webhook"] = TestRuns.Webhook;
+            c["AzureDevOps:Targets:0:Secret"] = "";
+        });
+
+        var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
+
+        await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) is DeliveryStates.Delivered or DeliveryStates.DeadLettered,
+            TimeSpan.FromSeconds(20), "the run is finished");
+        Assert.Equal(DeliveryStates.Delivered, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State));
+    }
+
+    [Fact]
+    public async Task Dispatcher_ConnectionThatNeverCompletes_IsRetriedAsAConnectionFailure()
+    {
+        // A listener that takes the TCP connection and never answers the TLS handshake: the handler's connect
+        // timeout (10 s) fires before the request timeout, and ends in a cancellation, not an HttpRequestException.
+        using var silent = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        silent.Start();
+        var port = ((System.Net.IPEndPoint)silent.LocalEndpoint).Port;
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["AzureDevOps:BaseUrl"] = $"https://127.0.0.1:{port}/";
+            c["Dispatcher:RequestTimeoutSeconds"] = "30";
+        });
+
+        var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
+
+        await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.LastError) is not null,
+            TimeSpan.FromSeconds(30), "the first attempt is recorded");
+        Assert.Equal("connection", (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.LastError));
+        Assert.Equal(DeliveryStates.Retrying, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State));
+        Assert.Equal(1, (long)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Attempts));
+    }
 }

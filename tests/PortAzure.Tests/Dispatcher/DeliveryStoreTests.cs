@@ -164,15 +164,16 @@ public class DeliveryStoreTests
     }
 
     [Fact]
-    public async Task ReleaseRetryClaims_ClaimNeverStarted_NextClaimIsNotCountedAsACrash()
+    public async Task ReleaseRetryClaims_ClaimNeverStarted_DueAgainAtOnceAndNotCountedAsACrash()
     {
         await using var slot = await DueSlot.StartAsync();
         var (store, entry, now) = (slot.Store, slot.Entry, slot.Now);
 
         // The worker claimed the slot, then a Redis error stopped it before the attempt began.
         var first = await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(10), 10);
-        await store.ReleaseRetryClaimsAsync([entry.DeliveryId]);
-        var again = await store.ClaimDueRetriesAsync(now.AddSeconds(11), TimeSpan.FromSeconds(10), 10);
+        await store.ReleaseRetryClaimsAsync([entry.DeliveryId], now);
+        // Long before the claim's 10 s would have run out.
+        var again = await store.ClaimDueRetriesAsync(now.AddSeconds(1), TimeSpan.FromSeconds(10), 10);
 
         Assert.Equal([(entry.DeliveryId, false)], first);
         Assert.Equal([(entry.DeliveryId, false)], again);
