@@ -9,9 +9,9 @@ var redis = builder.AddRelayRedis();
 // Secrets are parameters marked secret. In run mode they have development defaults so that
 // `dotnet run` needs no set-up; a published manifest carries no value for them.
 var runMode = builder.ExecutionContext.IsRunMode;
-var portClientSecret = builder.AddRelayParameter("port-client-secret", "port-demo-secret", secret: true);
-var portClientId = builder.AddRelayParameter("port-client-id", "portazure-dev", secret: false);
-var adminApiKey = builder.AddRelayParameter("admin-api-key", "dev-admin-key", secret: true);
+var portClientSecret = builder.AddRelayParameter(ResourceNames.PortClientSecretParameter, "port-demo-secret", secret: true);
+var portClientId = builder.AddRelayParameter(ResourceNames.PortClientIdParameter, "portazure-dev", secret: false);
+var adminApiKey = builder.AddRelayParameter(ResourceNames.AdminApiKeyParameter, "dev-admin-key", secret: true);
 
 var dispatcher = builder.AddProject<Projects.PortAzure_Dispatcher>(ResourceNames.Dispatcher)
     .WithReference(redis).WaitFor(redis)
@@ -24,7 +24,7 @@ if (builder.ExecutionContext.IsPublishMode)
 {
     // The manifest's project.v0 entry has no replica count; this writes the usual entry plus a
     // "replicas" value bound to a parameter, so the deployment chooses it.
-    dispatcher.WithReplicaCountParameter(builder.AddParameter("dispatcher-replicas"));
+    dispatcher.WithReplicaCountParameter(builder.AddParameter(ResourceNames.DispatcherReplicasParameter));
 }
 
 var ingress = builder.AddProject<Projects.PortAzure_Ingress>(ResourceNames.Ingress)

@@ -44,10 +44,17 @@ public static class RedisKeys
     /// <summary>Hash of consecutive transient failures per target.</summary>
     public const string TargetFailures = Prefix + "target-failures";
 
-    public static string Idempotency(string org, string webhook, string key) => $"{Prefix}idem:{org}/{webhook}/{key}";
+    /// <summary>
+    /// A run's idempotency key, per target. Azure and the target list take org and webhook in any case, and Port's
+    /// signature does not cover the path: one spelling per target, or a replay in capitals would be a second run.
+    /// </summary>
+    public static string Idempotency(string org, string webhook, string key) => $"{Prefix}idem:{Target(org, webhook)}/{key}";
 
     /// <summary>What a signed call was (a hash of what its signature covers), for runs keyed by the unsigned Idempotency-Key header.</summary>
-    public static string Replay(string org, string webhook, string signedContentHash) => $"{Prefix}replay:{org}/{webhook}/{signedContentHash}";
+    public static string Replay(string org, string webhook, string signedContentHash) => $"{Prefix}replay:{Target(org, webhook)}/{signedContentHash}";
+
+    // Org and webhook names are ASCII letters, digits, '-' and '_' (TargetNames), so the invariant lower case is exact.
+    private static string Target(string org, string webhook) => $"{org.ToLowerInvariant()}/{webhook.ToLowerInvariant()}";
 
     public static string Delivery(string deliveryId) => $"{Prefix}delivery:{deliveryId}";
 

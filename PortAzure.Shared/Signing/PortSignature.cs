@@ -57,9 +57,17 @@ public static class PortSignature
                 {
                     continue;
                 }
+                // A character above 0x7F is no Base64 at all; cast to a byte, its low half could pass for one.
+                var ascii = true;
                 for (var i = 0; i < Base64Length; i++)
                 {
-                    received[i] = (byte)candidate[VersionPrefix.Length + i];
+                    var c = candidate[VersionPrefix.Length + i];
+                    ascii &= c <= 0x7F;
+                    received[i] = (byte)c;
+                }
+                if (!ascii)
+                {
+                    continue;
                 }
                 // Keep comparing after a match: the time taken must not depend on which one matched.
                 matched |= CryptographicOperations.FixedTimeEquals(expected, received);

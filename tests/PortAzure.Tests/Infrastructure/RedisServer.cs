@@ -77,6 +77,19 @@ public sealed class RedisServer : IAsyncDisposable
         throw new InvalidOperationException($"redis-server on port {Port} did not answer within 20 s (is redis-server installed?)");
     }
 
+    /// <summary>SIGSTOP: the server keeps its connections but answers nothing until <see cref="Resume"/>.</summary>
+    public void Pause() => Signal("-STOP");
+
+    /// <summary>SIGCONT: the server goes on with what it was sent meanwhile.</summary>
+    public void Resume() => Signal("-CONT");
+
+    private void Signal(string signal)
+    {
+        var pid = _process?.Id ?? throw new InvalidOperationException("redis-server is not running");
+        using var kill = Process.Start("kill", [signal, pid.ToString(System.Globalization.CultureInfo.InvariantCulture)])!;
+        kill.WaitForExit();
+    }
+
     /// <summary>SIGKILL: no shutdown, no final fsync.</summary>
     public void Kill()
     {

@@ -63,6 +63,50 @@ public class WebhookHandlerTests
     }
 
     [Fact]
+    public async Task Post_SameRunToTheTargetSpelledInCapitals_IsADuplicate()
+    {
+        // Port's signature does not cover the path, and Azure and the target list take names in any case.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var body = TestRuns.Body(TestRuns.NewRunId());
+
+        using var first = await relay.SendRunAsync(body);
+        using var second = await relay.SendRunAsync(body, org: TestRuns.Org.ToUpperInvariant(), webhook: TestRuns.Webhook.ToUpperInvariant());
+
+        Assert.Equal(HttpStatusCode.Accepted, first.StatusCode);
+        Assert.Equal(HttpStatusCode.OK, second.StatusCode);
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
+    public async Task Post_RedisSilentPastTheTimeout_503SaysTheRunMayBeQueuedAndTheRetryIsADuplicate()
+    {
+        // The client gives up after its 3 s timeout; the script still runs once Redis goes on.
+        await using var redis = await RedisServer.StartAsync();
+        await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString, dispatchers: 0);
+        var body = TestRuns.Body(TestRuns.NewRunId());
+
+        redis.Pause();
+        HttpResponseMessage timedOut;
+        try
+        {
+            timedOut = await relay.SendRunAsync(body);
+        }
+        finally
+        {
+            redis.Resume();
+        }
+        using (timedOut)
+        {
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, timedOut.StatusCode);
+            Assert.Contains("may or may not be queued", (await timedOut.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("detail").GetString(), StringComparison.Ordinal);
+        }
+        using var retry = await relay.SendRunAsync(body);
+
+        Assert.Equal(HttpStatusCode.OK, retry.StatusCode);
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
     public async Task Post_SameRunToAnotherWebhook_IsAcceptedSeparately()
     {
         await using var relay = await Relay.StartAsync(dispatchers: 0);

@@ -64,6 +64,16 @@ public class PortSignatureTests
     }
 
     [Fact]
+    public void VerifyV1_ValidSignatureWithACharacterAbove0x7FWhoseLowByteMatches_Rejects()
+    {
+        // Kestrel reads header values as UTF-8: U+0100 + 'A' would become 'A' again in a cast to a byte.
+        var last = SampleSignature[^1];
+        var spoofed = SampleSignature[..^1] + (char)(0x100 + last);
+
+        Assert.False(PortSignature.VerifyV1(spoofed, "1763632800", TestRuns.SampleBody, Secrets));
+    }
+
+    [Fact]
     public void VerifyV1_SeveralSignaturesOneValid_Accepts()
     {
         Assert.True(PortSignature.VerifyV1("v1,AAAA " + SampleSignature, "1763632800", TestRuns.SampleBody, Secrets));
