@@ -28,6 +28,7 @@ internal static class RedisClientSetup
         ArgumentNullException.ThrowIfNull(builder);
         var tracingConfigured = IsTracingConfigured(builder.Configuration);
         var socketManager = SocketManagerFrom(builder.Configuration);
+        var connectRetrySet = builder.Configuration.GetConnectionString(ResourceNames.Redis)?.Contains("connectRetry=", StringComparison.OrdinalIgnoreCase) == true;
         builder.AddRedisClient(ResourceNames.Redis, settings =>
         {
             // Redis command spans are off unless configured: the instrumentation keeps every command's
@@ -48,6 +49,15 @@ internal static class RedisClientSetup
             // runs once while the host starts (RedisConnectionWarmup), before any request. The price: under
             // overload, replies wait in the same queue as incoming requests; "Dedicated" goes back.
             options.SocketManager = socketManager;
+            // One try at start (the multiplexer keeps reconnecting in the background): the default three would hold
+            // the start for three connect timeouts when nothing answers. A connection string's own value stands.
+            if (!connectRetrySet)
+            {
+                options.ConnectRetry = 1;
+            }
+            // Back soon after Redis is (the default backs off from 2.5 s up to 10 s): the Dispatcher records Azure's
+            // answers inside its lease, and a late reconnect eats into it.
+            options.ReconnectRetryPolicy = new ExponentialRetry(500, 2000);
         });
         builder.Services.AddHostedService<RedisConnectionWarmup>();
         return builder;

@@ -14,7 +14,7 @@ namespace PortAzure.Redis;
 /// </summary>
 /// <remarks>
 /// Start-up waits for the connect: at once when Redis refuses it, up to the connect timeout (5 s unless
-/// <c>connectTimeout</c> says otherwise) when nothing answers. The service then starts anyway.
+/// <c>connectTimeout</c> says otherwise; one try, RedisClientSetup) when nothing answers. The service then starts anyway.
 /// </remarks>
 internal sealed partial class RedisConnectionWarmup(IServiceProvider services, ILogger<RedisConnectionWarmup> logger) : IHostedService
 {

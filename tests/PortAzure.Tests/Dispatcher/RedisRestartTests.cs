@@ -85,13 +85,14 @@ public class RedisRestartTests(ITestOutputHelper output)
     [Fact]
     public async Task RedisGoneAfterAzureAnswered_LongerThanTimeoutPlusMargin_TheRunIsPostedOnce()
     {
-        // Redis dies while Azure handles the POST and stays away longer than timeout + margin (3 s) but
+        // Redis dies while Azure handles the POST and stays away longer than timeout + margin (6 s) but
         // inside the finish window (20 s). The attempt's lease covers the window, so a replica that reclaims
         // the entry when Redis is back finds it held and does not post the run a second time.
         await using var redis = await RedisServer.StartAsync("always");
         await using var relay = await Relay.StartAsync(c =>
         {
-            c["Dispatcher:RequestTimeoutSeconds"] = "2";
+            // Well above the emulator's 1.5 s: a timed-out POST would be retried, a second POST for another reason.
+            c["Dispatcher:RequestTimeoutSeconds"] = "5";
             c["Dispatcher:ClaimMarginSeconds"] = "1";
             c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
             c["Dispatcher:FinishRetrySeconds"] = "20";
@@ -102,9 +103,9 @@ public class RedisRestartTests(ITestOutputHelper output)
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(20), "the POST reached Azure");
 
         redis.Kill();
-        await Task.Delay(TimeSpan.FromSeconds(6));
+        await Task.Delay(TimeSpan.FromSeconds(8));
         await redis.StartProcessAsync();
-        // A second replica, started only now, reclaims at once: the entry has been idle for more than 3 s.
+        // A second replica, started only now, reclaims at once: the entry has been idle for more than 6 s.
         await relay.AddDispatcherAsync();
 
         await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.Delivered,

@@ -26,17 +26,28 @@ public sealed class RedisServer : IAsyncDisposable
     /// <param name="appendFsync">When set, AOF is on with this fsync policy.</param>
     public static async Task<RedisServer> StartAsync(string? appendFsync = null, params string[] extraArgs)
     {
-        var directory = Path.Combine(Path.GetTempPath(), "portazure-tests", "redis-" + Guid.NewGuid().ToString("N")[..8]);
-        Directory.CreateDirectory(directory);
         var args = new List<string> { "--save", "" };
         if (appendFsync is not null)
         {
             args.AddRange(["--appendonly", "yes", "--appendfsync", appendFsync]);
         }
         args.AddRange(extraArgs);
-        var server = new RedisServer(FreePort(), directory, [.. args]);
-        await server.StartProcessAsync();
-        return server;
+        for (var attempt = 1; ; attempt++)
+        {
+            var directory = Path.Combine(Path.GetTempPath(), "portazure-tests", "redis-" + Guid.NewGuid().ToString("N")[..8]);
+            Directory.CreateDirectory(directory);
+            var server = new RedisServer(FreePort(), directory, [.. args]);
+            try
+            {
+                await server.StartProcessAsync();
+                return server;
+            }
+            catch (InvalidOperationException) when (attempt < 3)
+            {
+                // The free port was taken before redis-server bound it: another port.
+                await server.DisposeAsync();
+            }
+        }
     }
 
     public async Task StartProcessAsync()
@@ -60,6 +71,11 @@ public sealed class RedisServer : IAsyncDisposable
         var deadline = DateTime.UtcNow.AddSeconds(20);
         while (DateTime.UtcNow < deadline)
         {
+            if (_process.HasExited)
+            {
+                // Most likely another process took the port between FreePort() and the bind.
+                throw new InvalidOperationException($"redis-server on port {Port} exited at start (code {_process.ExitCode})");
+            }
             try
             {
                 await using var connection = await ConnectionMultiplexer.ConnectAsync($"127.0.0.1:{Port},connectTimeout=500");

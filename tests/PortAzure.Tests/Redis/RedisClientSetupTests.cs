@@ -65,6 +65,25 @@ public class RedisClientSetupTests
     }
 
     [Fact]
+    public void Register_Default_OneConnectTryAtStartAndReconnectsAtMost2sApart()
+    {
+        var options = OptionsOf([]);
+
+        // Three tries would hold the start for three connect timeouts when nothing answers.
+        Assert.Equal(1, options.ConnectRetry);
+        // However long Redis was away, the next reconnect try is at most ~2 s off (the default waits up to 10 s).
+        Assert.True(options.ReconnectRetryPolicy!.ShouldRetry(50, 2_001));
+    }
+
+    [Fact]
+    public void Register_ConnectionStringSetsConnectRetry_ItsValueStands()
+    {
+        var options = OptionsOf(new() { ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false,connectRetry=4" });
+
+        Assert.Equal(4, options.ConnectRetry);
+    }
+
+    [Fact]
     public async Task Start_Ingress_ConnectsToRedisBeforeTheFirstRequest()
     {
         await using var lease = await SharedRedis.LeaseAsync();
@@ -106,20 +125,24 @@ public class RedisClientSetupTests
     }
 
     /// <summary>The socket manager the registered connection's options carry, given <paramref name="config"/>.</summary>
-    private static SocketManager? SocketManagerOf(Dictionary<string, string?> config)
+    private static SocketManager? SocketManagerOf(Dictionary<string, string?> config) => OptionsOf(config).SocketManager;
+
+    /// <summary>The registered connection's options, given <paramref name="config"/>.</summary>
+    private static ConfigurationOptions OptionsOf(Dictionary<string, string?> config)
     {
         var builder = NewBuilder(config);
         builder.AddPortAzureRedisClient();
         using var host = builder.Build();
-        return host.Services.GetRequiredService<IOptionsMonitor<ConfigurationOptions>>().Get(Options.DefaultName).SocketManager;
+        return host.Services.GetRequiredService<IOptionsMonitor<ConfigurationOptions>>().Get(Options.DefaultName);
     }
 
     /// <summary>A host builder with <paramref name="config"/> and a Redis connection string nothing connects to.</summary>
     private static HostApplicationBuilder NewBuilder(Dictionary<string, string?> config)
     {
         var builder = Host.CreateEmptyApplicationBuilder(new HostApplicationBuilderSettings());
-        builder.Configuration.AddInMemoryCollection(config);
-        builder.Configuration["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false";
+        var values = new Dictionary<string, string?>(config);
+        values.TryAdd("ConnectionStrings:redis", "127.0.0.1:1,abortConnect=false");
+        builder.Configuration.AddInMemoryCollection(values);
         return builder;
     }
 }
