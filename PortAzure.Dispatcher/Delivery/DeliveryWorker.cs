@@ -98,6 +98,8 @@ internal sealed partial class DeliveryWorker(
         var handled = 0;
         try
         {
+            // A damaged record makes FromFields return null (dropped below), never throw: a throw here would come back
+            // at every pass once its claim is released, and keep this Dispatcher from reading new runs.
             foreach (var (deliveryId, reclaimed) in due)
             {
                 var entry = await store.LoadEntryAsync(deliveryId);
@@ -114,14 +116,12 @@ internal sealed partial class DeliveryWorker(
                 handled++;
             }
         }
-        finally
+        catch (Exception ex) when (ex is RedisException or TimeoutException)
         {
-            if (handled < due.Count)
-            {
-                // A Redis error before these were started: their claims end here, so that the next claim of
-                // their slots is not counted as a crashed attempt.
-                await store.ReleaseRetryClaimsAsync(due.Skip(handled).Select(d => d.DeliveryId), timeProvider.GetUtcNow());
-            }
+            // A Redis error before these were started: their claims end here, so that the next claim of
+            // their slots is not counted as a crashed attempt.
+            await store.ReleaseRetryClaimsAsync(due.Skip(handled).Select(d => d.DeliveryId), timeProvider.GetUtcNow());
+            throw;
         }
 
         if (now >= _nextClaim && slots.CurrentCount > 0)

@@ -204,11 +204,12 @@ internal sealed partial class WebhookHandler(
         {
             activity?.SetStatus(ActivityStatusCode.Error, "queue unavailable");
             Log.QueueUnavailable(logger, ex, org, webhook);
-            // A timeout does not stop the script on the server: the run may be queued after all. A retry is safe either
-            // way (a queued run answers 200 duplicate), but "nothing was accepted" would be a claim we cannot make.
+            // A timeout, or a connection lost after the script was sent, does not stop the script on the server: the
+            // run may be queued after all. A retry is safe either way (a queued run answers 200 duplicate), but
+            // "nothing was accepted" would be a claim we cannot make.
             return Reject(StatusCodes.Status503ServiceUnavailable, RejectionReasons.RedisUnavailable,
-                ex is TimeoutException
-                    ? "Redis did not answer in time; the run may or may not be queued. Retry later: if it was queued, the retry answers 200 duplicate."
+                ex is TimeoutException or RedisConnectionException
+                    ? "Redis did not answer; the run may or may not be queued. Retry later: if it was queued, the retry answers 200 duplicate."
                     : "The run could not be queued; nothing was accepted. Retry later.",
                 RedisRetryAfter);
         }

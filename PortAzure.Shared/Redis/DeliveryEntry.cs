@@ -30,7 +30,8 @@ public sealed record DeliveryEntry(
         public const string TraceState = "tracestate";
     }
 
-    public string Target => $"{Org}/{Webhook}";
+    /// <summary>The target as the pause state and failure counts know it: one spelling, as Azure and the target list take any case.</summary>
+    public string Target => $"{Org}/{Webhook}".ToLowerInvariant();
 
     /// <summary>
     /// The entry's stream fields, id and body first: the Ingress's enqueue script copies the fields after
@@ -81,7 +82,8 @@ public sealed record DeliveryEntry(
                 case Fields.IdempotencyKey: key = value; break;
                 case Fields.RunId: run = value; break;
                 case Fields.ReceivedAt:
-                    if (!value.TryParse(out at))
+                    // Out of DateTimeOffset's range is as damaged as not a number: FromUnixTimeMilliseconds would throw.
+                    if (!value.TryParse(out at) || at < DateTimeOffset.MinValue.ToUnixTimeMilliseconds() || at > DateTimeOffset.MaxValue.ToUnixTimeMilliseconds())
                     {
                         return null;
                     }

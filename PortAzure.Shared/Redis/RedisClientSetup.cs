@@ -28,7 +28,6 @@ internal static class RedisClientSetup
         ArgumentNullException.ThrowIfNull(builder);
         var tracingConfigured = IsTracingConfigured(builder.Configuration);
         var socketManager = SocketManagerFrom(builder.Configuration);
-        var connectRetrySet = builder.Configuration.GetConnectionString(ResourceNames.Redis)?.Contains("connectRetry=", StringComparison.OrdinalIgnoreCase) == true;
         builder.AddRedisClient(ResourceNames.Redis, settings =>
         {
             // Redis command spans are off unless configured: the instrumentation keeps every command's
@@ -51,7 +50,8 @@ internal static class RedisClientSetup
             options.SocketManager = socketManager;
             // One try at start (the multiplexer keeps reconnecting in the background): the default three would hold
             // the start for three connect timeouts when nothing answers. A connection string's own value stands.
-            if (!connectRetrySet)
+            // (ToString names connectRetry only when something set it: the connection string, or Aspire's binding.)
+            if (!options.ToString(includePassword: false).Contains("connectRetry=", StringComparison.OrdinalIgnoreCase))
             {
                 options.ConnectRetry = 1;
             }

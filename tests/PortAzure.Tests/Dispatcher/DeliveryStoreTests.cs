@@ -39,6 +39,15 @@ public class DeliveryStoreTests
     }
 
     [Fact]
+    public void Target_AnySpellingOfOrgAndWebhook_IsOneTarget()
+    {
+        // The pause state and the failure counts are kept per target; Azure and the target list take any case.
+        var entry = NewEntry() with { Org = "Contoso", Webhook = "Deploy" };
+
+        Assert.Equal("contoso/deploy", entry.Target);
+    }
+
+    [Fact]
     public async Task Finish_LateRetryAfterAnotherAttemptDelivered_DoesNotUndoTheDelivery()
     {
         await using var leased = await SharedRedis.ConnectAsync();
@@ -276,6 +285,22 @@ public class DeliveryStoreTests
         await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0, TimeSpan.FromSeconds(10), "the damaged entry is deleted");
         using var health = await relay.Dispatcher.Client.GetAsync("/alive");
         Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+    }
+
+    [Fact]
+    public async Task Dispatcher_ScheduledRetryWhoseReceivedAtIsOutOfRange_IsDroppedAndDeliveryGoesOn()
+    {
+        await using var relay = await Relay.StartAsync();
+        const string damaged = "d_0123456789abcdef0123456789abcdef";
+        await relay.Db.HashSetAsync(RedisKeys.Delivery(damaged),
+            [new("org", "contoso"), new("webhook", "deploy"), new("body", "{}"), new("key", "k"), new("at", "99999999999999999")]);
+        await relay.Db.SortedSetAddAsync(RedisKeys.RetrySchedule, damaged, 0);
+
+        var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
+
+        // A throw while loading it would end every pass of the worker before it reads new runs.
+        await DeliveryOutcomeTests.WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+        await Eventually.HoldsAsync(async () => await relay.Db.SortedSetLengthAsync(RedisKeys.RetrySchedule) == 0, TimeSpan.FromSeconds(10), "the damaged retry leaves the schedule");
     }
 }
 

@@ -76,6 +76,14 @@ public class RedisClientSetupTests
     }
 
     [Fact]
+    public void Register_AspireSettingSetsConnectRetry_ItsValueStands()
+    {
+        var options = OptionsOf(new() { ["Aspire:StackExchange:Redis:ConfigurationOptions:ConnectRetry"] = "4" });
+
+        Assert.Equal(4, options.ConnectRetry);
+    }
+
+    [Fact]
     public void Register_ConnectionStringSetsConnectRetry_ItsValueStands()
     {
         var options = OptionsOf(new() { ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false,connectRetry=4" });
