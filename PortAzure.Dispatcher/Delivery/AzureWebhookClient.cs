@@ -71,15 +71,12 @@ internal sealed class AzureWebhookClient(
             var status = (int)response.StatusCode;
             return new AttemptResult(OutcomeClassifier.Classify(status), status, RetryAfter(response), excerpt, null, Stopwatch.GetElapsedTime(started));
         }
-        catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
-        {
-            return new AttemptResult(AttemptOutcome.Transient, null, null, "", "timeout", Stopwatch.GetElapsedTime(started));
-        }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {
-            // The handler's ConnectTimeout (connection and TLS handshake) ends in a cancellation too, not an
-            // HttpRequestException: a connection failure like any other, not a crash of the attempt.
-            return new AttemptResult(AttemptOutcome.Transient, null, null, "", "connection", Stopwatch.GetElapsedTime(started));
+            // Our request timeout; otherwise the handler's ConnectTimeout (connection and TLS handshake), which ends in
+            // a cancellation too, not an HttpRequestException: a connection failure, not a crash of the attempt.
+            return new AttemptResult(AttemptOutcome.Transient, null, null, "", timeout.IsCancellationRequested ? "timeout" : "connection",
+                Stopwatch.GetElapsedTime(started));
         }
         catch (HttpRequestException)
         {

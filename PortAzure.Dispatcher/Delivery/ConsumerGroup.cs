@@ -5,21 +5,20 @@ namespace PortAzure.Dispatcher.Delivery;
 /// <summary>Joining a stream's consumer group, as the delivery worker and the Port reporter both do.</summary>
 internal static class ConsumerGroup
 {
-    // KEYS: 1 stream. ARGV: 1 group, 2 consumer, 3 idle ms. The check and the removal in one step: between a separate
-    // XINFO and DELCONSUMER the consumer could read an entry, and removing it would drop that entry from the pending
-    // list, where nothing would ever reclaim it.
-    private const string RemoveIfStaleScript = """
+    // KEYS: 1 stream. ARGV: 1 group, 2 this consumer (kept), 3 idle ms. Returns how many were removed.
+    // The check and the removal in one step: between a separate XINFO and DELCONSUMER a consumer could read an entry,
+    // and removing it would drop that entry from the pending list, where nothing would ever reclaim it.
+    private const string RemoveStaleScript = """
+        local removed = 0
         for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
           local f = {}
           for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
-          if f['name'] == ARGV[2] then
-            if f['pending'] == 0 and f['idle'] > tonumber(ARGV[3]) then
-              return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
-            end
-            return -1
+          if f['name'] ~= ARGV[2] and f['pending'] == 0 and f['idle'] > tonumber(ARGV[3]) then
+            redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+            removed = removed + 1
           end
         end
-        return -1
+        return removed
         """;
 
     /// <summary>
@@ -48,12 +47,6 @@ internal static class ConsumerGroup
     public static async Task RemoveStaleConsumersAsync(IDatabase db, RedisKey stream, string group, string self, TimeSpan idle)
     {
         ArgumentNullException.ThrowIfNull(db);
-        foreach (var consumer in await db.StreamConsumerInfoAsync(stream, group))
-        {
-            if (consumer.PendingMessageCount == 0 && consumer.IdleTimeInMilliseconds > idle.TotalMilliseconds && consumer.Name != self)
-            {
-                await db.ScriptEvaluateAsync(RemoveIfStaleScript, [stream], [group, consumer.Name, (long)idle.TotalMilliseconds]);
-            }
-        }
+        await db.ScriptEvaluateAsync(RemoveStaleScript, [stream], [group, self, (long)idle.TotalMilliseconds]);
     }
 }

@@ -7,8 +7,8 @@ namespace PortAzure.Ingress.Queue;
 internal readonly record struct EnqueueResult(bool Accepted, string DeliveryId);
 
 /// <summary>
-/// A second key that must also be free, for a run whose idempotency key the sender chose (an unsigned header):
-/// it names the signed call itself, so that replaying the call under new header values finds it taken.
+/// A second key that must also be free, for a run without a run id (whose idempotency key the unsigned header can
+/// choose): it names the signed call itself, so that replaying the call with other header values finds it taken.
 /// </summary>
 internal readonly record struct ReplayGuard(string Key, TimeSpan Lifetime);
 
@@ -69,22 +69,15 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
             args[i++] = field.Name;
             args[i++] = field.Value;
         }
-        RedisKey[] keys = replayGuard is { } g
-            ?
-            [
-                RedisKeys.Idempotency(entry.Org, entry.Webhook, entry.IdempotencyKey),
-                RedisKeys.Stream,
-                RedisKeys.Delivery(entry.DeliveryId),
-                RedisKeys.RunIndex(entry.RunId ?? ""),
-                g.Key,
-            ]
-            :
-            [
-                RedisKeys.Idempotency(entry.Org, entry.Webhook, entry.IdempotencyKey),
-                RedisKeys.Stream,
-                RedisKeys.Delivery(entry.DeliveryId),
-                RedisKeys.RunIndex(entry.RunId ?? ""),
-            ];
+        var keys = new RedisKey[replayGuard is null ? 4 : 5];
+        keys[0] = RedisKeys.Idempotency(entry.Org, entry.Webhook, entry.IdempotencyKey);
+        keys[1] = RedisKeys.Stream;
+        keys[2] = RedisKeys.Delivery(entry.DeliveryId);
+        keys[3] = RedisKeys.RunIndex(entry.RunId ?? "");
+        if (replayGuard is { } g)
+        {
+            keys[4] = g.Key;
+        }
         var result = (RedisResult[])(await redis.GetDatabase().ScriptEvaluateAsync(EnqueueScript, keys, args))!;
         return new EnqueueResult((int)result[0] == 1, (string)result[1]!);
     }
