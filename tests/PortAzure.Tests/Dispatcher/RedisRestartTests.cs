@@ -12,7 +12,14 @@ public class RedisRestartTests(ITestOutputHelper output)
     public async Task RedisKilledAndRestartedWithAof_MidStream_EveryAcceptedRunIsDelivered()
     {
         await using var redis = await RedisServer.StartAsync("always");
-        await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString);
+        // An entry whose XREADGROUP reply the kill lost waits in the pending list for timeout + margin: 6 s here,
+        // not the default 45 s that left the 60 s wait below only a few seconds to spare.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:RequestTimeoutSeconds"] = "5";
+            c["Dispatcher:ClaimMarginSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.5";
+        }, redisConnection: redis.ConnectionString);
         await relay.EmulatorApi.ScriptAsync(new { delayMs = 10 });
         // Warm up first, so that every sender is under way before Redis goes.
         await DeliveryOutcomeTests.SendAsync(relay);
@@ -41,7 +48,10 @@ public class RedisRestartTests(ITestOutputHelper output)
         })).ToList();
         await Task.Delay(1500);
         redis.Kill();
-        await Task.Delay(2000);
+        // Down longer than the test connection's asyncTimeout (3 s) plus the client's ~1 s timeout sweep: a call
+        // that waits in the client's backlog is refused before Redis is back. With 2 s the client could reconnect
+        // (every 0.5-2 s) in time to store every waiting call, and no 503 proved the outage (seen once in CI).
+        await Task.Delay(5000);
         await redis.StartProcessAsync();
         await Task.Delay(1500);
         await stop.CancelAsync();
