@@ -1,7 +1,7 @@
 namespace PortAzure.AzureDevOpsEmulator.Port;
 
 /// <summary>A Port API answer: a status and a JSON body (<c>{"ok":false,"error","message"}</c> on failure).</summary>
-internal sealed record PortAnswer(int Status, object Body, string? ErrorCode = null)
+internal sealed record PortAnswer(int Status, object Body, string? ErrorCode = null, int? RetryAfterSeconds = null)
 {
     public static PortAnswer Ok(int status, object body) => new(status, body);
 

@@ -57,6 +57,10 @@ internal sealed partial class PortApi(
         LogCall(logger, sequence, request.Method, request.Path.Value ?? "", answer.Status, answer.ErrorCode ?? "none");
         LogBody(logger, sequence, bodyText);
 
+        if (answer.RetryAfterSeconds is { } retryAfter)
+        {
+            context.Response.Headers.RetryAfter = retryAfter.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        }
         return Results.Json(answer.Body, statusCode: answer.Status);
     }
 

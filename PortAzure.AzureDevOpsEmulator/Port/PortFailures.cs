@@ -1,10 +1,10 @@
 namespace PortAzure.AzureDevOpsEmulator.Port;
 
 /// <summary>The body of <c>POST /_emulator/port/behavior</c>; absent fields leave the setting as it is.</summary>
-internal sealed record PortBehaviorRequest(bool? Down = null, int? FailNext = null, int? Status = null);
+internal sealed record PortBehaviorRequest(bool? Down = null, int? FailNext = null, int? Status = null, int? RetryAfterSeconds = null);
 
 /// <summary>What <c>GET /_emulator/port/behavior</c> shows.</summary>
-internal sealed record PortBehaviorState(bool Down, int FailNext, int Status);
+internal sealed record PortBehaviorState(bool Down, int FailNext, int Status, int? RetryAfterSeconds);
 
 /// <summary>Failure injection for the Port API: down (every call 503) or the next N calls failing.</summary>
 internal sealed class PortFailures
@@ -13,6 +13,7 @@ internal sealed class PortFailures
     private bool _down;
     private int _failNext;
     private int _status = StatusCodes.Status500InternalServerError;
+    private int? _retryAfterSeconds;
 
     public PortBehaviorState Apply(PortBehaviorRequest request)
     {
@@ -23,8 +24,9 @@ internal sealed class PortFailures
             {
                 _failNext = failNext;
                 _status = request.Status ?? StatusCodes.Status500InternalServerError;
+                _retryAfterSeconds = request.RetryAfterSeconds;
             }
-            return new(_down, _failNext, _status);
+            return new(_down, _failNext, _status, _retryAfterSeconds);
         }
     }
 
@@ -34,7 +36,7 @@ internal sealed class PortFailures
     {
         lock (_gate)
         {
-            return new(_down, _failNext, _status);
+            return new(_down, _failNext, _status, _retryAfterSeconds);
         }
     }
 
@@ -50,7 +52,7 @@ internal sealed class PortFailures
             if (_failNext > 0)
             {
                 _failNext--;
-                return PortAnswer.Failure(_status, "injected_failure", "Failure injected by the emulator.");
+                return PortAnswer.Failure(_status, "injected_failure", "Failure injected by the emulator.") with { RetryAfterSeconds = _retryAfterSeconds };
             }
             return null;
         }

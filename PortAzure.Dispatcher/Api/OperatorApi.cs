@@ -14,6 +14,7 @@ namespace PortAzure.Dispatcher.Api;
 internal static partial class OperatorApi
 {
     private const int MaxReplayBatch = 500;
+    private const int MaxPageSize = 500;
 
     public static WebApplication MapOperatorApi(this WebApplication app)
     {
@@ -74,7 +75,11 @@ internal static partial class OperatorApi
 
     private static async Task<IResult> ListDeadLettersAsync(IConnectionMultiplexer redis, int? limit, string? cursor)
     {
-        var take = Math.Clamp(limit ?? 50, 1, 500);
+        if (InvalidLimit(limit, MaxPageSize) is { } invalid)
+        {
+            return invalid;
+        }
+        var take = limit ?? 50;
         var offset = 0L;
         if (cursor is not null && (!long.TryParse(cursor, NumberStyles.None, CultureInfo.InvariantCulture, out offset) || offset < 0))
         {
@@ -115,20 +120,47 @@ internal static partial class OperatorApi
 
     private static async Task<IResult> ReplayAllAsync(IConnectionMultiplexer redis, DeliveryStore store, TimeProvider timeProvider, ILoggerFactory loggers, int? limit)
     {
-        var take = Math.Clamp(limit ?? 100, 1, MaxReplayBatch);
-        var ids = await redis.GetDatabase().SortedSetRangeByRankAsync(RedisKeys.DeadLetters, 0, take - 1);
-        var replayed = new List<string>();
-        foreach (var id in ids)
+        // Out of range is refused, not clamped: a replay starts pipeline runs, and "changes nothing" is the promise for bad input.
+        if (InvalidLimit(limit, MaxReplayBatch) is { } invalid)
         {
-            // One that is not replayable (no body left) stays a dead letter; the others go on.
-            if (await store.ReplayAsync(id!, timeProvider.GetUtcNow()) == ReplayOutcome.Replayed)
+            return invalid;
+        }
+        var take = limit ?? 100;
+        var db = redis.GetDatabase();
+        var replayed = new List<string>();
+        // Dead letters that cannot be replayed (no body left) stay at the head of the set: the scan goes past them,
+        // or once `take` of them were the oldest, every call would replay nothing.
+        var stayed = 0L;
+        while (replayed.Count < take)
+        {
+            var ids = await db.SortedSetRangeByRankAsync(RedisKeys.DeadLetters, stayed, stayed + (take - replayed.Count) - 1);
+            if (ids.Length == 0)
             {
-                replayed.Add(id!);
+                break;
+            }
+            foreach (var id in ids)
+            {
+                switch (await store.ReplayAsync(id!, timeProvider.GetUtcNow()))
+                {
+                    case ReplayOutcome.Replayed:
+                        replayed.Add(id!);
+                        break;
+                    case ReplayOutcome.NotReplayable:
+                        stayed++;
+                        break;
+                    default:
+                        // Replayed or discarded by another call meanwhile: it left the set, and the ranks moved up.
+                        break;
+                }
             }
         }
         Log.Replayed(loggers.CreateLogger(typeof(OperatorApi)), replayed.Count);
         return TypedResults.Ok(new ReplayResult(replayed.Count, replayed));
     }
+
+    private static IResult? InvalidLimit(int? limit, int max) => limit is null || (limit >= 1 && limit <= max)
+        ? null
+        : Problems.Create(StatusCodes.Status400BadRequest, "limit_invalid", $"limit must be between 1 and {max}.");
 
     private static async Task<IResult> DeleteDeadLetterAsync(string id, IConnectionMultiplexer redis, TimeProvider timeProvider, IOptionsMonitor<DispatcherOptions> options)
     {

@@ -85,7 +85,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     //       9 retention s, 10 attempt json or '', 11 pause threshold, 12 probe at ms, 13 k = number of report args,
     //       14..13+k Port report field/value pairs, then record field/value pairs
     // Returns -1 when the delivery had already finished elsewhere (only this copy was dropped).
-    private const string FinishScript = """
+    private static readonly string FinishScript = $$"""
         local mode = ARGV[1]
         if ARGV[2] ~= '' then
           redis.call('XACK', KEYS[3], ARGV[3], ARGV[2])
@@ -114,7 +114,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           -- In the same step as the outcome: a crash right after it cannot lose the report.
           local report = {}
           for i = 14, 13 + k do report[#report + 1] = ARGV[i] end
-          redis.call('XADD', KEYS[10], 'MAXLEN', '~', 100000, '*', unpack(report))
+          redis.call('XADD', KEYS[10], 'MAXLEN', '~', {{RedisKeys.PortReportsMaxLength}}, '*', unpack(report))
         end
         if state or #ARGV >= 14 + k then
           local fields = {'finishedBy', ARGV[5]}

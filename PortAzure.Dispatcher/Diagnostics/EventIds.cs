@@ -27,6 +27,8 @@ internal static class EventIds
     public const int ReportCallFailed = 2204;
     public const int ReportQueueError = 2205;
     public const int PortCredentialsRefused = 2206;
+    public const int PortThrottled = 2207;
+    public const int ReportHandedBack = 2208;
 
     public const int OperatorApiRejected = 2301;
     public const int Replayed = 2302;

@@ -1,4 +1,5 @@
 using System.Net;
+using System.Net.Http.Headers;
 using System.Net.Http.Json;
 using System.Text.Json.Serialization;
 using Microsoft.Extensions.Options;
@@ -16,6 +17,9 @@ internal enum PortCallResult
 
     /// <summary>Port refused the relay's own credentials: nothing is wrong with the report.</summary>
     CredentialsRefused,
+
+    /// <summary>Port is rate-limiting the relay (429): every report waits until <see cref="PortApiClient.ThrottledUntil"/>.</summary>
+    Throttled,
 }
 
 /// <summary>Port's REST API: an access token cached until shortly before it expires, and run log lines.</summary>
@@ -30,22 +34,39 @@ internal sealed partial class PortApiClient(
 
     // After a refusal the token endpoint is left alone for a while: every waiting report would otherwise ask again.
     private static readonly TimeSpan RefusalPause = TimeSpan.FromSeconds(30);
+
+    // A 429 without Retry-After waits this long; a Retry-After beyond the cap is taken as the cap.
+    private static readonly TimeSpan DefaultThrottle = TimeSpan.FromSeconds(10);
+    private static readonly TimeSpan MaxThrottle = TimeSpan.FromMinutes(5);
     private readonly SemaphoreSlim _tokenLock = new(1, 1);
     private string? _token;
     private DateTimeOffset _tokenExpires;
     private DateTimeOffset _refusedUntil;
     private volatile bool _credentialsRefused;
+    private long _throttledUntilTicks;
 
     /// <summary>True from a refusal of the credentials by Port's token endpoint until it next issues a token.</summary>
     public bool CredentialsRefused => _credentialsRefused;
 
+    /// <summary>
+    /// Until when Port asked the relay to hold its calls (its last 429's Retry-After). Shared by every report: each
+    /// one spacing its own retries would keep 16 calls going at a rate limit that wants fewer.
+    /// </summary>
+    public DateTimeOffset ThrottledUntil => new(Interlocked.Read(ref _throttledUntilTicks), TimeSpan.Zero);
+
     public async Task<PortCallResult> SendLogAsync(PortReport report, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(report);
+        if (timeProvider.GetUtcNow() < ThrottledUntil)
+        {
+            return PortCallResult.Throttled;
+        }
         var (token, refused) = await GetTokenAsync(cancellationToken);
         if (token is null)
         {
-            return refused ? PortCallResult.CredentialsRefused : PortCallResult.RetryLater;
+            return refused ? PortCallResult.CredentialsRefused
+                : timeProvider.GetUtcNow() < ThrottledUntil ? PortCallResult.Throttled
+                : PortCallResult.RetryLater;
         }
         var uri = new Uri(options.CurrentValue.ApiBaseUrl, $"/v1/actions/runs/{Uri.EscapeDataString(report.RunId)}/logs");
         using var request = new HttpRequestMessage(HttpMethod.Post, uri)
@@ -60,11 +81,45 @@ internal sealed partial class PortApiClient(
         }
         if (response.StatusCode == HttpStatusCode.Unauthorized)
         {
-            _token = null;
+            // Only this token is stale: another send may already have fetched the next one.
+            Interlocked.CompareExchange(ref _token, null, token);
             return PortCallResult.RetryLater;
         }
+        if (response.StatusCode == HttpStatusCode.TooManyRequests)
+        {
+            Throttle(response.Headers.RetryAfter);
+            return PortCallResult.Throttled;
+        }
         var code = (int)response.StatusCode;
-        return code is 408 or 429 or >= 500 ? PortCallResult.RetryLater : PortCallResult.Rejected;
+        return code is 408 or >= 500 ? PortCallResult.RetryLater : PortCallResult.Rejected;
+    }
+
+    private void Throttle(RetryConditionHeaderValue? retryAfter)
+    {
+        var now = timeProvider.GetUtcNow();
+        var wait = retryAfter switch
+        {
+            { Delta: { } delta } => delta,
+            { Date: { } date } => date - now,
+            _ => DefaultThrottle,
+        };
+        wait = wait < TimeSpan.FromSeconds(1) ? TimeSpan.FromSeconds(1) : wait > MaxThrottle ? MaxThrottle : wait;
+        var until = (now + wait).UtcTicks;
+        var previous = Interlocked.Read(ref _throttledUntilTicks);
+        // Several sends may be answered 429 at once: the latest end wins, and only the first one in a window logs.
+        while (until > previous)
+        {
+            var seen = Interlocked.CompareExchange(ref _throttledUntilTicks, until, previous);
+            if (seen == previous)
+            {
+                if (previous <= now.UtcTicks)
+                {
+                    Log.Throttled(logger, wait.TotalSeconds);
+                }
+                return;
+            }
+            previous = seen;
+        }
     }
 
     /// <returns>The token, or null and whether Port refused the credentials (rather than failed to answer).</returns>
@@ -85,6 +140,11 @@ internal sealed partial class PortApiClient(
             {
                 return (null, true);
             }
+            if (timeProvider.GetUtcNow() < ThrottledUntil)
+            {
+                // Sends that queued on the lock behind a throttled token call do not call again.
+                return (null, false);
+            }
             var port = options.CurrentValue;
             using var response = await httpClientFactory.CreateClient(HttpClientName).PostAsJsonAsync(new Uri(port.ApiBaseUrl, "/v1/auth/access_token"),
                 new TokenRequest(port.ClientId ?? "", port.ClientSecret ?? ""), cancellationToken);
@@ -94,6 +154,11 @@ internal sealed partial class PortApiClient(
                 _credentialsRefused = true;
                 Log.CredentialsRefused(logger, (int)response.StatusCode, port.ClientId ?? "");
                 return (null, true);
+            }
+            if (response.StatusCode == HttpStatusCode.TooManyRequests)
+            {
+                Throttle(response.Headers.RetryAfter);
+                return (null, false);
             }
             if (!response.IsSuccessStatusCode)
             {
@@ -124,6 +189,10 @@ internal sealed partial class PortApiClient(
         [LoggerMessage(EventIds.PortCredentialsRefused, LogLevel.Warning,
             "Port refused the relay's API credentials (HTTP {Status}, client id {ClientId}); reports wait until it accepts them")]
         public static partial void CredentialsRefused(ILogger logger, int status, string clientId);
+
+        [LoggerMessage(EventIds.PortThrottled, LogLevel.Warning,
+            "Port is rate-limiting the relay's reports (HTTP 429); every report waits {Seconds} s, without spending its attempts")]
+        public static partial void Throttled(ILogger logger, double seconds);
     }
 
     private sealed record TokenRequest([property: JsonPropertyName("clientId")] string ClientId, [property: JsonPropertyName("clientSecret")] string ClientSecret);

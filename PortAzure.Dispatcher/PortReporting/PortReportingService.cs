@@ -10,8 +10,8 @@ namespace PortAzure.Dispatcher.PortReporting;
 /// <summary>
 /// Sends the reports that finished deliveries left in <see cref="RedisKeys.PortReports"/>, each with its
 /// own retries, apart from the delivery slots. A report leaves the stream only once it was sent or given
-/// up on; one whose reporter stopped stays pending and is taken over after
-/// <see cref="DispatcherOptions.PortReportReclaimSeconds"/>, by any Dispatcher.
+/// up on. One still unsent when its reporter stops is handed back to the stream for any Dispatcher; one whose
+/// reporter crashed stays pending and is taken over after <see cref="DispatcherOptions.PortReportReclaimSeconds"/>.
 /// </summary>
 internal sealed partial class PortReportingService(
     IConnectionMultiplexer redis,
@@ -26,6 +26,16 @@ internal sealed partial class PortReportingService(
     private const int MaxInFlight = 16;
     private static readonly TimeSpan CredentialsRefusedWait = TimeSpan.FromSeconds(60);
 
+    // A call to Port under way at the stop gets this long to finish: cut off, it may have reached Port anyway and
+    // would then show twice. Short, because the host's shutdown timeout is mostly the delivery worker's.
+    private static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(3);
+
+    // Retries of the acknowledgement of a sent report: one left pending is sent again when taken over.
+    private static readonly TimeSpan[] RemoveBackoff =
+    [
+        TimeSpan.FromSeconds(0.5), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(8),
+    ];
+
     private static readonly TimeSpan[] Backoff =
     [
         TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(15),
@@ -37,6 +47,7 @@ internal sealed partial class PortReportingService(
     private readonly ConcurrentDictionary<string, Task> _sending = new(StringComparer.Ordinal);
     // Not disposed: a send's continuation may release it after ExecuteAsync has returned.
     private readonly SemaphoreSlim _slots = new(MaxInFlight, MaxInFlight);
+    private readonly CancellationTokenSource _callsStop = new();
     private RedisValue _claimCursor = "0-0";
     private DateTimeOffset _nextClaim;
 
@@ -47,6 +58,7 @@ internal sealed partial class PortReportingService(
             // Nothing writes reports without Port's credentials, so there is nothing to send.
             return;
         }
+        using var stopCalls = stoppingToken.Register(() => _callsStop.CancelAfter(StopGrace));
         var groupReady = false;
         var errorBackoff = new ErrorBackoff(timeProvider);
         while (!stoppingToken.IsCancellationRequested)
@@ -86,8 +98,14 @@ internal sealed partial class PortReportingService(
                 }
             }
         }
-        // Sends under way end at the stop; their reports stay pending for the next reporter.
+        // Waits end at the stop, calls under way within StopGrace; their reports are handed back.
         await Task.WhenAll(_sending.Values);
+    }
+
+    public override void Dispose()
+    {
+        _callsStop.Dispose();
+        base.Dispose();
     }
 
     private async Task EnsureGroupAsync()
@@ -136,28 +154,69 @@ internal sealed partial class PortReportingService(
 
     private async Task SendAndRemoveAsync(StreamEntry entry, CancellationToken stoppingToken)
     {
-        try
+        var report = PortReport.FromStreamEntry(entry);
+        if (report is null)
         {
-            var report = PortReport.FromStreamEntry(entry);
-            if (report is null)
+            Log.Malformed(logger, entry.Id.ToString());
+        }
+        else if (!await SendAsync(report, entry.Id, stoppingToken))
+        {
+            await HandBackAsync(entry, report);
+            return;
+        }
+        await RemoveAsync(entry.Id, stoppingToken);
+    }
+
+    private async Task RemoveAsync(RedisValue entryId, CancellationToken stoppingToken)
+    {
+        for (var attempt = 0; ; attempt++)
+        {
+            try
             {
-                Log.Malformed(logger, entry.Id.ToString());
-            }
-            else if (!await SendAsync(report, entry.Id, stoppingToken))
-            {
+                var transaction = redis.GetDatabase().CreateTransaction();
+                _ = transaction.StreamAcknowledgeAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, entryId);
+                _ = transaction.StreamDeleteAsync(RedisKeys.PortReports, [entryId]);
+                await transaction.ExecuteAsync();
                 return;
             }
+            catch (Exception ex)
+            {
+                Log.QueueError(logger, ex);
+                if (attempt >= RemoveBackoff.Length || stoppingToken.IsCancellationRequested)
+                {
+                    // Left pending: taken over later, at worst one more log line in Port.
+                    return;
+                }
+            }
+            try
+            {
+                await Task.Delay(RemoveBackoff[attempt], timeProvider, stoppingToken);
+            }
+            catch (OperationCanceledException)
+            {
+                // One last try below, at the stop.
+            }
+        }
+    }
+
+    /// <summary>
+    /// Gives an unsent report back to the stream at the stop, as a new entry any reporter reads at once:
+    /// left pending, it would wait <see cref="DispatcherOptions.PortReportReclaimSeconds"/> for a takeover.
+    /// </summary>
+    private async Task HandBackAsync(StreamEntry entry, PortReport report)
+    {
+        try
+        {
             var transaction = redis.GetDatabase().CreateTransaction();
+            _ = transaction.StreamAddAsync(RedisKeys.PortReports, entry.Values, maxLength: RedisKeys.PortReportsMaxLength, useApproximateMaxLength: true);
             _ = transaction.StreamAcknowledgeAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, entry.Id);
             _ = transaction.StreamDeleteAsync(RedisKeys.PortReports, [entry.Id]);
             await transaction.ExecuteAsync();
-        }
-        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
-        {
+            Log.HandedBack(logger, report.DeliveryId);
         }
         catch (Exception ex)
         {
-            // Left pending: taken over later, at worst one more log line in Port.
+            // Left pending: taken over after the reclaim time.
             Log.QueueError(logger, ex);
         }
     }
@@ -170,9 +229,9 @@ internal sealed partial class PortReportingService(
             PortCallResult result;
             try
             {
-                result = await client.SendLogAsync(report, stoppingToken);
+                result = await client.SendLogAsync(report, _callsStop.Token);
             }
-            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+            catch (OperationCanceledException) when (_callsStop.IsCancellationRequested)
             {
                 return false;
             }
@@ -189,12 +248,24 @@ internal sealed partial class PortReportingService(
                 Log.Sent(logger, report.DeliveryId, report.RunId);
                 return true;
             }
+            if (stoppingToken.IsCancellationRequested)
+            {
+                return false;
+            }
             TimeSpan wait;
             if (result == PortCallResult.CredentialsRefused)
             {
                 // Nothing wrong with the report, and no outage that ends by itself: it waits without spending its
                 // attempts until Port takes the relay's credentials again (a secret rotation under way, a typo fixed).
                 wait = CredentialsRefusedWait;
+            }
+            else if (result == PortCallResult.Throttled)
+            {
+                // Port is up and said when to come back: the report waits that long, without spending its attempts
+                // (16 reports each spending theirs at a rate limit was how reports got lost with Port up). A spread
+                // of up to a second keeps the waiting reports from calling in one burst.
+                var until = client.ThrottledUntil - timeProvider.GetUtcNow();
+                wait = (until > TimeSpan.Zero ? until : TimeSpan.Zero) + TimeSpan.FromMilliseconds(Random.Shared.Next(100, 1000));
             }
             else if (result == PortCallResult.Rejected || attempt >= Backoff.Length)
             {
@@ -251,5 +322,8 @@ internal sealed partial class PortReportingService(
 
         [LoggerMessage(EventIds.ReportQueueError, LogLevel.Warning, "Port report queue: Redis call failed; backing off")]
         public static partial void QueueError(ILogger logger, Exception exception);
+
+        [LoggerMessage(EventIds.ReportHandedBack, LogLevel.Information, "Report of delivery {DeliveryId} unsent at the stop; handed back to the stream")]
+        public static partial void HandedBack(ILogger logger, string deliveryId);
     }
 }

@@ -35,6 +35,9 @@ public static class RedisKeys
     /// </summary>
     public const string PortReports = Prefix + "port-reports";
 
+    /// <summary>About how many reports <see cref="PortReports"/> keeps (XADD MAXLEN ~) while Port's API is away.</summary>
+    public const int PortReportsMaxLength = 100_000;
+
     /// <summary>The consumer group the Dispatchers read <see cref="PortReports"/> through.</summary>
     public const string PortReportersGroup = "port-reporters";
 

@@ -91,6 +91,56 @@ public class DeadLetterTests
     }
 
     [Fact]
+    public async Task ReplayAll_OldestDeadLettersNotReplayable_ScansPastThemToTheOthers()
+    {
+        await using var relay = await Relay.StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = Enumerable.Repeat(new { status = 400 }, 4).ToArray() });
+        var ids = new List<string>();
+        for (var i = 0; i < 4; i++)
+        {
+            ids.Add(await SendAsync(relay));
+            await WaitForStateAsync(relay, ids[^1], DeliveryStates.DeadLettered);
+        }
+        // The two oldest lose their bodies (as a deleted record would): they cannot be replayed.
+        var oldest = (await relay.Db.SortedSetRangeByRankAsync(RedisKeys.DeadLetters, 0, 1)).Select(v => (string)v!).ToList();
+        foreach (var id in oldest)
+        {
+            await relay.Db.HashDeleteAsync(RedisKeys.Delivery(id), DeliveryRecord.Body);
+        }
+
+        using var replay = relay.Operator(HttpMethod.Post, "/api/deadletters/replay?limit=2");
+        using var response = await relay.Ingress.Client.SendAsync(replay);
+
+        var result = await response.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(2, result.GetProperty("replayed").GetInt32());
+        Assert.Equal(ids.Except(oldest).Order(), result.GetProperty("deliveryIds").EnumerateArray().Select(e => e.GetString()!).Order());
+        Assert.Equal(oldest.Order(), (await relay.Db.SortedSetRangeByRankAsync(RedisKeys.DeadLetters)).Select(v => (string)v!).Order());
+    }
+
+    [Theory]
+    [InlineData("/api/deadletters/replay?limit=0", "POST")]
+    [InlineData("/api/deadletters/replay?limit=-5", "POST")]
+    [InlineData("/api/deadletters/replay?limit=501", "POST")]
+    [InlineData("/api/deadletters?limit=0", "GET")]
+    [InlineData("/api/deadletters?limit=501", "GET")]
+    public async Task DeadLetterCalls_LimitOutOfRange_Are400AndReplayNothing(string path, string method)
+    {
+        await using var relay = await Relay.StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 400 } } });
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
+
+        using var request = relay.Operator(new HttpMethod(method), path);
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        Assert.Equal("limit_invalid", (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+        Assert.Equal(DeliveryStates.DeadLettered, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State));
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+    }
+
+    [Fact]
     public async Task Delete_DeadLetter_RemovesItAndItsBody()
     {
         await using var relay = await Relay.StartAsync();

@@ -88,27 +88,25 @@ public class PortReportingTests
     [Fact]
     public async Task PortApiDown_DispatcherStopsWithTheReportUnsent_NextDispatcherSendsItOnce()
     {
-        await using var relay = await Relay.StartAsync(c =>
-        {
-            c["Port:ClientId"] = "relay-client";
-            c["Dispatcher:PortReportReclaimSeconds"] = "1";
-            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
-        });
+        // The default 900 s before a takeover: the report is handed back at the stop, not left pending.
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client");
         await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
         var runId = TestRuns.NewRunId();
         var deliveryId = await SendAsync(relay, runId);
         await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0, TimeSpan.FromSeconds(10), "a first, failing call to Port");
 
-        // Stopped while its report is still being retried: it stays in Redis, pending.
-        await relay.StopDispatcherAsync(relay.Dispatcher);
+        // Stopped while its report is still being retried: it stays in Redis, given back for any reporter to read.
+        var stopped = relay.Dispatcher;
+        await relay.StopDispatcherAsync(stopped);
         Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
-        Assert.Equal(1, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
+        Assert.Equal(0, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
+        Assert.Contains(stopped.Logs.Lines, l => l.Contains("[2208]", StringComparison.Ordinal));
 
         await relay.EmulatorApi.PortBehaviorAsync(new { down = false });
         await relay.AddDispatcherAsync();
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201),
-            TimeSpan.FromSeconds(20), "the next Dispatcher takes the report over and sends it");
+            TimeSpan.FromSeconds(20), "the next Dispatcher reads the report at once and sends it");
         await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 0, TimeSpan.FromSeconds(10), "the sent report leaves Redis");
 
         Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.RunId == runId && c.StatusCode == 201);
@@ -197,6 +195,67 @@ public class PortReportingTests
         var calls = await relay.EmulatorApi.PortCallsAsync();
         Assert.All(runIds, runId => Assert.Single(calls, c => c.RunId == runId));
         Assert.Equal("Healthy", await HealthAsync(relay));
+    }
+
+    [Fact]
+    public async Task PortRateLimits_ReportsWaitOutRetryAfterTogether_WithoutSpendingAttempts()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
+        // A first report, so that the token is cached and the rate limit below meets the log calls.
+        var first = TestRuns.NewRunId();
+        await SendAsync(relay, first);
+        await Eventually.HoldsAsync(async () =>
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(100));
+            return (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == first && c.StatusCode == 201);
+        }, TimeSpan.FromSeconds(30), "the first report is sent");
+
+        await relay.EmulatorApi.PortBehaviorAsync(new { failNext = 10_000, status = 429, retryAfterSeconds = 60 });
+        var runIds = new[] { TestRuns.NewRunId(), TestRuns.NewRunId(), TestRuns.NewRunId() };
+        foreach (var runId in runIds)
+        {
+            await SendAsync(relay, runId);
+        }
+        async Task<int> ThrottledCallsAsync() => (await relay.EmulatorApi.PortCallsAsync()).Count(c => c.StatusCode == 429);
+        await Eventually.HoldsAsync(async () =>
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(100));
+            return await ThrottledCallsAsync() > 0;
+        }, TimeSpan.FromSeconds(30), "a first call answered 429");
+        await Eventually.HoldsAsync(() => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2207]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(10), "the rate limit is logged");
+
+        // Inside Retry-After nobody calls: before, each report kept its own schedule (1, 2, 5, 15, 30 s: five calls each).
+        var atStart = await ThrottledCallsAsync();
+        for (var i = 0; i < 11; i++)
+        {
+            clock.Advance(TimeSpan.FromSeconds(5));
+            await Task.Delay(30);
+        }
+        Assert.Equal(atStart, await ThrottledCallsAsync());
+
+        // Past eight windows, more than a report's eight attempts: each report has been refused again and again and
+        // is still in the stream.
+        await Eventually.HoldsAsync(async () =>
+        {
+            clock.Advance(TimeSpan.FromSeconds(5));
+            var calls = await relay.EmulatorApi.PortCallsAsync();
+            return runIds.All(r => calls.Count(c => c.RunId == r && c.StatusCode == 429) >= 9);
+        }, TimeSpan.FromSeconds(120), "every report refused nine times");
+        Assert.Equal(3, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
+
+        await relay.EmulatorApi.PortBehaviorAsync(new { failNext = 0 });
+        await Eventually.HoldsAsync(async () =>
+        {
+            clock.Advance(TimeSpan.FromSeconds(5));
+            var sent = (await relay.EmulatorApi.PortCallsAsync()).Where(c => c.StatusCode == 201).Select(c => c.RunId).ToHashSet();
+            return runIds.All(sent.Contains);
+        }, TimeSpan.FromSeconds(30), "every report is sent once Port lets the relay call again");
+        var final = await relay.EmulatorApi.PortCallsAsync();
+        Assert.All(runIds, runId => Assert.Single(final, c => c.RunId == runId && c.StatusCode == 201));
+        Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2202]", StringComparison.Ordinal));
     }
 
     private static async Task<string> HealthAsync(Relay relay)
