@@ -32,5 +32,8 @@ internal sealed class WebhookConcurrencyLimit : IDisposable
     /// <summary>A permit to dispose when the run's Redis write is over; not acquired when the cap is reached.</summary>
     public RateLimitLease TryEnter() => _limiter.AttemptAcquire();
 
+    /// <summary>Permits not taken now (the no-cap limiter reports none).</summary>
+    public long AvailablePermits => _limiter.GetStatistics()?.CurrentAvailablePermits ?? 0;
+
     public void Dispose() => _limiter.Dispose();
 }

@@ -83,8 +83,11 @@ public class AppHostTests
         await Eventually.HoldsAsync(() => Task.FromResult(logs.Lines.Any(l => l.Contains($"Accepted run {runId}", StringComparison.Ordinal))),
             TimeSpan.FromSeconds(10), "the Ingress's log shows the accepted run");
 
-        using var health = await ingress.GetAsync("/health");
-        Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+        await Eventually.HoldsAsync(async () =>
+        {
+            using var health = await ingress.GetAsync("/health");
+            return health.StatusCode == HttpStatusCode.OK;
+        }, TimeSpan.FromSeconds(10), "the Ingress's /health answers 200");
         using var operatorCall = new HttpRequestMessage(HttpMethod.Get, $"/api/deliveries?runId={runId}");
         operatorCall.Headers.Add("X-Api-Key", "dev-admin-key");
         using var answer = await ingress.SendAsync(operatorCall);

@@ -134,7 +134,7 @@ public class DeliveryOutcomeTests
     [Fact]
     public async Task RetryAfter_Seconds_IsHonoured()
     {
-        await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxDelaySeconds"] = "10");
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxDelaySeconds"] = "30");
         await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503, retryAfter = "2" } } });
 
         var deliveryId = await SendAsync(relay);
@@ -143,8 +143,8 @@ public class DeliveryOutcomeTests
         var requests = await relay.EmulatorApi.RequestsAsync();
         Assert.Equal(2, requests.Count);
         var gap = requests[1].ReceivedAt - requests[0].ReceivedAt;
-        // Not before Retry-After; well before the 10 s the back-off cap would allow.
-        Assert.InRange(gap.TotalSeconds, 1.9, 7);
+        // Not before Retry-After; well before the 30 s the back-off cap would allow.
+        Assert.InRange(gap.TotalSeconds, 1.9, 10);
     }
 
     [Fact]

@@ -36,7 +36,7 @@ public sealed class RedisServer : IAsyncDisposable
         {
             var directory = Path.Combine(Path.GetTempPath(), "portazure-tests", "redis-" + Guid.NewGuid().ToString("N")[..8]);
             Directory.CreateDirectory(directory);
-            var server = new RedisServer(FreePort(), directory, [.. args]);
+            var server = new RedisServer(FreePortOutsideEphemeralRange(), directory, [.. args]);
             try
             {
                 await server.StartProcessAsync();
@@ -128,6 +128,42 @@ public sealed class RedisServer : IAsyncDisposable
         {
         }
         await Task.CompletedTask;
+    }
+
+    /// <summary>
+    /// A free port below the kernel's ephemeral range. Tests kill and restart servers on the same port: a port from
+    /// the ephemeral range can meanwhile become the source port of any outgoing connection, and the restart fails.
+    /// </summary>
+    private static int FreePortOutsideEphemeralRange()
+    {
+        var ephemeralStart = 32768;
+        try
+        {
+            var range = File.ReadAllText("/proc/sys/net/ipv4/ip_local_port_range").Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+            ephemeralStart = int.Parse(range[0], System.Globalization.CultureInfo.InvariantCulture);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or IndexOutOfRangeException)
+        {
+        }
+        if (ephemeralStart <= 11_000)
+        {
+            return FreePort();
+        }
+        for (var attempt = 0; attempt < 50; attempt++)
+        {
+            var port = Random.Shared.Next(10_000, ephemeralStart);
+            try
+            {
+                using var listener = new TcpListener(IPAddress.Loopback, port);
+                listener.Start();
+                return port;
+            }
+            catch (SocketException)
+            {
+                // Taken by another process on this shared machine: another one.
+            }
+        }
+        return FreePort();
     }
 
     public static int FreePort()

@@ -55,7 +55,7 @@ public class KestrelLimitsTests
         var flood = Enumerable.Range(0, 25).Select(i => RawRequest.HeaderLine($"X-Flood-{i}", "x")).ToList();
         var response = await RawHttp.SendAsync(relay.Ingress.BaseAddress, new RawRequest("GET", "/health"u8.ToArray(), flood, [], RawFraming.None), Timeout);
         Assert.Equal(431, response.Status);
-        using var health = await relay.Ingress.Client.GetAsync("/health");
+        using var health = await relay.Ingress.Client.GetAsync("/alive");
         Assert.Equal(HttpStatusCode.OK, health.StatusCode);
     }
 
@@ -74,17 +74,17 @@ public class KestrelLimitsTests
                 var client = new TcpClient();
                 held.Add(client);
                 await client.ConnectAsync(endpoint);
-                Assert.Equal(200, (await GetHealthAsync(client, timeout.Token)).Status);
+                Assert.Equal(200, (await GetAliveAsync(client, timeout.Token)).Status);
             }
 
             using var refused = new TcpClient();
             await refused.ConnectAsync(endpoint);
-            var answer = await ReadAnswerAsync(refused, "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"u8.ToArray());
+            var answer = await ReadAnswerAsync(refused, "GET /alive HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"u8.ToArray());
             Assert.Equal("", answer);
 
             foreach (var client in held)
             {
-                Assert.Equal(200, (await GetHealthAsync(client, timeout.Token)).Status);
+                Assert.Equal(200, (await GetAliveAsync(client, timeout.Token)).Status);
             }
         }
         finally
@@ -93,10 +93,10 @@ public class KestrelLimitsTests
         }
     }
 
-    private static async Task<RawResponse> GetHealthAsync(TcpClient client, CancellationToken cancellationToken)
+    private static async Task<RawResponse> GetAliveAsync(TcpClient client, CancellationToken cancellationToken)
     {
         var stream = client.GetStream();
-        await stream.WriteAsync("GET /health HTTP/1.1\r\nHost: x\r\n\r\n"u8.ToArray(), cancellationToken);
+        await stream.WriteAsync("GET /alive HTTP/1.1\r\nHost: x\r\n\r\n"u8.ToArray(), cancellationToken);
         return await RawHttp.ReadResponseAsync(stream, cancellationToken);
     }
 
@@ -161,7 +161,7 @@ public class KestrelLimitsTests
 
         Assert.Equal(408, response.Status);
         Assert.Contains("\"reason\":\"body_timeout\"", response.Text, StringComparison.Ordinal);
-        using var health = await relay.Ingress.Client.GetAsync("/health");
+        using var health = await relay.Ingress.Client.GetAsync("/alive");
         Assert.Equal(HttpStatusCode.OK, health.StatusCode);
     }
 }

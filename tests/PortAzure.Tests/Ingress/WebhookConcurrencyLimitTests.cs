@@ -1,5 +1,7 @@
 using System.Net;
 using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
+using PortAzure.Ingress.Edge;
 using PortAzure.Ingress.Webhooks;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
@@ -26,7 +28,8 @@ public class WebhookConcurrencyLimitTests
             var setup = new Setup { _redis = await RedisServer.StartAsync() };
             setup.Ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
             {
-                ["ConnectionStrings:redis"] = setup._redis.ConnectionString,
+                // Well past the longest pause below: a held call must wait for Redis, not time out (3 s by default).
+                ["ConnectionStrings:redis"] = setup._redis.ConnectionString + ",asyncTimeout=10000,syncTimeout=10000",
                 ["Port:ClientSecret"] = TestRuns.Secret,
                 ["Ingress:MaxConcurrentCalls"] = maxConcurrentCalls.ToString(System.Globalization.CultureInfo.InvariantCulture),
             });
@@ -37,6 +40,11 @@ public class WebhookConcurrencyLimitTests
         /// <summary>Writes (the Ingress's enqueue script among them) wait this long; reads go on.</summary>
         public async Task PauseWritesAsync(int milliseconds) =>
             await Db.ExecuteAsync("CLIENT", "PAUSE", milliseconds.ToString(System.Globalization.CultureInfo.InvariantCulture), "WRITE");
+
+        /// <summary>Waits until calls in progress hold every permit.</summary>
+        public Task PermitsTakenAsync() => Eventually.HoldsAsync(
+            () => Task.FromResult(Ingress.Services.GetRequiredService<WebhookConcurrencyLimit>().AvailablePermits == 0),
+            TimeSpan.FromSeconds(2), "the held calls take every permit");
 
         public Task<HttpResponseMessage> SendAsync() => TestRuns.SendAsync(Ingress.Client, TestRuns.Body(TestRuns.NewRunId()));
 
@@ -56,8 +64,7 @@ public class WebhookConcurrencyLimitTests
         // The two calls hold both permits while their enqueue waits.
         await setup.PauseWritesAsync(3000);
         var held = new[] { setup.SendAsync(), setup.SendAsync() };
-        await Eventually.HoldsAsync(() => Task.FromResult(held.All(t => !t.IsCompleted)), TimeSpan.FromSeconds(1), "both calls in progress");
-        await Task.Delay(300);
+        await setup.PermitsTakenAsync();
 
         using var refused = await setup.SendAsync();
         var heldWhenRefused = held.Count(t => !t.IsCompleted);
@@ -88,7 +95,7 @@ public class WebhookConcurrencyLimitTests
         await using var setup = await Setup.StartAsync(maxConcurrentCalls: 1);
         await setup.PauseWritesAsync(2000);
         var held = setup.SendAsync();
-        await Task.Delay(300);
+        await setup.PermitsTakenAsync();
 
         using var badRequest = TestRuns.Signed(TestRuns.Body(TestRuns.NewRunId()), secret: "not-the-secret");
         using var unsigned = await setup.Ingress.Client.SendAsync(badRequest);

@@ -257,8 +257,8 @@ public class WebhookHandlerTests
     }
 
     [Theory]
-    [InlineData(-295)]
-    [InlineData(295)]
+    [InlineData(-280)]
+    [InlineData(280)]
     public async Task Post_TimestampWithinTolerance_IsAccepted(int offsetSeconds)
     {
         await using var relay = await Relay.StartAsync(dispatchers: 0);
@@ -391,10 +391,12 @@ public class WebhookHandlerTests
     {
         await using var relay = await Relay.StartAsync(dispatchers: 0);
 
-        using var response = await relay.Ingress.Client.GetAsync(path);
-
-        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
-        Assert.Equal("Healthy", await response.Content.ReadAsStringAsync());
+        // Polled: /health's Redis check can miss its timeout once on a loaded machine.
+        await Eventually.HoldsAsync(async () =>
+        {
+            using var response = await relay.Ingress.Client.GetAsync(path);
+            return response.StatusCode == HttpStatusCode.OK && await response.Content.ReadAsStringAsync() == "Healthy";
+        }, TimeSpan.FromSeconds(10), $"{path} answers 200 Healthy");
     }
 }
 
