@@ -36,6 +36,10 @@ public static class DispatcherExtensions
             var dispatcher = new DispatcherOptions();
             builder.Configuration.GetSection(DispatcherOptions.SectionName).Bind(dispatcher);
             host.ShutdownTimeout = TimeSpan.FromSeconds(Math.Max(0, dispatcher.ShutdownGraceSeconds) + 5);
+            // The reporter's stop (3 s for a call under way, then its hand-back) runs beside the worker's drain, not
+            // after it: one after the other, a drain that used its whole grace left the reporter ~2 s of the timeout.
+            // Reports written by the drain's last deliveries stay in the stream for the other Dispatchers.
+            host.ServicesStopConcurrently = true;
         });
 
         services.TryAddSingleton(TimeProvider.System);

@@ -128,25 +128,37 @@ internal static partial class OperatorApi
         var take = limit ?? 100;
         var db = redis.GetDatabase();
         var replayed = new List<string>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        // Only what was a dead letter when the call began: a replayed run can fail again within milliseconds (a 4xx)
+        // and come back with a newer score, and must not be replayed twice by one call.
+        var before = timeProvider.GetUtcNow().ToUnixTimeMilliseconds();
         // Dead letters that cannot be replayed (no body left) stay at the head of the set: the scan goes past them,
         // or once `take` of them were the oldest, every call would replay nothing.
-        var stayed = 0L;
+        var passed = 0L;
         while (replayed.Count < take)
         {
-            var ids = await db.SortedSetRangeByRankAsync(RedisKeys.DeadLetters, stayed, stayed + (take - replayed.Count) - 1);
+            var ids = await db.SortedSetRangeByScoreAsync(RedisKeys.DeadLetters, double.NegativeInfinity, before, Exclude.Stop,
+                skip: passed, take: take - replayed.Count);
             if (ids.Length == 0)
             {
                 break;
             }
-            foreach (var id in ids)
+            foreach (var value in ids)
             {
-                switch (await store.ReplayAsync(id!, timeProvider.GetUtcNow()))
+                var id = (string)value!;
+                if (!seen.Add(id))
+                {
+                    // Replayed by this call and a dead letter again (a clock between replicas behind this one's).
+                    passed++;
+                    continue;
+                }
+                switch (await store.ReplayAsync(id, timeProvider.GetUtcNow()))
                 {
                     case ReplayOutcome.Replayed:
-                        replayed.Add(id!);
+                        replayed.Add(id);
                         break;
                     case ReplayOutcome.NotReplayable:
-                        stayed++;
+                        passed++;
                         break;
                     default:
                         // Replayed or discarded by another call meanwhile: it left the set, and the ranks moved up.

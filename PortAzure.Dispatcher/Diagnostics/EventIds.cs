@@ -30,7 +30,6 @@ internal static class EventIds
     public const int PortThrottled = 2207;
     public const int ReportHandedBack = 2208;
 
-    public const int OperatorApiRejected = 2301;
     public const int Replayed = 2302;
     public const int OperatorApiRedisUnavailable = 2303;
 }

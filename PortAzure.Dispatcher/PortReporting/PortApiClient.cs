@@ -37,7 +37,7 @@ internal sealed partial class PortApiClient(
 
     // A 429 without Retry-After waits this long; a Retry-After beyond the cap is taken as the cap.
     private static readonly TimeSpan DefaultThrottle = TimeSpan.FromSeconds(10);
-    private static readonly TimeSpan MaxThrottle = TimeSpan.FromMinutes(5);
+    internal static readonly TimeSpan MaxThrottle = TimeSpan.FromMinutes(5);
     private readonly SemaphoreSlim _tokenLock = new(1, 1);
     private string? _token;
     private DateTimeOffset _tokenExpires;

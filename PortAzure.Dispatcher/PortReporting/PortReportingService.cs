@@ -44,6 +44,19 @@ internal sealed partial class PortReportingService(
 
     // Sends under way, by entry id: one this reporter reclaims from itself (a wait longer than the reclaim
     // time) is not started a second time.
+    // ARGV: 1 group, 2 entry id, 3 this consumer, 4.. the entry's field/value pairs. Only while the entry is still
+    // pending for this reporter: another may have taken it over meanwhile (and sent and removed it, or be sending it).
+    private static readonly string HandBackScript = $$"""
+        local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3])
+        if #mine == 0 then
+          return 0
+        end
+        redis.call('XADD', KEYS[1], 'MAXLEN', '~', {{RedisKeys.PortReportsMaxLength}}, '*', unpack(ARGV, 4))
+        redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+        redis.call('XDEL', KEYS[1], ARGV[2])
+        return 1
+        """;
+
     private readonly ConcurrentDictionary<string, Task> _sending = new(StringComparer.Ordinal);
     // Not disposed: a send's continuation may release it after ExecuteAsync has returned.
     private readonly SemaphoreSlim _slots = new(MaxInFlight, MaxInFlight);
@@ -104,8 +117,9 @@ internal sealed partial class PortReportingService(
 
     public override void Dispose()
     {
-        _callsStop.Dispose();
+        // The base first: it cancels the stopping token, whose callback still uses _callsStop.
         base.Dispose();
+        _callsStop.Dispose();
     }
 
     private async Task EnsureGroupAsync()
@@ -139,7 +153,9 @@ internal sealed partial class PortReportingService(
         entries.RemoveAll(e => e.IsNull || _sending.ContainsKey(e.Id.ToString()));
         foreach (var entry in entries)
         {
-            await _slots.WaitAsync(stoppingToken);
+            // Not cancelled by the stop: the entries are this reporter's now, and a slot is free for each (at most
+            // CurrentCount were read). Started at the stop, a report is handed back at once.
+            await _slots.WaitAsync(CancellationToken.None);
             var id = entry.Id.ToString();
             var send = SendAndRemoveAsync(entry, stoppingToken);
             _sending[id] = send;
@@ -207,12 +223,20 @@ internal sealed partial class PortReportingService(
     {
         try
         {
-            var transaction = redis.GetDatabase().CreateTransaction();
-            _ = transaction.StreamAddAsync(RedisKeys.PortReports, entry.Values, maxLength: RedisKeys.PortReportsMaxLength, useApproximateMaxLength: true);
-            _ = transaction.StreamAcknowledgeAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, entry.Id);
-            _ = transaction.StreamDeleteAsync(RedisKeys.PortReports, [entry.Id]);
-            await transaction.ExecuteAsync();
-            Log.HandedBack(logger, report.DeliveryId);
+            var args = new RedisValue[3 + (entry.Values.Length * 2)];
+            args[0] = RedisKeys.PortReportersGroup;
+            args[1] = entry.Id;
+            args[2] = identity.Name;
+            var i = 3;
+            foreach (var field in entry.Values)
+            {
+                args[i++] = field.Name;
+                args[i++] = field.Value;
+            }
+            if ((int)await redis.GetDatabase().ScriptEvaluateAsync(HandBackScript, [RedisKeys.PortReports], args) == 1)
+            {
+                Log.HandedBack(logger, report.DeliveryId);
+            }
         }
         catch (Exception ex)
         {
@@ -226,6 +250,11 @@ internal sealed partial class PortReportingService(
     {
         for (var attempt = 0; ;)
         {
+            // No new call once stopping: one cut off after reaching Port would show twice.
+            if (stoppingToken.IsCancellationRequested)
+            {
+                return false;
+            }
             PortCallResult result;
             try
             {
@@ -248,6 +277,12 @@ internal sealed partial class PortReportingService(
                 Log.Sent(logger, report.DeliveryId, report.RunId);
                 return true;
             }
+            if (result == PortCallResult.Rejected || (result == PortCallResult.RetryLater && attempt >= Backoff.Length))
+            {
+                metrics.PortReport("failed");
+                Log.Failed(logger, report.DeliveryId, report.RunId, attempt + 1);
+                return true;
+            }
             if (stoppingToken.IsCancellationRequested)
             {
                 return false;
@@ -264,14 +299,10 @@ internal sealed partial class PortReportingService(
                 // Port is up and said when to come back: the report waits that long, without spending its attempts
                 // (16 reports each spending theirs at a rate limit was how reports got lost with Port up). A spread
                 // of up to a second keeps the waiting reports from calling in one burst.
+                // Bounded again here: a clock stepped back would otherwise stretch the wait by the step.
                 var until = client.ThrottledUntil - timeProvider.GetUtcNow();
-                wait = (until > TimeSpan.Zero ? until : TimeSpan.Zero) + TimeSpan.FromMilliseconds(Random.Shared.Next(100, 1000));
-            }
-            else if (result == PortCallResult.Rejected || attempt >= Backoff.Length)
-            {
-                metrics.PortReport("failed");
-                Log.Failed(logger, report.DeliveryId, report.RunId, attempt + 1);
-                return true;
+                wait = (until <= TimeSpan.Zero ? TimeSpan.Zero : until > PortApiClient.MaxThrottle ? PortApiClient.MaxThrottle : until)
+                    + TimeSpan.FromMilliseconds(Random.Shared.Next(100, 1000));
             }
             else
             {

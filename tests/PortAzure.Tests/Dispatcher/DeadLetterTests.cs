@@ -117,6 +117,34 @@ public class DeadLetterTests
         Assert.Equal(oldest.Order(), (await relay.Db.SortedSetRangeByRankAsync(RedisKeys.DeadLetters)).Select(v => (string)v!).Order());
     }
 
+    [Fact]
+    public async Task ReplayAll_RunsThatFailAgainAtOnce_AreReplayedOnceEachByOneCall()
+    {
+        await using var relay = await Relay.StartAsync();
+        // Every POST is answered 404: a replayed run is a dead letter again within milliseconds, with a newer score.
+        await relay.EmulatorApi.ScriptAsync(new { responses = Enumerable.Repeat(new { status = 404 }, 200).ToArray() });
+        var ids = new List<string>();
+        for (var i = 0; i < 20; i++)
+        {
+            ids.Add(await SendAsync(relay));
+        }
+        foreach (var id in ids)
+        {
+            await WaitForStateAsync(relay, id, DeliveryStates.DeadLettered);
+        }
+
+        using var replay = relay.Operator(HttpMethod.Post, "/api/deadletters/replay?limit=500");
+        using var response = await relay.Ingress.Client.SendAsync(replay);
+
+        var result = await response.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(ids.Order(), result.GetProperty("deliveryIds").EnumerateArray().Select(e => e.GetString()!).Order());
+        Assert.Equal(20, result.GetProperty("replayed").GetInt32());
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count >= 40 &&
+            await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters) == 20, TimeSpan.FromSeconds(20), "every replay is a dead letter again");
+        await Task.Delay(500);
+        Assert.Equal(40, (await relay.EmulatorApi.RequestsAsync()).Count);
+    }
+
     [Theory]
     [InlineData("/api/deadletters/replay?limit=0", "POST")]
     [InlineData("/api/deadletters/replay?limit=-5", "POST")]

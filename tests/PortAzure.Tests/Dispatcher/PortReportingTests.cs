@@ -114,6 +114,56 @@ public class PortReportingTests
     }
 
     [Fact]
+    public async Task ReportOfACrashedReporter_IsTakenOverAfterTheReclaimTime_AndSentOnce()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientId"] = "relay-client";
+            c["Dispatcher:PortReportReclaimSeconds"] = "2";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+        }, dispatchers: 0);
+        // A reporter read the report and died without a trace: it is pending under a consumer that never comes back.
+        var runId = TestRuns.NewRunId();
+        var report = new PortAzure.Dispatcher.PortReporting.PortReport(runId, "d_crashed", "delivered (test)", null, null);
+        await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, "0-0", createStream: true);
+        await relay.Db.StreamAddAsync(RedisKeys.PortReports, report.ToStreamFields());
+        // Before the read: the time measured from it is never shorter than the entry's idle time.
+        var readAt = DateTimeOffset.UtcNow;
+        Assert.Single(await relay.Db.StreamReadGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, "crashed-reporter", ">", 1));
+
+        await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201),
+            TimeSpan.FromSeconds(20), "another reporter takes the report over and sends it");
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 0, TimeSpan.FromSeconds(10), "the sent report leaves Redis");
+
+        var sent = Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.RunId == runId);
+        Assert.True(sent.ReceivedAt - readAt >= TimeSpan.FromSeconds(1.9), $"taken over after {(sent.ReceivedAt - readAt).TotalSeconds:F1} s, before the reclaim time (2 s)");
+    }
+
+    [Fact]
+    public async Task PortApiDown_ReportTakenOverWhileItsReporterWaited_IsNotHandedBackAtTheStop()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client");
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
+        var deliveryId = await SendAsync(relay, TestRuns.NewRunId());
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0, TimeSpan.FromSeconds(10), "a first, failing call to Port");
+
+        // Another reporter takes the report over while this one waits to retry (as one would after the reclaim time).
+        var pending = Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, 10, RedisValue.Null));
+        Assert.Single(await relay.Db.StreamClaimAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, "other-reporter", 0, [pending.MessageId]));
+
+        var stopped = relay.Dispatcher;
+        await relay.StopDispatcherAsync(stopped);
+
+        // Still the other reporter's, and only once in the stream: no copy handed back beside it.
+        var after = Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, 10, RedisValue.Null));
+        Assert.Equal("other-reporter", after.ConsumerName);
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
+        Assert.DoesNotContain(stopped.Logs.Lines, l => l.Contains("[2208]", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task PortApiDown_ReporterStillRetrying_ResetsTheReportsIdleTimeAfterEachWait()
     {
         // Another Dispatcher takes over a report idle for PortReportReclaimSeconds; this one is idle only
@@ -232,6 +282,8 @@ public class PortReportingTests
             TimeSpan.FromSeconds(10), "the rate limit is logged");
 
         // Inside Retry-After nobody calls: before, each report kept its own schedule (1, 2, 5, 15, 30 s: five calls each).
+        // The clock stands still for half a second first: calls already under way when the first 429 came are recorded.
+        await Task.Delay(500);
         var atStart = await ThrottledCallsAsync();
         for (var i = 0; i < 11; i++)
         {

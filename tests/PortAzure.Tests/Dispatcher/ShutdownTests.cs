@@ -1,3 +1,6 @@
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Options;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
 using StackExchange.Redis;
@@ -6,6 +9,19 @@ namespace PortAzure.Tests.Dispatcher;
 
 public class ShutdownTests
 {
+    [Fact]
+    public async Task HostOptions_Dispatcher_StopsItsServicesSideBySideWithinGracePlusFiveSeconds()
+    {
+        // One after the other, a drain that used its whole grace (+3 s to unwind) left the Port reporter ~2 s of
+        // the timeout, less than the 3 s a call under way gets before its report is handed back.
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:ShutdownGraceSeconds"] = "12");
+
+        var host = relay.Dispatcher.Services.GetRequiredService<IOptions<HostOptions>>().Value;
+
+        Assert.True(host.ServicesStopConcurrently);
+        Assert.Equal(TimeSpan.FromSeconds(17), host.ShutdownTimeout);
+    }
+
     [Fact]
     public async Task Stop_WithPostsInFlight_LetsThemFinishAndLeavesTheRestForOthers()
     {

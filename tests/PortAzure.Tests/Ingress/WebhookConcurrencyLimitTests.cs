@@ -93,7 +93,8 @@ public class WebhookConcurrencyLimitTests
     public async Task Post_BadSignatureWhileTheCapIsReached_IsStill401_PermitsAreTakenOnlyAfterVerification()
     {
         await using var setup = await Setup.StartAsync(maxConcurrentCalls: 1);
-        await setup.PauseWritesAsync(2000);
+        // Long enough for the checks below on a loaded machine; the Ingress's Redis timeout is 10 s.
+        await setup.PauseWritesAsync(5000);
         var held = setup.SendAsync();
         await setup.PermitsTakenAsync();
 
