@@ -72,8 +72,8 @@ public static class DispatcherExtensions
         services.AddSingleton<DispatcherMetrics>();
         services.AddSingleton<BacklogMonitor>();
         services.AddHostedService(sp => sp.GetRequiredService<BacklogMonitor>());
-        // Hosted services stop in reverse order: reporting is registered first so that it still runs
-        // while the delivery worker drains its in-flight POSTs.
+        // Stopped side by side (HostOptions above): the reports written by the drain's last deliveries stay in
+        // the stream for the other Dispatchers.
         services.AddHostedService<PortReportingService>();
         services.AddHostedService<DeliveryWorker>();
 

@@ -42,21 +42,30 @@ internal sealed partial class PortReportingService(
         TimeSpan.FromSeconds(30), TimeSpan.FromSeconds(60), TimeSpan.FromSeconds(120),
     ];
 
-    // Sends under way, by entry id: one this reporter reclaims from itself (a wait longer than the reclaim
-    // time) is not started a second time.
-    // ARGV: 1 group, 2 entry id, 3 this consumer, 4.. the entry's field/value pairs. Only while the entry is still
-    // pending for this reporter: another may have taken it over meanwhile (and sent and removed it, or be sending it).
-    private static readonly string HandBackScript = $$"""
+    // Both scripts act only while the entry is still pending for this reporter (ARGV: 1 group, 2 entry id, 3 this
+    // consumer): another may have taken it over after a wait longer than the reclaim time, and be sending it or
+    // have sent and removed it. The hand-back's ARGV 4.. are the entry's field/value pairs.
+    private const string MinePrefix = """
         local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3])
         if #mine == 0 then
           return 0
         end
+        """;
+
+    private static readonly string HandBackScript = MinePrefix + "\n" + $$"""
         redis.call('XADD', KEYS[1], 'MAXLEN', '~', {{RedisKeys.PortReportsMaxLength}}, '*', unpack(ARGV, 4))
         redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
         redis.call('XDEL', KEYS[1], ARGV[2])
         return 1
         """;
 
+    private const string TouchScript = MinePrefix + "\n" + """
+        redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+        return 1
+        """;
+
+    // Sends under way, by entry id: one this reporter reclaims from itself (a wait longer than the reclaim
+    // time) is not started a second time.
     private readonly ConcurrentDictionary<string, Task> _sending = new(StringComparer.Ordinal);
     // Not disposed: a send's continuation may release it after ExecuteAsync has returned.
     private readonly SemaphoreSlim _slots = new(MaxInFlight, MaxInFlight);
@@ -175,10 +184,19 @@ internal sealed partial class PortReportingService(
         {
             Log.Malformed(logger, entry.Id.ToString());
         }
-        else if (!await SendAsync(report, entry.Id, stoppingToken))
+        else
         {
-            await HandBackAsync(entry, report);
-            return;
+            switch (await SendAsync(report, entry.Id, stoppingToken))
+            {
+                case SendOutcome.Stopped:
+                    await HandBackAsync(entry, report);
+                    return;
+                case SendOutcome.TakenOver:
+                    Log.TakenOver(logger, report.DeliveryId);
+                    return;
+                default:
+                    break;
+            }
         }
         await RemoveAsync(entry.Id, stoppingToken);
     }
@@ -245,15 +263,26 @@ internal sealed partial class PortReportingService(
         }
     }
 
-    /// <returns>True when the report is done with (sent, or given up on); false when stopped first.</returns>
-    private async Task<bool> SendAsync(PortReport report, RedisValue entryId, CancellationToken stoppingToken)
+    private enum SendOutcome
+    {
+        /// <summary>Sent, or given up on: the report leaves the stream.</summary>
+        Done,
+
+        /// <summary>Stopped first: handed back.</summary>
+        Stopped,
+
+        /// <summary>Another reporter took it over during a wait: left to that one.</summary>
+        TakenOver,
+    }
+
+    private async Task<SendOutcome> SendAsync(PortReport report, RedisValue entryId, CancellationToken stoppingToken)
     {
         for (var attempt = 0; ;)
         {
             // No new call once stopping: one cut off after reaching Port would show twice.
             if (stoppingToken.IsCancellationRequested)
             {
-                return false;
+                return SendOutcome.Stopped;
             }
             PortCallResult result;
             try
@@ -262,7 +291,7 @@ internal sealed partial class PortReportingService(
             }
             catch (OperationCanceledException) when (_callsStop.IsCancellationRequested)
             {
-                return false;
+                return SendOutcome.Stopped;
             }
             catch (Exception ex)
             {
@@ -275,17 +304,17 @@ internal sealed partial class PortReportingService(
             {
                 metrics.PortReport("sent");
                 Log.Sent(logger, report.DeliveryId, report.RunId);
-                return true;
+                return SendOutcome.Done;
             }
             if (result == PortCallResult.Rejected || (result == PortCallResult.RetryLater && attempt >= Backoff.Length))
             {
                 metrics.PortReport("failed");
                 Log.Failed(logger, report.DeliveryId, report.RunId, attempt + 1);
-                return true;
+                return SendOutcome.Done;
             }
             if (stoppingToken.IsCancellationRequested)
             {
-                return false;
+                return SendOutcome.Stopped;
             }
             TimeSpan wait;
             if (result == PortCallResult.CredentialsRefused)
@@ -314,9 +343,12 @@ internal sealed partial class PortReportingService(
             }
             catch (OperationCanceledException)
             {
-                return false;
+                return SendOutcome.Stopped;
             }
-            await TouchAsync(entryId);
+            if (!await TouchAsync(entryId))
+            {
+                return SendOutcome.TakenOver;
+            }
         }
     }
 
@@ -324,16 +356,19 @@ internal sealed partial class PortReportingService(
     /// Resets the entry's idle time, so that a report this reporter is still retrying is not taken over as
     /// the report of a stopped one, however long Port's API keeps it waiting.
     /// </summary>
-    private async Task TouchAsync(RedisValue entryId)
+    /// <returns>False when the report is no longer this reporter's: another took it over during the wait.</returns>
+    private async Task<bool> TouchAsync(RedisValue entryId)
     {
         try
         {
-            await redis.GetDatabase().StreamClaimIdsOnlyAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name, 0, [entryId]);
+            return (int)await redis.GetDatabase().ScriptEvaluateAsync(TouchScript, [RedisKeys.PortReports],
+                [RedisKeys.PortReportersGroup, entryId, identity.Name]) == 1;
         }
         catch (Exception ex)
         {
             // Not fatal: at worst the report is taken over and shows twice in Port's run log.
             Log.QueueError(logger, ex);
+            return true;
         }
     }
 
@@ -356,5 +391,8 @@ internal sealed partial class PortReportingService(
 
         [LoggerMessage(EventIds.ReportHandedBack, LogLevel.Information, "Report of delivery {DeliveryId} unsent at the stop; handed back to the stream")]
         public static partial void HandedBack(ILogger logger, string deliveryId);
+
+        [LoggerMessage(EventIds.ReportTakenOver, LogLevel.Information, "Report of delivery {DeliveryId} was taken over by another reporter during its wait; left to that one")]
+        public static partial void TakenOver(ILogger logger, string deliveryId);
     }
 }

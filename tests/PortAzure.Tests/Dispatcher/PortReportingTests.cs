@@ -164,6 +164,36 @@ public class PortReportingTests
     }
 
     [Fact]
+    public async Task PortApiDown_ReportTakenOverDuringTheWait_ItsFirstReporterLeavesItToTheOther()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
+        var deliveryId = await SendAsync(relay, TestRuns.NewRunId());
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 1,
+            TimeSpan.FromSeconds(30), $"delivery {deliveryId} delivered and its report queued");
+        await Eventually.HoldsAsync(async () =>
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(100));
+            return (await relay.EmulatorApi.PortCallsAsync()).Count > 0;
+        }, TimeSpan.FromSeconds(20), "a first, failing call to Port");
+
+        // While the reporter waits on the stopped clock, another takes the report over (as after the reclaim time).
+        var pending = Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, 10, RedisValue.Null));
+        Assert.Single(await relay.Db.StreamClaimAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, "other-reporter", 0, [pending.MessageId]));
+        await Eventually.HoldsAsync(() =>
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(100));
+            return Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2209]", StringComparison.Ordinal)));
+        }, TimeSpan.FromSeconds(20), "the first reporter sees the report is no longer its own");
+
+        // It neither took the report back nor called Port for it again.
+        Assert.Equal("other-reporter", Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, 10, RedisValue.Null)).ConsumerName);
+        Assert.Single(await relay.EmulatorApi.PortCallsAsync());
+    }
+
+    [Fact]
     public async Task PortApiDown_ReporterStillRetrying_ResetsTheReportsIdleTimeAfterEachWait()
     {
         // Another Dispatcher takes over a report idle for PortReportReclaimSeconds; this one is idle only
