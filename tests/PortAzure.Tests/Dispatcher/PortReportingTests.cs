@@ -167,26 +167,13 @@ public class PortReportingTests
     public async Task PortApiDown_ReportTakenOverDuringTheWait_ItsFirstReporterLeavesItToTheOther()
     {
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
-        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
-        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
-        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
-        var deliveryId = await SendAsync(relay, TestRuns.NewRunId());
-        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 1,
-            TimeSpan.FromSeconds(30), $"delivery {deliveryId} delivered and its report queued");
-        await Eventually.HoldsAsync(async () =>
-        {
-            clock.Advance(TimeSpan.FromMilliseconds(100));
-            return (await relay.EmulatorApi.PortCallsAsync()).Count > 0;
-        }, TimeSpan.FromSeconds(20), "a first, failing call to Port");
+        var clock = await FirstReportCallFailedAsync(relay);
 
         // While the reporter waits on the stopped clock, another takes the report over (as after the reclaim time).
         var pending = Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, 10, RedisValue.Null));
         Assert.Single(await relay.Db.StreamClaimAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, "other-reporter", 0, [pending.MessageId]));
-        await Eventually.HoldsAsync(() =>
-        {
-            clock.Advance(TimeSpan.FromMilliseconds(100));
-            return Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2209]", StringComparison.Ordinal)));
-        }, TimeSpan.FromSeconds(20), "the first reporter sees the report is no longer its own");
+        await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), () => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2209]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(20), "the first reporter sees the report is no longer its own");
 
         // It neither took the report back nor called Port for it again.
         Assert.Equal("other-reporter", Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, 10, RedisValue.Null)).ConsumerName);
@@ -199,19 +186,7 @@ public class PortReportingTests
         // Another Dispatcher takes over a report idle for PortReportReclaimSeconds; this one is idle only
         // while its reporter waits, and the reporter must say it is still alive after each wait.
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
-        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
-        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
-        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
-        var deliveryId = await SendAsync(relay, TestRuns.NewRunId());
-        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 1,
-            TimeSpan.FromSeconds(30), $"delivery {deliveryId} delivered and its report queued");
-
-        // The reporter polls on the fake clock: small steps (well short of the 1 s back-off) until its first call fails.
-        await Eventually.HoldsAsync(async () =>
-        {
-            clock.Advance(TimeSpan.FromMilliseconds(100));
-            return (await relay.EmulatorApi.PortCallsAsync()).Count > 0;
-        }, TimeSpan.FromSeconds(20), "a first, failing call to Port");
+        var clock = await FirstReportCallFailedAsync(relay);
         var callsBefore = (await relay.EmulatorApi.PortCallsAsync()).Count;
 
         // Real time passes while the reporter waits out its back-off on the stopped clock.
@@ -219,11 +194,8 @@ public class PortReportingTests
         var idleDuringWait = await ReportIdleMillisecondsAsync(relay);
         Assert.InRange(idleDuringWait, 4_900, long.MaxValue);
         // Small steps again: one 1 s step could come before the reporter has started its wait, which would then never end.
-        await Eventually.HoldsAsync(async () =>
-        {
-            clock.Advance(TimeSpan.FromMilliseconds(100));
-            return (await relay.EmulatorApi.PortCallsAsync()).Count > callsBefore;
-        }, TimeSpan.FromSeconds(20), "the second attempt, made after the wait");
+        await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), async () => (await relay.EmulatorApi.PortCallsAsync()).Count > callsBefore,
+            TimeSpan.FromSeconds(20), "the second attempt, made after the wait");
 
         // Only the reporter's touch after its wait can bring the idle time down.
         await Eventually.HoldsAsync(async () => await ReportIdleMillisecondsAsync(relay) < idleDuringWait - 1_000,
@@ -246,11 +218,8 @@ public class PortReportingTests
         await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 3,
             TimeSpan.FromSeconds(30), "the three runs delivered and their reports queued");
         // The reporter polls on the fake clock: small steps until its first call.
-        await Eventually.HoldsAsync(async () =>
-        {
-            clock.Advance(TimeSpan.FromMilliseconds(100));
-            return (await relay.EmulatorApi.PortCallsAsync()).Count > 0;
-        }, TimeSpan.FromSeconds(20), "a first token call");
+        await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0,
+            TimeSpan.FromSeconds(20), "a first token call");
         // The emulator records a call before it answers: wait for the Dispatcher to have taken the refusal in.
         await Eventually.HoldsAsync(async () => relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2206]", StringComparison.Ordinal)) && await HealthAsync(relay) == "Degraded",
             TimeSpan.FromSeconds(10), "the refusal is logged and /health is Degraded");
@@ -261,17 +230,13 @@ public class PortReportingTests
 
         // Far past a report's 8 attempts (~4 min of waits): the clock moves in 5 s steps until Port has refused ten
         // token calls (one a minute); nothing is given up meanwhile.
-        await Eventually.HoldsAsync(async () =>
-        {
-            clock.Advance(TimeSpan.FromSeconds(5));
-            return (await relay.EmulatorApi.PortCallsAsync()).Count >= 10;
-        }, TimeSpan.FromSeconds(90), "ten refused token calls");
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), async () => (await relay.EmulatorApi.PortCallsAsync()).Count >= 10,
+            TimeSpan.FromSeconds(90), "ten refused token calls");
         Assert.Equal(3, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
 
         await relay.EmulatorApi.PortBehaviorAsync(new { failNext = 0 });
-        await Eventually.HoldsAsync(async () =>
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), async () =>
         {
-            clock.Advance(TimeSpan.FromSeconds(5));
             var sent = (await relay.EmulatorApi.PortCallsAsync()).Where(c => c.StatusCode == 201).Select(c => c.RunId).ToHashSet();
             return runIds.All(sent.Contains);
         }, TimeSpan.FromSeconds(30), "every report is sent once Port accepts the credentials");
@@ -290,11 +255,8 @@ public class PortReportingTests
         // A first report, so that the token is cached and the rate limit below meets the log calls.
         var first = TestRuns.NewRunId();
         await SendAsync(relay, first);
-        await Eventually.HoldsAsync(async () =>
-        {
-            clock.Advance(TimeSpan.FromMilliseconds(100));
-            return (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == first && c.StatusCode == 201);
-        }, TimeSpan.FromSeconds(30), "the first report is sent");
+        await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == first && c.StatusCode == 201),
+            TimeSpan.FromSeconds(30), "the first report is sent");
 
         await relay.EmulatorApi.PortBehaviorAsync(new { failNext = 10_000, status = 429, retryAfterSeconds = 60 });
         var runIds = new[] { TestRuns.NewRunId(), TestRuns.NewRunId(), TestRuns.NewRunId() };
@@ -303,11 +265,8 @@ public class PortReportingTests
             await SendAsync(relay, runId);
         }
         async Task<int> ThrottledCallsAsync() => (await relay.EmulatorApi.PortCallsAsync()).Count(c => c.StatusCode == 429);
-        await Eventually.HoldsAsync(async () =>
-        {
-            clock.Advance(TimeSpan.FromMilliseconds(100));
-            return await ThrottledCallsAsync() > 0;
-        }, TimeSpan.FromSeconds(30), "a first call answered 429");
+        await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), async () => await ThrottledCallsAsync() > 0,
+            TimeSpan.FromSeconds(30), "a first call answered 429");
         await Eventually.HoldsAsync(() => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2207]", StringComparison.Ordinal))),
             TimeSpan.FromSeconds(10), "the rate limit is logged");
 
@@ -324,24 +283,48 @@ public class PortReportingTests
 
         // Past eight windows, more than a report's eight attempts: each report has been refused again and again and
         // is still in the stream.
-        await Eventually.HoldsAsync(async () =>
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), async () =>
         {
-            clock.Advance(TimeSpan.FromSeconds(5));
             var calls = await relay.EmulatorApi.PortCallsAsync();
             return runIds.All(r => calls.Count(c => c.RunId == r && c.StatusCode == 429) >= 9);
         }, TimeSpan.FromSeconds(120), "every report refused nine times");
         Assert.Equal(3, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
 
         await relay.EmulatorApi.PortBehaviorAsync(new { failNext = 0 });
-        await Eventually.HoldsAsync(async () =>
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), async () =>
         {
-            clock.Advance(TimeSpan.FromSeconds(5));
             var sent = (await relay.EmulatorApi.PortCallsAsync()).Where(c => c.StatusCode == 201).Select(c => c.RunId).ToHashSet();
             return runIds.All(sent.Contains);
         }, TimeSpan.FromSeconds(30), "every report is sent once Port lets the relay call again");
         var final = await relay.EmulatorApi.PortCallsAsync();
         Assert.All(runIds, runId => Assert.Single(final, c => c.RunId == runId && c.StatusCode == 201));
         Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2202]", StringComparison.Ordinal));
+    }
+
+    /// <summary>Moves the fake clock a step at a time until <paramref name="condition"/> holds.</summary>
+    private static Task StepUntilAsync(FakeTimeProvider clock, TimeSpan step, Func<Task<bool>> condition, TimeSpan timeout, string what) =>
+        Eventually.HoldsAsync(async () =>
+        {
+            clock.Advance(step);
+            return await condition();
+        }, timeout, what);
+
+    /// <summary>
+    /// A Dispatcher on a fake clock, Port down, and one delivered run whose report has had its first, failing call:
+    /// the reporter now waits on the stopped clock.
+    /// </summary>
+    private static async Task<FakeTimeProvider> FirstReportCallFailedAsync(Relay relay)
+    {
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
+        var deliveryId = await SendAsync(relay, TestRuns.NewRunId());
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 1,
+            TimeSpan.FromSeconds(30), $"delivery {deliveryId} delivered and its report queued");
+        // The reporter polls on the fake clock: small steps (well short of the 1 s back-off) until its first call fails.
+        await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0,
+            TimeSpan.FromSeconds(20), "a first, failing call to Port");
+        return clock;
     }
 
     private static async Task<string> HealthAsync(Relay relay)
