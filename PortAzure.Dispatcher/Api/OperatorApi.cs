@@ -80,23 +80,57 @@ internal static partial class OperatorApi
             return invalid;
         }
         var take = limit ?? 50;
-        var offset = 0L;
-        if (cursor is not null && (!long.TryParse(cursor, NumberStyles.None, CultureInfo.InvariantCulture, out offset) || offset < 0))
+        (long Score, string Id)? after = null;
+        if (cursor is not null)
         {
-            return Problems.Create(StatusCodes.Status400BadRequest, "cursor_invalid", "The cursor must be the nextCursor value of a previous page.");
+            if (ParseCursor(cursor) is not { } parsed)
+            {
+                return Problems.Create(StatusCodes.Status400BadRequest, "cursor_invalid", "The cursor must be the nextCursor value of a previous page.");
+            }
+            after = parsed;
         }
         var db = redis.GetDatabase();
-        var ids = await db.SortedSetRangeByRankAsync(RedisKeys.DeadLetters, offset, offset + take);
-        var items = new List<DeliveryView>();
-        foreach (var id in ids.Take(take))
+        var page = new List<SortedSetEntry>(take + 1);
+        if (after is not { } last)
         {
-            if (await LoadAsync(db, id!, withAttempts: true) is { } view)
+            page.AddRange(await db.SortedSetRangeByRankWithScoresAsync(RedisKeys.DeadLetters, 0, take));
+        }
+        else
+        {
+            // The page after the last item seen, not after a position: replaying or discarding the dead letters of one
+            // page moves the others up, and a position would skip as many. Equal scores are ordered by member.
+            page.AddRange((await db.SortedSetRangeByScoreWithScoresAsync(RedisKeys.DeadLetters, last.Score, last.Score))
+                .Where(e => string.CompareOrdinal(e.Element, last.Id) > 0).Take(take + 1));
+            if (page.Count <= take)
+            {
+                page.AddRange(await db.SortedSetRangeByScoreWithScoresAsync(RedisKeys.DeadLetters, last.Score, double.PositiveInfinity, Exclude.Start,
+                    take: take + 1 - page.Count));
+            }
+        }
+        var items = new List<DeliveryView>();
+        foreach (var entry in page.Take(take))
+        {
+            if (await LoadAsync(db, entry.Element!, withAttempts: true) is { } view)
             {
                 items.Add(view);
             }
         }
-        var next = ids.Length > take ? (offset + take).ToString(CultureInfo.InvariantCulture) : null;
+        var next = page.Count > take ? FormatCursor(page[take - 1]) : null;
         return TypedResults.Ok(new DeadLetterPage(items, next, await db.SortedSetLengthAsync(RedisKeys.DeadLetters)));
+    }
+
+    // A page's cursor names its last dead letter: score (dead-letter time, Unix ms) and id.
+    private static string FormatCursor(SortedSetEntry last) =>
+        string.Create(CultureInfo.InvariantCulture, $"{(long)last.Score}_{last.Element}");
+
+    private static (long Score, string Id)? ParseCursor(string cursor)
+    {
+        var split = cursor.IndexOf('_', StringComparison.Ordinal);
+        return split > 0
+            && long.TryParse(cursor.AsSpan(0, split), NumberStyles.None, CultureInfo.InvariantCulture, out var score)
+            && cursor[(split + 1)..] is var id && IsDeliveryId(id)
+            ? (score, id)
+            : null;
     }
 
     private static async Task<IResult> ReplayOneAsync(string id, DeliveryStore store, TimeProvider timeProvider, ILoggerFactory loggers)

@@ -145,6 +145,61 @@ public class DeadLetterTests
         Assert.Equal(40, (await relay.EmulatorApi.RequestsAsync()).Count);
     }
 
+    [Fact]
+    public async Task List_PagesAfterTheFirstIsReplayed_TheNextPageStartsAfterItsLastItemNotAfterAPosition()
+    {
+        await using var relay = await Relay.StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = Enumerable.Repeat(new { status = 400 }, 5).ToArray() });
+        for (var i = 0; i < 5; i++)
+        {
+            await WaitForStateAsync(relay, await SendAsync(relay), DeliveryStates.DeadLettered);
+        }
+        var ordered = (await relay.Db.SortedSetRangeByRankAsync(RedisKeys.DeadLetters)).Select(v => (string)v!).ToList();
+
+        var first = await ListAsync(relay, "?limit=2");
+        Assert.Equal(ordered[..2], Ids(first));
+        // The operator replays the first page (answered 202 below, delivered: the script's 400s are used up)...
+        foreach (var id in Ids(first))
+        {
+            using var replay = relay.Operator(HttpMethod.Post, $"/api/deadletters/{id}/replay");
+            using var replayed = await relay.Ingress.Client.SendAsync(replay);
+            Assert.Equal(HttpStatusCode.Accepted, replayed.StatusCode);
+        }
+        // ...and the next page still starts with the third dead letter (a position would skip two).
+        var second = await ListAsync(relay, $"?limit=2&cursor={Uri.EscapeDataString(first.GetProperty("nextCursor").GetString()!)}");
+        Assert.Equal(ordered[2..4], Ids(second));
+        var third = await ListAsync(relay, $"?limit=2&cursor={Uri.EscapeDataString(second.GetProperty("nextCursor").GetString()!)}");
+        Assert.Equal(ordered[4..], Ids(third));
+        Assert.Equal(JsonValueKind.Null, third.GetProperty("nextCursor").ValueKind);
+    }
+
+    [Theory]
+    [InlineData("12")]
+    [InlineData("abc")]
+    [InlineData("12_not-an-id")]
+    [InlineData("_d_0123456789abcdef0123456789abcdef")]
+    public async Task List_CursorNotFromAPage_Is400CursorInvalid(string cursor)
+    {
+        await using var relay = await Relay.StartAsync();
+
+        using var request = relay.Operator(HttpMethod.Get, $"/api/deadletters?cursor={Uri.EscapeDataString(cursor)}");
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal("cursor_invalid", (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+    }
+
+    private static async Task<JsonElement> ListAsync(Relay relay, string query)
+    {
+        using var request = relay.Operator(HttpMethod.Get, "/api/deadletters" + query);
+        using var response = await relay.Ingress.Client.SendAsync(request);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        return await response.Content.ReadFromJsonAsync<JsonElement>();
+    }
+
+    private static List<string> Ids(JsonElement page) =>
+        page.GetProperty("items").EnumerateArray().Select(i => i.GetProperty("deliveryId").GetString()!).ToList();
+
     [Theory]
     [InlineData("/api/deadletters/replay?limit=0", "POST")]
     [InlineData("/api/deadletters/replay?limit=-5", "POST")]
