@@ -53,8 +53,10 @@ internal sealed class PortReporter(IOptionsMonitor<PortOptions> portOptions)
     public PortReport? DeadLettered(DeliveryEntry entry, string reason, string hint)
     {
         ArgumentNullException.ThrowIfNull(entry);
-        return Create(entry, $"PortAzure could not deliver the run to Azure DevOps {entry.Org}/{entry.Webhook} ({reason}): {hint} Delivery {entry.DeliveryId}.",
-            "FAILURE", "Delivery to Azure DevOps failed");
+        var message = $"PortAzure could not deliver the run to Azure DevOps {entry.Org}/{entry.Webhook} ({reason}): {hint} Delivery {entry.DeliveryId}.";
+        return portOptions.CurrentValue.TerminateRunOnDeadLetter
+            ? Create(entry, message, "FAILURE", "Delivery to Azure DevOps failed")
+            : Create(entry, message, null, null);
     }
 
     private PortReport? Create(DeliveryEntry entry, string message, string? terminationStatus, string? statusLabel) =>

@@ -18,6 +18,13 @@ public sealed class PortOptions
 
     public Uri ApiBaseUrl { get; set; } = new(DefaultApiBaseUrl);
 
+    /// <summary>
+    /// A dead letter's report ends the Port run with FAILURE. Off, it is a log line only, and the run stays open:
+    /// for teams that replay dead letters and whose pipelines report their own status to the same run, which Port
+    /// refuses once the run has ended.
+    /// </summary>
+    public bool TerminateRunOnDeadLetter { get; set; } = true;
+
     /// <summary>The secrets incoming signatures are checked against, current first.</summary>
     public IReadOnlyList<byte[]> VerificationSecrets()
     {

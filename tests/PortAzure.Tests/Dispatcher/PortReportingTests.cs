@@ -52,6 +52,28 @@ public class PortReportingTests
     }
 
     [Fact]
+    public async Task DeadLettered_TerminationTurnedOff_LogsTheHintAndLeavesTheRunOpen()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientId"] = "relay-client";
+            c["Port:TerminateRunOnDeadLetter"] = "false";
+        });
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 404 } } });
+        var runId = TestRuns.NewRunId();
+
+        await SendAsync(relay, runId);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId), TimeSpan.FromSeconds(20), "a Port log line");
+
+        var log = Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.RunId == runId);
+        Assert.Equal(201, log.StatusCode);
+        var message = JsonDocument.Parse(log.BodyText!).RootElement;
+        Assert.Contains("organisation name", message.GetProperty("message").GetString(), StringComparison.Ordinal);
+        Assert.False(message.TryGetProperty("terminationStatus", out _));
+        Assert.False(message.TryGetProperty("statusLabel", out _));
+    }
+
+    [Fact]
     public async Task TokenIsCached_AcrossManyReports()
     {
         await using var relay = await StartAsync();
