@@ -312,10 +312,6 @@ internal sealed partial class PortReportingService(
                 Log.Failed(logger, report.DeliveryId, report.RunId, attempt + 1);
                 return SendOutcome.Done;
             }
-            if (stoppingToken.IsCancellationRequested)
-            {
-                return SendOutcome.Stopped;
-            }
             TimeSpan wait;
             if (result == PortCallResult.CredentialsRefused)
             {
@@ -339,6 +335,7 @@ internal sealed partial class PortReportingService(
             }
             try
             {
+                // Already stopping: cancelled at once.
                 await Task.Delay(wait, timeProvider, stoppingToken);
             }
             catch (OperationCanceledException)

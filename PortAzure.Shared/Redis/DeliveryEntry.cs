@@ -31,7 +31,7 @@ public sealed record DeliveryEntry(
     }
 
     /// <summary>The target as the pause state and failure counts know it: one spelling, as Azure and the target list take any case.</summary>
-    public string Target => $"{Org}/{Webhook}".ToLowerInvariant();
+    public string Target => RedisKeys.Target(Org, Webhook);
 
     /// <summary>
     /// The entry's stream fields, id and body first: the Ingress's enqueue script copies the fields after

@@ -56,8 +56,9 @@ public static class RedisKeys
     /// <summary>What a signed call was (a hash of what its signature covers), for runs keyed by the unsigned Idempotency-Key header.</summary>
     public static string Replay(string org, string webhook, string signedContentHash) => $"{Prefix}replay:{Target(org, webhook)}/{signedContentHash}";
 
-    // Org and webhook names are ASCII letters, digits, '-' and '_' (TargetNames), so the invariant lower case is exact.
-    private static string Target(string org, string webhook) => $"{org.ToLowerInvariant()}/{webhook.ToLowerInvariant()}";
+    /// <summary>A target as the relay's keys and target state name it: <c>org/webhook</c>, in lower case.</summary>
+    /// <remarks>Org and webhook names are ASCII letters, digits, '-' and '_' (TargetNames), so the invariant lower case is exact.</remarks>
+    public static string Target(string org, string webhook) => $"{org.ToLowerInvariant()}/{webhook.ToLowerInvariant()}";
 
     public static string Delivery(string deliveryId) => $"{Prefix}delivery:{deliveryId}";
 
