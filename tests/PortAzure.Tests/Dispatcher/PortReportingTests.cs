@@ -172,15 +172,13 @@ public class PortReportingTests
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0, TimeSpan.FromSeconds(10), "a first, failing call to Port");
 
         // Another reporter takes the report over while this one waits to retry (as one would after the reclaim time).
-        var pending = Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, 10, RedisValue.Null));
-        Assert.Single(await relay.Db.StreamClaimAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, "other-reporter", 0, [pending.MessageId]));
+        await TakeOverReportAsync(relay, "other-reporter");
 
         var stopped = relay.Dispatcher;
         await relay.StopDispatcherAsync(stopped);
 
         // Still the other reporter's, and only once in the stream: no copy handed back beside it.
-        var after = Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, 10, RedisValue.Null));
-        Assert.Equal("other-reporter", after.ConsumerName);
+        Assert.Equal("other-reporter", (await PendingReportAsync(relay)).ConsumerName);
         Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
         Assert.DoesNotContain(stopped.Logs.Lines, l => l.Contains("[2208]", StringComparison.Ordinal));
     }
@@ -192,13 +190,12 @@ public class PortReportingTests
         var clock = await FirstReportCallFailedAsync(relay);
 
         // While the reporter waits on the stopped clock, another takes the report over (as after the reclaim time).
-        var pending = Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, 10, RedisValue.Null));
-        Assert.Single(await relay.Db.StreamClaimAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, "other-reporter", 0, [pending.MessageId]));
+        await TakeOverReportAsync(relay, "other-reporter");
         await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), () => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2209]", StringComparison.Ordinal))),
             TimeSpan.FromSeconds(20), "the first reporter sees the report is no longer its own");
 
         // It neither took the report back nor called Port for it again.
-        Assert.Equal("other-reporter", Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, 10, RedisValue.Null)).ConsumerName);
+        Assert.Equal("other-reporter", (await PendingReportAsync(relay)).ConsumerName);
         Assert.Single(await relay.EmulatorApi.PortCallsAsync());
     }
 
@@ -355,9 +352,15 @@ public class PortReportingTests
         return await response.Content.ReadAsStringAsync();
     }
 
-    private static async Task<long> ReportIdleMillisecondsAsync(Relay relay) =>
-        Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, 10, RedisValue.Null))
-            .IdleTimeInMilliseconds;
+    private static async Task<long> ReportIdleMillisecondsAsync(Relay relay) => (await PendingReportAsync(relay)).IdleTimeInMilliseconds;
+
+    /// <summary>The one report pending in the reporters' group.</summary>
+    private static async Task<StreamPendingMessageInfo> PendingReportAsync(Relay relay) =>
+        Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, 10, RedisValue.Null));
+
+    /// <summary>Another reporter takes the one pending report over, as it would after the reclaim time.</summary>
+    private static async Task TakeOverReportAsync(Relay relay, string consumer) =>
+        Assert.Single(await relay.Db.StreamClaimAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, consumer, 0, [(await PendingReportAsync(relay)).MessageId]));
 
     [Fact]
     public async Task RunWithoutRunId_IsNotReported()

@@ -43,6 +43,16 @@ public static class TestRuns
         return request;
     }
 
+    /// <summary>A call signed with Port's legacy scheme: the hex HMAC-SHA1 of the body, no timestamp.</summary>
+    public static HttpRequestMessage SignedLegacy(byte[] body, bool lowerCaseHex = false)
+    {
+        var request = new HttpRequestMessage(HttpMethod.Post, Path()) { Content = new ByteArrayContent(body) };
+        request.Content.Headers.ContentType = new MediaTypeHeaderValue("application/json");
+        var mac = System.Security.Cryptography.HMACSHA1.HashData(Encoding.UTF8.GetBytes(Secret), body);
+        request.Headers.TryAddWithoutValidation(PortSignature.SignatureHeader, lowerCaseHex ? Convert.ToHexStringLower(mac) : Convert.ToHexString(mac));
+        return request;
+    }
+
     public static async Task<HttpResponseMessage> SendAsync(HttpClient client, byte[] body, string org = Org, string webhook = Webhook)
     {
         using var request = Signed(body, org, webhook);

@@ -142,16 +142,7 @@ public class RunIdExtractionTests
         // A SHA-1 signature covers the body alone: nothing tells a replay from a new call with the same body.
         await using var relay = await Relay.StartAsync(c => c["Ingress:AllowLegacySha1Signature"] = "true", dispatchers: 0);
         var body = NoRunIdBody();
-        HttpRequestMessage SignLegacy()
-        {
-            var request = new HttpRequestMessage(HttpMethod.Post, TestRuns.Path()) { Content = new ByteArrayContent(body) };
-            request.Content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
-            request.Headers.TryAddWithoutValidation(PortAzure.Signing.PortSignature.SignatureHeader,
-                Convert.ToHexStringLower(HMACSHA1.HashData(Encoding.UTF8.GetBytes(TestRuns.Secret), body)));
-            return request;
-        }
-
-        var answers = await SendEachAsync(relay, SignLegacy, "key-a", "key-b");
+        var answers = await SendEachAsync(relay, () => TestRuns.SignedLegacy(body, lowerCaseHex: true), "key-a", "key-b");
 
         Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.OK], answers.Select(a => a.Status));
         Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));

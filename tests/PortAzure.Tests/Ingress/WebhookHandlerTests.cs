@@ -204,12 +204,7 @@ public class WebhookHandlerTests
                 return request;
             }
             case "bad-timestamp": return WithHeaders(body, "soon", PortSignature.ComputeV1(TestRuns.Secret, "soon", body));
-            case "legacy":
-            {
-                var request = new HttpRequestMessage(HttpMethod.Post, TestRuns.Path()) { Content = Json(body) };
-                request.Headers.TryAddWithoutValidation(PortSignature.SignatureHeader, Convert.ToHexString(HMACSHA1.HashData(Encoding.UTF8.GetBytes(TestRuns.Secret), body)));
-                return request;
-            }
+            case "legacy": return TestRuns.SignedLegacy(body);
             case "too-large":
             {
                 var large = new byte[(1024 * 1024) + 1];
@@ -285,8 +280,7 @@ public class WebhookHandlerTests
     {
         await using var relay = await Relay.StartAsync(c => c["Ingress:AllowLegacySha1Signature"] = "true", dispatchers: 0);
         var body = TestRuns.Body(TestRuns.NewRunId());
-        using var request = new HttpRequestMessage(HttpMethod.Post, TestRuns.Path()) { Content = Json(body) };
-        request.Headers.TryAddWithoutValidation(PortSignature.SignatureHeader, Convert.ToHexString(HMACSHA1.HashData(Encoding.UTF8.GetBytes(TestRuns.Secret), body)).ToLowerInvariant());
+        using var request = TestRuns.SignedLegacy(body, lowerCaseHex: true);
 
         using var response = await relay.Ingress.Client.SendAsync(request);
 
