@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs redis-server if it is missing (the tests start their own on a
-# free port unless REDIS_URL points at one), builds, runs every test, prints "N passed, N failed".
+# Runs the whole test suite: installs redis-server if it is missing (the tests start their own on free
+# ports; REDIS_URL moves only the shared one elsewhere, so the binary is needed either way), builds,
+# runs every test, prints "N passed, N failed" from the test results file.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if ! command -v redis-server >/dev/null 2>&1 && [ -z "${REDIS_URL:-}" ]; then
+if ! command -v redis-server >/dev/null 2>&1; then
   echo "redis-server not found: installing it from the OS packages" >&2
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
@@ -18,16 +19,27 @@ status=0
 dotnet test PortAzure.Aspire.sln --logger "trx;LogFileName=results.trx" --logger "console;verbosity=normal" \
   --results-directory "$results" "$@" || status=$?
 
-# The totals come from the test results file, not from the console.
-trx=$(find "$results" -name '*.trx' | head -n 1)
-if [ -z "$trx" ]; then
+# The totals come from the test results files, not from the console. A run that wrote none, or ran no
+# test at all (a project dropped from the solution, a runner that found nothing), fails.
+mapfile -t trxs < <(find "$results" -name '*.trx')
+if [ "${#trxs[@]}" -eq 0 ]; then
   echo "no test results were written" >&2
   echo "0 passed, 0 failed"
-  exit "${status:-1}"
+  [ "$status" -ne 0 ] || status=1
+  exit "$status"
 fi
+counter() { # the sum of one <Counters> attribute over every results file
+  local sum=0 file value
+  for file in "${trxs[@]}"; do
+    value=$(grep -o '<Counters [^>]*>' "$file" | grep -o " $1=\"[0-9]*\"" | grep -o '[0-9]\+' || true)
+    sum=$((sum + ${value:-0}))
+  done
+  echo "$sum"
+}
 # Failed tests again, just above the totals: the console scrolls them out of a CI log's tail.
-if grep -q 'outcome="Failed"' "$trx" && command -v python3 >/dev/null 2>&1; then
-  python3 - "$trx" <<'PY' || true
+for trx in "${trxs[@]}"; do
+  if grep -q 'outcome="Failed"' "$trx" && command -v python3 >/dev/null 2>&1; then
+    python3 - "$trx" <<'PY' || true
 import sys
 import xml.etree.ElementTree as ET
 
@@ -41,9 +53,17 @@ for result in ET.parse(sys.argv[1]).getroot().iterfind(".//t:UnitTestResult", ns
     print("  " + message[:4000].replace("\n", "\n  "))
     print("  " + "\n  ".join(stack.splitlines()[:12]))
 PY
-fi
-counters=$(grep -o '<Counters [^>]*>' "$trx")
-passed=$(echo "$counters" | sed -E 's/.* passed="([0-9]+)".*/\1/')
-failed=$(echo "$counters" | sed -E 's/.* failed="([0-9]+)".*/\1/')
+  fi
+done
+passed=$(counter passed)
+# A test that errored, timed out or was aborted did not pass either.
+failed=$(( $(counter failed) + $(counter error) + $(counter timeout) + $(counter aborted) ))
 echo "$passed passed, $failed failed"
+if [ "$((passed + failed))" -eq 0 ]; then
+  echo "no test ran" >&2
+  [ "$status" -ne 0 ] || status=1
+fi
+if [ "$failed" -ne 0 ] && [ "$status" -eq 0 ]; then
+  status=1
+fi
 exit "$status"
