@@ -13,7 +13,7 @@ namespace PortAzure.Ingress.Edge;
 /// <remarks>
 /// Taken after the body is read and the signature checked, not before: a permit held from the start would
 /// let unauthenticated clients hold all of them with slow uploads (Kestrel's minimum data rate and body size
-/// bound those, per connection).
+/// bound those per connection, and a body being read holds only the bytes that have arrived: RequestBody).
 /// </remarks>
 internal sealed class WebhookConcurrencyLimit : IDisposable
 {

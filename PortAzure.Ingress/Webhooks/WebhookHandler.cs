@@ -65,7 +65,7 @@ internal sealed partial class WebhookHandler(
         byte[]? body;
         try
         {
-            body = await ReadBodyAsync(request, options.MaxBodyBytes, context.RequestAborted);
+            body = await RequestBody.ReadAsync(request.Body, request.ContentLength, options.MaxBodyBytes, context.RequestAborted);
         }
         catch (BadHttpRequestException ex)
         {
@@ -316,30 +316,6 @@ internal sealed partial class WebhookHandler(
         }
         return type.Equals("application/json", StringComparison.OrdinalIgnoreCase) ||
                (type.StartsWith("application/", StringComparison.OrdinalIgnoreCase) && type.EndsWith("+json", StringComparison.OrdinalIgnoreCase));
-    }
-
-    /// <summary>Reads at most <paramref name="limit"/> bytes; <see langword="null"/> when the body is longer.</summary>
-    private static async Task<byte[]?> ReadBodyAsync(HttpRequest request, long limit, CancellationToken cancellationToken)
-    {
-        if (request.ContentLength is { } length)
-        {
-            var exact = new byte[length];
-            await request.Body.ReadExactlyAsync(exact, cancellationToken);
-            return exact;
-        }
-        // Chunked: read until the end or one byte past the limit, whichever comes first.
-        using var buffer = new MemoryStream();
-        var chunk = new byte[16 * 1024];
-        int read;
-        while ((read = await request.Body.ReadAsync(chunk, cancellationToken)) > 0)
-        {
-            if (buffer.Length + read > limit)
-            {
-                return null;
-            }
-            buffer.Write(chunk, 0, read);
-        }
-        return buffer.ToArray();
     }
 
     private static (string? TraceParent, string? TraceState) CaptureTraceContext(Activity? activity)
