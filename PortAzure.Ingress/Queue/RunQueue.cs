@@ -7,8 +7,8 @@ namespace PortAzure.Ingress.Queue;
 internal readonly record struct EnqueueResult(bool Accepted, string DeliveryId);
 
 /// <summary>
-/// A second key that must also be free, for a run without a run id (whose idempotency key the unsigned header can
-/// choose): it names the signed call itself, so that replaying the call with other header values finds it taken.
+/// A second key that must also be free: it names the signed call itself, so that replaying the call to another
+/// target, or with other values of the unsigned Idempotency-Key header, finds it taken.
 /// </summary>
 internal readonly record struct ReplayGuard(string Key, TimeSpan Lifetime);
 

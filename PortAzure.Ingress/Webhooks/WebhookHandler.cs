@@ -128,8 +128,11 @@ internal sealed partial class WebhookHandler(
             return Reject(StatusCodes.Status400BadRequest, RejectionReasons.RunIdInvalid,
                 $"The run id must be 1 to {options.MaxRunIdLength} printable ASCII characters without spaces.");
         }
+        // The run id is inside the signed body; the header is not signed. A header must never turn one
+        // signed run into several deliveries, so it counts only when the body carries no run id, and only then
+        // is it checked: a header a proxy added must not block a signed run that does not need it.
         string? explicitKey = null;
-        if (request.Headers.TryGetValue(IdempotencyKeyHeader, out var keyHeader))
+        if (runId is null && request.Headers.TryGetValue(IdempotencyKeyHeader, out var keyHeader))
         {
             explicitKey = keyHeader.Count == 1 ? keyHeader[0] : null;
             if (explicitKey is null || !RunIdExtractor.IsAcceptable(explicitKey, options.MaxRunIdLength))
@@ -138,34 +141,34 @@ internal sealed partial class WebhookHandler(
                     $"The Idempotency-Key header must be one value of 1 to {options.MaxRunIdLength} printable ASCII characters without spaces.");
             }
         }
-        // The run id is inside the signed body; the header is not signed. A header must never turn one
-        // signed run into several deliveries, so it counts only when the body carries no run id.
         var idempotencyKey = runId ?? explicitKey ?? "sha256:" + Convert.ToHexStringLower(SHA256.HashData(body));
-        var replayGuard = runId is null ? GuardAgainstReplay(request, org, webhook, body, options) : (ReplayGuard?)null;
+        var replayGuard = GuardAgainstReplay(request, org, webhook, body, runId, options);
 
         return await EnqueueAsync(context, org, webhook, body, runId, idempotencyKey, replayGuard, options);
     }
 
     /// <summary>
-    /// For a run without a run id, whose key the unsigned header can choose: the same signed call, replayed with
-    /// another header value, or with the header added or left out, must still be one run. What the signature
-    /// covers names the call (a sender re-sending a body signs a new timestamp), and the name is kept as long as
-    /// that timestamp is accepted. A legacy SHA-1 signature covers the body alone, so there the same body is one
-    /// run for the idempotency window, whatever the header says.
+    /// The idempotency key is per target, and neither Port's signature nor the unsigned Idempotency-Key header
+    /// pins a call to one: a captured call sent again to another webhook, or (without a run id) under another
+    /// header value, would be a second run. So a call signed with a timestamp is also named by what its
+    /// signature covers, for every target, as long as that timestamp is accepted (a sender meaning a second run
+    /// signs it anew). A legacy SHA-1 signature covers the body alone and has no timestamp: there a run without a
+    /// run id is its body, per target, for the idempotency window, whatever the header says.
     /// </summary>
-    private static ReplayGuard GuardAgainstReplay(HttpRequest request, string org, string webhook, byte[] body, IngressOptions options)
+    private static ReplayGuard? GuardAgainstReplay(HttpRequest request, string org, string webhook, byte[] body, string? runId, IngressOptions options)
     {
         var timestamp = request.Headers[PortSignature.TimestampHeader].ToString();
         if (timestamp.Length == 0)
         {
-            return new ReplayGuard(RedisKeys.Replay(org, webhook, Convert.ToHexStringLower(SHA256.HashData(body))),
-                TimeSpan.FromHours(options.IdempotencyWindowHours));
+            return runId is not null ? null
+                : new ReplayGuard(RedisKeys.Replay(org, webhook, Convert.ToHexStringLower(SHA256.HashData(body))),
+                    TimeSpan.FromHours(options.IdempotencyWindowHours));
         }
         using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         hash.AppendData(System.Text.Encoding.ASCII.GetBytes(timestamp + "."));
         hash.AppendData(body);
         // The timestamp is accepted from `tolerance` ahead of the clock to `tolerance` behind it.
-        return new ReplayGuard(RedisKeys.Replay(org, webhook, "v1:" + Convert.ToHexStringLower(hash.GetHashAndReset())),
+        return new ReplayGuard(RedisKeys.SignedCall("v1:" + Convert.ToHexStringLower(hash.GetHashAndReset())),
             TimeSpan.FromSeconds(2 * options.TimestampToleranceSeconds));
     }
 

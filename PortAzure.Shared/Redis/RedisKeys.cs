@@ -53,8 +53,14 @@ public static class RedisKeys
     /// </summary>
     public static string Idempotency(string org, string webhook, string key) => $"{Prefix}idem:{Target(org, webhook)}/{key}";
 
-    /// <summary>What a signed call was (a hash of what its signature covers), for runs keyed by the unsigned Idempotency-Key header.</summary>
-    public static string Replay(string org, string webhook, string signedContentHash) => $"{Prefix}replay:{Target(org, webhook)}/{signedContentHash}";
+    /// <summary>A legacy-signed run without a run id, by its body's hash, per target (the signature covers the body alone).</summary>
+    public static string Replay(string org, string webhook, string bodyHash) => $"{Prefix}replay:{Target(org, webhook)}/{bodyHash}";
+
+    /// <summary>
+    /// A call signed with a timestamp, by a hash of what its signature covers, for every target: the signature does not
+    /// cover the path, so the same call sent to another webhook is a replay too.
+    /// </summary>
+    public static string SignedCall(string signedContentHash) => $"{Prefix}replay:{signedContentHash}";
 
     /// <summary>A target as the relay's keys and target state name it: <c>org/webhook</c>, in lower case.</summary>
     /// <remarks>Org and webhook names are ASCII letters, digits, '-' and '_' (TargetNames), so the invariant lower case is exact.</remarks>

@@ -136,6 +136,48 @@ public class RunIdExtractionTests
         Assert.All(guards, ttl => Assert.InRange(ttl, TimeSpan.FromSeconds(590), TimeSpan.FromSeconds(600)));
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Post_SignedCallReplayedToAnotherWebhook_IsADuplicateOfTheFirst(bool withRunId)
+    {
+        // Port's signature does not cover the path: the same signed call sent to another webhook (and, without a
+        // run id, under another Idempotency-Key) must not start a second pipeline run.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var body = withRunId ? TestRuns.Body(TestRuns.NewRunId()) : NoRunIdBody();
+        var at = DateTimeOffset.UtcNow;
+
+        var answers = new List<(HttpStatusCode Status, string? DeliveryId)>();
+        foreach (var (webhook, key) in new[] { ("deploy", "key-a"), ("other-hook", "key-b"), ("DEPLOY", "key-c") })
+        {
+            using var request = TestRuns.Signed(body, webhook: webhook, at: at);
+            request.Headers.Add("Idempotency-Key", key);
+            using var response = await relay.Ingress.Client.SendAsync(request);
+            var answer = await response.Content.ReadFromJsonAsync<JsonElement>();
+            answers.Add((response.StatusCode, answer.GetProperty("deliveryId").GetString()));
+        }
+
+        Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.OK, HttpStatusCode.OK], answers.Select(a => a.Status));
+        Assert.Single(answers.Select(a => a.DeliveryId).Distinct());
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
+    public async Task Post_MalformedIdempotencyKeyBesideARunId_IsIgnored()
+    {
+        // The header counts only without a run id; a proxy's stray copy must not block a signed run.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var runId = TestRuns.NewRunId();
+        using var request = TestRuns.Signed(TestRuns.Body(runId));
+        request.Headers.TryAddWithoutValidation("Idempotency-Key", ["key-one", "key-two"]);
+
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        var entry = DeliveryEntry.FromStreamEntry((await relay.Db.StreamRangeAsync(RedisKeys.Stream)).Single())!;
+        Assert.Equal(runId, entry.IdempotencyKey);
+    }
+
     [Fact]
     public async Task Post_LegacySignedCallWithoutRunIdReplayedWithNewIdempotencyKey_IsQueuedOnce()
     {

@@ -107,13 +107,16 @@ public class WebhookHandlerTests
     }
 
     [Fact]
-    public async Task Post_SameRunToAnotherWebhook_IsAcceptedSeparately()
+    public async Task Post_SameRunSignedAnewForAnotherWebhook_IsAcceptedSeparately()
     {
+        // Idempotency is per target: a sender that signs the run again (its own timestamp) for another webhook means it.
         await using var relay = await Relay.StartAsync(dispatchers: 0);
         var body = TestRuns.Body(TestRuns.NewRunId());
 
-        using var first = await relay.SendRunAsync(body);
-        using var second = await relay.SendRunAsync(body, webhook: "other-hook");
+        using var firstRequest = TestRuns.Signed(body, at: DateTimeOffset.UtcNow.AddSeconds(-2));
+        using var first = await relay.Ingress.Client.SendAsync(firstRequest);
+        using var secondRequest = TestRuns.Signed(body, webhook: "other-hook");
+        using var second = await relay.Ingress.Client.SendAsync(secondRequest);
 
         Assert.Equal(HttpStatusCode.Accepted, first.StatusCode);
         Assert.Equal(HttpStatusCode.Accepted, second.StatusCode);
