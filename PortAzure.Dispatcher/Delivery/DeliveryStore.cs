@@ -53,23 +53,35 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // Returns {0} leased by another attempt; {2, state} already finished (nothing taken);
     // {1, state, attempts, claims, since, pausedUntil, probe} the lease is ours (probe: this attempt is
     // the paused target's probe; the caller needs only pausedUntil = 0 to go ahead).
+    // The lease already ours: a retry of this very call (same token, same now) whose first reply was lost. It
+    // changes nothing again: a second claim would count a crash that never happened (poison sooner), and the
+    // probe it took the first time (the probe time moved to exactly now + interval) is still its own.
     private const string BeginScript = """
         local lease = redis.call('GET', KEYS[2])
         if lease and lease ~= ARGV[1] then
           return {0}
         end
+        local again = lease == ARGV[1]
         local r = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'since', 'at')
         if r[1] == 'delivered' or r[1] == 'deadlettered' or r[1] == 'discarded' then
           return {2, r[1]}
         end
         redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
         local claims = 0
-        if ARGV[3] == '1' then claims = redis.call('HINCRBY', KEYS[1], 'claims', 1) end
+        if ARGV[3] == '1' then
+          if again then
+            claims = tonumber(redis.call('HGET', KEYS[1], 'claims') or '0')
+          else
+            claims = redis.call('HINCRBY', KEYS[1], 'claims', 1)
+          end
+        end
         local paused = 0
         local probe = 0
         local probeAt = redis.call('HGET', KEYS[3], ARGV[4])
         if probeAt then
-          if tonumber(probeAt) > tonumber(ARGV[5]) then
+          if again and tonumber(probeAt) == tonumber(ARGV[5]) + tonumber(ARGV[6]) then
+            probe = 1
+          elseif tonumber(probeAt) > tonumber(ARGV[5]) then
             paused = probeAt
           else
             redis.call('HSET', KEYS[3], ARGV[4], tonumber(ARGV[5]) + tonumber(ARGV[6]))
@@ -85,11 +97,17 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     //       9 retention s, 10 attempt json or '', 11 pause threshold, 12 probe at ms, 13 k = number of report args,
     //       14..13+k Port report field/value pairs, then record field/value pairs
     // Returns -1 when the delivery had already finished elsewhere (only this copy was dropped).
+    // The stream entry is acknowledged last, once the outcome is written: Redis does not undo a script's writes
+    // when a later command fails (a damaged key), and an entry acknowledged before its dead letter or retry slot
+    // was written would be lost. Left pending, it is reclaimed. (The first write is still the HDEL below, which
+    // a Redis out of memory allows: once a script has written, Redis lets it finish.)
     private static readonly string FinishScript = $$"""
         local mode = ARGV[1]
-        if ARGV[2] ~= '' then
-          redis.call('XACK', KEYS[3], ARGV[3], ARGV[2])
-          redis.call('XDEL', KEYS[3], ARGV[2])
+        local function acknowledge()
+          if ARGV[2] ~= '' then
+            redis.call('XACK', KEYS[3], ARGV[3], ARGV[2])
+            redis.call('XDEL', KEYS[3], ARGV[2])
+          end
         end
         -- Whatever the outcome, this attempt ended: a claim of its schedule slot that never got here did not.
         redis.call('HDEL', KEYS[9], ARGV[4])
@@ -103,6 +121,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         if mode == 'skip' or r[2] == ARGV[5] or (finished and (mode ~= 'delivered' or state == 'delivered')) then
           if finished then redis.call('ZREM', KEYS[4], ARGV[4]) end
           if ours then redis.call('DEL', KEYS[2]) end
+          acknowledge()
           return -1
         end
         if ARGV[10] ~= '' then
@@ -149,6 +168,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         if ours then
           redis.call('DEL', KEYS[2])
         end
+        acknowledge()
         return failures
         """;
 

@@ -105,6 +105,31 @@ public class DeliveryStoreTests
         Assert.False(await db.KeyExistsAsync(RedisKeys.Lease(entry.DeliveryId)));
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Finish_AWriteFailsMidScript_LeavesTheStreamEntryPending(bool deadLetter)
+    {
+        var mode = deadLetter ? FinishMode.DeadLetter : FinishMode.Retry;
+        // Redis keeps a script's writes up to a failing command. The entry must not be acknowledged with its
+        // dead letter or retry slot unwritten: here the report stream is a damaged key (a string).
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry();
+        await db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0", createStream: true);
+        var streamId = (await db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields())).ToString();
+        Assert.Single(await db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dispatcher-a", ">", 1));
+        await db.StringSetAsync(RedisKeys.PortReports, "damaged");
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "failed", "FAILURE", "label");
+
+        await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(
+            Finish(mode, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, "x")) with { StreamId = streamId, Report = report }));
+
+        Assert.Equal(1, await db.StreamLengthAsync(RedisKeys.Stream));
+        Assert.Equal(1, (await db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount);
+    }
+
     [Fact]
     public async Task Finish_LateDeliveryAfterAnotherAttemptDeadLettered_RecordsTheDelivery()
     {
@@ -255,6 +280,28 @@ public class DeliveryStoreTests
         Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
         Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
         Assert.False((await store.BeginAsync(entry, "B", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+    }
+
+    [Fact]
+    public async Task Begin_ClaimedAndRetriedAfterALostReply_CountsOneClaimAndKeepsItsProbe()
+    {
+        // The first reply was lost (a timeout); the retry runs the script again with the same token and time.
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry();
+        var now = DateTimeOffset.UtcNow;
+        // A paused target whose probe is due: this attempt is its probe.
+        await db.HashSetAsync(RedisKeys.PausedTargets, entry.Target, now.AddSeconds(-1).ToUnixTimeMilliseconds());
+
+        var first = await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), claimed: true, now, TimeSpan.FromSeconds(30));
+        var again = await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), claimed: true, now, TimeSpan.FromSeconds(30));
+
+        Assert.Equal((true, 1, (DateTimeOffset?)null), (first.Leased, first.Claims, first.PausedUntil));
+        Assert.Equal((true, 1, (DateTimeOffset?)null), (again.Leased, again.Claims, again.PausedUntil));
+        Assert.Equal(1, (long)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.Claims));
+        // Another attempt at the same target meanwhile finds it paused until the probe's answer.
+        var other = NewEntry();
+        Assert.NotNull((await store.BeginAsync(other, "B", TimeSpan.FromSeconds(30), claimed: false, now, TimeSpan.FromSeconds(30))).PausedUntil);
     }
 
     [Fact]
