@@ -17,7 +17,11 @@ internal sealed class DispatcherOptions
     public double PollIntervalSeconds { get; set; } = 1;
 
     /// <summary>One POST to Azure gives up after this long (a transient failure).</summary>
-    public double RequestTimeoutSeconds { get; set; } = 30;
+    /// <remarks>
+    /// Below <see cref="ShutdownGraceSeconds"/> by default: a stop then waits for every POST under way to end on its
+    /// own. A POST cut short at the end of the grace may have reached Azure, and is posted again by another replica.
+    /// </remarks>
+    public double RequestTimeoutSeconds { get; set; } = 15;
 
     /// <summary>Added to the request timeout for leases and for reclaiming a crashed consumer's entries.</summary>
     public double ClaimMarginSeconds { get; set; } = 15;
@@ -43,7 +47,8 @@ internal sealed class DispatcherOptions
     /// <summary>
     /// A Port report taken by a reporter that stopped (crash, or shutdown while Port's API was down) is
     /// taken over after this long. A live reporter resets the report's idle time after each wait, so this
-    /// must only exceed one wait (up to 2 min) plus one call; below that a report would be sent twice.
+    /// must exceed the longest wait (a 429's Retry-After, honoured up to 5 min) plus one call, ~6 min; below that
+    /// a report would be sent twice.
     /// </summary>
     public double PortReportReclaimSeconds { get; set; } = 900;
 

@@ -25,6 +25,7 @@ internal sealed partial class DeliveryWorker(
     private readonly CancellationTokenSource _abandon = new();
     private RedisValue _claimCursor = "0-0";
     private DateTimeOffset _nextClaim;
+    private DateTimeOffset? _stopSignalledAt;
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -34,6 +35,9 @@ internal sealed partial class DeliveryWorker(
         var errorBackoff = new ErrorBackoff(timeProvider);
         var groupReady = false;
         var subscribed = false;
+        // The drain's grace counts from the stop signal, as the host's shutdown timeout does, not from when a
+        // feeding round under way at the signal ends.
+        using var stopSignal = stoppingToken.Register(() => _stopSignalledAt = timeProvider.GetUtcNow());
 
         while (!stoppingToken.IsCancellationRequested)
         {
@@ -59,7 +63,7 @@ internal sealed partial class DeliveryWorker(
                 await slots.WaitAsync(stoppingToken);
                 slots.Release();
 
-                var started = await FeedAsync(slots);
+                var started = await FeedAsync(slots, stoppingToken);
                 errorBackoff.Reset();
                 if (started == 0)
                 {
@@ -88,13 +92,27 @@ internal sealed partial class DeliveryWorker(
         await DrainAsync();
     }
 
-    private async Task<int> FeedAsync(SemaphoreSlim slots)
+    /// <remarks>
+    /// Each read is skipped once the stop is signalled: what it read would start POSTs after SIGTERM, whose grace
+    /// may then cut them short (abandoned mid-POST, a run is posted again by another replica).
+    /// </remarks>
+    private async Task<int> FeedAsync(SemaphoreSlim slots, CancellationToken stoppingToken)
     {
         var opts = options.CurrentValue;
         var started = 0;
         var now = timeProvider.GetUtcNow();
+        if (stoppingToken.IsCancellationRequested)
+        {
+            return 0;
+        }
 
         var due = await store.ClaimDueRetriesAsync(now, opts.LeaseDuration, slots.CurrentCount);
+        if (stoppingToken.IsCancellationRequested && due.Count > 0)
+        {
+            // Stopped while claiming: the slots are due again at once for the other replicas.
+            await store.ReleaseRetryClaimsAsync(due.Select(d => d.DeliveryId), timeProvider.GetUtcNow());
+            return 0;
+        }
         var handled = 0;
         try
         {
@@ -124,7 +142,7 @@ internal sealed partial class DeliveryWorker(
             throw;
         }
 
-        if (now >= _nextClaim && slots.CurrentCount > 0)
+        if (now >= _nextClaim && slots.CurrentCount > 0 && !stoppingToken.IsCancellationRequested)
         {
             _nextClaim = now + TimeSpan.FromSeconds(opts.ClaimIntervalSeconds);
             var claim = await redis.GetDatabase().StreamAutoClaimAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name,
@@ -137,7 +155,7 @@ internal sealed partial class DeliveryWorker(
             started += await StartEntriesAsync(slots, claim.ClaimedEntries, claimed: true);
         }
 
-        if (slots.CurrentCount > 0)
+        if (slots.CurrentCount > 0 && !stoppingToken.IsCancellationRequested)
         {
             var entries = await redis.GetDatabase().StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name, ">", slots.CurrentCount);
             started += await StartEntriesAsync(slots, entries, claimed: false);
@@ -215,6 +233,11 @@ internal sealed partial class DeliveryWorker(
     private async Task DrainAsync()
     {
         var grace = TimeSpan.FromSeconds(options.CurrentValue.ShutdownGraceSeconds);
+        if (_stopSignalledAt is { } stoppedAt)
+        {
+            var spent = timeProvider.GetUtcNow() - stoppedAt;
+            grace = spent >= grace ? TimeSpan.Zero : grace - spent;
+        }
         Log.ShuttingDown(logger, _inFlight.Count, grace.TotalSeconds);
         try
         {

@@ -13,7 +13,7 @@ public class RedisRestartTests(ITestOutputHelper output)
     {
         await using var redis = await RedisServer.StartAsync("always");
         // An entry whose XREADGROUP reply the kill lost waits in the pending list for timeout + margin: 6 s here,
-        // not the default 45 s that left the 60 s wait below only a few seconds to spare.
+        // not the 45 s (timeout 30 s + margin) that left the 60 s wait below only a few seconds to spare.
         await using var relay = await Relay.StartAsync(c =>
         {
             c["Dispatcher:RequestTimeoutSeconds"] = "5";

@@ -114,6 +114,32 @@ public class ShutdownTests
         Assert.True(due <= DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(), $"due at {due}, after now");
         Assert.False(await relay.Db.HashExistsAsync(RedisKeys.RetryClaims, id));
     }
+
+    [Fact]
+    public async Task Stop_WhileAFeedingRoundWaitsOnRedis_ReadsNothingMore()
+    {
+        // A round of reads under way at the stop used to go on to XREADGROUP and start POSTs after SIGTERM.
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:PollIntervalSeconds"] = "60");
+        await DeliveryOutcomeTests.WaitForStateAsync(relay, await DeliveryOutcomeTests.SendAsync(relay), DeliveryStates.Delivered);
+        var entry = new DeliveryEntry("d_" + Guid.NewGuid().ToString("N"), TestRuns.Org, TestRuns.Webhook, TestRuns.Body(TestRuns.NewRunId()),
+            "k-" + Guid.NewGuid().ToString("N"), null, DateTimeOffset.UtcNow, null, null);
+        // Queued without the wake-up message: the idle Dispatcher does not see it (its poll is a minute away).
+        await relay.Db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields());
+
+        // Wake it, and hold its first write (the retry schedule's claim script) in a pause of Redis's writes.
+        var batch = relay.Db.CreateBatch();
+        var woken = batch.PublishAsync(RedisChannel.Literal(RedisKeys.WakeChannel), "test");
+        var paused = batch.ExecuteAsync("CLIENT", "PAUSE", "3000", "WRITE");
+        batch.Execute();
+        await Task.WhenAll(woken, paused);
+        await Task.Delay(1000);
+        await relay.StopDispatcherAsync(relay.Dispatcher);
+
+        var posted = await relay.EmulatorApi.RequestsAsync();
+        Assert.True(posted.Count == 1, $"{posted.Count} POSTs, expected only the warm-up run's");
+        Assert.Equal(0, (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount);
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
 }
 
 [Collection(HeavyTests.Name)]
