@@ -10,31 +10,13 @@ namespace PortAzure.Ingress.Edge;
 /// </summary>
 internal sealed partial class OperatorApiRefusalLog(TimeProvider timeProvider, ILogger<OperatorApiRefusalLog> logger)
 {
-    private static readonly TimeSpan Interval = TimeSpan.FromSeconds(10);
-    private readonly Lock _gate = new();
-    private DateTimeOffset _nextWarningAt = DateTimeOffset.MinValue;
-    private long _refusedSinceWarning;
+    private readonly LogThrottle _throttle = new(timeProvider, TimeSpan.FromSeconds(10));
 
     public void Refused(AdminApiKey.Result result)
     {
-        long refused;
-        lock (_gate)
-        {
-            _refusedSinceWarning++;
-            var now = timeProvider.GetUtcNow();
-            if (now < _nextWarningAt)
-            {
-                refused = 0;
-            }
-            else
-            {
-                refused = _refusedSinceWarning;
-                _refusedSinceWarning = 0;
-                _nextWarningAt = now + Interval;
-            }
-        }
         Log.RejectedAgain(logger, result);
-        if (refused > 0)
+        // One window for every result: a loop alternating a missing and a wrong key is still one flood.
+        if (_throttle.Take(string.Empty) is var refused and > 0)
         {
             Log.Rejected(logger, refused, result);
         }

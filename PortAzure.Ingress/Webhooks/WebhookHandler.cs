@@ -37,6 +37,9 @@ internal sealed partial class WebhookHandler(
     private static readonly TimeSpan RedisRetryAfter = TimeSpan.FromSeconds(5);
     private static readonly TimeSpan OverloadedRetryAfter = TimeSpan.FromSeconds(1);
 
+    // Rejections come before any check of who is calling: one line each would let anyone make the log the flood.
+    private readonly LogThrottle _rejectionLines = new(timeProvider, TimeSpan.FromSeconds(10));
+
     public async Task<IResult> HandleAsync(HttpContext context, string org, string webhook)
     {
         var options = ingressOptions.CurrentValue;
@@ -295,7 +298,11 @@ internal sealed partial class WebhookHandler(
         metrics.Rejected(reason);
         Activity.Current?.SetTag(PortAzureDiagnostics.Tags.Outcome, "rejected");
         Activity.Current?.SetTag(PortAzureDiagnostics.Tags.Reason, reason);
-        Log.Rejected(logger, level, status, reason);
+        Log.RejectedAgain(logger, status, reason);
+        if (level > LogLevel.Debug && _rejectionLines.Take(reason) is var calls and > 0)
+        {
+            Log.Rejected(logger, level, status, reason, calls);
+        }
         return Problems.Create(status, reason, detail, retryAfter);
     }
 
@@ -356,8 +363,12 @@ internal sealed partial class WebhookHandler(
         [LoggerMessage(EventIds.Duplicate, LogLevel.Information, "Run {RunId} for {Org}/{Webhook} was already accepted as delivery {DeliveryId}")]
         public static partial void Duplicate(ILogger logger, string deliveryId, string? runId, string org, string webhook);
 
-        [LoggerMessage(EventId = EventIds.Rejected, Message = "Rejected a webhook call with {Status}: {Reason}")]
-        public static partial void Rejected(ILogger logger, LogLevel level, int status, string reason);
+        [LoggerMessage(EventId = EventIds.Rejected,
+            Message = "Rejected a webhook call with {Status}: {Reason} ({Calls} since the last such line; at most one per reason every 10 s)")]
+        public static partial void Rejected(ILogger logger, LogLevel level, int status, string reason, long calls);
+
+        [LoggerMessage(EventIds.RejectedAgain, LogLevel.Debug, "Rejected a webhook call with {Status}: {Reason}")]
+        public static partial void RejectedAgain(ILogger logger, int status, string reason);
 
         [LoggerMessage(EventIds.QueueUnavailable, LogLevel.Error, "Could not queue a run for {Org}/{Webhook}: Redis is unavailable")]
         public static partial void QueueUnavailable(ILogger logger, Exception exception, string org, string webhook);

@@ -25,6 +25,25 @@ public class OperatorApiRefusalLogTests
     }
 
     [Fact]
+    public async Task Post_UnsignedCallsInALoop_OneInformationLinePerReasonAndEachAtDebug()
+    {
+        // Webhook rejections come before the caller is known, as the operator API's do: the same flood.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+
+        for (var i = 0; i < 30; i++)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, TestRuns.Path()) { Content = new ByteArrayContent(TestRuns.Body(TestRuns.NewRunId())) };
+            request.Content.Headers.ContentType = new("application/json");
+            using var response = await relay.Ingress.Client.SendAsync(request);
+            Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
+        }
+
+        var line = Assert.Single(relay.Ingress.Logs.Lines, l => l.StartsWith("Information", StringComparison.Ordinal) && l.Contains("[1003]", StringComparison.Ordinal));
+        Assert.Contains("signature_missing", line, StringComparison.Ordinal);
+        Assert.Equal(30, relay.Ingress.Logs.Lines.Count(l => l.StartsWith("Debug", StringComparison.Ordinal) && l.Contains("[1005]", StringComparison.Ordinal)));
+    }
+
+    [Fact]
     public void Refused_AfterTheInterval_TheNextWarningCountsEveryRefusalSinceTheLast()
     {
         var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
