@@ -11,7 +11,7 @@ var redis = builder.AddRelayRedis();
 var runMode = builder.ExecutionContext.IsRunMode;
 var portClientSecret = builder.AddRelayParameter(ResourceNames.PortClientSecretParameter, "port-demo-secret", secret: true);
 var portClientId = builder.AddRelayParameter(ResourceNames.PortClientIdParameter, "portazure-dev", secret: false);
-var adminApiKey = builder.AddRelayParameter(ResourceNames.AdminApiKeyParameter, "dev-admin-key", secret: true);
+var adminApiKey = builder.AddRelayParameter(ResourceNames.AdminApiKeyParameter, "dev-admin-key-local", secret: true);
 
 var dispatcher = builder.AddProject<Projects.PortAzure_Dispatcher>(ResourceNames.Dispatcher)
     .WithReference(redis).WaitFor(redis)

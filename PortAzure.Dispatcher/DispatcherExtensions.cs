@@ -27,7 +27,8 @@ public static class DispatcherExtensions
         services.AddSingleton<IValidateOptions<AzureDevOpsOptions>, AzureDevOpsOptionsValidator>();
         services.AddOptions<PortOptions>().BindConfiguration(PortOptions.SectionName).ValidateOnStart();
         services.AddSingleton<IValidateOptions<PortOptions>, DispatcherPortOptionsValidator>();
-        services.AddOptions<AdminOptions>().BindConfiguration(AdminOptions.SectionName);
+        services.AddOptions<AdminOptions>().BindConfiguration(AdminOptions.SectionName).ValidateOnStart();
+        services.AddSingleton<IValidateOptions<AdminOptions>, AdminOptionsValidator>();
 
         // The host waits for the delivery worker's grace period before it gives up on shutdown. Bound
         // here without validation, so that ValidateOnStart still reports every options error at once.

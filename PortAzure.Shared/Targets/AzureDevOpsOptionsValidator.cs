@@ -21,9 +21,15 @@ public sealed class AzureDevOpsOptionsValidator : IValidateOptions<AzureDevOpsOp
         {
             errors.Add("AzureDevOps:SignatureHeader must be a valid HTTP header name.");
         }
+        // Org and webhook are taken in any case: a second entry for a target would silently lose to the first.
+        var firstIndex = new Dictionary<string, int>(StringComparer.OrdinalIgnoreCase);
         for (var i = 0; i < options.Targets.Count; i++)
         {
             var target = options.Targets[i];
+            if (!firstIndex.TryAdd($"{target.Org}/{target.Webhook}", i))
+            {
+                errors.Add($"AzureDevOps:Targets:{i} repeats the target '{target.Org}/{target.Webhook}' of AzureDevOps:Targets:{firstIndex[$"{target.Org}/{target.Webhook}"]}; keep one entry per target.");
+            }
             if (!TargetNames.IsValidOrg(target.Org))
             {
                 errors.Add($"AzureDevOps:Targets:{i}:Org '{target.Org}' is not a valid Azure DevOps organisation name.");

@@ -89,7 +89,7 @@ public class AppHostTests
             return health.StatusCode == HttpStatusCode.OK;
         }, TimeSpan.FromSeconds(10), "the Ingress's /health answers 200");
         using var operatorCall = new HttpRequestMessage(HttpMethod.Get, $"/api/deliveries?runId={runId}");
-        operatorCall.Headers.Add("X-Api-Key", "dev-admin-key");
+        operatorCall.Headers.Add("X-Api-Key", "dev-admin-key-local");
         using var answer = await ingress.SendAsync(operatorCall);
         Assert.Equal(HttpStatusCode.OK, answer.StatusCode);
 
@@ -158,7 +158,7 @@ public class AppHostTests
         Assert.False(ingress.GetProperty("env").TryGetProperty(RelayLogLevel, out _));
         Assert.False(dispatcher.GetProperty("env").TryGetProperty(RelayLogLevel, out _));
         Assert.DoesNotContain("port-demo-secret", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
-        Assert.DoesNotContain("dev-admin-key", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
+        Assert.DoesNotContain("dev-admin-key-local", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
     }
 
     [Theory]

@@ -373,11 +373,18 @@ public class WebhookHandlerTests
             ["Port:ClientSecret"] = TestRuns.Secret,
             ["AzureDevOps:Targets:0:Org"] = "bad org",
             ["AzureDevOps:Targets:0:Webhook"] = "bad/hook",
+            ["AzureDevOps:Targets:1:Org"] = "contoso",
+            ["AzureDevOps:Targets:1:Webhook"] = "deploy",
+            ["AzureDevOps:Targets:2:Org"] = "Contoso",
+            ["AzureDevOps:Targets:2:Webhook"] = "DEPLOY",
+            ["Admin:ApiKey"] = "admin",
             // Read early by Kestrel's limits, yet reported with the rest.
             ["Ingress:MaxConcurrentCalls"] = "-1",
         }));
         Assert.Contains("AzureDevOps:Targets:0:Org", error.ToString(), StringComparison.Ordinal);
         Assert.Contains("AzureDevOps:Targets:0:Webhook", error.ToString(), StringComparison.Ordinal);
+        Assert.Contains("AzureDevOps:Targets:2 repeats the target 'Contoso/DEPLOY' of AzureDevOps:Targets:1", error.ToString(), StringComparison.Ordinal);
+        Assert.Contains("Admin:ApiKey must be at least 16 characters", error.ToString(), StringComparison.Ordinal);
         Assert.Contains("Ingress:MaxConcurrentCalls", error.ToString(), StringComparison.Ordinal);
     }
 
@@ -424,8 +431,10 @@ public class HealthTests
         {
             ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
             ["Dispatcher:MaxConcurrency"] = "0",
+            ["Admin:ApiKey"] = "short-key",
         }));
         Assert.Contains("Port:ClientSecret", error.ToString(), StringComparison.Ordinal);
         Assert.Contains("Dispatcher:MaxConcurrency", error.ToString(), StringComparison.Ordinal);
+        Assert.Contains("Admin:ApiKey must be at least 16 characters", error.ToString(), StringComparison.Ordinal);
     }
 }
