@@ -123,6 +123,21 @@ public class WebhookHandlerTests
         Assert.Equal(2, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
     }
 
+    [Theory]
+    [InlineData("api")]
+    [InlineData("openapi")]
+    public async Task Post_OrgNamedLikeTheOperatorApiPrefix_IsAWebhookCall(string org)
+    {
+        // The operator API's routes (/api/*, /openapi/*) come after the webhook route, which names its org first.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+
+        using var response = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()), org: org);
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        using var operatorCall = await relay.Ingress.Client.GetAsync(new Uri($"/{org}/_apis/public/distributedtask/webhooks/deploy", UriKind.Relative));
+        Assert.Equal(HttpStatusCode.Unauthorized, operatorCall.StatusCode);
+    }
+
     [Fact]
     public async Task Post_ConcurrentCopiesOfOneRun_ExactlyOneAccepted()
     {
