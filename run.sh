@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-have_container_runtime() { command -v docker >/dev/null 2>&1 && timeout 5 docker info >/dev/null 2>&1; }
+runtime="${ASPIRE_CONTAINER_RUNTIME:-${DOTNET_ASPIRE_CONTAINER_RUNTIME:-docker}}"
+have_container_runtime() { command -v "$runtime" >/dev/null 2>&1 && timeout 5 "$runtime" info >/dev/null 2>&1; }
 
 if [ -z "${ConnectionStrings__redis:-}" ] && ! have_container_runtime && ! command -v redis-server >/dev/null 2>&1; then
   echo "No container runtime and no redis-server: installing redis-server from the OS packages" >&2

@@ -79,9 +79,9 @@ internal static class RedisSetup
 
     private static IResourceBuilder<IResourceWithConnectionString> AddRedisServer(this IDistributedApplicationBuilder builder)
     {
-        var dataDirectory = builder.Configuration[DataDirectoryKey] is { Length: > 0 } configured
-            ? Path.GetFullPath(configured)
-            : Path.Combine(builder.AppHostDirectory, ".redis-data");
+        // A relative directory is taken from the AppHost's folder, as the default is, not from wherever dotnet run was started.
+        var dataDirectory = Path.GetFullPath(builder.Configuration[DataDirectoryKey] is { Length: > 0 } configured ? configured : ".redis-data",
+            builder.AppHostDirectory);
         Directory.CreateDirectory(dataDirectory);
         var port = int.TryParse(builder.Configuration[PortKey], out var configuredPort) && configuredPort > 0 ? configuredPort : FreePort();
         var resource = new RedisServerResource(ResourceNames.Redis, dataDirectory);
@@ -154,7 +154,9 @@ internal static class RedisSetup
 
     private static bool ContainerRuntimeIsHealthy()
     {
-        var runtime = Environment.GetEnvironmentVariable("DOTNET_ASPIRE_CONTAINER_RUNTIME") ?? "docker";
+        // Aspire 13 reads ASPIRE_CONTAINER_RUNTIME (its messages name it) and still the older DOTNET_ name.
+        var runtime = Environment.GetEnvironmentVariable("ASPIRE_CONTAINER_RUNTIME")
+            ?? Environment.GetEnvironmentVariable("DOTNET_ASPIRE_CONTAINER_RUNTIME") ?? "docker";
         if (!IsOnPath(runtime))
         {
             return false;
