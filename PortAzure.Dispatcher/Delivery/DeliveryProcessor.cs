@@ -44,13 +44,20 @@ internal sealed partial class DeliveryProcessor(
         ArgumentNullException.ThrowIfNull(entry);
         var opts = options.CurrentValue;
         var now = timeProvider.GetUtcNow();
-        // One token per attempt: a late finish of this attempt can tell that its lease was taken over. The lease
-        // is set after `now`, so it lasts at least until the time kept here.
-        var lease = new AttemptLease($"{identity.Name}/{Guid.NewGuid():N}", now + opts.LeaseDuration);
+        // One token per attempt: a late finish of this attempt can tell that its lease was taken over.
+        var token = $"{identity.Name}/{Guid.NewGuid():N}";
         // Nothing has been posted yet: riding out a short Redis outage here is safe, and quicker than
-        // leaving the entry to be reclaimed after the lease.
-        var begin = await WithRedisRetriesAsync(() => store.BeginAsync(entry, lease.Token, opts.LeaseDuration, claimed, now,
-            TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds)), BeginBackoff, entry.DeliveryId, "begin");
+        // leaving the entry to be reclaimed after the lease. Every try is passed the same `now` (a retry of a
+        // try whose reply was lost must find its own probe), but each one sets the lease anew.
+        var triedAt = now;
+        var begin = await WithRedisRetriesAsync(() =>
+        {
+            triedAt = timeProvider.GetUtcNow();
+            return store.BeginAsync(entry, token, opts.LeaseDuration, claimed, now, TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds));
+        }, BeginBackoff, entry.DeliveryId, "begin");
+        // The lease was set after the last try started, so it lasts at least until the time kept here: the finish's
+        // window counts from there, not from before a Begin that retried through a Redis outage.
+        var lease = new AttemptLease(token, triedAt + opts.LeaseDuration);
         if (begin.AlreadyFinished)
         {
             Log.AlreadyFinished(logger, entry.DeliveryId, begin.State);
