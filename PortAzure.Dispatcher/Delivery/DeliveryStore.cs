@@ -135,10 +135,9 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           for i = 14, 13 + k do report[#report + 1] = ARGV[i] end
           redis.call('XADD', KEYS[10], 'MAXLEN', '~', {{RedisKeys.PortReportsMaxLength}}, '*', unpack(report))
         end
-        if state or #ARGV >= 14 + k then
-          local fields = {'finishedBy', ARGV[5]}
-          for i = 14 + k, #ARGV do fields[#fields + 1] = ARGV[i] end
-          redis.call('HSET', KEYS[1], unpack(fields))
+        local recorded = state or #ARGV >= 14 + k
+        if #ARGV >= 14 + k then
+          redis.call('HSET', KEYS[1], unpack(ARGV, 14 + k))
         end
         local failures = 0
         if mode == 'delivered' then
@@ -167,6 +166,10 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         end
         if ours then
           redis.call('DEL', KEYS[2])
+        end
+        -- Last, with the acknowledgement: a run of this finish that failed half-way must not read as done when retried.
+        if recorded then
+          redis.call('HSET', KEYS[1], 'finishedBy', ARGV[5])
         end
         acknowledge()
         return failures

@@ -131,6 +131,28 @@ public class DeliveryStoreTests
     }
 
     [Fact]
+    public async Task Finish_RetriedAfterItFailedHalfWay_StillLeavesTheStreamEntryPending()
+    {
+        // The processor runs a failed finish again. Its first run must not have marked the attempt as finished
+        // (the mark of a finish whose reply was lost), or the second run would acknowledge the entry unscheduled.
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry();
+        await db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0", createStream: true);
+        var streamId = (await db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields())).ToString();
+        Assert.Single(await db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dispatcher-a", ">", 1));
+        await db.StringSetAsync(RedisKeys.RetrySchedule, "damaged");
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        var finish = Finish(FinishMode.Retry, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Retrying)) with { StreamId = streamId };
+
+        await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(finish));
+        await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(finish));
+
+        Assert.Equal(1, await db.StreamLengthAsync(RedisKeys.Stream));
+        Assert.Equal(1, (await db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount);
+    }
+
+    [Fact]
     public async Task Finish_LateDeliveryAfterAnotherAttemptDeadLettered_RecordsTheDelivery()
     {
         await using var leased = await SharedRedis.ConnectAsync();
