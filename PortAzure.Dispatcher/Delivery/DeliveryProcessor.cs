@@ -39,7 +39,9 @@ internal sealed partial class DeliveryProcessor(
     /// True when the entry (or the retry-schedule slot) was reclaimed from another, stopped or crashed,
     /// consumer: counted towards <see cref="DispatcherOptions.MaxClaims"/>.
     /// </param>
-    public async Task ProcessAsync(DeliveryEntry entry, string? streamId, bool claimed, CancellationToken cancellationToken)
+    /// <param name="stopping">Signalled at the stop: an attempt that has not posted yet gives its lease back instead.</param>
+    /// <param name="cancellationToken">Cancels the POST itself: the stop's grace period has run out.</param>
+    public async Task ProcessAsync(DeliveryEntry entry, string? streamId, bool claimed, CancellationToken stopping, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(entry);
         var opts = options.CurrentValue;
@@ -90,6 +92,14 @@ internal sealed partial class DeliveryProcessor(
             return;
         }
 
+        if (stopping.IsCancellationRequested)
+        {
+            // Begun before the stop (a Begin retrying through a Redis blip can outlast the signal): a POST started now
+            // could be cut short by the grace period after Azure got it. Left to the other replicas, at once.
+            await store.ReleaseLeaseAsync(entry.DeliveryId, lease.Token, fromSchedule: streamId is null, timeProvider.GetUtcNow());
+            Log.NotPostedAtStop(logger, entry.DeliveryId);
+            return;
+        }
         var attempt = begin.Attempts + 1;
         using var activity = StartAttemptActivity(entry, attempt, streamId);
         AttemptResult result;
@@ -322,6 +332,9 @@ internal sealed partial class DeliveryProcessor(
 
         [LoggerMessage(EventIds.TargetPaused, LogLevel.Warning, "Target {Org}/{Webhook} paused after {Failures} transient failures in a row")]
         public static partial void TargetPaused(ILogger logger, string org, string webhook, long failures);
+
+        [LoggerMessage(EventIds.NotPostedAtStop, LogLevel.Information, "Delivery {DeliveryId} was not posted: the Dispatcher is stopping; it is left to another Dispatcher")]
+        public static partial void NotPostedAtStop(ILogger logger, string deliveryId);
 
         [LoggerMessage(EventIds.RedisRetry, LogLevel.Warning, "Redis failed at step {Step} of {DeliveryId}; retrying")]
         public static partial void RedisRetry(ILogger logger, Exception exception, string step, string deliveryId);

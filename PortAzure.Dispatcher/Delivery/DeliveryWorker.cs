@@ -25,7 +25,8 @@ internal sealed partial class DeliveryWorker(
     private readonly CancellationTokenSource _abandon = new();
     private RedisValue _claimCursor = "0-0";
     private DateTimeOffset _nextClaim;
-    private DateTimeOffset? _stopSignalledAt;
+    private readonly CancellationTokenSource _stopping = new();
+    private long _stopSignalledAtTicks;
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -35,9 +36,6 @@ internal sealed partial class DeliveryWorker(
         var errorBackoff = new ErrorBackoff(timeProvider);
         var groupReady = false;
         var subscribed = false;
-        // The drain's grace counts from the stop signal, as the host's shutdown timeout does, not from when a
-        // feeding round under way at the signal ends.
-        using var stopSignal = stoppingToken.Register(() => _stopSignalledAt = timeProvider.GetUtcNow());
 
         while (!stoppingToken.IsCancellationRequested)
         {
@@ -192,7 +190,7 @@ internal sealed partial class DeliveryWorker(
         {
             try
             {
-                await processor.ProcessAsync(entry, streamId, claimed, _abandon.Token);
+                await processor.ProcessAsync(entry, streamId, claimed, _stopping.Token, _abandon.Token);
             }
             catch (OperationCanceledException) when (_abandon.IsCancellationRequested)
             {
@@ -233,9 +231,9 @@ internal sealed partial class DeliveryWorker(
     private async Task DrainAsync()
     {
         var grace = TimeSpan.FromSeconds(options.CurrentValue.ShutdownGraceSeconds);
-        if (_stopSignalledAt is { } stoppedAt)
+        if (Interlocked.Read(ref _stopSignalledAtTicks) is var ticks and > 0)
         {
-            var spent = timeProvider.GetUtcNow() - stoppedAt;
+            var spent = timeProvider.GetUtcNow() - new DateTimeOffset(ticks, TimeSpan.Zero);
             grace = spent >= grace ? TimeSpan.Zero : grace - spent;
         }
         Log.ShuttingDown(logger, _inFlight.Count, grace.TotalSeconds);
@@ -259,8 +257,20 @@ internal sealed partial class DeliveryWorker(
         }
     }
 
+    /// <summary>
+    /// Noted before the loop is told to stop: the drain's grace counts from the signal, as the host's shutdown timeout
+    /// does, not from when a round of reads under way at the signal ends.
+    /// </summary>
+    public override async Task StopAsync(CancellationToken cancellationToken)
+    {
+        Interlocked.CompareExchange(ref _stopSignalledAtTicks, timeProvider.GetUtcNow().UtcTicks, 0);
+        await _stopping.CancelAsync();
+        await base.StopAsync(cancellationToken);
+    }
+
     public override void Dispose()
     {
+        _stopping.Dispose();
         _abandon.Dispose();
         base.Dispose();
     }

@@ -10,6 +10,7 @@ internal static class EventIds
     public const int AlreadyFinished = 2005;
     public const int TargetPaused = 2006;
     public const int RedisRetry = 2007;
+    public const int NotPostedAtStop = 2008;
 
     public const int WorkerStarted = 2101;
     public const int GroupCreated = 2102;

@@ -116,28 +116,67 @@ public class ShutdownTests
     }
 
     [Fact]
-    public async Task Stop_WhileAFeedingRoundWaitsOnRedis_ReadsNothingMore()
+    public async Task Stop_WhileAnAttemptRetriesItsBegin_ItIsNotPostedAfterTheSignal()
     {
-        // A round of reads under way at the stop used to go on to XREADGROUP and start POSTs after SIGTERM.
-        await using var relay = await Relay.StartAsync(c => c["Dispatcher:PollIntervalSeconds"] = "60");
+        // An attempt begun before the stop, whose Begin rides out a Redis error, must not POST once the stop is
+        // signalled: the grace could cut that POST short after Azure got it.
+        await using var relay = await Relay.StartAsync();
+        var dispatcher = relay.Dispatcher;
+        var entry = new DeliveryEntry("d_" + Guid.NewGuid().ToString("N"), TestRuns.Org, TestRuns.Webhook, TestRuns.Body(TestRuns.NewRunId()),
+            "k-" + Guid.NewGuid().ToString("N"), null, DateTimeOffset.UtcNow, null, null);
+        // A lease key of the wrong type: every Begin try fails (WRONGTYPE) and is retried after a backoff.
+        await relay.Db.HashSetAsync(RedisKeys.Lease(entry.DeliveryId), "damaged", 1);
+        await relay.Db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields());
+        await relay.Db.PublishAsync(RedisChannel.Literal(RedisKeys.WakeChannel), "test");
+        await Eventually.HoldsAsync(() => Task.FromResult(dispatcher.Logs.Lines.Any(l => l.Contains("[2007]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(10), "a Begin try failed");
+
+        var stopping = relay.StopDispatcherAsync(dispatcher);
+        await Eventually.HoldsAsync(() => Task.FromResult(dispatcher.Logs.Lines.Any(l => l.Contains("[2107]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(10), "the stop is under way");
+        // Repaired after the signal: the next Begin try succeeds.
+        await relay.Db.KeyDeleteAsync(RedisKeys.Lease(entry.DeliveryId));
+        await stopping;
+
+        Assert.Empty(await relay.EmulatorApi.RequestsAsync());
+        Assert.Contains(dispatcher.Logs.Lines, l => l.Contains("[2008]", StringComparison.Ordinal));
+        Assert.False(await relay.Db.KeyExistsAsync(RedisKeys.Lease(entry.DeliveryId)));
+        Assert.Equal(1, (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount);
+    }
+
+    [Fact]
+    public async Task Stop_WhileAFeedingRoundWaitsOnRedis_StartsNoPost()
+    {
+        // A round of reads under way at the stop used to go on to XREADGROUP and POST what it read after SIGTERM.
+        // Its own Redis: the pause below holds every client's writes.
+        await using var redis = await RedisServer.StartAsync();
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:PollIntervalSeconds"] = "60", redisConnection: redis.ConnectionString);
         await DeliveryOutcomeTests.WaitForStateAsync(relay, await DeliveryOutcomeTests.SendAsync(relay), DeliveryStates.Delivered);
+        // Idle in its wait: each round of reads ends with an XREADGROUP, which resets the consumer's idle time.
+        await Eventually.HoldsAsync(async () => (await relay.Db.StreamConsumerInfoAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup))
+            .All(c => c.IdleTimeInMilliseconds > 500), TimeSpan.FromSeconds(10), "the Dispatcher waits for work");
         var entry = new DeliveryEntry("d_" + Guid.NewGuid().ToString("N"), TestRuns.Org, TestRuns.Webhook, TestRuns.Body(TestRuns.NewRunId()),
             "k-" + Guid.NewGuid().ToString("N"), null, DateTimeOffset.UtcNow, null, null);
         // Queued without the wake-up message: the idle Dispatcher does not see it (its poll is a minute away).
         await relay.Db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields());
 
-        // Wake it, and hold its first write (the retry schedule's claim script) in a pause of Redis's writes.
+        // Wake it, and hold the round's next write (a claim script or XREADGROUP) in a pause of Redis's writes.
         var batch = relay.Db.CreateBatch();
         var woken = batch.PublishAsync(RedisChannel.Literal(RedisKeys.WakeChannel), "test");
-        var paused = batch.ExecuteAsync("CLIENT", "PAUSE", "3000", "WRITE");
+        var paused = batch.ExecuteAsync("CLIENT", "PAUSE", "2000", "WRITE");
         batch.Execute();
         await Task.WhenAll(woken, paused);
-        await Task.Delay(1000);
-        await relay.StopDispatcherAsync(relay.Dispatcher);
+        await Task.Delay(700);
+        var dispatcher = relay.Dispatcher;
+        await relay.StopDispatcherAsync(dispatcher);
 
         var posted = await relay.EmulatorApi.RequestsAsync();
         Assert.True(posted.Count == 1, $"{posted.Count} POSTs, expected only the warm-up run's");
-        Assert.Equal(0, (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount);
+        // Nothing more is read after the signal; an XREADGROUP already sent returns the entry, which is then left
+        // pending for the other Dispatchers without a POST.
+        var pending = (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount;
+        Assert.True(pending == 0 || dispatcher.Logs.Lines.Any(l => l.Contains("[2008]", StringComparison.Ordinal)),
+            "read after the stop, and neither left unread nor given back unposted");
         Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
     }
 }

@@ -38,8 +38,11 @@ public class OperatorApiRefusalLogTests
             Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
         }
 
-        var line = Assert.Single(relay.Ingress.Logs.Lines, l => l.StartsWith("Information", StringComparison.Ordinal) && l.Contains("[1003]", StringComparison.Ordinal));
-        Assert.Contains("signature_missing", line, StringComparison.Ordinal);
+        // One line, or a second if the loop outlasted the 10 s window on a loaded machine.
+        var lines = relay.Ingress.Logs.Lines.Where(l => l.StartsWith("Information", StringComparison.Ordinal) && l.Contains("[1003]", StringComparison.Ordinal)).ToList();
+        Assert.InRange(lines.Count, 1, 2);
+        Assert.All(lines, l => Assert.Contains("signature_missing", l, StringComparison.Ordinal));
+        Assert.Equal(30, lines.Sum(l => int.Parse(System.Text.RegularExpressions.Regex.Match(l, @"Calls=(\d+)").Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)));
         Assert.Equal(30, relay.Ingress.Logs.Lines.Count(l => l.StartsWith("Debug", StringComparison.Ordinal) && l.Contains("[1005]", StringComparison.Ordinal)));
     }
 
