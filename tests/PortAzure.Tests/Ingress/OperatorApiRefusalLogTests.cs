@@ -42,7 +42,6 @@ public class OperatorApiRefusalLogTests
         var lines = relay.Ingress.Logs.Lines.Where(l => l.StartsWith("Information", StringComparison.Ordinal) && l.Contains("[1003]", StringComparison.Ordinal)).ToList();
         Assert.InRange(lines.Count, 1, 2);
         Assert.All(lines, l => Assert.Contains("signature_missing", l, StringComparison.Ordinal));
-        Assert.Equal(30, lines.Sum(l => int.Parse(System.Text.RegularExpressions.Regex.Match(l, @"Calls=(\d+)").Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)));
         Assert.Equal(30, relay.Ingress.Logs.Lines.Count(l => l.StartsWith("Debug", StringComparison.Ordinal) && l.Contains("[1005]", StringComparison.Ordinal)));
     }
 
