@@ -28,20 +28,20 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
     // The record shares the entry's field names, so it is the pairs after id and body (ARGV[11..]) plus its
     // own four fields; sending them a second time cost Redis ~4 µs per run (docs/benchmarks.md).
     // The guard (KEYS[5]) answers like the key it guards: a replay is a duplicate of the run it repeats.
-    // GET before the first write: a failed XADD must not leave the key taken (a retry would be a "duplicate").
+    // GET before the first write: a failed XADD must not leave the key taken (a retry would be a "duplicate"). The
+    // guard is the exception, taken with SET NX before the XADD: a GET first would cost every run one more command
+    // (every Port run takes a guard). Under memory pressure that SET is the write Redis refuses, with nothing
+    // written; once it has written, Redis lets the script finish, so the XADD cannot then fail for memory.
     private const string EnqueueScript = $$"""
         local existing = redis.call('GET', KEYS[1])
-        if not existing and KEYS[5] then
-          existing = redis.call('GET', KEYS[5])
-        end
         if existing then
           return {0, existing}
         end
+        if KEYS[5] and not redis.call('SET', KEYS[5], ARGV[1], 'NX', 'EX', ARGV[6]) then
+          return {0, redis.call('GET', KEYS[5])}
+        end
         local streamId = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 7))
         redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-        if KEYS[5] then
-          redis.call('SET', KEYS[5], ARGV[1], 'EX', ARGV[6])
-        end
         redis.call('HSET', KEYS[3], '{{DeliveryRecord.StreamId}}', streamId, '{{DeliveryRecord.State}}', '{{DeliveryStates.Queued}}',
           '{{DeliveryRecord.UpdatedAt}}', ARGV[5], '{{DeliveryRecord.Attempts}}', '0', unpack(ARGV, 11))
         if ARGV[4] == '1' then

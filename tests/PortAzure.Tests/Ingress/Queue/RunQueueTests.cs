@@ -58,6 +58,26 @@ public class RunQueueTests
     }
 
     [Fact]
+    public async Task EnqueueAsync_RedisOutOfMemory_IsRefusedWithNothingWritten()
+    {
+        // The replay guard is the script's first write (SET NX): Redis refuses it, and with it the whole run, before
+        // anything is written. Had a later write been refused, the guard would stay taken and a retry be a "duplicate".
+        await using var server = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(server.ConnectionString);
+        var db = redis.GetDatabase();
+        await db.StringSetAsync("filler", new string('x', 4 * 1024 * 1024));
+        await db.ExecuteAsync("CONFIG", "SET", "maxmemory", "1mb");
+        var keysBefore = (long)await db.ExecuteAsync("DBSIZE");
+        var entry = NewEntry(TestRuns.NewRunId());
+
+        var refused = await Assert.ThrowsAsync<RedisServerException>(() =>
+            new RunQueue(redis).EnqueueAsync(entry, Window, new ReplayGuard(RedisKeys.SignedCall("v1:test"), TimeSpan.FromMinutes(10))));
+
+        Assert.Contains("OOM", refused.Message, StringComparison.Ordinal);
+        Assert.Equal(keysBefore, (long)await db.ExecuteAsync("DBSIZE"));
+    }
+
+    [Fact]
     public async Task EnqueueAsync_SameKeyAgain_ReturnsTheFirstDeliveryIdAndWritesNothing()
     {
         await using var leased = await SharedRedis.ConnectAsync();
