@@ -95,7 +95,8 @@ internal sealed partial class DeliveryProcessor(
         if (stopping.IsCancellationRequested)
         {
             // Begun before the stop (a Begin retrying through a Redis blip can outlast the signal): a POST started now
-            // could be cut short by the grace period after Azure got it. Left to the other replicas, at once.
+            // could be cut short by the grace period after Azure got it. Left to the other replicas: a retry is due
+            // again at once, a stream entry at their next reclaim.
             await store.ReleaseLeaseAsync(entry.DeliveryId, lease.Token, fromSchedule: streamId is null, timeProvider.GetUtcNow());
             Log.NotPostedAtStop(logger, entry.DeliveryId);
             return;

@@ -124,21 +124,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           acknowledge()
           return -1
         end
-        if ARGV[10] ~= '' then
-          redis.call('RPUSH', KEYS[6], ARGV[10])
-          redis.call('EXPIRE', KEYS[6], ARGV[9])
-        end
-        local k = tonumber(ARGV[13])
-        if k > 0 then
-          -- In the same step as the outcome: a crash right after it cannot lose the report.
-          local report = {}
-          for i = 14, 13 + k do report[#report + 1] = ARGV[i] end
-          redis.call('XADD', KEYS[10], 'MAXLEN', '~', {{RedisKeys.PortReportsMaxLength}}, '*', unpack(report))
-        end
-        local recorded = state or #ARGV >= 14 + k
-        if #ARGV >= 14 + k then
-          redis.call('HSET', KEYS[1], unpack(ARGV, 14 + k))
-        end
+        -- Where the delivery goes next first, the record's state last: a run of this finish that failed half-way
+        -- must read neither as finished (the state) nor as done (finishedBy) when the processor runs it again.
         local failures = 0
         if mode == 'delivered' then
           if state == 'deadlettered' then
@@ -147,7 +134,6 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           end
           redis.call('HDEL', KEYS[1], 'body')
           redis.call('ZREM', KEYS[4], ARGV[4])
-          redis.call('EXPIRE', KEYS[1], ARGV[9])
           redis.call('HDEL', KEYS[7], ARGV[8])
           redis.call('HDEL', KEYS[8], ARGV[8])
         elseif mode == 'retry' then
@@ -161,15 +147,32 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         elseif mode == 'deadletter' then
           redis.call('ZREM', KEYS[4], ARGV[4])
           redis.call('ZADD', KEYS[5], ARGV[6], ARGV[4])
+        end
+        if ARGV[10] ~= '' then
+          redis.call('RPUSH', KEYS[6], ARGV[10])
+          redis.call('EXPIRE', KEYS[6], ARGV[9])
+        end
+        if mode == 'deadletter' then
           -- A dead letter waits for an operator, its attempt history with it.
           redis.call('PERSIST', KEYS[6])
         end
+        local k = tonumber(ARGV[13])
+        if k > 0 then
+          -- In the same step as the outcome: a crash right after it cannot lose the report.
+          local report = {}
+          for i = 14, 13 + k do report[#report + 1] = ARGV[i] end
+          redis.call('XADD', KEYS[10], 'MAXLEN', '~', {{RedisKeys.PortReportsMaxLength}}, '*', unpack(report))
+        end
+        if state or #ARGV >= 14 + k then
+          local fields = {'finishedBy', ARGV[5]}
+          for i = 14 + k, #ARGV do fields[#fields + 1] = ARGV[i] end
+          redis.call('HSET', KEYS[1], unpack(fields))
+        end
+        if mode == 'delivered' then
+          redis.call('EXPIRE', KEYS[1], ARGV[9])
+        end
         if ours then
           redis.call('DEL', KEYS[2])
-        end
-        -- Last, with the acknowledgement: a run of this finish that failed half-way must not read as done when retried.
-        if recorded then
-          redis.call('HSET', KEYS[1], 'finishedBy', ARGV[5])
         end
         acknowledge()
         return failures

@@ -40,7 +40,12 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
         if KEYS[5] and not redis.call('SET', KEYS[5], ARGV[1], 'NX', 'EX', ARGV[6]) then
           return {0, redis.call('GET', KEYS[5])}
         end
-        local streamId = redis.call('XADD', KEYS[2], '*', unpack(ARGV, 7))
+        local streamId = redis.pcall('XADD', KEYS[2], '*', unpack(ARGV, 7))
+        if type(streamId) == 'table' and streamId.err then
+          -- Not queued (a damaged stream key): the guard must not make a retry of this call a "duplicate" of nothing.
+          if KEYS[5] then redis.call('DEL', KEYS[5]) end
+          return streamId
+        end
         redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
         redis.call('HSET', KEYS[3], '{{DeliveryRecord.StreamId}}', streamId, '{{DeliveryRecord.State}}', '{{DeliveryStates.Queued}}',
           '{{DeliveryRecord.UpdatedAt}}', ARGV[5], '{{DeliveryRecord.Attempts}}', '0', unpack(ARGV, 11))

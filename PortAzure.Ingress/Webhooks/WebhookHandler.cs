@@ -178,7 +178,7 @@ internal sealed partial class WebhookHandler(
             var at = System.Text.Encoding.ASCII.GetBytes(timestamp, signed);
             signed[at] = (byte)'.';
             body.CopyTo(signed, at + 1);
-            SHA256.HashData(signed.AsSpan(0, signedLength), hash);
+            SHA256.HashData(signed.AsSpan(0, at + 1 + body.Length), hash);
         }
         finally
         {

@@ -109,6 +109,7 @@ public class DeliveryStoreTests
     [InlineData(RedisKeys.PortReports, true)]
     [InlineData(RedisKeys.PortReports, false)]
     [InlineData(RedisKeys.RetrySchedule, false)]
+    [InlineData(RedisKeys.DeadLetters, true)]
     public async Task Finish_AWriteFailsMidScript_LeavesTheStreamEntryPendingAlsoWhenRunAgain(string damagedKey, bool deadLetter)
     {
         // Redis keeps a script's writes up to a failing command (here a damaged key, a string). The entry must not be
@@ -124,7 +125,7 @@ public class DeliveryStoreTests
         Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
         var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "failed", "FAILURE", "label");
         var finish = Finish(deadLetter ? FinishMode.DeadLetter : FinishMode.Retry, entry, "A",
-            new KeyValuePair<string, RedisValue>(DeliveryRecord.State, "x")) with { StreamId = streamId, Report = report };
+            new KeyValuePair<string, RedisValue>(DeliveryRecord.State, deadLetter ? DeliveryStates.DeadLettered : DeliveryStates.Retrying)) with { StreamId = streamId, Report = report };
 
         await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(finish));
         await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(finish));

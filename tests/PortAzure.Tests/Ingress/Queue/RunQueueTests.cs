@@ -78,6 +78,23 @@ public class RunQueueTests
     }
 
     [Fact]
+    public async Task EnqueueAsync_StreamKeyDamaged_FailsAndLeavesNeitherGuardNorKey()
+    {
+        // The guard is taken before the XADD: a failed XADD must give it back, or a retry of the same signed call
+        // would be answered "duplicate" of a run that was never queued.
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (redis, db) = (leased.Connection, leased.Db);
+        await db.StringSetAsync(RedisKeys.Stream, "damaged");
+        var entry = NewEntry(TestRuns.NewRunId());
+        var guard = new ReplayGuard(RedisKeys.SignedCall("v1:" + Guid.NewGuid().ToString("N")), TimeSpan.FromMinutes(10));
+
+        await Assert.ThrowsAsync<RedisServerException>(() => new RunQueue(redis).EnqueueAsync(entry, Window, guard));
+
+        Assert.False(await db.KeyExistsAsync(guard.Key));
+        Assert.False(await db.KeyExistsAsync(RedisKeys.Idempotency(entry.Org, entry.Webhook, entry.IdempotencyKey)));
+    }
+
+    [Fact]
     public async Task EnqueueAsync_SameKeyAgain_ReturnsTheFirstDeliveryIdAndWritesNothing()
     {
         await using var leased = await SharedRedis.ConnectAsync();
