@@ -124,28 +124,13 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           acknowledge()
           return -1
         end
-        -- Where the delivery goes next first, the record's state last: a run of this finish that failed half-way
-        -- must read neither as finished (the state) nor as done (finishedBy) when the processor runs it again.
-        local failures = 0
-        if mode == 'delivered' then
-          if state == 'deadlettered' then
-            redis.call('ZREM', KEYS[5], ARGV[4])
-            redis.call('HDEL', KEYS[1], 'reason', 'hint', 'deadLetteredAt')
-          end
-          redis.call('HDEL', KEYS[1], 'body')
-          redis.call('ZREM', KEYS[4], ARGV[4])
-          redis.call('HDEL', KEYS[7], ARGV[8])
-          redis.call('HDEL', KEYS[8], ARGV[8])
-        elseif mode == 'retry' then
-          redis.call('ZADD', KEYS[4], ARGV[7], ARGV[4])
-          failures = redis.call('HINCRBY', KEYS[7], ARGV[8], 1)
-          if failures >= tonumber(ARGV[11]) and redis.call('HEXISTS', KEYS[8], ARGV[8]) == 0 then
-            redis.call('HSET', KEYS[8], ARGV[8], ARGV[12])
-          end
-        elseif mode == 'reschedule' then
+        -- Where the delivery goes next first; the attempt log and the report; then what it leaves (the schedule, a dead
+        -- letter it outranks, its body) and the target's health; the record's state and finishedBy last. A run of this
+        -- finish that failed half-way is run again by the processor: it must find the delivery placed, neither finished
+        -- (the state) nor done (finishedBy), and must not have counted a target failure (a pause of a healthy target).
+        if mode == 'retry' or mode == 'reschedule' then
           redis.call('ZADD', KEYS[4], ARGV[7], ARGV[4])
         elseif mode == 'deadletter' then
-          redis.call('ZREM', KEYS[4], ARGV[4])
           redis.call('ZADD', KEYS[5], ARGV[6], ARGV[4])
         end
         if ARGV[10] ~= '' then
@@ -162,6 +147,24 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           local report = {}
           for i = 14, 13 + k do report[#report + 1] = ARGV[i] end
           redis.call('XADD', KEYS[10], 'MAXLEN', '~', {{RedisKeys.PortReportsMaxLength}}, '*', unpack(report))
+        end
+        local failures = 0
+        if mode == 'delivered' then
+          if state == 'deadlettered' then
+            redis.call('ZREM', KEYS[5], ARGV[4])
+            redis.call('HDEL', KEYS[1], 'reason', 'hint', 'deadLetteredAt')
+          end
+          redis.call('HDEL', KEYS[1], 'body')
+          redis.call('ZREM', KEYS[4], ARGV[4])
+          redis.call('HDEL', KEYS[7], ARGV[8])
+          redis.call('HDEL', KEYS[8], ARGV[8])
+        elseif mode == 'retry' then
+          failures = redis.call('HINCRBY', KEYS[7], ARGV[8], 1)
+          if failures >= tonumber(ARGV[11]) and redis.call('HEXISTS', KEYS[8], ARGV[8]) == 0 then
+            redis.call('HSET', KEYS[8], ARGV[8], ARGV[12])
+          end
+        elseif mode == 'deadletter' then
+          redis.call('ZREM', KEYS[4], ARGV[4])
         end
         if state or #ARGV >= 14 + k then
           local fields = {'finishedBy', ARGV[5]}

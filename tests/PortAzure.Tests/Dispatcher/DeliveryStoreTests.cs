@@ -23,6 +23,8 @@ public class DeliveryStoreTests
 
         public DeliveryStore Store { get; private set; } = null!;
 
+        public IDatabase Db => _redis.Db;
+
         public DeliveryEntry Entry { get; } = NewEntry();
 
         public DateTimeOffset Now { get; } = DateTimeOffset.UtcNow;
@@ -132,6 +134,48 @@ public class DeliveryStoreTests
 
         Assert.Equal(1, await db.StreamLengthAsync(RedisKeys.Stream));
         Assert.Equal(1, (await db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount);
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Finish_RetryFromTheScheduleFailsHalfWayTwice_StaysInTheSchedule(bool deadLetter)
+    {
+        // A retry taken from the schedule that is dead-lettered or delivered: it leaves the schedule only once it is
+        // placed and recorded. Damaged here: the dead-letter index, or (delivered) this delivery's attempt log.
+        await using var slot = await DueSlot.StartAsync();
+        var (store, db, entry) = (slot.Store, slot.Db, slot.Entry);
+        await db.StringSetAsync(deadLetter ? RedisKeys.DeadLetters : RedisKeys.Attempts(entry.DeliveryId), "damaged");
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), true, slot.Now, TimeSpan.FromSeconds(30))).Leased);
+        var finish = Finish(deadLetter ? FinishMode.DeadLetter : FinishMode.Delivered, entry, "A",
+            new KeyValuePair<string, RedisValue>(DeliveryRecord.State, deadLetter ? DeliveryStates.DeadLettered : DeliveryStates.Delivered))
+            with { AttemptJson = "{}" };
+
+        await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(finish));
+        await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(finish));
+
+        Assert.NotNull(await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, entry.DeliveryId));
+        Assert.NotEqual(deadLetter ? DeliveryStates.DeadLettered : DeliveryStates.Delivered,
+            (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
+    }
+
+    [Fact]
+    public async Task Finish_RetryRunAgainAfterItFailedHalfWay_CountsNoTargetFailure()
+    {
+        // Each run of a half-failed retry finish inside the finish window (up to ~30 of them) would otherwise count one
+        // more failure of the target, and pause a healthy one.
+        await using var slot = await DueSlot.StartAsync();
+        var (store, db, entry) = (slot.Store, slot.Db, slot.Entry);
+        await db.StringSetAsync(RedisKeys.Attempts(entry.DeliveryId), "damaged");
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), true, slot.Now, TimeSpan.FromSeconds(30))).Leased);
+        var finish = Finish(FinishMode.Retry, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Retrying))
+            with { AttemptJson = "{}" };
+
+        await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(finish));
+        await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(finish));
+
+        Assert.False(await db.HashExistsAsync(RedisKeys.TargetFailures, entry.Target));
+        Assert.NotNull(await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, entry.DeliveryId));
     }
 
     [Fact]
