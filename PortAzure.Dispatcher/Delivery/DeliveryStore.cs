@@ -150,14 +150,14 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         end
         local failures = 0
         if mode == 'delivered' then
-          if state == 'deadlettered' then
-            redis.call('ZREM', KEYS[5], ARGV[4])
-            redis.call('HDEL', KEYS[1], 'reason', 'hint', 'deadLetteredAt')
-          end
-          redis.call('HDEL', KEYS[1], 'body')
-          redis.call('ZREM', KEYS[4], ARGV[4])
+          -- The target's health before the removals: a damaged health hash must leave the delivery where it was.
           redis.call('HDEL', KEYS[7], ARGV[8])
           redis.call('HDEL', KEYS[8], ARGV[8])
+          if state == 'deadlettered' then
+            redis.call('ZREM', KEYS[5], ARGV[4])
+          end
+          redis.call('ZREM', KEYS[4], ARGV[4])
+          redis.call('HDEL', KEYS[1], 'body', 'reason', 'hint', 'deadLetteredAt')
         elseif mode == 'retry' then
           failures = redis.call('HINCRBY', KEYS[7], ARGV[8], 1)
           if failures >= tonumber(ARGV[11]) and redis.call('HEXISTS', KEYS[8], ARGV[8]) == 0 then

@@ -137,15 +137,23 @@ public class DeliveryStoreTests
     }
 
     [Theory]
-    [InlineData(true)]
-    [InlineData(false)]
-    public async Task Finish_RetryFromTheScheduleFailsHalfWayTwice_StaysInTheSchedule(bool deadLetter)
+    [InlineData("dead letters")]
+    [InlineData("attempt log")]
+    [InlineData("target health")]
+    public async Task Finish_RetryFromTheScheduleFailsHalfWayTwice_StaysInTheSchedule(string damaged)
     {
         // A retry taken from the schedule that is dead-lettered or delivered: it leaves the schedule only once it is
-        // placed and recorded. Damaged here: the dead-letter index, or (delivered) this delivery's attempt log.
+        // placed and recorded. Damaged here: the dead-letter index, or (delivered) its attempt log or the target health hash.
         await using var slot = await DueSlot.StartAsync();
         var (store, db, entry) = (slot.Store, slot.Db, slot.Entry);
-        await db.StringSetAsync(deadLetter ? RedisKeys.DeadLetters : RedisKeys.Attempts(entry.DeliveryId), "damaged");
+        var deadLetter = damaged == "dead letters";
+        await db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.Body, "kept");
+        await db.StringSetAsync(damaged switch
+        {
+            "dead letters" => RedisKeys.DeadLetters,
+            "attempt log" => RedisKeys.Attempts(entry.DeliveryId),
+            _ => RedisKeys.TargetFailures,
+        }, "damaged");
         Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), true, slot.Now, TimeSpan.FromSeconds(30))).Leased);
         var finish = Finish(deadLetter ? FinishMode.DeadLetter : FinishMode.Delivered, entry, "A",
             new KeyValuePair<string, RedisValue>(DeliveryRecord.State, deadLetter ? DeliveryStates.DeadLettered : DeliveryStates.Delivered))
@@ -157,6 +165,7 @@ public class DeliveryStoreTests
         Assert.NotNull(await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, entry.DeliveryId));
         Assert.NotEqual(deadLetter ? DeliveryStates.DeadLettered : DeliveryStates.Delivered,
             (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
+        Assert.Equal("kept", (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.Body));
     }
 
     [Fact]
