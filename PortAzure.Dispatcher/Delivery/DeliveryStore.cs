@@ -124,8 +124,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           acknowledge()
           return -1
         end
-        -- Where the delivery goes next first; the attempt log and the report; then what it leaves (the schedule, a dead
-        -- letter it outranks, its body) and the target's health; the record's state and finishedBy last. A run of this
+        -- Where the delivery goes next first; the attempt log and the report; then the target's health and what the
+        -- delivery leaves (the schedule, a dead letter it outranks, its body); the record's state and finishedBy last. A run of this
         -- finish that failed half-way is run again by the processor: it must find the delivery placed, neither finished
         -- (the state) nor done (finishedBy), and must not have counted a target failure (a pause of a healthy target).
         if mode == 'retry' or mode == 'reschedule' then
