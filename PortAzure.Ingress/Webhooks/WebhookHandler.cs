@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text.Json;
@@ -168,22 +167,8 @@ internal sealed partial class WebhookHandler(
                 : new ReplayGuard(RedisKeys.Replay(org, webhook, Convert.ToHexStringLower(SHA256.HashData(body))),
                     TimeSpan.FromHours(options.IdempotencyWindowHours));
         }
-        // What the v1 signature covers, `{timestamp}.{body}` (the timestamp is checked to be decimal digits), hashed in
-        // one shot: every Port run takes this guard.
-        var signedLength = timestamp.Length + 1 + body.Length;
-        var signed = ArrayPool<byte>.Shared.Rent(signedLength);
         Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
-        try
-        {
-            var at = System.Text.Encoding.ASCII.GetBytes(timestamp, signed);
-            signed[at] = (byte)'.';
-            body.CopyTo(signed, at + 1);
-            SHA256.HashData(signed.AsSpan(0, at + 1 + body.Length), hash);
-        }
-        finally
-        {
-            ArrayPool<byte>.Shared.Return(signed);
-        }
+        PortSignature.HashSignedContent(timestamp, body, hash);
         // The timestamp is accepted from `tolerance` ahead of the clock to `tolerance` behind it.
         return new ReplayGuard(RedisKeys.SignedCall("v1:" + Convert.ToHexStringLower(hash)), TimeSpan.FromSeconds(2 * options.TimestampToleranceSeconds));
     }

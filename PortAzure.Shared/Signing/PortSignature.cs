@@ -27,7 +27,7 @@ public static class PortSignature
         ArgumentNullException.ThrowIfNull(secret);
         ArgumentNullException.ThrowIfNull(timestamp);
         Span<byte> mac = stackalloc byte[Sha256Length];
-        ComputeV1Mac(Encoding.UTF8.GetBytes(secret), timestamp, body, mac);
+        HashV1Content(Encoding.UTF8.GetBytes(secret), timestamp, body, mac);
         return VersionPrefix + Convert.ToBase64String(mac);
     }
 
@@ -46,7 +46,7 @@ public static class PortSignature
         var matched = false;
         foreach (var secret in secrets)
         {
-            ComputeV1Mac(secret, timestamp, body, mac);
+            HashV1Content(secret, timestamp, body, mac);
             // Compare the Base64 text, not decoded bytes: a decoder ignores the padding bits, so
             // several spellings would decode to one MAC. Only the canonical one is accepted.
             Base64.EncodeToUtf8(mac, expected, out _, out _);
@@ -112,9 +112,20 @@ public static class PortSignature
         return matched;
     }
 
-    private static void ComputeV1Mac(byte[] secret, string timestamp, ReadOnlySpan<byte> body, Span<byte> destination)
+    /// <summary>
+    /// The SHA-256 of what a <c>v1</c> signature covers, <c>"{timestamp}." + body</c>: a name for the signed call
+    /// itself, whatever its path or unsigned headers.
+    /// </summary>
+    public static void HashSignedContent(string timestamp, ReadOnlySpan<byte> body, Span<byte> destination)
     {
-        // One-shot HMAC over one buffer: an IncrementalHash per call allocates a native HMAC context and its
+        ArgumentNullException.ThrowIfNull(timestamp);
+        HashV1Content(null, timestamp, body, destination);
+    }
+
+    /// <summary>HMAC-SHA256 under <paramref name="secret"/>, or plain SHA-256 without one, of <c>"{timestamp}." + body</c>.</summary>
+    private static void HashV1Content(byte[]? secret, string timestamp, ReadOnlySpan<byte> body, Span<byte> destination)
+    {
+        // One-shot over one buffer: an IncrementalHash per call allocates a native HMAC context and its
         // handle for three appends (296 against 32 B per verification, docs/benchmarks.md).
         var length = timestamp.Length + 1 + body.Length;
         var rented = length <= StackallocLimit ? null : ArrayPool<byte>.Shared.Rent(length);
@@ -124,7 +135,14 @@ public static class PortSignature
             var written = Encoding.ASCII.GetBytes(timestamp, message);
             message[written++] = (byte)'.';
             body.CopyTo(message[written..]);
-            HMACSHA256.HashData(secret, message[..(written + body.Length)], destination);
+            if (secret is null)
+            {
+                SHA256.HashData(message[..(written + body.Length)], destination);
+            }
+            else
+            {
+                HMACSHA256.HashData(secret, message[..(written + body.Length)], destination);
+            }
         }
         finally
         {

@@ -55,6 +55,21 @@ public class PortSignatureTests
         Assert.True(PortSignature.VerifyV1(header, "1763632800", body, Secrets));
     }
 
+    [Theory]
+    [InlineData(0)]
+    [InlineData(4086)]
+    [InlineData(100_000)]
+    public void HashSignedContent_BodySizes_IsTheSha256OfTimestampDotBody(int size)
+    {
+        var body = new byte[size];
+        new Random(size).NextBytes(body);
+        Span<byte> hash = stackalloc byte[32];
+
+        PortSignature.HashSignedContent("1763632800", body, hash);
+
+        Assert.Equal(System.Security.Cryptography.SHA256.HashData([.. Encoding.ASCII.GetBytes("1763632800."), .. body]), hash.ToArray());
+    }
+
     [Fact]
     public void VerifyV1_OneByteOfBodyChanged_Rejects()
     {
