@@ -25,7 +25,6 @@ internal sealed partial class DeliveryWorker(
     private readonly CancellationTokenSource _abandon = new();
     private RedisValue _claimCursor = "0-0";
     private DateTimeOffset _nextClaim;
-    private readonly CancellationTokenSource _stopping = new();
     private long _stopSignalledAtTicks;
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -126,7 +125,7 @@ internal sealed partial class DeliveryWorker(
                 }
                 else
                 {
-                    await StartAsync(slots, entry, null, claimed: reclaimed);
+                    await StartAsync(slots, entry, null, claimed: reclaimed, stoppingToken);
                     started++;
                 }
                 handled++;
@@ -150,18 +149,18 @@ internal sealed partial class DeliveryWorker(
             {
                 Log.Claimed(logger, claim.ClaimedEntries.Length);
             }
-            started += await StartEntriesAsync(slots, claim.ClaimedEntries, claimed: true);
+            started += await StartEntriesAsync(slots, claim.ClaimedEntries, claimed: true, stoppingToken);
         }
 
         if (slots.CurrentCount > 0 && !stoppingToken.IsCancellationRequested)
         {
             var entries = await redis.GetDatabase().StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name, ">", slots.CurrentCount);
-            started += await StartEntriesAsync(slots, entries, claimed: false);
+            started += await StartEntriesAsync(slots, entries, claimed: false, stoppingToken);
         }
         return started;
     }
 
-    private async Task<int> StartEntriesAsync(SemaphoreSlim slots, StreamEntry[] entries, bool claimed)
+    private async Task<int> StartEntriesAsync(SemaphoreSlim slots, StreamEntry[] entries, bool claimed, CancellationToken stoppingToken)
     {
         var started = 0;
         foreach (var streamEntry in entries)
@@ -176,13 +175,14 @@ internal sealed partial class DeliveryWorker(
                 await db.StreamDeleteAsync(RedisKeys.Stream, [streamEntry.Id]);
                 continue;
             }
-            await StartAsync(slots, entry, streamEntry.Id.ToString(), claimed);
+            await StartAsync(slots, entry, streamEntry.Id.ToString(), claimed, stoppingToken);
             started++;
         }
         return started;
     }
 
-    private async Task StartAsync(SemaphoreSlim slots, DeliveryEntry entry, string? streamId, bool claimed)
+    /// <param name="stoppingToken">The stop signal: an attempt that has not posted by then gives its delivery back.</param>
+    private async Task StartAsync(SemaphoreSlim slots, DeliveryEntry entry, string? streamId, bool claimed, CancellationToken stoppingToken)
     {
         // The slot is taken even during shutdown: the entry is already ours and must be handled or left pending.
         await slots.WaitAsync(CancellationToken.None);
@@ -190,7 +190,7 @@ internal sealed partial class DeliveryWorker(
         {
             try
             {
-                await processor.ProcessAsync(entry, streamId, claimed, _stopping.Token, _abandon.Token);
+                await processor.ProcessAsync(entry, streamId, claimed, stoppingToken, _abandon.Token);
             }
             catch (OperationCanceledException) when (_abandon.IsCancellationRequested)
             {
@@ -264,13 +264,11 @@ internal sealed partial class DeliveryWorker(
     public override async Task StopAsync(CancellationToken cancellationToken)
     {
         Interlocked.CompareExchange(ref _stopSignalledAtTicks, timeProvider.GetUtcNow().UtcTicks, 0);
-        await _stopping.CancelAsync();
         await base.StopAsync(cancellationToken);
     }
 
     public override void Dispose()
     {
-        _stopping.Dispose();
         _abandon.Dispose();
         base.Dispose();
     }
