@@ -241,16 +241,7 @@ internal sealed partial class PortReportingService(
     {
         try
         {
-            var args = new RedisValue[3 + (entry.Values.Length * 2)];
-            args[0] = RedisKeys.PortReportersGroup;
-            args[1] = entry.Id;
-            args[2] = identity.Name;
-            var i = 3;
-            foreach (var field in entry.Values)
-            {
-                args[i++] = field.Name;
-                args[i++] = field.Value;
-            }
+            var args = ScriptArguments.WithFields(entry.Values, RedisKeys.PortReportersGroup, entry.Id, identity.Name);
             if ((int)await redis.GetDatabase().ScriptEvaluateAsync(HandBackScript, [RedisKeys.PortReports], args) == 1)
             {
                 Log.HandedBack(logger, report.DeliveryId);

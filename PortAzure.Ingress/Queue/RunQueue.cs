@@ -60,20 +60,13 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
     public async Task<EnqueueResult> EnqueueAsync(DeliveryEntry entry, TimeSpan idempotencyWindow, ReplayGuard? replayGuard = null)
     {
         ArgumentNullException.ThrowIfNull(entry);
-        var streamFields = entry.ToStreamFields();
-        var args = new RedisValue[6 + (streamFields.Length * 2)];
-        args[0] = entry.DeliveryId;
-        args[1] = (long)idempotencyWindow.TotalSeconds;
-        args[2] = RedisKeys.WakeChannel;
-        args[3] = entry.RunId is null ? 0 : 1;
-        args[4] = entry.ReceivedAt.ToUnixTimeMilliseconds();
-        args[5] = replayGuard is { } guard ? Math.Max(1, (long)guard.Lifetime.TotalSeconds) : 0;
-        var i = 6;
-        foreach (var field in streamFields)
-        {
-            args[i++] = field.Name;
-            args[i++] = field.Value;
-        }
+        var args = ScriptArguments.WithFields(entry.ToStreamFields(),
+            entry.DeliveryId,
+            (long)idempotencyWindow.TotalSeconds,
+            RedisKeys.WakeChannel,
+            entry.RunId is null ? 0 : 1,
+            entry.ReceivedAt.ToUnixTimeMilliseconds(),
+            replayGuard is { } guard ? Math.Max(1, (long)guard.Lifetime.TotalSeconds) : 0);
         var keys = new RedisKey[replayGuard is null ? 4 : 5];
         keys[0] = RedisKeys.Idempotency(entry.Org, entry.Webhook, entry.IdempotencyKey);
         keys[1] = RedisKeys.Stream;
