@@ -26,9 +26,10 @@ public sealed class AzureDevOpsOptionsValidator : IValidateOptions<AzureDevOpsOp
         for (var i = 0; i < options.Targets.Count; i++)
         {
             var target = options.Targets[i];
-            if (!firstIndex.TryAdd($"{target.Org}/{target.Webhook}", i))
+            var targetName = $"{target.Org}/{target.Webhook}";
+            if (!firstIndex.TryAdd(targetName, i))
             {
-                errors.Add($"AzureDevOps:Targets:{i} repeats the target '{target.Org}/{target.Webhook}' of AzureDevOps:Targets:{firstIndex[$"{target.Org}/{target.Webhook}"]}; keep one entry per target.");
+                errors.Add($"AzureDevOps:Targets:{i} repeats the target '{targetName}' of AzureDevOps:Targets:{firstIndex[targetName]}; keep one entry per target.");
             }
             if (!TargetNames.IsValidOrg(target.Org))
             {
