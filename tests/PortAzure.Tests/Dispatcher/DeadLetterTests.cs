@@ -66,15 +66,7 @@ public class DeadLetterTests
     {
         await using var relay = await Relay.StartAsync();
         await relay.EmulatorApi.ScriptAsync(new { responses = Enumerable.Repeat(new { status = 400 }, 5).ToArray() });
-        var ids = new List<string>();
-        for (var i = 0; i < 5; i++)
-        {
-            ids.Add(await SendAsync(relay));
-        }
-        foreach (var id in ids)
-        {
-            await WaitForStateAsync(relay, id, DeliveryStates.DeadLettered);
-        }
+        var ids = await SendDeadLettersAsync(relay, 5);
 
         using var replay = relay.Operator(HttpMethod.Post, "/api/deadletters/replay?limit=3");
         using var first = await relay.Ingress.Client.SendAsync(replay);
@@ -95,12 +87,7 @@ public class DeadLetterTests
     {
         await using var relay = await Relay.StartAsync();
         await relay.EmulatorApi.ScriptAsync(new { responses = Enumerable.Repeat(new { status = 400 }, 4).ToArray() });
-        var ids = new List<string>();
-        for (var i = 0; i < 4; i++)
-        {
-            ids.Add(await SendAsync(relay));
-            await WaitForStateAsync(relay, ids[^1], DeliveryStates.DeadLettered);
-        }
+        var ids = await SendDeadLettersAsync(relay, 4);
         // The two oldest lose their bodies (as a deleted record would): they cannot be replayed.
         var oldest = (await relay.Db.SortedSetRangeByRankAsync(RedisKeys.DeadLetters, 0, 1)).Select(v => (string)v!).ToList();
         foreach (var id in oldest)
@@ -123,15 +110,7 @@ public class DeadLetterTests
         await using var relay = await Relay.StartAsync();
         // Every POST is answered 404: a replayed run is a dead letter again within milliseconds, with a newer score.
         await relay.EmulatorApi.ScriptAsync(new { responses = Enumerable.Repeat(new { status = 404 }, 200).ToArray() });
-        var ids = new List<string>();
-        for (var i = 0; i < 20; i++)
-        {
-            ids.Add(await SendAsync(relay));
-        }
-        foreach (var id in ids)
-        {
-            await WaitForStateAsync(relay, id, DeliveryStates.DeadLettered);
-        }
+        var ids = await SendDeadLettersAsync(relay, 20);
 
         using var replay = relay.Operator(HttpMethod.Post, "/api/deadletters/replay?limit=500");
         using var response = await relay.Ingress.Client.SendAsync(replay);
@@ -150,10 +129,7 @@ public class DeadLetterTests
     {
         await using var relay = await Relay.StartAsync();
         await relay.EmulatorApi.ScriptAsync(new { responses = Enumerable.Repeat(new { status = 400 }, 5).ToArray() });
-        for (var i = 0; i < 5; i++)
-        {
-            await WaitForStateAsync(relay, await SendAsync(relay), DeliveryStates.DeadLettered);
-        }
+        await SendDeadLettersAsync(relay, 5);
         var ordered = (await relay.Db.SortedSetRangeByRankAsync(RedisKeys.DeadLetters)).Select(v => (string)v!).ToList();
 
         var first = await ListAsync(relay, "?limit=2");
@@ -187,6 +163,18 @@ public class DeadLetterTests
 
         Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
         Assert.Equal("cursor_invalid", (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+    }
+
+    /// <summary>Sends runs one at a time, each dead-lettered before the next (so their dead-letter times are in order).</summary>
+    private static async Task<List<string>> SendDeadLettersAsync(Relay relay, int count)
+    {
+        var ids = new List<string>();
+        for (var i = 0; i < count; i++)
+        {
+            ids.Add(await SendAsync(relay));
+            await WaitForStateAsync(relay, ids[^1], DeliveryStates.DeadLettered);
+        }
+        return ids;
     }
 
     private static async Task<JsonElement> ListAsync(Relay relay, string query)

@@ -253,12 +253,7 @@ public class PortReportingTests
             TimeSpan.FromSeconds(90), "ten refused token calls");
         Assert.Equal(3, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
 
-        await relay.EmulatorApi.PortBehaviorAsync(new { failNext = 0 });
-        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), async () =>
-        {
-            var sent = (await relay.EmulatorApi.PortCallsAsync()).Where(c => c.StatusCode == 201).Select(c => c.RunId).ToHashSet();
-            return runIds.All(sent.Contains);
-        }, TimeSpan.FromSeconds(30), "every report is sent once Port accepts the credentials");
+        await PortAcceptsAgainThenEverySentAsync(relay, clock, runIds, "every report is sent once Port accepts the credentials");
         await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 0, TimeSpan.FromSeconds(10), "the reports leave the stream");
         var calls = await relay.EmulatorApi.PortCallsAsync();
         Assert.All(runIds, runId => Assert.Single(calls, c => c.RunId == runId));
@@ -309,18 +304,24 @@ public class PortReportingTests
         }, TimeSpan.FromSeconds(120), "every report refused nine times");
         Assert.Equal(3, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
 
-        await relay.EmulatorApi.PortBehaviorAsync(new { failNext = 0 });
-        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), async () =>
-        {
-            var sent = (await relay.EmulatorApi.PortCallsAsync()).Where(c => c.StatusCode == 201).Select(c => c.RunId).ToHashSet();
-            return runIds.All(sent.Contains);
-        }, TimeSpan.FromSeconds(30), "every report is sent once Port lets the relay call again");
+        await PortAcceptsAgainThenEverySentAsync(relay, clock, runIds, "every report is sent once Port lets the relay call again");
         var final = await relay.EmulatorApi.PortCallsAsync();
         Assert.All(runIds, runId => Assert.Single(final, c => c.RunId == runId && c.StatusCode == 201));
         Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2202]", StringComparison.Ordinal));
     }
 
     /// <summary>Moves the fake clock a step at a time until <paramref name="condition"/> holds.</summary>
+    /// <summary>Port stops failing its calls; the clock moves in 5 s steps until a report for every run id has been sent.</summary>
+    private static async Task PortAcceptsAgainThenEverySentAsync(Relay relay, FakeTimeProvider clock, IReadOnlyCollection<string> runIds, string what)
+    {
+        await relay.EmulatorApi.PortBehaviorAsync(new { failNext = 0 });
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), async () =>
+        {
+            var sent = (await relay.EmulatorApi.PortCallsAsync()).Where(c => c.StatusCode == 201).Select(c => c.RunId).ToHashSet();
+            return runIds.All(sent.Contains);
+        }, TimeSpan.FromSeconds(30), what);
+    }
+
     private static Task StepUntilAsync(FakeTimeProvider clock, TimeSpan step, Func<Task<bool>> condition, TimeSpan timeout, string what) =>
         Eventually.HoldsAsync(async () =>
         {
