@@ -52,11 +52,23 @@ internal sealed partial class DeliveryProcessor(
         // leaving the entry to be reclaimed after the lease. Every try is passed the same `now` (a retry of a
         // try whose reply was lost must find its own probe), but each one sets the lease anew.
         var triedAt = now;
-        var begin = await WithRedisRetriesAsync(() =>
+        BeginResult begin;
+        try
         {
-            triedAt = timeProvider.GetUtcNow();
-            return store.BeginAsync(entry, token, opts.LeaseDuration, claimed, now, TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds));
-        }, BeginBackoff, entry.DeliveryId, "begin");
+            begin = await WithRedisRetriesAsync(() =>
+            {
+                triedAt = timeProvider.GetUtcNow();
+                return store.BeginAsync(entry, token, opts.LeaseDuration, claimed, now, TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds));
+            }, i => i < BeginBackoff.Length ? BeginBackoff[i] : null, entry.DeliveryId, "begin", stopping);
+        }
+        catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+        {
+            // Stopped between two tries: the remaining backoff (up to 15.6 s in all) would outlast the grace. A try
+            // whose reply was lost may have set the lease; it is given back if Redis lets it.
+            await store.ReleaseLeaseAsync(entry.DeliveryId, token, fromSchedule: streamId is null, timeProvider.GetUtcNow());
+            Log.NotPostedAtStop(logger, entry.DeliveryId);
+            return;
+        }
         // The lease was set after the last try started, so it lasts at least until the time kept here: the finish's
         // window counts from there, not from before a Begin that retried through a Redis outage.
         var lease = new AttemptLease(token, triedAt + opts.LeaseDuration);
@@ -237,11 +249,9 @@ internal sealed partial class DeliveryProcessor(
     /// <summary>An attempt's lease: its token, and a time it lasts at least until.</summary>
     private readonly record struct AttemptLease(string Token, DateTimeOffset Until);
 
-    private Task<T> WithRedisRetriesAsync<T>(Func<Task<T>> operation, TimeSpan[] backoff, string deliveryId, string step) =>
-        WithRedisRetriesAsync(operation, i => i < backoff.Length ? backoff[i] : null, deliveryId, step);
-
     /// <param name="nextDelay">The wait before retry <c>i</c> (0-based), or null to give up and throw.</param>
-    private async Task<T> WithRedisRetriesAsync<T>(Func<Task<T>> operation, Func<int, TimeSpan?> nextDelay, string deliveryId, string step)
+    /// <param name="cancellationToken">Cancels a wait between two tries (never a try under way).</param>
+    private async Task<T> WithRedisRetriesAsync<T>(Func<Task<T>> operation, Func<int, TimeSpan?> nextDelay, string deliveryId, string step, CancellationToken cancellationToken = default)
     {
         for (var i = 0; ; i++)
         {
@@ -252,7 +262,7 @@ internal sealed partial class DeliveryProcessor(
             catch (Exception ex) when (ex is RedisException or TimeoutException && nextDelay(i) is { } delay)
             {
                 Log.RedisRetry(logger, ex, step, deliveryId);
-                await Task.Delay(delay, timeProvider);
+                await Task.Delay(delay, timeProvider, cancellationToken);
             }
         }
     }
