@@ -44,7 +44,7 @@ public static class DispatcherExtensions
         });
 
         services.TryAddSingleton(TimeProvider.System);
-        services.AddProblemDetails();
+        services.AddProblemDetails(options => options.CustomizeProblemDetails = FallbackReason.Add);
         services.AddExceptionHandler<RedisUnavailableHandler>();
         services.AddOpenApi();
 

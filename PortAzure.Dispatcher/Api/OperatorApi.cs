@@ -16,6 +16,9 @@ internal static partial class OperatorApi
     private const int MaxReplayBatch = 500;
     private const int MaxPageSize = 500;
 
+    // The Ingress's upper bound for Ingress:MaxRunIdLength: no longer one can have been accepted.
+    private const int MaxRunIdLength = 1024;
+
     public static WebApplication MapOperatorApi(this WebApplication app)
     {
         ArgumentNullException.ThrowIfNull(app);
@@ -56,9 +59,13 @@ internal static partial class OperatorApi
 
     private static async Task<IResult> FindByRunAsync(string? runId, IConnectionMultiplexer redis)
     {
-        if (string.IsNullOrEmpty(runId) || runId.Length > 1024)
+        if (string.IsNullOrEmpty(runId))
         {
             return Problems.Create(StatusCodes.Status400BadRequest, "run_id_required", "Give the Port run id as ?runId=.");
+        }
+        if (runId.Length > MaxRunIdLength)
+        {
+            return Problems.Create(StatusCodes.Status400BadRequest, "run_id_invalid", $"A run id has at most {MaxRunIdLength} characters.");
         }
         var db = redis.GetDatabase();
         var ids = await db.SetMembersAsync(RedisKeys.RunIndex(runId));
@@ -73,13 +80,12 @@ internal static partial class OperatorApi
         return TypedResults.Ok(new DeliveryList(views));
     }
 
-    private static async Task<IResult> ListDeadLettersAsync(IConnectionMultiplexer redis, int? limit, string? cursor)
+    private static async Task<IResult> ListDeadLettersAsync(IConnectionMultiplexer redis, string? limit, string? cursor)
     {
-        if (InvalidLimit(limit, MaxPageSize) is { } invalid)
+        if (ParseLimit(limit, MaxPageSize, 50) is not { } take)
         {
-            return invalid;
+            return InvalidLimit(MaxPageSize);
         }
-        var take = limit ?? 50;
         (long Score, string Id)? after = null;
         if (cursor is not null)
         {
@@ -133,7 +139,7 @@ internal static partial class OperatorApi
             : null;
     }
 
-    private static async Task<IResult> ReplayOneAsync(string id, DeliveryStore store, TimeProvider timeProvider, ILoggerFactory loggers)
+    private static async Task<IResult> ReplayOneAsync(string id, IConnectionMultiplexer redis, DeliveryStore store, TimeProvider timeProvider, ILoggerFactory loggers)
     {
         if (!IsDeliveryId(id))
         {
@@ -142,7 +148,7 @@ internal static partial class OperatorApi
         switch (await store.ReplayAsync(id, timeProvider.GetUtcNow()))
         {
             case ReplayOutcome.NotADeadLetter:
-                return Problems.Create(StatusCodes.Status404NotFound, "deadletter_not_found", $"'{id}' is not a dead letter.");
+                return await NotADeadLetterAsync(redis.GetDatabase(), id);
             case ReplayOutcome.NotReplayable:
                 return Problems.Create(StatusCodes.Status409Conflict, "deadletter_not_replayable", $"'{id}' has no body or target left to replay; it stays a dead letter.");
             default:
@@ -152,14 +158,14 @@ internal static partial class OperatorApi
         return TypedResults.Accepted($"/api/deliveries/{id}", new ReplayResult(1, [id]));
     }
 
-    private static async Task<IResult> ReplayAllAsync(IConnectionMultiplexer redis, DeliveryStore store, TimeProvider timeProvider, ILoggerFactory loggers, int? limit)
+    private static async Task<IResult> ReplayAllAsync(IConnectionMultiplexer redis, DeliveryStore store, TimeProvider timeProvider, ILoggerFactory loggers, string? limit)
     {
         // Out of range is refused, not clamped: a replay starts pipeline runs, and "changes nothing" is the promise for bad input.
-        if (InvalidLimit(limit, MaxReplayBatch) is { } invalid)
+        if (ParseLimit(limit, MaxReplayBatch, 100) is not { } take)
         {
-            return invalid;
+            return InvalidLimit(MaxReplayBatch);
         }
-        var take = limit ?? 100;
+        var logger = loggers.CreateLogger(typeof(OperatorApi));
         var db = redis.GetDatabase();
         var replayed = new List<string>();
         var seen = new HashSet<string>(StringComparer.Ordinal);
@@ -186,7 +192,19 @@ internal static partial class OperatorApi
                     passed++;
                     continue;
                 }
-                switch (await store.ReplayAsync(id, timeProvider.GetUtcNow()))
+                ReplayOutcome outcome;
+                try
+                {
+                    outcome = await store.ReplayAsync(id, timeProvider.GetUtcNow());
+                }
+                catch (Exception ex) when (ex is RedisException or TimeoutException && replayed.Count > 0)
+                {
+                    // Some were replayed already: a 503 would hide which, and its retry would replay up to `limit` more.
+                    // This one's outcome is unknown (a timeout may have run it): GET /api/deliveries/{id} tells.
+                    Log.ReplayStopped(logger, ex, replayed.Count, id);
+                    return TypedResults.Ok(new ReplayResult(replayed.Count, replayed, Incomplete: true, StoppedAt: id));
+                }
+                switch (outcome)
                 {
                     case ReplayOutcome.Replayed:
                         replayed.Add(id);
@@ -200,36 +218,38 @@ internal static partial class OperatorApi
                 }
             }
         }
-        Log.Replayed(loggers.CreateLogger(typeof(OperatorApi)), replayed.Count);
+        Log.Replayed(logger, replayed.Count);
         return TypedResults.Ok(new ReplayResult(replayed.Count, replayed));
     }
 
-    private static IResult? InvalidLimit(int? limit, int max) => limit is null || (limit >= 1 && limit <= max)
-        ? null
-        : Problems.Create(StatusCodes.Status400BadRequest, "limit_invalid", $"limit must be between 1 and {max}.");
+    /// <summary>The page size or batch size: <paramref name="fallback"/> when absent, null when not a whole number in 1 to <paramref name="max"/>.</summary>
+    private static int? ParseLimit(string? limit, int max, int fallback) =>
+        limit is null ? fallback
+        : int.TryParse(limit, NumberStyles.None, CultureInfo.InvariantCulture, out var value) && value >= 1 && value <= max ? value
+        : null;
 
-    private static async Task<IResult> DeleteDeadLetterAsync(string id, IConnectionMultiplexer redis, TimeProvider timeProvider, IOptionsMonitor<DispatcherOptions> options)
+    private static IResult InvalidLimit(int max) =>
+        Problems.Create(StatusCodes.Status400BadRequest, "limit_invalid", $"limit must be a whole number between 1 and {max}.");
+
+    private static async Task<IResult> DeleteDeadLetterAsync(string id, IConnectionMultiplexer redis, DeliveryStore store, TimeProvider timeProvider, IOptionsMonitor<DispatcherOptions> options)
     {
         if (!IsDeliveryId(id))
         {
             return InvalidId();
         }
-        var db = redis.GetDatabase();
-        var transaction = db.CreateTransaction();
-        transaction.AddCondition(Condition.SortedSetContains(RedisKeys.DeadLetters, id));
-        _ = transaction.SortedSetRemoveAsync(RedisKeys.DeadLetters, id);
-        _ = transaction.HashDeleteAsync(RedisKeys.Delivery(id), DeliveryRecord.Body);
-        _ = transaction.HashSetAsync(RedisKeys.Delivery(id),
-        [
-            new(DeliveryRecord.State, DeliveryStates.Discarded),
-            new(DeliveryRecord.UpdatedAt, timeProvider.GetUtcNow().ToUnixTimeMilliseconds()),
-        ]);
-        // Kept for the record as long as a delivered one, then gone.
-        _ = transaction.KeyExpireAsync(RedisKeys.Delivery(id), TimeSpan.FromHours(options.CurrentValue.DeliveredRetentionHours));
-        _ = transaction.KeyExpireAsync(RedisKeys.Attempts(id), TimeSpan.FromHours(options.CurrentValue.DeliveredRetentionHours));
-        return await transaction.ExecuteAsync()
+        return await store.DiscardAsync(id, timeProvider.GetUtcNow(), TimeSpan.FromHours(options.CurrentValue.DeliveredRetentionHours))
             ? TypedResults.NoContent()
-            : Problems.Create(StatusCodes.Status404NotFound, "deadletter_not_found", $"'{id}' is not a dead letter.");
+            : await NotADeadLetterAsync(redis.GetDatabase(), id);
+    }
+
+    // Not in the dead-letter index: unknown (404), or a delivery in another state (409). The latter is also what a client
+    // sees when it retries a replay or discard whose answer it never got: the state tells it what happened.
+    private static async Task<IResult> NotADeadLetterAsync(IDatabase db, string id)
+    {
+        var state = await db.HashGetAsync(RedisKeys.Delivery(id), DeliveryRecord.State);
+        return state.IsNullOrEmpty
+            ? Problems.Create(StatusCodes.Status404NotFound, "deadletter_not_found", $"No dead letter '{id}' is known (it may have expired).")
+            : Problems.Create(StatusCodes.Status409Conflict, "not_a_deadletter", $"'{id}' is not a dead letter: its state is '{state}'.");
     }
 
     private static async Task<IResult> StatsAsync(BacklogMonitor monitor)
@@ -289,6 +309,9 @@ internal static partial class OperatorApi
     {
         [LoggerMessage(EventIds.Replayed, LogLevel.Information, "Operator replayed {Count} dead letters")]
         public static partial void Replayed(ILogger logger, int count);
+
+        [LoggerMessage(EventIds.ReplayStopped, LogLevel.Warning, "Operator replay stopped by a Redis error after {Count} dead letters; the outcome of {DeliveryId} is unknown")]
+        public static partial void ReplayStopped(ILogger logger, Exception exception, int count, string deliveryId);
     }
 }
 
@@ -315,6 +338,8 @@ internal sealed record DeliveryList(IReadOnlyList<DeliveryView> Items);
 
 internal sealed record DeadLetterPage(IReadOnlyList<DeliveryView> Items, string? NextCursor, long Total);
 
-internal sealed record ReplayResult(int Replayed, IReadOnlyList<string> DeliveryIds);
+/// <param name="Incomplete">A Redis error stopped a batch replay after <paramref name="Replayed"/> dead letters.</param>
+/// <param name="StoppedAt">The dead letter whose replay failed; whether it ran is unknown (see its delivery).</param>
+internal sealed record ReplayResult(int Replayed, IReadOnlyList<string> DeliveryIds, bool Incomplete = false, string? StoppedAt = null);
 
 internal sealed record StatsView(long StreamLength, long Pending, long ScheduledRetries, long DeadLetters, long PausedTargets, double OldestAgeSeconds);

@@ -8,7 +8,8 @@ namespace PortAzure.Dispatcher.Api;
 /// Redis unreachable, timing out or refusing for now (a failover's READONLY, LOADING after a restart) during an
 /// operator call: a 503 with a reason and Retry-After, where the default handler would answer a bare 500 that reads
 /// like a bug in the relay.
-/// Every operator change is one script or transaction, so a retry repeats nothing that happened.
+/// Every operator change is one script, so a retry repeats nothing that happened (a batch replay that had replayed
+/// some before the error answers 200 with those instead).
 /// </summary>
 internal sealed partial class RedisUnavailableHandler(ILogger<RedisUnavailableHandler> logger) : IExceptionHandler
 {

@@ -200,6 +200,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
 
     // KEYS: 1 dead letters, 2 record, 3 stream. ARGV: 1 delivery id, 2 now ms, 3 wake channel
     // Returns the new stream id; nil: not a dead letter; 0: a dead letter without body or target (left as it is).
+    // The dead letter leaves its index last: Redis keeps a script's writes up to a failing command (a damaged stream
+    // key), and one removed first would be neither a dead letter nor queued, lost to the operator API.
     private const string ReplayScript = """
         if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
           return false
@@ -213,13 +215,29 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         if r[5] and r[5] ~= '' then f[#f + 1] = 'run'; f[#f + 1] = r[5] end
         if r[7] and r[7] ~= '' then f[#f + 1] = 'traceparent'; f[#f + 1] = r[7] end
         if r[8] and r[8] ~= '' then f[#f + 1] = 'tracestate'; f[#f + 1] = r[8] end
-        redis.call('ZREM', KEYS[1], ARGV[1])
         local sid = redis.call('XADD', KEYS[3], '*', unpack(f))
         redis.call('HSET', KEYS[2], 'state', 'queued', 'attempts', 0, 'claims', 0, 'streamId', sid, 'updatedAt', ARGV[2], 'since', ARGV[2])
         redis.call('HDEL', KEYS[2], 'body', 'hint', 'reason', 'nextAttemptAt', 'deadLetteredAt')
         redis.call('HINCRBY', KEYS[2], 'replays', 1)
+        redis.call('ZREM', KEYS[1], ARGV[1])
         redis.call('PUBLISH', ARGV[3], sid)
         return sid
+        """;
+
+    // KEYS: 1 dead letters, 2 record, 3 attempt log. ARGV: 1 delivery id, 2 now ms, 3 retention s
+    // Returns 1: discarded; 0: not a dead letter. A script, not a transaction: a WATCH of the dead-letter index would
+    // abort (and answer "not a dead letter") whenever another Dispatcher dead-lettered a run meanwhile. The record is
+    // kept as long as a delivered one, then goes; the index entry goes last, as in the replay.
+    private const string DiscardScript = """
+        if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+          return 0
+        end
+        redis.call('HDEL', KEYS[2], 'body')
+        redis.call('HSET', KEYS[2], 'state', 'discarded', 'updatedAt', ARGV[2])
+        redis.call('EXPIRE', KEYS[2], ARGV[3])
+        redis.call('EXPIRE', KEYS[3], ARGV[3])
+        redis.call('ZREM', KEYS[1], ARGV[1])
+        return 1
         """;
 
     // KEYS: 1 lease, 2 retry schedule, 3 retry claims. ARGV: 1 lease token, 2 delivery id, 3 now ms, 4 from the schedule (1/0)
@@ -422,4 +440,11 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             : result.Resp2Type == ResultType.Integer ? ReplayOutcome.NotReplayable
             : ReplayOutcome.Replayed;
     }
+
+    /// <summary>Discards a dead letter: out of the index, body dropped, record kept for <paramref name="retention"/>.</summary>
+    /// <returns>False when <paramref name="deliveryId"/> is not a dead letter (nothing changed).</returns>
+    public async Task<bool> DiscardAsync(string deliveryId, DateTimeOffset now, TimeSpan retention) =>
+        (long)await Db.ScriptEvaluateAsync(DiscardScript,
+            [RedisKeys.DeadLetters, RedisKeys.Delivery(deliveryId), RedisKeys.Attempts(deliveryId)],
+            [deliveryId, now.ToUnixTimeMilliseconds(), (long)retention.TotalSeconds]) == 1;
 }

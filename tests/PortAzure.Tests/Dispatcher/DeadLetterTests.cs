@@ -56,9 +56,50 @@ public class DeadLetterTests
         var view = await DeliveryAsync(relay, deliveryId);
         Assert.Equal(1, view.GetProperty("replays").GetInt32());
 
+        // A client retrying a replay whose answer it lost learns where the delivery is.
         using var again = relay.Operator(HttpMethod.Post, $"/api/deadletters/{deliveryId}/replay");
         using var notDead = await relay.Ingress.Client.SendAsync(again);
-        Assert.Equal(HttpStatusCode.NotFound, notDead.StatusCode);
+        Assert.Equal(HttpStatusCode.Conflict, notDead.StatusCode);
+        var problem = await notDead.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal("not_a_deadletter", problem.GetProperty("reason").GetString());
+        Assert.Contains("'delivered'", problem.GetProperty("detail").GetString(), StringComparison.Ordinal);
+        Assert.Single(await relay.EmulatorApi.DeliveredAsync());
+    }
+
+    [Fact]
+    public async Task ReplayAll_RedisFailsAfterSomeWereReplayed_Answers200WithThoseAndWhereItStopped()
+    {
+        // A 503 would hide which dead letters were replayed, and its retry would replay up to `limit` others.
+        await using var relay = await Relay.StartAsync();
+        var ids = new List<string>();
+        for (var i = 0; i < 3; i++)
+        {
+            var id = "d_" + Guid.NewGuid().ToString("N");
+            ids.Add(id);
+            await relay.Db.HashSetAsync(RedisKeys.Delivery(id),
+            [
+                new(DeliveryRecord.State, DeliveryStates.DeadLettered), new(DeliveryRecord.Org, TestRuns.Org),
+                new(DeliveryRecord.Webhook, TestRuns.Webhook), new(DeliveryRecord.Body, TestRuns.Body(TestRuns.NewRunId())),
+                new(DeliveryRecord.IdempotencyKey, id), new(DeliveryRecord.ReceivedAt, DateTimeOffset.UtcNow.ToUnixTimeMilliseconds()),
+            ]);
+            await relay.Db.SortedSetAddAsync(RedisKeys.DeadLetters, id, i + 1);
+        }
+        // The third one's record is damaged (a string): its replay fails with a Redis error.
+        await relay.Db.KeyDeleteAsync(RedisKeys.Delivery(ids[2]));
+        await relay.Db.StringSetAsync(RedisKeys.Delivery(ids[2]), "damaged");
+
+        using var replay = relay.Operator(HttpMethod.Post, "/api/deadletters/replay");
+        using var answer = await relay.Ingress.Client.SendAsync(replay);
+
+        Assert.Equal(HttpStatusCode.OK, answer.StatusCode);
+        var json = await answer.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(2, json.GetProperty("replayed").GetInt32());
+        Assert.Equal(ids[..2], json.GetProperty("deliveryIds").EnumerateArray().Select(e => e.GetString()!).ToList());
+        Assert.True(json.GetProperty("incomplete").GetBoolean());
+        Assert.Equal(ids[2], json.GetProperty("stoppedAt").GetString());
+        Assert.Equal(ids[2], (string?)Assert.Single(await relay.Db.SortedSetRangeByRankAsync(RedisKeys.DeadLetters)));
+        await WaitForStateAsync(relay, ids[0], DeliveryStates.Delivered);
+        await WaitForStateAsync(relay, ids[1], DeliveryStates.Delivered);
     }
 
     [Fact]
@@ -194,6 +235,9 @@ public class DeadLetterTests
     [InlineData("/api/deadletters/replay?limit=501", "POST")]
     [InlineData("/api/deadletters?limit=0", "GET")]
     [InlineData("/api/deadletters?limit=501", "GET")]
+    [InlineData("/api/deadletters/replay?limit=abc", "POST")]
+    [InlineData("/api/deadletters/replay?limit=99999999999", "POST")]
+    [InlineData("/api/deadletters?limit=1.5", "GET")]
     public async Task DeadLetterCalls_LimitOutOfRange_Are400AndReplayNothing(string path, string method)
     {
         await using var relay = await Relay.StartAsync();
@@ -227,5 +271,50 @@ public class DeadLetterTests
         Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Body));
         Assert.Equal(DeliveryStates.Discarded, (await DeliveryAsync(relay, deliveryId)).GetProperty("state").GetString());
         Assert.NotNull(await relay.Db.KeyTimeToLiveAsync(RedisKeys.Delivery(deliveryId)));
+    }
+
+    [Fact]
+    public async Task Delete_WhileOtherRunsAreDeadLettered_DiscardsEveryOne()
+    {
+        // Other Dispatchers write the dead-letter index all the time while a target fails in bulk. A discard that
+        // watched the whole index answered 404 for a real dead letter whenever such a write came in between.
+        await using var relay = await Relay.StartAsync();
+        var ids = Enumerable.Range(0, 10).Select(_ => "d_" + Guid.NewGuid().ToString("N")).ToList();
+        foreach (var id in ids)
+        {
+            await relay.Db.HashSetAsync(RedisKeys.Delivery(id),
+                [new(DeliveryRecord.State, DeliveryStates.DeadLettered), new(DeliveryRecord.Body, "{}"), new(DeliveryRecord.Org, TestRuns.Org)]);
+            await relay.Db.SortedSetAddAsync(RedisKeys.DeadLetters, id, DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+        }
+        using var stop = new CancellationTokenSource();
+        var writers = Enumerable.Range(0, 4).Select(w => Task.Run(async () =>
+        {
+            for (var n = 0; !stop.IsCancellationRequested; n++)
+            {
+                await relay.Db.SortedSetAddAsync(RedisKeys.DeadLetters, $"d_other{w}_{n}", 0);
+            }
+        })).ToArray();
+        var answers = new List<HttpStatusCode>();
+        try
+        {
+            foreach (var id in ids)
+            {
+                using var delete = relay.Operator(HttpMethod.Delete, $"/api/deadletters/{id}");
+                using var answer = await relay.Ingress.Client.SendAsync(delete);
+                answers.Add(answer.StatusCode);
+            }
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            await Task.WhenAll(writers);
+        }
+
+        Assert.All(answers, a => Assert.Equal(HttpStatusCode.NoContent, a));
+        foreach (var id in ids)
+        {
+            Assert.Equal(DeliveryStates.Discarded, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(id), DeliveryRecord.State));
+            Assert.Null(await relay.Db.SortedSetScoreAsync(RedisKeys.DeadLetters, id));
+        }
     }
 }

@@ -362,6 +362,43 @@ public class DeliveryStoreTests
     }
 
     [Fact]
+    public async Task Replay_StreamDamaged_StaysADeadLetter()
+    {
+        // Redis keeps a script's writes up to a failing command: a dead letter taken out of its index before the
+        // XADD failed would be neither a dead letter nor queued.
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        const string id = "d_0123456789abcdef0123456789abcdef";
+        await db.SortedSetAddAsync(RedisKeys.DeadLetters, id, 1);
+        await db.HashSetAsync(RedisKeys.Delivery(id),
+        [
+            new(DeliveryRecord.State, DeliveryStates.DeadLettered), new(DeliveryRecord.Org, "contoso"), new(DeliveryRecord.Webhook, "deploy"),
+            new(DeliveryRecord.Body, "{}"), new(DeliveryRecord.IdempotencyKey, "k-1"),
+        ]);
+        await db.StringSetAsync(RedisKeys.Stream, "damaged");
+
+        await Assert.ThrowsAnyAsync<RedisException>(() => store.ReplayAsync(id, DateTimeOffset.UtcNow));
+
+        Assert.Equal(1, await db.SortedSetScoreAsync(RedisKeys.DeadLetters, id));
+        Assert.Equal(DeliveryStates.DeadLettered, (string?)await db.HashGetAsync(RedisKeys.Delivery(id), DeliveryRecord.State));
+        Assert.Equal("{}", (string?)await db.HashGetAsync(RedisKeys.Delivery(id), DeliveryRecord.Body));
+    }
+
+    [Fact]
+    public async Task Discard_RecordDamaged_StaysADeadLetter()
+    {
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        const string id = "d_0123456789abcdef0123456789abcdef";
+        await db.SortedSetAddAsync(RedisKeys.DeadLetters, id, 1);
+        await db.StringSetAsync(RedisKeys.Delivery(id), "damaged");
+
+        await Assert.ThrowsAnyAsync<RedisException>(() => store.DiscardAsync(id, DateTimeOffset.UtcNow, TimeSpan.FromHours(1)));
+
+        Assert.Equal(1, await db.SortedSetScoreAsync(RedisKeys.DeadLetters, id));
+    }
+
+    [Fact]
     public async Task Replay_DeadLetterWithoutBody_StaysADeadLetter()
     {
         await using var leased = await SharedRedis.ConnectAsync();

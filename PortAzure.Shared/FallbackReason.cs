@@ -1,10 +1,12 @@
-namespace PortAzure.Ingress.Edge;
+using Microsoft.AspNetCore.Http;
+
+namespace PortAzure;
 
 /// <summary>
 /// Gives every problem response a <c>reason</c>, including those the framework writes itself (no route,
 /// wrong method, an unhandled error), so clients can always branch on one field.
 /// </summary>
-internal static class FallbackReason
+public static class FallbackReason
 {
     public static void Add(ProblemDetailsContext context)
     {

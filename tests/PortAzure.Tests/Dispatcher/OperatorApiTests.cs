@@ -1,0 +1,80 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using static PortAzure.Tests.Dispatcher.DeliveryOutcomeTests;
+
+namespace PortAzure.Tests.Dispatcher;
+
+/// <summary>The operator API's own answers (the edge's key check: Ingress/OperatorApiGuardTests).</summary>
+public class OperatorApiTests
+{
+    [Fact]
+    public async Task FindByRun_TwoWebhooksGotTheRun_ListsBothDeliveries()
+    {
+        await using var relay = await Relay.StartAsync();
+        var runId = TestRuns.NewRunId();
+        var first = await SendAsync(relay, runId);
+        // Signed anew (another timestamp), as Port would: the same signed call twice is a replay.
+        using var call = TestRuns.Signed(TestRuns.Body(runId), webhook: "other", at: DateTimeOffset.UtcNow.AddSeconds(-2));
+        using var accepted = await relay.Ingress.Client.SendAsync(call);
+        Assert.Equal(HttpStatusCode.Accepted, accepted.StatusCode);
+        var second = (await accepted.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deliveryId").GetString()!;
+        await SendAsync(relay);
+
+        using var request = relay.Operator(HttpMethod.Get, $"/api/deliveries?runId={runId}");
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var items = (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("items").EnumerateArray().ToList();
+        Assert.Equal(new[] { first, second }.Order(StringComparer.Ordinal), items.Select(i => i.GetProperty("deliveryId").GetString()!));
+        Assert.All(items, i => Assert.Equal(runId, i.GetProperty("runId").GetString()));
+    }
+
+    [Theory]
+    [InlineData("/api/deliveries?runId=", "run_id_required")]
+    [InlineData("/api/deliveries", "run_id_required")]
+    [InlineData("/api/deliveries?runId={long}", "run_id_invalid")]
+    public async Task FindByRun_NoOrTooLongRunId_Is400WithItsReason(string path, string reason)
+    {
+        await using var relay = await Relay.StartAsync();
+        using var request = relay.Operator(HttpMethod.Get, path.Replace("{long}", new string('r', 1025), StringComparison.Ordinal));
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal(reason, (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+    }
+
+    [Theory]
+    [InlineData("POST", "/api/deadletters/d_00000000000000000000000000000000/replay", 404, "deadletter_not_found")]
+    [InlineData("DELETE", "/api/deadletters/d_00000000000000000000000000000000", 404, "deadletter_not_found")]
+    [InlineData("GET", "/api/nothing-here", 404, "not_found")]
+    [InlineData("GET", "/api/deadletters/replay", 405, "method_not_allowed")]
+    public async Task Call_NothingThere_IsAProblemWithAReason(string method, string path, int status, string reason)
+    {
+        // Also the answers the framework writes itself (no route, wrong method) carry a reason to branch on.
+        await using var relay = await Relay.StartAsync();
+        using var request = relay.Operator(new HttpMethod(method), path);
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(status, (int)response.StatusCode);
+        Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        Assert.Equal(reason, (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+    }
+
+    [Fact]
+    public async Task Delete_DeliveredRun_Is409WithItsStateAndChangesNothing()
+    {
+        await using var relay = await Relay.StartAsync();
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+
+        using var delete = relay.Operator(HttpMethod.Delete, $"/api/deadletters/{deliveryId}");
+        using var response = await relay.Ingress.Client.SendAsync(delete);
+
+        Assert.Equal(HttpStatusCode.Conflict, response.StatusCode);
+        Assert.Equal("not_a_deadletter", (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+        Assert.Equal(DeliveryStates.Delivered, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State));
+    }
+}
