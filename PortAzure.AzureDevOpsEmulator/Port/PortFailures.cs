@@ -1,10 +1,11 @@
 namespace PortAzure.AzureDevOpsEmulator.Port;
 
 /// <summary>The body of <c>POST /_emulator/port/behavior</c>; absent fields leave the setting as it is.</summary>
-internal sealed record PortBehaviorRequest(bool? Down = null, int? FailNext = null, int? Status = null, int? RetryAfterSeconds = null);
+/// <param name="FailRun">A run id whose calls all fail with <paramref name="Status"/> ("" for none), while the others go through.</param>
+internal sealed record PortBehaviorRequest(bool? Down = null, int? FailNext = null, int? Status = null, int? RetryAfterSeconds = null, string? FailRun = null);
 
 /// <summary>What <c>GET /_emulator/port/behavior</c> shows.</summary>
-internal sealed record PortBehaviorState(bool Down, int FailNext, int Status, int? RetryAfterSeconds);
+internal sealed record PortBehaviorState(bool Down, int FailNext, int Status, int? RetryAfterSeconds, string? FailRun);
 
 /// <summary>Failure injection for the Port API: down (every call 503) or the next N calls failing.</summary>
 internal sealed class PortFailures
@@ -14,40 +15,49 @@ internal sealed class PortFailures
     private int _failNext;
     private int _status = StatusCodes.Status500InternalServerError;
     private int? _retryAfterSeconds;
+    private string? _failRun;
 
     public PortBehaviorState Apply(PortBehaviorRequest request)
     {
         lock (_gate)
         {
             _down = request.Down ?? _down;
-            if (request.FailNext is { } failNext)
+            if (request.FailNext is not null || request.FailRun is not null)
             {
-                _failNext = failNext;
+                _failNext = request.FailNext ?? _failNext;
                 _status = request.Status ?? StatusCodes.Status500InternalServerError;
                 _retryAfterSeconds = request.RetryAfterSeconds;
             }
-            return new(_down, _failNext, _status, _retryAfterSeconds);
+            if (request.FailRun is { } failRun)
+            {
+                _failRun = failRun.Length > 0 ? failRun : null;
+            }
+            return new(_down, _failNext, _status, _retryAfterSeconds, _failRun);
         }
     }
 
-    public PortBehaviorState Reset() => Apply(new(Down: false, FailNext: 0));
+    public PortBehaviorState Reset() => Apply(new(Down: false, FailNext: 0, FailRun: ""));
 
     public PortBehaviorState Current()
     {
         lock (_gate)
         {
-            return new(_down, _failNext, _status, _retryAfterSeconds);
+            return new(_down, _failNext, _status, _retryAfterSeconds, _failRun);
         }
     }
 
-    /// <summary>The injected failure for this call, or null when the call goes through.</summary>
-    public PortAnswer? Next()
+    /// <summary>The injected failure for this call (about <paramref name="runId"/>, if any), or null when it goes through.</summary>
+    public PortAnswer? Next(string? runId)
     {
         lock (_gate)
         {
             if (_down)
             {
                 return PortAnswer.Failure(StatusCodes.Status503ServiceUnavailable, "service_unavailable", "Port is down (emulated).");
+            }
+            if (runId is not null && runId == _failRun)
+            {
+                return PortAnswer.Failure(_status, "injected_failure", "Failure injected by the emulator for this run.");
             }
             if (_failNext > 0)
             {

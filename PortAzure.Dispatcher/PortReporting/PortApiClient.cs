@@ -44,6 +44,7 @@ internal sealed partial class PortApiClient(
     private DateTimeOffset _refusedUntil;
     private volatile bool _credentialsRefused;
     private long _throttledUntilTicks;
+    private long _lastSentTicks;
 
     /// <summary>True from a refusal of the credentials by Port's token endpoint until it next issues a token.</summary>
     public bool CredentialsRefused => _credentialsRefused;
@@ -53,6 +54,9 @@ internal sealed partial class PortApiClient(
     /// one spacing its own retries would keep 16 calls going at a rate limit that wants fewer.
     /// </summary>
     public DateTimeOffset ThrottledUntil => new(Interlocked.Read(ref _throttledUntilTicks), TimeSpan.Zero);
+
+    /// <summary>When Port last took a report (any report) from this client: after it, a failed call is that report's own.</summary>
+    public DateTimeOffset LastSentAt => new(Interlocked.Read(ref _lastSentTicks), TimeSpan.Zero);
 
     public async Task<PortCallResult> SendLogAsync(PortReport report, CancellationToken cancellationToken)
     {
@@ -77,6 +81,7 @@ internal sealed partial class PortApiClient(
         using var response = await httpClientFactory.CreateClient(HttpClientName).SendAsync(request, cancellationToken);
         if (response.IsSuccessStatusCode)
         {
+            Interlocked.Exchange(ref _lastSentTicks, timeProvider.GetUtcNow().UtcTicks);
             return PortCallResult.Sent;
         }
         if (response.StatusCode == HttpStatusCode.Unauthorized)
@@ -90,8 +95,10 @@ internal sealed partial class PortApiClient(
             Throttle(response.Headers.RetryAfter);
             return PortCallResult.Throttled;
         }
+        // 403: the relay's credentials may lack a permission (every report) or this run may be out of their reach (this
+        // one): retried, and the caller tells the two apart by whether Port takes the other reports.
         var code = (int)response.StatusCode;
-        return code is 408 or >= 500 ? PortCallResult.RetryLater : PortCallResult.Rejected;
+        return code is 403 or 408 or >= 500 ? PortCallResult.RetryLater : PortCallResult.Rejected;
     }
 
     private void Throttle(RetryConditionHeaderValue? retryAfter)

@@ -268,13 +268,15 @@ internal sealed partial class PortReportingService(
 
     private async Task<SendOutcome> SendAsync(PortReport report, RedisValue entryId, CancellationToken stoppingToken)
     {
-        for (var attempt = 0; ;)
+        DateTimeOffset? previousTryAt = null;
+        for (int attempt = 0, outageWaits = 0; ;)
         {
             // No new call once stopping: one cut off after reaching Port would show twice.
             if (stoppingToken.IsCancellationRequested)
             {
                 return SendOutcome.Stopped;
             }
+            var triedAt = timeProvider.GetUtcNow();
             PortCallResult result;
             try
             {
@@ -297,14 +299,26 @@ internal sealed partial class PortReportingService(
                 Log.Sent(logger, report.DeliveryId, report.RunId);
                 return SendOutcome.Done;
             }
-            if (result == PortCallResult.Rejected || (result == PortCallResult.RetryLater && attempt >= Backoff.Length))
+            // A failure spends one of the report's attempts only if Port took another report since this one's previous try:
+            // Port is up, so the failure is this report's. Otherwise every report is failing (Port or its token endpoint
+            // down, the relay's credentials lacking a permission): the report waits without spending its attempts, as a
+            // delivery waits for Azure, up to the retry age. Counted per try, an outage of ~4 min lost every report.
+            var portUp = client.LastSentAt >= (previousTryAt ?? triedAt);
+            previousTryAt = triedAt;
+            var tooOld = result == PortCallResult.RetryLater && !portUp
+                && triedAt - CreatedAt(entryId) > TimeSpan.FromHours(options.CurrentValue.Retry.MaxAgeHours);
+            if (result == PortCallResult.Rejected || tooOld || (result == PortCallResult.RetryLater && portUp && attempt >= Backoff.Length))
             {
                 metrics.PortReport("failed");
-                Log.Failed(logger, report.DeliveryId, report.RunId, attempt + 1);
+                Log.Failed(logger, report.DeliveryId, report.RunId, attempt + outageWaits + 1);
                 return SendOutcome.Done;
             }
             TimeSpan wait;
-            if (result == PortCallResult.CredentialsRefused)
+            if (result == PortCallResult.RetryLater && !portUp)
+            {
+                wait = Backoff[Math.Min(outageWaits++, Backoff.Length - 1)];
+            }
+            else if (result == PortCallResult.CredentialsRefused)
             {
                 // Nothing wrong with the report, and no outage that ends by itself: it waits without spending its
                 // attempts until Port takes the relay's credentials again (a secret rotation under way, a typo fixed).
@@ -338,6 +352,16 @@ internal sealed partial class PortReportingService(
                 return SendOutcome.TakenOver;
             }
         }
+    }
+
+    /// <summary>When the report was written: its entry id's time (a hand-back writes it anew).</summary>
+    private static DateTimeOffset CreatedAt(RedisValue entryId)
+    {
+        var id = entryId.ToString();
+        var dash = id.IndexOf('-', StringComparison.Ordinal);
+        return long.TryParse(dash > 0 ? id.AsSpan(0, dash) : id, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ms)
+            ? DateTimeOffset.FromUnixTimeMilliseconds(ms)
+            : DateTimeOffset.MinValue;
     }
 
     /// <summary>

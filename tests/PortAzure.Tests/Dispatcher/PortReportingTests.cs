@@ -85,7 +85,10 @@ public class PortReportingTests
         }
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count(c => c.RunId is not null) == 10, TimeSpan.FromSeconds(20), "10 log lines");
 
-        Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.Path == "/v1/auth/access_token");
+        var token = Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.Path == "/v1/auth/access_token");
+        // The emulator serves its calls without a key: the secret is masked, the client id kept.
+        Assert.DoesNotContain(TestRuns.Secret, token.BodyText, StringComparison.Ordinal);
+        Assert.Contains("\"clientSecret\":\"***\"", token.BodyText, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -308,6 +311,82 @@ public class PortReportingTests
         var final = await relay.EmulatorApi.PortCallsAsync();
         Assert.All(runIds, runId => Assert.Single(final, c => c.RunId == runId && c.StatusCode == 201));
         Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2202]", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task PortApiDown_LongerThanTheReportsAttempts_ReportsWaitAndAreSentOnceBack()
+    {
+        // Port (its token endpoint here) failing every call is an outage, not the reports' fault: counted per try, one of
+        // ~4 min lost the report of every run that finished during it.
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        await relay.EmulatorApi.PortBehaviorAsync(new { failNext = 100_000, status = 503 });
+        var runIds = new[] { TestRuns.NewRunId(), TestRuns.NewRunId(), TestRuns.NewRunId() };
+        foreach (var runId in runIds)
+        {
+            await SendAsync(relay, runId);
+        }
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 3,
+            TimeSpan.FromSeconds(30), "the three runs delivered and their reports queued");
+
+        // Far past a report's 8 attempts: 30 failed calls, ten tries per report (about 10 min of waits).
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), async () => (await relay.EmulatorApi.PortCallsAsync()).Count >= 30,
+            TimeSpan.FromSeconds(120), "thirty failed calls");
+        Assert.Equal(3, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
+        Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2202]", StringComparison.Ordinal));
+
+        await PortAcceptsAgainThenEverySentAsync(relay, clock, runIds, "every report is sent once Port is back");
+        var calls = await relay.EmulatorApi.PortCallsAsync();
+        Assert.All(runIds, runId => Assert.Single(calls, c => c.RunId == runId && c.StatusCode == 201));
+    }
+
+    [Fact]
+    public async Task PortApiDown_PastTheRetryAge_TheReportIsGivenUp()
+    {
+        // Waiting out an outage is bounded by the retry age (6 min here), as a delivery's wait for Azure is.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientId"] = "relay-client";
+            c["Dispatcher:Retry:MaxAgeHours"] = "0.1";
+        }, dispatchers: 0);
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
+        await SendAsync(relay, TestRuns.NewRunId());
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 1,
+            TimeSpan.FromSeconds(30), "the run delivered and its report queued");
+
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), () => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2202]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(120), "the report given up");
+
+        var calls = await relay.EmulatorApi.PortCallsAsync();
+        Assert.True(calls.Count > 8, $"{calls.Count} calls: given up on the age, not after its 8 attempts");
+        Assert.True(clock.GetUtcNow() - calls[0].ReceivedAt >= TimeSpan.FromMinutes(6) - TimeSpan.FromMinutes(1), "not before the retry age");
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 0, TimeSpan.FromSeconds(10), "the report leaves the stream");
+    }
+
+    [Fact]
+    public async Task PortFailsOneRunOnly_WhileTakingOthers_ThatReportSpendsItsAttemptsAndIsGivenUp()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
+        var poison = TestRuns.NewRunId();
+        await relay.EmulatorApi.PortBehaviorAsync(new { failRun = poison, status = 500 });
+        await SendAsync(relay, poison);
+
+        // Port takes the other runs' reports all along: a new run at every step.
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), async () =>
+        {
+            await SendAsync(relay, TestRuns.NewRunId());
+            return relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2202]", StringComparison.Ordinal));
+        }, TimeSpan.FromSeconds(180), "the failing run's report given up");
+
+        var calls = await relay.EmulatorApi.PortCallsAsync();
+        // Its 8 attempts, and a try or two not counted while no other report had been sent since its previous one.
+        Assert.InRange(calls.Count(c => c.RunId == poison), 8, 10);
+        Assert.Contains(calls, c => c.RunId != poison && c.StatusCode == 201);
     }
 
     /// <summary>Moves the fake clock a step at a time until <paramref name="condition"/> holds.</summary>
