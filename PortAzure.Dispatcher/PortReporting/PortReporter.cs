@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Microsoft.Extensions.Options;
 using PortAzure.Redis;
 using PortAzure.Security;
@@ -6,18 +7,30 @@ using StackExchange.Redis;
 namespace PortAzure.Dispatcher.PortReporting;
 
 /// <summary>A run log line for Port's API, with an optional final status.</summary>
-internal sealed record PortReport(string RunId, string DeliveryId, string Message, string? TerminationStatus, string? StatusLabel)
+/// <param name="TraceParent">The span that decided the outcome (the attempt's, else the run's): the report's calls join its trace.</param>
+internal sealed record PortReport(string RunId, string DeliveryId, string Message, string? TerminationStatus, string? StatusLabel, string? TraceParent = null)
 {
     private const string RunIdField = "run";
     private const string DeliveryIdField = "id";
     private const string MessageField = "message";
     private const string TerminationStatusField = "status";
     private const string StatusLabelField = "label";
+    private const string TraceParentField = "traceparent";
 
-    public NameValueEntry[] ToStreamFields() => TerminationStatus is null
-        ? [new(RunIdField, RunId), new(DeliveryIdField, DeliveryId), new(MessageField, Message)]
-        : [new(RunIdField, RunId), new(DeliveryIdField, DeliveryId), new(MessageField, Message),
-            new(TerminationStatusField, TerminationStatus), new(StatusLabelField, StatusLabel ?? "")];
+    public NameValueEntry[] ToStreamFields()
+    {
+        List<NameValueEntry> fields = [new(RunIdField, RunId), new(DeliveryIdField, DeliveryId), new(MessageField, Message)];
+        if (TerminationStatus is not null)
+        {
+            fields.Add(new(TerminationStatusField, TerminationStatus));
+            fields.Add(new(StatusLabelField, StatusLabel ?? ""));
+        }
+        if (TraceParent is not null)
+        {
+            fields.Add(new(TraceParentField, TraceParent));
+        }
+        return [.. fields];
+    }
 
     /// <summary>The report in a stream entry, or null when the entry is not one (damaged, or trimmed away).</summary>
     public static PortReport? FromStreamEntry(StreamEntry entry)
@@ -28,7 +41,7 @@ internal sealed record PortReport(string RunId, string DeliveryId, string Messag
         }
         string? Get(string name) => entry[name] is { IsNullOrEmpty: false } value ? (string?)value : null;
         return Get(RunIdField) is { } runId && Get(DeliveryIdField) is { } deliveryId && Get(MessageField) is { } message
-            ? new PortReport(runId, deliveryId, message, Get(TerminationStatusField), Get(StatusLabelField))
+            ? new PortReport(runId, deliveryId, message, Get(TerminationStatusField), Get(StatusLabelField), Get(TraceParentField))
             : null;
     }
 }
@@ -60,5 +73,8 @@ internal sealed class PortReporter(IOptionsMonitor<PortOptions> portOptions)
     }
 
     private PortReport? Create(DeliveryEntry entry, string message, string? terminationStatus, string? statusLabel) =>
-        entry.RunId is null || !Enabled ? null : new PortReport(entry.RunId, entry.DeliveryId, message, terminationStatus, statusLabel);
+        entry.RunId is null || !Enabled ? null
+        // The attempt's span when one is recorded (the report then sits beside the Azure POST); else the run's.
+        : new PortReport(entry.RunId, entry.DeliveryId, message, terminationStatus, statusLabel,
+            Activity.Current is { IdFormat: ActivityIdFormat.W3C, Recorded: true } current ? current.Id : entry.TraceParent);
 }

@@ -1,3 +1,5 @@
+using System.Diagnostics;
+using PortAzure.Diagnostics;
 using System.Collections.Concurrent;
 using Microsoft.Extensions.Options;
 using PortAzure.Dispatcher.Delivery;
@@ -278,9 +280,11 @@ internal sealed partial class PortReportingService(
             }
             var triedAt = timeProvider.GetUtcNow();
             PortCallResult result;
+            using var activity = StartReportActivity(report, attempt + outageWaits + 1);
             try
             {
                 result = await client.SendLogAsync(report, _callsStop.Token);
+                activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, result.ToString().ToLowerInvariant());
             }
             catch (OperationCanceledException) when (_callsStop.IsCancellationRequested)
             {
@@ -291,8 +295,15 @@ internal sealed partial class PortReportingService(
                 // Any failure (network, a malformed answer) is this report's problem only: retried,
                 // never allowed to end the sender loop.
                 Log.CallFailed(logger, ex, report.DeliveryId);
+                activity?.SetStatus(ActivityStatusCode.Error, ex.GetType().Name);
                 result = PortCallResult.RetryLater;
             }
+            if (result != PortCallResult.Sent)
+            {
+                activity?.SetStatus(ActivityStatusCode.Error, result.ToString());
+            }
+            // Ended here, not by the using (which covers the returns): the wait below is not part of the try.
+            activity?.Dispose();
             if (result == PortCallResult.Sent)
             {
                 metrics.PortReport("sent");
@@ -352,6 +363,21 @@ internal sealed partial class PortReportingService(
                 return SendOutcome.TakenOver;
             }
         }
+    }
+
+    /// <summary>One try of a report, in the trace of the attempt that decided it; Port's calls are its children.</summary>
+    private static Activity? StartReportActivity(PortReport report, int tryNumber)
+    {
+        ActivityContext.TryParse(report.TraceParent, null, out var parent);
+        var activity = PortAzureDiagnostics.ActivitySource.StartActivity("report to Port", ActivityKind.Internal, parent);
+        if (activity is null)
+        {
+            return null;
+        }
+        activity.SetTag(PortAzureDiagnostics.Tags.DeliveryId, report.DeliveryId);
+        activity.SetTag(PortAzureDiagnostics.Tags.RunId, report.RunId);
+        activity.SetTag(PortAzureDiagnostics.Tags.Attempt, tryNumber);
+        return activity;
     }
 
     /// <summary>When the report was written: its entry id's time (a hand-back writes it anew).</summary>

@@ -131,6 +131,29 @@ public sealed class TracingTests : IDisposable
     }
 
     [Fact]
+    public async Task ReportedRun_ThePortReportJoinsTheAttemptsTrace()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client");
+        var (traceParent, traceId) = NewTraceParent();
+        var runId = TestRuns.NewRunId();
+
+        using var response = await SendTracedAsync(relay, TestRuns.Body(runId), traceParent);
+        bool ReportStopped(List<Activity> spans) => spans.FirstOrDefault(a => a.DisplayName == "report to Port") is { } report
+            && spans.Any(a => a.OperationName == "System.Net.Http.HttpRequestOut" && a.ParentSpanId == report.SpanId);
+        await Eventually.HoldsAsync(() => Task.FromResult(ReportStopped(InTrace(traceId))), TimeSpan.FromSeconds(20), "the report's span and its call to Port");
+
+        var spans = InTrace(traceId);
+        var process = Assert.Single(spans, a => a.Source.Name == PortAzureDiagnostics.Name && a.Kind == ActivityKind.Consumer);
+        var report = Assert.Single(spans, a => a.DisplayName == "report to Port");
+        Assert.Equal(process.SpanId, report.ParentSpanId);
+        Assert.Equal(runId, report.GetTagItem("portazure.run_id"));
+        Assert.Equal(process.GetTagItem("portazure.delivery_id"), report.GetTagItem("portazure.delivery_id"));
+        Assert.Equal("sent", report.GetTagItem("portazure.outcome"));
+        Assert.Contains(spans, a => a.OperationName == "System.Net.Http.HttpRequestOut" && a.ParentSpanId == report.SpanId
+            && a.GetTagItem("url.full") is string url && url.Contains($"/v1/actions/runs/{runId}/logs", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task RetriedRun_EachAttemptIsANewSpanInTheSameTrace()
     {
         await using var relay = await Relay.StartAsync();
