@@ -31,6 +31,7 @@ internal static class EventIds
     public const int PortThrottled = 2207;
     public const int ReportHandedBack = 2208;
     public const int ReportTakenOver = 2209;
+    public const int ReportAlreadyEnded = 2210;
 
     public const int Replayed = 2302;
     public const int OperatorApiRedisUnavailable = 2303;

@@ -20,6 +20,9 @@ internal enum PortCallResult
 
     /// <summary>Port is rate-limiting the relay (429): every report waits until <see cref="PortApiClient.ThrottledUntil"/>.</summary>
     Throttled,
+
+    /// <summary>A final status refused (409/422) because the run has one already: perhaps this report's own earlier try.</summary>
+    AlreadyEnded,
 }
 
 /// <summary>Port's REST API: an access token cached until shortly before it expires, and run log lines.</summary>
@@ -98,6 +101,12 @@ internal sealed partial class PortApiClient(
         // 403: the relay's credentials may lack a permission (every report) or this run may be out of their reach (this
         // one): retried, and the caller tells the two apart by whether Port takes the other reports.
         var code = (int)response.StatusCode;
+        if (report.TerminationStatus is not null && code is 409 or 422)
+        {
+            // Port locks a run once its status is set. A try whose answer was lost (a timeout, a proxy's 5xx) may have set
+            // it: this is then the report arriving twice, not failing.
+            return PortCallResult.AlreadyEnded;
+        }
         return code is 403 or 408 or >= 500 ? PortCallResult.RetryLater : PortCallResult.Rejected;
     }
 

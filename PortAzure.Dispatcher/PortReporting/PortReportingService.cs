@@ -298,7 +298,7 @@ internal sealed partial class PortReportingService(
                 activity?.SetStatus(ActivityStatusCode.Error, ex.GetType().Name);
                 result = PortCallResult.RetryLater;
             }
-            if (result != PortCallResult.Sent)
+            if (result is not PortCallResult.Sent and not PortCallResult.AlreadyEnded)
             {
                 activity?.SetStatus(ActivityStatusCode.Error, result.ToString());
             }
@@ -308,6 +308,12 @@ internal sealed partial class PortReportingService(
             {
                 metrics.PortReport("sent");
                 Log.Sent(logger, report.DeliveryId, report.RunId);
+                return SendOutcome.Done;
+            }
+            if (result == PortCallResult.AlreadyEnded)
+            {
+                metrics.PortReport("already_ended");
+                Log.AlreadyEnded(logger, report.DeliveryId, report.RunId, report.TerminationStatus);
                 return SendOutcome.Done;
             }
             // A failure spends one of the report's attempts only if Port took another report since this one's previous try:
@@ -429,6 +435,10 @@ internal sealed partial class PortReportingService(
 
         [LoggerMessage(EventIds.ReportHandedBack, LogLevel.Information, "Report of delivery {DeliveryId} unsent at the stop; handed back to the stream")]
         public static partial void HandedBack(ILogger logger, string deliveryId);
+
+        [LoggerMessage(EventIds.ReportAlreadyEnded, LogLevel.Information,
+            "Port run {RunId} already has a final status; the report of delivery {DeliveryId} ({Status}) was not added (an earlier try of it may have been)")]
+        public static partial void AlreadyEnded(ILogger logger, string deliveryId, string runId, string? status);
 
         [LoggerMessage(EventIds.ReportTakenOver, LogLevel.Information, "Report of delivery {DeliveryId} was taken over by another reporter during its wait; left to that one")]
         public static partial void TakenOver(ILogger logger, string deliveryId);

@@ -52,6 +52,29 @@ public class PortReportingTests
     }
 
     [Fact]
+    public async Task DeadLetteredAgainAfterAReplay_TheRunAlreadyEnded_IsNotCountedAsAFailedReport()
+    {
+        // Port locks a run at its first final status; a second FAILURE (here after a replay; also a retry of a try whose
+        // answer was lost) is refused. That is the run's report arriving twice, not a report lost.
+        await using var relay = await StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 404 }, new { status = 404 } } });
+        var runId = TestRuns.NewRunId();
+        var deliveryId = await SendAsync(relay, runId);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201),
+            TimeSpan.FromSeconds(20), "the first FAILURE");
+
+        using var replay = relay.Operator(HttpMethod.Post, $"/api/deadletters/{deliveryId}/replay");
+        using var answer = await relay.Ingress.Client.SendAsync(replay);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count(c => c.RunId == runId) == 2,
+            TimeSpan.FromSeconds(20), "the second FAILURE");
+        await Eventually.HoldsAsync(() => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2210]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(10), "the run already ended, logged");
+
+        Assert.Equal(422, (await relay.EmulatorApi.PortCallsAsync()).Last(c => c.RunId == runId).StatusCode);
+        Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2202]", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task DeadLettered_TerminationTurnedOff_LogsTheHintAndLeavesTheRunOpen()
     {
         await using var relay = await Relay.StartAsync(c =>
