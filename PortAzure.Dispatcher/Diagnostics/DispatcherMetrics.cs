@@ -45,5 +45,5 @@ internal sealed class DispatcherMetrics
 
     public void Paused() => _pausedSkips.Add(1);
 
-    public void PortReport(string outcome) => _portReports.Add(1, new KeyValuePair<string, object?>("outcome", outcome));
+    public void PortReport(string outcome, int count = 1) => _portReports.Add(count, new KeyValuePair<string, object?>("outcome", outcome));
 }

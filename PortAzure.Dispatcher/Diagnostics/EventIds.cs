@@ -32,6 +32,8 @@ internal static class EventIds
     public const int ReportHandedBack = 2208;
     public const int ReportTakenOver = 2209;
     public const int ReportAlreadyEnded = 2210;
+    public const int ReportTrimmed = 2211;
+    public const int ReportsTrimmed = 2212;
 
     public const int Replayed = 2302;
     public const int OperatorApiRedisUnavailable = 2303;

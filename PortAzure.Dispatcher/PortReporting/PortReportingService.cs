@@ -47,21 +47,29 @@ internal sealed partial class PortReportingService(
     // Both scripts act only while the entry is still pending for this reporter (ARGV: 1 group, 2 entry id, 3 this
     // consumer): another may have taken it over after a wait longer than the reclaim time, and be sending it or
     // have sent and removed it. The hand-back's ARGV 4.. are the entry's field/value pairs.
-    private const string MinePrefix = """
+    private static readonly string HandBackScript = $$"""
         local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3])
         if #mine == 0 then
           return 0
         end
-        """;
-
-    private static readonly string HandBackScript = MinePrefix + "\n" + $$"""
         redis.call('XADD', KEYS[1], 'MAXLEN', '~', {{RedisKeys.PortReportsMaxLength}}, '*', unpack(ARGV, 4))
         redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
         redis.call('XDEL', KEYS[1], ARGV[2])
         return 1
         """;
 
-    private const string TouchScript = MinePrefix + "\n" + """
+    // Returns 1: still this reporter's; 0: taken over; -1: the entry is gone, trimmed away (the stream keeps about
+    // the newest PortReportsMaxLength reports, and the oldest are the ones waiting longest).
+    private const string TouchScript = """
+        local gone = #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) == 0
+        local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3])
+        if #mine == 0 then
+          return gone and -1 or 0
+        end
+        if gone then
+          redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+          return -1
+        end
         redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
         return 1
         """;
@@ -154,6 +162,13 @@ internal sealed partial class PortReportingService(
                 (long)(opts.PortReportReclaimSeconds * 1000), _claimCursor, _slots.CurrentCount);
             _claimCursor = claim.NextStartId;
             entries.AddRange(claim.ClaimedEntries);
+            if (claim.DeletedIds.Length > 0)
+            {
+                // Reports of a stopped reporter, trimmed away while they waited to be taken over (Redis 7 lists them
+                // here and drops them from the pending list).
+                metrics.PortReport("trimmed", claim.DeletedIds.Length);
+                Log.Trimmed(logger, claim.DeletedIds.Length);
+            }
         }
         if (_slots.CurrentCount > entries.Count)
         {
@@ -195,6 +210,10 @@ internal sealed partial class PortReportingService(
                     return;
                 case SendOutcome.TakenOver:
                     Log.TakenOver(logger, report.DeliveryId);
+                    return;
+                case SendOutcome.Trimmed:
+                    metrics.PortReport("trimmed");
+                    Log.TrimmedWhileWaiting(logger, report.DeliveryId, report.RunId);
                     return;
                 default:
                     break;
@@ -266,6 +285,9 @@ internal sealed partial class PortReportingService(
 
         /// <summary>Another reporter took it over during a wait: left to that one.</summary>
         TakenOver,
+
+        /// <summary>Trimmed from the stream during a wait: lost.</summary>
+        Trimmed,
     }
 
     private async Task<SendOutcome> SendAsync(PortReport report, RedisValue entryId, CancellationToken stoppingToken)
@@ -364,9 +386,14 @@ internal sealed partial class PortReportingService(
             {
                 return SendOutcome.Stopped;
             }
-            if (!await TouchAsync(entryId))
+            switch (await TouchAsync(entryId))
             {
-                return SendOutcome.TakenOver;
+                case 0:
+                    return SendOutcome.TakenOver;
+                case -1:
+                    return SendOutcome.Trimmed;
+                default:
+                    break;
             }
         }
     }
@@ -400,19 +427,19 @@ internal sealed partial class PortReportingService(
     /// Resets the entry's idle time, so that a report this reporter is still retrying is not taken over as
     /// the report of a stopped one, however long Port's API keeps it waiting.
     /// </summary>
-    /// <returns>False when the report is no longer this reporter's: another took it over during the wait.</returns>
-    private async Task<bool> TouchAsync(RedisValue entryId)
+    /// <returns>1: still this reporter's; 0: another took it over during the wait; -1: it was trimmed from the stream.</returns>
+    private async Task<int> TouchAsync(RedisValue entryId)
     {
         try
         {
             return (int)await redis.GetDatabase().ScriptEvaluateAsync(TouchScript, [RedisKeys.PortReports],
-                [RedisKeys.PortReportersGroup, entryId, identity.Name]) == 1;
+                [RedisKeys.PortReportersGroup, entryId, identity.Name]);
         }
         catch (Exception ex)
         {
             // Not fatal: at worst the report is taken over and shows twice in Port's run log.
             Log.QueueError(logger, ex);
-            return true;
+            return 1;
         }
     }
 
@@ -435,6 +462,14 @@ internal sealed partial class PortReportingService(
 
         [LoggerMessage(EventIds.ReportHandedBack, LogLevel.Information, "Report of delivery {DeliveryId} unsent at the stop; handed back to the stream")]
         public static partial void HandedBack(ILogger logger, string deliveryId);
+
+        [LoggerMessage(EventIds.ReportTrimmed, LogLevel.Warning,
+            "The report of delivery {DeliveryId} to Port run {RunId} was trimmed from the report stream while it waited (more reports waiting than it keeps); it is lost")]
+        public static partial void TrimmedWhileWaiting(ILogger logger, string deliveryId, string runId);
+
+        [LoggerMessage(EventIds.ReportsTrimmed, LogLevel.Warning,
+            "{Count} reports of a stopped reporter were trimmed from the report stream before they were taken over; they are lost")]
+        public static partial void Trimmed(ILogger logger, int count);
 
         [LoggerMessage(EventIds.ReportAlreadyEnded, LogLevel.Information,
             "Port run {RunId} already has a final status; the report of delivery {DeliveryId} ({Status}) was not added (an earlier try of it may have been)")]

@@ -189,6 +189,28 @@ public class PortReportingTests
     }
 
     [Fact]
+    public async Task ReportOfACrashedReporter_TrimmedBeforeTheTakeover_IsReportedLost()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientId"] = "relay-client";
+            c["Dispatcher:PortReportReclaimSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+        }, dispatchers: 0);
+        var report = new PortAzure.Dispatcher.PortReporting.PortReport(TestRuns.NewRunId(), "d_crashed", "delivered (test)", null, null);
+        await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, "0-0", createStream: true);
+        var id = await relay.Db.StreamAddAsync(RedisKeys.PortReports, report.ToStreamFields());
+        Assert.Single(await relay.Db.StreamReadGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, "crashed-reporter", ">", 1));
+        await relay.Db.StreamDeleteAsync(RedisKeys.PortReports, [id]);
+
+        await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(() => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2212]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(20), "the takeover finds the report trimmed");
+
+        Assert.Empty(await relay.EmulatorApi.PortCallsAsync());
+    }
+
+    [Fact]
     public async Task PortApiDown_ReportTakenOverWhileItsReporterWaited_IsNotHandedBackAtTheStop()
     {
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client");
@@ -207,6 +229,22 @@ public class PortReportingTests
         Assert.Equal("other-reporter", (await PendingReportAsync(relay)).ConsumerName);
         Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
         Assert.DoesNotContain(stopped.Logs.Lines, l => l.Contains("[2208]", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task PortApiDown_ReportTrimmedFromTheStreamDuringTheWait_IsReportedLostNotTakenOver()
+    {
+        // The stream keeps about the newest 100,000 reports; the oldest, trimmed first, are the ones waiting longest.
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        var clock = await FirstReportCallFailedAsync(relay);
+
+        var entry = Assert.Single(await relay.Db.StreamRangeAsync(RedisKeys.PortReports));
+        await relay.Db.StreamDeleteAsync(RedisKeys.PortReports, [entry.Id]);
+        await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), () => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2211]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(20), "the reporter sees the report is gone");
+
+        Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2209]", StringComparison.Ordinal));
+        Assert.Equal(0, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
     }
 
     [Fact]
