@@ -103,6 +103,29 @@ public class DeadLetterTests
     }
 
     [Fact]
+    public async Task Replay_RetriesExhausted_GetsAFreshRetryBudget()
+    {
+        // Two attempts allowed: the first life ends in retries_exhausted; the replay fails once more and is retried,
+        // not dead-lettered again at its first transient failure.
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxAttempts"] = "2");
+        await relay.EmulatorApi.ScriptAsync(new
+        {
+            responses = new[] { new { status = 503, retryAfter = "0" }, new { status = 503, retryAfter = "0" }, new { status = 503, retryAfter = "0" } },
+        });
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
+        Assert.Equal("retries_exhausted", (await DeliveryAsync(relay, deliveryId)).GetProperty("reason").GetString());
+
+        using var replay = relay.Operator(HttpMethod.Post, $"/api/deadletters/{deliveryId}/replay");
+        using var answer = await relay.Ingress.Client.SendAsync(replay);
+        Assert.Equal(HttpStatusCode.Accepted, answer.StatusCode);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+
+        Assert.Equal(4, (await relay.EmulatorApi.RequestsAsync()).Count);
+        Assert.Equal(2, (await DeliveryAsync(relay, deliveryId)).GetProperty("attempts").GetInt32());
+    }
+
+    [Fact]
     public async Task ReplayAll_SeveralDeadLetters_AreAllDelivered()
     {
         await using var relay = await Relay.StartAsync();

@@ -361,6 +361,41 @@ public class DeliveryStoreTests
         Assert.NotNull((await store.BeginAsync(other, "B", TimeSpan.FromSeconds(30), claimed: false, now, TimeSpan.FromSeconds(30))).PausedUntil);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Finish_Outcome_KeepsTheRecordAndAttemptLogForTheirRetention(bool delivered)
+    {
+        var mode = delivered ? FinishMode.Delivered : FinishMode.DeadLetter;
+        // A delivered run's record and attempts go after the retention (Redis would otherwise grow without bound);
+        // a dead letter's stay until an operator acts (its history is what they act on).
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry();
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        // An earlier attempt's line, with the retention a retry gives it.
+        await db.ListRightPushAsync(RedisKeys.Attempts(entry.DeliveryId), "{}");
+        await db.KeyExpireAsync(RedisKeys.Attempts(entry.DeliveryId), TimeSpan.FromHours(1));
+
+        await store.FinishAsync(Finish(mode, entry, "A",
+            new KeyValuePair<string, RedisValue>(DeliveryRecord.State, mode == FinishMode.Delivered ? DeliveryStates.Delivered : DeliveryStates.DeadLettered))
+            with { AttemptJson = "{\"attempt\":2}", Retention = TimeSpan.FromHours(2) });
+
+        var recordTtl = await db.KeyTimeToLiveAsync(RedisKeys.Delivery(entry.DeliveryId));
+        var attemptsTtl = await db.KeyTimeToLiveAsync(RedisKeys.Attempts(entry.DeliveryId));
+        Assert.Equal(2, await db.ListLengthAsync(RedisKeys.Attempts(entry.DeliveryId)));
+        if (mode == FinishMode.Delivered)
+        {
+            Assert.InRange(recordTtl!.Value, TimeSpan.FromHours(2) - TimeSpan.FromMinutes(1), TimeSpan.FromHours(2));
+            Assert.InRange(attemptsTtl!.Value, TimeSpan.FromHours(2) - TimeSpan.FromMinutes(1), TimeSpan.FromHours(2));
+        }
+        else
+        {
+            Assert.Null(recordTtl);
+            Assert.Null(attemptsTtl);
+        }
+    }
+
     [Fact]
     public async Task Replay_StreamDamaged_StaysADeadLetter()
     {

@@ -1,3 +1,4 @@
+using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
 using Microsoft.Extensions.DependencyInjection;
@@ -508,10 +509,12 @@ public class PortReportingTests
     {
         await using var relay = await StartAsync();
         using var response = await relay.SendRunAsync(Encoding.UTF8.GetBytes($$"""{"action":"x","nonce":"{{Guid.NewGuid():N}}"}"""));
+        var deliveryId = (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deliveryId").GetString()!;
 
-        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.DeliveredAsync()).Count == 1, TimeSpan.FromSeconds(20), "delivered");
-        await Task.Delay(1000);
+        // The step that records the outcome writes the report, if any: nothing to wait for after it.
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
 
+        Assert.Equal(0, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
         Assert.Empty(await relay.EmulatorApi.PortCallsAsync());
     }
 
@@ -519,11 +522,11 @@ public class PortReportingTests
     public async Task NoClientId_NothingIsReported()
     {
         await using var relay = await Relay.StartAsync();
-        await SendAsync(relay);
+        var deliveryId = await SendAsync(relay);
 
-        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.DeliveredAsync()).Count == 1, TimeSpan.FromSeconds(20), "delivered");
-        await Task.Delay(500);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
 
+        Assert.Equal(0, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
         Assert.Empty(await relay.EmulatorApi.PortCallsAsync());
     }
 }

@@ -70,7 +70,10 @@ public class WebhookHandlerTests
         var body = TestRuns.Body(TestRuns.NewRunId());
 
         using var first = await relay.SendRunAsync(body);
-        using var second = await relay.SendRunAsync(body, org: TestRuns.Org.ToUpperInvariant(), webhook: TestRuns.Webhook.ToUpperInvariant());
+        // Signed anew, as Port would send it: the same signed call again would be caught by the replay guard whatever the
+        // target's spelling, and the test would not reach the per-target key.
+        using var again = TestRuns.Signed(body, org: TestRuns.Org.ToUpperInvariant(), webhook: TestRuns.Webhook.ToUpperInvariant(), at: DateTimeOffset.UtcNow.AddSeconds(-2));
+        using var second = await relay.Ingress.Client.SendAsync(again);
 
         Assert.Equal(HttpStatusCode.Accepted, first.StatusCode);
         Assert.Equal(HttpStatusCode.OK, second.StatusCode);
