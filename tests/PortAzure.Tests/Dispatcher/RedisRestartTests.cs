@@ -6,6 +6,8 @@ using Xunit.Abstractions;
 
 namespace PortAzure.Tests.Dispatcher;
 
+// Alone: four senders in a loop and a Redis restart would starve the small timing-bound tests.
+[Collection(HeavyTests.Name)]
 public class RedisRestartTests(ITestOutputHelper output)
 {
     [Fact]
@@ -51,7 +53,9 @@ public class RedisRestartTests(ITestOutputHelper output)
         // Down longer than the test connection's asyncTimeout (3 s) plus the client's ~1 s timeout sweep: a call
         // that waits in the client's backlog is refused before Redis is back. With 2 s the client could reconnect
         // (every 0.5-2 s) in time to store every waiting call, and no 503 proved the outage (seen once in CI).
+        // Down at least that long, and until the Ingress has refused a call (the proof of the outage asserted below).
         await Task.Delay(5000);
+        await Eventually.HoldsAsync(() => Task.FromResult(Volatile.Read(ref refused) > 0), TimeSpan.FromSeconds(30), () => $"a call refused while Redis is down (accepted {accepted.Count}; senders {string.Join(", ", senders.Select(t => t.Exception?.InnerException?.Message ?? t.Status.ToString()))})");
         await redis.StartProcessAsync();
         await Task.Delay(1500);
         await stop.CancelAsync();

@@ -157,15 +157,21 @@ public class ShutdownTests
         // Queued without the wake-up message: the idle Dispatcher does not see it (its poll is a minute away).
         await relay.Db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields());
 
-        // Wake it, and hold the round's next write (a claim script or XREADGROUP) in a pause of Redis's writes.
+        // Wake it, and hold the round's next write (a claim script or XREADGROUP) in a pause of Redis's writes, ended by
+        // hand once the stop is under way (a pause timed to outlast the stop could run out first on a loaded machine).
         var batch = relay.Db.CreateBatch();
         var woken = batch.PublishAsync(RedisChannel.Literal(RedisKeys.WakeChannel), "test");
-        var paused = batch.ExecuteAsync("CLIENT", "PAUSE", "2000", "WRITE");
+        var paused = batch.ExecuteAsync("CLIENT", "PAUSE", "30000", "WRITE");
         batch.Execute();
         await Task.WhenAll(woken, paused);
+        // Time for the woken round to reach its held write; it cannot get past it.
         await Task.Delay(700);
         var dispatcher = relay.Dispatcher;
-        await relay.StopDispatcherAsync(dispatcher);
+        var stopping = relay.StopDispatcherAsync(dispatcher);
+        await Eventually.HoldsAsync(() => Task.FromResult(dispatcher.Logs.Lines.Any(l => l.Contains("[2107]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(10), "the stop is under way");
+        await relay.Db.ExecuteAsync("CLIENT", "UNPAUSE");
+        await stopping;
 
         var posted = await relay.EmulatorApi.RequestsAsync();
         Assert.True(posted.Count == 1, $"{posted.Count} POSTs, expected only the warm-up run's");

@@ -20,7 +20,8 @@ public class OperatorApiRefusalLogTests
             Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
         }
 
-        Assert.Single(relay.Ingress.Logs.Lines, l => l.StartsWith("Warning", StringComparison.Ordinal) && l.Contains("[1101]", StringComparison.Ordinal));
+        // One line, or a second if the loop outlasted the 10 s window on a loaded machine (the window itself: below).
+        Assert.InRange(relay.Ingress.Logs.Lines.Count(l => l.StartsWith("Warning", StringComparison.Ordinal) && l.Contains("[1101]", StringComparison.Ordinal)), 1, 2);
         Assert.Equal(30, relay.Ingress.Logs.Lines.Count(l => l.StartsWith("Debug", StringComparison.Ordinal) && l.Contains("[1103]", StringComparison.Ordinal)));
     }
 

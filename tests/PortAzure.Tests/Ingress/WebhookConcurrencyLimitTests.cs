@@ -28,8 +28,8 @@ public class WebhookConcurrencyLimitTests
             var setup = new Setup { _redis = await RedisServer.StartAsync() };
             setup.Ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
             {
-                // Well past the longest pause below: a held call must wait for Redis, not time out (3 s by default).
-                ["ConnectionStrings:redis"] = setup._redis.ConnectionString + ",asyncTimeout=10000,syncTimeout=10000",
+                // Past the pauses below (ended by hand, at most 30 s): a held call must wait for Redis, not time out (3 s by default).
+                ["ConnectionStrings:redis"] = setup._redis.ConnectionString + ",asyncTimeout=60000,syncTimeout=60000",
                 ["Port:ClientSecret"] = TestRuns.Secret,
                 ["Ingress:MaxConcurrentCalls"] = maxConcurrentCalls.ToString(System.Globalization.CultureInfo.InvariantCulture),
             });
@@ -37,14 +37,20 @@ public class WebhookConcurrencyLimitTests
             return setup;
         }
 
-        /// <summary>Writes (the Ingress's enqueue script among them) wait this long; reads go on.</summary>
+        /// <summary>
+        /// Writes (the Ingress's enqueue script among them) wait this long, or until <see cref="UnpauseAsync"/>; reads go on.
+        /// The tests that check calls while they are held end the pause by hand: a pause timed to outlast the checks would
+        /// run out first on a loaded machine.
+        /// </summary>
         public async Task PauseWritesAsync(int milliseconds) =>
             await Db.ExecuteAsync("CLIENT", "PAUSE", milliseconds.ToString(System.Globalization.CultureInfo.InvariantCulture), "WRITE");
+
+        public async Task UnpauseAsync() => await Db.ExecuteAsync("CLIENT", "UNPAUSE");
 
         /// <summary>Waits until calls in progress hold every permit.</summary>
         public Task PermitsTakenAsync() => Eventually.HoldsAsync(
             () => Task.FromResult(Ingress.Services.GetRequiredService<WebhookConcurrencyLimit>().AvailablePermits == 0),
-            TimeSpan.FromSeconds(2), "the held calls take every permit");
+            TimeSpan.FromSeconds(20), "the held calls take every permit");
 
         public Task<HttpResponseMessage> SendAsync() => TestRuns.SendAsync(Ingress.Client, TestRuns.Body(TestRuns.NewRunId()));
 
@@ -62,7 +68,7 @@ public class WebhookConcurrencyLimitTests
         await using var setup = await Setup.StartAsync(maxConcurrentCalls: 2);
 
         // The two calls hold both permits while their enqueue waits.
-        await setup.PauseWritesAsync(3000);
+        await setup.PauseWritesAsync(30_000);
         var held = new[] { setup.SendAsync(), setup.SendAsync() };
         await setup.PermitsTakenAsync();
 
@@ -78,6 +84,7 @@ public class WebhookConcurrencyLimitTests
         Assert.Contains(setup.Ingress.Logs.Lines, line => line.StartsWith("Debug ", StringComparison.Ordinal) && line.Contains(RejectionReasons.Overloaded, StringComparison.Ordinal));
         Assert.DoesNotContain(setup.Ingress.Logs.Lines, line => !line.StartsWith("Debug ", StringComparison.Ordinal) && line.Contains(RejectionReasons.Overloaded, StringComparison.Ordinal));
 
+        await setup.UnpauseAsync();
         foreach (var response in await Task.WhenAll(held))
         {
             Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
@@ -93,8 +100,7 @@ public class WebhookConcurrencyLimitTests
     public async Task Post_BadSignatureWhileTheCapIsReached_IsStill401_PermitsAreTakenOnlyAfterVerification()
     {
         await using var setup = await Setup.StartAsync(maxConcurrentCalls: 1);
-        // Long enough for the checks below on a loaded machine; the Ingress's Redis timeout is 10 s.
-        await setup.PauseWritesAsync(5000);
+        await setup.PauseWritesAsync(30_000);
         var held = setup.SendAsync();
         await setup.PermitsTakenAsync();
 
@@ -105,6 +111,7 @@ public class WebhookConcurrencyLimitTests
         Assert.False(held.IsCompleted);
         Assert.Equal(HttpStatusCode.Unauthorized, unsigned.StatusCode);
         Assert.Equal(HttpStatusCode.ServiceUnavailable, signed.StatusCode);
+        await setup.UnpauseAsync();
         using var heldResponse = await held;
         Assert.Equal(HttpStatusCode.Accepted, heldResponse.StatusCode);
     }
