@@ -196,4 +196,24 @@ public class DeliveryOutcomeTests
         Assert.Equal(1, await relay.Db.SortedSetLengthAsync(RedisKeys.RetrySchedule));
         Assert.Equal(0, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
     }
+
+    [Fact]
+    public async Task StreamCopyOfAnAlreadyDeliveredRun_IsDroppedWithoutAPost()
+    {
+        // A copy left in the stream after its delivery finished elsewhere (a reclaim racing a slow finish): dropped
+        // from the stream, never posted again.
+        await using var relay = await Relay.StartAsync();
+        var entry = new DeliveryEntry("d_" + Guid.NewGuid().ToString("N"), TestRuns.Org, TestRuns.Webhook, TestRuns.Body(TestRuns.NewRunId()),
+            "k-" + Guid.NewGuid().ToString("N"), null, DateTimeOffset.UtcNow, null, null);
+        await relay.Db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State, DeliveryStates.Delivered);
+        await relay.Db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields());
+        await relay.Db.PublishAsync(StackExchange.Redis.RedisChannel.Literal(RedisKeys.WakeChannel), "test");
+
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0, Wait, "the copy leaves the stream");
+
+        Assert.Empty(await relay.EmulatorApi.RequestsAsync());
+        Assert.Equal(0, (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount);
+        Assert.Contains(relay.Dispatcher.Logs.Lines, l => l.Contains("[2005]", StringComparison.Ordinal));
+        Assert.Equal(DeliveryStates.Delivered, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
+    }
 }

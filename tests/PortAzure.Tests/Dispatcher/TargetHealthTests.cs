@@ -51,4 +51,25 @@ public class TargetHealthTests
         }
         Assert.False(await relay.Db.HashExistsAsync(RedisKeys.PausedTargets, $"{TestRuns.Org}/broken"));
     }
+
+    [Fact]
+    public async Task PausedTarget_RunOlderThanTheRetryAge_IsDeadLetteredNotHeldAgain()
+    {
+        // A paused target's deliveries wait without spending attempts, but not past Dispatcher:Retry:MaxAgeHours.
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxAgeHours"] = "0.5");
+        await relay.Db.HashSetAsync(RedisKeys.PausedTargets, RedisKeys.Target(TestRuns.Org, TestRuns.Webhook),
+            DateTimeOffset.UtcNow.AddHours(1).ToUnixTimeMilliseconds());
+        var entry = new DeliveryEntry("d_" + Guid.NewGuid().ToString("N"), TestRuns.Org, TestRuns.Webhook, TestRuns.Body(TestRuns.NewRunId()),
+            "k-" + Guid.NewGuid().ToString("N"), null, DateTimeOffset.UtcNow.AddHours(-1), null, null);
+        await relay.Db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields());
+        await relay.Db.PublishAsync(StackExchange.Redis.RedisChannel.Literal(RedisKeys.WakeChannel), "test");
+
+        await WaitForStateAsync(relay, entry.DeliveryId, DeliveryStates.DeadLettered);
+
+        var view = await DeliveryAsync(relay, entry.DeliveryId);
+        Assert.Equal("retries_exhausted", view.GetProperty("reason").GetString());
+        Assert.Contains("stayed paused", view.GetProperty("hint").GetString(), StringComparison.Ordinal);
+        Assert.Equal(0, view.GetProperty("attempts").GetInt32());
+        Assert.Empty(await relay.EmulatorApi.RequestsAsync());
+    }
 }

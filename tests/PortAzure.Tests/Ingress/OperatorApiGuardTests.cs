@@ -113,19 +113,26 @@ public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<Ope
     public async Task Call_WithoutKey_Answers401ApiKeyMissingAtTheEdge(string method, string path)
     {
         var before = fixture.DispatcherRequests.GetMeasurementSnapshot().Count;
+        var refusedBefore = EdgeRefusals();
 
         using var response = await SendAsync(fixture.Relay.Ingress, method, path, scheme: null, key: null);
 
         Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
         Assert.Equal("api_key_missing", await ReasonAsync(response));
+        // Refused by the edge itself (the Dispatcher answers the same reason), and not counted by the Dispatcher.
+        Assert.Equal(refusedBefore + 1, EdgeRefusals());
         Assert.Equal(before, fixture.DispatcherRequests.GetMeasurementSnapshot().Count);
     }
+
+    /// <summary>The edge's Debug line per refused operator call (event 1103).</summary>
+    private int EdgeRefusals() => fixture.Relay.Ingress.Logs.Lines.Count(l => l.Contains("[1103]", StringComparison.Ordinal));
 
     [Theory]
     [MemberData(nameof(RoutesOnly))]
     public async Task Call_WithWrongKey_Answers401ApiKeyInvalidAtTheEdge(string method, string path)
     {
         var before = fixture.DispatcherRequests.GetMeasurementSnapshot().Count;
+        var refusedBefore = EdgeRefusals();
 
         foreach (var scheme in new[] { "bearer", "x-api-key" })
         {
@@ -134,6 +141,7 @@ public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<Ope
             Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
             Assert.Equal("api_key_invalid", await ReasonAsync(response));
         }
+        Assert.Equal(refusedBefore + 2, EdgeRefusals());
         Assert.Equal(before, fixture.DispatcherRequests.GetMeasurementSnapshot().Count);
     }
 

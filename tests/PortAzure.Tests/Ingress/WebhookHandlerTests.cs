@@ -333,11 +333,33 @@ public class WebhookHandlerTests
 
         using var rejected = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()), webhook: "other-hook");
         using var accepted = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()), webhook: "allowed-hook");
+        // Without a valid signature the list is not revealed: the caller learns only that it is not Port.
+        using var unsignedRequest = TestRuns.Signed(TestRuns.Body(TestRuns.NewRunId()), webhook: "other-hook", secret: "not-the-secret");
+        using var unsigned = await relay.Ingress.Client.SendAsync(unsignedRequest);
 
         Assert.Equal(HttpStatusCode.NotFound, rejected.StatusCode);
         Assert.Equal("unknown_target", (await rejected.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
         Assert.Equal(HttpStatusCode.Accepted, accepted.StatusCode);
+        Assert.Equal(HttpStatusCode.Unauthorized, unsigned.StatusCode);
         Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Theory]
+    [InlineData("application/json; charset=utf-8", HttpStatusCode.Accepted)]
+    [InlineData("application/vnd.getport.run+json", HttpStatusCode.Accepted)]
+    [InlineData("APPLICATION/JSON", HttpStatusCode.Accepted)]
+    [InlineData("text/json", HttpStatusCode.UnsupportedMediaType)]
+    [InlineData("application/jsonx", HttpStatusCode.UnsupportedMediaType)]
+    public async Task Post_ContentType_JsonAndItsSuffixedTypesAreAccepted(string contentType, HttpStatusCode expected)
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        using var request = TestRuns.Signed(TestRuns.Body(TestRuns.NewRunId()));
+        request.Content!.Headers.ContentType = System.Net.Http.Headers.MediaTypeHeaderValue.Parse(contentType);
+
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(expected, response.StatusCode);
+        Assert.Equal(expected == HttpStatusCode.Accepted ? 1 : 0, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
     }
 
     [Fact]
