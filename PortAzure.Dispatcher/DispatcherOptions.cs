@@ -47,8 +47,9 @@ internal sealed class DispatcherOptions
     /// <summary>
     /// A Port report taken by a reporter that stopped (crash, or shutdown while Port's API was down) is
     /// taken over after this long. A live reporter resets the report's idle time after each wait, so this
-    /// must exceed the longest wait (a 429's Retry-After, honoured up to 5 min) plus one call, ~6 min; below that
-    /// a report would be sent twice.
+    /// must exceed the longest time between two touches: the longest wait (a 429's Retry-After, honoured up to 5 min)
+    /// plus one try, whose token fetch can queue behind others' while Port's token endpoint times out (15 s each): about
+    /// 10 min. Below that a report would be sent twice. (Tests set a few seconds; the validator allows it.)
     /// </summary>
     public double PortReportReclaimSeconds { get; set; } = 900;
 
