@@ -26,6 +26,9 @@ internal sealed partial class PortReportingService(
     ILogger<PortReportingService> logger) : BackgroundService
 {
     private const int MaxInFlight = 16;
+
+    // The report's first write time (Unix ms), added by a hand-back.
+    private const string SinceField = "since";
     private static readonly TimeSpan CredentialsRefusedWait = TimeSpan.FromSeconds(60);
 
     // A call to Port under way at the stop gets this long to finish: cut off, it may have reached Port anyway and
@@ -203,7 +206,7 @@ internal sealed partial class PortReportingService(
         }
         else
         {
-            switch (await SendAsync(report, entry.Id, stoppingToken))
+            switch (await SendAsync(report, entry.Id, WrittenAt(entry), stoppingToken))
             {
                 case SendOutcome.Stopped:
                     await HandBackAsync(entry, report);
@@ -262,7 +265,11 @@ internal sealed partial class PortReportingService(
     {
         try
         {
-            var args = ScriptArguments.WithFields(entry.Values, RedisKeys.PortReportersGroup, entry.Id, identity.Name);
+            // The new entry keeps the report's first write time, so that hand-backs do not restart its retry age.
+            NameValueEntry[] fields = entry[SinceField].IsNull
+                ? [.. entry.Values, new(SinceField, WrittenAt(entry).ToUnixTimeMilliseconds())]
+                : entry.Values;
+            var args = ScriptArguments.WithFields(fields, RedisKeys.PortReportersGroup, entry.Id, identity.Name);
             if ((int)await redis.GetDatabase().ScriptEvaluateAsync(HandBackScript, [RedisKeys.PortReports], args) == 1)
             {
                 Log.HandedBack(logger, report.DeliveryId);
@@ -290,7 +297,8 @@ internal sealed partial class PortReportingService(
         Trimmed,
     }
 
-    private async Task<SendOutcome> SendAsync(PortReport report, RedisValue entryId, CancellationToken stoppingToken)
+    /// <param name="writtenAt">When the report was first written: its age bounds the retries.</param>
+    private async Task<SendOutcome> SendAsync(PortReport report, RedisValue entryId, DateTimeOffset writtenAt, CancellationToken stoppingToken)
     {
         DateTimeOffset? previousTryAt = null;
         for (int attempt = 0, outageWaits = 0; ;)
@@ -344,8 +352,8 @@ internal sealed partial class PortReportingService(
             // delivery waits for Azure, up to the retry age. Counted per try, an outage of ~4 min lost every report.
             var portUp = client.LastSentAt >= (previousTryAt ?? triedAt);
             previousTryAt = triedAt;
-            var tooOld = result == PortCallResult.RetryLater && !portUp
-                && triedAt - CreatedAt(entryId) > TimeSpan.FromHours(options.CurrentValue.Retry.MaxAgeHours);
+            // However it fails, a report is not retried past the retry age (its attempts start again after a takeover).
+            var tooOld = result == PortCallResult.RetryLater && triedAt - writtenAt > TimeSpan.FromHours(options.CurrentValue.Retry.MaxAgeHours);
             if (result == PortCallResult.Rejected || tooOld || (result == PortCallResult.RetryLater && portUp && attempt >= Backoff.Length))
             {
                 metrics.PortReport("failed");
@@ -413,14 +421,22 @@ internal sealed partial class PortReportingService(
         return activity;
     }
 
-    /// <summary>When the report was written: its entry id's time (a hand-back writes it anew).</summary>
-    private static DateTimeOffset CreatedAt(RedisValue entryId)
+    /// <summary>
+    /// When the report was first written: the time its hand-back kept (<see cref="SinceField"/>), else its entry id's
+    /// (Redis's clock at the XADD).
+    /// </summary>
+    private static DateTimeOffset WrittenAt(StreamEntry entry)
     {
-        var id = entryId.ToString();
+        if (entry[SinceField] is { IsNullOrEmpty: false } since && long.TryParse((string?)since, System.Globalization.NumberStyles.None,
+            System.Globalization.CultureInfo.InvariantCulture, out var sinceMs))
+        {
+            return DateTimeOffset.FromUnixTimeMilliseconds(sinceMs);
+        }
+        var id = entry.Id.ToString();
         var dash = id.IndexOf('-', StringComparison.Ordinal);
         return long.TryParse(dash > 0 ? id.AsSpan(0, dash) : id, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ms)
             ? DateTimeOffset.FromUnixTimeMilliseconds(ms)
-            : DateTimeOffset.MinValue;
+            : DateTimeOffset.MaxValue;
     }
 
     /// <summary>

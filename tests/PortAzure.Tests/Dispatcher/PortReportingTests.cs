@@ -144,6 +144,7 @@ public class PortReportingTests
         var deliveryId = await SendAsync(relay, runId);
         await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0, TimeSpan.FromSeconds(10), "a first, failing call to Port");
+        var written = Assert.Single(await relay.Db.StreamRangeAsync(RedisKeys.PortReports)).Id.ToString();
 
         // Stopped while its report is still being retried: it stays in Redis, given back for any reporter to read.
         var stopped = relay.Dispatcher;
@@ -151,6 +152,10 @@ public class PortReportingTests
         Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
         Assert.Equal(0, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
         Assert.Contains(stopped.Logs.Lines, l => l.Contains("[2208]", StringComparison.Ordinal));
+        // A new entry, which keeps the first one's time: hand-backs do not restart the report's retry age.
+        var handedBack = Assert.Single(await relay.Db.StreamRangeAsync(RedisKeys.PortReports));
+        Assert.NotEqual(written, handedBack.Id.ToString());
+        Assert.Equal(written.Split('-')[0], (string?)handedBack["since"]);
 
         await relay.EmulatorApi.PortBehaviorAsync(new { down = false });
         await relay.AddDispatcherAsync();
