@@ -296,16 +296,7 @@ public class PortReportingTests
     {
         // A secret rotation under way, or a typo being fixed: not an outage, and not the reports' fault.
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
-        await relay.EmulatorApi.PortBehaviorAsync(new { failNext = 1000, status = 401 });
-        var runIds = new[] { TestRuns.NewRunId(), TestRuns.NewRunId(), TestRuns.NewRunId() };
-        foreach (var runId in runIds)
-        {
-            await SendAsync(relay, runId);
-        }
-        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
-        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
-        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 3,
-            TimeSpan.FromSeconds(30), "the three runs delivered and their reports queued");
+        var (runIds, clock) = await ThreeReportsQueuedAsync(relay, new { failNext = 1000, status = 401 });
         // The reporter polls on the fake clock: small steps until its first call.
         await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0,
             TimeSpan.FromSeconds(20), "a first token call");
@@ -386,16 +377,7 @@ public class PortReportingTests
         // Port (its token endpoint here) failing every call is an outage, not the reports' fault: counted per try, one of
         // ~4 min lost the report of every run that finished during it.
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
-        await relay.EmulatorApi.PortBehaviorAsync(new { failNext = 100_000, status = 503 });
-        var runIds = new[] { TestRuns.NewRunId(), TestRuns.NewRunId(), TestRuns.NewRunId() };
-        foreach (var runId in runIds)
-        {
-            await SendAsync(relay, runId);
-        }
-        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
-        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
-        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 3,
-            TimeSpan.FromSeconds(30), "the three runs delivered and their reports queued");
+        var (runIds, clock) = await ThreeReportsQueuedAsync(relay, new { failNext = 100_000, status = 503 });
 
         // Far past a report's 8 attempts: 30 failed calls, ten tries per report (about 10 min of waits).
         await StepUntilAsync(clock, TimeSpan.FromSeconds(5), async () => (await relay.EmulatorApi.PortCallsAsync()).Count >= 30,
@@ -454,6 +436,25 @@ public class PortReportingTests
         // Its 8 attempts, and a try or two not counted while no other report had been sent since its previous one.
         Assert.InRange(calls.Count(c => c.RunId == poison), 8, 10);
         Assert.Contains(calls, c => c.RunId != poison && c.StatusCode == 201);
+    }
+
+    /// <summary>
+    /// Port set to <paramref name="portBehavior"/>, three runs queued, then a Dispatcher on a fake clock that delivers
+    /// them: their three reports wait in the stream for its reporter.
+    /// </summary>
+    private static async Task<(string[] RunIds, FakeTimeProvider Clock)> ThreeReportsQueuedAsync(Relay relay, object portBehavior)
+    {
+        await relay.EmulatorApi.PortBehaviorAsync(portBehavior);
+        var runIds = new[] { TestRuns.NewRunId(), TestRuns.NewRunId(), TestRuns.NewRunId() };
+        foreach (var runId in runIds)
+        {
+            await SendAsync(relay, runId);
+        }
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 3,
+            TimeSpan.FromSeconds(30), "the three runs delivered and their reports queued");
+        return (runIds, clock);
     }
 
     /// <summary>Moves the fake clock a step at a time until <paramref name="condition"/> holds.</summary>
