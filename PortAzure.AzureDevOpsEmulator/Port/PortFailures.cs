@@ -1,7 +1,7 @@
 namespace PortAzure.AzureDevOpsEmulator.Port;
 
 /// <summary>The body of <c>POST /_emulator/port/behavior</c>; absent fields leave the setting as it is.</summary>
-/// <param name="FailRun">A run id whose calls all fail with <paramref name="Status"/> ("" for none), while the others go through.</param>
+/// <param name="FailRun">A run id prefix: the calls for runs whose id starts with it fail with <paramref name="Status"/> ("" for none), the others go through.</param>
 internal sealed record PortBehaviorRequest(bool? Down = null, int? FailNext = null, int? Status = null, int? RetryAfterSeconds = null, string? FailRun = null);
 
 /// <summary>What <c>GET /_emulator/port/behavior</c> shows.</summary>
@@ -55,7 +55,7 @@ internal sealed class PortFailures
             {
                 return PortAnswer.Failure(StatusCodes.Status503ServiceUnavailable, "service_unavailable", "Port is down (emulated).");
             }
-            if (runId is not null && runId == _failRun)
+            if (runId is not null && _failRun is not null && runId.StartsWith(_failRun, StringComparison.Ordinal))
             {
                 return PortAnswer.Failure(_status, "injected_failure", "Failure injected by the emulator for this run.");
             }

@@ -177,8 +177,18 @@ internal static partial class OperatorApi
         var passed = 0L;
         while (replayed.Count < take)
         {
-            var ids = await db.SortedSetRangeByScoreAsync(RedisKeys.DeadLetters, double.NegativeInfinity, before, Exclude.Stop,
-                skip: passed, take: take - replayed.Count);
+            RedisValue[] ids;
+            try
+            {
+                ids = await db.SortedSetRangeByScoreAsync(RedisKeys.DeadLetters, double.NegativeInfinity, before, Exclude.Stop,
+                    skip: passed, take: take - replayed.Count);
+            }
+            catch (Exception ex) when (ex is RedisException or TimeoutException && replayed.Count > 0)
+            {
+                // As below, between two pages: every replay so far is known, none is in doubt.
+                Log.ReplayStopped(logger, ex, replayed.Count, "none");
+                return TypedResults.Ok(new ReplayResult(replayed.Count, replayed, Incomplete: true));
+            }
             if (ids.Length == 0)
             {
                 break;
@@ -310,7 +320,7 @@ internal static partial class OperatorApi
         [LoggerMessage(EventIds.Replayed, LogLevel.Information, "Operator replayed {Count} dead letters")]
         public static partial void Replayed(ILogger logger, int count);
 
-        [LoggerMessage(EventIds.ReplayStopped, LogLevel.Warning, "Operator replay stopped by a Redis error after {Count} dead letters; the outcome of {DeliveryId} is unknown")]
+        [LoggerMessage(EventIds.ReplayStopped, LogLevel.Warning, "Operator replay stopped by a Redis error after {Count} dead letters; in doubt: {DeliveryId}")]
         public static partial void ReplayStopped(ILogger logger, Exception exception, int count, string deliveryId);
     }
 }

@@ -34,6 +34,8 @@ internal static class EventIds
     public const int ReportAlreadyEnded = 2210;
     public const int ReportTrimmed = 2211;
     public const int ReportsTrimmed = 2212;
+    public const int PortFailingForAll = 2213;
+    public const int PortAnswersAgain = 2214;
 
     public const int Replayed = 2302;
     public const int OperatorApiRedisUnavailable = 2303;

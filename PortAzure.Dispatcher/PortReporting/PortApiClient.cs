@@ -47,7 +47,8 @@ internal sealed partial class PortApiClient(
     private DateTimeOffset _refusedUntil;
     private volatile bool _credentialsRefused;
     private long _throttledUntilTicks;
-    private long _lastSentTicks;
+    private long _sentCount;
+    private long _failingSinceTicks;
 
     /// <summary>True from a refusal of the credentials by Port's token endpoint until it next issues a token.</summary>
     public bool CredentialsRefused => _credentialsRefused;
@@ -58,8 +59,15 @@ internal sealed partial class PortApiClient(
     /// </summary>
     public DateTimeOffset ThrottledUntil => new(Interlocked.Read(ref _throttledUntilTicks), TimeSpan.Zero);
 
-    /// <summary>When Port last took a report (any report) from this client: after it, a failed call is that report's own.</summary>
-    public DateTimeOffset LastSentAt => new(Interlocked.Read(ref _lastSentTicks), TimeSpan.Zero);
+    /// <summary>How many reports Port has taken from this client: one taken after a report's try shows Port is up.</summary>
+    public long SentCount => Interlocked.Read(ref _sentCount);
+
+    /// <summary>Since when Port's API has failed every report (see <see cref="MarkFailingForAll"/>), until it takes one again.</summary>
+    public DateTimeOffset? FailingSince => Interlocked.Read(ref _failingSinceTicks) is var ticks and > 0 ? new DateTimeOffset(ticks, TimeSpan.Zero) : null;
+
+    /// <summary>Notes that a report failed while no other was taken: Port is failing for everyone.</summary>
+    /// <returns>True for the first such failure since Port last took a report (the start of an outage).</returns>
+    public bool MarkFailingForAll(DateTimeOffset at) => Interlocked.CompareExchange(ref _failingSinceTicks, at.UtcTicks, 0) == 0;
 
     public async Task<PortCallResult> SendLogAsync(PortReport report, CancellationToken cancellationToken)
     {
@@ -84,7 +92,11 @@ internal sealed partial class PortApiClient(
         using var response = await httpClientFactory.CreateClient(HttpClientName).SendAsync(request, cancellationToken);
         if (response.IsSuccessStatusCode)
         {
-            Interlocked.Exchange(ref _lastSentTicks, timeProvider.GetUtcNow().UtcTicks);
+            Interlocked.Increment(ref _sentCount);
+            if (Interlocked.Exchange(ref _failingSinceTicks, 0) is var since and > 0)
+            {
+                Log.PortAnswersAgain(logger, (timeProvider.GetUtcNow() - new DateTimeOffset(since, TimeSpan.Zero)).TotalMinutes);
+            }
             return PortCallResult.Sent;
         }
         if (response.StatusCode == HttpStatusCode.Unauthorized)
@@ -101,13 +113,28 @@ internal sealed partial class PortApiClient(
         // 403: the relay's credentials may lack a permission (every report) or this run may be out of their reach (this
         // one): retried, and the caller tells the two apart by whether Port takes the other reports.
         var code = (int)response.StatusCode;
-        if (report.TerminationStatus is not null && code is 409 or 422)
+        if (report.TerminationStatus is not null && code is 409 or 422 && await SaysRunIsLockedAsync(response, cancellationToken))
         {
             // Port locks a run once its status is set. A try whose answer was lost (a timeout, a proxy's 5xx) may have set
-            // it: this is then the report arriving twice, not failing.
+            // it: this is then the report arriving twice, not failing. (422 alone is also Port's answer to a body that
+            // does not match its schema: a report refused for that is rejected.)
             return PortCallResult.AlreadyEnded;
         }
         return code is 403 or 408 or >= 500 ? PortCallResult.RetryLater : PortCallResult.Rejected;
+    }
+
+    private static async Task<bool> SaysRunIsLockedAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    {
+        string text;
+        try
+        {
+            text = await response.Content.ReadAsStringAsync(cancellationToken);
+        }
+        catch (HttpRequestException)
+        {
+            return false;
+        }
+        return text.Contains("lock", StringComparison.OrdinalIgnoreCase) || text.Contains("terminat", StringComparison.OrdinalIgnoreCase);
     }
 
     private void Throttle(RetryConditionHeaderValue? retryAfter)
@@ -205,6 +232,9 @@ internal sealed partial class PortApiClient(
         [LoggerMessage(EventIds.PortCredentialsRefused, LogLevel.Warning,
             "Port refused the relay's API credentials (HTTP {Status}, client id {ClientId}); reports wait until it accepts them")]
         public static partial void CredentialsRefused(ILogger logger, int status, string clientId);
+
+        [LoggerMessage(EventIds.PortAnswersAgain, LogLevel.Information, "Port's API took a report again after failing every report for {Minutes:F1} min")]
+        public static partial void PortAnswersAgain(ILogger logger, double minutes);
 
         [LoggerMessage(EventIds.PortThrottled, LogLevel.Warning,
             "Port is rate-limiting the relay's reports (HTTP 429); every report waits {Seconds} s, without spending its attempts")]

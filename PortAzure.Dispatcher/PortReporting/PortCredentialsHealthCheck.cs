@@ -3,13 +3,19 @@ using Microsoft.Extensions.Diagnostics.HealthChecks;
 namespace PortAzure.Dispatcher.PortReporting;
 
 /// <summary>
-/// Degraded while Port refuses the relay's API credentials: the reports then wait without being given up, so no
-/// failure count moves, and an alert on /health is how someone learns that Port's run logs have stopped.
+/// Degraded while Port refuses the relay's API credentials, or has failed every report for a while (down, or the
+/// credentials lack a permission): the reports then wait without being given up, so no failure count moves, and an
+/// alert on /health is how someone learns that Port's run logs have stopped.
 /// </summary>
-internal sealed class PortCredentialsHealthCheck(PortApiClient client) : IHealthCheck
+internal sealed class PortCredentialsHealthCheck(PortApiClient client, TimeProvider timeProvider) : IHealthCheck
 {
+    // A blip of Port's is not worth an alert; reports ride it out on their own.
+    internal static readonly TimeSpan FailingFor = TimeSpan.FromMinutes(5);
+
     public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
         Task.FromResult(client.CredentialsRefused
             ? HealthCheckResult.Degraded("Port refuses the relay's API credentials (Port:ClientId, Port:ClientSecret); reports to Port wait until it accepts them.")
-            : HealthCheckResult.Healthy("Port's API credentials not refused."));
+            : client.FailingSince is { } since && timeProvider.GetUtcNow() - since >= FailingFor
+            ? HealthCheckResult.Degraded($"Port's API has failed every report since {since:o}; reports to Port wait, up to Dispatcher:Retry:MaxAgeHours.")
+            : HealthCheckResult.Healthy("Port's API takes the relay's reports."));
 }

@@ -64,12 +64,12 @@ internal sealed partial class PortReportingService(
     // Returns 1: still this reporter's; 0: taken over; -1: the entry is gone, trimmed away (the stream keeps about
     // the newest PortReportsMaxLength reports, and the oldest are the ones waiting longest).
     private const string TouchScript = """
-        local gone = #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) == 0
         local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3])
         if #mine == 0 then
-          return gone and -1 or 0
+          -- Taken over (and perhaps sent and removed by the other reporter since): a trimmed entry stays pending here.
+          return 0
         end
-        if gone then
+        if #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) == 0 then
           redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
           return -1
         end
@@ -83,6 +83,10 @@ internal sealed partial class PortReportingService(
     // Not disposed: a send's continuation may release it after ExecuteAsync has returned.
     private readonly SemaphoreSlim _slots = new(MaxInFlight, MaxInFlight);
     private readonly CancellationTokenSource _callsStop = new();
+    // Reports waiting out what looks like a Port outage (no other report taken since their previous try), and whether
+    // a probe is under way: see WaitForRoomAsync.
+    private int _outageWaiters;
+    private int _probing;
     private RedisValue _claimCursor = "0-0";
     private DateTimeOffset _nextClaim;
 
@@ -105,9 +109,8 @@ internal sealed partial class PortReportingService(
                     await EnsureGroupAsync();
                     groupReady = true;
                 }
-                await _slots.WaitAsync(stoppingToken);
-                _slots.Release();
-                var started = await FeedAsync(stoppingToken);
+                var probe = !await WaitForRoomAsync(stoppingToken);
+                var started = await FeedAsync(probe, stoppingToken);
                 errorBackoff.Reset();
                 if (started == 0)
                 {
@@ -152,13 +155,37 @@ internal sealed partial class PortReportingService(
             TimeSpan.FromSeconds(options.CurrentValue.PortReportReclaimSeconds));
     }
 
-    private async Task<int> FeedAsync(CancellationToken stoppingToken)
+    /// <summary>
+    /// Waits for a free slot (true). False: none is free, but the report in every slot waits out what looks like an
+    /// outage because no other report was taken since: one more report may start, as a probe. Were those reports failing
+    /// each for its own reason (a run Port's credentials cannot reach), no report would ever be sent to tell them apart
+    /// from an outage, and they would hold every slot until the retry age.
+    /// </summary>
+    private async Task<bool> WaitForRoomAsync(CancellationToken stoppingToken)
+    {
+        while (!await _slots.WaitAsync(TimeSpan.FromSeconds(1), stoppingToken))
+        {
+            if (Volatile.Read(ref _outageWaiters) >= MaxInFlight && Volatile.Read(ref _probing) == 0)
+            {
+                return false;
+            }
+        }
+        _slots.Release();
+        return true;
+    }
+
+    private async Task<int> FeedAsync(bool probe, CancellationToken stoppingToken)
     {
         var opts = options.CurrentValue;
         var db = redis.GetDatabase();
         var entries = new List<StreamEntry>();
         var now = timeProvider.GetUtcNow();
-        if (now >= _nextClaim)
+        if (probe)
+        {
+            // A new report, not one taken over: those are as likely to be stuck as the ones in the slots.
+            entries.AddRange(await db.StreamReadGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name, ">", 1));
+        }
+        else if (now >= _nextClaim)
         {
             _nextClaim = now + TimeSpan.FromSeconds(opts.ClaimIntervalSeconds);
             var claim = await db.StreamAutoClaimAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name,
@@ -173,7 +200,7 @@ internal sealed partial class PortReportingService(
                 Log.Trimmed(logger, claim.DeletedIds.Length);
             }
         }
-        if (_slots.CurrentCount > entries.Count)
+        if (!probe && _slots.CurrentCount > entries.Count)
         {
             entries.AddRange(await db.StreamReadGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name, ">",
                 _slots.CurrentCount - entries.Count));
@@ -183,15 +210,29 @@ internal sealed partial class PortReportingService(
         foreach (var entry in entries)
         {
             // Not cancelled by the stop: the entries are this reporter's now, and a slot is free for each (at most
-            // CurrentCount were read). Started at the stop, a report is handed back at once.
-            await _slots.WaitAsync(CancellationToken.None);
+            // CurrentCount were read), or it is the one probe. Started at the stop, a report is handed back at once.
+            if (probe)
+            {
+                Volatile.Write(ref _probing, 1);
+            }
+            else
+            {
+                await _slots.WaitAsync(CancellationToken.None);
+            }
             var id = entry.Id.ToString();
             var send = SendAndRemoveAsync(entry, stoppingToken);
             _sending[id] = send;
             _ = send.ContinueWith(done =>
             {
                 _sending.TryRemove(id, out _);
-                _slots.Release();
+                if (probe)
+                {
+                    Volatile.Write(ref _probing, 0);
+                }
+                else
+                {
+                    _slots.Release();
+                }
             }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
         return entries.Count;
@@ -300,8 +341,8 @@ internal sealed partial class PortReportingService(
     /// <param name="writtenAt">When the report was first written: its age bounds the retries.</param>
     private async Task<SendOutcome> SendAsync(PortReport report, RedisValue entryId, DateTimeOffset writtenAt, CancellationToken stoppingToken)
     {
-        DateTimeOffset? previousTryAt = null;
-        for (int attempt = 0, outageWaits = 0; ;)
+        long? sentBeforePreviousTry = null;
+        for (int tries = 1, attempt = 0, outageWaits = 0; ; tries++)
         {
             // No new call once stopping: one cut off after reaching Port would show twice.
             if (stoppingToken.IsCancellationRequested)
@@ -309,12 +350,12 @@ internal sealed partial class PortReportingService(
                 return SendOutcome.Stopped;
             }
             var triedAt = timeProvider.GetUtcNow();
+            var sentBefore = client.SentCount;
             PortCallResult result;
-            using var activity = StartReportActivity(report, attempt + outageWaits + 1);
+            using var activity = StartReportActivity(report, tries);
             try
             {
                 result = await client.SendLogAsync(report, _callsStop.Token);
-                activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, result.ToString().ToLowerInvariant());
             }
             catch (OperationCanceledException) when (_callsStop.IsCancellationRequested)
             {
@@ -325,44 +366,51 @@ internal sealed partial class PortReportingService(
                 // Any failure (network, a malformed answer) is this report's problem only: retried,
                 // never allowed to end the sender loop.
                 Log.CallFailed(logger, ex, report.DeliveryId);
-                activity?.SetStatus(ActivityStatusCode.Error, ex.GetType().Name);
                 result = PortCallResult.RetryLater;
             }
+            var outcome = OutcomeName(result);
+            activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, outcome);
             if (result is not PortCallResult.Sent and not PortCallResult.AlreadyEnded)
             {
-                activity?.SetStatus(ActivityStatusCode.Error, result.ToString());
+                activity?.SetStatus(ActivityStatusCode.Error, outcome);
             }
             // Ended here, not by the using (which covers the returns): the wait below is not part of the try.
             activity?.Dispose();
-            if (result == PortCallResult.Sent)
+            if (result is PortCallResult.Sent or PortCallResult.AlreadyEnded)
             {
-                metrics.PortReport("sent");
-                Log.Sent(logger, report.DeliveryId, report.RunId);
+                metrics.PortReport(outcome);
+                if (result == PortCallResult.Sent)
+                {
+                    Log.Sent(logger, report.DeliveryId, report.RunId);
+                }
+                else
+                {
+                    Log.AlreadyEnded(logger, report.DeliveryId, report.RunId, report.TerminationStatus);
+                }
                 return SendOutcome.Done;
             }
-            if (result == PortCallResult.AlreadyEnded)
-            {
-                metrics.PortReport("already_ended");
-                Log.AlreadyEnded(logger, report.DeliveryId, report.RunId, report.TerminationStatus);
-                return SendOutcome.Done;
-            }
-            // A failure spends one of the report's attempts only if Port took another report since this one's previous try:
-            // Port is up, so the failure is this report's. Otherwise every report is failing (Port or its token endpoint
-            // down, the relay's credentials lacking a permission): the report waits without spending its attempts, as a
-            // delivery waits for Azure, up to the retry age. Counted per try, an outage of ~4 min lost every report.
-            var portUp = client.LastSentAt >= (previousTryAt ?? triedAt);
-            previousTryAt = triedAt;
-            // However it fails, a report is not retried past the retry age (its attempts start again after a takeover).
-            var tooOld = result == PortCallResult.RetryLater && triedAt - writtenAt > TimeSpan.FromHours(options.CurrentValue.Retry.MaxAgeHours);
+            // A failure spends one of the report's attempts only if Port took another report since this one's previous try
+            // began: Port is up, so the failure is this report's. Otherwise every report is failing (Port or its token
+            // endpoint down, the relay's credentials lacking a permission): the report waits without spending its attempts,
+            // as a delivery waits for Azure. Counted per try, an outage of ~4 min lost every report.
+            var portUp = client.SentCount > (sentBeforePreviousTry ?? sentBefore);
+            sentBeforePreviousTry = sentBefore;
+            // However it fails or waits, a report is not retried past the retry age (a takeover starts its attempts again).
+            var tooOld = triedAt - writtenAt > TimeSpan.FromHours(options.CurrentValue.Retry.MaxAgeHours);
             if (result == PortCallResult.Rejected || tooOld || (result == PortCallResult.RetryLater && portUp && attempt >= Backoff.Length))
             {
                 metrics.PortReport("failed");
-                Log.Failed(logger, report.DeliveryId, report.RunId, attempt + outageWaits + 1);
+                Log.Failed(logger, report.DeliveryId, report.RunId, tries);
                 return SendOutcome.Done;
             }
+            var outage = result == PortCallResult.RetryLater && !portUp;
             TimeSpan wait;
-            if (result == PortCallResult.RetryLater && !portUp)
+            if (outage)
             {
+                if (client.MarkFailingForAll(triedAt))
+                {
+                    Log.PortFailingForAll(logger, options.CurrentValue.Retry.MaxAgeHours);
+                }
                 wait = Backoff[Math.Min(outageWaits++, Backoff.Length - 1)];
             }
             else if (result == PortCallResult.CredentialsRefused)
@@ -385,6 +433,10 @@ internal sealed partial class PortReportingService(
             {
                 wait = Backoff[attempt++];
             }
+            if (outage)
+            {
+                Interlocked.Increment(ref _outageWaiters);
+            }
             try
             {
                 // Already stopping: cancelled at once.
@@ -393,6 +445,13 @@ internal sealed partial class PortReportingService(
             catch (OperationCanceledException)
             {
                 return SendOutcome.Stopped;
+            }
+            finally
+            {
+                if (outage)
+                {
+                    Interlocked.Decrement(ref _outageWaiters);
+                }
             }
             switch (await TouchAsync(entryId))
             {
@@ -405,6 +464,16 @@ internal sealed partial class PortReportingService(
             }
         }
     }
+
+    private static string OutcomeName(PortCallResult result) => result switch
+    {
+        PortCallResult.Sent => "sent",
+        PortCallResult.AlreadyEnded => "already_ended",
+        PortCallResult.Rejected => "rejected",
+        PortCallResult.CredentialsRefused => "credentials_refused",
+        PortCallResult.Throttled => "throttled",
+        _ => "retry_later",
+    };
 
     /// <summary>One try of a report, in the trace of the attempt that decided it; Port's calls are its children.</summary>
     private static Activity? StartReportActivity(PortReport report, int tryNumber)
@@ -486,6 +555,10 @@ internal sealed partial class PortReportingService(
         [LoggerMessage(EventIds.ReportsTrimmed, LogLevel.Warning,
             "{Count} reports of a stopped reporter were trimmed from the report stream before they were taken over; they are lost")]
         public static partial void Trimmed(ILogger logger, int count);
+
+        [LoggerMessage(EventIds.PortFailingForAll, LogLevel.Warning,
+            "Port's API fails every report (none taken since); reports wait without spending their attempts, up to {MaxAgeHours} h (Dispatcher:Retry:MaxAgeHours)")]
+        public static partial void PortFailingForAll(ILogger logger, double maxAgeHours);
 
         [LoggerMessage(EventIds.ReportAlreadyEnded, LogLevel.Information,
             "Port run {RunId} already has a final status; the report of delivery {DeliveryId} ({Status}) was not added (an earlier try of it may have been)")]

@@ -384,10 +384,65 @@ public class PortReportingTests
             TimeSpan.FromSeconds(120), "thirty failed calls");
         Assert.Equal(3, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
         Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2202]", StringComparison.Ordinal));
+        // Said once, and shown on /health after 5 min: no failure count moves while reports wait.
+        Assert.Single(relay.Dispatcher.Logs.Lines, l => l.Contains("[2213]", StringComparison.Ordinal));
+        Assert.Equal("Degraded", await HealthAsync(relay));
 
         await PortAcceptsAgainThenEverySentAsync(relay, clock, runIds, "every report is sent once Port is back");
         var calls = await relay.EmulatorApi.PortCallsAsync();
         Assert.All(runIds, runId => Assert.Single(calls, c => c.RunId == runId && c.StatusCode == 201));
+        Assert.Contains(relay.Dispatcher.Logs.Lines, l => l.Contains("[2214]", StringComparison.Ordinal));
+        Assert.Equal("Healthy", await HealthAsync(relay));
+    }
+
+    [Fact]
+    public async Task PortFailsSixteenRunsEachForItself_TheReportsBehindThemAreStillSentAsProbes()
+    {
+        // Sixteen reports failing each for its own reason hold every slot, and nothing is taken while they wait: it looks
+        // like an outage, and they would hold the slots up to the retry age. One more report at a time is let in as a
+        // probe; each one Port takes also makes the sixteen spend an attempt at their next try.
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        await relay.EmulatorApi.PortBehaviorAsync(new { failRun = "r_stuck", status = 500 });
+        for (var i = 0; i < 16; i++)
+        {
+            await SendAsync(relay, "r_stuck" + Guid.NewGuid().ToString("N")[..12]);
+        }
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 16,
+            TimeSpan.FromSeconds(30), "sixteen reports queued");
+        await StepUntilAsync(clock, TimeSpan.FromMilliseconds(200), async () => (await relay.EmulatorApi.PortCallsAsync()).Count(c => c.RunId is not null) >= 16,
+            TimeSpan.FromSeconds(30), "every stuck report tried once");
+        var behind = new[] { TestRuns.NewRunId(), TestRuns.NewRunId(), TestRuns.NewRunId() };
+        foreach (var runId in behind)
+        {
+            await SendAsync(relay, runId);
+        }
+
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(1), async () =>
+        {
+            var sent = (await relay.EmulatorApi.PortCallsAsync()).Where(c => c.StatusCode == 201).Select(c => c.RunId).ToHashSet();
+            return behind.All(sent.Contains);
+        }, TimeSpan.FromSeconds(60), "the reports behind the stuck ones are sent");
+
+        Assert.Equal(16, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
+    }
+
+    [Fact]
+    public async Task DeadLettered_PortAnswers422WithoutSayingTheRunIsLocked_IsAFailedReport()
+    {
+        // 422 is also Port's answer to a body its schema refuses: only one that says the run is locked is "already ended".
+        await using var relay = await StartAsync();
+        var runId = TestRuns.NewRunId();
+        await relay.EmulatorApi.PortBehaviorAsync(new { failRun = runId, status = 422 });
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 404 } } });
+
+        await SendAsync(relay, runId);
+
+        await Eventually.HoldsAsync(() => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2202]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(20), "the report is given up");
+        Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2210]", StringComparison.Ordinal));
+        Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.RunId == runId);
     }
 
     [Fact]
