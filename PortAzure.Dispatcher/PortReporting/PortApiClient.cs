@@ -47,8 +47,10 @@ internal sealed partial class PortApiClient(
     private DateTimeOffset _refusedUntil;
     private volatile bool _credentialsRefused;
     private long _throttledUntilTicks;
+    private readonly Lock _failingGate = new();
     private long _sentCount;
-    private long _failingSinceTicks;
+    private DateTimeOffset? _failingSince;
+    private DateTimeOffset _lastFailingForAll;
 
     /// <summary>True from a refusal of the credentials by Port's token endpoint until it next issues a token.</summary>
     public bool CredentialsRefused => _credentialsRefused;
@@ -62,12 +64,41 @@ internal sealed partial class PortApiClient(
     /// <summary>How many reports Port has taken from this client: one taken after a report's try shows Port is up.</summary>
     public long SentCount => Interlocked.Read(ref _sentCount);
 
-    /// <summary>Since when Port's API has failed every report (see <see cref="MarkFailingForAll"/>), until it takes one again.</summary>
-    public DateTimeOffset? FailingSince => Interlocked.Read(ref _failingSinceTicks) is var ticks and > 0 ? new DateTimeOffset(ticks, TimeSpan.Zero) : null;
+    /// <summary>
+    /// Failures further apart than this are not one outage: every report waiting in one retries at least every 2 min.
+    /// </summary>
+    internal static readonly TimeSpan OutageGap = TimeSpan.FromMinutes(3);
 
-    /// <summary>Notes that a report failed while no other was taken: Port is failing for everyone.</summary>
-    /// <returns>True for the first such failure since Port last took a report (the start of an outage).</returns>
-    public bool MarkFailingForAll(DateTimeOffset at) => Interlocked.CompareExchange(ref _failingSinceTicks, at.UtcTicks, 0) == 0;
+    /// <summary>
+    /// Since when Port's API has failed every report tried (see <see cref="MarkFailingForAll"/>), while such failures go
+    /// on; null once Port takes a report, or when none came for <see cref="OutageGap"/> (nothing left waiting).
+    /// </summary>
+    public DateTimeOffset? FailingSince
+    {
+        get
+        {
+            lock (_failingGate)
+            {
+                return _failingSince is { } since && timeProvider.GetUtcNow() - _lastFailingForAll <= OutageGap ? since : null;
+            }
+        }
+    }
+
+    /// <summary>Notes that a report failed while no other was taken: Port looks to be failing for everyone.</summary>
+    /// <returns>True when this starts an outage (none under way, or the last such failure is past <see cref="OutageGap"/>).</returns>
+    public bool MarkFailingForAll(DateTimeOffset at)
+    {
+        lock (_failingGate)
+        {
+            var starts = _failingSince is null || at - _lastFailingForAll > OutageGap;
+            if (starts)
+            {
+                _failingSince = at;
+            }
+            _lastFailingForAll = at;
+            return starts;
+        }
+    }
 
     public async Task<PortCallResult> SendLogAsync(PortReport report, CancellationToken cancellationToken)
     {
@@ -93,9 +124,14 @@ internal sealed partial class PortApiClient(
         if (response.IsSuccessStatusCode)
         {
             Interlocked.Increment(ref _sentCount);
-            if (Interlocked.Exchange(ref _failingSinceTicks, 0) is var since and > 0)
+            DateTimeOffset? ended;
+            lock (_failingGate)
             {
-                Log.PortAnswersAgain(logger, (timeProvider.GetUtcNow() - new DateTimeOffset(since, TimeSpan.Zero)).TotalMinutes);
+                (ended, _failingSince) = (_failingSince, null);
+            }
+            if (ended is { } since)
+            {
+                Log.PortAnswersAgain(logger, (timeProvider.GetUtcNow() - since).TotalMinutes);
             }
             return PortCallResult.Sent;
         }
@@ -134,7 +170,10 @@ internal sealed partial class PortApiClient(
         {
             return false;
         }
-        return text.Contains("lock", StringComparison.OrdinalIgnoreCase) || text.Contains("terminat", StringComparison.OrdinalIgnoreCase);
+        // Not "terminationStatus": a schema error about that field names it too.
+        return text.Contains("lock", StringComparison.OrdinalIgnoreCase)
+            || text.Contains("already terminated", StringComparison.OrdinalIgnoreCase)
+            || text.Contains("already been terminated", StringComparison.OrdinalIgnoreCase);
     }
 
     private void Throttle(RetryConditionHeaderValue? retryAfter)
@@ -233,7 +272,7 @@ internal sealed partial class PortApiClient(
             "Port refused the relay's API credentials (HTTP {Status}, client id {ClientId}); reports wait until it accepts them")]
         public static partial void CredentialsRefused(ILogger logger, int status, string clientId);
 
-        [LoggerMessage(EventIds.PortAnswersAgain, LogLevel.Information, "Port's API took a report again after failing every report for {Minutes:F1} min")]
+        [LoggerMessage(EventIds.PortAnswersAgain, LogLevel.Information, "Port's API took a report again after failing every report tried for {Minutes:F1} min")]
         public static partial void PortAnswersAgain(ILogger logger, double minutes);
 
         [LoggerMessage(EventIds.PortThrottled, LogLevel.Warning,

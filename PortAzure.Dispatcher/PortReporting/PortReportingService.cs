@@ -83,10 +83,12 @@ internal sealed partial class PortReportingService(
     // Not disposed: a send's continuation may release it after ExecuteAsync has returned.
     private readonly SemaphoreSlim _slots = new(MaxInFlight, MaxInFlight);
     private readonly CancellationTokenSource _callsStop = new();
-    // Reports waiting out what looks like a Port outage (no other report taken since their previous try), and whether
-    // a probe is under way: see WaitForRoomAsync.
-    private int _outageWaiters;
-    private int _probing;
+    // Reports waiting to retry after a failed call, the reports running outside the slots as probes, and the probe whose
+    // first try is under way (0: none): see WaitForRoomAsync.
+    private int _retryWaiters;
+    private int _probes;
+    private int _probeTrying;
+    private int _lastProbe;
     private RedisValue _claimCursor = "0-0";
     private DateTimeOffset _nextClaim;
 
@@ -156,16 +158,18 @@ internal sealed partial class PortReportingService(
     }
 
     /// <summary>
-    /// Waits for a free slot (true). False: none is free, but the report in every slot waits out what looks like an
-    /// outage because no other report was taken since: one more report may start, as a probe. Were those reports failing
-    /// each for its own reason (a run Port's credentials cannot reach), no report would ever be sent to tell them apart
-    /// from an outage, and they would hold every slot until the retry age.
+    /// Waits for a free slot (true). False: none is free, but every running report waits to retry a failed call and no
+    /// probe is in its first try: one more report may start outside the slots, as a probe (at most
+    /// <see cref="MaxInFlight"/> of them). Reports failing each for its own reason (runs Port's credentials cannot reach)
+    /// look like an outage as long as no other report is taken, and would otherwise hold every slot until the retry age;
+    /// each probe Port takes lets them spend an attempt. In a real outage the probes wait too, one more per failed one.
     /// </summary>
     private async Task<bool> WaitForRoomAsync(CancellationToken stoppingToken)
     {
         while (!await _slots.WaitAsync(TimeSpan.FromSeconds(1), stoppingToken))
         {
-            if (Volatile.Read(ref _outageWaiters) >= MaxInFlight && Volatile.Read(ref _probing) == 0)
+            var probes = Volatile.Read(ref _probes);
+            if (probes < MaxInFlight && Volatile.Read(ref _probeTrying) == 0 && Volatile.Read(ref _retryWaiters) >= MaxInFlight + probes)
             {
                 return false;
             }
@@ -210,24 +214,30 @@ internal sealed partial class PortReportingService(
         foreach (var entry in entries)
         {
             // Not cancelled by the stop: the entries are this reporter's now, and a slot is free for each (at most
-            // CurrentCount were read), or it is the one probe. Started at the stop, a report is handed back at once.
+            // CurrentCount were read), or it is a probe. Started at the stop, a report is handed back at once.
+            Action? firstTryDone = null;
             if (probe)
             {
-                Volatile.Write(ref _probing, 1);
+                Interlocked.Increment(ref _probes);
+                var probeId = Interlocked.Increment(ref _lastProbe);
+                Volatile.Write(ref _probeTrying, probeId);
+                firstTryDone = () => Interlocked.CompareExchange(ref _probeTrying, 0, probeId);
             }
             else
             {
                 await _slots.WaitAsync(CancellationToken.None);
             }
             var id = entry.Id.ToString();
-            var send = SendAndRemoveAsync(entry, stoppingToken);
+            var send = SendAndRemoveAsync(entry, firstTryDone, stoppingToken);
             _sending[id] = send;
             _ = send.ContinueWith(done =>
             {
                 _sending.TryRemove(id, out _);
-                if (probe)
+                if (firstTryDone is not null)
                 {
-                    Volatile.Write(ref _probing, 0);
+                    // Also when it ended before a first try (stopped, malformed).
+                    firstTryDone();
+                    Interlocked.Decrement(ref _probes);
                 }
                 else
                 {
@@ -238,7 +248,8 @@ internal sealed partial class PortReportingService(
         return entries.Count;
     }
 
-    private async Task SendAndRemoveAsync(StreamEntry entry, CancellationToken stoppingToken)
+    /// <param name="firstTryDone">Called once the report's first call to Port has ended (a probe's).</param>
+    private async Task SendAndRemoveAsync(StreamEntry entry, Action? firstTryDone, CancellationToken stoppingToken)
     {
         var report = PortReport.FromStreamEntry(entry);
         if (report is null)
@@ -247,7 +258,7 @@ internal sealed partial class PortReportingService(
         }
         else
         {
-            switch (await SendAsync(report, entry.Id, WrittenAt(entry), stoppingToken))
+            switch (await SendAsync(report, entry.Id, WrittenAt(entry), firstTryDone, stoppingToken))
             {
                 case SendOutcome.Stopped:
                     await HandBackAsync(entry, report);
@@ -307,9 +318,7 @@ internal sealed partial class PortReportingService(
         try
         {
             // The new entry keeps the report's first write time, so that hand-backs do not restart its retry age.
-            NameValueEntry[] fields = entry[SinceField].IsNull
-                ? [.. entry.Values, new(SinceField, WrittenAt(entry).ToUnixTimeMilliseconds())]
-                : entry.Values;
+            NameValueEntry[] fields = [.. entry.Values.Where(v => v.Name != SinceField), new(SinceField, WrittenAt(entry).ToUnixTimeMilliseconds())];
             var args = ScriptArguments.WithFields(fields, RedisKeys.PortReportersGroup, entry.Id, identity.Name);
             if ((int)await redis.GetDatabase().ScriptEvaluateAsync(HandBackScript, [RedisKeys.PortReports], args) == 1)
             {
@@ -339,7 +348,8 @@ internal sealed partial class PortReportingService(
     }
 
     /// <param name="writtenAt">When the report was first written: its age bounds the retries.</param>
-    private async Task<SendOutcome> SendAsync(PortReport report, RedisValue entryId, DateTimeOffset writtenAt, CancellationToken stoppingToken)
+    /// <param name="firstTryDone">Called once the first call to Port has ended, whatever its result.</param>
+    private async Task<SendOutcome> SendAsync(PortReport report, RedisValue entryId, DateTimeOffset writtenAt, Action? firstTryDone, CancellationToken stoppingToken)
     {
         long? sentBeforePreviousTry = null;
         for (int tries = 1, attempt = 0, outageWaits = 0; ; tries++)
@@ -367,6 +377,10 @@ internal sealed partial class PortReportingService(
                 // never allowed to end the sender loop.
                 Log.CallFailed(logger, ex, report.DeliveryId);
                 result = PortCallResult.RetryLater;
+            }
+            if (tries == 1)
+            {
+                firstTryDone?.Invoke();
             }
             var outcome = OutcomeName(result);
             activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, outcome);
@@ -433,9 +447,12 @@ internal sealed partial class PortReportingService(
             {
                 wait = Backoff[attempt++];
             }
-            if (outage)
+            // Counted for the probes: every retry wait after a failed call, an outage's or this report's own (a probe Port
+            // takes makes the latter spend attempts, and the next probe keeps that going).
+            var retryWait = result == PortCallResult.RetryLater;
+            if (retryWait)
             {
-                Interlocked.Increment(ref _outageWaiters);
+                Interlocked.Increment(ref _retryWaiters);
             }
             try
             {
@@ -448,9 +465,9 @@ internal sealed partial class PortReportingService(
             }
             finally
             {
-                if (outage)
+                if (retryWait)
                 {
-                    Interlocked.Decrement(ref _outageWaiters);
+                    Interlocked.Decrement(ref _retryWaiters);
                 }
             }
             switch (await TouchAsync(entryId))
@@ -494,19 +511,23 @@ internal sealed partial class PortReportingService(
     /// When the report was first written: the time its hand-back kept (<see cref="SinceField"/>), else its entry id's
     /// (Redis's clock at the XADD).
     /// </summary>
-    private static DateTimeOffset WrittenAt(StreamEntry entry)
+    private DateTimeOffset WrittenAt(StreamEntry entry)
     {
-        if (entry[SinceField] is { IsNullOrEmpty: false } since && long.TryParse((string?)since, System.Globalization.NumberStyles.None,
-            System.Globalization.CultureInfo.InvariantCulture, out var sinceMs))
+        if (entry[SinceField] is { IsNullOrEmpty: false } since && UnixMilliseconds((string)since!) is { } sinceAt)
         {
-            return DateTimeOffset.FromUnixTimeMilliseconds(sinceMs);
+            return sinceAt;
         }
         var id = entry.Id.ToString();
         var dash = id.IndexOf('-', StringComparison.Ordinal);
-        return long.TryParse(dash > 0 ? id.AsSpan(0, dash) : id, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ms)
-            ? DateTimeOffset.FromUnixTimeMilliseconds(ms)
-            : DateTimeOffset.MaxValue;
+        // An id Redis wrote always parses; a damaged one ages as if written now.
+        return UnixMilliseconds(dash > 0 ? id[..dash] : id) ?? timeProvider.GetUtcNow();
     }
+
+    private static DateTimeOffset? UnixMilliseconds(string text) =>
+        long.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var ms)
+            && ms <= DateTimeOffset.MaxValue.ToUnixTimeMilliseconds()
+            ? DateTimeOffset.FromUnixTimeMilliseconds(ms)
+            : null;
 
     /// <summary>
     /// Resets the entry's idle time, so that a report this reporter is still retrying is not taken over as
@@ -557,7 +578,7 @@ internal sealed partial class PortReportingService(
         public static partial void Trimmed(ILogger logger, int count);
 
         [LoggerMessage(EventIds.PortFailingForAll, LogLevel.Warning,
-            "Port's API fails every report (none taken since); reports wait without spending their attempts, up to {MaxAgeHours} h (Dispatcher:Retry:MaxAgeHours)")]
+            "Port's API failed a report and took no other since (Port down, its credentials lacking a permission, or runs it refuses one by one); reports wait without spending their attempts, up to {MaxAgeHours} h (Dispatcher:Retry:MaxAgeHours)")]
         public static partial void PortFailingForAll(ILogger logger, double maxAgeHours);
 
         [LoggerMessage(EventIds.ReportAlreadyEnded, LogLevel.Information,

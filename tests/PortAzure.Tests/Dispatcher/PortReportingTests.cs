@@ -396,23 +396,24 @@ public class PortReportingTests
     }
 
     [Fact]
-    public async Task PortFailsSixteenRunsEachForItself_TheReportsBehindThemAreStillSentAsProbes()
+    public async Task PortFailsTwentyRunsEachForItself_TheReportsBehindThemAreStillSentAsProbes()
     {
-        // Sixteen reports failing each for its own reason hold every slot, and nothing is taken while they wait: it looks
+        // Reports failing each for its own reason hold every slot (16), and nothing is taken while they wait: it looks
         // like an outage, and they would hold the slots up to the retry age. One more report at a time is let in as a
-        // probe; each one Port takes also makes the sixteen spend an attempt at their next try.
+        // probe, another once it has failed too (the four stuck ones beyond the slots); each one Port takes makes the
+        // stuck ones spend an attempt at their next try.
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
         await relay.EmulatorApi.PortBehaviorAsync(new { failRun = "r_stuck", status = 500 });
-        for (var i = 0; i < 16; i++)
+        for (var i = 0; i < 20; i++)
         {
             await SendAsync(relay, "r_stuck" + Guid.NewGuid().ToString("N")[..12]);
         }
         var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
         await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
-        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 16,
-            TimeSpan.FromSeconds(30), "sixteen reports queued");
-        await StepUntilAsync(clock, TimeSpan.FromMilliseconds(200), async () => (await relay.EmulatorApi.PortCallsAsync()).Count(c => c.RunId is not null) >= 16,
-            TimeSpan.FromSeconds(30), "every stuck report tried once");
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 20,
+            TimeSpan.FromSeconds(30), "twenty reports queued");
+        await StepUntilAsync(clock, TimeSpan.FromMilliseconds(200), async () => (await relay.EmulatorApi.PortCallsAsync()).Select(c => c.RunId).Distinct().Count(r => r is not null) >= 20,
+            TimeSpan.FromSeconds(60), "every stuck report tried, the last four as probes");
         var behind = new[] { TestRuns.NewRunId(), TestRuns.NewRunId(), TestRuns.NewRunId() };
         foreach (var runId in behind)
         {
@@ -425,7 +426,31 @@ public class PortReportingTests
             return behind.All(sent.Contains);
         }, TimeSpan.FromSeconds(60), "the reports behind the stuck ones are sent");
 
-        Assert.Equal(16, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
+        Assert.Equal(20, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
+    }
+
+    [Fact]
+    public async Task PortRefusesOneRunInAQuietPeriod_HealthIsDegradedWhileItWaitsAndHealthyOnceItIsGivenUp()
+    {
+        // Alone, a report Port refuses looks like an outage (nothing else is taken): /health says so after 5 min. Once
+        // it is given up (the retry age, 12 min here) nothing fails any more, and /health is Healthy within 3 min, though
+        // Port took no report since.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientId"] = "relay-client";
+            c["Dispatcher:Retry:MaxAgeHours"] = "0.2";
+        }, dispatchers: 0);
+        var runId = TestRuns.NewRunId();
+        await relay.EmulatorApi.PortBehaviorAsync(new { failRun = runId, status = 503 });
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
+        await SendAsync(relay, runId);
+
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), async () => await HealthAsync(relay) == "Degraded", TimeSpan.FromSeconds(60), "Degraded while it waits");
+        Assert.Single(relay.Dispatcher.Logs.Lines, l => l.Contains("[2213]", StringComparison.Ordinal));
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), () => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2202]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(60), "the report given up at the retry age");
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), async () => await HealthAsync(relay) == "Healthy", TimeSpan.FromSeconds(60), "Healthy again");
     }
 
     [Fact]
