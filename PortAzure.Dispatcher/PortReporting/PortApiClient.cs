@@ -51,6 +51,7 @@ internal sealed partial class PortApiClient(
     private long _sentCount;
     private DateTimeOffset? _failingSince;
     private DateTimeOffset _lastFailingForAll;
+    private bool _failingWarned;
 
     /// <summary>True from a refusal of the credentials by Port's token endpoint until it next issues a token.</summary>
     public bool CredentialsRefused => _credentialsRefused;
@@ -69,6 +70,10 @@ internal sealed partial class PortApiClient(
     /// </summary>
     internal static readonly TimeSpan OutageGap = TimeSpan.FromMinutes(3);
 
+    /// <summary>How long Port must fail every report before it is called an outage (a Warning, /health Degraded): a blip, or
+    /// one report failing alone for a few tries in a quiet period, is not worth an alert.</summary>
+    internal static readonly TimeSpan FailingFor = TimeSpan.FromMinutes(5);
+
     /// <summary>
     /// Since when Port's API has failed every report tried (see <see cref="MarkFailingForAll"/>), while such failures go
     /// on; null once Port takes a report, or when none came for <see cref="OutageGap"/> (nothing left waiting).
@@ -85,18 +90,26 @@ internal sealed partial class PortApiClient(
     }
 
     /// <summary>Notes that a report failed while no other was taken: Port looks to be failing for everyone.</summary>
-    /// <returns>True when this starts an outage (none under way, or the last such failure is past <see cref="OutageGap"/>).</returns>
-    public bool MarkFailingForAll(DateTimeOffset at)
+    /// <returns>
+    /// When this failure makes it an outage (Port has failed every report for <see cref="FailingFor"/>, not said before):
+    /// since when; else null.
+    /// </returns>
+    public DateTimeOffset? MarkFailingForAll(DateTimeOffset at)
     {
         lock (_failingGate)
         {
-            var starts = _failingSince is null || at - _lastFailingForAll > OutageGap;
-            if (starts)
+            if (_failingSince is null || at - _lastFailingForAll > OutageGap)
             {
                 _failingSince = at;
+                _failingWarned = false;
             }
             _lastFailingForAll = at;
-            return starts;
+            if (_failingWarned || at - _failingSince < FailingFor)
+            {
+                return null;
+            }
+            _failingWarned = true;
+            return _failingSince;
         }
     }
 
@@ -124,10 +137,15 @@ internal sealed partial class PortApiClient(
         if (response.IsSuccessStatusCode)
         {
             Interlocked.Increment(ref _sentCount);
-            DateTimeOffset? ended;
+            DateTimeOffset? ended = null;
             lock (_failingGate)
             {
-                (ended, _failingSince) = (_failingSince, null);
+                // Said only for an outage that was said (and is still under way): not for a blip, nor an ended one.
+                if (_failingWarned && timeProvider.GetUtcNow() - _lastFailingForAll <= OutageGap)
+                {
+                    ended = _failingSince;
+                }
+                (_failingSince, _failingWarned) = (null, false);
             }
             if (ended is { } since)
             {
@@ -170,10 +188,8 @@ internal sealed partial class PortApiClient(
         {
             return false;
         }
-        // Not "terminationStatus": a schema error about that field names it too.
-        return text.Contains("lock", StringComparison.OrdinalIgnoreCase)
-            || text.Contains("already terminated", StringComparison.OrdinalIgnoreCase)
-            || text.Contains("already been terminated", StringComparison.OrdinalIgnoreCase);
+        // Words, not fragments: a schema error naming terminationStatus, or "blocked", must not match.
+        return RunLockedPattern().IsMatch(text);
     }
 
     private void Throttle(RetryConditionHeaderValue? retryAfter)
@@ -265,6 +281,10 @@ internal sealed partial class PortApiClient(
     }
 
     public void Dispose() => _tokenLock.Dispose();
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"\b(run_locked|locked|already (been )?terminated)\b",
+        System.Text.RegularExpressions.RegexOptions.IgnoreCase | System.Text.RegularExpressions.RegexOptions.CultureInvariant)]
+    private static partial System.Text.RegularExpressions.Regex RunLockedPattern();
 
     private static partial class Log
     {

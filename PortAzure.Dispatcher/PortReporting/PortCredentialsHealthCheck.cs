@@ -9,13 +9,10 @@ namespace PortAzure.Dispatcher.PortReporting;
 /// </summary>
 internal sealed class PortCredentialsHealthCheck(PortApiClient client, TimeProvider timeProvider) : IHealthCheck
 {
-    // A blip of Port's is not worth an alert; reports ride it out on their own.
-    internal static readonly TimeSpan FailingFor = TimeSpan.FromMinutes(5);
-
     public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
         Task.FromResult(client.CredentialsRefused
             ? HealthCheckResult.Degraded("Port refuses the relay's API credentials (Port:ClientId, Port:ClientSecret); reports to Port wait until it accepts them.")
-            : client.FailingSince is { } since && timeProvider.GetUtcNow() - since >= FailingFor
+            : client.FailingSince is { } since && timeProvider.GetUtcNow() - since >= PortApiClient.FailingFor
             ? HealthCheckResult.Degraded($"Port's API has failed every report since {since:o}; reports to Port wait, up to Dispatcher:Retry:MaxAgeHours.")
             : HealthCheckResult.Healthy("Port's API takes the relay's reports."));
 }

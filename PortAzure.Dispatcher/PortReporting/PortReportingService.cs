@@ -25,7 +25,12 @@ internal sealed partial class PortReportingService(
     TimeProvider timeProvider,
     ILogger<PortReportingService> logger) : BackgroundService
 {
-    private const int MaxInFlight = 16;
+    // Reports held at once (sending or waiting to retry), and calls to Port at once. Waiting reports do not take a call:
+    // reports that fail each for its own reason (runs Port's credentials cannot reach) wait beside the others, which
+    // still flow, and each one Port takes lets the waiting ones spend an attempt. Only when more than MaxHeld fail in a
+    // row with none taken does reporting wait, which then looks the same as an outage (and is reported as one).
+    private const int MaxHeld = 256;
+    private const int MaxCalls = 16;
 
     // The report's first write time (Unix ms), added by a hand-back.
     private const string SinceField = "since";
@@ -80,15 +85,10 @@ internal sealed partial class PortReportingService(
     // Sends under way, by entry id: one this reporter reclaims from itself (a wait longer than the reclaim
     // time) is not started a second time.
     private readonly ConcurrentDictionary<string, Task> _sending = new(StringComparer.Ordinal);
-    // Not disposed: a send's continuation may release it after ExecuteAsync has returned.
-    private readonly SemaphoreSlim _slots = new(MaxInFlight, MaxInFlight);
+    // Not disposed: a send's continuation may release them after ExecuteAsync has returned.
+    private readonly SemaphoreSlim _slots = new(MaxHeld, MaxHeld);
+    private readonly SemaphoreSlim _calls = new(MaxCalls, MaxCalls);
     private readonly CancellationTokenSource _callsStop = new();
-    // Reports waiting to retry after a failed call, the reports running outside the slots as probes, and the probe whose
-    // first try is under way (0: none): see WaitForRoomAsync.
-    private int _retryWaiters;
-    private int _probes;
-    private int _probeTrying;
-    private int _lastProbe;
     private RedisValue _claimCursor = "0-0";
     private DateTimeOffset _nextClaim;
 
@@ -111,8 +111,9 @@ internal sealed partial class PortReportingService(
                     await EnsureGroupAsync();
                     groupReady = true;
                 }
-                var probe = !await WaitForRoomAsync(stoppingToken);
-                var started = await FeedAsync(probe, stoppingToken);
+                await _slots.WaitAsync(stoppingToken);
+                _slots.Release();
+                var started = await FeedAsync(stoppingToken);
                 errorBackoff.Reset();
                 if (started == 0)
                 {
@@ -157,39 +158,13 @@ internal sealed partial class PortReportingService(
             TimeSpan.FromSeconds(options.CurrentValue.PortReportReclaimSeconds));
     }
 
-    /// <summary>
-    /// Waits for a free slot (true). False: none is free, but every running report waits to retry a failed call and no
-    /// probe is in its first try: one more report may start outside the slots, as a probe (at most
-    /// <see cref="MaxInFlight"/> of them). Reports failing each for its own reason (runs Port's credentials cannot reach)
-    /// look like an outage as long as no other report is taken, and would otherwise hold every slot until the retry age;
-    /// each probe Port takes lets them spend an attempt. In a real outage the probes wait too, one more per failed one.
-    /// </summary>
-    private async Task<bool> WaitForRoomAsync(CancellationToken stoppingToken)
-    {
-        while (!await _slots.WaitAsync(TimeSpan.FromSeconds(1), stoppingToken))
-        {
-            var probes = Volatile.Read(ref _probes);
-            if (probes < MaxInFlight && Volatile.Read(ref _probeTrying) == 0 && Volatile.Read(ref _retryWaiters) >= MaxInFlight + probes)
-            {
-                return false;
-            }
-        }
-        _slots.Release();
-        return true;
-    }
-
-    private async Task<int> FeedAsync(bool probe, CancellationToken stoppingToken)
+    private async Task<int> FeedAsync(CancellationToken stoppingToken)
     {
         var opts = options.CurrentValue;
         var db = redis.GetDatabase();
         var entries = new List<StreamEntry>();
         var now = timeProvider.GetUtcNow();
-        if (probe)
-        {
-            // A new report, not one taken over: those are as likely to be stuck as the ones in the slots.
-            entries.AddRange(await db.StreamReadGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name, ">", 1));
-        }
-        else if (now >= _nextClaim)
+        if (now >= _nextClaim)
         {
             _nextClaim = now + TimeSpan.FromSeconds(opts.ClaimIntervalSeconds);
             var claim = await db.StreamAutoClaimAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name,
@@ -204,7 +179,7 @@ internal sealed partial class PortReportingService(
                 Log.Trimmed(logger, claim.DeletedIds.Length);
             }
         }
-        if (!probe && _slots.CurrentCount > entries.Count)
+        if (_slots.CurrentCount > entries.Count)
         {
             entries.AddRange(await db.StreamReadGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name, ">",
                 _slots.CurrentCount - entries.Count));
@@ -214,42 +189,21 @@ internal sealed partial class PortReportingService(
         foreach (var entry in entries)
         {
             // Not cancelled by the stop: the entries are this reporter's now, and a slot is free for each (at most
-            // CurrentCount were read), or it is a probe. Started at the stop, a report is handed back at once.
-            Action? firstTryDone = null;
-            if (probe)
-            {
-                Interlocked.Increment(ref _probes);
-                var probeId = Interlocked.Increment(ref _lastProbe);
-                Volatile.Write(ref _probeTrying, probeId);
-                firstTryDone = () => Interlocked.CompareExchange(ref _probeTrying, 0, probeId);
-            }
-            else
-            {
-                await _slots.WaitAsync(CancellationToken.None);
-            }
+            // CurrentCount were read). Started at the stop, a report is handed back at once.
+            await _slots.WaitAsync(CancellationToken.None);
             var id = entry.Id.ToString();
-            var send = SendAndRemoveAsync(entry, firstTryDone, stoppingToken);
+            var send = SendAndRemoveAsync(entry, stoppingToken);
             _sending[id] = send;
             _ = send.ContinueWith(done =>
             {
                 _sending.TryRemove(id, out _);
-                if (firstTryDone is not null)
-                {
-                    // Also when it ended before a first try (stopped, malformed).
-                    firstTryDone();
-                    Interlocked.Decrement(ref _probes);
-                }
-                else
-                {
-                    _slots.Release();
-                }
+                _slots.Release();
             }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
         return entries.Count;
     }
 
-    /// <param name="firstTryDone">Called once the report's first call to Port has ended (a probe's).</param>
-    private async Task SendAndRemoveAsync(StreamEntry entry, Action? firstTryDone, CancellationToken stoppingToken)
+    private async Task SendAndRemoveAsync(StreamEntry entry, CancellationToken stoppingToken)
     {
         var report = PortReport.FromStreamEntry(entry);
         if (report is null)
@@ -258,7 +212,7 @@ internal sealed partial class PortReportingService(
         }
         else
         {
-            switch (await SendAsync(report, entry.Id, WrittenAt(entry), firstTryDone, stoppingToken))
+            switch (await SendAsync(report, entry.Id, WrittenAt(entry), stoppingToken))
             {
                 case SendOutcome.Stopped:
                     await HandBackAsync(entry, report);
@@ -348,14 +302,21 @@ internal sealed partial class PortReportingService(
     }
 
     /// <param name="writtenAt">When the report was first written: its age bounds the retries.</param>
-    /// <param name="firstTryDone">Called once the first call to Port has ended, whatever its result.</param>
-    private async Task<SendOutcome> SendAsync(PortReport report, RedisValue entryId, DateTimeOffset writtenAt, Action? firstTryDone, CancellationToken stoppingToken)
+    private async Task<SendOutcome> SendAsync(PortReport report, RedisValue entryId, DateTimeOffset writtenAt, CancellationToken stoppingToken)
     {
         long? sentBeforePreviousTry = null;
         for (int tries = 1, attempt = 0, outageWaits = 0; ; tries++)
         {
             // No new call once stopping: one cut off after reaching Port would show twice.
             if (stoppingToken.IsCancellationRequested)
+            {
+                return SendOutcome.Stopped;
+            }
+            try
+            {
+                await _calls.WaitAsync(stoppingToken);
+            }
+            catch (OperationCanceledException)
             {
                 return SendOutcome.Stopped;
             }
@@ -378,9 +339,9 @@ internal sealed partial class PortReportingService(
                 Log.CallFailed(logger, ex, report.DeliveryId);
                 result = PortCallResult.RetryLater;
             }
-            if (tries == 1)
+            finally
             {
-                firstTryDone?.Invoke();
+                _calls.Release();
             }
             var outcome = OutcomeName(result);
             activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, outcome);
@@ -421,9 +382,9 @@ internal sealed partial class PortReportingService(
             TimeSpan wait;
             if (outage)
             {
-                if (client.MarkFailingForAll(triedAt))
+                if (client.MarkFailingForAll(triedAt) is { } since)
                 {
-                    Log.PortFailingForAll(logger, options.CurrentValue.Retry.MaxAgeHours);
+                    Log.PortFailingForAll(logger, since, options.CurrentValue.Retry.MaxAgeHours);
                 }
                 wait = Backoff[Math.Min(outageWaits++, Backoff.Length - 1)];
             }
@@ -447,13 +408,6 @@ internal sealed partial class PortReportingService(
             {
                 wait = Backoff[attempt++];
             }
-            // Counted for the probes: every retry wait after a failed call, an outage's or this report's own (a probe Port
-            // takes makes the latter spend attempts, and the next probe keeps that going).
-            var retryWait = result == PortCallResult.RetryLater;
-            if (retryWait)
-            {
-                Interlocked.Increment(ref _retryWaiters);
-            }
             try
             {
                 // Already stopping: cancelled at once.
@@ -462,13 +416,6 @@ internal sealed partial class PortReportingService(
             catch (OperationCanceledException)
             {
                 return SendOutcome.Stopped;
-            }
-            finally
-            {
-                if (retryWait)
-                {
-                    Interlocked.Decrement(ref _retryWaiters);
-                }
             }
             switch (await TouchAsync(entryId))
             {
@@ -513,14 +460,14 @@ internal sealed partial class PortReportingService(
     /// </summary>
     private DateTimeOffset WrittenAt(StreamEntry entry)
     {
-        if (entry[SinceField] is { IsNullOrEmpty: false } since && UnixMilliseconds((string)since!) is { } sinceAt)
-        {
-            return sinceAt;
-        }
         var id = entry.Id.ToString();
         var dash = id.IndexOf('-', StringComparison.Ordinal);
         // An id Redis wrote always parses; a damaged one ages as if written now.
-        return UnixMilliseconds(dash > 0 ? id[..dash] : id) ?? timeProvider.GetUtcNow();
+        var entryWritten = UnixMilliseconds(dash > 0 ? id[..dash] : id) ?? timeProvider.GetUtcNow();
+        // Never later than the entry itself: a damaged time in the future would keep the report young for ever.
+        return entry[SinceField] is { IsNullOrEmpty: false } since && UnixMilliseconds((string)since!) is { } sinceAt && sinceAt < entryWritten
+            ? sinceAt
+            : entryWritten;
     }
 
     private static DateTimeOffset? UnixMilliseconds(string text) =>
@@ -557,8 +504,8 @@ internal sealed partial class PortReportingService(
         [LoggerMessage(EventIds.ReportCallFailed, LogLevel.Debug, "A call to Port's API for delivery {DeliveryId} failed")]
         public static partial void CallFailed(ILogger logger, Exception exception, string deliveryId);
 
-        [LoggerMessage(EventIds.ReportFailed, LogLevel.Warning, "Could not report delivery {DeliveryId} to Port run {RunId} after {Attempts} attempts")]
-        public static partial void Failed(ILogger logger, string deliveryId, string runId, int attempts);
+        [LoggerMessage(EventIds.ReportFailed, LogLevel.Warning, "Could not report delivery {DeliveryId} to Port run {RunId}; given up after {Tries} tries")]
+        public static partial void Failed(ILogger logger, string deliveryId, string runId, int tries);
 
         [LoggerMessage(EventIds.ReportMalformed, LogLevel.Warning, "Port report entry {EntryId} is damaged; dropped")]
         public static partial void Malformed(ILogger logger, string entryId);
@@ -578,8 +525,8 @@ internal sealed partial class PortReportingService(
         public static partial void Trimmed(ILogger logger, int count);
 
         [LoggerMessage(EventIds.PortFailingForAll, LogLevel.Warning,
-            "Port's API failed a report and took no other since (Port down, its credentials lacking a permission, or runs it refuses one by one); reports wait without spending their attempts, up to {MaxAgeHours} h (Dispatcher:Retry:MaxAgeHours)")]
-        public static partial void PortFailingForAll(ILogger logger, double maxAgeHours);
+            "Port's API has failed every report tried since {Since:o} (Port down, its credentials lacking a permission, or runs it refuses one by one); reports wait without spending their attempts, up to {MaxAgeHours} h (Dispatcher:Retry:MaxAgeHours)")]
+        public static partial void PortFailingForAll(ILogger logger, DateTimeOffset since, double maxAgeHours);
 
         [LoggerMessage(EventIds.ReportAlreadyEnded, LogLevel.Information,
             "Port run {RunId} already has a final status; the report of delivery {DeliveryId} ({Status}) was not added (an earlier try of it may have been)")]
