@@ -47,9 +47,10 @@ internal sealed class DispatcherOptions
     /// <summary>
     /// A Port report taken by a reporter that stopped (crash, or shutdown while Port's API was down) is
     /// taken over after this long. A live reporter resets the report's idle time after each wait, so this
-    /// must exceed the longest time between two touches: the longest wait (a 429's Retry-After, honoured up to 5 min)
-    /// plus one try, whose token fetch can queue behind others' while Port's token endpoint times out (15 s each): about
-    /// 10 min. Below that a report would be sent twice. (Tests set a few seconds; the validator allows it.)
+    /// must exceed the longest time between two touches: the longest wait (a 429's Retry-After, honoured up to 5 min),
+    /// up to 10 s queued for one of the 16 calls (a longer queue is followed by a touch), and one try (a token call and
+    /// the POST, 15 s each): about 6 min; 10 min leaves room. Below that a report would be sent twice. (Tests set a few
+    /// seconds; the validator allows it.)
     /// </summary>
     public double PortReportReclaimSeconds { get; set; } = 900;
 

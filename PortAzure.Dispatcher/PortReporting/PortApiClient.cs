@@ -38,6 +38,10 @@ internal sealed partial class PortApiClient(
     // After a refusal the token endpoint is left alone for a while: every waiting report would otherwise ask again.
     private static readonly TimeSpan RefusalPause = TimeSpan.FromSeconds(30);
 
+    // After a failed token call (an error, a timeout) the sends queued behind it do not each wait out their own: while
+    // Port's token endpoint times out, that queue is what made a try take minutes.
+    private static readonly TimeSpan TokenFailurePause = TimeSpan.FromSeconds(5);
+
     // A 429 without Retry-After waits this long; a Retry-After beyond the cap is taken as the cap.
     private static readonly TimeSpan DefaultThrottle = TimeSpan.FromSeconds(10);
     internal static readonly TimeSpan MaxThrottle = TimeSpan.FromMinutes(5);
@@ -45,6 +49,7 @@ internal sealed partial class PortApiClient(
     private string? _token;
     private DateTimeOffset _tokenExpires;
     private DateTimeOffset _refusedUntil;
+    private DateTimeOffset _tokenFailedUntil;
     private volatile bool _credentialsRefused;
     private long _throttledUntilTicks;
     private readonly Lock _failingGate = new();
@@ -238,14 +243,24 @@ internal sealed partial class PortApiClient(
             {
                 return (null, true);
             }
-            if (timeProvider.GetUtcNow() < ThrottledUntil)
+            if (timeProvider.GetUtcNow() < ThrottledUntil || timeProvider.GetUtcNow() < _tokenFailedUntil)
             {
-                // Sends that queued on the lock behind a throttled token call do not call again.
+                // Sends that queued on the lock behind a throttled or failed token call do not call again.
                 return (null, false);
             }
             var port = options.CurrentValue;
-            using var response = await httpClientFactory.CreateClient(HttpClientName).PostAsJsonAsync(new Uri(port.ApiBaseUrl, "/v1/auth/access_token"),
-                new TokenRequest(port.ClientId ?? "", port.ClientSecret ?? ""), cancellationToken);
+            HttpResponseMessage response;
+            try
+            {
+                response = await httpClientFactory.CreateClient(HttpClientName).PostAsJsonAsync(new Uri(port.ApiBaseUrl, "/v1/auth/access_token"),
+                    new TokenRequest(port.ClientId ?? "", port.ClientSecret ?? ""), cancellationToken);
+            }
+            catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException && !cancellationToken.IsCancellationRequested)
+            {
+                _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
+                throw;
+            }
+            using var answer = response;
             if (response.StatusCode is HttpStatusCode.Unauthorized or HttpStatusCode.Forbidden)
             {
                 _refusedUntil = timeProvider.GetUtcNow() + RefusalPause;
@@ -260,6 +275,7 @@ internal sealed partial class PortApiClient(
             }
             if (!response.IsSuccessStatusCode)
             {
+                _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
                 return (null, false);
             }
             var token = await response.Content.ReadFromJsonAsync<TokenResponse>(cancellationToken);

@@ -32,6 +32,9 @@ internal sealed partial class PortReportingService(
     private const int MaxHeld = 256;
     private const int MaxCalls = 16;
 
+    // A report that waited longer than this for a call is touched before it (see SendAsync).
+    private static readonly TimeSpan CallQueueTouch = TimeSpan.FromSeconds(10);
+
     // The report's first write time (Unix ms), added by a hand-back.
     private const string SinceField = "since";
     private static readonly TimeSpan CredentialsRefusedWait = TimeSpan.FromSeconds(60);
@@ -312,6 +315,7 @@ internal sealed partial class PortReportingService(
             {
                 return SendOutcome.Stopped;
             }
+            var queuedAt = timeProvider.GetUtcNow();
             try
             {
                 await _calls.WaitAsync(stoppingToken);
@@ -323,13 +327,29 @@ internal sealed partial class PortReportingService(
             var triedAt = timeProvider.GetUtcNow();
             var sentBefore = client.SentCount;
             PortCallResult result;
-            using var activity = StartReportActivity(report, tries);
+            Activity? activity = null;
             try
             {
+                // The wait for a call can be long (many reports held, Port slow): the report may have been taken over
+                // meanwhile, and must not be sent by both reporters. After a long one it is touched anew before the call.
+                if (triedAt - queuedAt > CallQueueTouch)
+                {
+                    switch (await TouchAsync(entryId))
+                    {
+                        case 0:
+                            return SendOutcome.TakenOver;
+                        case -1:
+                            return SendOutcome.Trimmed;
+                        default:
+                            break;
+                    }
+                }
+                activity = StartReportActivity(report, tries);
                 result = await client.SendLogAsync(report, _callsStop.Token);
             }
             catch (OperationCanceledException) when (_callsStop.IsCancellationRequested)
             {
+                activity?.Dispose();
                 return SendOutcome.Stopped;
             }
             catch (Exception ex)
@@ -343,6 +363,7 @@ internal sealed partial class PortReportingService(
             {
                 _calls.Release();
             }
+            using var tryActivity = activity;
             var outcome = OutcomeName(result);
             activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, outcome);
             if (result is not PortCallResult.Sent and not PortCallResult.AlreadyEnded)
@@ -382,7 +403,8 @@ internal sealed partial class PortReportingService(
             TimeSpan wait;
             if (outage)
             {
-                if (client.MarkFailingForAll(triedAt) is { } since)
+                // When the try ended, not began: a call can take minutes while Port times out (token fetches queue).
+                if (client.MarkFailingForAll(timeProvider.GetUtcNow()) is { } since)
                 {
                     Log.PortFailingForAll(logger, since, options.CurrentValue.Retry.MaxAgeHours);
                 }
