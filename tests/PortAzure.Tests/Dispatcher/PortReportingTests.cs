@@ -473,6 +473,23 @@ public class PortReportingTests
     }
 
     [Fact]
+    public async Task PortTokenEndpointFails_TheSendsQueuedBehindTheFailedCallDoNotCallAgain()
+    {
+        // While Port's token endpoint times out, each send queued on the token lock waited out its own 15 s call: a try
+        // took minutes. After a failed token call the sends behind it fail at once (for 5 s).
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        var (_, clock) = await ThreeReportsQueuedAsync(relay, new { failNext = 1000, status = 503 });
+
+        await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0,
+            TimeSpan.FromSeconds(20), "a first token call");
+        // The clock stands still, so the pause does not end: the other two first tries (queued on the token lock, each
+        // within milliseconds without the pause) make no call.
+        await Task.Delay(1000);
+
+        Assert.Single(await relay.EmulatorApi.PortCallsAsync());
+    }
+
+    [Fact]
     public async Task PortApiDown_PastTheRetryAge_TheReportIsGivenUp()
     {
         // Waiting out an outage is bounded by the retry age (6 min here), as a delivery's wait for Azure is.
