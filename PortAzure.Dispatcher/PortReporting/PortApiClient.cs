@@ -1,6 +1,7 @@
 using System.Net;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
+using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.Extensions.Options;
 using PortAzure.Dispatcher.Diagnostics;
@@ -278,9 +279,20 @@ internal sealed partial class PortApiClient(
                 _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
                 return (null, false);
             }
-            var token = await response.Content.ReadFromJsonAsync<TokenResponse>(cancellationToken);
+            TokenResponse? token;
+            try
+            {
+                token = await response.Content.ReadFromJsonAsync<TokenResponse>(cancellationToken);
+            }
+            catch (Exception ex) when (ex is JsonException or HttpRequestException or NotSupportedException && !cancellationToken.IsCancellationRequested)
+            {
+                // A 200 that is not a token (a proxy's page, a cut-off body) is a failed token call too.
+                _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
+                throw;
+            }
             if (token?.AccessToken is not { Length: > 0 } accessToken)
             {
+                _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
                 return (null, false);
             }
             var lifetime = TimeSpan.FromSeconds(token.ExpiresIn);

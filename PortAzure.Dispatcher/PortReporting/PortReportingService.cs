@@ -403,7 +403,7 @@ internal sealed partial class PortReportingService(
             TimeSpan wait;
             if (outage)
             {
-                // When the try ended, not began: a call can take minutes while Port times out (token fetches queue).
+                // When the try ended, not began: a try can take up to ~45 s while Port times out (a token call, the POST).
                 if (client.MarkFailingForAll(timeProvider.GetUtcNow()) is { } since)
                 {
                     Log.PortFailingForAll(logger, since, options.CurrentValue.Retry.MaxAgeHours);
