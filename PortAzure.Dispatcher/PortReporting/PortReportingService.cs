@@ -1,7 +1,7 @@
-using System.Diagnostics;
-using PortAzure.Diagnostics;
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using Microsoft.Extensions.Options;
+using PortAzure.Diagnostics;
 using PortAzure.Dispatcher.Delivery;
 using PortAzure.Dispatcher.Diagnostics;
 using PortAzure.Redis;
@@ -332,17 +332,9 @@ internal sealed partial class PortReportingService(
             {
                 // The wait for a call can be long (many reports held, Port slow): the report may have been taken over
                 // meanwhile, and must not be sent by both reporters. After a long one it is touched anew before the call.
-                if (triedAt - queuedAt > CallQueueTouch)
+                if (triedAt - queuedAt > CallQueueTouch && await TouchAsync(entryId) is { } leftWhileQueued)
                 {
-                    switch (await TouchAsync(entryId))
-                    {
-                        case 0:
-                            return SendOutcome.TakenOver;
-                        case -1:
-                            return SendOutcome.Trimmed;
-                        default:
-                            break;
-                    }
+                    return leftWhileQueued;
                 }
                 activity = StartReportActivity(report, tries);
                 result = await client.SendLogAsync(report, _callsStop.Token);
@@ -363,14 +355,13 @@ internal sealed partial class PortReportingService(
             {
                 _calls.Release();
             }
-            using var tryActivity = activity;
             var outcome = OutcomeName(result);
             activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, outcome);
             if (result is not PortCallResult.Sent and not PortCallResult.AlreadyEnded)
             {
                 activity?.SetStatus(ActivityStatusCode.Error, outcome);
             }
-            // Ended here, not by the using (which covers the returns): the wait below is not part of the try.
+            // Ended here: the wait below is not part of the try.
             activity?.Dispose();
             if (result is PortCallResult.Sent or PortCallResult.AlreadyEnded)
             {
@@ -439,14 +430,9 @@ internal sealed partial class PortReportingService(
             {
                 return SendOutcome.Stopped;
             }
-            switch (await TouchAsync(entryId))
+            if (await TouchAsync(entryId) is { } leftWhileWaiting)
             {
-                case 0:
-                    return SendOutcome.TakenOver;
-                case -1:
-                    return SendOutcome.Trimmed;
-                default:
-                    break;
+                return leftWhileWaiting;
             }
         }
     }
@@ -502,19 +488,24 @@ internal sealed partial class PortReportingService(
     /// Resets the entry's idle time, so that a report this reporter is still retrying is not taken over as
     /// the report of a stopped one, however long Port's API keeps it waiting.
     /// </summary>
-    /// <returns>1: still this reporter's; 0: another took it over during the wait; -1: it was trimmed from the stream.</returns>
-    private async Task<int> TouchAsync(RedisValue entryId)
+    /// <returns>Null while the report is still this reporter's; else how it left: taken over by another, or trimmed away.</returns>
+    private async Task<SendOutcome?> TouchAsync(RedisValue entryId)
     {
         try
         {
             return (int)await redis.GetDatabase().ScriptEvaluateAsync(TouchScript, [RedisKeys.PortReports],
-                [RedisKeys.PortReportersGroup, entryId, identity.Name]);
+                [RedisKeys.PortReportersGroup, entryId, identity.Name]) switch
+            {
+                0 => SendOutcome.TakenOver,
+                -1 => SendOutcome.Trimmed,
+                _ => null,
+            };
         }
         catch (Exception ex)
         {
             // Not fatal: at worst the report is taken over and shows twice in Port's run log.
             Log.QueueError(logger, ex);
-            return 1;
+            return null;
         }
     }
 
