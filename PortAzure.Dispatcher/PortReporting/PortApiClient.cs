@@ -53,11 +53,7 @@ internal sealed partial class PortApiClient(
     private DateTimeOffset _tokenFailedUntil;
     private volatile bool _credentialsRefused;
     private long _throttledUntilTicks;
-    private readonly Lock _failingGate = new();
     private long _sentCount;
-    private DateTimeOffset? _failingSince;
-    private DateTimeOffset _lastFailingForAll;
-    private bool _failingWarned;
 
     /// <summary>True from a refusal of the credentials by Port's token endpoint until it next issues a token.</summary>
     public bool CredentialsRefused => _credentialsRefused;
@@ -71,53 +67,8 @@ internal sealed partial class PortApiClient(
     /// <summary>How many reports Port has taken from this client: one taken after a report's try shows Port is up.</summary>
     public long SentCount => Interlocked.Read(ref _sentCount);
 
-    /// <summary>
-    /// Failures further apart than this are not one outage: every report waiting in one retries at least every 2 min.
-    /// </summary>
-    internal static readonly TimeSpan OutageGap = TimeSpan.FromMinutes(3);
-
-    /// <summary>How long Port must fail every report before it is called an outage (a Warning, /health Degraded): a blip, or
-    /// one report failing alone for a few tries in a quiet period, is not worth an alert.</summary>
-    internal static readonly TimeSpan FailingFor = TimeSpan.FromMinutes(5);
-
-    /// <summary>
-    /// Since when Port's API has failed every report tried (see <see cref="MarkFailingForAll"/>), while such failures go
-    /// on; null once Port takes a report, or when none came for <see cref="OutageGap"/> (nothing left waiting).
-    /// </summary>
-    public DateTimeOffset? FailingSince
-    {
-        get
-        {
-            lock (_failingGate)
-            {
-                return _failingSince is { } since && timeProvider.GetUtcNow() - _lastFailingForAll <= OutageGap ? since : null;
-            }
-        }
-    }
-
-    /// <summary>Notes that a report failed while no other was taken: Port looks to be failing for everyone.</summary>
-    /// <returns>
-    /// When this failure makes it an outage (Port has failed every report for <see cref="FailingFor"/>, not said before):
-    /// since when; else null.
-    /// </returns>
-    public DateTimeOffset? MarkFailingForAll(DateTimeOffset at)
-    {
-        lock (_failingGate)
-        {
-            if (_failingSince is null || at - _lastFailingForAll > OutageGap)
-            {
-                _failingSince = at;
-                _failingWarned = false;
-            }
-            _lastFailingForAll = at;
-            if (_failingWarned || at - _failingSince < FailingFor)
-            {
-                return null;
-            }
-            _failingWarned = true;
-            return _failingSince;
-        }
-    }
+    /// <summary>Whether Port fails every report tried; ended here when it takes one.</summary>
+    public PortOutage Outage { get; } = new(timeProvider);
 
     public async Task<PortCallResult> SendLogAsync(PortReport report, CancellationToken cancellationToken)
     {
@@ -143,19 +94,9 @@ internal sealed partial class PortApiClient(
         if (response.IsSuccessStatusCode)
         {
             Interlocked.Increment(ref _sentCount);
-            DateTimeOffset? ended = null;
-            lock (_failingGate)
+            if (Outage.Ended() is { } lasted)
             {
-                // Said only for an outage that was said (and is still under way): not for a blip, nor an ended one.
-                if (_failingWarned && timeProvider.GetUtcNow() - _lastFailingForAll <= OutageGap)
-                {
-                    ended = _failingSince;
-                }
-                (_failingSince, _failingWarned) = (null, false);
-            }
-            if (ended is { } since)
-            {
-                Log.PortAnswersAgain(logger, (timeProvider.GetUtcNow() - since).TotalMinutes);
+                Log.PortAnswersAgain(logger, lasted.TotalMinutes);
             }
             return PortCallResult.Sent;
         }

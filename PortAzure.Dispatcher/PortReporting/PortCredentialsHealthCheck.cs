@@ -7,12 +7,12 @@ namespace PortAzure.Dispatcher.PortReporting;
 /// credentials lack a permission): the reports then wait without being given up, so no failure count moves, and an
 /// alert on /health is how someone learns that Port's run logs have stopped.
 /// </summary>
-internal sealed class PortCredentialsHealthCheck(PortApiClient client, TimeProvider timeProvider) : IHealthCheck
+internal sealed class PortCredentialsHealthCheck(PortApiClient client) : IHealthCheck
 {
     public Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
         Task.FromResult(client.CredentialsRefused
             ? HealthCheckResult.Degraded("Port refuses the relay's API credentials (Port:ClientId, Port:ClientSecret); reports to Port wait until it accepts them.")
-            : client.FailingSince is { } since && timeProvider.GetUtcNow() - since >= PortApiClient.FailingFor
+            : client.Outage.Since is { } since
             ? HealthCheckResult.Degraded($"Port's API has failed every report since {since:o}; reports to Port wait, up to Dispatcher:Retry:MaxAgeHours.")
             : HealthCheckResult.Healthy("Port's API takes the relay's reports."));
 }

@@ -395,7 +395,7 @@ internal sealed partial class PortReportingService(
             if (outage)
             {
                 // When the try ended, not began: a try can take up to ~45 s while Port times out (a token call, the POST).
-                if (client.MarkFailingForAll(timeProvider.GetUtcNow()) is { } since)
+                if (client.Outage.Failed(timeProvider.GetUtcNow()) is { } since)
                 {
                     Log.PortFailingForAll(logger, since, options.CurrentValue.Retry.MaxAgeHours);
                 }

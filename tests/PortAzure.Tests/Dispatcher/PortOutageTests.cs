@@ -1,0 +1,84 @@
+using Microsoft.Extensions.Time.Testing;
+using PortAzure.Dispatcher.PortReporting;
+
+namespace PortAzure.Tests.Dispatcher;
+
+public class PortOutageTests
+{
+    private readonly FakeTimeProvider _clock = new(DateTimeOffset.UtcNow);
+
+    [Fact]
+    public void Failed_EveryTwoMinutesForFiveMinutes_AnnouncedOnceWithItsStart()
+    {
+        var outage = new PortOutage(_clock);
+        var start = _clock.GetUtcNow();
+        var announced = new List<DateTimeOffset?>();
+
+        for (var i = 0; i < 6; i++)
+        {
+            announced.Add(outage.Failed(_clock.GetUtcNow()));
+            _clock.Advance(TimeSpan.FromMinutes(2));
+        }
+
+        // At 0, 2, 4 min: not yet; at 6 min: announced, from its start; at 8 and 10 min: not again.
+        Assert.Equal([null, null, null, start, null, null], announced);
+    }
+
+    [Fact]
+    public void Since_OnlyOnceFiveMinutesOldAndWhileFailuresGoOn()
+    {
+        var outage = new PortOutage(_clock);
+        var start = _clock.GetUtcNow();
+        outage.Failed(start);
+        _clock.Advance(TimeSpan.FromMinutes(2));
+        outage.Failed(_clock.GetUtcNow());
+        _clock.Advance(TimeSpan.FromMinutes(2));
+        Assert.Null(outage.Since);
+
+        _clock.Advance(TimeSpan.FromMinutes(1));
+        Assert.Equal(start, outage.Since);
+
+        // No failure for longer than the gap: nothing is waiting any more, though Port took no report.
+        _clock.Advance(TimeSpan.FromMinutes(2));
+        Assert.Null(outage.Since);
+    }
+
+    [Fact]
+    public void Failed_AfterAGapLongerThanThreeMinutes_StartsANewOutage()
+    {
+        var outage = new PortOutage(_clock);
+        outage.Failed(_clock.GetUtcNow());
+        _clock.Advance(TimeSpan.FromMinutes(4));
+        var restart = _clock.GetUtcNow();
+        outage.Failed(restart);
+        _clock.Advance(TimeSpan.FromMinutes(2));
+        Assert.Null(outage.Failed(_clock.GetUtcNow()));
+
+        _clock.Advance(TimeSpan.FromMinutes(3));
+
+        Assert.Equal(restart, outage.Failed(_clock.GetUtcNow()));
+    }
+
+    [Fact]
+    public void Ended_OnlyForAnAnnouncedOutageStillUnderWay()
+    {
+        var outage = new PortOutage(_clock);
+        outage.Failed(_clock.GetUtcNow());
+        _clock.Advance(TimeSpan.FromMinutes(1));
+        Assert.Null(outage.Ended());
+
+        var start = _clock.GetUtcNow();
+        outage.Failed(start);
+        _clock.Advance(TimeSpan.FromMinutes(2));
+        outage.Failed(_clock.GetUtcNow());
+        _clock.Advance(TimeSpan.FromMinutes(2));
+        outage.Failed(_clock.GetUtcNow());
+        _clock.Advance(TimeSpan.FromMinutes(2));
+        Assert.NotNull(outage.Failed(_clock.GetUtcNow()));
+        _clock.Advance(TimeSpan.FromMinutes(1));
+
+        Assert.Equal(TimeSpan.FromMinutes(7), outage.Ended());
+        Assert.Null(outage.Since);
+        Assert.Null(outage.Ended());
+    }
+}
