@@ -152,6 +152,12 @@ public sealed class RedisServer : IAsyncDisposable
         for (var attempt = 0; attempt < 50; attempt++)
         {
             var port = Random.Shared.Next(10_000, ephemeralStart);
+            // Never one this process handed out before: a test that killed its server (to restart it on the same port)
+            // leaves the port free meanwhile, and another test's server there would answer its clients instead.
+            if (!HandedOut.TryAdd(port, true))
+            {
+                continue;
+            }
             try
             {
                 using var listener = new TcpListener(IPAddress.Loopback, port);
@@ -165,6 +171,8 @@ public sealed class RedisServer : IAsyncDisposable
         }
         return FreePort();
     }
+
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<int, bool> HandedOut = new();
 
     public static int FreePort()
     {
