@@ -32,6 +32,9 @@ internal sealed partial class PortReportingService(
     private const int MaxHeld = 256;
     private const int MaxCalls = 16;
 
+    // The longest time between two touches of a report still being retried (DispatcherOptions.PortReportReclaimSeconds).
+    private static readonly TimeSpan MinSafeReclaim = TimeSpan.FromMinutes(6);
+
     // A report that waited longer than this for a call is touched before it (see SendAsync).
     private static readonly TimeSpan CallQueueTouch = TimeSpan.FromSeconds(10);
 
@@ -101,6 +104,12 @@ internal sealed partial class PortReportingService(
         {
             // Nothing writes reports without Port's credentials, so there is nothing to send.
             return;
+        }
+        if (options.CurrentValue.PortReportReclaimSeconds < MinSafeReclaim.TotalSeconds)
+        {
+            // Allowed (tests take over in seconds), but in production a report still being retried would be taken over
+            // and sent twice.
+            Log.ReclaimTooShort(logger, options.CurrentValue.PortReportReclaimSeconds, MinSafeReclaim.TotalMinutes);
         }
         using var stopCalls = stoppingToken.Register(() => _callsStop.CancelAfter(StopGrace));
         var groupReady = false;
@@ -540,6 +549,10 @@ internal sealed partial class PortReportingService(
         [LoggerMessage(EventIds.PortFailingForAll, LogLevel.Warning,
             "Port's API has failed every report tried since {Since:o} (Port down, its credentials lacking a permission, or runs it refuses one by one); reports wait without spending their attempts, up to {MaxAgeHours} h (Dispatcher:Retry:MaxAgeHours)")]
         public static partial void PortFailingForAll(ILogger logger, DateTimeOffset since, double maxAgeHours);
+
+        [LoggerMessage(EventIds.ReportReclaimTooShort, LogLevel.Warning,
+            "Dispatcher:PortReportReclaimSeconds is {Seconds} s: a report still being retried can go {Minutes} min between touches, and would then be taken over and sent twice")]
+        public static partial void ReclaimTooShort(ILogger logger, double seconds, double minutes);
 
         [LoggerMessage(EventIds.ReportAlreadyEnded, LogLevel.Information,
             "Port run {RunId} already has a final status; the report of delivery {DeliveryId} ({Status}) was not added (an earlier try of it may have been)")]
