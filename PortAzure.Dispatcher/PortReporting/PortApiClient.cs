@@ -24,6 +24,9 @@ internal enum PortCallResult
 
     /// <summary>A final status refused (409/422) because the run has one already: perhaps this report's own earlier try.</summary>
     AlreadyEnded,
+
+    /// <summary>No call made: a token call failed moments ago (<see cref="PortApiClient.TokenFailurePause"/>).</summary>
+    NotTried,
 }
 
 /// <summary>Port's REST API: an access token cached until shortly before it expires, and run log lines.</summary>
@@ -41,7 +44,7 @@ internal sealed partial class PortApiClient(
 
     // After a failed token call (an error, a timeout) the sends queued behind it do not each wait out their own: while
     // Port's token endpoint times out, that queue is what made a try take minutes.
-    private static readonly TimeSpan TokenFailurePause = TimeSpan.FromSeconds(5);
+    internal static readonly TimeSpan TokenFailurePause = TimeSpan.FromSeconds(5);
 
     // A 429 without Retry-After waits this long; a Retry-After beyond the cap is taken as the cap.
     private static readonly TimeSpan DefaultThrottle = TimeSpan.FromSeconds(10);
@@ -77,11 +80,12 @@ internal sealed partial class PortApiClient(
         {
             return PortCallResult.Throttled;
         }
-        var (token, refused) = await GetTokenAsync(cancellationToken);
+        var (token, refused, paused) = await GetTokenAsync(cancellationToken);
         if (token is null)
         {
             return refused ? PortCallResult.CredentialsRefused
                 : timeProvider.GetUtcNow() < ThrottledUntil ? PortCallResult.Throttled
+                : paused ? PortCallResult.NotTried
                 : PortCallResult.RetryLater;
         }
         var uri = new Uri(options.CurrentValue.ApiBaseUrl, $"/v1/actions/runs/{Uri.EscapeDataString(report.RunId)}/logs");
@@ -167,28 +171,31 @@ internal sealed partial class PortApiClient(
         }
     }
 
-    /// <returns>The token, or null and whether Port refused the credentials (rather than failed to answer).</returns>
-    private async Task<(string? Token, bool Refused)> GetTokenAsync(CancellationToken cancellationToken)
+    /// <returns>
+    /// The token, or null and whether Port refused the credentials (rather than failed to answer), or whether no call was
+    /// made because one failed moments ago (<see cref="TokenFailurePause"/>).
+    /// </returns>
+    private async Task<(string? Token, bool Refused, bool Paused)> GetTokenAsync(CancellationToken cancellationToken)
     {
         if (_token is { } cached && timeProvider.GetUtcNow() < _tokenExpires)
         {
-            return (cached, false);
+            return (cached, false, false);
         }
         await _tokenLock.WaitAsync(cancellationToken);
         try
         {
             if (_token is { } again && timeProvider.GetUtcNow() < _tokenExpires)
             {
-                return (again, false);
+                return (again, false, false);
             }
             if (timeProvider.GetUtcNow() < _refusedUntil)
             {
-                return (null, true);
+                return (null, true, false);
             }
             if (timeProvider.GetUtcNow() < ThrottledUntil || timeProvider.GetUtcNow() < _tokenFailedUntil)
             {
                 // Sends that queued on the lock behind a throttled or failed token call do not call again.
-                return (null, false);
+                return (null, false, timeProvider.GetUtcNow() < _tokenFailedUntil);
             }
             var port = options.CurrentValue;
             HttpResponseMessage response;
@@ -208,17 +215,17 @@ internal sealed partial class PortApiClient(
                 _refusedUntil = timeProvider.GetUtcNow() + RefusalPause;
                 _credentialsRefused = true;
                 Log.CredentialsRefused(logger, (int)response.StatusCode, port.ClientId ?? "");
-                return (null, true);
+                return (null, true, false);
             }
             if (response.StatusCode == HttpStatusCode.TooManyRequests)
             {
                 Throttle(response.Headers.RetryAfter);
-                return (null, false);
+                return (null, false, false);
             }
             if (!response.IsSuccessStatusCode)
             {
                 _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
-                return (null, false);
+                return (null, false, false);
             }
             TokenResponse? token;
             try
@@ -234,14 +241,14 @@ internal sealed partial class PortApiClient(
             if (token?.AccessToken is not { Length: > 0 } accessToken)
             {
                 _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
-                return (null, false);
+                return (null, false, false);
             }
             var lifetime = TimeSpan.FromSeconds(token.ExpiresIn);
             var margin = lifetime > RefreshMargin * 2 ? RefreshMargin : lifetime / 2;
             _token = accessToken;
             _tokenExpires = timeProvider.GetUtcNow() + lifetime - margin;
             _credentialsRefused = false;
-            return (accessToken, false);
+            return (accessToken, false, false);
         }
         finally
         {

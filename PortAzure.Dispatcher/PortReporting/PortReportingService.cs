@@ -390,7 +390,10 @@ internal sealed partial class PortReportingService(
             // endpoint down, the relay's credentials lacking a permission): the report waits without spending its attempts,
             // as a delivery waits for Azure. Counted per try, an outage of ~4 min lost every report.
             var portUp = client.SentCount > (sentBeforePreviousTry ?? sentBefore);
-            sentBeforePreviousTry = sentBefore;
+            if (result != PortCallResult.NotTried)
+            {
+                sentBeforePreviousTry = sentBefore;
+            }
             // However it fails or waits, a report is not retried past the retry age (a takeover starts its attempts again).
             var tooOld = triedAt - writtenAt > TimeSpan.FromHours(options.CurrentValue.Retry.MaxAgeHours);
             if (result == PortCallResult.Rejected || tooOld || (result == PortCallResult.RetryLater && portUp && attempt >= Backoff.Length))
@@ -409,6 +412,12 @@ internal sealed partial class PortReportingService(
                     Log.PortFailingForAll(logger, since, options.CurrentValue.Retry.MaxAgeHours);
                 }
                 wait = Backoff[Math.Min(outageWaits++, Backoff.Length - 1)];
+            }
+            else if (result == PortCallResult.NotTried)
+            {
+                // The token call of another send failed moments ago: this one made no call, so nothing is counted; it
+                // tries again once that pause is over.
+                wait = PortApiClient.TokenFailurePause + TimeSpan.FromMilliseconds(Random.Shared.Next(100, 1000));
             }
             else if (result == PortCallResult.CredentialsRefused)
             {
@@ -453,6 +462,7 @@ internal sealed partial class PortReportingService(
         PortCallResult.Rejected => "rejected",
         PortCallResult.CredentialsRefused => "credentials_refused",
         PortCallResult.Throttled => "throttled",
+        PortCallResult.NotTried => "not_tried",
         _ => "retry_later",
     };
 
