@@ -481,16 +481,32 @@ public class PortReportingTests
     {
         // While Port's token endpoint times out, each send queued on the token lock waited out its own 15 s call: a try
         // took minutes. After a failed token call the sends behind it fail at once (for 5 s).
+        var tries = new System.Collections.Concurrent.ConcurrentQueue<(string RunId, string Outcome)>();
+        using var listener = new System.Diagnostics.ActivityListener
+        {
+            ShouldListenTo = source => source.Name == PortAzure.Diagnostics.PortAzureDiagnostics.Name,
+            Sample = (ref System.Diagnostics.ActivityCreationOptions<System.Diagnostics.ActivityContext> _) => System.Diagnostics.ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = a =>
+            {
+                if (a.DisplayName == "report to Port")
+                {
+                    tries.Enqueue(((string)a.GetTagItem("portazure.run_id")!, (string)a.GetTagItem("portazure.outcome")!));
+                }
+            },
+        };
+        System.Diagnostics.ActivitySource.AddActivityListener(listener);
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
-        var (_, clock) = await ThreeReportsQueuedAsync(relay, new { failNext = 1000, status = 503 });
+        var (runIds, clock) = await ThreeReportsQueuedAsync(relay, new { failNext = 1000, status = 503 });
 
         await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0,
             TimeSpan.FromSeconds(20), "a first token call");
         // The clock stands still, so the pause does not end: the other two first tries (queued on the token lock, each
-        // within milliseconds without the pause) make no call.
-        await Task.Delay(1000);
+        // within milliseconds without the pause) make no call, and are not counted as failures.
+        await Eventually.HoldsAsync(() => Task.FromResult(runIds.All(r => tries.Any(t => t.RunId == r))), TimeSpan.FromSeconds(10), "each report's first try");
 
         Assert.Single(await relay.EmulatorApi.PortCallsAsync());
+        var outcomes = runIds.Select(r => tries.First(t => t.RunId == r).Outcome).Order(StringComparer.Ordinal).ToList();
+        Assert.Equal(["not_tried", "not_tried", "retry_later"], outcomes);
     }
 
     [Fact]
