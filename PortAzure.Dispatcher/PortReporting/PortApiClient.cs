@@ -67,6 +67,9 @@ internal sealed partial class PortApiClient(
     /// </summary>
     public DateTimeOffset ThrottledUntil => new(Interlocked.Read(ref _throttledUntilTicks), TimeSpan.Zero);
 
+    /// <summary>Whether Port asked the relay to hold its calls and the time it gave is not over.</summary>
+    public bool Throttled => Pausing(ThrottledUntil, MaxThrottle);
+
     /// <summary>How many reports Port has taken from this client: one taken after a report's try shows Port is up.</summary>
     public long SentCount => Interlocked.Read(ref _sentCount);
 
@@ -76,7 +79,7 @@ internal sealed partial class PortApiClient(
     public async Task<PortCallResult> SendLogAsync(PortReport report, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(report);
-        if (timeProvider.GetUtcNow() < ThrottledUntil)
+        if (Throttled)
         {
             return PortCallResult.Throttled;
         }
@@ -84,7 +87,7 @@ internal sealed partial class PortApiClient(
         if (token is null)
         {
             return refused ? PortCallResult.CredentialsRefused
-                : timeProvider.GetUtcNow() < ThrottledUntil ? PortCallResult.Throttled
+                : Throttled ? PortCallResult.Throttled
                 : paused ? PortCallResult.NotTried
                 : PortCallResult.RetryLater;
         }
@@ -143,6 +146,14 @@ internal sealed partial class PortApiClient(
         return RunLockedPattern().IsMatch(text);
     }
 
+    // A pause counts only while its end is at most its own length away: after the clock is stepped back, an end set before
+    // the step would otherwise hold every report (or every token call) for as long as the step.
+    private bool Pausing(DateTimeOffset until, TimeSpan longest)
+    {
+        var left = until - timeProvider.GetUtcNow();
+        return left > TimeSpan.Zero && left <= longest;
+    }
+
     private void Throttle(RetryConditionHeaderValue? retryAfter)
     {
         var now = timeProvider.GetUtcNow();
@@ -155,13 +166,14 @@ internal sealed partial class PortApiClient(
         wait = wait < TimeSpan.FromSeconds(1) ? TimeSpan.FromSeconds(1) : wait > MaxThrottle ? MaxThrottle : wait;
         var until = (now + wait).UtcTicks;
         var previous = Interlocked.Read(ref _throttledUntilTicks);
-        // Several sends may be answered 429 at once: the latest end wins, and only the first one in a window logs.
-        while (until > previous)
+        // Several sends may be answered 429 at once: the latest end wins, and only the first one in a window logs. An end
+        // further away than the longest throttle was set before the clock was stepped back: it is replaced, not kept.
+        while (until > previous || previous - now.UtcTicks > MaxThrottle.Ticks)
         {
             var seen = Interlocked.CompareExchange(ref _throttledUntilTicks, until, previous);
             if (seen == previous)
             {
-                if (previous <= now.UtcTicks)
+                if (previous <= now.UtcTicks || previous - now.UtcTicks > MaxThrottle.Ticks)
                 {
                     Log.Throttled(logger, wait.TotalSeconds);
                 }
@@ -188,14 +200,15 @@ internal sealed partial class PortApiClient(
             {
                 return (again, false, false);
             }
-            if (timeProvider.GetUtcNow() < _refusedUntil)
+            if (Pausing(_refusedUntil, RefusalPause))
             {
                 return (null, true, false);
             }
-            if (timeProvider.GetUtcNow() < ThrottledUntil || timeProvider.GetUtcNow() < _tokenFailedUntil)
+            var failedMomentsAgo = Pausing(_tokenFailedUntil, TokenFailurePause);
+            if (Throttled || failedMomentsAgo)
             {
                 // Sends that queued on the lock behind a throttled or failed token call do not call again.
-                return (null, false, timeProvider.GetUtcNow() < _tokenFailedUntil);
+                return (null, false, failedMomentsAgo);
             }
             var port = options.CurrentValue;
             HttpResponseMessage response;

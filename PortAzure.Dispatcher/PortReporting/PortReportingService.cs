@@ -366,7 +366,8 @@ internal sealed partial class PortReportingService(
             }
             var outcome = OutcomeName(result);
             activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, outcome);
-            if (result is not PortCallResult.Sent and not PortCallResult.AlreadyEnded)
+            // A try that made no call did not fail: its span says why in its outcome, without an error.
+            if (result is not PortCallResult.Sent and not PortCallResult.AlreadyEnded and not PortCallResult.NotTried)
             {
                 activity?.SetStatus(ActivityStatusCode.Error, outcome);
             }
@@ -415,9 +416,13 @@ internal sealed partial class PortReportingService(
             }
             else if (result == PortCallResult.NotTried)
             {
-                // The token call of another send failed moments ago: this one made no call, so nothing is counted; it
-                // tries again once that pause is over.
-                wait = PortApiClient.TokenFailurePause + TimeSpan.FromMilliseconds(Random.Shared.Next(100, 1000));
+                // The token call of another send failed moments ago: this one made no call, so no attempt is spent and no
+                // outage marked. Its waits still grow as an outage's do: while the token endpoint stays down, every report
+                // tried only finds the pause again, and each coming back every 5 s would be hundreds of tries (and spans)
+                // per minute for nothing.
+                var grown = Backoff[Math.Min(outageWaits++, Backoff.Length - 1)];
+                wait = (grown > PortApiClient.TokenFailurePause ? grown : PortApiClient.TokenFailurePause)
+                    + TimeSpan.FromMilliseconds(Random.Shared.Next(100, 1000));
             }
             else if (result == PortCallResult.CredentialsRefused)
             {
@@ -431,7 +436,7 @@ internal sealed partial class PortReportingService(
                 // (16 reports each spending theirs at a rate limit was how reports got lost with Port up). A spread
                 // of up to a second keeps the waiting reports from calling in one burst.
                 // Bounded again here: a clock stepped back would otherwise stretch the wait by the step.
-                var until = client.ThrottledUntil - timeProvider.GetUtcNow();
+                var until = client.Throttled ? client.ThrottledUntil - timeProvider.GetUtcNow() : TimeSpan.Zero;
                 wait = (until <= TimeSpan.Zero ? TimeSpan.Zero : until > PortApiClient.MaxThrottle ? PortApiClient.MaxThrottle : until)
                     + TimeSpan.FromMilliseconds(Random.Shared.Next(100, 1000));
             }

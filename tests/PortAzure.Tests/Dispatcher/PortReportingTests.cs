@@ -300,7 +300,7 @@ public class PortReportingTests
     {
         // A secret rotation under way, or a typo being fixed: not an outage, and not the reports' fault.
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
-        var (runIds, clock) = await ThreeReportsQueuedAsync(relay, new { failNext = 1000, status = 401 });
+        var (runIds, clock) = await ReportsQueuedAsync(relay, new { failNext = 1000, status = 401 });
         // The reporter polls on the fake clock: small steps until its first call.
         await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0,
             TimeSpan.FromSeconds(20), "a first token call");
@@ -381,7 +381,7 @@ public class PortReportingTests
         // Port (its token endpoint here) failing every call is an outage, not the reports' fault: counted per try, one of
         // ~4 min lost the report of every run that finished during it.
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
-        var (runIds, clock) = await ThreeReportsQueuedAsync(relay, new { failNext = 100_000, status = 503 });
+        var (runIds, clock) = await ReportsQueuedAsync(relay, new { failNext = 100_000, status = 503 });
 
         // Far past a report's 8 attempts: 30 failed calls, ten tries per report (about 10 min of waits).
         await StepUntilAsync(clock, TimeSpan.FromSeconds(5), async () => (await relay.EmulatorApi.PortCallsAsync()).Count >= 30,
@@ -496,10 +496,13 @@ public class PortReportingTests
         };
         System.Diagnostics.ActivitySource.AddActivityListener(listener);
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
-        var (runIds, clock) = await ThreeReportsQueuedAsync(relay, new { failNext = 1000, status = 503 });
+        var (runIds, clock) = await ReportsQueuedAsync(relay, new { failNext = 1000, status = 503 });
 
-        await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0,
-            TimeSpan.FromSeconds(20), "a first token call");
+        // Until the reporter has read all three too: one read after the steps stopped would still wait out the pause, but
+        // one read 5 s of steps later would call.
+        await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0
+                && (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount == 3,
+            TimeSpan.FromSeconds(20), "a first token call, and the three reports read");
         // The clock stands still, so the pause does not end: the other two first tries (queued on the token lock, each
         // within milliseconds without the pause) make no call, and are not counted as failures.
         await Eventually.HoldsAsync(() => Task.FromResult(runIds.All(r => tries.Any(t => t.RunId == r))), TimeSpan.FromSeconds(10), "each report's first try");
@@ -507,6 +510,47 @@ public class PortReportingTests
         Assert.Single(await relay.EmulatorApi.PortCallsAsync());
         var outcomes = runIds.Select(r => tries.First(t => t.RunId == r).Outcome).Order(StringComparer.Ordinal).ToList();
         Assert.Equal(["not_tried", "not_tried", "retry_later"], outcomes);
+    }
+
+    [Fact]
+    public async Task PortTokenEndpointDown_TheSendsThatMakeNoCall_WaitLongerEachTime()
+    {
+        // A try that finds the 5 s pause after a failed token call makes no call, but it is a try (a touch of the report, a
+        // span). While the token endpoint stays down those tries back off as an outage's do: at one every 5-6 s, twelve
+        // reports made 517-537 tries in 10 min (most of them not_tried, each finding the pause of another's failed call);
+        // with the waits growing to 2 min, about ten each.
+        var tries = new System.Collections.Concurrent.ConcurrentQueue<(string RunId, string Outcome, bool Error)>();
+        using var listener = new System.Diagnostics.ActivityListener
+        {
+            ShouldListenTo = source => source.Name == PortAzure.Diagnostics.PortAzureDiagnostics.Name,
+            Sample = (ref System.Diagnostics.ActivityCreationOptions<System.Diagnostics.ActivityContext> _) => System.Diagnostics.ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = a =>
+            {
+                if (a.DisplayName == "report to Port")
+                {
+                    tries.Enqueue(((string)a.GetTagItem("portazure.run_id")!, (string)a.GetTagItem("portazure.outcome")!,
+                        a.Status == System.Diagnostics.ActivityStatusCode.Error));
+                }
+            },
+        };
+        System.Diagnostics.ActivitySource.AddActivityListener(listener);
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        var (runIds, clock) = await ReportsQueuedAsync(relay, new { failNext = 100_000, status = 503 }, count: 12);
+        var start = clock.GetUtcNow();
+
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), () => Task.FromResult(clock.GetUtcNow() - start >= TimeSpan.FromMinutes(10)),
+            TimeSpan.FromSeconds(120), "ten minutes on the fake clock");
+
+        var ours = tries.Where(t => runIds.Contains(t.RunId)).ToList();
+        Assert.Contains(ours, t => t.Outcome == "not_tried");
+        Assert.True(ours.Count <= 12 * 12, $"{ours.Count} tries of 12 reports in 10 min: {ours.Count(t => t.Outcome == "not_tried")} not_tried");
+        Assert.All(runIds, r => Assert.True(ours.Count(t => t.RunId == r) >= 4, $"{r} still tried while it waits"));
+        // A try that made no call did not fail.
+        Assert.All(ours, t => Assert.Equal(t.Outcome != "not_tried", t.Error));
+        Assert.Equal(12, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
+        Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2202]", StringComparison.Ordinal));
+
+        await PortAcceptsAgainThenEverySentAsync(relay, clock, runIds, "every report is sent once the token endpoint is back");
     }
 
     [Fact]
@@ -558,25 +602,24 @@ public class PortReportingTests
     }
 
     /// <summary>
-    /// Port set to <paramref name="portBehavior"/>, three runs queued, then a Dispatcher on a fake clock that delivers
-    /// them: their three reports wait in the stream for its reporter.
+    /// Port set to <paramref name="portBehavior"/>, <paramref name="count"/> runs queued, then a Dispatcher on a fake clock that delivers
+    /// them: their reports wait in the stream for its reporter.
     /// </summary>
-    private static async Task<(string[] RunIds, FakeTimeProvider Clock)> ThreeReportsQueuedAsync(Relay relay, object portBehavior)
+    private static async Task<(string[] RunIds, FakeTimeProvider Clock)> ReportsQueuedAsync(Relay relay, object portBehavior, int count = 3)
     {
         await relay.EmulatorApi.PortBehaviorAsync(portBehavior);
-        var runIds = new[] { TestRuns.NewRunId(), TestRuns.NewRunId(), TestRuns.NewRunId() };
+        var runIds = Enumerable.Range(0, count).Select(_ => TestRuns.NewRunId()).ToArray();
         foreach (var runId in runIds)
         {
             await SendAsync(relay, runId);
         }
         var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
         await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
-        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 3,
-            TimeSpan.FromSeconds(30), "the three runs delivered and their reports queued");
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == count,
+            TimeSpan.FromSeconds(30), $"the {count} runs delivered and their reports queued");
         return (runIds, clock);
     }
 
-    /// <summary>Moves the fake clock a step at a time until <paramref name="condition"/> holds.</summary>
     /// <summary>Port stops failing its calls; the clock moves in 5 s steps until a report for every run id has been sent.</summary>
     private static async Task PortAcceptsAgainThenEverySentAsync(Relay relay, FakeTimeProvider clock, IReadOnlyCollection<string> runIds, string what)
     {
@@ -588,6 +631,7 @@ public class PortReportingTests
         }, TimeSpan.FromSeconds(30), what);
     }
 
+    /// <summary>Moves the fake clock a step at a time until <paramref name="condition"/> holds.</summary>
     private static Task StepUntilAsync(FakeTimeProvider clock, TimeSpan step, Func<Task<bool>> condition, TimeSpan timeout, string what) =>
         Eventually.HoldsAsync(async () =>
         {
