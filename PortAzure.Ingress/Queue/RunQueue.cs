@@ -35,6 +35,9 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
     private const string EnqueueScript = $$"""
         local existing = redis.call('GET', KEYS[1])
         if existing then
+          -- A duplicate still takes its guard: else this call, answered "duplicate" here, could be replayed to
+          -- another target (or under another header value) and be queued there. pcall: the answer stands without it.
+          if KEYS[5] then redis.pcall('SET', KEYS[5], existing, 'NX', 'EX', ARGV[6]) end
           return {0, existing}
         end
         if KEYS[5] and not redis.call('SET', KEYS[5], ARGV[1], 'NX', 'EX', ARGV[6]) then

@@ -36,6 +36,7 @@ internal sealed partial class WebhookHandler(
     public const string IdempotencyKeyHeader = "Idempotency-Key";
     private static readonly TimeSpan RedisRetryAfter = TimeSpan.FromSeconds(5);
     private static readonly TimeSpan OverloadedRetryAfter = TimeSpan.FromSeconds(1);
+    private static readonly TimeSpan ReplayGuardClockMargin = TimeSpan.FromMinutes(1);
 
     // Rejections come before any check of who is calling: one line each would let anyone make the log the flood.
     private readonly LogThrottle _rejectionLines = new(timeProvider, TimeSpan.FromSeconds(10));
@@ -125,6 +126,12 @@ internal sealed partial class WebhookHandler(
             // The message names the position and the rule broken, never the content.
             return Reject(StatusCodes.Status400BadRequest, RejectionReasons.BodyInvalidJson, "The body is not valid JSON: " + ex.Message);
         }
+        catch (InvalidOperationException)
+        {
+            // The parser accepts an escaped half of a surrogate pair; decoding a run id (or a key on its path) holding one throws.
+            return Reject(StatusCodes.Status400BadRequest, RejectionReasons.BodyInvalidJson,
+                "The body escapes half of a UTF-16 surrogate pair (such as \\ud800 alone), which is not valid Unicode.");
+        }
 
         if (runId is not null && !RunIdExtractor.IsAcceptable(runId, options.MaxRunIdLength))
         {
@@ -145,7 +152,7 @@ internal sealed partial class WebhookHandler(
             }
         }
         var idempotencyKey = runId ?? explicitKey ?? "sha256:" + Convert.ToHexStringLower(SHA256.HashData(body));
-        var replayGuard = GuardAgainstReplay(request, org, webhook, body, runId, options);
+        var replayGuard = GuardAgainstReplay(request, body, options);
 
         return await EnqueueAsync(context, org, webhook, body, runId, idempotencyKey, replayGuard, options);
     }
@@ -153,28 +160,29 @@ internal sealed partial class WebhookHandler(
     /// <summary>
     /// The idempotency key is per target, and neither Port's signature nor the unsigned Idempotency-Key header
     /// pins a call to one: a captured call sent again to another webhook, or (without a run id) under another
-    /// header value, would be a second run. So a call signed with a timestamp is also named by what its
-    /// signature covers, for every target, as long as that timestamp is accepted (a sender meaning a second run
-    /// signs it anew). A legacy SHA-1 signature covers the body alone and has no timestamp: there a run without a
-    /// run id is its body, per target, for the idempotency window, whatever the header says.
+    /// header value, would be a second run. So a signed call is also named by what its signature covers, for every
+    /// target. With a timestamp, as long as that timestamp is accepted (a sender meaning a second run signs it
+    /// anew). A legacy SHA-1 signature covers the body alone and has no timestamp: there the body is the call, for
+    /// every target, for the idempotency window, whatever the header says.
     /// </summary>
-    private static ReplayGuard? GuardAgainstReplay(HttpRequest request, string org, string webhook, byte[] body, string? runId, IngressOptions options)
+    private static ReplayGuard GuardAgainstReplay(HttpRequest request, byte[] body, IngressOptions options)
     {
         var timestamp = request.Headers[PortSignature.TimestampHeader].ToString();
         if (timestamp.Length == 0)
         {
-            return runId is not null ? null
-                : new ReplayGuard(RedisKeys.Replay(org, webhook, Convert.ToHexStringLower(SHA256.HashData(body))),
-                    TimeSpan.FromHours(options.IdempotencyWindowHours));
+            return new ReplayGuard(RedisKeys.SignedCall("legacy:" + Convert.ToHexStringLower(SHA256.HashData(body))),
+                TimeSpan.FromHours(options.IdempotencyWindowHours));
         }
         Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
         PortSignature.HashSignedContent(timestamp, body, hash);
-        // The timestamp is accepted from `tolerance` ahead of the clock to `tolerance` behind it.
-        return new ReplayGuard(RedisKeys.SignedCall("v1:" + Convert.ToHexStringLower(hash)), TimeSpan.FromSeconds(2 * options.TimestampToleranceSeconds));
+        // The timestamp is accepted from `tolerance` ahead of the clock to `tolerance` behind it. The key's lifetime
+        // runs on Redis's clock, the check on each Ingress's: the margin covers the skew between them.
+        return new ReplayGuard(RedisKeys.SignedCall("v1:" + Convert.ToHexStringLower(hash)),
+            TimeSpan.FromSeconds(2 * options.TimestampToleranceSeconds) + ReplayGuardClockMargin);
     }
 
     private async Task<IResult> EnqueueAsync(HttpContext context, string org, string webhook, byte[] body, string? runId, string idempotencyKey,
-        ReplayGuard? replayGuard, IngressOptions options)
+        ReplayGuard replayGuard, IngressOptions options)
     {
         var deliveryId = NewDeliveryId();
         using var activity = PortAzureDiagnostics.ActivitySource.StartActivity($"send {RedisKeys.Stream}", ActivityKind.Producer);

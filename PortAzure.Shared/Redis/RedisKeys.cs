@@ -53,12 +53,9 @@ public static class RedisKeys
     /// </summary>
     public static string Idempotency(string org, string webhook, string key) => $"{Prefix}idem:{Target(org, webhook)}/{key}";
 
-    /// <summary>A legacy-signed run without a run id, by its body's hash, per target (the signature covers the body alone).</summary>
-    public static string Replay(string org, string webhook, string bodyHash) => $"{Prefix}replay:{Target(org, webhook)}/{bodyHash}";
-
     /// <summary>
-    /// A call signed with a timestamp, by a hash of what its signature covers, for every target: the signature does not
-    /// cover the path, so the same call sent to another webhook is a replay too.
+    /// A signed call, by a hash of what its signature covers (<c>v1:</c> timestamp and body, <c>legacy:</c> the body), for
+    /// every target: the signature does not cover the path, so the same call sent to another webhook is a replay too.
     /// </summary>
     public static string SignedCall(string signedContentHash) => $"{Prefix}replay:{signedContentHash}";
 

@@ -11,9 +11,10 @@ public static partial class TargetNames
     /// <summary>Incoming webhook names: <c>[-_A-Za-z0-9]</c>, at most 100 here.</summary>
     public static bool IsValidWebhook(string? webhook) => webhook is { Length: > 0 and <= 100 } && WebhookPattern().IsMatch(webhook);
 
-    [GeneratedRegex("^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$", RegexOptions.CultureInvariant)]
+    // \z, not $: $ also matches before a final '\n', which would let "deploy%0A" through to Azure's URL.
+    [GeneratedRegex("^[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\\z", RegexOptions.CultureInvariant)]
     private static partial Regex OrgPattern();
 
-    [GeneratedRegex("^[-_A-Za-z0-9]+$", RegexOptions.CultureInvariant)]
+    [GeneratedRegex("^[-_A-Za-z0-9]+\\z", RegexOptions.CultureInvariant)]
     private static partial Regex WebhookPattern();
 }

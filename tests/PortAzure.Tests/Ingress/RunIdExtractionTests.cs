@@ -131,9 +131,9 @@ public class RunIdExtractionTests
         {
             guards.Add((await relay.Db.KeyTimeToLiveAsync(key))!.Value);
         }
-        // Kept while the timestamp is accepted (300 s either side), not for the idempotency window.
+        // Kept while the timestamp is accepted (300 s either side, and a minute for clock skew), not for the idempotency window.
         Assert.Equal(2, guards.Count);
-        Assert.All(guards, ttl => Assert.InRange(ttl, TimeSpan.FromSeconds(590), TimeSpan.FromSeconds(600)));
+        Assert.All(guards, ttl => Assert.InRange(ttl, TimeSpan.FromSeconds(650), TimeSpan.FromSeconds(660)));
     }
 
     [Theory]
@@ -159,6 +159,64 @@ public class RunIdExtractionTests
 
         Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.OK, HttpStatusCode.OK], answers.Select(a => a.Status));
         Assert.Single(answers.Select(a => a.DeliveryId).Distinct());
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
+    public async Task Post_RetryAnsweredAsDuplicate_ReplayedToAnotherWebhook_IsADuplicateToo()
+    {
+        // Port's retry, signed anew, is a duplicate of the first call; captured and sent to another webhook within
+        // the tolerance, it must find its own signature taken, not a free idempotency key there.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var body = TestRuns.Body(TestRuns.NewRunId());
+        var now = DateTimeOffset.UtcNow;
+        var times = new Queue<(string Webhook, DateTimeOffset At)>([("deploy", now.AddSeconds(-30)), ("deploy", now), ("other-hook", now)]);
+
+        var answers = await SendEachAsync(relay, () =>
+        {
+            var (webhook, at) = times.Dequeue();
+            return TestRuns.Signed(body, webhook: webhook, at: at);
+        }, null, null, null);
+
+        Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.OK, HttpStatusCode.OK], answers.Select(a => a.Status));
+        Assert.Single(answers.Select(a => a.DeliveryId).Distinct());
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
+    public async Task Post_CallAnsweredAsDuplicateByItsHeader_ReplayedWithAnotherHeader_IsADuplicateToo()
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var at = DateTimeOffset.UtcNow;
+        var first = NoRunIdBody();
+        var second = NoRunIdBody();
+        var bodies = new Queue<byte[]>([first, second, second]);
+
+        // The second body reuses the first's key (a duplicate); replayed under a new key it is still that call.
+        var answers = await SendEachAsync(relay, () => TestRuns.Signed(bodies.Dequeue(), at: at), "key-1", "key-1", "key-2");
+
+        Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.OK, HttpStatusCode.OK], answers.Select(a => a.Status));
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Post_LegacySignedCallReplayedToAnotherWebhook_IsQueuedOnce(bool withRunId)
+    {
+        // A SHA-1 signature covers neither the path nor a time: the body is the call, for every target.
+        await using var relay = await Relay.StartAsync(c => c["Ingress:AllowLegacySha1Signature"] = "true", dispatchers: 0);
+        var body = withRunId ? TestRuns.Body(TestRuns.NewRunId()) : NoRunIdBody();
+        var webhooks = new Queue<string>(["deploy", "other-hook"]);
+
+        var answers = await SendEachAsync(relay, () =>
+        {
+            var request = TestRuns.SignedLegacy(body, lowerCaseHex: true);
+            request.RequestUri = new Uri(TestRuns.Path(webhook: webhooks.Dequeue()), UriKind.Relative);
+            return request;
+        }, null, null);
+
+        Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.OK], answers.Select(a => a.Status));
         Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
     }
 
