@@ -181,11 +181,13 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         return failures
         """;
 
-    // KEYS: 1 retry schedule, 2 retry claims. ARGV: 1 now ms, 2 lease-until ms, 3 count
+    // KEYS: 1 retry schedule, 2 retry claims, 3 this claim's batch. ARGV: 1 now ms, 2 lease-until ms, 3 count, 4 lease ms
     // Returns {id, reclaimed (1/0), ...}.
     // Moving the score forward is the claim: a replica that dies holding it lets it fall due again. The
     // claims hash tells that case apart (the finish of an attempt removes the id), so that an item that
     // crashes every replica is counted as poison like a reclaimed stream entry, not retried forever.
+    // The batch names what this claim took, so that a claim whose reply is lost (a timeout) can be undone: else its
+    // slots would wait out the lease and their next claim would count a crash, and a slow Redis would make poison.
     private const string ClaimDueScript = """
         local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
         local claimed = {}
@@ -195,7 +197,27 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           claimed[#claimed + 1] = id
           claimed[#claimed + 1] = n > 1 and 1 or 0
         end
+        if #ids > 0 then
+          redis.call('RPUSH', KEYS[3], unpack(ids))
+          redis.call('PEXPIRE', KEYS[3], ARGV[4])
+        end
         return claimed
+        """;
+
+    // KEYS: 1 retry schedule, 2 retry claims, 3 the claim's batch. ARGV: 1 now ms, 2 the claim's lease-until ms
+    // Only slots still where that claim put them are undone: one an attempt has since begun or finished has moved.
+    private const string ReleaseClaimBatchScript = """
+        local ids = redis.call('LRANGE', KEYS[3], 0, -1)
+        for _, id in ipairs(ids) do
+          if tonumber(redis.call('ZSCORE', KEYS[1], id)) == tonumber(ARGV[2]) then
+            redis.call('ZADD', KEYS[1], 'XX', ARGV[1], id)
+            if redis.call('HINCRBY', KEYS[2], id, -1) <= 0 then
+              redis.call('HDEL', KEYS[2], id)
+            end
+          end
+        end
+        redis.call('DEL', KEYS[3])
+        return #ids
         """;
 
     // KEYS: 1 dead letters, 2 record, 3 stream. ARGV: 1 delivery id, 2 now ms, 3 wake channel
@@ -381,14 +403,39 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     /// </summary>
     public async Task<IReadOnlyList<(string DeliveryId, bool Reclaimed)>> ClaimDueRetriesAsync(DateTimeOffset now, TimeSpan lease, int count)
     {
-        var result = (RedisResult[])(await Db.ScriptEvaluateAsync(ClaimDueScript, [RedisKeys.RetrySchedule, RedisKeys.RetryClaims],
-            [now.ToUnixTimeMilliseconds(), (now + lease).ToUnixTimeMilliseconds(), count]))!;
+        var batch = RedisKeys.RetryClaimBatch(Guid.NewGuid().ToString("N"));
+        var leaseUntil = (now + lease).ToUnixTimeMilliseconds();
+        RedisResult[] result;
+        try
+        {
+            result = (RedisResult[])(await Db.ScriptEvaluateAsync(ClaimDueScript, [RedisKeys.RetrySchedule, RedisKeys.RetryClaims, batch],
+                [now.ToUnixTimeMilliseconds(), leaseUntil, count, (long)lease.TotalMilliseconds]))!;
+        }
+        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        {
+            // The script may have run with its reply lost. Sent on the same connection, the release runs after it.
+            await ReleaseClaimBatchAsync(batch, now, leaseUntil);
+            throw;
+        }
         var due = new (string, bool)[result.Length / 2];
         for (var i = 0; i < due.Length; i++)
         {
             due[i] = ((string)result[2 * i]!, (int)result[(2 * i) + 1] == 1);
         }
         return due;
+    }
+
+    private async Task ReleaseClaimBatchAsync(string batch, DateTimeOffset now, long leaseUntil)
+    {
+        try
+        {
+            await Db.ScriptEvaluateAsync(ReleaseClaimBatchScript, [RedisKeys.RetrySchedule, RedisKeys.RetryClaims, batch],
+                [now.ToUnixTimeMilliseconds(), leaseUntil]);
+        }
+        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        {
+            // Best effort: unreleased, the slots wait out the lease and their next claim counts as a crash, as before.
+        }
     }
 
     /// <summary>Rebuilds the entry of a scheduled retry from its record, or null when the record is gone.</summary>

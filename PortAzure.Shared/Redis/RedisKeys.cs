@@ -26,6 +26,12 @@ public static class RedisKeys
     /// </summary>
     public const string RetryClaims = Prefix + "retry-claims";
 
+    /// <summary>
+    /// The ids one claim of <see cref="RetrySchedule"/> took, for as long as its lease: a claim whose reply was lost is
+    /// undone by its token.
+    /// </summary>
+    public static string RetryClaimBatch(string claimToken) => $"{Prefix}retry-claim:{claimToken}";
+
     /// <summary>Sorted set of dead-lettered delivery ids, scored by dead-letter time (Unix ms).</summary>
     public const string DeadLetters = Prefix + "deadletters";
 

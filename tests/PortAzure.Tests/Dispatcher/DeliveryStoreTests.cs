@@ -255,6 +255,36 @@ public class DeliveryStoreTests
     }
 
     [Fact]
+    public async Task ClaimDueRetries_ReplyTimedOut_SlotDueAgainAtOnceAndNotCountedAsACrash()
+    {
+        // Its own server: the pause of Redis's writes that holds the claim would hold every other test's too.
+        await using var server = await RedisServer.StartAsync();
+        await using var control = await ConnectionMultiplexer.ConnectAsync(server.ConnectionString);
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(server.ConnectionString.Replace("asyncTimeout=3000", "asyncTimeout=300",
+            StringComparison.Ordinal));
+        var store = new DeliveryStore(redis);
+        var id = NewEntry().DeliveryId;
+        var now = DateTimeOffset.UtcNow;
+        await redis.GetDatabase().SortedSetAddAsync(RedisKeys.RetrySchedule, id, now.ToUnixTimeMilliseconds());
+
+        // The claim script waits behind the pause until the client has given up on its reply; then it runs.
+        await control.GetDatabase().ExecuteAsync("CLIENT", "PAUSE", "30000", "WRITE");
+        try
+        {
+            await Assert.ThrowsAnyAsync<TimeoutException>(() => store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(30), 10));
+        }
+        finally
+        {
+            await control.GetDatabase().ExecuteAsync("CLIENT", "UNPAUSE");
+        }
+        // Sent on the same connection, this claim runs after the lost one (and its release): long before the lost
+        // claim's 30 s would have run out.
+        var again = await store.ClaimDueRetriesAsync(now.AddSeconds(1), TimeSpan.FromSeconds(30), 10);
+
+        Assert.Equal([(id, false)], again);
+    }
+
+    [Fact]
     public async Task ReleaseRetryClaims_ClaimNeverStarted_DueAgainAtOnceAndNotCountedAsACrash()
     {
         await using var slot = await DueSlot.StartAsync();
