@@ -60,6 +60,10 @@ internal sealed partial class DeliveryWorker(
                 await slots.WaitAsync(stoppingToken);
                 slots.Release();
 
+                // Emptied before the reads, not after them: a run queued while they ran then still wakes the wait below.
+                while (_wake.Reader.TryRead(out _))
+                {
+                }
                 var started = await FeedAsync(slots, stoppingToken);
                 errorBackoff.Reset();
                 if (started == 0)
@@ -213,9 +217,6 @@ internal sealed partial class DeliveryWorker(
 
     private async Task WaitForWorkAsync(CancellationToken stoppingToken)
     {
-        while (_wake.Reader.TryRead(out _))
-        {
-        }
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken);
         timeout.CancelAfter(TimeSpan.FromSeconds(options.CurrentValue.PollIntervalSeconds));
         try
