@@ -207,10 +207,11 @@ internal static partial class OperatorApi
                 {
                     outcome = await store.ReplayAsync(id, timeProvider.GetUtcNow());
                 }
-                catch (Exception ex) when (ex is RedisException or TimeoutException && replayed.Count > 0)
+                catch (Exception ex) when (ex is RedisException or TimeoutException)
                 {
-                    // Some were replayed already: a 503 would hide which, and its retry would replay up to `limit` more.
-                    // This one's outcome is unknown (a timeout may have run it): GET /api/deliveries/{id} tells.
+                    // Some may have been replayed already: a 503 would hide which, and its retry would replay up to `limit`
+                    // more. This one's outcome is unknown (a timeout may have run it), even when it is the first: a 503
+                    // would say none was. GET /api/deliveries/{id} tells.
                     Log.ReplayStopped(logger, ex, replayed.Count, id);
                     return TypedResults.Ok(new ReplayResult(replayed.Count, replayed, Incomplete: true, StoppedAt: id));
                 }

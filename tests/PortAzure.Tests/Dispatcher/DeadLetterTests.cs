@@ -103,6 +103,28 @@ public class DeadLetterTests
     }
 
     [Fact]
+    public async Task ReplayAll_FirstReplayFails_Answers200WithNoneAndWhereItStopped()
+    {
+        // Not a 503: that says none was replayed and a retry is safe, while a timed-out replay may have run.
+        await using var relay = await Relay.StartAsync();
+        var id = "d_" + Guid.NewGuid().ToString("N");
+        // A damaged record (a string): its replay fails with a Redis error.
+        await relay.Db.StringSetAsync(RedisKeys.Delivery(id), "damaged");
+        await relay.Db.SortedSetAddAsync(RedisKeys.DeadLetters, id, 1);
+
+        using var replay = relay.Operator(HttpMethod.Post, "/api/deadletters/replay");
+        using var answer = await relay.Ingress.Client.SendAsync(replay);
+
+        Assert.Equal(HttpStatusCode.OK, answer.StatusCode);
+        var json = await answer.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(0, json.GetProperty("replayed").GetInt32());
+        Assert.Empty(json.GetProperty("deliveryIds").EnumerateArray());
+        Assert.True(json.GetProperty("incomplete").GetBoolean());
+        Assert.Equal(id, json.GetProperty("stoppedAt").GetString());
+        Assert.Equal(id, (string?)Assert.Single(await relay.Db.SortedSetRangeByRankAsync(RedisKeys.DeadLetters)));
+    }
+
+    [Fact]
     public async Task Replay_RetriesExhausted_GetsAFreshRetryBudget()
     {
         // Two attempts allowed: the first life ends in retries_exhausted; the replay fails once more and is retried,
