@@ -24,8 +24,10 @@ internal sealed partial class DeliveryWorker(
     private readonly ConcurrentDictionary<Task, bool> _inFlight = new();
     private readonly CancellationTokenSource _abandon = new();
     private RedisValue _claimCursor = "0-0";
-    private DateTimeOffset _nextClaim;
-    private long _stopSignalledAtTicks;
+    // Timestamps, not wall-clock times: a clock stepped back would hold off the reclaiming of crashed replicas' entries
+    // (or cut the drain's grace short) by the size of the step.
+    private long? _lastClaimAt;
+    private long _stopSignalledAt;
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -143,9 +145,10 @@ internal sealed partial class DeliveryWorker(
             throw;
         }
 
-        if (now >= _nextClaim && slots.CurrentCount > 0 && !stoppingToken.IsCancellationRequested)
+        if ((_lastClaimAt is not { } last || timeProvider.GetElapsedTime(last) >= TimeSpan.FromSeconds(opts.ClaimIntervalSeconds))
+            && slots.CurrentCount > 0 && !stoppingToken.IsCancellationRequested)
         {
-            _nextClaim = now + TimeSpan.FromSeconds(opts.ClaimIntervalSeconds);
+            _lastClaimAt = timeProvider.GetTimestamp();
             var claim = await redis.GetDatabase().StreamAutoClaimAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name,
                 (long)opts.ClaimMinIdle.TotalMilliseconds, _claimCursor, slots.CurrentCount);
             _claimCursor = claim.NextStartId;
@@ -232,9 +235,9 @@ internal sealed partial class DeliveryWorker(
     private async Task DrainAsync()
     {
         var grace = TimeSpan.FromSeconds(options.CurrentValue.ShutdownGraceSeconds);
-        if (Interlocked.Read(ref _stopSignalledAtTicks) is var ticks and > 0)
+        if (Interlocked.Read(ref _stopSignalledAt) is var signalledAt and > 0)
         {
-            var spent = timeProvider.GetUtcNow() - new DateTimeOffset(ticks, TimeSpan.Zero);
+            var spent = timeProvider.GetElapsedTime(signalledAt);
             grace = spent >= grace ? TimeSpan.Zero : grace - spent;
         }
         Log.ShuttingDown(logger, _inFlight.Count, grace.TotalSeconds);
@@ -264,7 +267,7 @@ internal sealed partial class DeliveryWorker(
     /// </summary>
     public override async Task StopAsync(CancellationToken cancellationToken)
     {
-        Interlocked.CompareExchange(ref _stopSignalledAtTicks, timeProvider.GetUtcNow().UtcTicks, 0);
+        Interlocked.CompareExchange(ref _stopSignalledAt, Math.Max(1, timeProvider.GetTimestamp()), 0);
         await base.StopAsync(cancellationToken);
     }
 

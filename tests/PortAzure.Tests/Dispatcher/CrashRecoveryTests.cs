@@ -1,4 +1,5 @@
 using System.Net;
+using Microsoft.Extensions.DependencyInjection;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
 using StackExchange.Redis;
@@ -60,7 +61,7 @@ public class CrashRecoveryTests(ITestOutputHelper output)
         {
             Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
         }
-        await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0");
+        await PortAzure.Dispatcher.Delivery.ConsumerGroup.EnsureAsync(relay.Db, RedisKeys.Stream, RedisKeys.ConsumerGroup);
         return Assert.Single(await relay.Db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, consumer, ">", 10));
     }
 
@@ -84,6 +85,39 @@ public class CrashRecoveryTests(ITestOutputHelper output)
         var deliveredAt = (await relay.EmulatorApi.RequestsAsync())[0].ReceivedAt;
         // 0.1 s for the clocks' granularity, well clear of the 3 s request timeout a premature claim would use.
         Assert.True(deliveredAt - readAt >= TimeSpan.FromSeconds(4.9), $"claimed after {(deliveredAt - readAt).TotalSeconds:F1} s, before timeout + margin (5 s)");
+    }
+
+    [Fact]
+    public async Task PendingEntry_WallClockSteppedBack_IsStillReclaimedAfterTheClaimInterval()
+    {
+        // The claim interval is counted in elapsed time: counted on the wall clock, a step back of an hour would hold
+        // off reclaiming a crashed replica's runs for that hour.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:RequestTimeoutSeconds"] = "1";
+            c["Dispatcher:ClaimMarginSeconds"] = "3";
+            c["Dispatcher:ClaimIntervalSeconds"] = "60";
+            c["Dispatcher:PollIntervalSeconds"] = "0.2";
+        }, dispatchers: 0);
+        // The first entry is idle long enough (4 s) for the Dispatcher's first claim; the second is not yet.
+        await QueueOneReadByAsync(relay, "dead-consumer-1");
+        await Task.Delay(TimeSpan.FromSeconds(4.5));
+        await QueueOneReadByAsync(relay, "dead-consumer-2");
+        var clock = new SteppedClock();
+        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(20),
+            "the first claim delivers the first entry");
+        var left = Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, 10, RedisValue.Null));
+        Assert.True(left.ConsumerName == "dead-consumer-2", $"left with {left.ConsumerName}: the first claim came too late for this test");
+
+        // Idle long enough for the next claim, which is due 60 s on; the wall clock goes back an hour meanwhile.
+        await Eventually.HoldsAsync(async () => (await relay.Db.StreamPendingMessagesAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, 10,
+            RedisValue.Null)).Single().IdleTimeInMilliseconds > 4200, TimeSpan.FromSeconds(10), "the second entry idle for 4 s");
+        clock.StepBack(TimeSpan.FromHours(1));
+        clock.Advance(TimeSpan.FromSeconds(61));
+
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 2, TimeSpan.FromSeconds(20),
+            "the second entry is reclaimed and delivered");
     }
 
     [Fact]

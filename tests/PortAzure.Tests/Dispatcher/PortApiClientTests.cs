@@ -94,19 +94,4 @@ public sealed class PortApiClientTests : IAsyncLifetime
 
     private Task<PortCallResult> SendAsync() =>
         _client.SendLogAsync(new PortReport(TestRuns.NewRunId(), "d-1", "Delivered", null, null), CancellationToken.None);
-
-    /// <summary>A fake clock whose wall time can be stepped back (timers, as in the runtime, are not moved by it).</summary>
-    private sealed class SteppedClock : FakeTimeProvider
-    {
-        private TimeSpan _offset;
-
-        public SteppedClock()
-            : base(DateTimeOffset.UtcNow)
-        {
-        }
-
-        public void StepBack(TimeSpan step) => _offset -= step;
-
-        public override DateTimeOffset GetUtcNow() => base.GetUtcNow() + _offset;
-    }
 }
