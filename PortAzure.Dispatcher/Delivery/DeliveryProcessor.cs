@@ -51,13 +51,13 @@ internal sealed partial class DeliveryProcessor(
         // Nothing has been posted yet: riding out a short Redis outage here is safe, and quicker than
         // leaving the entry to be reclaimed after the lease. Every try is passed the same `now` (a retry of a
         // try whose reply was lost must find its own probe), but each one sets the lease anew.
-        var triedAt = now;
+        var triedAt = timeProvider.GetTimestamp();
         BeginResult begin;
         try
         {
             begin = await WithRedisRetriesAsync(() =>
             {
-                triedAt = timeProvider.GetUtcNow();
+                triedAt = timeProvider.GetTimestamp();
                 return store.BeginAsync(entry, token, opts.LeaseDuration, claimed, now, TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds));
             }, i => i < BeginBackoff.Length ? BeginBackoff[i] : null, entry.DeliveryId, "begin", stopping);
         }
@@ -76,7 +76,7 @@ internal sealed partial class DeliveryProcessor(
         }
         // The lease was set after the last try started, so it lasts at least until the time kept here: the finish's
         // window counts from there, not from before a Begin that retried through a Redis outage.
-        var lease = new AttemptLease(token, triedAt + opts.LeaseDuration);
+        var lease = new AttemptLease(token, triedAt, opts.LeaseDuration);
         if (begin.AlreadyFinished)
         {
             Log.AlreadyFinished(logger, entry.DeliveryId, begin.State);
@@ -243,16 +243,18 @@ internal sealed partial class DeliveryProcessor(
             now + TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds), fields, report);
         // The last try must also end inside the lease (once it has run out, another replica may post the run
         // again), and a try can take a whole Redis timeout while Redis is away.
-        var lastTryAt = Min(timeProvider.GetUtcNow() + opts.FinishRetryWindow, lease.Until - store.OperationTimeout);
+        // Elapsed time, not the wall clock: a clock stepped back would stretch the window past the lease.
+        var started = timeProvider.GetTimestamp();
+        var window = Min(opts.FinishRetryWindow, lease.Duration - timeProvider.GetElapsedTime(lease.TakenAt) - store.OperationTimeout);
         return await WithRedisRetriesAsync(() => store.FinishAsync(request),
-            i => FinishBackoff[Math.Min(i, FinishBackoff.Length - 1)] is var delay && timeProvider.GetUtcNow() + delay <= lastTryAt ? delay : null,
+            i => FinishBackoff[Math.Min(i, FinishBackoff.Length - 1)] is var delay && timeProvider.GetElapsedTime(started) + delay <= window ? delay : null,
             entry.DeliveryId, mode.ToString());
     }
 
-    private static DateTimeOffset Min(DateTimeOffset a, DateTimeOffset b) => a < b ? a : b;
+    private static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b;
 
-    /// <summary>An attempt's lease: its token, and a time it lasts at least until.</summary>
-    private readonly record struct AttemptLease(string Token, DateTimeOffset Until);
+    /// <summary>An attempt's lease: its token, and when (a timestamp) it was taken for how long, at the latest.</summary>
+    private readonly record struct AttemptLease(string Token, long TakenAt, TimeSpan Duration);
 
     /// <param name="nextDelay">The wait before retry <c>i</c> (0-based), or null to give up and throw.</param>
     /// <param name="cancellationToken">Cancels a wait between two tries (never a try under way).</param>
