@@ -55,7 +55,19 @@ public class RedisRestartTests(ITestOutputHelper output)
         // (every 0.5-2 s) in time to store every waiting call, and no 503 proved the outage (seen once in CI).
         // Down at least that long, and until the Ingress has refused a call (the proof of the outage asserted below).
         await Task.Delay(5000);
-        await Eventually.HoldsAsync(() => Task.FromResult(Volatile.Read(ref refused) > 0), TimeSpan.FromSeconds(30), () => $"a call refused while Redis is down (accepted {accepted.Count}; senders {string.Join(", ", senders.Select(t => t.Exception?.InnerException?.Message ?? t.Status.ToString()))})");
+        try
+        {
+            await Eventually.HoldsAsync(() => Task.FromResult(Volatile.Read(ref refused) > 0), TimeSpan.FromSeconds(30), () => $"a call refused while Redis is down (accepted {accepted.Count}; senders {string.Join(", ", senders.Select(t => t.Exception?.InnerException?.Message ?? t.Status.ToString()))})");
+        }
+        finally
+        {
+            // The Redis client's own lines and the expected refusals aside: what else went wrong (a 500's exception).
+            foreach (var line in relay.Ingress.Logs.Lines.Where(l => (l.StartsWith("Warn", StringComparison.Ordinal) || l.StartsWith("Err", StringComparison.Ordinal))
+                && !l.Contains("StackExchange.Redis.ConnectionMultiplexer", StringComparison.Ordinal) && !l.Contains("[1004]", StringComparison.Ordinal)).Take(5))
+            {
+                output.WriteLine("Ingress: " + line[..Math.Min(1500, line.Length)]);
+            }
+        }
         await redis.StartProcessAsync();
         await Task.Delay(1500);
         await stop.CancelAsync();
