@@ -146,16 +146,9 @@ public class RunIdExtractionTests
         await using var relay = await Relay.StartAsync(dispatchers: 0);
         var body = withRunId ? TestRuns.Body(TestRuns.NewRunId()) : NoRunIdBody();
         var at = DateTimeOffset.UtcNow;
+        var webhooks = new Queue<string>(["deploy", "other-hook", "DEPLOY"]);
 
-        var answers = new List<(HttpStatusCode Status, string? DeliveryId)>();
-        foreach (var (webhook, key) in new[] { ("deploy", "key-a"), ("other-hook", "key-b"), ("DEPLOY", "key-c") })
-        {
-            using var request = TestRuns.Signed(body, webhook: webhook, at: at);
-            request.Headers.Add("Idempotency-Key", key);
-            using var response = await relay.Ingress.Client.SendAsync(request);
-            var answer = await response.Content.ReadFromJsonAsync<JsonElement>();
-            answers.Add((response.StatusCode, answer.GetProperty("deliveryId").GetString()));
-        }
+        var answers = await SendEachAsync(relay, () => TestRuns.Signed(body, webhook: webhooks.Dequeue(), at: at), "key-a", "key-b", "key-c");
 
         Assert.Equal([HttpStatusCode.Accepted, HttpStatusCode.OK, HttpStatusCode.OK], answers.Select(a => a.Status));
         Assert.Single(answers.Select(a => a.DeliveryId).Distinct());
