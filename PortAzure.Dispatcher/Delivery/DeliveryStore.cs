@@ -188,18 +188,25 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // crashes every replica is counted as poison like a reclaimed stream entry, not retried forever.
     // The batch names what this claim took, so that a claim whose reply is lost (a timeout) can be undone: else its
     // slots would wait out the lease and their next claim would count a crash, and a slow Redis would make poison.
+    // It is the first write (Redis keeps a script's writes up to a failing command: a batch written last would miss
+    // the slots moved before a failure), and a damaged claim count is reset rather than failing every claim after it.
     private const string ClaimDueScript = """
         local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+        if #ids == 0 then
+          return {}
+        end
+        redis.call('RPUSH', KEYS[3], unpack(ids))
+        redis.call('PEXPIRE', KEYS[3], ARGV[4])
         local claimed = {}
         for _, id in ipairs(ids) do
           redis.call('ZADD', KEYS[1], 'XX', ARGV[2], id)
-          local n = redis.call('HINCRBY', KEYS[2], id, 1)
+          local n = redis.pcall('HINCRBY', KEYS[2], id, 1)
+          if type(n) == 'table' then
+            redis.call('HSET', KEYS[2], id, 1)
+            n = 1
+          end
           claimed[#claimed + 1] = id
           claimed[#claimed + 1] = n > 1 and 1 or 0
-        end
-        if #ids > 0 then
-          redis.call('RPUSH', KEYS[3], unpack(ids))
-          redis.call('PEXPIRE', KEYS[3], ARGV[4])
         end
         return claimed
         """;
@@ -416,6 +423,11 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             // The script may have run with its reply lost. Sent on the same connection, the release runs after it.
             await ReleaseClaimBatchAsync(batch, now, leaseUntil);
             throw;
+        }
+        if (result.Length > 0)
+        {
+            // The reply came: nothing to undo. Else the batch would stay for the lease.
+            _ = Db.KeyDeleteAsync(batch, CommandFlags.FireAndForget);
         }
         var due = new (string, bool)[result.Length / 2];
         for (var i = 0; i < due.Length; i++)

@@ -285,6 +285,37 @@ public class DeliveryStoreTests
     }
 
     [Fact]
+    public async Task ClaimDueRetries_ScriptFailsAfterItsFirstWrite_ClaimIsUndone()
+    {
+        // Redis keeps a script's writes up to the failing command: the slots moved before it must be undone too.
+        await using var slot = await DueSlot.StartAsync();
+        var (store, db, entry, now) = (slot.Store, slot.Db, slot.Entry, slot.Now);
+        await db.StringSetAsync(RedisKeys.RetryClaims, "damaged");
+
+        await Assert.ThrowsAsync<RedisServerException>(() => store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(30), 10));
+        await db.KeyDeleteAsync(RedisKeys.RetryClaims);
+        var again = await store.ClaimDueRetriesAsync(now.AddSeconds(1), TimeSpan.FromSeconds(30), 10);
+
+        Assert.Equal([(entry.DeliveryId, false)], again);
+    }
+
+    [Fact]
+    public async Task ClaimDueRetries_DamagedClaimCount_IsResetAndEverySlotIsClaimed()
+    {
+        // A count that is not a number would fail every claim that reaches it, and the slots behind it with it.
+        await using var slot = await DueSlot.StartAsync();
+        var (store, db, entry, now) = (slot.Store, slot.Db, slot.Entry, slot.Now);
+        var damaged = NewEntry().DeliveryId;
+        await db.SortedSetAddAsync(RedisKeys.RetrySchedule, damaged, now.AddSeconds(-1).ToUnixTimeMilliseconds());
+        await db.HashSetAsync(RedisKeys.RetryClaims, damaged, "not-a-number");
+
+        var claimed = await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(30), 10);
+
+        Assert.Equal([(damaged, false), (entry.DeliveryId, false)], claimed);
+        Assert.Equal(1, (long)await db.HashGetAsync(RedisKeys.RetryClaims, damaged));
+    }
+
+    [Fact]
     public async Task ReleaseRetryClaims_ClaimNeverStarted_DueAgainAtOnceAndNotCountedAsACrash()
     {
         await using var slot = await DueSlot.StartAsync();
