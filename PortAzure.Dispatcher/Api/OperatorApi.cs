@@ -150,7 +150,7 @@ internal static partial class OperatorApi
             case ReplayOutcome.NotADeadLetter:
                 return await NotADeadLetterAsync(redis.GetDatabase(), id);
             case ReplayOutcome.NotReplayable:
-                return Problems.Create(StatusCodes.Status409Conflict, "deadletter_not_replayable", $"'{id}' has no body or target left to replay; it stays a dead letter.");
+                return Problems.Create(StatusCodes.Status409Conflict, "deadletter_not_replayable", $"'{id}' has no body or target left to replay (or its record is damaged); it stays a dead letter.");
             default:
                 break;
         }

@@ -228,12 +228,16 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         """;
 
     // KEYS: 1 dead letters, 2 record, 3 stream. ARGV: 1 delivery id, 2 now ms, 3 wake channel
-    // Returns the new stream id; nil: not a dead letter; 0: a dead letter without body or target (left as it is).
+    // Returns the new stream id; nil: not a dead letter; 0: a dead letter without body or target, or whose record is
+    // not a hash (left as it is: an error would stop every batch replay at it, for good).
     // The dead letter leaves its index last: Redis keeps a script's writes up to a failing command (a damaged stream
     // key), and one removed first would be neither a dead letter nor queued, lost to the operator API.
     private const string ReplayScript = """
         if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
           return false
+        end
+        if redis.call('TYPE', KEYS[2]).ok ~= 'hash' then
+          return 0
         end
         local r = redis.call('HMGET', KEYS[2], 'org', 'webhook', 'body', 'key', 'run', 'at', 'traceparent', 'tracestate')
         if not r[1] or not r[2] or not r[3] or not r[4] then
@@ -260,6 +264,14 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     private const string DiscardScript = """
         if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
           return 0
+        end
+        local t = redis.call('TYPE', KEYS[2]).ok
+        if t ~= 'hash' and t ~= 'none' then
+          -- A damaged record (not a hash) cannot be kept as discarded: it goes, so that the operator can clear it.
+          redis.call('DEL', KEYS[2])
+          redis.call('EXPIRE', KEYS[3], ARGV[3])
+          redis.call('ZREM', KEYS[1], ARGV[1])
+          return 1
         end
         redis.call('HDEL', KEYS[2], 'body')
         redis.call('HSET', KEYS[2], 'state', 'discarded', 'updatedAt', ARGV[2])
