@@ -175,8 +175,8 @@ internal sealed partial class WebhookHandler(
         }
         Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
         PortSignature.HashSignedContent(timestamp, body, hash);
-        // The timestamp is accepted from `tolerance` ahead of the clock to `tolerance` behind it. The key's lifetime
-        // runs on Redis's clock, the check on each Ingress's: the margin covers the skew between them.
+        // The timestamp is accepted from `tolerance` ahead of the clock to `tolerance` behind it, on the clock of the
+        // Ingress that checks it: the margin covers Ingress replicas whose clocks differ by up to a minute.
         return new ReplayGuard(RedisKeys.SignedCall("v1:" + Convert.ToHexStringLower(hash)),
             TimeSpan.FromSeconds(2 * options.TimestampToleranceSeconds) + ReplayGuardClockMargin);
     }
