@@ -105,8 +105,10 @@ public class CrashRecoveryTests(ITestOutputHelper output)
         await QueueOneReadByAsync(relay, "dead-consumer-2");
         var clock = new SteppedClock();
         await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
-        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(20),
-            "the first claim delivers the first entry");
+        // Delivered and recorded (acknowledged in the same step): the POST alone comes before the acknowledgement.
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1
+                && (await relay.Db.StreamPendingMessagesAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, 10, RedisValue.Null)).Length == 1,
+            TimeSpan.FromSeconds(20), "the first claim delivers the first entry");
         var left = Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, 10, RedisValue.Null));
         Assert.True(left.ConsumerName == "dead-consumer-2", $"left with {left.ConsumerName}: the first claim came too late for this test");
 
