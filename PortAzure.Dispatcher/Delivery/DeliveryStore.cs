@@ -251,7 +251,10 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         local sid = redis.call('XADD', KEYS[3], '*', unpack(f))
         redis.call('HSET', KEYS[2], 'state', 'queued', 'attempts', 0, 'claims', 0, 'streamId', sid, 'updatedAt', ARGV[2], 'since', ARGV[2])
         redis.call('HDEL', KEYS[2], 'body', 'hint', 'reason', 'nextAttemptAt', 'deadLetteredAt')
-        redis.call('HINCRBY', KEYS[2], 'replays', 1)
+        -- After the XADD nothing may fail (the run would be queued and still a dead letter): a damaged count starts again.
+        if type(redis.pcall('HINCRBY', KEYS[2], 'replays', 1)) == 'table' then
+          redis.call('HSET', KEYS[2], 'replays', 1)
+        end
         redis.call('ZREM', KEYS[1], ARGV[1])
         redis.call('PUBLISH', ARGV[3], sid)
         return sid

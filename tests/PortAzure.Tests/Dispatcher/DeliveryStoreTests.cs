@@ -513,6 +513,27 @@ public class DeliveryStoreTests
     }
 
     [Fact]
+    public async Task Replay_DamagedReplayCount_IsReplayedAndLeavesTheDeadLetters()
+    {
+        // The count is written after the XADD: failing there left the run queued and still a dead letter.
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        const string id = "d_0123456789abcdef0123456789abcdef";
+        await db.SortedSetAddAsync(RedisKeys.DeadLetters, id, 1);
+        await db.HashSetAsync(RedisKeys.Delivery(id),
+        [
+            new(DeliveryRecord.State, DeliveryStates.DeadLettered), new(DeliveryRecord.Org, TestRuns.Org), new(DeliveryRecord.Webhook, TestRuns.Webhook),
+            new(DeliveryRecord.Body, "{}"), new(DeliveryRecord.IdempotencyKey, id), new(DeliveryRecord.Replays, "damaged"),
+        ]);
+
+        Assert.Equal(ReplayOutcome.Replayed, await store.ReplayAsync(id, DateTimeOffset.UtcNow));
+
+        Assert.Equal(0, await db.SortedSetLengthAsync(RedisKeys.DeadLetters));
+        Assert.Equal(1, await db.StreamLengthAsync(RedisKeys.Stream));
+        Assert.Equal(1, (long)await db.HashGetAsync(RedisKeys.Delivery(id), DeliveryRecord.Replays));
+    }
+
+    [Fact]
     public async Task Dispatcher_DamagedStreamEntry_IsDroppedAndDeliveryGoesOn()
     {
         await using var relay = await Relay.StartAsync();
