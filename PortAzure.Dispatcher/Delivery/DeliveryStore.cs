@@ -181,6 +181,19 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         return failures
         """;
 
+    // A count that is not a number (a damaged field) starts again at 1 instead of failing: these counts are written
+    // where a failure would leave a script half done.
+    private const string IncrementCount = """
+        local function increment(key, field)
+          local n = redis.pcall('HINCRBY', key, field, 1)
+          if type(n) == 'table' then
+            redis.call('HSET', key, field, 1)
+            return 1
+          end
+          return n
+        end
+        """;
+
     // KEYS: 1 retry schedule, 2 retry claims, 3 this claim's batch. ARGV: 1 now ms, 2 lease-until ms, 3 count, 4 lease ms
     // Returns {id, reclaimed (1/0), ...}.
     // Moving the score forward is the claim: a replica that dies holding it lets it fall due again. The
@@ -189,8 +202,9 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // The batch names what this claim took, so that a claim whose reply is lost (a timeout) can be undone: else its
     // slots would wait out the lease and their next claim would count a crash, and a slow Redis would make poison.
     // It is the first write (Redis keeps a script's writes up to a failing command: a batch written last would miss
-    // the slots moved before a failure), and a damaged claim count is reset rather than failing every claim after it.
-    private const string ClaimDueScript = """
+    // the slots moved before a failure).
+    private const string ClaimDueScript = $$"""
+        {{IncrementCount}}
         local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
         if #ids == 0 then
           return {}
@@ -200,11 +214,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         local claimed = {}
         for _, id in ipairs(ids) do
           redis.call('ZADD', KEYS[1], 'XX', ARGV[2], id)
-          local n = redis.pcall('HINCRBY', KEYS[2], id, 1)
-          if type(n) == 'table' then
-            redis.call('HSET', KEYS[2], id, 1)
-            n = 1
-          end
+          local n = increment(KEYS[2], id)
           claimed[#claimed + 1] = id
           claimed[#claimed + 1] = n > 1 and 1 or 0
         end
@@ -232,7 +242,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // not a hash (left as it is: an error would stop every batch replay at it, for good).
     // The dead letter leaves its index last: Redis keeps a script's writes up to a failing command (a damaged stream
     // key), and one removed first would be neither a dead letter nor queued, lost to the operator API.
-    private const string ReplayScript = """
+    private const string ReplayScript = $$"""
+        {{IncrementCount}}
         if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
           return false
         end
@@ -251,10 +262,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         local sid = redis.call('XADD', KEYS[3], '*', unpack(f))
         redis.call('HSET', KEYS[2], 'state', 'queued', 'attempts', 0, 'claims', 0, 'streamId', sid, 'updatedAt', ARGV[2], 'since', ARGV[2])
         redis.call('HDEL', KEYS[2], 'body', 'hint', 'reason', 'nextAttemptAt', 'deadLetteredAt')
-        -- After the XADD nothing may fail (the run would be queued and still a dead letter): a damaged count starts again.
-        if type(redis.pcall('HINCRBY', KEYS[2], 'replays', 1)) == 'table' then
-          redis.call('HSET', KEYS[2], 'replays', 1)
-        end
+        -- After the XADD nothing may fail (the run would be queued and still a dead letter).
+        increment(KEYS[2], 'replays')
         redis.call('ZREM', KEYS[1], ARGV[1])
         redis.call('PUBLISH', ARGV[3], sid)
         return sid

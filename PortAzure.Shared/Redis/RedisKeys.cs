@@ -27,8 +27,8 @@ public static class RedisKeys
     public const string RetryClaims = Prefix + "retry-claims";
 
     /// <summary>
-    /// The ids one claim of <see cref="RetrySchedule"/> took, for as long as its lease: a claim whose reply was lost is
-    /// undone by its token.
+    /// The ids one claim of <see cref="RetrySchedule"/> took, until its reply comes (at most its lease): a claim whose
+    /// reply was lost is undone by its token.
     /// </summary>
     public static string RetryClaimBatch(string claimToken) => $"{Prefix}retry-claim:{claimToken}";
 
