@@ -3,6 +3,7 @@ using System.Net.Http.Json;
 using System.Text.Json;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
 using static PortAzure.Tests.Dispatcher.DeliveryOutcomeTests;
 
 namespace PortAzure.Tests.Dispatcher;
@@ -76,13 +77,8 @@ public class DeadLetterTests
         {
             var id = "d_" + Guid.NewGuid().ToString("N");
             ids.Add(id);
-            await relay.Db.HashSetAsync(RedisKeys.Delivery(id),
-            [
-                new(DeliveryRecord.State, DeliveryStates.DeadLettered), new(DeliveryRecord.Org, TestRuns.Org),
-                new(DeliveryRecord.Webhook, TestRuns.Webhook), new(DeliveryRecord.Body, TestRuns.Body(TestRuns.NewRunId())),
-                new(DeliveryRecord.IdempotencyKey, id), new(DeliveryRecord.ReceivedAt, DateTimeOffset.UtcNow.ToUnixTimeMilliseconds()),
-            ]);
-            await relay.Db.SortedSetAddAsync(RedisKeys.DeadLetters, id, i + 1);
+            await DeadLetterRecords.AddAsync(relay.Db, id, i + 1, TestRuns.Body(TestRuns.NewRunId()),
+                new HashEntry(DeliveryRecord.ReceivedAt, DateTimeOffset.UtcNow.ToUnixTimeMilliseconds()));
         }
         await relay.Db.KeyDeleteAsync(RedisKeys.Delivery(ids[0]));
         await relay.Db.StringSetAsync(RedisKeys.Delivery(ids[0]), "damaged");
@@ -109,13 +105,7 @@ public class DeadLetterTests
         // Not a 503: that says none was replayed and a retry is safe, while a timed-out replay may have run.
         await using var relay = await Relay.StartAsync(dispatchers: 1);
         var id = "d_" + Guid.NewGuid().ToString("N");
-        await relay.Db.HashSetAsync(RedisKeys.Delivery(id),
-        [
-            new(DeliveryRecord.State, DeliveryStates.DeadLettered), new(DeliveryRecord.Org, TestRuns.Org),
-            new(DeliveryRecord.Webhook, TestRuns.Webhook), new(DeliveryRecord.Body, TestRuns.Body(TestRuns.NewRunId())),
-            new(DeliveryRecord.IdempotencyKey, id),
-        ]);
-        await relay.Db.SortedSetAddAsync(RedisKeys.DeadLetters, id, 1);
+        await DeadLetterRecords.AddAsync(relay.Db, id, 1, TestRuns.Body(TestRuns.NewRunId()));
         // A damaged stream key (a string): the replay's XADD fails with a Redis error.
         await relay.Db.KeyDeleteAsync(RedisKeys.Stream);
         await relay.Db.StringSetAsync(RedisKeys.Stream, "damaged");

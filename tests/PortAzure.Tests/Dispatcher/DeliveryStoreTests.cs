@@ -465,12 +465,7 @@ public class DeliveryStoreTests
         await using var leased = await SharedRedis.ConnectAsync();
         var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
         const string id = "d_0123456789abcdef0123456789abcdef";
-        await db.SortedSetAddAsync(RedisKeys.DeadLetters, id, 1);
-        await db.HashSetAsync(RedisKeys.Delivery(id),
-        [
-            new(DeliveryRecord.State, DeliveryStates.DeadLettered), new(DeliveryRecord.Org, "contoso"), new(DeliveryRecord.Webhook, "deploy"),
-            new(DeliveryRecord.Body, "{}"), new(DeliveryRecord.IdempotencyKey, "k-1"),
-        ]);
+        await DeadLetterRecords.AddAsync(db, id, 1, "{}");
         await db.StringSetAsync(RedisKeys.Stream, "damaged");
 
         await Assert.ThrowsAnyAsync<RedisException>(() => store.ReplayAsync(id, DateTimeOffset.UtcNow));
@@ -519,12 +514,7 @@ public class DeliveryStoreTests
         await using var leased = await SharedRedis.ConnectAsync();
         var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
         const string id = "d_0123456789abcdef0123456789abcdef";
-        await db.SortedSetAddAsync(RedisKeys.DeadLetters, id, 1);
-        await db.HashSetAsync(RedisKeys.Delivery(id),
-        [
-            new(DeliveryRecord.State, DeliveryStates.DeadLettered), new(DeliveryRecord.Org, TestRuns.Org), new(DeliveryRecord.Webhook, TestRuns.Webhook),
-            new(DeliveryRecord.Body, "{}"), new(DeliveryRecord.IdempotencyKey, id), new(DeliveryRecord.Replays, "damaged"),
-        ]);
+        await DeadLetterRecords.AddAsync(db, id, 1, "{}", new HashEntry(DeliveryRecord.Replays, "damaged"));
 
         Assert.Equal(ReplayOutcome.Replayed, await store.ReplayAsync(id, DateTimeOffset.UtcNow));
 
