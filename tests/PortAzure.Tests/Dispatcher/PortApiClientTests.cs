@@ -1,5 +1,10 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
 using Microsoft.Extensions.Time.Testing;
 using PortAzure.Dispatcher.PortReporting;
 using PortAzure.Security;
@@ -8,8 +13,8 @@ using PortAzure.Tests.Infrastructure;
 namespace PortAzure.Tests.Dispatcher;
 
 /// <summary>
-/// The client's pauses (after a refusal, a failed token call, a 429) on a wall clock stepped back by an hour, as NTP or an
-/// operator may do: each pause ends after its own length, not after the step.
+/// The client's token handling and its pauses (after a refusal, a failed token call, a 429), also on a wall clock stepped
+/// back by an hour, as NTP or an operator may do: each pause ends after its own length, not after the step.
 /// </summary>
 public sealed class PortApiClientTests : IAsyncLifetime
 {
@@ -92,6 +97,92 @@ public sealed class PortApiClientTests : IAsyncLifetime
         Assert.Equal(PortCallResult.Sent, await SendAsync());
     }
 
+    [Fact]
+    public async Task SendLogAsync_LogCallRefusedWith401_FetchesANewTokenForTheNextSend()
+    {
+        Assert.Equal(PortCallResult.Sent, await SendAsync());
+        await _emulatorApi.PortBehaviorAsync(new { failNext = 1, status = 401 });
+
+        // Port refused the token on a log call (revoked, or expired early): not the credentials' fault, and not the report's.
+        Assert.Equal(PortCallResult.RetryLater, await SendAsync());
+        Assert.False(_client.CredentialsRefused);
+        Assert.Equal(PortCallResult.Sent, await SendAsync());
+
+        var calls = await _emulatorApi.PortCallsAsync();
+        Assert.Equal(2, calls.Count(c => c.Path == "/v1/auth/access_token"));
+    }
+
+    [Theory]
+    [InlineData("text/html", "<html><body>Sign in to the corporate proxy</body></html>")]
+    [InlineData("application/json", """{"accessToken":"","expiresIn":3600}""")]
+    [InlineData("application/json", """{"ok":true}""")]
+    public async Task SendLogAsync_TokenCallAnswered200WithoutAUsableToken_PausesTheSendsBehindIt(string mediaType, string tokenBody)
+    {
+        // A proxy's page or an empty token is a failed token call: the sends behind it must not each ask again.
+        var tokenCalls = 0;
+        await using var port = await StartPortAsync(async context =>
+        {
+            Interlocked.Increment(ref tokenCalls);
+            context.Response.ContentType = mediaType;
+            await context.Response.WriteAsync(tokenBody);
+        });
+        using var client = NewClient(port);
+
+        var first = await TrySendAsync(client);
+        Assert.True(first is PortCallResult.RetryLater or null, $"the first send gave {first}");
+        Assert.Equal(PortCallResult.NotTried, await TrySendAsync(client));
+        Assert.Equal(1, Volatile.Read(ref tokenCalls));
+
+        _clock.Advance(PortApiClient.TokenFailurePause);
+        await TrySendAsync(client);
+        Assert.Equal(2, Volatile.Read(ref tokenCalls));
+    }
+
     private Task<PortCallResult> SendAsync() =>
         _client.SendLogAsync(new PortReport(TestRuns.NewRunId(), "d-1", "Delivered", null, null), CancellationToken.None);
+
+    /// <summary>A send through <paramref name="client"/>; null when it threw (a body that is not JSON), as the reporter sees it.</summary>
+    private static async Task<PortCallResult?> TrySendAsync(PortApiClient client)
+    {
+        try
+        {
+            return await client.SendLogAsync(new PortReport(TestRuns.NewRunId(), "d-1", "Delivered", null, null), CancellationToken.None);
+        }
+        catch (System.Text.Json.JsonException)
+        {
+            return null;
+        }
+    }
+
+    private PortApiClient NewClient(WebApplication port) =>
+        new(_services.GetRequiredService<IHttpClientFactory>(),
+            new StaticOptionsMonitor<PortOptions>(new PortOptions
+            {
+                ApiBaseUrl = new Uri(port.Urls.First()),
+                ClientId = "relay-client",
+                ClientSecret = TestRuns.Secret,
+            }),
+            _clock,
+            NullLogger<PortApiClient>.Instance);
+
+    /// <summary>A stand-in for Port's token endpoint on loopback, answering with <paramref name="answer"/>.</summary>
+    private static async Task<WebApplication> StartPortAsync(RequestDelegate answer)
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.WebHost.UseUrls("http://127.0.0.1:0");
+        builder.Logging.ClearProviders();
+        var app = builder.Build();
+        app.MapPost("/v1/auth/access_token", answer);
+        await app.StartAsync();
+        return app;
+    }
+
+    private sealed class StaticOptionsMonitor<T>(T value) : IOptionsMonitor<T>
+    {
+        public T CurrentValue => value;
+
+        public T Get(string? name) => value;
+
+        public IDisposable? OnChange(Action<T, string?> listener) => null;
+    }
 }

@@ -202,6 +202,9 @@ public class RunIdExtractionTests
         }, null, null);
 
         await AssertQueuedOnceAsync(relay, answers);
+        // Without a timestamp nothing ages the call out: its guard lives as long as the idempotency key (168 h by default).
+        var ttl = await relay.Db.KeyTimeToLiveAsync(RedisKeys.SignedCall("legacy:" + Convert.ToHexStringLower(SHA256.HashData(body))));
+        Assert.InRange(ttl!.Value, TimeSpan.FromHours(168) - TimeSpan.FromMinutes(1), TimeSpan.FromHours(168));
     }
 
     [Fact]
