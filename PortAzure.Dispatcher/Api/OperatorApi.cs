@@ -13,6 +13,8 @@ namespace PortAzure.Dispatcher.Api;
 /// <summary>Find a delivery, see why it failed, replay it. Reached through the Ingress's YARP routes.</summary>
 internal static partial class OperatorApi
 {
+    // Not a state the relay writes: what a record that cannot be read shows.
+    private const string DamagedState = "damaged";
     private const int MaxReplayBatch = 500;
     private const int MaxPageSize = 500;
 
@@ -270,9 +272,19 @@ internal static partial class OperatorApi
             snapshot.PausedTargets, snapshot.OldestAge.TotalSeconds));
     }
 
+    // Damaged data (a key of another type, an attempt that is not JSON) is shown as such, not thrown: one such record in
+    // the dead-letter index would otherwise fail every page that holds it, and the operator could not find it to DELETE.
     private static async Task<DeliveryView?> LoadAsync(IDatabase db, string id, bool withAttempts)
     {
-        var hash = (await db.HashGetAllAsync(RedisKeys.Delivery(id))).ToDictionary(e => (string)e.Name!, e => e.Value);
+        Dictionary<string, RedisValue> hash;
+        try
+        {
+            hash = (await db.HashGetAllAsync(RedisKeys.Delivery(id))).ToDictionary(e => (string)e.Name!, e => e.Value);
+        }
+        catch (RedisServerException ex) when (IsWrongType(ex))
+        {
+            return Damaged(id, $"The delivery's record in Redis is not a hash. If it is a dead letter, DELETE /api/deadletters/{id} removes it.");
+        }
         if (hash.Count == 0)
         {
             return null;
@@ -280,8 +292,7 @@ internal static partial class OperatorApi
         IReadOnlyList<AttemptRecord>? attempts = null;
         if (withAttempts)
         {
-            var raw = await db.ListRangeAsync(RedisKeys.Attempts(id));
-            attempts = raw.Select(r => JsonSerializer.Deserialize<AttemptRecord>((string)r!, AttemptRecord.JsonOptions)!).ToList();
+            attempts = await LoadAttemptsAsync(db, id);
         }
         string? Text(string name) => hash.TryGetValue(name, out var v) && !v.IsNullOrEmpty ? (string?)v : null;
         DateTimeOffset? Time(string name) => hash.TryGetValue(name, out var v) && long.TryParse((string?)v, out var ms) && ms > 0
@@ -307,6 +318,41 @@ internal static partial class OperatorApi
             Number(DeliveryRecord.Replays) ?? 0,
             attempts);
     }
+
+    /// <summary>The attempts that can be read; an entry that is not an attempt, or a key that is not a list, is left out.</summary>
+    private static async Task<IReadOnlyList<AttemptRecord>> LoadAttemptsAsync(IDatabase db, string id)
+    {
+        RedisValue[] raw;
+        try
+        {
+            raw = await db.ListRangeAsync(RedisKeys.Attempts(id));
+        }
+        catch (RedisServerException ex) when (IsWrongType(ex))
+        {
+            return [];
+        }
+        var attempts = new List<AttemptRecord>(raw.Length);
+        foreach (var item in raw)
+        {
+            try
+            {
+                if (JsonSerializer.Deserialize<AttemptRecord>((string)item!, AttemptRecord.JsonOptions) is { } attempt)
+                {
+                    attempts.Add(attempt);
+                }
+            }
+            catch (JsonException)
+            {
+                // Left out: the record and the other attempts still tell the operator what happened.
+            }
+        }
+        return attempts;
+    }
+
+    private static bool IsWrongType(RedisServerException exception) => exception.Message.StartsWith("WRONGTYPE", StringComparison.Ordinal);
+
+    private static DeliveryView Damaged(string id, string hint) =>
+        new(id, DamagedState, null, null, null, null, null, null, 0, null, null, null, null, hint, null, 0, null);
 
     private static bool IsDeliveryId(string id) => DeliveryIdPattern().IsMatch(id);
 

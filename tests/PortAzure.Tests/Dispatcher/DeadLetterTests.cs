@@ -100,6 +100,39 @@ public class DeadLetterTests
     }
 
     [Fact]
+    public async Task ListAndGet_DamagedRecordOrAttempts_ShowItAsDamagedInsteadOfFailing()
+    {
+        // One record that is not a hash used to fail every page of dead letters that held it, with a 500.
+        await using var relay = await Relay.StartAsync();
+        var ids = Enumerable.Range(0, 3).Select(_ => "d_" + Guid.NewGuid().ToString("N")).ToList();
+        for (var i = 0; i < ids.Count; i++)
+        {
+            await DeadLetterRecords.AddAsync(relay.Db, ids[i], i + 1, TestRuns.Body(TestRuns.NewRunId()));
+        }
+        await relay.Db.KeyDeleteAsync(RedisKeys.Delivery(ids[0]));
+        await relay.Db.StringSetAsync(RedisKeys.Delivery(ids[0]), "damaged");
+        // The second's attempts: one readable, one not JSON. The third's attempts key is not a list.
+        await relay.Db.ListRightPushAsync(RedisKeys.Attempts(ids[1]),
+            [JsonSerializer.Serialize(new { attempt = 1, at = DateTimeOffset.UtcNow, status = 500, outcome = "retry", durationMs = 3, excerpt = "", consumer = "c" }), "{not json"]);
+        await relay.Db.StringSetAsync(RedisKeys.Attempts(ids[2]), "damaged");
+
+        using var list = relay.Operator(HttpMethod.Get, "/api/deadletters");
+        using var page = await relay.Ingress.Client.SendAsync(list);
+        using var get = relay.Operator(HttpMethod.Get, $"/api/deliveries/{ids[0]}");
+        using var one = await relay.Ingress.Client.SendAsync(get);
+
+        Assert.Equal(HttpStatusCode.OK, page.StatusCode);
+        var items = (await page.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("items").EnumerateArray().ToList();
+        Assert.Equal(ids, items.Select(i => i.GetProperty("deliveryId").GetString()!).ToList());
+        Assert.Equal(["damaged", DeliveryStates.DeadLettered, DeliveryStates.DeadLettered], items.Select(i => i.GetProperty("state").GetString()!));
+        Assert.Contains($"DELETE /api/deadletters/{ids[0]}", items[0].GetProperty("hint").GetString(), StringComparison.Ordinal);
+        Assert.Equal(500, Assert.Single(items[1].GetProperty("attemptHistory").EnumerateArray()).GetProperty("status").GetInt32());
+        Assert.Empty(items[2].GetProperty("attemptHistory").EnumerateArray());
+        Assert.Equal(HttpStatusCode.OK, one.StatusCode);
+        Assert.Equal("damaged", (await one.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("state").GetString());
+    }
+
+    [Fact]
     public async Task ReplayAll_FirstReplayFails_Answers200WithNoneAndWhereItStopped()
     {
         // Not a 503: that says none was replayed and a retry is safe, while a timed-out replay may have run.
