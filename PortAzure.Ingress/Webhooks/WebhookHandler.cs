@@ -212,7 +212,9 @@ internal sealed partial class WebhookHandler(
         {
             result = await queue.EnqueueAsync(entry, TimeSpan.FromHours(options.IdempotencyWindowHours), replayGuard);
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException or ObjectDisposedException)
+        // RedisCommandException is not a RedisException: the client refused to send the script (EVAL disabled in its
+        // command map, a write routed to a replica during a failover). Nothing was sent, so nothing was accepted.
+        catch (Exception ex) when (ex is RedisException or RedisCommandException or TimeoutException or ObjectDisposedException)
         {
             activity?.SetStatus(ActivityStatusCode.Error, "queue unavailable");
             Log.QueueUnavailable(logger, ex, org, webhook);

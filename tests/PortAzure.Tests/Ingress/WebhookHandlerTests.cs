@@ -395,6 +395,28 @@ public class WebhookHandlerTests
     }
 
     [Fact]
+    public async Task Post_RedisClientRefusesTheCommand_Answers503NothingAccepted()
+    {
+        // The client refuses a command before sending it (RedisCommandException, not a RedisException): here EVAL
+        // disabled in its command map, as for a managed Redis without scripting; also a write routed to a replica.
+        await using var lease = await SharedRedis.LeaseAsync();
+        await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = lease.ConnectionString + ",$EVAL=,$EVALSHA=",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+        });
+
+        using var response = await TestRuns.SendAsync(ingress.Client, TestRuns.Body(TestRuns.NewRunId()));
+
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+        Assert.NotNull(response.Headers.RetryAfter);
+        var problem = await response.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal("queue_unavailable", problem.GetProperty("reason").GetString());
+        Assert.Contains("nothing was accepted", problem.GetProperty("detail").GetString(), StringComparison.Ordinal);
+        Assert.Contains(ingress.Logs.Lines, l => l.Contains("RedisCommandException", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task Start_WithoutPortClientSecret_FailsNamingTheKey()
     {
         var error = await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartIngressAsync(new Dictionary<string, string?>
