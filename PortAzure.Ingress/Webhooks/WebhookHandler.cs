@@ -151,8 +151,9 @@ internal sealed partial class WebhookHandler(
                     $"The Idempotency-Key header must be one value of 1 to {options.MaxRunIdLength} printable ASCII characters without spaces.");
             }
         }
-        var idempotencyKey = runId ?? explicitKey ?? "sha256:" + Convert.ToHexStringLower(SHA256.HashData(body));
-        var replayGuard = GuardAgainstReplay(request, body, options);
+        string? bodyHash = null;
+        var idempotencyKey = runId ?? explicitKey ?? "sha256:" + (bodyHash = Sha256Hex(body));
+        var replayGuard = GuardAgainstReplay(request, body, bodyHash, options);
 
         return await EnqueueAsync(context, org, webhook, body, runId, idempotencyKey, replayGuard, options);
     }
@@ -165,12 +166,13 @@ internal sealed partial class WebhookHandler(
     /// anew). A legacy SHA-1 signature covers the body alone and has no timestamp: there the body is the call, for
     /// every target, for the idempotency window, whatever the header says.
     /// </summary>
-    private static ReplayGuard GuardAgainstReplay(HttpRequest request, byte[] body, IngressOptions options)
+    /// <param name="bodyHash">The body's SHA-256 in hex when the caller has it already, else null.</param>
+    private static ReplayGuard GuardAgainstReplay(HttpRequest request, byte[] body, string? bodyHash, IngressOptions options)
     {
         var timestamp = request.Headers[PortSignature.TimestampHeader].ToString();
         if (timestamp.Length == 0)
         {
-            return new ReplayGuard(RedisKeys.SignedCall("legacy:" + Convert.ToHexStringLower(SHA256.HashData(body))),
+            return new ReplayGuard(RedisKeys.SignedCall("legacy:" + (bodyHash ?? Sha256Hex(body))),
                 TimeSpan.FromHours(options.IdempotencyWindowHours));
         }
         Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
@@ -356,6 +358,8 @@ internal sealed partial class WebhookHandler(
         });
         return (traceParent ?? activity.Id, traceState ?? activity.TraceStateString);
     }
+
+    private static string Sha256Hex(byte[] body) => Convert.ToHexStringLower(SHA256.HashData(body));
 
     /// <summary>Time-ordered, so ids sort as the runs arrived; 32 hex digits.</summary>
     private static string NewDeliveryId() => "d_" + Guid.CreateVersion7().ToString("N");
