@@ -100,6 +100,8 @@ internal sealed class TargetHealthOptions
 
 internal sealed class DispatcherOptionsValidator : IValidateOptions<DispatcherOptions>
 {
+    private const int MaxRetentionHours = 24 * 365 * 10;
+
     public ValidateOptionsResult Validate(string? name, DispatcherOptions options)
     {
         var errors = new List<string>();
@@ -118,20 +120,23 @@ internal sealed class DispatcherOptionsValidator : IValidateOptions<DispatcherOp
         Check(options.ClaimIntervalSeconds is > 0 and <= 600, "Dispatcher:ClaimIntervalSeconds must be in (0, 600].");
         Check(options.MaxClaims is >= 1 and <= 100, "Dispatcher:MaxClaims must be between 1 and 100.");
         Check(options.ShutdownGraceSeconds is >= 0 and <= 300, "Dispatcher:ShutdownGraceSeconds must be between 0 and 300.");
-        Check(options.DeliveredRetentionHours is >= 1, "Dispatcher:DeliveredRetentionHours must be at least 1.");
-        Check(options.BacklogDegradedSeconds > 0, "Dispatcher:BacklogDegradedSeconds must be positive.");
+        // Upper bounds everywhere: a value past them ("keep forever" as int.MaxValue, Infinity) passed here once and then
+        // threw in TimeSpan arithmetic after Azure's 2xx, which left the run to be posted again.
+        Check(options.DeliveredRetentionHours is >= 1 and <= MaxRetentionHours, $"Dispatcher:DeliveredRetentionHours must be between 1 and {MaxRetentionHours}.");
+        Check(options.BacklogDegradedSeconds is > 0 and <= 604800, "Dispatcher:BacklogDegradedSeconds must be in (0, 604800].");
         Check(options.PortReportReclaimSeconds is >= 1 and <= 86400, "Dispatcher:PortReportReclaimSeconds must be between 1 and 86400.");
         Check(options.ConsumerName is null || (options.ConsumerName.Length is > 0 and <= 200 && !options.ConsumerName.Any(char.IsWhiteSpace)),
             "Dispatcher:ConsumerName must be 1 to 200 characters without spaces.");
         var retry = options.Retry;
         Check(retry.InitialDelaySeconds is > 0 and <= 3600, "Dispatcher:Retry:InitialDelaySeconds must be in (0, 3600].");
         Check(retry.Multiplier is >= 1 and <= 10, "Dispatcher:Retry:Multiplier must be between 1 and 10.");
-        Check(retry.MaxDelaySeconds >= retry.InitialDelaySeconds, "Dispatcher:Retry:MaxDelaySeconds must be at least InitialDelaySeconds.");
+        Check(retry.MaxDelaySeconds >= retry.InitialDelaySeconds && retry.MaxDelaySeconds <= 86400,
+            "Dispatcher:Retry:MaxDelaySeconds must be at least InitialDelaySeconds and at most 86400.");
         Check(retry.MaxAttempts is >= 1 and <= 100, "Dispatcher:Retry:MaxAttempts must be between 1 and 100.");
-        Check(retry.MaxAgeHours > 0, "Dispatcher:Retry:MaxAgeHours must be positive.");
+        Check(retry.MaxAgeHours is > 0 and <= 8760, "Dispatcher:Retry:MaxAgeHours must be in (0, 8760].");
         Check(retry.JitterFraction is >= 0 and < 1, "Dispatcher:Retry:JitterFraction must be in [0, 1).");
-        Check(options.TargetHealth.FailureThreshold >= 1, "Dispatcher:TargetHealth:FailureThreshold must be at least 1.");
-        Check(options.TargetHealth.ProbeIntervalSeconds > 0, "Dispatcher:TargetHealth:ProbeIntervalSeconds must be positive.");
+        Check(options.TargetHealth.FailureThreshold is >= 1 and <= 1_000_000, "Dispatcher:TargetHealth:FailureThreshold must be between 1 and 1000000.");
+        Check(options.TargetHealth.ProbeIntervalSeconds is > 0 and <= 3600, "Dispatcher:TargetHealth:ProbeIntervalSeconds must be in (0, 3600].");
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
     }
 }

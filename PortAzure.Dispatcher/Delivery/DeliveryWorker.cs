@@ -34,6 +34,12 @@ internal sealed partial class DeliveryWorker(
         var opts = options.CurrentValue;
         using var slots = new SemaphoreSlim(opts.MaxConcurrency, opts.MaxConcurrency);
         Log.Started(logger, identity.Name, opts.MaxConcurrency);
+        if (opts.RequestTimeoutSeconds > opts.ShutdownGraceSeconds)
+        {
+            // Allowed (tests cut POSTs short on purpose), but in production a stop would cut a POST short that may have
+            // reached Azure, and another replica would post it again: a second pipeline run.
+            Log.TimeoutBeyondGrace(logger, opts.RequestTimeoutSeconds, opts.ShutdownGraceSeconds);
+        }
         var errorBackoff = new ErrorBackoff(timeProvider);
         var groupReady = false;
         var subscribed = false;
@@ -281,6 +287,10 @@ internal sealed partial class DeliveryWorker(
     {
         [LoggerMessage(EventIds.WorkerStarted, LogLevel.Information, "Dispatcher consumer {Consumer} started with {MaxConcurrency} delivery slots")]
         public static partial void Started(ILogger logger, string consumer, int maxConcurrency);
+
+        [LoggerMessage(EventIds.TimeoutBeyondGrace, LogLevel.Warning,
+            "Dispatcher:RequestTimeoutSeconds ({Timeout} s) exceeds Dispatcher:ShutdownGraceSeconds ({Grace} s): a stop can cut a POST short that may have reached Azure, and it would be posted again")]
+        public static partial void TimeoutBeyondGrace(ILogger logger, double timeout, double grace);
 
         [LoggerMessage(EventIds.GroupCreated, LogLevel.Information, "Consumer group {Group} created")]
         public static partial void GroupCreated(ILogger logger, string group);

@@ -19,9 +19,21 @@ public sealed class AdminOptionsValidator : IValidateOptions<AdminOptions>
     public ValidateOptionsResult Validate(string? name, AdminOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        return string.IsNullOrEmpty(options.ApiKey) || options.ApiKey.Length >= AdminOptions.MinApiKeyLength
-            ? ValidateOptionsResult.Success
-            : ValidateOptionsResult.Fail(
-                $"Admin:ApiKey must be at least {AdminOptions.MinApiKeyLength} characters (a long random value: it opens the replay of dead letters, which starts pipeline runs).");
+        if (string.IsNullOrEmpty(options.ApiKey))
+        {
+            return ValidateOptionsResult.Success;
+        }
+        var errors = new List<string>();
+        if (options.ApiKey.Length < AdminOptions.MinApiKeyLength)
+        {
+            errors.Add($"Admin:ApiKey must be at least {AdminOptions.MinApiKeyLength} characters (a long random value: it opens the replay of dead letters, which starts pipeline runs).");
+        }
+        // A header value cannot carry it otherwise (Kestrel trims spaces and refuses other bytes): a key read from a
+        // file ending in a newline would start and then refuse every call.
+        if (!options.ApiKey.All(c => c is >= '!' and <= '~'))
+        {
+            errors.Add("Admin:ApiKey must be visible ASCII characters only, without spaces or a trailing newline.");
+        }
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
     }
 }

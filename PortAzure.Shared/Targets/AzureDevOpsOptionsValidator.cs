@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Options;
+using PortAzure.Signing;
 
 namespace PortAzure.Targets;
 
@@ -20,6 +21,11 @@ public sealed class AzureDevOpsOptionsValidator : IValidateOptions<AzureDevOpsOp
         if (string.IsNullOrWhiteSpace(options.SignatureHeader) || !options.SignatureHeader.All(IsTokenChar))
         {
             errors.Add("AzureDevOps:SignatureHeader must be a valid HTTP header name.");
+        }
+        // Configuration binds any number to an enum ("5"); AzureSignature.Compute would then throw before every POST.
+        if (!Enum.IsDefined(options.SignatureFormat))
+        {
+            errors.Add($"AzureDevOps:SignatureFormat must be one of {string.Join(", ", Enum.GetNames<SignatureFormat>())}.");
         }
         // Org and webhook are taken in any case: a second entry for a target would silently lose to the first.
         var firstIndex = new Dictionary<string, int>(StringComparer.OrdinalIgnoreCase);

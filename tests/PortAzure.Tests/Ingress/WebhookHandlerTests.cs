@@ -499,4 +499,55 @@ public class HealthTests
         Assert.Contains("Dispatcher:MaxConcurrency", error.ToString(), StringComparison.Ordinal);
         Assert.Contains("Admin:ApiKey must be at least 16 characters", error.ToString(), StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task Dispatcher_OptionsPastTheirBounds_FailNamingEachKey()
+    {
+        // Each passed once and then threw while running: the retention after Azure's 2xx (the run was posted again),
+        // the retry age after every transient answer, the signature before every POST; the key never matched a header.
+        var error = (await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartDispatcherAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Dispatcher:DeliveredRetentionHours"] = "2147483647",
+            ["Dispatcher:BacklogDegradedSeconds"] = "Infinity",
+            ["Dispatcher:Retry:MaxAgeHours"] = "1e9",
+            ["Dispatcher:Retry:MaxDelaySeconds"] = "Infinity",
+            ["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "1e300",
+            ["AzureDevOps:SignatureFormat"] = "5",
+            ["Admin:ApiKey"] = "a-long-admin-key-read-from-a-file\n",
+        }))).ToString();
+
+        foreach (var key in new[]
+        {
+            "Dispatcher:DeliveredRetentionHours", "Dispatcher:BacklogDegradedSeconds", "Dispatcher:Retry:MaxAgeHours",
+            "Dispatcher:Retry:MaxDelaySeconds", "Dispatcher:TargetHealth:ProbeIntervalSeconds", "AzureDevOps:SignatureFormat",
+            "Admin:ApiKey must be visible ASCII",
+        })
+        {
+            Assert.Contains(key, error, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public async Task Dispatcher_RequestTimeoutBeyondShutdownGrace_StartsWithAWarning()
+    {
+        await using var lease = await SharedRedis.LeaseAsync();
+        var config = new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = lease.ConnectionString,
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Dispatcher:RequestTimeoutSeconds"] = "30",
+        };
+        await using (var risky = await TestHost.StartDispatcherAsync(config))
+        {
+            await Eventually.HoldsAsync(() => Task.FromResult(risky.Logs.Lines.Any(l => l.StartsWith("Warning", StringComparison.Ordinal) && l.Contains("[2110]", StringComparison.Ordinal))),
+                TimeSpan.FromSeconds(10), "a Warning 2110 at start");
+        }
+
+        config["Dispatcher:RequestTimeoutSeconds"] = "15";
+        await using var safe = await TestHost.StartDispatcherAsync(config);
+        await Eventually.HoldsAsync(() => Task.FromResult(safe.Logs.Lines.Any(l => l.Contains("[2101]", StringComparison.Ordinal))), TimeSpan.FromSeconds(10), "the worker started");
+        Assert.DoesNotContain(safe.Logs.Lines, l => l.Contains("[2110]", StringComparison.Ordinal));
+    }
 }
