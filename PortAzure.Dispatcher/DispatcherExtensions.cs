@@ -59,10 +59,7 @@ public static class DispatcherExtensions
             .ConfigureHttpClient(client => client.Timeout = Timeout.InfiniteTimeSpan)
             // No hidden retries: a repeated POST can start a second pipeline run. DeliveryProcessor decides.
             .RemoveAllResilienceHandlers();
-        services.AddHttpClient(PortApiClient.HttpClientName)
-            .ConfigureHttpClient(client => client.Timeout = TimeSpan.FromSeconds(15))
-            // PortReportingService retries on its own schedule; a second layer would only multiply calls.
-            .RemoveAllResilienceHandlers();
+        services.AddPortApiHttpClient();
 
         services.AddSingleton<AzureWebhookClient>();
         services.AddSingleton<PortApiClient>();
@@ -83,21 +80,62 @@ public static class DispatcherExtensions
     }
 }
 
+internal static class PortApiHttpClientSetup
+{
+    // Port's answers are a token or a short error: anything longer is a proxy's page, and is not worth holding in memory
+    // 16 calls at a time.
+    internal const int MaxResponseBytes = 64 * 1024;
+
+    public static IServiceCollection AddPortApiHttpClient(this IServiceCollection services)
+    {
+        services.AddHttpClient(PortApiClient.HttpClientName)
+            .ConfigurePrimaryHttpMessageHandler(() => new SocketsHttpHandler
+            {
+                // A redirect would re-send the token call's body, the client secret, to wherever Location points.
+                AllowAutoRedirect = false,
+                PooledConnectionLifetime = TimeSpan.FromMinutes(2),
+                ConnectTimeout = TimeSpan.FromSeconds(10),
+            })
+            .ConfigureHttpClient(client =>
+            {
+                client.Timeout = TimeSpan.FromSeconds(15);
+                client.MaxResponseContentBufferSize = MaxResponseBytes;
+            })
+            // PortReportingService retries on its own schedule; a second layer would only multiply calls.
+            .RemoveAllResilienceHandlers();
+        return services;
+    }
+}
+
 /// <summary>The Dispatcher signs with <c>Port:ClientSecret</c> unless every configured target has its own secret.</summary>
 internal sealed class DispatcherPortOptionsValidator(IOptions<AzureDevOpsOptions> azure) : IValidateOptions<PortOptions>
 {
     public ValidateOptionsResult Validate(string? name, PortOptions options)
     {
-        var targets = azure.Value.Targets;
-        var everyTargetHasSecret = targets.Count > 0 && targets.All(t => !string.IsNullOrEmpty(t.Secret));
+        IList<AzureDevOpsTarget>? targets;
+        try
+        {
+            targets = azure.Value.Targets;
+        }
+        catch (OptionsValidationException)
+        {
+            // Reported by their own validator; thrown from here it would hide this validator's errors.
+            targets = null;
+        }
+        var everyTargetHasSecret = targets is { Count: > 0 } && targets.All(t => !string.IsNullOrEmpty(t.Secret));
         var errors = new List<string>();
-        if (string.IsNullOrEmpty(options.ClientSecret) && !everyTargetHasSecret)
+        if (targets is not null && string.IsNullOrEmpty(options.ClientSecret) && !everyTargetHasSecret)
         {
             errors.Add("Port:ClientSecret is required (environment variable Port__ClientSecret): it signs the POSTs to Azure DevOps for targets without their own AzureDevOps:Targets:N:Secret.");
         }
         if (!options.ApiBaseUrl.IsAbsoluteUri)
         {
             errors.Add("Port:ApiBaseUrl must be an absolute URL.");
+        }
+        else if (options.ApiBaseUrl.AbsolutePath != "/" || options.ApiBaseUrl.Query.Length > 0)
+        {
+            // The calls' paths start at the root (/v1/...): a base path would be silently dropped.
+            errors.Add("Port:ApiBaseUrl must be the API's root, without a path or query (such as https://api.port.io).");
         }
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
     }

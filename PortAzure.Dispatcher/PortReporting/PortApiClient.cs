@@ -38,6 +38,8 @@ internal sealed partial class PortApiClient(
 {
     public const string HttpClientName = "port-api";
     private static readonly TimeSpan RefreshMargin = TimeSpan.FromSeconds(60);
+    private const long MinTokenLifetimeSeconds = 60;
+    private const long MaxTokenLifetimeSeconds = 24 * 3600;
 
     // After a refusal the token endpoint is left alone for a while: every waiting report would otherwise ask again.
     private static readonly TimeSpan RefusalPause = TimeSpan.FromSeconds(30);
@@ -128,7 +130,8 @@ internal sealed partial class PortApiClient(
             // does not match its schema: a report refused for that is rejected.)
             return PortCallResult.AlreadyEnded;
         }
-        return code is 403 or 408 or >= 500 ? PortCallResult.RetryLater : PortCallResult.Rejected;
+        // A 3xx (redirects are not followed) says the relay's Port:ApiBaseUrl is wrong, not the report: kept until it is fixed.
+        return code is (>= 300 and < 400) or 403 or 408 or >= 500 ? PortCallResult.RetryLater : PortCallResult.Rejected;
     }
 
     private static async Task<bool> SaysRunIsLockedAsync(HttpResponseMessage response, CancellationToken cancellationToken)
@@ -256,7 +259,8 @@ internal sealed partial class PortApiClient(
                 _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
                 return (null, false, false);
             }
-            var lifetime = TimeSpan.FromSeconds(token.ExpiresIn);
+            // Port's own value, bounded: a huge one threw here (before any pause was set), one of 0 cached nothing.
+            var lifetime = TimeSpan.FromSeconds(Math.Clamp(token.ExpiresIn, MinTokenLifetimeSeconds, MaxTokenLifetimeSeconds));
             var margin = lifetime > RefreshMargin * 2 ? RefreshMargin : lifetime / 2;
             _token = accessToken;
             _tokenExpires = timeProvider.GetUtcNow() + lifetime - margin;

@@ -6,7 +6,7 @@ namespace PortAzure.Security;
 public sealed class PortOptions
 {
     public const string SectionName = "Port";
-    public const string DefaultApiBaseUrl = "https://api.getport.io";
+    public const string DefaultApiBaseUrl = "https://api.port.io";
 
     /// <summary>Verifies Port's signatures; the default secret for Azure signatures; authenticates to Port's API.</summary>
     public string? ClientSecret { get; set; }

@@ -9,7 +9,7 @@
 #   PORT_CLIENT_SECRET
 #   JOB_STATUS           Succeeded | SucceededWithIssues | Failed | Canceled ($(Agent.JobStatus))
 #   BUILD_URL            optional: link shown on the run in Port
-#   PORT_API_URL         optional: https://api.getport.io (EU, default) or https://api.us.port.io
+#   PORT_API_URL         optional: https://api.port.io (EU, default) or https://api.us.port.io
 # Needs curl and jq. Secrets are passed to curl on stdin, never on a command line.
 set -euo pipefail
 
@@ -17,7 +17,7 @@ set -euo pipefail
 : "${PORT_CLIENT_ID:?PORT_CLIENT_ID is required}"
 : "${PORT_CLIENT_SECRET:?PORT_CLIENT_SECRET is required}"
 : "${JOB_STATUS:?JOB_STATUS is required}"
-api="${PORT_API_URL:-https://api.getport.io}"
+api="${PORT_API_URL:-https://api.port.io}"
 build_url="${BUILD_URL:-}"
 
 case "$JOB_STATUS" in

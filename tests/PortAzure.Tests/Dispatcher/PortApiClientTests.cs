@@ -6,6 +6,7 @@ using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 using Microsoft.Extensions.Time.Testing;
+using PortAzure.Dispatcher;
 using PortAzure.Dispatcher.PortReporting;
 using PortAzure.Security;
 using PortAzure.Tests.Infrastructure;
@@ -30,7 +31,7 @@ public sealed class PortApiClientTests : IAsyncLifetime
         _emulatorApi = new EmulatorClient(_emulator.Client);
         var services = new ServiceCollection();
         services.AddLogging(l => l.SetMinimumLevel(LogLevel.Warning));
-        services.AddHttpClient(PortApiClient.HttpClientName);
+        services.AddPortApiHttpClient();
         services.AddOptions<PortOptions>().Configure(o =>
         {
             o.ApiBaseUrl = _emulator.BaseAddress;
@@ -138,6 +139,79 @@ public sealed class PortApiClientTests : IAsyncLifetime
         Assert.Equal(2, Volatile.Read(ref tokenCalls));
     }
 
+    [Fact]
+    public async Task SendLogAsync_TokenCallRedirected_DoesNotFollowWithTheSecret()
+    {
+        var followed = 0;
+        await using var port = await StartPortAsync(context =>
+        {
+            context.Response.StatusCode = StatusCodes.Status307TemporaryRedirect;
+            context.Response.Headers.Location = "/elsewhere";
+            return Task.CompletedTask;
+        }, app => app.MapPost("/elsewhere", () => Interlocked.Increment(ref followed)));
+        using var client = NewClient(port);
+
+        Assert.Equal(PortCallResult.RetryLater, await TrySendAsync(client));
+        Assert.Equal(0, Volatile.Read(ref followed));
+    }
+
+    [Fact]
+    public async Task SendLogAsync_LogCallRedirected_IsKeptForLaterNotRejected()
+    {
+        await using var port = await StartPortAsync(WriteTokenAsync, app => app.MapPost("/v1/actions/runs/{runId}/logs",
+            (HttpContext context) => Results.Redirect("https://port.example/v1/actions/runs/x/logs", permanent: true, preserveMethod: true)));
+        using var client = NewClient(port);
+
+        // The base URL is wrong (http for https, a moved host): the report must wait for the fix, not be given up.
+        Assert.Equal(PortCallResult.RetryLater, await TrySendAsync(client));
+    }
+
+    [Fact]
+    public async Task SendLogAsync_HugeErrorPage_IsNotReadPastTheCap()
+    {
+        await using var port = await StartPortAsync(WriteTokenAsync, app => app.MapPost("/v1/actions/runs/{runId}/logs", async (HttpContext context) =>
+        {
+            context.Response.StatusCode = StatusCodes.Status502BadGateway;
+            context.Response.ContentType = "text/html";
+            var page = new byte[64 * 1024];
+            for (var i = 0; i < 160 && !context.RequestAborted.IsCancellationRequested; i++)
+            {
+                await context.Response.Body.WriteAsync(page, context.RequestAborted);
+            }
+        }));
+        using var client = NewClient(port);
+
+        // A proxy's 10 MB page: refused at the cap (the reporter counts the exception as a failed try), not buffered.
+        var error = await Assert.ThrowsAsync<HttpRequestException>(() => client.SendLogAsync(
+            new PortReport(TestRuns.NewRunId(), "d-1", "Delivered", null, null), CancellationToken.None));
+        Assert.Contains("buffer", error.Message, StringComparison.OrdinalIgnoreCase);
+    }
+
+    [Theory]
+    [InlineData(1_000_000_000_000_000L)]
+    [InlineData(0L)]
+    public async Task SendLogAsync_TokenLifetimeOutOfRange_IsBoundedAndTheTokenUsed(long expiresIn)
+    {
+        var tokenCalls = 0;
+        await using var port = await StartPortAsync(context =>
+        {
+            Interlocked.Increment(ref tokenCalls);
+            return context.Response.WriteAsJsonAsync(new { accessToken = "token-1", expiresIn });
+        }, app => app.MapPost("/v1/actions/runs/{runId}/logs", () => Results.Created()));
+        using var client = NewClient(port);
+
+        Assert.Equal(PortCallResult.Sent, await TrySendAsync(client));
+        Assert.Equal(PortCallResult.Sent, await TrySendAsync(client));
+        Assert.Equal(1, Volatile.Read(ref tokenCalls));
+        // At most a day, whatever Port said.
+        _clock.Advance(TimeSpan.FromDays(1));
+        Assert.Equal(PortCallResult.Sent, await TrySendAsync(client));
+        Assert.Equal(2, Volatile.Read(ref tokenCalls));
+    }
+
+    private static Task WriteTokenAsync(HttpContext context) =>
+        context.Response.WriteAsJsonAsync(new { accessToken = "token-" + Guid.NewGuid().ToString("N"), expiresIn = 3600 });
+
     private Task<PortCallResult> SendAsync() =>
         _client.SendLogAsync(new PortReport(TestRuns.NewRunId(), "d-1", "Delivered", null, null), CancellationToken.None);
 
@@ -166,13 +240,14 @@ public sealed class PortApiClientTests : IAsyncLifetime
             NullLogger<PortApiClient>.Instance);
 
     /// <summary>A stand-in for Port's token endpoint on loopback, answering with <paramref name="answer"/>.</summary>
-    private static async Task<WebApplication> StartPortAsync(RequestDelegate answer)
+    private static async Task<WebApplication> StartPortAsync(RequestDelegate answer, Action<WebApplication>? more = null)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.WebHost.UseUrls("http://127.0.0.1:0");
         builder.Logging.ClearProviders();
         var app = builder.Build();
         app.MapPost("/v1/auth/access_token", answer);
+        more?.Invoke(app);
         await app.StartAsync();
         return app;
     }

@@ -515,6 +515,7 @@ public class HealthTests
             ["Dispatcher:Retry:MaxDelaySeconds"] = "Infinity",
             ["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "1e300",
             ["AzureDevOps:SignatureFormat"] = "5",
+            ["Port:ApiBaseUrl"] = "https://proxy.example/port/",
             ["Admin:ApiKey"] = "a-long-admin-key-read-from-a-file\n",
         }))).ToString();
 
@@ -522,7 +523,7 @@ public class HealthTests
         {
             "Dispatcher:DeliveredRetentionHours", "Dispatcher:BacklogDegradedSeconds", "Dispatcher:Retry:MaxAgeHours",
             "Dispatcher:Retry:MaxDelaySeconds", "Dispatcher:TargetHealth:ProbeIntervalSeconds", "AzureDevOps:SignatureFormat",
-            "Admin:ApiKey must be visible ASCII",
+            "Admin:ApiKey must be visible ASCII", "Port:ApiBaseUrl must be the API's root",
         })
         {
             Assert.Contains(key, error, StringComparison.Ordinal);
