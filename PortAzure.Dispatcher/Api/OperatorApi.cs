@@ -13,8 +13,12 @@ namespace PortAzure.Dispatcher.Api;
 /// <summary>Find a delivery, see why it failed, replay it. Reached through the Ingress's YARP routes.</summary>
 internal static partial class OperatorApi
 {
+    // The last millisecond DateTimeOffset can hold (year 9999): a damaged time past it is shown as none, not thrown.
+    private const long MaxUnixMilliseconds = 253_402_300_799_999;
+
     // Not a state the relay writes: what a record that cannot be read shows.
     private const string DamagedState = "damaged";
+    private const int MaxCursorIdLength = 256;
     private const int MaxReplayBatch = 500;
     private const int MaxPageSize = 500;
 
@@ -136,7 +140,8 @@ internal static partial class OperatorApi
         var split = cursor.IndexOf('_', StringComparison.Ordinal);
         return split > 0
             && long.TryParse(cursor.AsSpan(0, split), NumberStyles.None, CultureInfo.InvariantCulture, out var score)
-            && cursor[(split + 1)..] is var id && IsDeliveryId(id)
+            // Any member, not only a delivery id: a damaged one in the index would otherwise end the paging at it.
+            && cursor[(split + 1)..] is { Length: > 0 and <= MaxCursorIdLength } id
             ? (score, id)
             : null;
     }
@@ -295,7 +300,7 @@ internal static partial class OperatorApi
             attempts = await LoadAttemptsAsync(db, id);
         }
         string? Text(string name) => hash.TryGetValue(name, out var v) && !v.IsNullOrEmpty ? (string?)v : null;
-        DateTimeOffset? Time(string name) => hash.TryGetValue(name, out var v) && long.TryParse((string?)v, out var ms) && ms > 0
+        DateTimeOffset? Time(string name) => hash.TryGetValue(name, out var v) && long.TryParse((string?)v, out var ms) && ms is > 0 and <= MaxUnixMilliseconds
             ? DateTimeOffset.FromUnixTimeMilliseconds(ms) : null;
         int? Number(string name) => hash.TryGetValue(name, out var v) && int.TryParse((string?)v, out var n) ? n : null;
         var traceParent = Text(DeliveryRecord.TraceParent);
@@ -359,7 +364,8 @@ internal static partial class OperatorApi
     private static IResult InvalidId() =>
         Problems.Create(StatusCodes.Status400BadRequest, "delivery_id_invalid", "A delivery id looks like 'd_' followed by 32 hex digits.");
 
-    [GeneratedRegex("^d_[0-9a-f]{32}$", RegexOptions.CultureInvariant)]
+    // \z, not $: $ also matches before a final newline.
+    [GeneratedRegex(@"^d_[0-9a-f]{32}\z", RegexOptions.CultureInvariant)]
     private static partial Regex DeliveryIdPattern();
 
     private static partial class Log

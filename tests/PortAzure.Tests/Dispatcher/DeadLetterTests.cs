@@ -133,6 +133,43 @@ public class DeadLetterTests
     }
 
     [Fact]
+    public async Task List_DamagedTimeAndAMemberThatIsNotAnId_PagesThroughEveryEntry()
+    {
+        await using var relay = await Relay.StartAsync();
+        var first = "d_" + Guid.NewGuid().ToString("N");
+        var last = "d_" + Guid.NewGuid().ToString("N");
+        await DeadLetterRecords.AddAsync(relay.Db, first, 1, TestRuns.Body(TestRuns.NewRunId()), new HashEntry(DeliveryRecord.UpdatedAt, long.MaxValue));
+        await relay.Db.SortedSetAddAsync(RedisKeys.DeadLetters, "not-a-delivery-id", 2);
+        await DeadLetterRecords.AddAsync(relay.Db, last, 3, TestRuns.Body(TestRuns.NewRunId()));
+
+        var seen = new List<string>();
+        string? cursor = null;
+        for (var page = 0; page < 5; page++)
+        {
+            using var request = relay.Operator(HttpMethod.Get, "/api/deadletters?limit=1" + (cursor is null ? "" : "&cursor=" + Uri.EscapeDataString(cursor)));
+            using var response = await relay.Ingress.Client.SendAsync(request);
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            var json = await response.Content.ReadFromJsonAsync<JsonElement>();
+            foreach (var item in json.GetProperty("items").EnumerateArray())
+            {
+                seen.Add(item.GetProperty("deliveryId").GetString()!);
+                if (item.GetProperty("deliveryId").GetString() == first)
+                {
+                    Assert.Equal(JsonValueKind.Null, item.GetProperty("updatedAt").ValueKind);
+                }
+            }
+            cursor = json.GetProperty("nextCursor").GetString();
+            if (cursor is null)
+            {
+                break;
+            }
+        }
+
+        Assert.Null(cursor);
+        Assert.Equal([first, last], seen);
+    }
+
+    [Fact]
     public async Task ReplayAll_FirstReplayFails_Answers200WithNoneAndWhereItStopped()
     {
         // Not a 503: that says none was replayed and a retry is safe, while a timed-out replay may have run.
@@ -269,8 +306,9 @@ public class DeadLetterTests
     [Theory]
     [InlineData("12")]
     [InlineData("abc")]
-    [InlineData("12_not-an-id")]
+    [InlineData("12_")]
     [InlineData("_d_0123456789abcdef0123456789abcdef")]
+    [InlineData("-12_d_0123456789abcdef0123456789abcdef")]
     public async Task List_CursorNotFromAPage_Is400CursorInvalid(string cursor)
     {
         await using var relay = await Relay.StartAsync();

@@ -33,6 +33,24 @@ public class OperatorApiTests
     }
 
     [Theory]
+    [InlineData("GET", "/api/deliveries/d_0123")]
+    [InlineData("GET", "/api/deliveries/x_0123456789abcdef0123456789abcdef")]
+    [InlineData("GET", "/api/deliveries/d_0123456789ABCDEF0123456789ABCDEF")]
+    [InlineData("GET", "/api/deliveries/d_0123456789abcdef0123456789abcdef%0A")]
+    [InlineData("POST", "/api/deadletters/d_0123456789abcdef0123456789abcdef%0A/replay")]
+    [InlineData("DELETE", "/api/deadletters/d_0123456789abcdef0123456789abcdef%0A")]
+    public async Task ById_NotADeliveryId_Is400DeliveryIdInvalid(string method, string path)
+    {
+        await using var relay = await Relay.StartAsync();
+
+        using var request = relay.Operator(new HttpMethod(method), path);
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal("delivery_id_invalid", (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+    }
+
+    [Theory]
     [InlineData("/api/deliveries?runId=", "run_id_required")]
     [InlineData("/api/deliveries", "run_id_required")]
     [InlineData("/api/deliveries?runId={long}", "run_id_invalid")]
