@@ -59,7 +59,11 @@ public static class IngressExtensions
             handler.HandleAsync(context, org, webhook))
             .RequireWebhookRateLimits();
 
-        app.MapReverseProxy(proxy => proxy.UseOperatorApiKey());
+        app.MapReverseProxy(proxy =>
+        {
+            proxy.UseOperatorApiKey();
+            proxy.UseDispatcherUnavailableProblem();
+        });
         return app;
     }
 }
