@@ -163,7 +163,9 @@ internal static class RedisSetup
         }
         try
         {
-            using var process = Process.Start(new ProcessStartInfo(runtime, "info --format {{.ServerVersion}}")
+            // Plain "info", as run.sh asks: it fails when Docker's daemon is not there, and a template such as
+            // {{.ServerVersion}} would fail on Podman, whose info has no such field.
+            using var process = Process.Start(new ProcessStartInfo(runtime, "info")
             {
                 RedirectStandardOutput = true,
                 RedirectStandardError = true,

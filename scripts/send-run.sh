@@ -3,6 +3,8 @@
 # Usage: scripts/send-run.sh [relay-base-url] [org] [webhook]
 #   PORT_CLIENT_SECRET  the Port client secret (default: the development default, port-demo-secret)
 #   RUN_ID              the run id to put into context.runId (default: a new one)
+# The secret is passed to openssl on its command line, which other users of this machine can see (ps): a tool for
+# the development secret or a machine of your own, not for a production secret on a shared host.
 set -euo pipefail
 base="${1:-http://localhost:5100}"
 org="${2:-contoso}"
