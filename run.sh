@@ -14,7 +14,7 @@ if [ -z "${ConnectionStrings__redis:-}" ] && ! have_container_runtime && ! comma
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+  $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 
 exec dotnet run --project PortAzure.AppHost --launch-profile http -- "$@"

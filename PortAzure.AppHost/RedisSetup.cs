@@ -175,6 +175,9 @@ internal static class RedisSetup
             {
                 return false;
             }
+            // Drained and dropped: an unread pipe that fills up (info prints kilobytes) would block the runtime until killed.
+            process.BeginOutputReadLine();
+            process.BeginErrorReadLine();
             if (!process.WaitForExit(TimeSpan.FromSeconds(5)))
             {
                 process.Kill(entireProcessTree: true);

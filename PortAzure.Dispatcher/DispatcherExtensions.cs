@@ -108,23 +108,17 @@ internal static class PortApiHttpClientSetup
 }
 
 /// <summary>The Dispatcher signs with <c>Port:ClientSecret</c> unless every configured target has its own secret.</summary>
-internal sealed class DispatcherPortOptionsValidator(IOptions<AzureDevOpsOptions> azure) : IValidateOptions<PortOptions>
+internal sealed class DispatcherPortOptionsValidator(IConfiguration configuration) : IValidateOptions<PortOptions>
 {
     public ValidateOptionsResult Validate(string? name, PortOptions options)
     {
-        IList<AzureDevOpsTarget>? targets;
-        try
-        {
-            targets = azure.Value.Targets;
-        }
-        catch (OptionsValidationException)
-        {
-            // Reported by their own validator; thrown from here it would hide this validator's errors.
-            targets = null;
-        }
-        var everyTargetHasSecret = targets is { Count: > 0 } && targets.All(t => !string.IsNullOrEmpty(t.Secret));
+        // Bound here, not taken from IOptions<AzureDevOpsOptions>: that throws when its own validator fails, and would
+        // hide this validator's errors behind its own.
+        // Only the targets (strings), so that no other bad value of the section can throw here either.
+        var targets = configuration.GetSection($"{AzureDevOpsOptions.SectionName}:{nameof(AzureDevOpsOptions.Targets)}").Get<List<AzureDevOpsTarget>>() ?? [];
+        var everyTargetHasSecret = targets.Count > 0 && targets.All(t => !string.IsNullOrEmpty(t.Secret));
         var errors = new List<string>();
-        if (targets is not null && string.IsNullOrEmpty(options.ClientSecret) && !everyTargetHasSecret)
+        if (string.IsNullOrEmpty(options.ClientSecret) && !everyTargetHasSecret)
         {
             errors.Add("Port:ClientSecret is required (environment variable Port__ClientSecret): it signs the POSTs to Azure DevOps for targets without their own AzureDevOps:Targets:N:Secret.");
         }
@@ -132,9 +126,10 @@ internal sealed class DispatcherPortOptionsValidator(IOptions<AzureDevOpsOptions
         {
             errors.Add("Port:ApiBaseUrl must be an absolute URL.");
         }
-        else if (options.ApiBaseUrl.AbsolutePath != "/" || options.ApiBaseUrl.Query.Length > 0)
+        else if (options.ApiBaseUrl.AbsolutePath is not ("/" or "/v1" or "/v1/") || options.ApiBaseUrl.Query.Length > 0)
         {
-            // The calls' paths start at the root (/v1/...): a base path would be silently dropped.
+            // The calls' paths start at the root (/v1/...), so any other base path would be silently dropped. "/v1" is
+            // how Port's own examples write the address, and it comes to the same URLs.
             errors.Add("Port:ApiBaseUrl must be the API's root, without a path or query (such as https://api.port.io).");
         }
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);

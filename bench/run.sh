@@ -14,7 +14,7 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-benchmark >/d
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+  $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 
 for project in PortAzure.Ingress/PortAzure.Ingress.csproj \

@@ -33,13 +33,13 @@ internal sealed partial class DeliveryWorker(
     {
         var opts = options.CurrentValue;
         using var slots = new SemaphoreSlim(opts.MaxConcurrency, opts.MaxConcurrency);
-        Log.Started(logger, identity.Name, opts.MaxConcurrency);
         if (opts.RequestTimeoutSeconds > opts.ShutdownGraceSeconds)
         {
             // Allowed (tests cut POSTs short on purpose), but in production a stop would cut a POST short that may have
             // reached Azure, and another replica would post it again: a second pipeline run.
             Log.TimeoutBeyondGrace(logger, opts.RequestTimeoutSeconds, opts.ShutdownGraceSeconds);
         }
+        Log.Started(logger, identity.Name, opts.MaxConcurrency);
         var errorBackoff = new ErrorBackoff(timeProvider);
         var groupReady = false;
         var subscribed = false;

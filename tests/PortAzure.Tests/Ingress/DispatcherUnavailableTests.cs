@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Http.Json;
+using System.Net.Sockets;
 using System.Text.Json;
 using PortAzure.Tests.Infrastructure;
 
@@ -10,8 +11,10 @@ public class DispatcherUnavailableTests
     [Theory]
     [InlineData("GET", "/api/stats")]
     [InlineData("POST", "/api/deadletters/d_0123456789abcdef0123456789abcdef/replay")]
+    [InlineData("POST", "/api/deadletters/replay")]
     public async Task Call_DispatcherStopped_Answers503DispatcherUnavailableWithRetryAfter(string method, string path)
     {
+        // Nothing reached the Dispatcher: even a batch replay is safe to send again.
         await using var relay = await Relay.StartAsync();
         await relay.StopDispatcherAsync(relay.Dispatcher);
 
@@ -21,6 +24,46 @@ public class DispatcherUnavailableTests
         Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
         Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
         Assert.NotNull(response.Headers.RetryAfter);
-        Assert.Equal("dispatcher_unavailable", (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+        Assert.Equal("dispatcher_unavailable", await ReasonAsync(response));
     }
+
+    [Theory]
+    [InlineData("GET", "/api/stats", HttpStatusCode.ServiceUnavailable, "dispatcher_unavailable", true)]
+    [InlineData("POST", "/api/deadletters/d_0123456789abcdef0123456789abcdef/replay", HttpStatusCode.ServiceUnavailable, "dispatcher_unavailable", true)]
+    [InlineData("POST", "/api/deadletters/replay", HttpStatusCode.BadGateway, "dispatcher_answer_lost", false)]
+    public async Task Call_DispatcherTookTheCallButItsAnswerWasLost_BatchReplayIsNotToldToRetry(string method, string path,
+        HttpStatusCode status, string reason, bool retryAfter)
+    {
+        // A Dispatcher that reads the call and drops the connection (killed mid-call): a batch replay may have run.
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        var dropped = Task.Run(async () =>
+        {
+            using var socket = await listener.AcceptSocketAsync();
+            // One connection only: the client may send a GET again on a new one, which must then be refused, not hang.
+            listener.Stop();
+            await socket.ReceiveAsync(new byte[16 * 1024]);
+            socket.Close();
+        });
+        using var closed = new ClosedPort();
+        await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = $"127.0.0.1:{closed.Port},abortConnect=false,connectTimeout=300",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Admin:ApiKey"] = Relay.AdminKey,
+            ["services:dispatcher:http:0"] = $"http://127.0.0.1:{((IPEndPoint)listener.LocalEndpoint).Port}",
+        });
+
+        using var request = new HttpRequestMessage(new HttpMethod(method), path);
+        request.Headers.TryAddWithoutValidation("X-Api-Key", Relay.AdminKey);
+        using var response = await ingress.Client.SendAsync(request);
+        await dropped;
+
+        Assert.Equal(status, response.StatusCode);
+        Assert.Equal(reason, await ReasonAsync(response));
+        Assert.Equal(retryAfter, response.Headers.RetryAfter is not null);
+    }
+
+    private static async Task<string?> ReasonAsync(HttpResponseMessage response) =>
+        (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString();
 }

@@ -508,7 +508,7 @@ public class HealthTests
         var error = (await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartDispatcherAsync(new Dictionary<string, string?>
         {
             ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
-            ["Port:ClientSecret"] = TestRuns.Secret,
+            // No Port:ClientSecret either: named beside the AzureDevOps section's own error, not hidden behind it.
             ["Dispatcher:DeliveredRetentionHours"] = "2147483647",
             ["Dispatcher:BacklogDegradedSeconds"] = "Infinity",
             ["Dispatcher:Retry:MaxAgeHours"] = "1e9",
@@ -523,11 +523,27 @@ public class HealthTests
         {
             "Dispatcher:DeliveredRetentionHours", "Dispatcher:BacklogDegradedSeconds", "Dispatcher:Retry:MaxAgeHours",
             "Dispatcher:Retry:MaxDelaySeconds", "Dispatcher:TargetHealth:ProbeIntervalSeconds", "AzureDevOps:SignatureFormat",
-            "Admin:ApiKey must be visible ASCII", "Port:ApiBaseUrl must be the API's root",
+            "Admin:ApiKey must be visible ASCII", "Port:ApiBaseUrl must be the API's root", "Port:ClientSecret is required",
         })
         {
             Assert.Contains(key, error, StringComparison.Ordinal);
         }
+    }
+
+    [Theory]
+    [InlineData("https://api.port.io")]
+    [InlineData("https://api.port.io/v1")]
+    [InlineData("https://api.us.port.io/v1/")]
+    public async Task Dispatcher_PortApiBaseUrlAtTheRootOrV1_Starts(string url)
+    {
+        await using var dispatcher = await TestHost.StartDispatcherAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Port:ApiBaseUrl"] = url,
+        });
+
+        Assert.NotNull(dispatcher.BaseAddress);
     }
 
     [Fact]
@@ -548,6 +564,7 @@ public class HealthTests
 
         config["Dispatcher:RequestTimeoutSeconds"] = "15";
         await using var safe = await TestHost.StartDispatcherAsync(config);
+        // 2110 comes before 2101: once the worker says it started, no 2110 means none.
         await Eventually.HoldsAsync(() => Task.FromResult(safe.Logs.Lines.Any(l => l.Contains("[2101]", StringComparison.Ordinal))), TimeSpan.FromSeconds(10), "the worker started");
         Assert.DoesNotContain(safe.Logs.Lines, l => l.Contains("[2110]", StringComparison.Ordinal));
     }
