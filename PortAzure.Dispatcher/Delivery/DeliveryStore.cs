@@ -237,11 +237,14 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         return #ids
         """;
 
-    // KEYS: 1 dead letters, 2 record, 3 stream. ARGV: 1 delivery id, 2 now ms, 3 wake channel
+    // KEYS: 1 dead letters, 2 record, 3 stream, 4 attempt log. ARGV: 1 delivery id, 2 now ms, 3 wake channel, 4 attempts kept
     // Returns the new stream id; nil: not a dead letter; 0: a dead letter without body or target, or whose record is
     // not a hash (left as it is: an error would stop every batch replay at it, for good).
     // The dead letter leaves its index last: Redis keeps a script's writes up to a failing command (a damaged stream
     // key), and one removed first would be neither a dead letter nor queued, lost to the operator API.
+    /// <summary>The attempts kept in a delivery's log at a replay: Dispatcher:Retry:MaxAttempts's upper bound.</summary>
+    internal const int MaxAttemptLog = 100;
+
     private const string ReplayScript = $$"""
         {{IncrementCount}}
         if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
@@ -259,6 +262,9 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         if r[5] and r[5] ~= '' then f[#f + 1] = 'run'; f[#f + 1] = r[5] end
         if r[7] and r[7] ~= '' then f[#f + 1] = 'traceparent'; f[#f + 1] = r[7] end
         if r[8] and r[8] ~= '' then f[#f + 1] = 'tracestate'; f[#f + 1] = r[8] end
+        -- Each replay adds a round of attempts to the log, which the operator API reads whole: the latest ARGV[4]
+        -- stay (one round's most). pcall: a damaged log must not stop the replay.
+        redis.pcall('LTRIM', KEYS[4], -tonumber(ARGV[4]), -1)
         local sid = redis.call('XADD', KEYS[3], '*', unpack(f))
         redis.call('HSET', KEYS[2], 'state', 'queued', 'attempts', 0, 'claims', 0, 'streamId', sid, 'updatedAt', ARGV[2], 'since', ARGV[2])
         redis.call('HDEL', KEYS[2], 'body', 'hint', 'reason', 'nextAttemptAt', 'deadLetteredAt')
@@ -517,8 +523,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     public async Task<ReplayOutcome> ReplayAsync(string deliveryId, DateTimeOffset now)
     {
         var result = await Db.ScriptEvaluateAsync(ReplayScript,
-            [RedisKeys.DeadLetters, RedisKeys.Delivery(deliveryId), RedisKeys.Stream],
-            [deliveryId, now.ToUnixTimeMilliseconds(), RedisKeys.WakeChannel]);
+            [RedisKeys.DeadLetters, RedisKeys.Delivery(deliveryId), RedisKeys.Stream, RedisKeys.Attempts(deliveryId)],
+            [deliveryId, now.ToUnixTimeMilliseconds(), RedisKeys.WakeChannel, MaxAttemptLog]);
         return result.IsNull ? ReplayOutcome.NotADeadLetter
             : result.Resp2Type == ResultType.Integer ? ReplayOutcome.NotReplayable
             : ReplayOutcome.Replayed;

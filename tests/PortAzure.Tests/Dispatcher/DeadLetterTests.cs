@@ -170,6 +170,28 @@ public class DeadLetterTests
     }
 
     [Fact]
+    public async Task Replay_LongAttemptLog_KeepsTheLatestHundredAndAddsTheNewRound()
+    {
+        // Replayed again and again, a dead letter's log grew without end, and every page of dead letters read it whole.
+        await using var relay = await Relay.StartAsync();
+        var id = "d_" + Guid.NewGuid().ToString("N");
+        await DeadLetterRecords.AddAsync(relay.Db, id, 1, TestRuns.Body(TestRuns.NewRunId()));
+        await relay.Db.ListRightPushAsync(RedisKeys.Attempts(id), Enumerable.Range(1, 250)
+            .Select(i => (RedisValue)JsonSerializer.Serialize(new { attempt = i, at = DateTimeOffset.UtcNow, status = 500, outcome = "retry", durationMs = 1, excerpt = "", consumer = "c" }))
+            .ToArray());
+
+        using var replay = relay.Operator(HttpMethod.Post, $"/api/deadletters/{id}/replay");
+        using var answer = await relay.Ingress.Client.SendAsync(replay);
+        Assert.Equal(HttpStatusCode.Accepted, answer.StatusCode);
+        await WaitForStateAsync(relay, id, DeliveryStates.Delivered);
+
+        var log = await relay.Db.ListRangeAsync(RedisKeys.Attempts(id));
+        Assert.Equal(101, log.Length);
+        Assert.Equal(151, JsonDocument.Parse((string)log[0]!).RootElement.GetProperty("attempt").GetInt32());
+        Assert.Equal(250, JsonDocument.Parse((string)log[99]!).RootElement.GetProperty("attempt").GetInt32());
+    }
+
+    [Fact]
     public async Task ReplayAll_FirstReplayFails_Answers200WithNoneAndWhereItStopped()
     {
         // Not a 503: that says none was replayed and a retry is safe, while a timed-out replay may have run.
