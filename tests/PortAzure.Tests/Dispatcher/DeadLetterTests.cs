@@ -113,7 +113,7 @@ public class DeadLetterTests
         await relay.Db.StringSetAsync(RedisKeys.Delivery(ids[0]), "damaged");
         // The second's attempts: one readable, one not JSON. The third's attempts key is not a list.
         await relay.Db.ListRightPushAsync(RedisKeys.Attempts(ids[1]),
-            [JsonSerializer.Serialize(new { attempt = 1, at = DateTimeOffset.UtcNow, status = 500, outcome = "retry", durationMs = 3, excerpt = "", consumer = "c" }), "{not json"]);
+            [DeadLetterRecords.Attempt(1), "{not json"]);
         await relay.Db.StringSetAsync(RedisKeys.Attempts(ids[2]), "damaged");
 
         using var list = relay.Operator(HttpMethod.Get, "/api/deadletters");
@@ -176,9 +176,7 @@ public class DeadLetterTests
         await using var relay = await Relay.StartAsync();
         var id = "d_" + Guid.NewGuid().ToString("N");
         await DeadLetterRecords.AddAsync(relay.Db, id, 1, TestRuns.Body(TestRuns.NewRunId()));
-        await relay.Db.ListRightPushAsync(RedisKeys.Attempts(id), Enumerable.Range(1, 250)
-            .Select(i => (RedisValue)JsonSerializer.Serialize(new { attempt = i, at = DateTimeOffset.UtcNow, status = 500, outcome = "retry", durationMs = 1, excerpt = "", consumer = "c" }))
-            .ToArray());
+        await relay.Db.ListRightPushAsync(RedisKeys.Attempts(id), Enumerable.Range(1, 250).Select(i => DeadLetterRecords.Attempt(i)).ToArray());
 
         using var replay = relay.Operator(HttpMethod.Post, $"/api/deadletters/{id}/replay");
         using var answer = await relay.Ingress.Client.SendAsync(replay);

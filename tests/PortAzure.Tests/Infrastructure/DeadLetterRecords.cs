@@ -1,3 +1,4 @@
+using System.Text.Json;
 using PortAzure.Redis;
 using StackExchange.Redis;
 
@@ -17,4 +18,8 @@ public static class DeadLetterRecords
         ]);
         await db.SortedSetAddAsync(RedisKeys.DeadLetters, id, score);
     }
+
+    /// <summary>One entry of a delivery's attempt log, as the Dispatcher writes it.</summary>
+    public static RedisValue Attempt(int attempt, int status = 500) =>
+        JsonSerializer.Serialize(new { attempt, at = DateTimeOffset.UtcNow, status, outcome = "retry", durationMs = 3, excerpt = "", consumer = "c" });
 }
