@@ -38,6 +38,7 @@ internal static class EventIds
     public const int PortFailingForAll = 2213;
     public const int PortAnswersAgain = 2214;
     public const int ReportReclaimTooShort = 2215;
+    public const int PortApiPlainHttp = 2216;
 
     public const int Replayed = 2302;
     public const int OperatorApiRedisUnavailable = 2303;

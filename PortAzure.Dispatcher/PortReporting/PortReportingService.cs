@@ -5,6 +5,7 @@ using PortAzure.Diagnostics;
 using PortAzure.Dispatcher.Delivery;
 using PortAzure.Dispatcher.Diagnostics;
 using PortAzure.Redis;
+using PortAzure.Security;
 using StackExchange.Redis;
 
 namespace PortAzure.Dispatcher.PortReporting;
@@ -21,6 +22,7 @@ internal sealed partial class PortReportingService(
     PortApiClient client,
     ConsumerIdentity identity,
     IOptionsMonitor<DispatcherOptions> options,
+    IOptionsMonitor<PortOptions> portOptions,
     DispatcherMetrics metrics,
     TimeProvider timeProvider,
     ILogger<PortReportingService> logger) : BackgroundService
@@ -104,6 +106,11 @@ internal sealed partial class PortReportingService(
         {
             // Nothing writes reports without Port's credentials, so there is nothing to send.
             return;
+        }
+        if (portOptions.CurrentValue.ApiBaseUrl is { Scheme: "http", IsLoopback: false } plain)
+        {
+            // Allowed (a proxy inside the cluster may end TLS), but the token call carries the client secret.
+            Log.PlainHttpApi(logger, plain.Host);
         }
         if (options.CurrentValue.PortReportReclaimSeconds < MinSafeReclaim.TotalSeconds)
         {
@@ -564,6 +571,10 @@ internal sealed partial class PortReportingService(
         [LoggerMessage(EventIds.PortFailingForAll, LogLevel.Warning,
             "Port's API has failed every report tried since {Since:o} (Port down, its credentials lacking a permission, or runs it refuses one by one); reports wait without spending their attempts, up to {MaxAgeHours} h (Dispatcher:Retry:MaxAgeHours)")]
         public static partial void PortFailingForAll(ILogger logger, DateTimeOffset since, double maxAgeHours);
+
+        [LoggerMessage(EventIds.PortApiPlainHttp, LogLevel.Warning,
+            "Port:ApiBaseUrl is plain http to {Host}: the client secret and the tokens cross the network unencrypted; use https")]
+        public static partial void PlainHttpApi(ILogger logger, string host);
 
         [LoggerMessage(EventIds.ReportReclaimTooShort, LogLevel.Warning,
             "Dispatcher:PortReportReclaimSeconds is {Seconds} s: a report still being retried can go {Minutes} min between touches, and would then be taken over and sent twice")]

@@ -1,0 +1,112 @@
+using PortAzure.Tests.Infrastructure;
+
+namespace PortAzure.Tests.Dispatcher;
+
+/// <summary>The Dispatcher's start-up: options refused all at once, and the risky ones it allows with a Warning.</summary>
+public class DispatcherStartupTests
+{
+    [Fact]
+    public async Task Start_WithoutAnySecret_FailsNamingTheKey()
+    {
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartDispatcherAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
+            ["Dispatcher:MaxConcurrency"] = "0",
+            ["Admin:ApiKey"] = "short-key",
+        }));
+        Assert.Contains("Port:ClientSecret", error.ToString(), StringComparison.Ordinal);
+        Assert.Contains("Dispatcher:MaxConcurrency", error.ToString(), StringComparison.Ordinal);
+        Assert.Contains("Admin:ApiKey must be at least 16 characters", error.ToString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Start_OptionsPastTheirBounds_FailNamingEachKey()
+    {
+        // Each passed once and then threw while running: the retention after Azure's 2xx (the run was posted again),
+        // the retry age after every transient answer, the signature before every POST; the key never matched a header.
+        var error = (await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartDispatcherAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
+            // No Port:ClientSecret either: named beside the AzureDevOps section's own error, not hidden behind it.
+            ["Dispatcher:DeliveredRetentionHours"] = "2147483647",
+            ["Dispatcher:BacklogDegradedSeconds"] = "Infinity",
+            ["Dispatcher:Retry:MaxAgeHours"] = "1e9",
+            ["Dispatcher:Retry:MaxDelaySeconds"] = "Infinity",
+            ["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "1e300",
+            ["AzureDevOps:SignatureFormat"] = "5",
+            ["Port:ApiBaseUrl"] = "https://proxy.example/port/",
+            ["Admin:ApiKey"] = "a-long-admin-key-read-from-a-file\n",
+        }))).ToString();
+
+        foreach (var key in new[]
+        {
+            "Dispatcher:DeliveredRetentionHours", "Dispatcher:BacklogDegradedSeconds", "Dispatcher:Retry:MaxAgeHours",
+            "Dispatcher:Retry:MaxDelaySeconds", "Dispatcher:TargetHealth:ProbeIntervalSeconds", "AzureDevOps:SignatureFormat",
+            "Admin:ApiKey must be visible ASCII", "Port:ApiBaseUrl must be the API's root", "Port:ClientSecret is required",
+        })
+        {
+            Assert.Contains(key, error, StringComparison.Ordinal);
+        }
+    }
+
+    [Theory]
+    [InlineData("https://api.port.io")]
+    [InlineData("https://api.port.io/v1")]
+    [InlineData("https://api.us.port.io/v1/")]
+    public async Task Start_PortApiBaseUrlAtTheRootOrV1_Starts(string url)
+    {
+        await using var dispatcher = await TestHost.StartDispatcherAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Port:ApiBaseUrl"] = url,
+        });
+
+        Assert.NotNull(dispatcher.BaseAddress);
+    }
+
+    [Theory]
+    [InlineData("http://port.invalid/", true)]
+    [InlineData("https://port.invalid/", false)]
+    [InlineData("http://127.0.0.1:1/", false)]
+    public async Task Start_PortApiOverPlainHttp_WarnsUnlessLoopback(string url, bool warned)
+    {
+        await using var lease = await SharedRedis.LeaseAsync();
+        await using var dispatcher = await TestHost.StartDispatcherAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = lease.ConnectionString,
+            ["Port:ClientId"] = "relay-client",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Port:ApiBaseUrl"] = url,
+            // A short reclaim time logs 2215 right after the http check: once it is there, so is any 2216.
+            ["Dispatcher:PortReportReclaimSeconds"] = "60",
+        });
+
+        await Eventually.HoldsAsync(() => Task.FromResult(dispatcher.Logs.Lines.Any(l => l.Contains("[2215]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(10), "the reporter's start-up checks");
+        Assert.Equal(warned, dispatcher.Logs.Lines.Any(l => l.StartsWith("Warning", StringComparison.Ordinal) && l.Contains("[2216]", StringComparison.Ordinal)));
+    }
+
+    [Fact]
+    public async Task Start_RequestTimeoutBeyondShutdownGrace_Warns()
+    {
+        await using var lease = await SharedRedis.LeaseAsync();
+        var config = new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = lease.ConnectionString,
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Dispatcher:RequestTimeoutSeconds"] = "30",
+        };
+        await using (var risky = await TestHost.StartDispatcherAsync(config))
+        {
+            await Eventually.HoldsAsync(() => Task.FromResult(risky.Logs.Lines.Any(l => l.StartsWith("Warning", StringComparison.Ordinal) && l.Contains("[2110]", StringComparison.Ordinal))),
+                TimeSpan.FromSeconds(10), "a Warning 2110 at start");
+        }
+
+        config["Dispatcher:RequestTimeoutSeconds"] = "15";
+        await using var safe = await TestHost.StartDispatcherAsync(config);
+        // 2110 comes before 2101: once the worker says it started, no 2110 means none.
+        await Eventually.HoldsAsync(() => Task.FromResult(safe.Logs.Lines.Any(l => l.Contains("[2101]", StringComparison.Ordinal))), TimeSpan.FromSeconds(10), "the worker started");
+        Assert.DoesNotContain(safe.Logs.Lines, l => l.Contains("[2110]", StringComparison.Ordinal));
+    }
+}
