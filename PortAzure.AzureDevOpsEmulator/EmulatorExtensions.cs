@@ -18,6 +18,7 @@ public static class EmulatorExtensions
                  HMAC-SHA1 of the body in the signature header (hex, or sha1=<hex>)
           GET    /_emulator/requests[?webhook=]     recorded requests, arrival order
           GET    /_emulator/requests/count[?webhook=]
+          POST   /_emulator/requests/take           the recorded requests, removed in the same step
           DELETE /_emulator/requests
           GET    /_emulator/behavior                scripted behaviour
           POST   /_emulator/behavior                {"webhook","responses":[{"status","retryAfter","delayMs","body"}],

@@ -20,6 +20,7 @@ internal static partial class WebhookEndpoints
         var control = endpoints.MapGroup("/_emulator");
         control.MapGet("/requests", (string? webhook, WebhookRecorder recorder) => Results.Ok(recorder.Snapshot(webhook)));
         control.MapGet("/requests/count", (string? webhook, WebhookRecorder recorder) => Results.Ok(new { count = recorder.Count(webhook) }));
+        control.MapPost("/requests/take", (WebhookRecorder recorder) => Results.Ok(recorder.Take()));
         control.MapDelete("/requests", (WebhookRecorder recorder) =>
         {
             recorder.Clear();

@@ -42,6 +42,21 @@ internal sealed class WebhookRecorder
         }
     }
 
+    /// <summary>
+    /// Every recorded request, in arrival order, removed in the same step: a request recorded while the caller reads
+    /// stays for its next take, where a read and then a clear would drop it unseen.
+    /// </summary>
+    public IReadOnlyList<RecordedWebhookRequest> Take()
+    {
+        RecordedWebhookRequest[] taken;
+        lock (_gate)
+        {
+            taken = [.. _requests];
+            _requests.Clear();
+        }
+        return [.. taken.OrderBy(r => r.Sequence)];
+    }
+
     public void Clear()
     {
         lock (_gate)

@@ -118,6 +118,9 @@ internal sealed class LoadResult
     public double TargetRate { get; set; }
 
     public int Accepted => Status.Take((int)Issued).Count(s => s == 202);
+
+    /// <summary>The rate of 202s alone: a refusal (429, 503) is an answer, often a fast one, not an accepted run.</summary>
+    public double AcceptedPerSecond => Issued == 0 ? 0 : RatePerSecond * Accepted / Issued;
     public int Failed => (int)Issued - Accepted;
 
     public IEnumerable<string> AcceptedRunIds()

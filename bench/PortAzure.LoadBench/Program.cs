@@ -26,8 +26,21 @@ var runTag = Guid.NewGuid().ToString("N")[..6];
 string RunIdFor(string scenario, long i) => $"r_{runTag}_{scenario}_{i:D7}";
 
 var verifications = new List<Verification>();
+var everAccepted = new HashSet<string>(StringComparer.Ordinal);
 var services = new List<ServiceProcess>();
 var dispatcherPeakRss = 0.0;
+// A run that ends abnormally (an exception, Ctrl+C) must not leave redis-server and the services running: the next run,
+// or CI, would share the two cores with them. The normal paths dispose them; these handlers are for the rest.
+void KillAll()
+{
+    foreach (var service in services.ToArray())
+    {
+        service.KillIfRunning();
+    }
+}
+AppDomain.CurrentDomain.UnhandledException += (_, _) => KillAll();
+AppDomain.CurrentDomain.ProcessExit += (_, _) => KillAll();
+Console.CancelKeyPress += (_, _) => KillAll();
 
 string Dll(string project, string dir) => Path.Combine(root, dir, project, "bin", "Release", "net10.0", project + ".dll");
 
@@ -196,17 +209,54 @@ async Task<(double Seconds, double FirstAfter, double PeakWindowRate)> WaitDeliv
     return (done, first ?? done, peak);
 }
 
+// Once the relay is quiet (below), the records are taken from the emulator and checked: each run accepted in this
+// scenario delivered once, and none of an earlier scenario's delivered again. A quiet relay cannot deliver anything
+// more, so nothing can arrive after its check; what still does is caught by the next one, or by the last (FinalCheckAsync).
 async Task<(Verification Verification, List<Delivered> Records)> VerifyAsync(string scenario, IReadOnlyCollection<string> accepted)
 {
-    await Task.Delay(settings.Smoke ? 300 : 1000);
-    var records = await emulatorClient.RecordsAsync();
-    var verification = Verification.Check(scenario, accepted, records);
-    var streamLength = await db.StreamLengthAsync("{portazure}:runs");
-    var pending = (await db.StreamPendingAsync("{portazure}:runs", "dispatchers")).PendingMessageCount;
-    Console.WriteLine($"  {verification} (stream length {streamLength}, pending {pending})");
+    var quiet = await WaitQuietAsync(settings.Smoke ? TimeSpan.FromSeconds(15) : TimeSpan.FromSeconds(60));
+    var records = await emulatorClient.TakeRecordsAsync();
+    var verification = Verification.Check(scenario, accepted, records, everAccepted, quiet);
+    everAccepted.UnionWith(accepted);
+    Console.WriteLine($"  {verification}");
     verifications.Add(verification);
-    await emulatorClient.ClearAsync();
     return (verification, records);
+}
+
+// Quiet: no entry in the stream, none pending in the group, no retry scheduled. An entry is acknowledged (and deleted)
+// only after Azure's answer, which the emulator records before it answers, so a quiet relay's deliveries are all on record.
+async Task<bool> WaitQuietAsync(TimeSpan limit)
+{
+    var since = Stopwatch.GetTimestamp();
+    while (true)
+    {
+        var length = await db.StreamLengthAsync("{portazure}:runs");
+        var pending = (await db.StreamPendingAsync("{portazure}:runs", "dispatchers")).PendingMessageCount;
+        var retries = await db.SortedSetLengthAsync("{portazure}:retries");
+        if (length == 0 && pending == 0 && retries == 0)
+        {
+            return true;
+        }
+        if (Stopwatch.GetElapsedTime(since) > limit)
+        {
+            Console.WriteLine($"  relay not quiet after {limit.TotalSeconds:0} s: stream length {length}, pending {pending}, retries {retries}");
+            return false;
+        }
+        await Task.Delay(100);
+    }
+}
+
+// After the last scenario, with every Dispatcher stopped: any record left is a delivery no scenario's check saw.
+async Task<bool> FinalCheckAsync()
+{
+    var left = await emulatorClient.TakeRecordsAsync();
+    if (left.Count == 0)
+    {
+        return true;
+    }
+    var late = left.Count(r => r.RunId is not null && everAccepted.Contains(r.RunId));
+    Console.WriteLine($"FAILED: {left.Count} deliveries after the last check ({late} of runs already delivered and checked)");
+    return false;
 }
 
 async Task<(double Rate, double RateWithStartup, double Peak, double Seconds)> DrainAsync(string scenario, int dispatcherCount, List<string> accepted)
@@ -301,7 +351,7 @@ using (var closedClient = new LoadClient(ingress.BaseUri, Org, Webhook, Secret, 
     ingressCpuPerReq = (ingress.CpuSeconds() - ingressCpu) / ingressMax.Issued * 1e6;
     redisCpuPerReq = (redisServer.CpuSeconds() - redisCpu) / ingressMax.Issued * 1e6;
 }
-Console.WriteLine($"  ingress max: {ingressMax.RatePerSecond:0} accepted runs/s ({ingressMax.StatusSummary()}), {ingressMax.Latency()}, CPU per run: ingress {ingressCpuPerReq:0} us, redis {redisCpuPerReq:0} us; Ingress peak RSS so far {ingress.PeakRssMb():0} MB");
+Console.WriteLine($"  ingress max: {ingressMax.AcceptedPerSecond:0} accepted runs/s ({ingressMax.StatusSummary()}), {ingressMax.Latency()}, CPU per run: ingress {ingressCpuPerReq:0} us, redis {redisCpuPerReq:0} us; Ingress peak RSS so far {ingress.PeakRssMb():0} MB");
 var backlogAccepted = ingressMax.AcceptedRunIds().ToList();
 
 Console.WriteLine($"drain: {backlogAccepted.Count} queued runs, one Dispatcher (MaxConcurrency {settings.DispatcherConcurrency})");
@@ -324,16 +374,17 @@ if (settings.IngressOnly)
 {
     // Profiling runs: baselines, Ingress max and the drain that checks it; nothing else.
     var ingressOnlyRss = ingress.PeakRssMb();
+    var ingressOnlyFinal = await FinalCheckAsync();
     foreach (var service in services)
     {
         service.Dispose();
     }
     report.Line("## Ingress only");
     report.Line();
-    report.Line($"- bare Kestrel {bareBaseline.Result.RatePerSecond:0} req/s ({bareBaseline.CpuPerRequest:0} us CPU/request); Ingress {ingressMax.RatePerSecond:0} runs/s = {ingressMax.RatePerSecond / bareBaseline.Result.RatePerSecond:P0} " +
+    report.Line($"- bare Kestrel {bareBaseline.Result.RatePerSecond:0} req/s ({bareBaseline.CpuPerRequest:0} us CPU/request); Ingress {ingressMax.AcceptedPerSecond:0} runs/s = {ingressMax.AcceptedPerSecond / bareBaseline.Result.RatePerSecond:P0} " +
         $"({ingressCpuPerReq:0} us Ingress CPU/run, {redisCpuPerReq:0} us redis CPU/run); {ingressMax.Latency()}");
     report.Line($"- Kestrel + XADD {xaddBaseline.Result.RatePerSecond:0} req/s ({xaddBaseline.CpuPerRequest:0} us CPU/request, {xaddBaseline.RedisCpuPerRequest:0} us redis CPU/request); " +
-        $"Ingress = {ingressMax.RatePerSecond / xaddBaseline.Result.RatePerSecond:P0} of it");
+        $"Ingress = {ingressMax.AcceptedPerSecond / xaddBaseline.Result.RatePerSecond:P0} of it");
     report.Line($"- drain, one Dispatcher: {drain1.Rate:0} deliveries/s; peak RSS Ingress {ingressOnlyRss:0} MB, Dispatcher {dispatcherPeakRss:0} MB");
     if (telemetryLine is not null)
     {
@@ -341,7 +392,7 @@ if (settings.IngressOnly)
     }
     report.Line($"- {string.Join("; ", verifications)}");
     report.Write();
-    return verifications.All(v => v.Ok) ? 0 : 1;
+    return verifications.All(v => v.Ok) && ingressOnlyFinal ? 0 : 1;
 }
 
 // ---------------------------------------------------------------- Ingress, open model
@@ -349,7 +400,7 @@ var openResults = new List<LoadResult>();
 var openAccepted = new List<string>();
 foreach (var fraction in new[] { 0.25, 0.50, 0.75 })
 {
-    var rate = Math.Max(10, ingressMax.RatePerSecond * fraction);
+    var rate = Math.Max(10, ingressMax.AcceptedPerSecond * fraction);
     var name = $"open{(int)(fraction * 100)}";
     var result = await LoadModels.OpenAsync(name, ingressClient, rate, settings.OpenDuration, i => RunIdFor(name, i));
     Console.WriteLine($"  ingress open model at {fraction:P0} of max ({rate:0}/s, {result.Issued} runs): {result.Latency()} ({result.StatusSummary()}); Ingress peak RSS so far {ingress.PeakRssMb():0} MB");
@@ -404,6 +455,7 @@ var ingressPeakRss = ingress.PeakRssMb();
 var emulatorPeakRss = emulator.PeakRssMb();
 var redisInfo = await db.ExecuteAsync("INFO", "memory");
 var redisPeak = ((string?)redisInfo ?? "").Split('\n').FirstOrDefault(l => l.StartsWith("used_memory_peak_human:", StringComparison.Ordinal))?.Split(':')[1].Trim();
+var finalOk = await FinalCheckAsync();
 
 foreach (var service in services)
 {
@@ -424,9 +476,10 @@ report.Write();
 var failed = verifications.Where(v => !v.Ok).ToList();
 Console.WriteLine();
 Console.WriteLine($"results: {Path.Combine(outDir, "results.md")}");
-if (failed.Count > 0)
+if (failed.Count > 0 || !finalOk)
 {
-    Console.WriteLine($"FAILED: {failed.Count} scenario(s) lost or duplicated runs: {string.Join(", ", failed.Select(f => f.Scenario))}");
+    Console.WriteLine($"FAILED: {failed.Count} scenario(s) lost or duplicated runs, or left the relay busy: {string.Join(", ", failed.Select(f => f.Scenario))}" +
+        (finalOk ? "" : "; deliveries after the last check"));
     return 1;
 }
 Console.WriteLine($"OK: {verifications.Count} scenarios, no run lost, none delivered twice");

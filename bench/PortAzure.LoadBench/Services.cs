@@ -157,6 +157,22 @@ internal sealed class ServiceProcess : IDisposable
         _process.Dispose();
     }
 
+    /// <summary>On an abnormal exit of the harness: kills the process if it still runs; never throws.</summary>
+    public void KillIfRunning()
+    {
+        try
+        {
+            if (!_process.HasExited)
+            {
+                _process.Kill(entireProcessTree: true);
+            }
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or System.ComponentModel.Win32Exception)
+        {
+            // Disposed already, or gone meanwhile.
+        }
+    }
+
     public static int FreePort()
     {
         using var listener = new TcpListener(IPAddress.Loopback, 0);
@@ -177,16 +193,14 @@ internal sealed class EmulatorClient(Uri baseUri) : IDisposable
         return doc.RootElement.GetProperty("count").GetInt32();
     }
 
-    public async Task ClearAsync()
+    /// <summary>
+    /// Every recorded request, reduced to what the checks need, and removed from the emulator in the same step (a read
+    /// and then a clear would drop unseen whatever arrived between them); streamed (100k records are ~250 MB of JSON).
+    /// </summary>
+    public async Task<List<Delivered>> TakeRecordsAsync()
     {
-        using var response = await _http.DeleteAsync(new Uri("_emulator/requests", UriKind.Relative));
-        response.EnsureSuccessStatusCode();
-    }
-
-    /// <summary>Every recorded request, reduced to what the checks need; streamed (100k records are ~250 MB of JSON).</summary>
-    public async Task<List<Delivered>> RecordsAsync()
-    {
-        using var response = await _http.GetAsync(new Uri("_emulator/requests", UriKind.Relative), HttpCompletionOption.ResponseHeadersRead);
+        using var request = new HttpRequestMessage(HttpMethod.Post, new Uri("_emulator/requests/take", UriKind.Relative));
+        using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
         response.EnsureSuccessStatusCode();
         await using var stream = await response.Content.ReadAsStreamAsync();
         var list = new List<Delivered>();
@@ -217,15 +231,24 @@ internal sealed class EmulatorClient(Uri baseUri) : IDisposable
 internal sealed record Delivered(string? RunId, DateTimeOffset ReceivedAt, int StatusCode, bool SignatureValid);
 
 /// <summary>Accepted run ids against what the emulator recorded.</summary>
-internal sealed record Verification(string Scenario, int Accepted, int DeliveredRecords, int Lost, int Duplicated, int Unexpected, int BadSignature)
+/// <param name="Late">Records of runs accepted, and found delivered, in an earlier scenario: each a second delivery.</param>
+/// <param name="Quiescent">
+/// Nothing left that could still deliver a run (no pending entry, no scheduled retry, an empty stream) when the records
+/// were taken: only then can no second delivery of these runs arrive after the check.
+/// </param>
+internal sealed record Verification(string Scenario, int Accepted, int DeliveredRecords, int Lost, int Duplicated, int Late, int Unexpected,
+    int BadSignature, bool Quiescent)
 {
     /// <summary>
-    /// Every accepted run delivered once, correctly signed; and at least one accepted: a phase whose every call
-    /// failed (run m, docs/benchmarks.md) has nothing to lose and would otherwise pass.
+    /// Every accepted run delivered once, correctly signed, none of an earlier scenario's again, and the relay quiet; and
+    /// at least one accepted: a phase whose every call failed (run m, docs/benchmarks.md) has nothing to lose and would
+    /// otherwise pass.
     /// </summary>
-    public bool Ok => Accepted > 0 && Lost == 0 && Duplicated == 0 && BadSignature == 0;
+    public bool Ok => Accepted > 0 && Lost == 0 && Duplicated == 0 && Late == 0 && BadSignature == 0 && Quiescent;
 
-    public static Verification Check(string scenario, IReadOnlyCollection<string> accepted, IReadOnlyList<Delivered> records)
+    /// <param name="earlier">Every run id accepted in the scenarios checked before this one.</param>
+    public static Verification Check(string scenario, IReadOnlyCollection<string> accepted, IReadOnlyList<Delivered> records,
+        IReadOnlySet<string>? earlier = null, bool quiescent = true)
     {
         var counts = new Dictionary<string, int>(StringComparer.Ordinal);
         var bad = 0;
@@ -240,13 +263,15 @@ internal sealed record Verification(string Scenario, int Accepted, int Delivered
         }
         var acceptedSet = accepted.ToHashSet(StringComparer.Ordinal);
         var lost = acceptedSet.Count(id => !counts.ContainsKey(id));
-        var duplicated = counts.Count(kv => kv.Value > 1);
-        var unexpected = counts.Keys.Count(id => !acceptedSet.Contains(id));
-        return new Verification(scenario, acceptedSet.Count, records.Count, lost, duplicated, unexpected, bad);
+        var duplicated = counts.Count(kv => kv.Value > 1 && acceptedSet.Contains(kv.Key));
+        var late = counts.Where(kv => !acceptedSet.Contains(kv.Key) && earlier?.Contains(kv.Key) == true).Sum(kv => kv.Value);
+        var unexpected = counts.Keys.Count(id => !acceptedSet.Contains(id) && earlier?.Contains(id) != true);
+        return new Verification(scenario, acceptedSet.Count, records.Count, lost, duplicated, late, unexpected, bad, quiescent);
     }
 
     public override string ToString() =>
-        $"{Scenario}: accepted {Accepted}, emulator records {DeliveredRecords}, lost {Lost}, duplicated {Duplicated}, unexpected {Unexpected}, bad signature/status {BadSignature} => {(Ok ? "OK" : Accepted == 0 ? "FAIL (no run accepted)" : "FAIL")}";
+        $"{Scenario}: accepted {Accepted}, emulator records {DeliveredRecords}, lost {Lost}, duplicated {Duplicated}, late (earlier scenario's) {Late}, " +
+        $"unexpected {Unexpected}, bad signature/status {BadSignature}{(Quiescent ? "" : ", relay NOT quiet")} => {(Ok ? "OK" : Accepted == 0 ? "FAIL (no run accepted)" : "FAIL")}";
 }
 
 /// <summary>The stand-in OTLP collector's counts (bench/PortAzure.BareKestrel/OtlpSink.cs), per service.name.</summary>

@@ -51,13 +51,35 @@ public class VerificationTests
     }
 
     [Fact]
-    public void Check_RecordOfARunNotAcceptedInThisScenario_IsCountedButNotAFailure()
+    public void Check_RecordOfARunNeverAccepted_IsCountedButNotAFailure()
     {
-        // A straggler of an earlier scenario: reported, but it says nothing about this scenario's runs.
-        var verification = Verification.Check("s", ["a"], [Record("a"), Record("old"), Record(null)]);
+        // Not a run of this harness (a record without a run id, one from another tool): reported, not a verdict.
+        var verification = Verification.Check("s", ["a"], [Record("a"), Record("other"), Record(null)], earlier: new HashSet<string> { "old" });
 
         Assert.True(verification.Ok);
         Assert.Equal(2, verification.Unexpected);
+        Assert.Equal(0, verification.Late);
+    }
+
+    [Fact]
+    public void Check_RunOfAnEarlierScenarioDeliveredAgain_FailsAsLate()
+    {
+        // The earlier scenario's check found it delivered once: this record is its second delivery (a late reclaim).
+        var verification = Verification.Check("s", ["a"], [Record("a"), Record("old")], earlier: new HashSet<string> { "old" });
+
+        Assert.False(verification.Ok);
+        Assert.Equal(1, verification.Late);
+        Assert.Equal(0, verification.Unexpected);
+    }
+
+    [Fact]
+    public void Check_RelayNotQuiet_Fails()
+    {
+        // Entries still pending or retries scheduled could deliver a run again after this check.
+        var verification = Verification.Check("s", ["a"], [Record("a")], quiescent: false);
+
+        Assert.False(verification.Ok);
+        Assert.Contains("relay NOT quiet", verification.ToString(), StringComparison.Ordinal);
     }
 
     [Fact]
