@@ -134,7 +134,11 @@ internal sealed class LoadResult
         }
     }
 
-    public Percentiles Latency() => Percentiles.Of(LatencyMicros.Take((int)Issued).Select(l => l / 1000.0));
+    /// <summary>
+    /// Of the 202s only: the issue asks for accept latency, and refusals (fast 503s under overload) would pull the
+    /// percentiles down. The status summary shows how many there were.
+    /// </summary>
+    public Percentiles Latency() => Percentiles.Of(Enumerable.Range(0, (int)Issued).Where(i => Status[i] == 202).Select(i => LatencyMicros[i] / 1000.0));
 
     public string StatusSummary() => string.Join(", ", Status.Take((int)Issued).GroupBy(s => s).OrderBy(g => g.Key).Select(g => $"{g.Key}: {g.Count()}"));
 }
