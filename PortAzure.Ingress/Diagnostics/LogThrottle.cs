@@ -21,7 +21,8 @@ internal sealed class LogThrottle(TimeProvider timeProvider, TimeSpan interval)
         {
             var now = timeProvider.GetUtcNow();
             _windows.TryGetValue(key, out var window);
-            if (now < window.NextLineAt)
+            // An end further away than one interval was set before the wall clock was stepped back: not waited out.
+            if (now < window.NextLineAt && window.NextLineAt - now <= interval)
             {
                 _windows[key] = window with { HeldBack = window.HeldBack + 1 };
                 return 0;

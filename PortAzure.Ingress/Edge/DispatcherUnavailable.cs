@@ -46,5 +46,6 @@ internal static class DispatcherUnavailable
         };
 
     private static bool IsBatchReplay(HttpRequest request) =>
-        HttpMethods.IsPost(request.Method) && request.Path.Equals(BatchReplayPath, StringComparison.OrdinalIgnoreCase);
+        // The Dispatcher's routing also takes the path with a trailing slash.
+        HttpMethods.IsPost(request.Method) && string.Equals(request.Path.Value?.TrimEnd('/'), BatchReplayPath, StringComparison.OrdinalIgnoreCase);
 }

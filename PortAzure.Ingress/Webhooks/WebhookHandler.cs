@@ -41,6 +41,9 @@ internal sealed partial class WebhookHandler(
     // Rejections come before any check of who is calling: one line each would let anyone make the log the flood.
     private readonly LogThrottle _rejectionLines = new(timeProvider, TimeSpan.FromSeconds(10));
 
+    // While Redis is away every call fails the same way: one Error (with its exception) per 10 s says so.
+    private readonly LogThrottle _queueErrorLines = new(timeProvider, TimeSpan.FromSeconds(10));
+
     public async Task<IResult> HandleAsync(HttpContext context, string org, string webhook)
     {
         var options = ingressOptions.CurrentValue;
@@ -76,6 +79,15 @@ internal sealed partial class WebhookHandler(
             // Kestrel refuses the body mid-read (broken chunk framing, its own size limit, too slow):
             // without this the exception handler would answer 500 for the client's mistake.
             return Unreadable(ex, options);
+        }
+        catch (Exception ex) when (ex is IOException or OperationCanceledException)
+        {
+            // The client went away mid-body (a reset, an abort). Left to the exception handler it was an Error line with a
+            // stack trace and a 500, per call, before any signature check: a cheap log flood. Nobody reads an answer, and
+            // one would make Kestrel drain a body whose read failed (an Error line of its own): the connection is aborted.
+            Reject(StatusCodes.Status400BadRequest, RejectionReasons.BodyUnreadable, "The connection was lost before the whole body arrived.", level: LogLevel.Debug);
+            context.Abort();
+            return Results.Empty;
         }
         if (body is null)
         {
@@ -219,7 +231,10 @@ internal sealed partial class WebhookHandler(
         catch (Exception ex) when (ex is RedisException or RedisCommandException or TimeoutException or ObjectDisposedException)
         {
             activity?.SetStatus(ActivityStatusCode.Error, "queue unavailable");
-            Log.QueueUnavailable(logger, ex, org, webhook);
+            if (_queueErrorLines.Take(RejectionReasons.RedisUnavailable) is var failed and > 0)
+            {
+                Log.QueueUnavailable(logger, ex, org, webhook, failed);
+            }
             // A timeout, or a connection lost after the script was sent, does not stop the script on the server: the
             // run may be queued after all. A retry is safe either way (a queued run answers 200 duplicate), but
             // "nothing was accepted" would be a claim we cannot make.
@@ -382,8 +397,9 @@ internal sealed partial class WebhookHandler(
         [LoggerMessage(EventIds.RejectedAgain, LogLevel.Debug, "Rejected a webhook call with {Status}: {Reason}")]
         public static partial void RejectedAgain(ILogger logger, int status, string reason);
 
-        [LoggerMessage(EventIds.QueueUnavailable, LogLevel.Error, "Could not queue a run for {Org}/{Webhook}: Redis is unavailable")]
-        public static partial void QueueUnavailable(ILogger logger, Exception exception, string org, string webhook);
+        [LoggerMessage(EventIds.QueueUnavailable, LogLevel.Error,
+            "Could not queue a run for {Org}/{Webhook}: Redis is unavailable ({Calls} calls failed so since the last such line; at most one every 10 s)")]
+        public static partial void QueueUnavailable(ILogger logger, Exception exception, string org, string webhook, long calls);
     }
 }
 

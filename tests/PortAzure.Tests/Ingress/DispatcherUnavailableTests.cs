@@ -31,6 +31,7 @@ public class DispatcherUnavailableTests
     [InlineData("GET", "/api/stats", HttpStatusCode.ServiceUnavailable, "dispatcher_unavailable", true)]
     [InlineData("POST", "/api/deadletters/d_0123456789abcdef0123456789abcdef/replay", HttpStatusCode.ServiceUnavailable, "dispatcher_unavailable", true)]
     [InlineData("POST", "/api/deadletters/replay", HttpStatusCode.BadGateway, "dispatcher_answer_lost", false)]
+    [InlineData("POST", "/api/deadletters/replay/", HttpStatusCode.BadGateway, "dispatcher_answer_lost", false)]
     public async Task Call_DispatcherTookTheCallButItsAnswerWasLost_BatchReplayIsNotToldToRetry(string method, string path,
         HttpStatusCode status, string reason, bool retryAfter)
     {

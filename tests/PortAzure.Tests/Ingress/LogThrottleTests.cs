@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Time.Testing;
 using PortAzure.Ingress.Diagnostics;
+using PortAzure.Tests.Infrastructure;
 
 namespace PortAzure.Tests.Ingress;
 
@@ -21,6 +22,20 @@ public class LogThrottleTests
         taken.Add(throttle.Take("signature_invalid"));
 
         Assert.Equal([1, 0, 0, 0, 0, 5], taken);
+    }
+
+    [Fact]
+    public void Take_WallClockSteppedBackAnHour_LetsTheNextLineThroughAfterOneInterval()
+    {
+        var clock = new SteppedClock();
+        var throttle = new LogThrottle(clock, TimeSpan.FromSeconds(10));
+        Assert.Equal(1, throttle.Take("signature_invalid"));
+
+        clock.StepBack(TimeSpan.FromHours(1));
+
+        // Not silent for the hour: the window set before the step is not waited out (nothing was held back).
+        Assert.Equal(1, throttle.Take("signature_invalid"));
+        Assert.Equal(0, throttle.Take("signature_invalid"));
     }
 
     [Fact]

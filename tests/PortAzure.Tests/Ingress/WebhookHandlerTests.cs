@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Net;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
+using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
@@ -392,6 +393,53 @@ public class WebhookHandlerTests
         Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
         Assert.NotNull(response.Headers.RetryAfter);
         Assert.Equal("queue_unavailable", (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+    }
+
+    [Fact]
+    public async Task Post_RedisUnreachable_LogsOneErrorForManyCalls()
+    {
+        // Every call fails the same way while Redis is away: an Error with its exception per call was a flood.
+        using var closed = new ClosedPort();
+        await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = $"127.0.0.1:{closed.Port},abortConnect=false,connectTimeout=300,asyncTimeout=1000,syncTimeout=1000",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+        });
+
+        for (var i = 0; i < 4; i++)
+        {
+            using var response = await TestRuns.SendAsync(ingress.Client, TestRuns.Body(TestRuns.NewRunId()));
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+        }
+
+        Assert.Single(ingress.Logs.Lines, l => l.Contains("[1004]", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Post_ClientResetsMidBody_IsRefusedQuietlyNotAnError()
+    {
+        // A reset before the signature is checked: an Error line with a stack trace and a 500 each, before this fix.
+        // Kestrel reports it as a ConnectionResetException or as an early end of the body, depending on when the reset
+        // lands: a few resets at different moments meet the first.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        foreach (var delay in new[] { 0, 100, 500 })
+        {
+            using var client = new TcpClient();
+            await client.ConnectAsync(relay.Ingress.BaseAddress.Host, relay.Ingress.BaseAddress.Port);
+            await client.GetStream().WriteAsync(Encoding.ASCII.GetBytes(
+                "POST /contoso/_apis/public/distributedtask/webhooks/deploy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+                "X-Port-Timestamp: 1\r\nX-Port-Signature: v1,x\r\nContent-Length: 1000\r\n\r\n{\"a\":"));
+            await Task.Delay(delay);
+            // Linger 0: the close sends a reset, not a FIN.
+            client.Client.LingerState = new LingerOption(true, 0);
+            client.Client.Close();
+        }
+
+        await Eventually.HoldsAsync(() => Task.FromResult(relay.Ingress.Logs.Lines.Count(l =>
+                l.StartsWith("Error", StringComparison.Ordinal) || (l.Contains("[1005]", StringComparison.Ordinal) && l.Contains("body_unreadable", StringComparison.Ordinal))) >= 2),
+            TimeSpan.FromSeconds(10), "the Ingress saw the resets");
+        await Task.Delay(500);
+        Assert.DoesNotContain(relay.Ingress.Logs.Lines, l => l.StartsWith("Error", StringComparison.Ordinal));
     }
 
     [Fact]
