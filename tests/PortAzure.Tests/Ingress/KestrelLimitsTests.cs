@@ -22,7 +22,7 @@ public class KestrelLimitsTests
         Assert.Equal(32 * 1024, limits.MaxRequestHeadersTotalSize);
         Assert.Equal(100, limits.MaxRequestHeaderCount);
         Assert.Equal(TimeSpan.FromSeconds(10), limits.RequestHeadersTimeout);
-        Assert.Equal(240, limits.MinRequestBodyDataRate!.BytesPerSecond);
+        Assert.Equal(4096, limits.MinRequestBodyDataRate!.BytesPerSecond);
         Assert.Equal(TimeSpan.FromSeconds(5), limits.MinRequestBodyDataRate.GracePeriod);
         Assert.Equal(100_000 + (64 * 1024), limits.MaxRequestBodySize);
         Assert.Null(limits.MaxConcurrentConnections);
@@ -139,6 +139,45 @@ public class KestrelLimitsTests
         // No tight time bound: Kestrel checks timeouts on a 1 s heartbeat plus 1 s of slack, and a loaded
         // machine adds more. That the configured value is the one applied is checked above.
         Assert.Equal(408, response.Status);
+    }
+
+    [Fact]
+    public async Task Post_BodyTricklingAt1KBPerSecond_IsCutByTheDefaultRate()
+    {
+        // Above Kestrel's own 240 B/s, at which a 100 kB body would take 100 s (and a 1 MiB one over an hour).
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        using var client = new TcpClient();
+        await client.ConnectAsync(relay.Ingress.BaseAddress.Host, relay.Ingress.BaseAddress.Port);
+        var stream = client.GetStream();
+        await stream.WriteAsync(Encoding.ASCII.GetBytes(
+            "POST /contoso/_apis/public/distributedtask/webhooks/deploy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+            "X-Port-Signature: v1,x\r\nContent-Length: 100000\r\n\r\n"));
+        using var stop = new CancellationTokenSource();
+        var trickle = Task.Run(async () =>
+        {
+            var bytes = new byte[100];
+            Array.Fill(bytes, (byte)' ');
+            try
+            {
+                while (!stop.IsCancellationRequested)
+                {
+                    await stream.WriteAsync(bytes, stop.Token);
+                    await Task.Delay(100, stop.Token);
+                }
+            }
+            catch (Exception ex) when (ex is IOException or OperationCanceledException or ObjectDisposedException)
+            {
+                // The server closed the connection, or the test is done.
+            }
+        });
+
+        using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(40));
+        var response = await RawHttp.ReadResponseAsync(stream, cts.Token);
+        await stop.CancelAsync();
+        await trickle;
+
+        Assert.Equal(408, response.Status);
+        Assert.Contains("\"reason\":\"body_timeout\"", response.Text, StringComparison.Ordinal);
     }
 
     [Fact]
