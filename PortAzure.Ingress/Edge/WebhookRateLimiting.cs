@@ -9,8 +9,9 @@ using PortAzure.Ingress.Webhooks;
 namespace PortAzure.Ingress.Edge;
 
 /// <summary>
-/// Abuse limits on the webhook route: a token bucket per client address, and one shared bucket for
-/// all clients. Nothing else (operator API, health probes) passes through either bucket.
+/// Abuse limits on the webhook route: a token bucket per client address, taken here before anything else, and one
+/// shared bucket for all clients, taken once the call's signature is checked (<see cref="WebhookGlobalLimit"/>).
+/// Nothing else (operator API, health probes) passes through either bucket.
 /// </summary>
 /// <remarks>
 /// Token buckets rather than fixed windows: Port fires a burst when many actions are triggered at
@@ -19,7 +20,6 @@ namespace PortAzure.Ingress.Edge;
 /// </remarks>
 internal static partial class WebhookRateLimiting
 {
-    private const string GlobalPartition = "all-webhook-clients";
     private static readonly TimeSpan Period = TimeSpan.FromSeconds(1);
     private static readonly TimeSpan MinimumRetryAfter = TimeSpan.FromSeconds(1);
 
@@ -28,6 +28,7 @@ internal static partial class WebhookRateLimiting
         services.AddOptions<RateLimitOptions>().BindConfiguration(RateLimitOptions.SectionName).ValidateOnStart();
         services.AddSingleton<IValidateOptions<RateLimitOptions>, RateLimitOptionsValidator>();
         services.AddRateLimiter(_ => { });
+        services.AddSingleton<WebhookGlobalLimit>();
         services.AddOptions<RateLimiterOptions>().Configure<IOptions<RateLimitOptions>>((limiter, configured) =>
         {
             var options = configured.Value;
@@ -37,16 +38,11 @@ internal static partial class WebhookRateLimiting
             {
                 return;
             }
-            // Chained, per-client bucket first: a client refused by its own bucket never takes a token
-            // from the shared one, so one flooding client cannot use up everyone's allowance. (An
-            // endpoint policy would not do: the middleware takes the global lease before the policy's.)
-            var perClient = PartitionedRateLimiter.Create<HttpContext, string>(context => IsWebhookEndpoint(context)
+            // Only the per-client bucket here, before the body is read: the shared one is taken after the signature check
+            // (WebhookGlobalLimit), so that neither a client refused by its own bucket nor calls nobody signed spend it.
+            limiter.GlobalLimiter = PartitionedRateLimiter.Create<HttpContext, string>(context => IsWebhookEndpoint(context)
                 ? RateLimitPartition.GetTokenBucketLimiter(ClientKey(context), _ => Bucket(options.PermitsPerSecondPerClient, options.Burst))
                 : RateLimitPartition.GetNoLimiter(""));
-            var global = PartitionedRateLimiter.Create<HttpContext, string>(context => IsWebhookEndpoint(context)
-                ? RateLimitPartition.GetTokenBucketLimiter(GlobalPartition, _ => Bucket(options.GlobalPermitsPerSecond, options.GlobalBurst))
-                : RateLimitPartition.GetNoLimiter(""));
-            limiter.GlobalLimiter = PartitionedRateLimiter.CreateChained(perClient, global);
         });
         return services;
     }
@@ -55,7 +51,7 @@ internal static partial class WebhookRateLimiting
     public static TBuilder RequireWebhookRateLimits<TBuilder>(this TBuilder endpoint) where TBuilder : IEndpointConventionBuilder =>
         endpoint.WithMetadata(WebhookLimited.Instance);
 
-    private static TokenBucketRateLimiterOptions Bucket(int perSecond, int burst) => new()
+    internal static TokenBucketRateLimiterOptions Bucket(int perSecond, int burst) => new()
     {
         TokenLimit = burst,
         TokensPerPeriod = perSecond,
@@ -96,15 +92,17 @@ internal static partial class WebhookRateLimiting
     private static async ValueTask RejectAsync(OnRejectedContext rejected, CancellationToken cancellationToken)
     {
         var context = rejected.HttpContext;
-        var retryAfter = rejected.Lease.TryGetMetadata(MetadataName.RetryAfter, out var delay) && delay > MinimumRetryAfter
-            ? delay
-            : MinimumRetryAfter;
+        var retryAfter = RetryAfter(rejected.Lease);
         context.RequestServices.GetRequiredService<IngressMetrics>().Rejected(RejectionReasons.RateLimited);
         Log.RateLimited(context.RequestServices.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(WebhookRateLimiting)),
             ClientKey(context), retryAfter.TotalSeconds);
         await Problems.Create(StatusCodes.Status429TooManyRequests, RejectionReasons.RateLimited,
             "Too many webhook calls; retry after the number of seconds in Retry-After.", retryAfter).ExecuteAsync(context);
     }
+
+    /// <summary>When a refused lease says to come back, at least a second from now.</summary>
+    internal static TimeSpan RetryAfter(RateLimitLease lease) =>
+        lease.TryGetMetadata(MetadataName.RetryAfter, out var delay) && delay > MinimumRetryAfter ? delay : MinimumRetryAfter;
 
     private sealed class WebhookLimited
     {

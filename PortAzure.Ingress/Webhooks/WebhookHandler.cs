@@ -29,6 +29,7 @@ internal sealed partial class WebhookHandler(
     IOptionsMonitor<AzureDevOpsOptions> azureOptions,
     RunQueue queue,
     WebhookConcurrencyLimit concurrency,
+    WebhookGlobalLimit globalLimit,
     TimeProvider timeProvider,
     IngressMetrics metrics,
     ILogger<WebhookHandler> logger)
@@ -97,6 +98,16 @@ internal sealed partial class WebhookHandler(
         if (CheckSignature(request, body, options) is { } signatureProblem)
         {
             return signatureProblem;
+        }
+
+        using (var token = globalLimit.TryTake())
+        {
+            if (!token.IsAcquired)
+            {
+                // Debug, as for the per-client limit: under a flood one line per refused call would be the flood.
+                return Reject(StatusCodes.Status429TooManyRequests, RejectionReasons.RateLimited,
+                    "Too many webhook calls; retry after the number of seconds in Retry-After.", WebhookRateLimiting.RetryAfter(token), LogLevel.Debug);
+            }
         }
 
         if (!azureOptions.CurrentValue.IsAllowed(org, webhook))

@@ -151,6 +151,28 @@ public class RateLimitTests
     }
 
     [Fact]
+    public async Task Post_UnsignedFloodFromManyAddresses_LeavesTheSharedBucketToSignedCalls()
+    {
+        // Twenty addresses within their own buckets, none signing: they used to spend the shared bucket, and Port's
+        // signed call beside them got 429. Each round races one signed call against the flood for two tokens.
+        await using var relay = await Relay.StartAsync(Limits(perClient: 100, burst: 100, global: 2, globalBurst: 2), dispatchers: 0);
+
+        var signed = new List<int>();
+        for (var round = 0; round < 4; round++)
+        {
+            var flood = Enumerable.Range(10, 20).Select(i => RawHttp.SendAsync(relay.Ingress.BaseAddress, UnsignedRun(), Timeout, IPAddress.Parse($"127.0.0.{i}")));
+            var port = RawHttp.SendAsync(relay.Ingress.BaseAddress, SignedRun(), Timeout, IPAddress.Parse("127.0.0.2"));
+            var floodAnswers = await Task.WhenAll(flood);
+            signed.Add((await port).Status);
+            Assert.All(floodAnswers, r => Assert.Equal(401, r.Status));
+            // One token a round, refilled at two a second.
+            await Task.Delay(TimeSpan.FromSeconds(1.1));
+        }
+
+        Assert.All(signed, status => Assert.Equal(202, status));
+    }
+
+    [Fact]
     public async Task Post_RateLimitDisabled_NeverAnswers429()
     {
         await using var relay = await Relay.StartAsync(c =>
@@ -180,6 +202,13 @@ public class RateLimitTests
         Assert.Contains("Ingress:RateLimit:Burst", error.ToString(), StringComparison.Ordinal);
         Assert.Contains("Ingress:RateLimit:GlobalPermitsPerSecond", error.ToString(), StringComparison.Ordinal);
     }
+
+    private static RawRequest UnsignedRun() => new("POST", Encoding.ASCII.GetBytes(BadInputCorpus.DefaultPath),
+    [
+        RawRequest.HeaderLine("Content-Type", "application/json"),
+        RawRequest.HeaderLine(PortSignature.TimestampHeader, DateTimeOffset.UtcNow.ToUnixTimeSeconds().ToString(CultureInfo.InvariantCulture)),
+        RawRequest.HeaderLine(PortSignature.SignatureHeader, "v1,bm90IGEgc2lnbmF0dXJl"),
+    ], TestRuns.Body(TestRuns.NewRunId()));
 
     private static RawRequest SignedRun()
     {
