@@ -146,12 +146,8 @@ public class KestrelLimitsTests
     {
         // Above Kestrel's own 240 B/s, at which a 100 kB body would take 100 s (and a 1 MiB one over an hour).
         await using var relay = await Relay.StartAsync(dispatchers: 0);
-        using var client = new TcpClient();
-        await client.ConnectAsync(relay.Ingress.BaseAddress.Host, relay.Ingress.BaseAddress.Port);
+        using var client = await StartPostAsync(relay, contentLength: 100000, firstBodyBytes: "");
         var stream = client.GetStream();
-        await stream.WriteAsync(Encoding.ASCII.GetBytes(
-            "POST /contoso/_apis/public/distributedtask/webhooks/deploy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
-            "X-Port-Signature: v1,x\r\nContent-Length: 100000\r\n\r\n"));
         using var stop = new CancellationTokenSource();
         var trickle = Task.Run(async () =>
         {
@@ -188,13 +184,9 @@ public class KestrelLimitsTests
             c["Kestrel:Limits:MinRequestBodyDataRate:BytesPerSecond"] = "240";
             c["Kestrel:Limits:MinRequestBodyDataRate:GracePeriod"] = "00:00:02";
         }, dispatchers: 0);
-        using var client = new TcpClient();
-        await client.ConnectAsync(relay.Ingress.BaseAddress.Host, relay.Ingress.BaseAddress.Port);
+        using var client = await StartPostAsync(relay, contentLength: 10000, firstBodyBytes: "{\"a\":");
         var stream = client.GetStream();
 
-        await stream.WriteAsync(Encoding.ASCII.GetBytes(
-            "POST /contoso/_apis/public/distributedtask/webhooks/deploy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
-            "X-Port-Signature: v1,x\r\nContent-Length: 10000\r\n\r\n{\"a\":"));
         using var cts = new CancellationTokenSource(Timeout);
         var response = await RawHttp.ReadResponseAsync(stream, cts.Token);
 
@@ -202,5 +194,16 @@ public class KestrelLimitsTests
         Assert.Contains("\"reason\":\"body_timeout\"", response.Text, StringComparison.Ordinal);
         using var health = await relay.Ingress.Client.GetAsync("/alive");
         Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+    }
+
+    /// <summary>A webhook POST whose head and first body bytes are sent; the rest is up to the test.</summary>
+    private static async Task<TcpClient> StartPostAsync(Relay relay, int contentLength, string firstBodyBytes)
+    {
+        var client = new TcpClient();
+        await client.ConnectAsync(relay.Ingress.BaseAddress.Host, relay.Ingress.BaseAddress.Port);
+        await client.GetStream().WriteAsync(Encoding.ASCII.GetBytes(
+            "POST /contoso/_apis/public/distributedtask/webhooks/deploy HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+            $"X-Port-Signature: v1,x\r\nContent-Length: {contentLength}\r\n\r\n{firstBodyBytes}"));
+        return client;
     }
 }
