@@ -409,7 +409,7 @@ internal sealed partial class WebhookHandler(
         public static partial void RejectedAgain(ILogger logger, int status, string reason);
 
         [LoggerMessage(EventIds.QueueUnavailable, LogLevel.Error,
-            "Could not queue a run for {Org}/{Webhook}: Redis is unavailable ({Calls} calls failed so since the last such line; at most one every 10 s)")]
+            "Could not queue a run for {Org}/{Webhook}: Redis is unavailable ({Calls} calls failed this way since the last such line; at most one every 10 s)")]
         public static partial void QueueUnavailable(ILogger logger, Exception exception, string org, string webhook, long calls);
     }
 }
