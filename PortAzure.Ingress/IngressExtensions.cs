@@ -1,3 +1,4 @@
+using Microsoft.AspNetCore.HttpOverrides;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
@@ -35,6 +36,7 @@ public static class IngressExtensions
         builder.Services.AddProblemDetails(options => options.CustomizeProblemDetails = FallbackReason.Add);
         builder.Services.AddWebhookRateLimiting();
         builder.Services.AddSingleton<IConfigureOptions<KestrelServerOptions>, KestrelLimitsSetup>();
+        builder.Services.AddSingleton<IPostConfigureOptions<ForwardedHeadersOptions>, TrustedProxiesSetup>();
         builder.Services.AddSingleton<IngressMetrics>();
         builder.Services.AddSingleton<RunQueue>();
         builder.Services.AddSingleton<WebhookHandler>();

@@ -30,6 +30,9 @@ internal sealed class IngressOptions
     /// is far above what one replica has in flight (~30 at its maximum rate here) and a few MB of buffers.
     /// </summary>
     public int MaxConcurrentCalls { get; set; } = 1000;
+
+    /// <summary>The networks (CIDR) of the proxies whose <c>X-Forwarded-For</c> is believed; empty: the framework's rule (Edge/TrustedProxies).</summary>
+    public IList<string> TrustedProxyNetworks { get; } = [];
 }
 
 internal sealed class IngressOptionsValidator : IValidateOptions<IngressOptions>
@@ -60,6 +63,13 @@ internal sealed class IngressOptionsValidator : IValidateOptions<IngressOptions>
         if (options.MaxConcurrentCalls is < 0 or > 100_000)
         {
             errors.Add("Ingress:MaxConcurrentCalls must be between 0 (no cap) and 100000.");
+        }
+        foreach (var network in options.TrustedProxyNetworks)
+        {
+            if (!System.Net.IPNetwork.TryParse(network, out _))
+            {
+                errors.Add($"Ingress:TrustedProxyNetworks holds '{network}', which is not a network in CIDR notation (such as 10.0.0.0/8).");
+            }
         }
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
     }

@@ -128,6 +128,39 @@ public class RateLimitTests
         Assert.All(other, status => Assert.Equal(HttpStatusCode.Accepted, status));
     }
 
+    [Theory]
+    [InlineData("10.0.0.0/8", true)]
+    [InlineData("127.0.0.0/8", false)]
+    public async Task Post_ForwardedHeadersOnWithTrustedProxyNetworks_BelievesOnlyThoseHops(string trusted, bool oneBucket)
+    {
+        // The test's calls come from 127.0.0.1. Not a trusted proxy: what it writes into X-Forwarded-For is ignored,
+        // and its eight calls share its own bucket. A trusted one: each named address gets a bucket of its own.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            Limits(perClient: 1, burst: 1)(c);
+            c["FORWARDEDHEADERS_ENABLED"] = "true";
+            c["Ingress:TrustedProxyNetworks:0"] = trusted;
+        }, dispatchers: 0);
+
+        var statuses = await SendForwardedAsync(relay, Enumerable.Range(1, 8).Select(i => $"203.0.113.{i}"));
+
+        Assert.Equal(oneBucket, statuses.Contains(HttpStatusCode.TooManyRequests));
+        Assert.All(statuses, s => Assert.Contains(s, new[] { HttpStatusCode.Accepted, HttpStatusCode.TooManyRequests }));
+    }
+
+    [Fact]
+    public async Task Start_TrustedProxyNetworkNotCidr_FailsNamingIt()
+    {
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartIngressAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Ingress:TrustedProxyNetworks:0"] = "10.0.0.300/8",
+        }));
+
+        Assert.Contains("Ingress:TrustedProxyNetworks holds '10.0.0.300/8'", error.ToString(), StringComparison.Ordinal);
+    }
+
     private static async Task<HttpStatusCode[]> SendForwardedAsync(Relay relay, IEnumerable<string> forwardedFor) =>
         await Task.WhenAll(forwardedFor.Select(async value =>
         {
