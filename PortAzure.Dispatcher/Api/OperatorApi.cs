@@ -190,7 +190,7 @@ internal static partial class OperatorApi
                 ids = await db.SortedSetRangeByScoreAsync(RedisKeys.DeadLetters, double.NegativeInfinity, before, Exclude.Stop,
                     skip: passed, take: take - replayed.Count);
             }
-            catch (Exception ex) when (ex is RedisException or TimeoutException && replayed.Count > 0)
+            catch (Exception ex) when (RedisFailures.IsFailure(ex) && replayed.Count > 0)
             {
                 // As below, between two pages: every replay so far is known, none is in doubt.
                 Log.ReplayStopped(logger, ex, replayed.Count, "none");
@@ -214,7 +214,7 @@ internal static partial class OperatorApi
                 {
                     outcome = await store.ReplayAsync(id, timeProvider.GetUtcNow());
                 }
-                catch (Exception ex) when (ex is RedisException or TimeoutException)
+                catch (Exception ex) when (RedisFailures.IsFailure(ex))
                 {
                     // Some may have been replayed already: a 503 would hide which, and its retry would replay up to `limit`
                     // more. This one's outcome is unknown (a timeout may have run it), even when it is the first: a 503

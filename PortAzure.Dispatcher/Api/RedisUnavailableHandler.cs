@@ -1,5 +1,6 @@
 using Microsoft.AspNetCore.Diagnostics;
 using PortAzure.Dispatcher.Diagnostics;
+using PortAzure.Redis;
 using StackExchange.Redis;
 
 namespace PortAzure.Dispatcher.Api;
@@ -35,6 +36,7 @@ internal sealed partial class RedisUnavailableHandler(ILogger<RedisUnavailableHa
     private static bool IsUnavailable(Exception exception) => exception switch
     {
         RedisConnectionException or TimeoutException => true,
+        InvalidOperationException => RedisFailures.IsFailure(exception),
         RedisServerException server => TransientServerErrors.Any(code => server.Message.StartsWith(code + " ", StringComparison.Ordinal)),
         _ => false,
     };

@@ -266,7 +266,7 @@ internal sealed partial class DeliveryProcessor(
             {
                 return await operation();
             }
-            catch (Exception ex) when (ex is RedisException or TimeoutException && nextDelay(i) is { } delay)
+            catch (Exception ex) when (RedisFailures.IsFailure(ex) && nextDelay(i) is { } delay)
             {
                 Log.RedisRetry(logger, ex, step, deliveryId);
                 await Task.Delay(delay, timeProvider, cancellationToken);

@@ -342,7 +342,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             await Db.ScriptEvaluateAsync(ReleaseLeaseScript, [RedisKeys.Lease(deliveryId), RedisKeys.RetrySchedule, RedisKeys.RetryClaims],
                 [leaseToken, deliveryId, now.ToUnixTimeMilliseconds(), fromSchedule ? 1 : 0]);
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        catch (Exception ex) when (RedisFailures.IsFailure(ex))
         {
         }
     }
@@ -448,7 +448,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             result = (RedisResult[])(await Db.ScriptEvaluateAsync(ClaimDueScript, [RedisKeys.RetrySchedule, RedisKeys.RetryClaims, batch],
                 [now.ToUnixTimeMilliseconds(), leaseUntil, count, (long)lease.TotalMilliseconds]))!;
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        catch (Exception ex) when (RedisFailures.IsFailure(ex))
         {
             // The script may have run with its reply lost. Sent on the same connection, the release runs after it.
             await ReleaseClaimBatchAsync(batch, now, leaseUntil);
@@ -474,7 +474,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             await Db.ScriptEvaluateAsync(ReleaseClaimBatchScript, [RedisKeys.RetrySchedule, RedisKeys.RetryClaims, batch],
                 [now.ToUnixTimeMilliseconds(), leaseUntil]);
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        catch (Exception ex) when (RedisFailures.IsFailure(ex))
         {
             // Best effort: unreleased, the slots wait out the lease and their next claim counts as a crash, as before.
         }
@@ -505,7 +505,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             _ = transaction.HashDeleteAsync(RedisKeys.RetryClaims, ids);
             await transaction.ExecuteAsync();
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        catch (Exception ex) when (RedisFailures.IsFailure(ex))
         {
         }
     }

@@ -143,7 +143,7 @@ internal sealed partial class DeliveryWorker(
                 handled++;
             }
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        catch (Exception ex) when (RedisFailures.IsFailure(ex))
         {
             // A Redis error before these were started: their claims end here, so that the next claim of
             // their slots is not counted as a crashed attempt.

@@ -60,7 +60,7 @@ internal sealed class BacklogMonitor(IConnectionMultiplexer redis, TimeProvider 
             {
                 await ReadAsync();
             }
-            catch (Exception ex) when (ex is RedisException or TimeoutException)
+            catch (Exception ex) when (RedisFailures.IsFailure(ex))
             {
                 // The Redis health check reports this; the gauges keep their last reading.
             }

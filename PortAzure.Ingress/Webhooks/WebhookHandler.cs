@@ -239,7 +239,7 @@ internal sealed partial class WebhookHandler(
         }
         // RedisCommandException is not a RedisException: the client refused to send the script (EVAL disabled in its
         // command map, a write routed to a replica during a failover). Nothing was sent, so nothing was accepted.
-        catch (Exception ex) when (ex is RedisException or RedisCommandException or TimeoutException or ObjectDisposedException)
+        catch (Exception ex) when (RedisFailures.IsFailure(ex) || ex is RedisCommandException or ObjectDisposedException)
         {
             activity?.SetStatus(ActivityStatusCode.Error, "queue unavailable");
             if (_queueErrorLines.Take(RejectionReasons.RedisUnavailable) is var failed and > 0)
@@ -250,7 +250,7 @@ internal sealed partial class WebhookHandler(
             // run may be queued after all. A retry is safe either way (a queued run answers 200 duplicate), but
             // "nothing was accepted" would be a claim we cannot make.
             return Reject(StatusCodes.Status503ServiceUnavailable, RejectionReasons.RedisUnavailable,
-                ex is TimeoutException or RedisConnectionException
+                RedisFailures.OutcomeUnknown(ex)
                     ? "Redis did not answer; the run may or may not be queued. Retry later: if it was queued, the retry answers 200 duplicate."
                     : "The run could not be queued; nothing was accepted. Retry later.",
                 RedisRetryAfter);

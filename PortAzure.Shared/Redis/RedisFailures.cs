@@ -1,0 +1,28 @@
+using StackExchange.Redis;
+
+namespace PortAzure.Redis;
+
+/// <summary>Whether an exception from a Redis call means Redis, or the connection to it, failed.</summary>
+public static class RedisFailures
+{
+    /// <summary>
+    /// The client's own exceptions and timeouts, and one it does not wrap: StackExchange.Redis 2.13 can surface a
+    /// connection that dies while a command is being written as the pipe's <see cref="InvalidOperationException"/>
+    /// ("Writing is not allowed after writer was completed"). Seen when Redis was killed under load
+    /// (RedisRestartTests): the Ingress answered those calls 500, and the Dispatcher's finish did not retry it. Matched
+    /// by the client's frames in its stack trace, so that an <see cref="InvalidOperationException"/> of our own still
+    /// surfaces as the bug it is.
+    /// </summary>
+    public static bool IsFailure(Exception exception) => exception switch
+    {
+        RedisException or TimeoutException => true,
+        InvalidOperationException => exception.StackTrace?.Contains(ClientNamespace, StringComparison.Ordinal) == true,
+        _ => false,
+    };
+
+    /// <summary>Whether the command may have run although its answer was lost (a timeout, a connection gone mid-call).</summary>
+    public static bool OutcomeUnknown(Exception exception) =>
+        exception is TimeoutException or RedisConnectionException or InvalidOperationException;
+
+    private static readonly string ClientNamespace = typeof(IDatabase).Namespace + ".";
+}

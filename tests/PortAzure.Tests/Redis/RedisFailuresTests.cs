@@ -1,0 +1,46 @@
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
+
+namespace PortAzure.Tests.Redis;
+
+public class RedisFailuresTests
+{
+    [Fact]
+    public void IsFailure_ClientExceptionsAndTimeouts_AreFailures()
+    {
+        Assert.True(RedisFailures.IsFailure(new RedisConnectionException(ConnectionFailureType.SocketClosed, "closed")));
+        Assert.True(RedisFailures.IsFailure(new RedisTimeoutException("timeout", CommandStatus.Sent)));
+        Assert.True(RedisFailures.IsFailure(new RedisServerException("LOADING Redis is loading the dataset in memory")));
+        Assert.True(RedisFailures.IsFailure(new TimeoutException()));
+    }
+
+    [Fact]
+    public async Task IsFailure_InvalidOperationThrownInsideTheClient_IsAFailure()
+    {
+        // The client's own frames on the stack, as when its pipe writer was completed under a dying connection: here the
+        // client reads a script parameter whose getter throws.
+        await using var redis = await SharedRedis.ConnectAsync();
+        var fromClient = await Record.ExceptionAsync(() => LuaScript.Prepare("return @Value").EvaluateAsync(redis.Db, new ThrowingParameters()));
+
+        Assert.IsType<InvalidOperationException>(fromClient);
+        Assert.True(RedisFailures.IsFailure(fromClient));
+        Assert.True(RedisFailures.OutcomeUnknown(fromClient));
+    }
+
+    [Fact]
+    public void IsFailure_InvalidOperationOfOurOwn_IsNot()
+    {
+        var ours = Record.Exception(ThrowOurOwn);
+
+        Assert.False(RedisFailures.IsFailure(ours!));
+        Assert.False(RedisFailures.IsFailure(new InvalidCastException()));
+    }
+
+    private static void ThrowOurOwn() => throw new InvalidOperationException("a bug of ours");
+
+    public sealed class ThrowingParameters
+    {
+        public string Value => throw new InvalidOperationException("Writing is not allowed after writer was completed.");
+    }
+}
