@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using PortAzure.LoadBench;
+using PortAzure.Redis;
 using StackExchange.Redis;
 
 CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
@@ -230,9 +231,9 @@ async Task<bool> WaitQuietAsync(TimeSpan limit)
     var since = Stopwatch.GetTimestamp();
     while (true)
     {
-        var length = await db.StreamLengthAsync("{portazure}:runs");
-        var pending = (await db.StreamPendingAsync("{portazure}:runs", "dispatchers")).PendingMessageCount;
-        var retries = await db.SortedSetLengthAsync("{portazure}:retries");
+        var length = await db.StreamLengthAsync(RedisKeys.Stream);
+        var pending = (await db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount;
+        var retries = await db.SortedSetLengthAsync(RedisKeys.RetrySchedule);
         if (length == 0 && pending == 0 && retries == 0)
         {
             return true;
