@@ -237,14 +237,14 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         return #ids
         """;
 
+    /// <summary>The attempts kept in a delivery's log at a replay: Dispatcher:Retry:MaxAttempts's upper bound.</summary>
+    internal const int MaxAttemptLog = 100;
+
     // KEYS: 1 dead letters, 2 record, 3 stream, 4 attempt log. ARGV: 1 delivery id, 2 now ms, 3 wake channel, 4 attempts kept
     // Returns the new stream id; nil: not a dead letter; 0: a dead letter without body or target, or whose record is
     // not a hash (left as it is: an error would stop every batch replay at it, for good).
     // The dead letter leaves its index last: Redis keeps a script's writes up to a failing command (a damaged stream
     // key), and one removed first would be neither a dead letter nor queued, lost to the operator API.
-    /// <summary>The attempts kept in a delivery's log at a replay: Dispatcher:Retry:MaxAttempts's upper bound.</summary>
-    internal const int MaxAttemptLog = 100;
-
     private const string ReplayScript = $$"""
         {{IncrementCount}}
         if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
