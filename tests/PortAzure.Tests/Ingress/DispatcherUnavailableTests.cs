@@ -1,7 +1,5 @@
 using System.Net;
-using System.Net.Http.Json;
 using System.Net.Sockets;
-using System.Text.Json;
 using PortAzure.Tests.Infrastructure;
 
 namespace PortAzure.Tests.Ingress;
@@ -24,7 +22,7 @@ public class DispatcherUnavailableTests
         Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
         Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
         Assert.NotNull(response.Headers.RetryAfter);
-        Assert.Equal("dispatcher_unavailable", await ReasonAsync(response));
+        Assert.Equal("dispatcher_unavailable", await ProblemResponses.ReasonAsync(response));
     }
 
     [Theory]
@@ -61,10 +59,7 @@ public class DispatcherUnavailableTests
         await dropped;
 
         Assert.Equal(status, response.StatusCode);
-        Assert.Equal(reason, await ReasonAsync(response));
+        Assert.Equal(reason, await ProblemResponses.ReasonAsync(response));
         Assert.Equal(retryAfter, response.Headers.RetryAfter is not null);
     }
-
-    private static async Task<string?> ReasonAsync(HttpResponseMessage response) =>
-        (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString();
 }

@@ -102,7 +102,7 @@ public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<Ope
         Assert.Equal(status, (int)response.StatusCode);
         if (status == 404)
         {
-            Assert.Equal("delivery_not_found", await ReasonAsync(response));
+            Assert.Equal("delivery_not_found", await ProblemResponses.ReasonAsync(response));
         }
         await Eventually.HoldsAsync(() => Task.FromResult(fixture.DispatcherRequests.GetMeasurementSnapshot().Count > before),
             TimeSpan.FromSeconds(15), "the Dispatcher to count the proxied call");
@@ -118,7 +118,7 @@ public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<Ope
         using var response = await SendAsync(fixture.Relay.Ingress, method, path, scheme: null, key: null);
 
         Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
-        Assert.Equal("api_key_missing", await ReasonAsync(response));
+        Assert.Equal("api_key_missing", await ProblemResponses.ReasonAsync(response));
         // Refused by the edge itself (the Dispatcher answers the same reason), and not counted by the Dispatcher.
         Assert.Equal(refusedBefore + 1, EdgeRefusals());
         Assert.Equal(before, fixture.DispatcherRequests.GetMeasurementSnapshot().Count);
@@ -139,7 +139,7 @@ public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<Ope
             using var response = await SendAsync(fixture.Relay.Ingress, method, path, scheme, "not-the-admin-key");
 
             Assert.Equal(HttpStatusCode.Unauthorized, response.StatusCode);
-            Assert.Equal("api_key_invalid", await ReasonAsync(response));
+            Assert.Equal("api_key_invalid", await ProblemResponses.ReasonAsync(response));
         }
         Assert.Equal(refusedBefore + 2, EdgeRefusals());
         Assert.Equal(before, fixture.DispatcherRequests.GetMeasurementSnapshot().Count);
@@ -156,9 +156,9 @@ public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<Ope
         using var withoutKey = await SendAsync(fixture.ClosedIngress, method, path, scheme: null, key: null);
 
         Assert.Equal(HttpStatusCode.NotFound, withKey.StatusCode);
-        Assert.Equal("operator_api_disabled", await ReasonAsync(withKey));
+        Assert.Equal("operator_api_disabled", await ProblemResponses.ReasonAsync(withKey));
         Assert.Equal(HttpStatusCode.NotFound, withoutKey.StatusCode);
-        Assert.Equal("operator_api_disabled", await ReasonAsync(withoutKey));
+        Assert.Equal("operator_api_disabled", await ProblemResponses.ReasonAsync(withoutKey));
         Assert.Equal(before, fixture.DispatcherRequests.GetMeasurementSnapshot().Count);
     }
 
@@ -172,9 +172,9 @@ public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<Ope
         using var right = await SendAsync(fixture.Relay.Dispatcher, method, path, "bearer", Relay.AdminKey);
 
         Assert.Equal(HttpStatusCode.Unauthorized, missing.StatusCode);
-        Assert.Equal("api_key_missing", await ReasonAsync(missing));
+        Assert.Equal("api_key_missing", await ProblemResponses.ReasonAsync(missing));
         Assert.Equal(HttpStatusCode.Unauthorized, wrong.StatusCode);
-        Assert.Equal("api_key_invalid", await ReasonAsync(wrong));
+        Assert.Equal("api_key_invalid", await ProblemResponses.ReasonAsync(wrong));
         Assert.True(right.IsSuccessStatusCode || right.StatusCode == HttpStatusCode.NotFound, $"{method} {path}: {(int)right.StatusCode}");
         // Kestrel records a request's duration after the answer is sent: let these three land before the
         // next test in this class takes its "before" count.
@@ -197,11 +197,5 @@ public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<Ope
                 break;
         }
         return await host.Client.SendAsync(request);
-    }
-
-    private static async Task<string?> ReasonAsync(HttpResponseMessage response)
-    {
-        Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
-        return (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString();
     }
 }
