@@ -6,6 +6,7 @@ using System.Text.Json.Serialization;
 using Microsoft.Extensions.Options;
 using PortAzure.Dispatcher.Diagnostics;
 using PortAzure.Security;
+using PortAzure.Time;
 
 namespace PortAzure.Dispatcher.PortReporting;
 
@@ -149,13 +150,7 @@ internal sealed partial class PortApiClient(
         return RunLockedPattern().IsMatch(text);
     }
 
-    // A pause counts only while its end is at most its own length away: after the clock is stepped back, an end set before
-    // the step would otherwise hold every report (or every token call) for as long as the step.
-    private bool Pausing(DateTimeOffset until, TimeSpan longest)
-    {
-        var left = until - timeProvider.GetUtcNow();
-        return left > TimeSpan.Zero && left <= longest;
-    }
+    private bool Pausing(DateTimeOffset until, TimeSpan longest) => WallClockPause.Runs(until, timeProvider.GetUtcNow(), longest);
 
     private void Throttle(RetryConditionHeaderValue? retryAfter)
     {

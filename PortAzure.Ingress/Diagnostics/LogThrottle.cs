@@ -1,3 +1,5 @@
+using PortAzure.Time;
+
 namespace PortAzure.Ingress.Diagnostics;
 
 /// <summary>
@@ -21,8 +23,7 @@ internal sealed class LogThrottle(TimeProvider timeProvider, TimeSpan interval)
         {
             var now = timeProvider.GetUtcNow();
             _windows.TryGetValue(key, out var window);
-            // An end further away than one interval was set before the wall clock was stepped back: not waited out.
-            if (now < window.NextLineAt && window.NextLineAt - now <= interval)
+            if (WallClockPause.Runs(window.NextLineAt, now, interval))
             {
                 _windows[key] = window with { HeldBack = window.HeldBack + 1 };
                 return 0;

@@ -248,12 +248,13 @@ internal sealed partial class WebhookHandler(
             }
             // A timeout, or a connection lost after the script was sent, does not stop the script on the server: the
             // run may be queued after all. A retry is safe either way (a queued run answers 200 duplicate), but
-            // "nothing was accepted" would be a claim we cannot make.
+            // "nothing was accepted" would be a claim we cannot make. The refusal line is Debug: the Error above
+            // already counts these calls, and one outage wrote both lines every 10 s.
             return Reject(StatusCodes.Status503ServiceUnavailable, RejectionReasons.RedisUnavailable,
                 RedisFailures.OutcomeUnknown(ex)
                     ? "Redis did not answer; the run may or may not be queued. Retry later: if it was queued, the retry answers 200 duplicate."
                     : "The run could not be queued; nothing was accepted. Retry later.",
-                RedisRetryAfter);
+                RedisRetryAfter, LogLevel.Debug);
         }
 
         var location = $"/api/deliveries/{result.DeliveryId}";

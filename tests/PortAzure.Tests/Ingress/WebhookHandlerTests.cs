@@ -413,6 +413,8 @@ public class WebhookHandlerTests
         }
 
         Assert.Single(ingress.Logs.Lines, l => l.Contains("[1004]", StringComparison.Ordinal));
+        // The Error stands for the refusals too: an Information refusal line beside it said the same thing again.
+        Assert.DoesNotContain(ingress.Logs.Lines, l => l.StartsWith("Information", StringComparison.Ordinal) && l.Contains("[1003]", StringComparison.Ordinal));
     }
 
     [Fact]
