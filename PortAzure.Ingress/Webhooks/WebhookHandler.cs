@@ -45,6 +45,8 @@ internal sealed partial class WebhookHandler(
     // While Redis is away every call fails the same way: one Error (with its exception) per 10 s says so.
     private readonly LogThrottle _queueErrorLines = new(timeProvider, TimeSpan.FromSeconds(10));
 
+    private readonly LogThrottle _duplicateLines = new(timeProvider, TimeSpan.FromSeconds(10));
+
     public async Task<IResult> HandleAsync(HttpContext context, string org, string webhook)
     {
         var options = ingressOptions.CurrentValue;
@@ -264,7 +266,13 @@ internal sealed partial class WebhookHandler(
             activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, "duplicate");
             activity?.SetTag(PortAzureDiagnostics.Tags.DeliveryId, result.DeliveryId);
             metrics.Duplicate();
-            Log.Duplicate(logger, result.DeliveryId, runId, org, webhook);
+            Log.DuplicateAgain(logger, result.DeliveryId, runId, org, webhook);
+            // Throttled as the refusals are: whoever holds a captured signed call can repeat it within the timestamp
+            // tolerance, and one Information line per call would let them flood the log.
+            if (_duplicateLines.Take(string.Empty) is var duplicates and > 0)
+            {
+                Log.Duplicate(logger, result.DeliveryId, runId, org, webhook, duplicates);
+            }
             return TypedResults.Ok(new WebhookAccepted(result.DeliveryId, runId, "duplicate", Duplicate: true));
         }
         activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, "accepted");
@@ -399,8 +407,12 @@ internal sealed partial class WebhookHandler(
         [LoggerMessage(EventIds.Accepted, LogLevel.Debug, "Accepted run {RunId} for {Org}/{Webhook} as delivery {DeliveryId}")]
         public static partial void Accepted(ILogger logger, string deliveryId, string? runId, string org, string webhook);
 
-        [LoggerMessage(EventIds.Duplicate, LogLevel.Information, "Run {RunId} for {Org}/{Webhook} was already accepted as delivery {DeliveryId}")]
-        public static partial void Duplicate(ILogger logger, string deliveryId, string? runId, string org, string webhook);
+        [LoggerMessage(EventIds.Duplicate, LogLevel.Information,
+            "Run {RunId} for {Org}/{Webhook} was already accepted as delivery {DeliveryId} ({Calls} duplicate calls since the last such line; at most one every 10 s)")]
+        public static partial void Duplicate(ILogger logger, string deliveryId, string? runId, string org, string webhook, long calls);
+
+        [LoggerMessage(EventIds.DuplicateAgain, LogLevel.Debug, "Run {RunId} for {Org}/{Webhook} was already accepted as delivery {DeliveryId}")]
+        public static partial void DuplicateAgain(ILogger logger, string deliveryId, string? runId, string org, string webhook);
 
         [LoggerMessage(EventId = EventIds.Rejected,
             Message = "Rejected a webhook call with {Status}: {Reason} ({Calls} since the last such line; at most one per reason every 10 s)")]

@@ -64,6 +64,29 @@ public class WebhookHandlerTests
     }
 
     [Fact]
+    public async Task Post_SameRunRepeated_OneInformationLineCountsTheDuplicates()
+    {
+        // A captured signed call can be repeated within the timestamp tolerance: one Information line per call was a
+        // way to flood the log. Each call keeps its Debug line.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var body = TestRuns.Body(TestRuns.NewRunId());
+        using (var first = await relay.SendRunAsync(body))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, first.StatusCode);
+        }
+
+        for (var i = 0; i < 3; i++)
+        {
+            using var again = await relay.SendRunAsync(body);
+            Assert.Equal(HttpStatusCode.OK, again.StatusCode);
+        }
+
+        var information = Assert.Single(relay.Ingress.Logs.Lines, l => l.StartsWith("Information", StringComparison.Ordinal) && l.Contains("[1002]", StringComparison.Ordinal));
+        Assert.Contains("Calls=1", information, StringComparison.Ordinal);
+        Assert.Equal(3, relay.Ingress.Logs.Lines.Count(l => l.StartsWith("Debug", StringComparison.Ordinal) && l.Contains("[1006]", StringComparison.Ordinal)));
+    }
+
+    [Fact]
     public async Task Post_SameRunToTheTargetSpelledInCapitals_IsADuplicate()
     {
         // Port's signature does not cover the path, and Azure and the target list take names in any case.
