@@ -337,7 +337,7 @@ public class DeadLetterTests
         using var response = await relay.Ingress.Client.SendAsync(request);
 
         Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
-        Assert.Equal("cursor_invalid", (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+        Assert.Equal("cursor_invalid", await ProblemResponses.ReasonAsync(response));
     }
 
     /// <summary>Sends runs one at a time, each dead-lettered before the next (so their dead-letter times are in order).</summary>
@@ -384,7 +384,7 @@ public class DeadLetterTests
 
         Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
         Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
-        Assert.Equal("limit_invalid", (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+        Assert.Equal("limit_invalid", await ProblemResponses.ReasonAsync(response));
         Assert.Equal(DeliveryStates.DeadLettered, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State));
         Assert.Single(await relay.EmulatorApi.RequestsAsync());
     }

@@ -47,7 +47,7 @@ public class OperatorApiTests
         using var response = await relay.Ingress.Client.SendAsync(request);
 
         Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
-        Assert.Equal("delivery_id_invalid", (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+        Assert.Equal("delivery_id_invalid", await ProblemResponses.ReasonAsync(response));
     }
 
     [Theory]
@@ -61,7 +61,7 @@ public class OperatorApiTests
         using var response = await relay.Ingress.Client.SendAsync(request);
 
         Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
-        Assert.Equal(reason, (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+        Assert.Equal(reason, await ProblemResponses.ReasonAsync(response));
     }
 
     [Theory]
@@ -78,7 +78,7 @@ public class OperatorApiTests
 
         Assert.Equal(status, (int)response.StatusCode);
         Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
-        Assert.Equal(reason, (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+        Assert.Equal(reason, await ProblemResponses.ReasonAsync(response));
     }
 
     [Fact]
@@ -92,7 +92,7 @@ public class OperatorApiTests
         using var response = await relay.Ingress.Client.SendAsync(delete);
 
         Assert.Equal(HttpStatusCode.Conflict, response.StatusCode);
-        Assert.Equal("not_a_deadletter", (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+        Assert.Equal("not_a_deadletter", await ProblemResponses.ReasonAsync(response));
         Assert.Equal(DeliveryStates.Delivered, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State));
     }
 }

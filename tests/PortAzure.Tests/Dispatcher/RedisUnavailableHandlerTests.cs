@@ -26,7 +26,7 @@ public class RedisUnavailableHandlerTests
         // Through the Ingress's YARP route, as an operator sees it: not a bare 500.
         Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
         Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
-        Assert.Equal("redis_unavailable", (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+        Assert.Equal("redis_unavailable", await ProblemResponses.ReasonAsync(response));
         Assert.NotNull(response.Headers.RetryAfter);
     }
 

@@ -78,7 +78,7 @@ public class WebhookConcurrencyLimitTests
         Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
         Assert.Equal(2, heldWhenRefused);
         Assert.Equal("application/problem+json", refused.Content.Headers.ContentType?.MediaType);
-        Assert.Equal("overloaded", JsonDocument.Parse(await refused.Content.ReadAsStringAsync()).RootElement.GetProperty("reason").GetString());
+        Assert.Equal("overloaded", await ProblemResponses.ReasonAsync(refused));
         Assert.Equal(TimeSpan.FromSeconds(1), refused.Headers.RetryAfter?.Delta);
         // Refusals under overload are logged at Debug only: one line per refused call would add to the load.
         Assert.Contains(setup.Ingress.Logs.Lines, line => line.StartsWith("Debug ", StringComparison.Ordinal) && line.Contains(RejectionReasons.Overloaded, StringComparison.Ordinal));

@@ -362,7 +362,7 @@ public class WebhookHandlerTests
         using var unsigned = await relay.Ingress.Client.SendAsync(unsignedRequest);
 
         Assert.Equal(HttpStatusCode.NotFound, rejected.StatusCode);
-        Assert.Equal("unknown_target", (await rejected.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+        Assert.Equal("unknown_target", await ProblemResponses.ReasonAsync(rejected));
         Assert.Equal(HttpStatusCode.Accepted, accepted.StatusCode);
         Assert.Equal(HttpStatusCode.Unauthorized, unsigned.StatusCode);
         Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
@@ -415,7 +415,7 @@ public class WebhookHandlerTests
 
         Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
         Assert.NotNull(response.Headers.RetryAfter);
-        Assert.Equal("queue_unavailable", (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("reason").GetString());
+        Assert.Equal("queue_unavailable", await ProblemResponses.ReasonAsync(response));
     }
 
     [Fact]
