@@ -48,7 +48,9 @@ if (runMode)
     }
 }
 
-if (builder.Configuration["AzureDevOps:BaseUrl"] is { Length: > 0 } azureBaseUrl)
+// A local setting (a user secret, the shell's environment): a manifest leaves AzureDevOps__BaseUrl to the deployment,
+// where a value from the publishing machine (an emulator on localhost) would dead-letter every run.
+if (runMode && builder.Configuration["AzureDevOps:BaseUrl"] is { Length: > 0 } azureBaseUrl)
 {
     dispatcher.WithEnvironment("AzureDevOps__BaseUrl", azureBaseUrl);
 }

@@ -12,13 +12,16 @@ internal enum RedisMode
     /// <summary>Container if a container runtime answers, else redis-server from PATH, else an error naming the fixes.</summary>
     Auto,
 
-    /// <summary>The Redis container (<c>AddRedis</c>), with AOF on a named volume. Always used when publishing.</summary>
+    /// <summary>The Redis container (<c>AddRedis</c>), with AOF on a named volume. What a manifest gets unless told otherwise.</summary>
     Container,
 
     /// <summary><c>redis-server</c> from PATH as an executable resource, AOF on in a data folder that survives restarts.</summary>
     Executable,
 
-    /// <summary>An existing Redis given as <c>ConnectionStrings:redis</c>.</summary>
+    /// <summary>
+    /// An existing Redis given as <c>ConnectionStrings:redis</c>; in a manifest, a secret parameter the deployment fills
+    /// (a managed Redis), and no container.
+    /// </summary>
     ConnectionString,
 }
 
@@ -115,7 +118,9 @@ internal static class RedisSetup
             null or "" => "everysec",
             "always" => "always",
             "everysec" => "everysec",
-            "no" => "no",
+            // A local speed-up only: the published Redis holds every queued run, and with "no" the kernel decides when
+            // an acknowledged entry reaches the disk. The publishing machine's setting must not make that the deployment's.
+            "no" => builder.ExecutionContext.IsPublishMode ? "everysec" : "no",
             var other => throw new InvalidOperationException($"{AppendFsyncKey} must be 'always', 'everysec' or 'no', not '{other}'."),
         };
 
@@ -124,9 +129,11 @@ internal static class RedisSetup
         var configured = builder.Configuration[ModeKey];
         if (builder.ExecutionContext.IsPublishMode)
         {
-            // What is deployed is always the container with persistence; a managed Redis replaces it through
-            // ConnectionStrings:redis at deployment time.
-            return RedisMode.Container;
+            // Only an explicit connectionstring leaves the container out (for a managed Redis): auto, or a local
+            // executable or ConnectionStrings:redis on the publishing machine, says nothing about the deployment.
+            return string.Equals(configured, nameof(RedisMode.ConnectionString), StringComparison.OrdinalIgnoreCase)
+                ? RedisMode.ConnectionString
+                : RedisMode.Container;
         }
         if (!string.IsNullOrEmpty(configured) && !configured.Equals("auto", StringComparison.OrdinalIgnoreCase))
         {

@@ -106,22 +106,7 @@ public class AppHostTests
     [Fact]
     public async Task Manifest_Published_HasPersistentRedisExternalIngressSecretParametersAndNoEmulator()
     {
-        var output = Path.Combine(Path.GetTempPath(), "portazure-tests", $"manifest-{Guid.NewGuid():N}.json");
-        Directory.CreateDirectory(Path.GetDirectoryName(output)!);
-        var configuration = AppContext.BaseDirectory.Contains($"{Path.DirectorySeparatorChar}Release{Path.DirectorySeparatorChar}", StringComparison.Ordinal) ? "Release" : "Debug";
-        var appHost = Path.Combine(Repository.Root, "PortAzure.AppHost", "bin", configuration, "net10.0", "PortAzure.AppHost.dll");
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var arg in new[] { appHost, "--publisher", "manifest", "--output-path", output })
-        {
-            start.ArgumentList.Add(arg);
-        }
-        using var process = Process.Start(start)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        await process.WaitForExitAsync(new CancellationTokenSource(TimeSpan.FromMinutes(2)).Token);
-        Assert.True(process.ExitCode == 0, await stdout + await stderr);
-
-        using var manifest = JsonDocument.Parse(await File.ReadAllTextAsync(output));
+        using var manifest = await PublishManifestAsync();
         var resources = manifest.RootElement.GetProperty("resources");
 
         var redis = resources.GetProperty(ResourceNames.Redis);
@@ -159,6 +144,70 @@ public class AppHostTests
         Assert.False(dispatcher.GetProperty("env").TryGetProperty(RelayLogLevel, out _));
         Assert.DoesNotContain("port-demo-secret", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
         Assert.DoesNotContain("dev-admin-key-local", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
+
+        // The Dispatcher's entry is written by our callback (for its replicas): it must not lose what Aspire writes for
+        // the Ingress, should a later version add to a project's entry.
+        var ingressKeys = ingress.EnumerateObject().Select(p => p.Name).Order(StringComparer.Ordinal);
+        var dispatcherKeys = dispatcher.EnumerateObject().Select(p => p.Name).Where(n => n != "replicas").Order(StringComparer.Ordinal);
+        Assert.Equal(ingressKeys, dispatcherKeys);
+    }
+
+    [Fact]
+    public async Task Manifest_PublishedWithLocalSettings_CarriesNoneOfThem()
+    {
+        // Settings for a local run (an emulator's URL, fsync off for speed) on the publishing machine: published, the
+        // first would dead-letter every run, the second leave acknowledged runs to the kernel's flush.
+        using var manifest = await PublishManifestAsync("--AzureDevOps:BaseUrl=http://localhost:5099", "--Redis:AppendFsync=no",
+            "--ConnectionStrings:redis=localhost:6390");
+        var resources = manifest.RootElement.GetProperty("resources");
+
+        Assert.False(resources.GetProperty(ResourceNames.Dispatcher).GetProperty("env").TryGetProperty("AzureDevOps__BaseUrl", out _));
+        var command = string.Join(" ", resources.GetProperty(ResourceNames.Redis).GetProperty("args").EnumerateArray().Select(a => a.GetString()));
+        Assert.Contains("--appendfsync everysec", command, StringComparison.Ordinal);
+        Assert.DoesNotContain("localhost", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Manifest_PublishedInConnectionStringMode_RedisIsASecretParameterAndNoContainer()
+    {
+        // For a managed Redis: the deployment fills the connection string; no container, and no REDIS_HOST/REDIS_PASSWORD
+        // pointing at one.
+        using var manifest = await PublishManifestAsync("--Redis:Mode=connectionstring");
+        var resources = manifest.RootElement.GetProperty("resources");
+
+        var redis = resources.GetProperty(ResourceNames.Redis);
+        Assert.Equal("parameter.v0", redis.GetProperty("type").GetString());
+        Assert.True(redis.GetProperty("inputs").GetProperty("value").GetProperty("secret").GetBoolean());
+        Assert.False(redis.GetProperty("inputs").GetProperty("value").TryGetProperty("default", out _));
+        Assert.DoesNotContain(resources.EnumerateObject(), r => r.Value.GetProperty("type").GetString()!.StartsWith("container.", StringComparison.Ordinal));
+        foreach (var service in new[] { ResourceNames.Ingress, ResourceNames.Dispatcher })
+        {
+            var env = resources.GetProperty(service).GetProperty("env");
+            Assert.Equal("{redis.connectionString}", env.GetProperty("ConnectionStrings__redis").GetString());
+            Assert.DoesNotContain(env.EnumerateObject(), v => v.Name.StartsWith("REDIS_", StringComparison.Ordinal));
+        }
+    }
+
+    /// <summary>Runs the built AppHost as `dotnet run` would publish it, with <paramref name="args"/> as its configuration.</summary>
+    private static async Task<JsonDocument> PublishManifestAsync(params string[] args)
+    {
+        var output = Path.Combine(Path.GetTempPath(), "portazure-tests", $"manifest-{Guid.NewGuid():N}.json");
+        Directory.CreateDirectory(Path.GetDirectoryName(output)!);
+        var configuration = AppContext.BaseDirectory.Contains($"{Path.DirectorySeparatorChar}Release{Path.DirectorySeparatorChar}", StringComparison.Ordinal) ? "Release" : "Debug";
+        var appHost = Path.Combine(Repository.Root, "PortAzure.AppHost", "bin", configuration, "net10.0", "PortAzure.AppHost.dll");
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var arg in new[] { appHost, "--publisher", "manifest", "--output-path", output }.Concat(args))
+        {
+            start.ArgumentList.Add(arg);
+        }
+        using var process = Process.Start(start)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync(new CancellationTokenSource(TimeSpan.FromMinutes(2)).Token);
+        Assert.True(process.ExitCode == 0, await stdout + await stderr);
+        var manifest = JsonDocument.Parse(await File.ReadAllTextAsync(output));
+        File.Delete(output);
+        return manifest;
     }
 
     [Theory]
