@@ -23,8 +23,7 @@ public static class DispatcherExtensions
 
         services.AddOptions<DispatcherOptions>().BindConfiguration(DispatcherOptions.SectionName).ValidateOnStart();
         services.AddSingleton<IValidateOptions<DispatcherOptions>, DispatcherOptionsValidator>();
-        services.AddOptions<AzureDevOpsOptions>().BindConfiguration(AzureDevOpsOptions.SectionName).ValidateOnStart();
-        services.AddSingleton<IValidateOptions<AzureDevOpsOptions>, AzureDevOpsOptionsValidator>();
+        services.AddAzureDevOpsTargets();
         services.AddOptions<PortOptions>().BindConfiguration(PortOptions.SectionName).ValidateOnStart();
         services.AddSingleton<IValidateOptions<PortOptions>, DispatcherPortOptionsValidator>();
         services.AddOptions<AdminOptions>().BindConfiguration(AdminOptions.SectionName).ValidateOnStart();

@@ -27,8 +27,7 @@ public static class IngressExtensions
         builder.Services.AddSingleton<IValidateOptions<IngressOptions>, IngressOptionsValidator>();
         builder.Services.AddOptions<PortOptions>().BindConfiguration(PortOptions.SectionName).ValidateOnStart();
         builder.Services.AddSingleton<IValidateOptions<PortOptions>, IngressPortOptionsValidator>();
-        builder.Services.AddOptions<AzureDevOpsOptions>().BindConfiguration(AzureDevOpsOptions.SectionName).ValidateOnStart();
-        builder.Services.AddSingleton<IValidateOptions<AzureDevOpsOptions>, AzureDevOpsOptionsValidator>();
+        builder.Services.AddAzureDevOpsTargets();
         builder.Services.AddOptions<AdminOptions>().BindConfiguration(AdminOptions.SectionName).ValidateOnStart();
         builder.Services.AddSingleton<IValidateOptions<AdminOptions>, AdminOptionsValidator>();
 

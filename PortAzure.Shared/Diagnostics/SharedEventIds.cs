@@ -4,4 +4,5 @@ namespace PortAzure.Diagnostics;
 internal static class SharedEventIds
 {
     public const int RedisNotConnectedAtStart = 3001;
+    public const int OpenTargets = 3002;
 }
