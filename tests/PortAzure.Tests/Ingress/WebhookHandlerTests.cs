@@ -6,6 +6,8 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Time.Testing;
 using PortAzure.Redis;
 using PortAzure.Signing;
 using PortAzure.Tests.Infrastructure;
@@ -67,23 +69,37 @@ public class WebhookHandlerTests
     public async Task Post_SameRunRepeated_OneInformationLineCountsTheDuplicates()
     {
         // A captured signed call can be repeated within the timestamp tolerance: one Information line per call was a
-        // way to flood the log. Each call keeps its Debug line.
-        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        // way to flood the log. Each call keeps its Debug line. The clock stands still: one 10-s window.
+        await using var lease = await SharedRedis.LeaseAsync();
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = lease.ConnectionString,
+            ["Port:ClientSecret"] = TestRuns.Secret,
+        }, s => s.AddSingleton<TimeProvider>(clock));
         var body = TestRuns.Body(TestRuns.NewRunId());
-        using (var first = await relay.SendRunAsync(body))
+        using (var first = await TestRuns.SendAsync(ingress.Client, body))
         {
             Assert.Equal(HttpStatusCode.Accepted, first.StatusCode);
         }
 
         for (var i = 0; i < 3; i++)
         {
-            using var again = await relay.SendRunAsync(body);
+            using var again = await TestRuns.SendAsync(ingress.Client, body);
             Assert.Equal(HttpStatusCode.OK, again.StatusCode);
         }
+        clock.Advance(TimeSpan.FromSeconds(10));
+        using (var later = await TestRuns.SendAsync(ingress.Client, body))
+        {
+            Assert.Equal(HttpStatusCode.OK, later.StatusCode);
+        }
 
-        var information = Assert.Single(relay.Ingress.Logs.Lines, l => l.StartsWith("Information", StringComparison.Ordinal) && l.Contains("[1002]", StringComparison.Ordinal));
-        Assert.Contains("Calls=1", information, StringComparison.Ordinal);
-        Assert.Equal(3, relay.Ingress.Logs.Lines.Count(l => l.StartsWith("Debug", StringComparison.Ordinal) && l.Contains("[1006]", StringComparison.Ordinal)));
+        // The first duplicate's line, then the next window's, which counts the two held back and itself.
+        var information = ingress.Logs.Lines.Where(l => l.StartsWith("Information", StringComparison.Ordinal) && l.Contains("[1002]", StringComparison.Ordinal)).ToList();
+        Assert.Equal(2, information.Count);
+        Assert.Contains("Calls=1,", information[0], StringComparison.Ordinal);
+        Assert.Contains("Calls=3,", information[1], StringComparison.Ordinal);
+        Assert.Equal(4, ingress.Logs.Lines.Count(l => l.StartsWith("Debug", StringComparison.Ordinal) && l.Contains("[1006]", StringComparison.Ordinal)));
     }
 
     [Fact]
@@ -405,11 +421,13 @@ public class WebhookHandlerTests
     public async Task Post_RedisUnreachable_Answers503WithRetryAfterNever202()
     {
         using var closed = new ClosedPort();
+        // The clock stands still: each call waits up to a second for the connect, and four could span two windows.
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
         await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
         {
             ["ConnectionStrings:redis"] = $"127.0.0.1:{closed.Port},abortConnect=false,connectTimeout=300,asyncTimeout=1000,syncTimeout=1000",
             ["Port:ClientSecret"] = TestRuns.Secret,
-        });
+        }, s => s.AddSingleton<TimeProvider>(clock));
 
         using var response = await TestRuns.SendAsync(ingress.Client, TestRuns.Body(TestRuns.NewRunId()));
 
@@ -423,11 +441,13 @@ public class WebhookHandlerTests
     {
         // Every call fails the same way while Redis is away: an Error with its exception per call was a flood.
         using var closed = new ClosedPort();
+        // The clock stands still: each call waits up to a second for the connect, and four could span two windows.
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
         await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
         {
             ["ConnectionStrings:redis"] = $"127.0.0.1:{closed.Port},abortConnect=false,connectTimeout=300,asyncTimeout=1000,syncTimeout=1000",
             ["Port:ClientSecret"] = TestRuns.Secret,
-        });
+        }, s => s.AddSingleton<TimeProvider>(clock));
 
         for (var i = 0; i < 4; i++)
         {
@@ -545,11 +565,13 @@ public class HealthTests
     public async Task Health_RedisUnreachable_IsUnhealthyWhileAliveStaysHealthy()
     {
         using var closed = new ClosedPort();
+        // The clock stands still: each call waits up to a second for the connect, and four could span two windows.
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
         await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
         {
             ["ConnectionStrings:redis"] = $"127.0.0.1:{closed.Port},abortConnect=false,connectTimeout=300,asyncTimeout=1000,syncTimeout=1000",
             ["Port:ClientSecret"] = TestRuns.Secret,
-        });
+        }, s => s.AddSingleton<TimeProvider>(clock));
 
         using var health = await ingress.Client.GetAsync("/health");
         using var alive = await ingress.Client.GetAsync("/alive");
