@@ -162,8 +162,14 @@ public class DeliveryOutcomeTests
         await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
 
         var requests = await relay.EmulatorApi.RequestsAsync();
-        Assert.True(requests[1].ReceivedAt >= DateTimeOffset.Parse(at, System.Globalization.CultureInfo.InvariantCulture).AddSeconds(-1.1),
-            $"retried at {requests[1].ReceivedAt:o}, asked for {at}");
+        var asked = DateTimeOffset.Parse(at, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.True(requests[1].ReceivedAt >= asked.AddSeconds(-0.1), $"retried at {requests[1].ReceivedAt:o}, asked for {at}");
+        // Scheduled for the date itself: the wait is the date less the time the answer was read, counted from the
+        // attempt's start, so the schedule falls at most the POST's duration before it (one local call, no wall-clock
+        // bound on the machine). Half the wait, or the back-off's 1 s, is seconds off.
+        var view = await DeliveryAsync(relay, deliveryId);
+        var early = asked - view.GetProperty("nextAttemptAt").GetDateTimeOffset();
+        Assert.InRange(early.TotalMilliseconds, 0, 1000);
     }
 
     [Fact]
@@ -175,6 +181,9 @@ public class DeliveryOutcomeTests
         var deliveryId = await SendAsync(relay);
 
         await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+        var view = await DeliveryAsync(relay, deliveryId);
+        var scheduled = view.GetProperty("nextAttemptAt").GetDateTimeOffset() - view.GetProperty("attemptHistory")[0].GetProperty("at").GetDateTimeOffset();
+        Assert.InRange(scheduled.TotalMilliseconds, 0, 1000);
     }
 
     [Fact]
