@@ -35,6 +35,27 @@ public class PortReportingTests
         Assert.False(message.TryGetProperty("terminationStatus", out _));
     }
 
+    [Theory]
+    [InlineData("v1")]
+    [InlineData("v1/")]
+    public async Task Delivered_ApiBaseUrlEndingInV1_CallsTheApiAtItsRoot(string path)
+    {
+        // Port's docs write the base URL with /v1; the relay's calls carry /v1 themselves and must not double it.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientId"] = "relay-client";
+            c["Port:ApiBaseUrl"] = c["Port:ApiBaseUrl"]!.TrimEnd('/') + "/" + path;
+        });
+        var runId = TestRuns.NewRunId();
+
+        await SendAsync(relay, runId);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId), TimeSpan.FromSeconds(20), "a Port log line");
+
+        var calls = await relay.EmulatorApi.PortCallsAsync();
+        Assert.Contains(calls, c => c.Path == "/v1/auth/access_token" && c.StatusCode == 200);
+        Assert.Equal(201, Assert.Single(calls, c => c.RunId == runId && c.Path == $"/v1/actions/runs/{runId}/logs").StatusCode);
+    }
+
     [Fact]
     public async Task DeadLettered_Run_LogsTheHintAndTerminatesWithFailure()
     {
