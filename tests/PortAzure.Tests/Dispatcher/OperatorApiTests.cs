@@ -3,6 +3,7 @@ using System.Net.Http.Json;
 using System.Text.Json;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
 using static PortAzure.Tests.Dispatcher.DeliveryOutcomeTests;
 
 namespace PortAzure.Tests.Dispatcher;
@@ -30,6 +31,40 @@ public class OperatorApiTests
         var items = (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("items").EnumerateArray().ToList();
         Assert.Equal(new[] { first, second }.Order(StringComparer.Ordinal), items.Select(i => i.GetProperty("deliveryId").GetString()!));
         Assert.All(items, i => Assert.Equal(runId, i.GetProperty("runId").GetString()));
+    }
+
+    [Fact]
+    public async Task Stats_KnownBacklog_ReportsEachCountInItsOwnField()
+    {
+        // A Dispatcher that delivers nothing (no delivery worker), over a backlog of different sizes per field, so that
+        // a field read from the wrong key, or swapped with another, shows.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var db = relay.Db;
+        var oldest = DateTimeOffset.UtcNow.AddMinutes(-2).ToUnixTimeMilliseconds();
+        for (var i = 0; i < 3; i++)
+        {
+            await db.StreamAddAsync(RedisKeys.Stream, [new NameValueEntry("d", i)], $"{oldest + i}-0");
+        }
+        await db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0");
+        await db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "crashed-replica", ">", count: 1);
+        await db.SortedSetAddAsync(RedisKeys.RetrySchedule, [new SortedSetEntry("d_r1", 1), new SortedSetEntry("d_r2", 2)]);
+        await db.SortedSetAddAsync(RedisKeys.DeadLetters, Enumerable.Range(0, 4).Select(i => new SortedSetEntry($"d_x{i}", i)).ToArray());
+        await db.HashSetAsync(RedisKeys.PausedTargets, Enumerable.Range(0, 5).Select(i => new HashEntry($"org{i}/hook", i)).ToArray());
+        await relay.AddDispatcherAsync(services: s => s.Remove(s.Single(d => d.ImplementationType == typeof(PortAzure.Dispatcher.Delivery.DeliveryWorker))));
+
+        using var request = new HttpRequestMessage(HttpMethod.Get, "/api/stats");
+        request.Headers.Add("X-Api-Key", Relay.AdminKey);
+        using var response = await relay.Dispatcher.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var stats = await response.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(3, stats.GetProperty("streamLength").GetInt64());
+        Assert.Equal(1, stats.GetProperty("pending").GetInt64());
+        Assert.Equal(2, stats.GetProperty("scheduledRetries").GetInt64());
+        Assert.Equal(4, stats.GetProperty("deadLetters").GetInt64());
+        Assert.Equal(5, stats.GetProperty("pausedTargets").GetInt64());
+        // From the oldest entry's id (two minutes ago), in seconds; no upper wall-clock bound beyond a generous one.
+        Assert.InRange(stats.GetProperty("oldestAgeSeconds").GetDouble(), 119, 600);
     }
 
     [Theory]
