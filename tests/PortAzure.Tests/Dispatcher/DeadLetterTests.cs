@@ -278,6 +278,32 @@ public class DeadLetterTests
         Assert.Equal(oldest.Order(), (await relay.Db.SortedSetRangeByRankAsync(RedisKeys.DeadLetters)).Select(v => (string)v!).Order());
     }
 
+    [Theory]
+    [InlineData("no body")]
+    [InlineData("damaged")]
+    public async Task Replay_DeadLetterThatCannotBeReplayed_Is409AndStaysADeadLetter(string damage)
+    {
+        await using var relay = await Relay.StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 400 } } });
+        var id = (await SendDeadLettersAsync(relay, 1)).Single();
+        if (damage == "no body")
+        {
+            await relay.Db.HashDeleteAsync(RedisKeys.Delivery(id), DeliveryRecord.Body);
+        }
+        else
+        {
+            await relay.Db.StringSetAsync(RedisKeys.Delivery(id), "not a hash");
+        }
+
+        using var replay = relay.Operator(HttpMethod.Post, $"/api/deadletters/{id}/replay");
+        using var response = await relay.Ingress.Client.SendAsync(replay);
+
+        Assert.Equal(HttpStatusCode.Conflict, response.StatusCode);
+        Assert.Equal("deadletter_not_replayable", await ProblemResponses.ReasonAsync(response));
+        Assert.NotNull(await relay.Db.SortedSetScoreAsync(RedisKeys.DeadLetters, id));
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+    }
+
     [Fact]
     public async Task ReplayAll_RunsThatFailAgainAtOnce_AreReplayedOnceEachByOneCall()
     {
