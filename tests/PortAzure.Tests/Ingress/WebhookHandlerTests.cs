@@ -66,6 +66,28 @@ public class WebhookHandlerTests
     }
 
     [Fact]
+    public async Task Post_IdempotencyWindowSet_KeyLivesThatLongAndTheRunIsNewOnceItIsGone()
+    {
+        await using var relay = await Relay.StartAsync(c => c["Ingress:IdempotencyWindowHours"] = "2", dispatchers: 0);
+        var runId = TestRuns.NewRunId();
+        var body = TestRuns.Body(runId);
+        using var first = await relay.SendRunAsync(body);
+        Assert.Equal(HttpStatusCode.Accepted, first.StatusCode);
+        var firstId = (await first.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deliveryId").GetString();
+
+        var key = RedisKeys.Idempotency(TestRuns.Org, TestRuns.Webhook, runId);
+        Assert.InRange((await relay.Db.KeyTimeToLiveAsync(key))!.Value.TotalSeconds, 2 * 3600 - 60, 2 * 3600);
+
+        // The window over (the key expired): the same run id, signed anew as Port would, is a new run.
+        await relay.Db.KeyDeleteAsync(key);
+        using var later = TestRuns.Signed(body, at: DateTimeOffset.UtcNow.AddSeconds(-2));
+        using var again = await relay.Ingress.Client.SendAsync(later);
+        Assert.Equal(HttpStatusCode.Accepted, again.StatusCode);
+        Assert.NotEqual(firstId, (await again.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deliveryId").GetString());
+        Assert.Equal(2, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
     public async Task Post_SameRunRepeated_OneInformationLineCountsTheDuplicates()
     {
         // A captured signed call can be repeated within the timestamp tolerance: one Information line per call was a
