@@ -99,16 +99,29 @@ public class CrashRecoveryTests(ITestOutputHelper output)
             c["Dispatcher:ClaimIntervalSeconds"] = "60";
             c["Dispatcher:PollIntervalSeconds"] = "0.2";
         }, dispatchers: 0);
-        // The first entry is idle long enough (4 s) for the Dispatcher's first claim; the second is not yet.
+        // The first entry is idle long enough (4 s) for the Dispatcher's first claim; the second is kept from being so
+        // until that claim is over (its idle time reset every 0.2 s, its owner kept), however long the start takes.
         await QueueOneReadByAsync(relay, "dead-consumer-1");
         await Task.Delay(TimeSpan.FromSeconds(4.5));
-        await QueueOneReadByAsync(relay, "dead-consumer-2");
+        var second = await QueueOneReadByAsync(relay, "dead-consumer-2");
+        using var touching = new CancellationTokenSource();
+        var toucher = Task.Run(async () =>
+        {
+            while (!touching.IsCancellationRequested)
+            {
+                await relay.Db.StreamClaimIdsOnlyAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dead-consumer-2", 0, [second.Id]);
+                await Task.Delay(200);
+            }
+        });
         var clock = new SteppedClock();
         await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
         // Delivered and recorded (acknowledged in the same step): the POST alone comes before the acknowledgement.
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1
                 && (await relay.Db.StreamPendingMessagesAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, 10, RedisValue.Null)).Length == 1,
             TimeSpan.FromSeconds(20), "the first claim delivers the first entry");
+        // The next claim is due 60 s on, on the fake clock, which does not move by itself.
+        await touching.CancelAsync();
+        await toucher;
         var left = Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, 10, RedisValue.Null));
         Assert.True(left.ConsumerName == "dead-consumer-2", $"left with {left.ConsumerName}: the first claim came too late for this test");
 
