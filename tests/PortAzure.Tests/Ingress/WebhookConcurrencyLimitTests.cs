@@ -121,8 +121,14 @@ public class WebhookConcurrencyLimitTests
     {
         await using var setup = await Setup.StartAsync(maxConcurrentCalls: 0);
 
-        await setup.PauseWritesAsync(1000);
-        var responses = await Task.WhenAll(Enumerable.Range(0, 5).Select(_ => setup.SendAsync()));
+        // Held until released by hand: a timed pause could run out before the calls arrive on a loaded machine, and
+        // then they would never overlap. A cap of zero read as "no permits" (or as one) refuses them while held.
+        await setup.PauseWritesAsync(30_000);
+        var sending = Enumerable.Range(0, 5).Select(_ => setup.SendAsync()).ToList();
+        await Task.Delay(1000);
+        Assert.DoesNotContain(sending, t => t.IsCompleted);
+        await setup.UnpauseAsync();
+        var responses = await Task.WhenAll(sending);
 
         Assert.All(responses, r => Assert.Equal(HttpStatusCode.Accepted, r.StatusCode));
         Assert.Equal(5, await setup.Db.StreamLengthAsync(RedisKeys.Stream));
