@@ -12,9 +12,10 @@ public class DispatcherUnavailableTests
     [InlineData("POST", "/api/deadletters/replay")]
     public async Task Call_DispatcherStopped_Answers503DispatcherUnavailableWithRetryAfter(string method, string path)
     {
-        // Nothing reached the Dispatcher: even a batch replay is safe to send again.
-        await using var relay = await Relay.StartAsync();
-        await relay.StopDispatcherAsync(relay.Dispatcher);
+        // Nothing reached the Dispatcher: even a batch replay is safe to send again. Its address refuses connections for
+        // the whole test (a stopped Dispatcher's freed port could be taken by another test's server meanwhile).
+        using var closed = new ClosedPort();
+        await using var relay = await Relay.StartAsync(c => c["services:dispatcher:http:0"] = $"http://127.0.0.1:{closed.Port}", dispatchers: 0);
 
         using var request = relay.Operator(new HttpMethod(method), path);
         using var response = await relay.Ingress.Client.SendAsync(request);
@@ -33,16 +34,27 @@ public class DispatcherUnavailableTests
     public async Task Call_DispatcherTookTheCallButItsAnswerWasLost_BatchReplayIsNotToldToRetry(string method, string path,
         HttpStatusCode status, string reason, bool retryAfter)
     {
-        // A Dispatcher that reads the call and drops the connection (killed mid-call): a batch replay may have run.
+        // A Dispatcher that reads the call and drops the connection (killed mid-call): a batch replay may have run. Every
+        // connection is dropped so, a call sent again included, until the test ends; its port stays bound meanwhile.
         using var listener = new TcpListener(IPAddress.Loopback, 0);
         listener.Start();
-        var dropped = Task.Run(async () =>
+        using var stop = new CancellationTokenSource();
+        var connections = 0;
+        var dropping = Task.Run(async () =>
         {
-            using var socket = await listener.AcceptSocketAsync();
-            // One connection only: the client may send a GET again on a new one, which must then be refused, not hang.
-            listener.Stop();
-            await socket.ReceiveAsync(new byte[16 * 1024]);
-            socket.Close();
+            try
+            {
+                while (true)
+                {
+                    using var socket = await listener.AcceptSocketAsync(stop.Token);
+                    Interlocked.Increment(ref connections);
+                    await socket.ReceiveAsync(new byte[16 * 1024], SocketFlags.None, stop.Token);
+                    socket.Close();
+                }
+            }
+            catch (OperationCanceledException)
+            {
+            }
         });
         using var closed = new ClosedPort();
         await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
@@ -56,7 +68,9 @@ public class DispatcherUnavailableTests
         using var request = new HttpRequestMessage(new HttpMethod(method), path);
         request.Headers.TryAddWithoutValidation("X-Api-Key", Relay.AdminKey);
         using var response = await ingress.Client.SendAsync(request);
-        await dropped;
+        await stop.CancelAsync();
+        await dropping;
+        Assert.True(connections > 0, "the call reached the Dispatcher's address");
 
         Assert.Equal(status, response.StatusCode);
         Assert.Equal(reason, await ProblemResponses.ReasonAsync(response));
