@@ -114,6 +114,7 @@ public class DeliveryOutcomeTests
         Assert.Equal("retries_exhausted", view.GetProperty("reason").GetString());
         Assert.Equal(3, view.GetProperty("attempts").GetInt32());
         Assert.Contains("could not be reached", view.GetProperty("hint").GetString(), StringComparison.Ordinal);
+        Assert.Equal(3, view.GetProperty("attemptHistory").GetArrayLength());
         Assert.All(view.GetProperty("attemptHistory").EnumerateArray(), a => Assert.Equal("connection", a.GetProperty("error").GetString()));
     }
 
