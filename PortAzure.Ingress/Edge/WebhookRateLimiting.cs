@@ -69,7 +69,7 @@ internal static partial class WebhookRateLimiting
     /// header itself, or any client could pick its own bucket. IPv6 clients are grouped by /64: one host
     /// usually holds a whole /64.
     /// </summary>
-    private static string ClientKey(HttpContext context)
+    internal static string ClientKey(HttpContext context)
     {
         var address = context.Connection.RemoteIpAddress;
         if (address is null)

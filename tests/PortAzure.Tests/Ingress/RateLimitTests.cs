@@ -13,6 +13,21 @@ public class RateLimitTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(10);
 
+    [Theory]
+    [InlineData("2001:db8:1:2::1", "2001:db8:1:2::")]
+    [InlineData("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::")]
+    [InlineData("2001:db8:1:3::1", "2001:db8:1:3::")]
+    [InlineData("::ffff:10.1.2.3", "10.1.2.3")]
+    [InlineData("10.1.2.3", "10.1.2.3")]
+    public void ClientKey_Address_IsTheBucketsKey(string address, string key)
+    {
+        // One IPv6 host usually holds a whole /64: keyed by address, it could take a bucket per request.
+        var context = new Microsoft.AspNetCore.Http.DefaultHttpContext();
+        context.Connection.RemoteIpAddress = IPAddress.Parse(address);
+
+        Assert.Equal(key, PortAzure.Ingress.Edge.WebhookRateLimiting.ClientKey(context));
+    }
+
     private static Action<Dictionary<string, string?>> Limits(int perClient, int burst, int global = 1000, int globalBurst = 1000) => c =>
     {
         c["Ingress:RateLimit:PermitsPerSecondPerClient"] = perClient.ToString(CultureInfo.InvariantCulture);
