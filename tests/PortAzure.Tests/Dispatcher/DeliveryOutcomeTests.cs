@@ -153,6 +153,26 @@ public class DeliveryOutcomeTests
     }
 
     [Fact]
+    public async Task RetryWaiting_OneDeliverySlot_OtherRunsAreDeliveredMeanwhile()
+    {
+        // A retry waits in the schedule, not in a slot: with one slot, a run behind it is not held for its Retry-After.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:MaxConcurrency"] = "1";
+            c["Dispatcher:Retry:MaxDelaySeconds"] = "300";
+        });
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503, retryAfter = "300" } } });
+        var waiting = await SendAsync(relay);
+        await WaitForStateAsync(relay, waiting, DeliveryStates.Retrying);
+
+        var next = await SendAsync(relay);
+        await WaitForStateAsync(relay, next, DeliveryStates.Delivered);
+
+        Assert.Equal(DeliveryStates.Retrying, (await DeliveryAsync(relay, waiting)).GetProperty("state").GetString());
+        Assert.Equal(2, (await relay.EmulatorApi.RequestsAsync()).Count);
+    }
+
+    [Fact]
     public async Task RetryAfter_HttpDate_IsHonoured()
     {
         await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxDelaySeconds"] = "10");
