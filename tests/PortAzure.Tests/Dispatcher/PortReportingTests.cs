@@ -698,6 +698,34 @@ public class PortReportingTests
         Assert.Single(await relay.Db.StreamClaimAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, consumer, 0, [(await PendingReportAsync(relay)).MessageId]));
 
     [Fact]
+    public async Task ReportStreamFull_AReportKeepsItNearItsCap()
+    {
+        // While Port is unreachable reports pile up; the stream keeps about the newest RedisKeys.PortReportsMaxLength
+        // (trimmed in whole nodes, so a little over), not every one since the outage began. No reporter runs here: only
+        // the delivery's own step writes to the stream.
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        const int over = 1_000;
+        for (var start = 0; start < RedisKeys.PortReportsMaxLength + over; start += 5_000)
+        {
+            var batch = relay.Db.CreateBatch();
+            var adds = Enumerable.Range(start, 5_000).Select(i => batch.StreamAddAsync(RedisKeys.PortReports, "filler", i)).ToList();
+            batch.Execute();
+            await Task.WhenAll(adds);
+        }
+        await relay.AddDispatcherAsync(services: s => s.Remove(s.Single(d => d.ImplementationType == typeof(PortAzure.Dispatcher.PortReporting.PortReportingService))));
+
+        var deliveryId = await SendAsync(relay);
+        // Read from Redis: the Ingress knows no Dispatcher address for the operator API in this set-up.
+        await Eventually.HoldsAsync(async () => await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.Delivered,
+            TimeSpan.FromSeconds(30), "the run is delivered");
+
+        var length = await relay.Db.StreamLengthAsync(RedisKeys.PortReports);
+        Assert.InRange(length, RedisKeys.PortReportsMaxLength, RedisKeys.PortReportsMaxLength + over / 2);
+        var newest = Assert.Single(await relay.Db.StreamRangeAsync(RedisKeys.PortReports, "-", "+", 1, Order.Descending));
+        Assert.DoesNotContain(newest.Values, v => v.Name == "filler");
+    }
+
+    [Fact]
     public async Task RunWithoutRunId_IsNotReported()
     {
         await using var relay = await StartAsync();
