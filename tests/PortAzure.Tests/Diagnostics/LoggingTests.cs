@@ -36,6 +36,41 @@ public class LoggingTests
         }
     }
 
+    [Fact]
+    public async Task RedisUnreachable_ItsPasswordIsInNoLogLine()
+    {
+        // Every Redis failure is logged with its exception (and the health check's): none may carry the connection
+        // string's password, whose key names no secret for the test hosts' own check to look for.
+        const string password = "redis-pw-not-for-logs-7731";
+        using var closed = new ClosedPort();
+        var config = new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = $"127.0.0.1:{closed.Port},password={password},abortConnect=false,connectTimeout=300,asyncTimeout=500",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Dispatcher:PollIntervalSeconds"] = "0.2",
+        };
+        await using var ingress = await TestHost.StartIngressAsync(config);
+        await using var dispatcher = await TestHost.StartDispatcherAsync(config);
+
+        using (var refused = await TestRuns.SendAsync(ingress.Client, TestRuns.Body(TestRuns.NewRunId())))
+        {
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
+        }
+        foreach (var host in new[] { ingress, dispatcher })
+        {
+            using var health = await host.Client.GetAsync("/health");
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, health.StatusCode);
+        }
+        await Eventually.HoldsAsync(() => Task.FromResult(dispatcher.Logs.Lines.Any(l => l.StartsWith("Warning", StringComparison.Ordinal) && l.Contains("[2103]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(20), "the delivery loop logs the Redis failure");
+
+        foreach (var host in new[] { ingress, dispatcher })
+        {
+            Assert.Contains(host.Logs.Lines, l => l.Contains("RedisConnectionException", StringComparison.Ordinal) || l.Contains("RedisTimeoutException", StringComparison.Ordinal));
+            host.Logs.AssertNoneContain([password]);
+        }
+    }
+
     // The test hosts turn the relay's Debug lines on; what a deployment runs with is the projects' appsettings.json.
     [Theory]
     [InlineData("PortAzure.Ingress")]
