@@ -21,10 +21,11 @@ public class RedisRestartTests(ITestOutputHelper output)
             c["Dispatcher:RequestTimeoutSeconds"] = "5";
             c["Dispatcher:ClaimMarginSeconds"] = "1";
             c["Dispatcher:ClaimIntervalSeconds"] = "0.5";
-            // A finish that fails for good leaves its entry pending until the attempt's lease ends (timeout + finish
-            // window + margin: 20.5 s here, 65.5 s by default), and then it is posted again: inside the wait for a quiet
-            // relay below, so that the "none twice" check sees it.
-            c["Dispatcher:FinishRetrySeconds"] = "15";
+            // Longer than the outage below can last (5 s, up to 30 s more until a call is refused, the restart), so that
+            // a run posted twice is a defect, not the documented outage past the finish window. A finish that fails for
+            // good leaves its entry pending until the lease ends (5 + 45 + 0.5 s) and is then posted again: inside the
+            // wait for a quiet relay below, so the "none twice" check sees it.
+            c["Dispatcher:FinishRetrySeconds"] = "45";
         }, redisConnection: redis.ConnectionString);
         await relay.EmulatorApi.ScriptAsync(new { delayMs = 10 });
         // Warm up first, so that every sender is under way before Redis goes.
@@ -115,7 +116,7 @@ public class RedisRestartTests(ITestOutputHelper output)
         // or may not be queued" can be delivered too; each at most once as well.)
         await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0
             && (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount == 0
-            && await relay.Db.SortedSetLengthAsync(RedisKeys.RetrySchedule) == 0, TimeSpan.FromSeconds(60), "nothing is left queued, pending or scheduled");
+            && await relay.Db.SortedSetLengthAsync(RedisKeys.RetrySchedule) == 0, TimeSpan.FromSeconds(90), "nothing is left queued, pending or scheduled");
         var twice = (await relay.EmulatorApi.RequestsAsync()).GroupBy(r => r.Header("X-Port-Run-Id")).Where(g => g.Count() > 1).Select(g => g.Key).ToList();
         Assert.True(twice.Count == 0, $"{twice.Count} runs delivered more than once, e.g. {string.Join(", ", twice.Take(5))}");
     }
