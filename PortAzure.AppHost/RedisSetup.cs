@@ -127,19 +127,21 @@ internal static class RedisSetup
     private static RedisMode ResolveMode(IDistributedApplicationBuilder builder)
     {
         var configured = builder.Configuration[ModeKey];
+        var mode = RedisMode.Auto;
+        if (!string.IsNullOrEmpty(configured) && (!Enum.TryParse(configured, ignoreCase: true, out mode) || !Enum.IsDefined(mode) || char.IsAsciiDigit(configured[0])))
+        {
+            // In both modes: a typo would otherwise publish the container where a managed Redis was meant.
+            throw new InvalidOperationException($"{ModeKey} must be auto, container, executable or connectionstring, not '{configured}'.");
+        }
         if (builder.ExecutionContext.IsPublishMode)
         {
             // Only an explicit connectionstring leaves the container out (for a managed Redis): auto, or a local
             // executable or ConnectionStrings:redis on the publishing machine, says nothing about the deployment.
-            return string.Equals(configured, nameof(RedisMode.ConnectionString), StringComparison.OrdinalIgnoreCase)
-                ? RedisMode.ConnectionString
-                : RedisMode.Container;
+            return mode == RedisMode.ConnectionString ? RedisMode.ConnectionString : RedisMode.Container;
         }
-        if (!string.IsNullOrEmpty(configured) && !configured.Equals("auto", StringComparison.OrdinalIgnoreCase))
+        if (mode != RedisMode.Auto)
         {
-            return Enum.TryParse<RedisMode>(configured, ignoreCase: true, out var mode)
-                ? mode
-                : throw new InvalidOperationException($"{ModeKey} must be auto, container, executable or connectionstring, not '{configured}'.");
+            return mode;
         }
         if (!string.IsNullOrEmpty(builder.Configuration.GetConnectionString(ResourceNames.Redis)))
         {

@@ -172,7 +172,7 @@ public class AppHostTests
     {
         // For a managed Redis: the deployment fills the connection string; no container, and no REDIS_HOST/REDIS_PASSWORD
         // pointing at one.
-        using var manifest = await PublishManifestAsync("--Redis:Mode=connectionstring");
+        using var manifest = await PublishManifestAsync("--Redis:Mode=connectionstring", "--ConnectionStrings:redis=localhost:6390,password=local-only");
         var resources = manifest.RootElement.GetProperty("resources");
 
         var redis = resources.GetProperty(ResourceNames.Redis);
@@ -186,6 +186,17 @@ public class AppHostTests
             Assert.Equal("{redis.connectionString}", env.GetProperty("ConnectionStrings__redis").GetString());
             Assert.DoesNotContain(env.EnumerateObject(), v => v.Name.StartsWith("REDIS_", StringComparison.Ordinal));
         }
+        // The publishing machine's own Redis is not the deployment's.
+        Assert.DoesNotContain("localhost", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
+        Assert.DoesNotContain("local-only", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Manifest_PublishedWithAnUnknownRedisMode_StopsNamingTheSetting()
+    {
+        // A typo must not publish the container where a managed Redis was meant.
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => PublishManifestAsync("--Redis:Mode=connection-string"));
+        Assert.Contains("Redis:Mode", error.Message, StringComparison.Ordinal);
     }
 
     /// <summary>Runs the built AppHost as `dotnet run` would publish it, with <paramref name="args"/> as its configuration.</summary>
