@@ -408,7 +408,7 @@ internal sealed partial class WebhookHandler(
         public static partial void Accepted(ILogger logger, string deliveryId, string? runId, string org, string webhook);
 
         [LoggerMessage(EventIds.Duplicate, LogLevel.Information,
-            "Run {RunId} for {Org}/{Webhook} was already accepted as delivery {DeliveryId} ({Calls} duplicate calls since the last such line; at most one every 10 s)")]
+            "Duplicate call: run {RunId} for {Org}/{Webhook} was already accepted as delivery {DeliveryId}; {Calls} duplicate calls, for any run, since the last such line (at most one every 10 s; each call at Debug, event 1006)")]
         public static partial void Duplicate(ILogger logger, string deliveryId, string? runId, string org, string webhook, long calls);
 
         [LoggerMessage(EventIds.DuplicateAgain, LogLevel.Debug, "Run {RunId} for {Org}/{Webhook} was already accepted as delivery {DeliveryId}")]

@@ -114,14 +114,20 @@ public class CrashRecoveryTests(ITestOutputHelper output)
             }
         });
         var clock = new SteppedClock();
-        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
-        // Delivered and recorded (acknowledged in the same step): the POST alone comes before the acknowledgement.
-        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1
-                && (await relay.Db.StreamPendingMessagesAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, 10, RedisValue.Null)).Length == 1,
-            TimeSpan.FromSeconds(20), "the first claim delivers the first entry");
-        // The next claim is due 60 s on, on the fake clock, which does not move by itself.
-        await touching.CancelAsync();
-        await toucher;
+        try
+        {
+            await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
+            // Delivered and recorded (acknowledged in the same step): the POST alone comes before the acknowledgement.
+            await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1
+                    && (await relay.Db.StreamPendingMessagesAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, 10, RedisValue.Null)).Length == 1,
+                TimeSpan.FromSeconds(20), "the first claim delivers the first entry");
+        }
+        finally
+        {
+            // The next claim is due 60 s on, on the fake clock, which does not move by itself.
+            await touching.CancelAsync();
+            await toucher;
+        }
         var left = Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, 10, RedisValue.Null));
         Assert.True(left.ConsumerName == "dead-consumer-2", $"left with {left.ConsumerName}: the first claim came too late for this test");
 

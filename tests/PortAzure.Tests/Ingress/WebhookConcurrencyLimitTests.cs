@@ -1,6 +1,7 @@
 using System.Net;
 using System.Text.Json;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.Metrics.Testing;
 using PortAzure.Ingress.Edge;
 using PortAzure.Ingress.Webhooks;
 using PortAzure.Redis;
@@ -123,9 +124,12 @@ public class WebhookConcurrencyLimitTests
 
         // Held until released by hand: a timed pause could run out before the calls arrive on a loaded machine, and
         // then they would never overlap. A cap of zero read as "no permits" (or as one) refuses them while held.
+        var meters = setup.Ingress.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
+        using var active = new MetricCollector<long>(meters, "Microsoft.AspNetCore.Hosting", "http.server.active_requests");
         await setup.PauseWritesAsync(30_000);
         var sending = Enumerable.Range(0, 5).Select(_ => setup.SendAsync()).ToList();
-        await Task.Delay(1000);
+        await Eventually.HoldsAsync(() => Task.FromResult(active.GetMeasurementSnapshot().Sum(m => m.Value) == 5), TimeSpan.FromSeconds(20),
+            "the five calls are in progress at once");
         Assert.DoesNotContain(sending, t => t.IsCompleted);
         await setup.UnpauseAsync();
         var responses = await Task.WhenAll(sending);
