@@ -65,6 +65,19 @@ internal sealed partial class PortApi(
         LogCall(logger, sequence, request.Method, request.Path.Value ?? "", answer.Status, answer.ErrorCode ?? "none");
         LogBody(logger, sequence, bodyText);
 
+        // Recorded first, so that a test sees the call arrive while its answer is held.
+        if (failures.Delay(runId) is { Ticks: > 0 } delay)
+        {
+            try
+            {
+                await Task.Delay(delay, time, context.RequestAborted);
+            }
+            catch (OperationCanceledException)
+            {
+                return Results.Empty;
+            }
+        }
+
         if (answer.RetryAfterSeconds is { } retryAfter)
         {
             context.Response.Headers.RetryAfter = retryAfter.ToString(System.Globalization.CultureInfo.InvariantCulture);

@@ -2,10 +2,12 @@ namespace PortAzure.AzureDevOpsEmulator.Port;
 
 /// <summary>The body of <c>POST /_emulator/port/behavior</c>; absent fields leave the setting as it is.</summary>
 /// <param name="FailRun">A run id prefix: the calls for runs whose id starts with it fail with <paramref name="Status"/> ("" for none), the others go through.</param>
-internal sealed record PortBehaviorRequest(bool? Down = null, int? FailNext = null, int? Status = null, int? RetryAfterSeconds = null, string? FailRun = null);
+/// <param name="DelayMs">How long the calls about a run (not the token call) are held, once recorded, before their answer; 0 for none.</param>
+internal sealed record PortBehaviorRequest(bool? Down = null, int? FailNext = null, int? Status = null, int? RetryAfterSeconds = null, string? FailRun = null,
+    int? DelayMs = null);
 
 /// <summary>What <c>GET /_emulator/port/behavior</c> shows.</summary>
-internal sealed record PortBehaviorState(bool Down, int FailNext, int Status, int? RetryAfterSeconds, string? FailRun);
+internal sealed record PortBehaviorState(bool Down, int FailNext, int Status, int? RetryAfterSeconds, string? FailRun, int DelayMs);
 
 /// <summary>Failure injection for the Port API: down (every call 503) or the next N calls failing.</summary>
 internal sealed class PortFailures
@@ -16,6 +18,7 @@ internal sealed class PortFailures
     private int _status = StatusCodes.Status500InternalServerError;
     private int? _retryAfterSeconds;
     private string? _failRun;
+    private int _delayMs;
 
     public PortBehaviorState Apply(PortBehaviorRequest request)
     {
@@ -32,17 +35,27 @@ internal sealed class PortFailures
             {
                 _failRun = failRun.Length > 0 ? failRun : null;
             }
-            return new(_down, _failNext, _status, _retryAfterSeconds, _failRun);
+            _delayMs = request.DelayMs is { } delayMs ? Math.Max(0, delayMs) : _delayMs;
+            return new(_down, _failNext, _status, _retryAfterSeconds, _failRun, _delayMs);
         }
     }
 
-    public PortBehaviorState Reset() => Apply(new(Down: false, FailNext: 0, FailRun: ""));
+    public PortBehaviorState Reset() => Apply(new(Down: false, FailNext: 0, FailRun: "", DelayMs: 0));
 
     public PortBehaviorState Current()
     {
         lock (_gate)
         {
-            return new(_down, _failNext, _status, _retryAfterSeconds, _failRun);
+            return new(_down, _failNext, _status, _retryAfterSeconds, _failRun, _delayMs);
+        }
+    }
+
+    /// <summary>How long to hold a call about a run before answering it (a slow Port).</summary>
+    public TimeSpan Delay(string? runId)
+    {
+        lock (_gate)
+        {
+            return runId is null ? TimeSpan.Zero : TimeSpan.FromMilliseconds(_delayMs);
         }
     }
 

@@ -191,6 +191,38 @@ public class PortReportingTests
     }
 
     [Fact]
+    public async Task PortCallHangsAtTheStop_TheStopCutsItShortAndHandsTheReportBack()
+    {
+        // A call to Port under way at the stop gets 3 s, not the 30 s Port takes here to answer: the Dispatcher stops in
+        // time for the platform's grace period, and the report it cut short goes back to the stream for any reporter.
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client");
+        await relay.EmulatorApi.PortBehaviorAsync(new { delayMs = 30_000 });
+        var runId = TestRuns.NewRunId();
+        await SendAsync(relay, runId);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId), TimeSpan.FromSeconds(20),
+            "the report's call reaches Port and waits for its answer");
+
+        var stopped = relay.Dispatcher;
+        var stopping = System.Diagnostics.Stopwatch.StartNew();
+        await relay.StopDispatcherAsync(stopped);
+        stopping.Stop();
+
+        // The 3-s grace plus the host's own stop, with room for a loaded machine; under the Port client's 15-s timeout,
+        // which would end the call without the grace.
+        Assert.True(stopping.Elapsed < TimeSpan.FromSeconds(12), $"the stop took {stopping.Elapsed.TotalSeconds:F1} s");
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
+        Assert.Equal(0, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
+        Assert.Contains(stopped.Logs.Lines, l => l.Contains("[2208]", StringComparison.Ordinal));
+
+        // The next Dispatcher sends it at once: Port's log shows it twice, as documented for a call cut short.
+        await relay.EmulatorApi.PortBehaviorAsync(new { delayMs = 0 });
+        await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 0, TimeSpan.FromSeconds(20),
+            "the handed-back report is sent and leaves Redis");
+        Assert.Equal(2, (await relay.EmulatorApi.PortCallsAsync()).Count(c => c.RunId == runId));
+    }
+
+    [Fact]
     public async Task ReportOfACrashedReporter_IsTakenOverAfterTheReclaimTime_AndSentOnce()
     {
         await using var relay = await Relay.StartAsync(c =>
