@@ -128,10 +128,13 @@ internal static class RedisSetup
     {
         var configured = builder.Configuration[ModeKey];
         var mode = RedisMode.Auto;
-        if (!string.IsNullOrEmpty(configured) && (!Enum.TryParse(configured, ignoreCase: true, out mode) || !Enum.IsDefined(mode) || char.IsAsciiDigit(configured[0])))
+        if (!string.IsNullOrEmpty(configured))
         {
-            // In both modes: a typo would otherwise publish the container where a managed Redis was meant.
-            throw new InvalidOperationException($"{ModeKey} must be auto, container, executable or connectionstring, not '{configured}'.");
+            // A name only (Enum.TryParse would take numbers and comma lists), checked in both modes: a typo would
+            // otherwise publish the container where a managed Redis was meant.
+            mode = Enum.GetNames<RedisMode>().FirstOrDefault(n => n.Equals(configured, StringComparison.OrdinalIgnoreCase)) is { } name
+                ? Enum.Parse<RedisMode>(name)
+                : throw new InvalidOperationException($"{ModeKey} must be auto, container, executable or connectionstring, not '{configured}'.");
         }
         if (builder.ExecutionContext.IsPublishMode)
         {

@@ -2,7 +2,8 @@ namespace PortAzure.AzureDevOpsEmulator.Port;
 
 /// <summary>The body of <c>POST /_emulator/port/behavior</c>; absent fields leave the setting as it is.</summary>
 /// <param name="FailRun">A run id prefix: the calls for runs whose id starts with it fail with <paramref name="Status"/> ("" for none), the others go through.</param>
-/// <param name="DelayMs">How long the calls about a run (not the token call) are held, once recorded, before their answer; 0 for none.</param>
+/// <param name="DelayMs">How long the calls about a run (not the token call) are held before their answer, 0 for none. The call is
+/// recorded, and applied, with the answer it would have had before the hold: one cut short by the client still shows.</param>
 internal sealed record PortBehaviorRequest(bool? Down = null, int? FailNext = null, int? Status = null, int? RetryAfterSeconds = null, string? FailRun = null,
     int? DelayMs = null);
 

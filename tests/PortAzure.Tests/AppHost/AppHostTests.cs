@@ -191,11 +191,15 @@ public class AppHostTests
         Assert.DoesNotContain("local-only", manifest.RootElement.GetRawText(), StringComparison.Ordinal);
     }
 
-    [Fact]
-    public async Task Manifest_PublishedWithAnUnknownRedisMode_StopsNamingTheSetting()
+    [Theory]
+    [InlineData("connection-string")]
+    [InlineData("container,executable")]
+    [InlineData("3")]
+    public async Task Manifest_PublishedWithAnUnknownRedisMode_StopsNamingTheSetting(string mode)
     {
-        // A typo must not publish the container where a managed Redis was meant.
-        var error = await Assert.ThrowsAnyAsync<Exception>(() => PublishManifestAsync("--Redis:Mode=connection-string"));
+        // A typo must not publish the container where a managed Redis was meant; nor may a number or a list of names
+        // (which the enum parser would take: "container,executable" is ConnectionString's value) pick a mode.
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => PublishManifestAsync($"--Redis:Mode={mode}"));
         Assert.Contains("Redis:Mode", error.Message, StringComparison.Ordinal);
     }
 

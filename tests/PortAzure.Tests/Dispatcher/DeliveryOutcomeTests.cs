@@ -176,7 +176,7 @@ public class DeliveryOutcomeTests
     public async Task RetryAfter_HttpDate_IsHonoured()
     {
         await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxDelaySeconds"] = "10");
-        var at = DateTimeOffset.UtcNow.AddSeconds(3).ToString("R", System.Globalization.CultureInfo.InvariantCulture);
+        var at = DateTimeOffset.UtcNow.AddSeconds(5).ToString("R", System.Globalization.CultureInfo.InvariantCulture);
         await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 429, retryAfter = at } } });
 
         var deliveryId = await SendAsync(relay);
@@ -190,7 +190,11 @@ public class DeliveryOutcomeTests
         // second however loaded the machine). Half the wait, or the back-off's 0.1 s, falls a second or more before it.
         var view = await DeliveryAsync(relay, deliveryId);
         var late = view.GetProperty("nextAttemptAt").GetDateTimeOffset() - asked;
-        Assert.InRange(late.TotalMilliseconds, 0, 999);
+        if (view.GetProperty("attemptHistory")[0].GetProperty("at").GetDateTimeOffset() < asked)
+        {
+            // Unless the answer came after the date itself (a stalled machine): the wait is then none, due at once.
+            Assert.InRange(late.TotalMilliseconds, 0, 999);
+        }
     }
 
     [Fact]
