@@ -100,6 +100,11 @@ public class DeliveryEntryBenchmarks
     [Benchmark]
     public NameValueEntry[] ToStreamFields() => _entry.ToStreamFields();
 
+    /// <summary>Everything the Ingress encodes for the enqueue script per run: the fields and the script's own arguments.</summary>
+    [Benchmark]
+    public RedisValue[] ToScriptArguments() => ScriptArguments.WithFields(_entry.ToStreamFields(),
+        _entry.DeliveryId, 604_800L, RedisKeys.WakeChannel, 1, _entry.ReceivedAt.ToUnixTimeMilliseconds(), 600L);
+
     [Benchmark]
     public DeliveryEntry? FromFields() => DeliveryEntry.FromFields(_fields);
 
