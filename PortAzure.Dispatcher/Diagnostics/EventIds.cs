@@ -39,6 +39,7 @@ internal static class EventIds
     public const int PortAnswersAgain = 2214;
     public const int ReportReclaimTooShort = 2215;
     public const int PortApiPlainHttp = 2216;
+    public const int PortTokenCallFailed = 2217;
 
     public const int Replayed = 2302;
     public const int OperatorApiRedisUnavailable = 2303;

@@ -236,6 +236,8 @@ internal sealed partial class PortApiClient(
             if (!response.IsSuccessStatusCode)
             {
                 _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
+                // Debug: at most one per pause, and Warning 2213 says so after 5 min; this says why, when asked for.
+                Log.TokenCallFailed(logger, (int)response.StatusCode, "an error");
                 return (null, false, false);
             }
             TokenResponse? token;
@@ -252,6 +254,7 @@ internal sealed partial class PortApiClient(
             if (token?.AccessToken is not { Length: > 0 } accessToken)
             {
                 _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
+                Log.TokenCallFailed(logger, (int)response.StatusCode, "no usable token");
                 return (null, false, false);
             }
             // Port's own value, bounded: a huge one threw here (before any pause was set), one of 0 cached nothing.
@@ -279,6 +282,10 @@ internal sealed partial class PortApiClient(
         [LoggerMessage(EventIds.PortCredentialsRefused, LogLevel.Warning,
             "Port refused the relay's API credentials (HTTP {Status}, client id {ClientId}); reports wait until it accepts them")]
         public static partial void CredentialsRefused(ILogger logger, int status, string clientId);
+
+        [LoggerMessage(EventIds.PortTokenCallFailed, LogLevel.Debug,
+            "Port's token endpoint answered HTTP {Status} with {What}; no token call for the next 5 s, the reports behind it wait")]
+        public static partial void TokenCallFailed(ILogger logger, int status, string what);
 
         [LoggerMessage(EventIds.PortAnswersAgain, LogLevel.Information, "Port's API took a report again after failing every report tried for {Minutes:F1} min")]
         public static partial void PortAnswersAgain(ILogger logger, double minutes);

@@ -567,6 +567,9 @@ public class PortReportingTests
         Assert.Single(await relay.EmulatorApi.PortCallsAsync());
         var outcomes = runIds.Select(r => tries.First(t => t.RunId == r).Outcome).Order(StringComparer.Ordinal).ToList();
         Assert.Equal(["not_tried", "not_tried", "retry_later"], outcomes);
+        // Why, for whoever turns Debug on: the token call's status.
+        Assert.Contains(relay.Dispatcher.Logs.Lines, l => l.StartsWith("Debug", StringComparison.Ordinal) && l.Contains("[2217]", StringComparison.Ordinal)
+            && l.Contains("HTTP 503", StringComparison.Ordinal));
     }
 
     [Fact]
