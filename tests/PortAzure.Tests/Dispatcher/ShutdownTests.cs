@@ -159,14 +159,17 @@ public class ShutdownTests
 
         // Wake it, and hold the round's next write (a claim script or XREADGROUP) in a pause of Redis's writes, ended by
         // hand once the stop is under way (a pause timed to outlast the stop could run out first on a loaded machine).
-        var batch = relay.Db.CreateBatch();
-        var woken = batch.PublishAsync(RedisChannel.Literal(RedisKeys.WakeChannel), "test");
-        var paused = batch.ExecuteAsync("CLIENT", "PAUSE", "30000", "WRITE");
-        batch.Execute();
+        // One transaction: in a batch the two could reach Redis apart (seen under load), and the woken round read and
+        // POSTed the entry before the pause began. (The wake cannot follow the pause: PUBLISH is held by it too.)
+        var transaction = relay.Db.CreateTransaction();
+        var woken = transaction.PublishAsync(RedisChannel.Literal(RedisKeys.WakeChannel), "test");
+        var paused = transaction.ExecuteAsync("CLIENT", "PAUSE", "30000", "WRITE");
+        Assert.True(await transaction.ExecuteAsync());
         await Task.WhenAll(woken, paused);
         // Time for the woken round to reach its held write; it cannot get past it.
         await Task.Delay(700);
         var dispatcher = relay.Dispatcher;
+        var stopAt = DateTimeOffset.UtcNow;
         var stopping = relay.StopDispatcherAsync(dispatcher);
         await Eventually.HoldsAsync(() => Task.FromResult(dispatcher.Logs.Lines.Any(l => l.Contains("[2107]", StringComparison.Ordinal))),
             TimeSpan.FromSeconds(10), "the stop is under way");
@@ -174,7 +177,8 @@ public class ShutdownTests
         await stopping;
 
         var posted = await relay.EmulatorApi.RequestsAsync();
-        Assert.True(posted.Count == 1, $"{posted.Count} POSTs, expected only the warm-up run's");
+        Assert.True(posted.Count == 1, $"{posted.Count} POSTs, expected only the warm-up run's; the stop began at {stopAt:HH:mm:ss.fff}, "
+            + $"the POSTs came at {string.Join(", ", posted.Select(p => p.ReceivedAt.ToString("HH:mm:ss.fff", System.Globalization.CultureInfo.InvariantCulture)))}");
         // Nothing more is read after the signal; an XREADGROUP already sent returns the entry, which is then left
         // pending for the other Dispatchers without a POST.
         var pending = (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount;
