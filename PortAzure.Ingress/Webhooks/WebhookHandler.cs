@@ -39,13 +39,11 @@ internal sealed partial class WebhookHandler(
     private static readonly TimeSpan OverloadedRetryAfter = TimeSpan.FromSeconds(1);
     private static readonly TimeSpan ReplayGuardClockMargin = TimeSpan.FromMinutes(1);
 
-    // Rejections come before any check of who is calling: one line each would let anyone make the log the flood.
-    private readonly LogThrottle _rejectionLines = new(timeProvider, TimeSpan.FromSeconds(10));
-
-    // While Redis is away every call fails the same way: one Error (with its exception) per 10 s says so.
-    private readonly LogThrottle _queueErrorLines = new(timeProvider, TimeSpan.FromSeconds(10));
-
-    private readonly LogThrottle _duplicateLines = new(timeProvider, TimeSpan.FromSeconds(10));
+    // One line per 10 s for each of: a refusal's reason (refusals come before any check of who is calling: one line each
+    // would let anyone make the log the flood), Redis away (every call fails the same way), and duplicates.
+    private const string QueueErrorLine = "error:queue_unavailable";
+    private const string DuplicateLine = "duplicate";
+    private readonly LogThrottle _lines = new(timeProvider, TimeSpan.FromSeconds(10));
 
     public async Task<IResult> HandleAsync(HttpContext context, string org, string webhook)
     {
@@ -244,7 +242,7 @@ internal sealed partial class WebhookHandler(
         catch (Exception ex) when (RedisFailures.IsFailure(ex) || ex is RedisCommandException or ObjectDisposedException)
         {
             activity?.SetStatus(ActivityStatusCode.Error, "queue unavailable");
-            if (_queueErrorLines.Take(RejectionReasons.RedisUnavailable) is var failed and > 0)
+            if (_lines.Take(QueueErrorLine) is var failed and > 0)
             {
                 Log.QueueUnavailable(logger, ex, org, webhook, failed);
             }
@@ -269,7 +267,7 @@ internal sealed partial class WebhookHandler(
             Log.DuplicateAgain(logger, result.DeliveryId, runId, org, webhook);
             // Throttled as the refusals are: whoever holds a captured signed call can repeat it within the timestamp
             // tolerance, and one Information line per call would let them flood the log.
-            if (_duplicateLines.Take(string.Empty) is var duplicates and > 0)
+            if (_lines.Take(DuplicateLine) is var duplicates and > 0)
             {
                 Log.Duplicate(logger, result.DeliveryId, runId, org, webhook, duplicates);
             }
@@ -344,7 +342,7 @@ internal sealed partial class WebhookHandler(
         Activity.Current?.SetTag(PortAzureDiagnostics.Tags.Outcome, "rejected");
         Activity.Current?.SetTag(PortAzureDiagnostics.Tags.Reason, reason);
         Log.RejectedAgain(logger, status, reason);
-        if (level > LogLevel.Debug && _rejectionLines.Take(reason) is var calls and > 0)
+        if (level > LogLevel.Debug && _lines.Take(reason) is var calls and > 0)
         {
             Log.Rejected(logger, level, status, reason, calls);
         }
