@@ -50,10 +50,10 @@ public class OperatorApiTests
         await db.SortedSetAddAsync(RedisKeys.RetrySchedule, [new SortedSetEntry("d_r1", 1), new SortedSetEntry("d_r2", 2)]);
         await db.SortedSetAddAsync(RedisKeys.DeadLetters, Enumerable.Range(0, 4).Select(i => new SortedSetEntry($"d_x{i}", i)).ToArray());
         await db.HashSetAsync(RedisKeys.PausedTargets, Enumerable.Range(0, 5).Select(i => new HashEntry($"org{i}/hook", i)).ToArray());
-        await relay.AddDispatcherAsync(services: s => s.Remove(s.Single(d => d.ImplementationType == typeof(PortAzure.Dispatcher.Delivery.DeliveryWorker))));
+        await relay.AddDispatcherAsync(services: s => s.RemoveHostedService<PortAzure.Dispatcher.Delivery.DeliveryWorker>());
 
-        using var request = new HttpRequestMessage(HttpMethod.Get, "/api/stats");
-        request.Headers.Add("X-Api-Key", Relay.AdminKey);
+        // To the Dispatcher itself: with no Dispatcher at its start, the Ingress knows no address to proxy to.
+        using var request = relay.Operator(HttpMethod.Get, "/api/stats");
         using var response = await relay.Dispatcher.Client.SendAsync(request);
 
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);

@@ -748,7 +748,7 @@ public class PortReportingTests
             batch.Execute();
             await Task.WhenAll(adds);
         }
-        await relay.AddDispatcherAsync(services: s => s.Remove(s.Single(d => d.ImplementationType == typeof(PortAzure.Dispatcher.PortReporting.PortReportingService))));
+        await relay.AddDispatcherAsync(services: s => s.RemoveHostedService<PortAzure.Dispatcher.PortReporting.PortReportingService>());
 
         var deliveryId = await SendAsync(relay);
         // Read from Redis: the Ingress knows no Dispatcher address for the operator API in this set-up.
