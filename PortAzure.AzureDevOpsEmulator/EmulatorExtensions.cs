@@ -33,7 +33,7 @@ public static class EmulatorExtensions
           DELETE /_emulator/port/calls
           GET    /_emulator/port/tokens
           GET    /_emulator/port/behavior
-          POST   /_emulator/port/behavior           {"down"} or {"failNext","status","retryAfterSeconds"}
+          POST   /_emulator/port/behavior           {"down","failNext","status","retryAfterSeconds","failRun","delayMs"}
           DELETE /_emulator/port/behavior
 
         Health: /health, /alive

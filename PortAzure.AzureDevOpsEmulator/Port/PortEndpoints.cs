@@ -46,9 +46,9 @@ internal static partial class PortEndpoints
         {
             return Results.BadRequest(new { error = "invalid_body", message = e.Message });
         }
-        if (change is null || change.FailNext < 0 || change.Status is < 100 or > 599 || change.RetryAfterSeconds < 0)
+        if (change is null || change.FailNext < 0 || change.Status is < 100 or > 599 || change.RetryAfterSeconds < 0 || change.DelayMs < 0)
         {
-            return Results.BadRequest(new { error = "invalid_body", message = "failNext and retryAfterSeconds must not be negative; status is 100 to 599." });
+            return Results.BadRequest(new { error = "invalid_body", message = "failNext, retryAfterSeconds and delayMs must not be negative; status is 100 to 599." });
         }
 
         var current = failures.Apply(change);

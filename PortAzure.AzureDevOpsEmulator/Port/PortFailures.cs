@@ -36,7 +36,7 @@ internal sealed class PortFailures
             {
                 _failRun = failRun.Length > 0 ? failRun : null;
             }
-            _delayMs = request.DelayMs is { } delayMs ? Math.Max(0, delayMs) : _delayMs;
+            _delayMs = request.DelayMs ?? _delayMs;
             return new(_down, _failNext, _status, _retryAfterSeconds, _failRun, _delayMs);
         }
     }
