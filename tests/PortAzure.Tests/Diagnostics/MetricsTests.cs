@@ -87,7 +87,6 @@ public class MetricsTests
         var meters = relay.Dispatcher.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
         using var deadLetters = new MetricCollector<long>(meters, PortAzureDiagnostics.Name, "portazure.backlog.deadletters");
         using var paused = new MetricCollector<long>(meters, PortAzureDiagnostics.Name, "portazure.backlog.paused_targets");
-        using var reports = new MetricCollector<long>(meters, PortAzureDiagnostics.Name, "portazure.port.reports");
         await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 404 }, new { status = 503 } } });
 
         await Dispatcher.DeliveryOutcomeTests.SendAsync(relay);
@@ -100,6 +99,27 @@ public class MetricsTests
             paused.RecordObservableInstruments();
             return deadLetters.LastMeasurement?.Value == 1 && paused.LastMeasurement?.Value == 1;
         }, TimeSpan.FromSeconds(20), "the gauges show one dead letter and one paused target");
-        Assert.Empty(reports.GetMeasurementSnapshot());
+    }
+
+    [Fact]
+    public async Task Dispatcher_PortReports_CountsSentAndFailedByOutcome()
+    {
+        // outcome=failed is what the go-live checklist alerts on: a report Port refused is counted as failed, once.
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client");
+        using var reports = new MetricCollector<long>(relay.Dispatcher.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(),
+            PortAzureDiagnostics.Name, "portazure.port.reports");
+        var refused = "r_refused" + Guid.NewGuid().ToString("N")[..8];
+        await relay.EmulatorApi.PortBehaviorAsync(new { failRun = refused, status = 400 });
+
+        await Dispatcher.DeliveryOutcomeTests.SendAsync(relay, TestRuns.NewRunId());
+        await Dispatcher.DeliveryOutcomeTests.SendAsync(relay, refused);
+        await Eventually.HoldsAsync(() => Task.FromResult(reports.GetMeasurementSnapshot().Sum(m => m.Value) >= 2), TimeSpan.FromSeconds(20),
+            "both reports counted");
+        await Task.Delay(500);
+
+        var snapshot = reports.GetMeasurementSnapshot();
+        Assert.Equal(1, snapshot.Where(m => (string?)m.Tags["outcome"] == "sent").Sum(m => m.Value));
+        Assert.Equal(1, snapshot.Where(m => (string?)m.Tags["outcome"] == "failed").Sum(m => m.Value));
+        Assert.Equal(2, snapshot.Sum(m => m.Value));
     }
 }
