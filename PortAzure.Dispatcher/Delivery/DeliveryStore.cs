@@ -56,7 +56,10 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // The lease already ours: a retry of this very call (same token, same now) whose first reply was lost. It
     // changes nothing again: a second claim would count a crash that never happened (poison sooner), and the
     // probe it took the first time (the probe time moved to exactly now + interval) is still its own.
-    private const string BeginScript = """
+    // A count or time that is not a number (a damaged field) reads as none, and the claims count starts again: failing
+    // here, after the lease was taken, the attempt never reached the poison check, and the entry came back for good.
+    private const string BeginScript = $$"""
+        {{IncrementCount}}
         local lease = redis.call('GET', KEYS[2])
         if lease and lease ~= ARGV[1] then
           return {0}
@@ -70,14 +73,20 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         local claims = 0
         if ARGV[3] == '1' then
           if again then
-            claims = tonumber(redis.call('HGET', KEYS[1], 'claims') or '0')
+            claims = tonumber(redis.call('HGET', KEYS[1], 'claims')) or 0
           else
-            claims = redis.call('HINCRBY', KEYS[1], 'claims', 1)
+            claims = increment(KEYS[1], 'claims')
           end
         end
         local paused = 0
         local probe = 0
         local probeAt = redis.call('HGET', KEYS[3], ARGV[4])
+        if probeAt and not tonumber(probeAt) then
+          -- A damaged pause time: the target is probed now, as when its pause is over.
+          redis.call('HSET', KEYS[3], ARGV[4], tonumber(ARGV[5]) + tonumber(ARGV[6]))
+          probeAt = false
+          probe = 1
+        end
         if probeAt then
           if again and tonumber(probeAt) == tonumber(ARGV[5]) + tonumber(ARGV[6]) then
             probe = 1
@@ -88,7 +97,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             probe = 1
           end
         end
-        return {1, r[1] or '', r[2] or '0', claims, r[3] or r[4] or '0', paused, probe}
+        return {1, r[1] or '', tonumber(r[2]) or 0, claims, tonumber(r[3]) or tonumber(r[4]) or 0, paused, probe}
         """;
 
     // KEYS: 1 record, 2 lease, 3 stream, 4 retry schedule, 5 dead letters, 6 attempts, 7 target failures, 8 paused targets,
@@ -102,6 +111,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // was written would be lost. Left pending, it is reclaimed. (The first write is still the HDEL below, which
     // a Redis out of memory allows: once a script has written, Redis lets it finish.)
     private static readonly string FinishScript = $$"""
+        {{IncrementCount}}
         local mode = ARGV[1]
         local function acknowledge()
           if ARGV[2] ~= '' then
@@ -159,7 +169,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           redis.call('ZREM', KEYS[4], ARGV[4])
           redis.call('HDEL', KEYS[1], 'body', 'reason', 'hint', 'deadLetteredAt')
         elseif mode == 'retry' then
-          failures = redis.call('HINCRBY', KEYS[7], ARGV[8], 1)
+          failures = increment(KEYS[7], ARGV[8])
           if failures >= tonumber(ARGV[11]) and redis.call('HEXISTS', KEYS[8], ARGV[8]) == 0 then
             redis.call('HSET', KEYS[8], ARGV[8], ARGV[12])
           end
@@ -480,10 +490,20 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         }
     }
 
-    /// <summary>Rebuilds the entry of a scheduled retry from its record, or null when the record is gone.</summary>
+    /// <summary>Rebuilds the entry of a scheduled retry from its record, or null when the record is gone or damaged.</summary>
     public async Task<DeliveryEntry?> LoadEntryAsync(string deliveryId)
     {
-        var fields = await Db.HashGetAllAsync(RedisKeys.Delivery(deliveryId));
+        HashEntry[] fields;
+        try
+        {
+            fields = await Db.HashGetAllAsync(RedisKeys.Delivery(deliveryId));
+        }
+        catch (RedisServerException ex) when (RedisFailures.IsWrongType(ex))
+        {
+            // Not a hash: nothing in it can be delivered. Thrown, it failed every round of every Dispatcher at this slot,
+            // before any new run was read; the slot's claim was released, and it was due again at once.
+            return null;
+        }
         return DeliveryEntry.FromFields(fields.Select(f => new KeyValuePair<RedisValue, RedisValue>(f.Name, f.Value))
             .Append(new(DeliveryEntry.Fields.DeliveryId, deliveryId)));
     }

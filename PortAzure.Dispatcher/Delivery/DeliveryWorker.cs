@@ -183,9 +183,12 @@ internal sealed partial class DeliveryWorker(
                 // Not written by the Ingress: nothing here can be delivered. Acknowledged and deleted so it
                 // stops coming back (and stops counting as the oldest queued run).
                 Log.Malformed(logger, streamEntry.Id.ToString());
-                var db = redis.GetDatabase();
-                await db.StreamAcknowledgeAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, streamEntry.Id);
-                await db.StreamDeleteAsync(RedisKeys.Stream, [streamEntry.Id]);
+                // In one step: acknowledged but left in the stream (a failure between the two), nothing would read it
+                // again and it would stay the oldest entry, the backlog's age growing for good.
+                var transaction = redis.GetDatabase().CreateTransaction();
+                _ = transaction.StreamAcknowledgeAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, streamEntry.Id);
+                _ = transaction.StreamDeleteAsync(RedisKeys.Stream, [streamEntry.Id]);
+                await transaction.ExecuteAsync();
                 continue;
             }
             await StartAsync(slots, entry, streamEntry.Id.ToString(), claimed, stoppingToken);
@@ -301,7 +304,7 @@ internal sealed partial class DeliveryWorker(
         [LoggerMessage(EventIds.Claimed, LogLevel.Warning, "Reclaimed {Count} entries from stopped consumers")]
         public static partial void Claimed(ILogger logger, int count);
 
-        [LoggerMessage(EventIds.MalformedEntry, LogLevel.Error, "Entry {Id} cannot be delivered: its fields or record are missing")]
+        [LoggerMessage(EventIds.MalformedEntry, LogLevel.Error, "Entry {Id} cannot be delivered: its fields or record are missing or damaged")]
         public static partial void Malformed(ILogger logger, string id);
 
         [LoggerMessage(EventIds.ProcessingFailed, LogLevel.Error, "Delivery {DeliveryId} failed unexpectedly; it stays pending and will be picked up again")]

@@ -20,6 +20,13 @@ public static class RedisFailures
         _ => false,
     };
 
+    /// <summary>
+    /// Whether Redis refused the command because a key holds another type than the command works on: damaged data
+    /// (or a key written by something else), not an outage. Retrying it changes nothing.
+    /// </summary>
+    public static bool IsWrongType(Exception exception) =>
+        exception is RedisServerException && exception.Message.StartsWith("WRONGTYPE", StringComparison.Ordinal);
+
     /// <summary>Whether the command may have run although its answer was lost (a timeout, a connection gone mid-call).</summary>
     public static bool OutcomeUnknown(Exception exception) =>
         exception is TimeoutException or RedisConnectionException or InvalidOperationException;

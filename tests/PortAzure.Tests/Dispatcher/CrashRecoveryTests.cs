@@ -221,27 +221,26 @@ public class CrashRecoveryTests(ITestOutputHelper output)
     [Fact]
     public async Task ScheduledRetry_RedisFailsBeforeItStarts_ClaimIsReleasedAndNotCountedAsACrash()
     {
-        await using var relay = await Relay.StartAsync(c => c["Dispatcher:MaxClaims"] = "2", dispatchers: 0);
+        // Its own Redis: the ACL change below applies to every client of the server.
+        await using var redis = await RedisServer.StartAsync();
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:MaxClaims"] = "2", dispatchers: 0, redisConnection: redis.ConnectionString);
         var deliveryId = await ScheduledRetryAsync(relay, crashedClaim: false);
-        // The record turns into a string: loading the claimed retry fails with WRONGTYPE, a Redis error
+        // Loading the claimed retry's record (HGETALL, used by nothing else in this round) is refused: a Redis error
         // between the claim and the start, as a failover at that moment would be.
-        var record = RedisKeys.Delivery(deliveryId);
-        var saved = record + ":saved";
-        await relay.Db.KeyRenameAsync(record, saved);
-        await relay.Db.StringSetAsync(record, "not a hash");
+        await relay.Db.ExecuteAsync("ACL", "SETUSER", "default", "-hgetall");
 
         var dispatcher = await relay.AddDispatcherAsync();
-        await Eventually.HoldsAsync(() => Task.FromResult(dispatcher.Logs.Lines.Any(l => l.Contains("[2103]", StringComparison.Ordinal) && l.Contains("WRONGTYPE", StringComparison.Ordinal))),
-            TimeSpan.FromSeconds(30), "the round fails on the damaged record");
+        await Eventually.HoldsAsync(() => Task.FromResult(dispatcher.Logs.Lines.Any(l => l.Contains("[2103]", StringComparison.Ordinal) && l.Contains("NOPERM", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(30), "the round fails loading the record");
         // Released after each failed round (the worker claims it again after its back-off, so only briefly held).
         await Eventually.HoldsAsync(async () => !await relay.Db.HashExistsAsync(RedisKeys.RetryClaims, deliveryId),
             TimeSpan.FromSeconds(5), "the failed round's claim is released");
 
-        // Repaired, and due again (as it would be once the claim's lease ran out): one more claim would make
-        // three, over MaxClaims, had the failed round's claim been left to count as a crash.
-        await relay.Db.KeyDeleteAsync(record);
-        await relay.Db.KeyRenameAsync(saved, record);
+        // Redis answers again, and the retry is due (as it would be once the claim's lease ran out): one more claim
+        // would make three, over MaxClaims, had a failed round's claim been left to count as a crash.
+        await relay.Db.ExecuteAsync("ACL", "SETUSER", "default", "+hgetall");
         await relay.Db.SortedSetAddAsync(RedisKeys.RetrySchedule, deliveryId, 0);
+        var record = RedisKeys.Delivery(deliveryId);
         await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(record, DeliveryRecord.State) is DeliveryStates.Delivered or DeliveryStates.DeadLettered,
             TimeSpan.FromSeconds(30), "the retry is finished");
 
@@ -249,6 +248,40 @@ public class CrashRecoveryTests(ITestOutputHelper output)
         Assert.Equal(2, (long)await relay.Db.HashGetAsync(record, DeliveryRecord.Claims));
         Assert.Single(await relay.EmulatorApi.RequestsAsync());
         Assert.Equal(0, await relay.Db.HashLengthAsync(RedisKeys.RetryClaims));
+    }
+
+    [Fact]
+    public async Task ScheduledRetry_WhoseRecordIsNotAHash_IsDroppedAndNewRunsAreDelivered()
+    {
+        // Taken for an outage, its WRONGTYPE failed every round of every Dispatcher before any new run was read, and the
+        // released slot was due again at once: delivery stopped until someone repaired the key by hand.
+        await using var relay = await Relay.StartAsync();
+        var damaged = "d_" + Guid.NewGuid().ToString("N");
+        await relay.Db.StringSetAsync(RedisKeys.Delivery(damaged), "not a hash");
+        await relay.Db.SortedSetAddAsync(RedisKeys.RetrySchedule, damaged, 0);
+
+        await DeliveryOutcomeTests.WaitForStateAsync(relay, await DeliveryOutcomeTests.SendAsync(relay), DeliveryStates.Delivered);
+
+        Assert.Null(await relay.Db.SortedSetScoreAsync(RedisKeys.RetrySchedule, damaged));
+        Assert.Contains(relay.Dispatcher.Logs.Lines, l => l.Contains("[2105]", StringComparison.Ordinal) && l.Contains(damaged, StringComparison.Ordinal));
+        Assert.Equal("not a hash", (string?)await relay.Db.StringGetAsync(RedisKeys.Delivery(damaged)));
+    }
+
+    [Fact]
+    public async Task QueuedRun_WhoseRecordHasADamagedAttemptCount_IsDeliveredOnce()
+    {
+        // Its begin failed after taking the lease (the count did not parse), before the poison check: reclaimed and failing
+        // again for good, never posted nor dead-lettered.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
+        await relay.Db.HashSetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Attempts, "damaged");
+
+        await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.Delivered,
+            TimeSpan.FromSeconds(30), "the run is delivered");
+
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+        Assert.Equal(1, (long)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Attempts));
     }
 
     [Fact]

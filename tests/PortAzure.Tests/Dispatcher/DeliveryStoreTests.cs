@@ -168,6 +168,63 @@ public class DeliveryStoreTests
         Assert.Equal("kept", (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.Body));
     }
 
+    [Theory]
+    [InlineData(DeliveryRecord.Attempts)]
+    [InlineData(DeliveryRecord.Claims)]
+    [InlineData(DeliveryRecord.Since)]
+    public async Task Begin_DamagedCountOrTimeInTheRecord_TakesTheLeaseAndReadsItAsNone(string field)
+    {
+        // Thrown after the lease was taken, a damaged field kept the attempt from its poison check: the entry was
+        // reclaimed, failed again and came back, for good, never posted nor dead-lettered.
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry();
+        await db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId), [new(DeliveryRecord.Attempts, 3), new(DeliveryRecord.Claims, 2), new(DeliveryRecord.Since, 1000)]);
+        await db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId), field, "damaged");
+
+        var begin = await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), claimed: true, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30));
+
+        Assert.True(begin.Leased);
+        Assert.Equal(field == DeliveryRecord.Attempts ? 0 : 3, begin.Attempts);
+        Assert.Equal(field == DeliveryRecord.Claims ? 1 : 3, begin.Claims);
+        Assert.Equal(field == DeliveryRecord.Since ? null : DateTimeOffset.FromUnixTimeMilliseconds(1000), begin.Since);
+    }
+
+    [Fact]
+    public async Task Begin_DamagedPauseTimeOfTheTarget_ProbesTheTargetAndPausesItAnew()
+    {
+        // Compared as a number, a damaged pause time failed the begin of every delivery to that target.
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry();
+        var now = DateTimeOffset.UtcNow;
+        await db.HashSetAsync(RedisKeys.PausedTargets, entry.Target, "damaged");
+
+        var begin = await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), claimed: false, now, TimeSpan.FromSeconds(30));
+
+        Assert.True(begin.Leased);
+        Assert.Null(begin.PausedUntil);
+        Assert.Equal(now.AddSeconds(30).ToUnixTimeMilliseconds(), (long)await db.HashGetAsync(RedisKeys.PausedTargets, entry.Target));
+    }
+
+    [Fact]
+    public async Task Finish_RetryWithADamagedTargetFailureCount_IsRecordedAndCountsOne()
+    {
+        // A failing count made every retry finish to that target fail half-way, within its window and then for good:
+        // the lease ran out and the run was posted again.
+        await using var slot = await DueSlot.StartAsync();
+        var (store, db, entry) = (slot.Store, slot.Db, slot.Entry);
+        await db.HashSetAsync(RedisKeys.TargetFailures, entry.Target, "damaged");
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), true, slot.Now, TimeSpan.FromSeconds(30))).Leased);
+
+        await store.FinishAsync(Finish(FinishMode.Retry, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Retrying))
+            with { AttemptJson = "{}" });
+
+        Assert.Equal(1, (long)await db.HashGetAsync(RedisKeys.TargetFailures, entry.Target));
+        Assert.Equal(DeliveryStates.Retrying, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
+        Assert.NotNull(await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, entry.DeliveryId));
+    }
+
     [Fact]
     public async Task Finish_RetryRunAgainAfterItFailedHalfWay_CountsNoTargetFailure()
     {
