@@ -348,7 +348,7 @@ internal sealed partial class DeliveryProcessor(
         [LoggerMessage(EventIds.AlreadyFinished, LogLevel.Information, "Delivery {DeliveryId} is already {State}; this copy is dropped without posting")]
         public static partial void AlreadyFinished(ILogger logger, string deliveryId, string state);
 
-        [LoggerMessage(EventIds.TargetPaused, LogLevel.Warning, "Target {Org}/{Webhook} paused after {Failures} transient failures in a row")]
+        [LoggerMessage(EventIds.TargetPaused, LogLevel.Warning, "Target {Org}/{Webhook} paused after {Failures} transient failures with no success between them")]
         public static partial void TargetPaused(ILogger logger, string org, string webhook, long failures);
 
         [LoggerMessage(EventIds.NotPostedAtStop, LogLevel.Information, "Delivery {DeliveryId} was not posted: the Dispatcher is stopping; it is left to another Dispatcher")]
