@@ -39,7 +39,11 @@ internal static class RunIdExtractor
         return null;
     }
 
-    /// <summary>Run ids and idempotency keys become Redis key parts and headers: printable ASCII only.</summary>
+    /// <summary>
+    /// Run ids and idempotency keys become Redis key parts and headers: printable ASCII only. Not <c>.</c> or <c>..</c>:
+    /// a run id is a segment of Port's API paths, and a dot segment would send the relay's call, its token with it,
+    /// to another path (<c>/v1/actions/runs/../logs</c> is <c>/v1/actions/logs</c>).
+    /// </summary>
     public static bool IsAcceptable(string value, int maxLength) =>
-        value.Length > 0 && value.Length <= maxLength && value.All(c => c is > ' ' and < '\u007f');
+        value.Length > 0 && value.Length <= maxLength && value.All(c => c is > ' ' and < '\u007f') && value is not ("." or "..");
 }

@@ -159,7 +159,7 @@ internal sealed partial class WebhookHandler(
         if (runId is not null && !RunIdExtractor.IsAcceptable(runId, options.MaxRunIdLength))
         {
             return Reject(StatusCodes.Status400BadRequest, RejectionReasons.RunIdInvalid,
-                $"The run id must be 1 to {options.MaxRunIdLength} printable ASCII characters without spaces.");
+                $"The run id must be 1 to {options.MaxRunIdLength} printable ASCII characters without spaces, and not '.' or '..'.");
         }
         // The run id is inside the signed body; the header is not signed. A header must never turn one
         // signed run into several deliveries, so it counts only when the body carries no run id, and only then

@@ -212,6 +212,18 @@ public sealed class PortApiClientTests : IAsyncLifetime
     private static Task WriteTokenAsync(HttpContext context) =>
         context.Response.WriteAsJsonAsync(new { accessToken = "token-" + Guid.NewGuid().ToString("N"), expiresIn = 3600 });
 
+    [Theory]
+    [InlineData(".")]
+    [InlineData("..")]
+    public async Task SendLogAsync_RunIdIsADotSegment_IsRejectedWithoutACall(string runId)
+    {
+        // Escaped or not, the dot segment would be resolved: /v1/actions/runs/../logs is POST /v1/actions/logs.
+        Assert.Equal(PortCallResult.Rejected, await _client.SendLogAsync(new PortReport(runId, "d-1", "Delivered", null, null), CancellationToken.None));
+
+        Assert.Empty(await _emulatorApi.PortCallsAsync());
+        Assert.Equal(PortCallResult.Sent, await SendAsync());
+    }
+
     private Task<PortCallResult> SendAsync() =>
         _client.SendLogAsync(new PortReport(TestRuns.NewRunId(), "d-1", "Delivered", null, null), CancellationToken.None);
 

@@ -236,6 +236,7 @@ public class WebhookHandlerTests
         { "org with underscore", "bad-org", 400, "invalid_org" },
         { "webhook with a dot", "bad-webhook", 400, "invalid_webhook" },
         { "run id of 10 KB", "long-run-id", 400, "run_id_invalid" },
+        { "run id '..' (a dot segment of Port's API paths)", "dot-run-id", 400, "run_id_invalid" },
     };
 
     [Theory]
@@ -315,6 +316,7 @@ public class WebhookHandlerTests
             case "bad-org": return TestRuns.Signed(body, org: "con_toso");
             case "bad-webhook": return TestRuns.Signed(body, webhook: "de.ploy");
             case "long-run-id": return TestRuns.Signed(TestRuns.Body("r_" + new string('x', 10 * 1024)));
+            case "dot-run-id": return TestRuns.Signed(TestRuns.Body(".."));
             default: throw new ArgumentOutOfRangeException(nameof(kind), kind, null);
         }
     }
