@@ -187,13 +187,16 @@ internal sealed partial class WebhookHandler(
     /// header value, would be a second run. So a signed call is also named by what its signature covers, for every
     /// target. With a timestamp, as long as that timestamp is accepted (a sender meaning a second run signs it
     /// anew). A legacy SHA-1 signature covers the body alone and has no timestamp: there the body is the call, for
-    /// every target, for the idempotency window, whatever the header says.
+    /// every target, for the idempotency window, whatever the header says. So too for every call while legacy signatures
+    /// are accepted: the Dispatcher's POST to Azure carries the body's HMAC-SHA1 under Port's secret (for a target
+    /// without a secret of its own), which is a legacy signature of that body; anyone who sees that POST could send it
+    /// back to another webhook as a new run.
     /// </summary>
     /// <param name="bodyHash">The body's SHA-256 in hex when the caller has it already, else null.</param>
     private static ReplayGuard GuardAgainstReplay(HttpRequest request, byte[] body, string? bodyHash, IngressOptions options)
     {
         var timestamp = request.Headers[PortSignature.TimestampHeader].ToString();
-        if (timestamp.Length == 0)
+        if (timestamp.Length == 0 || options.AllowLegacySha1Signature)
         {
             return new ReplayGuard(RedisKeys.SignedCall("legacy:" + (bodyHash ?? Sha256Hex(body))),
                 TimeSpan.FromHours(options.IdempotencyWindowHours));

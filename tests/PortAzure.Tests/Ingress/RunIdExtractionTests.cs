@@ -208,6 +208,31 @@ public class RunIdExtractionTests
     }
 
     [Fact]
+    public async Task Post_LegacyAllowed_DispatchersAzureSignatureOfAV1CallSentToAnotherWebhook_IsQueuedOnce()
+    {
+        // The Dispatcher signs its Azure POST with HMAC-SHA1 of the body under Port's secret: with legacy signatures
+        // accepted, a copy of that POST was a valid call of its own, and a second run on any other webhook.
+        await using var relay = await Relay.StartAsync(c => c["Ingress:AllowLegacySha1Signature"] = "true", dispatchers: 0);
+        var body = TestRuns.Body(TestRuns.NewRunId());
+        var calls = new Queue<Func<HttpRequestMessage>>([
+            () => TestRuns.Signed(body),
+            () =>
+            {
+                // As the Dispatcher signed its POST to Azure (AzureWebhookClient), the header's name being Port's too by default.
+                var request = new HttpRequestMessage(HttpMethod.Post, TestRuns.Path(webhook: "other-hook")) { Content = new ByteArrayContent(body) };
+                request.Content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+                request.Headers.Add(PortAzure.Signing.PortSignature.SignatureHeader,
+                    PortAzure.Signing.AzureSignature.Compute(body, System.Text.Encoding.UTF8.GetBytes(TestRuns.Secret), PortAzure.Signing.SignatureFormat.Hex));
+                return request;
+            },
+        ]);
+
+        var answers = await SendEachAsync(relay, () => calls.Dequeue()(), null, null);
+
+        await AssertQueuedOnceAsync(relay, answers);
+    }
+
+    [Fact]
     public async Task Post_MalformedIdempotencyKeyBesideARunId_IsIgnored()
     {
         // The header counts only without a run id; a proxy's stray copy must not block a signed run.
