@@ -20,6 +20,13 @@ internal sealed class RateLimitOptions
 
     /// <summary>Calls all clients together may make at once after a quiet spell.</summary>
     public int GlobalBurst { get; set; } = 10_000;
+
+    /// <summary>
+    /// Webhook calls one client address may have in progress at once, their body reads included: with up to
+    /// <c>Ingress:MaxBodyBytes</c> each held before its signature is checked, this bounds the memory one client can
+    /// hold. Past it: 429, as for the bucket.
+    /// </summary>
+    public int ConcurrentCallsPerClient { get; set; } = 100;
 }
 
 internal sealed class RateLimitOptionsValidator : IValidateOptions<RateLimitOptions>
@@ -45,6 +52,10 @@ internal sealed class RateLimitOptionsValidator : IValidateOptions<RateLimitOpti
         if (options.GlobalBurst < options.GlobalPermitsPerSecond || options.GlobalBurst > Ceiling)
         {
             errors.Add($"{RateLimitOptions.SectionName}:GlobalBurst must be at least GlobalPermitsPerSecond and at most {Ceiling}.");
+        }
+        if (options.ConcurrentCallsPerClient is < 1 or > 100_000)
+        {
+            errors.Add($"{RateLimitOptions.SectionName}:ConcurrentCallsPerClient must be between 1 and 100000.");
         }
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
     }

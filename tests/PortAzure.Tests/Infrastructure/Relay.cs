@@ -62,6 +62,7 @@ public sealed class Relay : IAsyncDisposable
             ["Ingress:RateLimit:Burst"] = "100000",
             ["Ingress:RateLimit:GlobalPermitsPerSecond"] = "100000",
             ["Ingress:RateLimit:GlobalBurst"] = "100000",
+            ["Ingress:RateLimit:ConcurrentCallsPerClient"] = "100000",
             ["Dispatcher:Retry:InitialDelaySeconds"] = "0.1",
             ["Dispatcher:Retry:MaxDelaySeconds"] = "1",
         };

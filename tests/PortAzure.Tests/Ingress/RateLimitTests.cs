@@ -1,3 +1,4 @@
+using Microsoft.Extensions.DependencyInjection;
 using System.Globalization;
 using System.Net;
 using System.Net.Http.Json;
@@ -35,6 +36,56 @@ public class RateLimitTests
         c["Ingress:RateLimit:GlobalPermitsPerSecond"] = global.ToString(CultureInfo.InvariantCulture);
         c["Ingress:RateLimit:GlobalBurst"] = globalBurst.ToString(CultureInfo.InvariantCulture);
     };
+
+    [Fact]
+    public async Task Post_ClientWithItsOpenCallsAtTheCap_Answers429UntilOneEnds()
+    {
+        // Bodies sent up to their last byte and then held: each pinned its bytes, unsigned, for minutes, and the bucket
+        // (how fast calls start) let a client open hundreds of them.
+        await using var relay = await Relay.StartAsync(c => c["Ingress:RateLimit:ConcurrentCallsPerClient"] = "2", dispatchers: 0);
+        var meters = relay.Ingress.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
+        using var active = new Microsoft.Extensions.Diagnostics.Metrics.Testing.MetricCollector<long>(meters, "Microsoft.AspNetCore.Hosting", "http.server.active_requests");
+        var held = new List<(System.IO.Pipelines.Pipe Body, Task<HttpResponseMessage> Answer)>();
+        for (var i = 0; i < 2; i++)
+        {
+            var body = new System.IO.Pipelines.Pipe();
+            var request = new HttpRequestMessage(HttpMethod.Post, TestRuns.Path()) { Content = new StreamContent(body.Reader.AsStream()) };
+            request.Content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+            // Past the client's write buffer, so that the headers and most of the body go out now.
+            request.Content.Headers.ContentLength = 100_000;
+            held.Add((body, relay.Ingress.Client.SendAsync(request)));
+            await body.Writer.WriteAsync(new byte[99_999]);
+        }
+        await Eventually.HoldsAsync(() => Task.FromResult(active.GetMeasurementSnapshot().Sum(m => m.Value) == 2), Timeout,
+            "the two held calls are in progress");
+
+        using (var refused = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId())))
+        {
+            Assert.Equal(HttpStatusCode.TooManyRequests, refused.StatusCode);
+            Assert.Equal("rate_limited", await ProblemResponses.ReasonAsync(refused));
+            Assert.NotNull(refused.Headers.RetryAfter);
+        }
+        Assert.Equal(0, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+
+        // One held call ends (its last byte: an unsigned body, refused 401): a slot is free again.
+        await held[0].Body.Writer.WriteAsync(new byte[1]);
+        await held[0].Body.Writer.CompleteAsync();
+        using (var ended = await held[0].Answer)
+        {
+            Assert.Equal(HttpStatusCode.Unauthorized, ended.StatusCode);
+        }
+        using var accepted = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()));
+        Assert.Equal(HttpStatusCode.Accepted, accepted.StatusCode);
+
+        await held[1].Body.Writer.CompleteAsync(new IOException("test over"));
+        try
+        {
+            (await held[1].Answer).Dispose();
+        }
+        catch (HttpRequestException)
+        {
+        }
+    }
 
     [Fact]
     public async Task Post_PastPerClientLimit_Answers429WithRetryAfterThenRecovers()
@@ -246,9 +297,11 @@ public class RateLimitTests
             ["Ingress:RateLimit:PermitsPerSecondPerClient"] = "10",
             ["Ingress:RateLimit:Burst"] = "5",
             ["Ingress:RateLimit:GlobalPermitsPerSecond"] = "0",
+            ["Ingress:RateLimit:ConcurrentCallsPerClient"] = "0",
         }));
         Assert.Contains("Ingress:RateLimit:Burst", error.ToString(), StringComparison.Ordinal);
         Assert.Contains("Ingress:RateLimit:GlobalPermitsPerSecond", error.ToString(), StringComparison.Ordinal);
+        Assert.Contains("Ingress:RateLimit:ConcurrentCallsPerClient", error.ToString(), StringComparison.Ordinal);
     }
 
     private static RawRequest UnsignedRun() => new("POST", Encoding.ASCII.GetBytes(BadInputCorpus.DefaultPath),
