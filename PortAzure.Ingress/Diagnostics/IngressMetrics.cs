@@ -7,13 +7,19 @@ namespace PortAzure.Ingress.Diagnostics;
 internal sealed class IngressMetrics
 {
     public const string RequestsName = "portazure.ingress.requests";
+    public const string UnverifiedName = "portazure.ingress.unverified_calls";
     private readonly Counter<long> _requests;
+    private readonly UpDownCounter<long> _unverified;
 
     public IngressMetrics(IMeterFactory meterFactory)
     {
         var meter = meterFactory.Create(PortAzureDiagnostics.Name);
         _requests = meter.CreateCounter<long>(RequestsName, "{request}", "Webhook calls received, by outcome.");
+        _unverified = meter.CreateUpDownCounter<long>(UnverifiedName, "{request}",
+            "Webhook calls whose body is being read or whose signature is being checked.");
     }
+
+    public void Unverified(long change) => _unverified.Add(change);
 
     public void Accepted() => _requests.Add(1, new KeyValuePair<string, object?>("outcome", "accepted"));
 

@@ -29,6 +29,7 @@ internal static partial class WebhookRateLimiting
         services.AddSingleton<IValidateOptions<RateLimitOptions>, RateLimitOptionsValidator>();
         services.AddRateLimiter(_ => { });
         services.AddSingleton<WebhookGlobalLimit>();
+        services.AddSingleton<WebhookOpenCalls>();
         services.AddOptions<RateLimiterOptions>().Configure<IOptions<RateLimitOptions>>((limiter, configured) =>
         {
             var options = configured.Value;
@@ -40,18 +41,9 @@ internal static partial class WebhookRateLimiting
             }
             // Only the per-client bucket here, before the body is read: the shared one is taken after the signature check
             // (WebhookGlobalLimit), so that neither a client refused by its own bucket nor calls nobody signed spend it.
-            var bucket = PartitionedRateLimiter.Create<HttpContext, string>(context => IsWebhookEndpoint(context)
+            limiter.GlobalLimiter = PartitionedRateLimiter.Create<HttpContext, string>(context => IsWebhookEndpoint(context)
                 ? RateLimitPartition.GetTokenBucketLimiter(ClientKey(context), _ => Bucket(options.PermitsPerSecondPerClient, options.Burst))
                 : RateLimitPartition.GetNoLimiter(""));
-            // The bucket caps how fast a client's calls start, not how many are open. A body sent fast up to its last byte
-            // and then stalled stays within Kestrel's minimum data rate (an average since the body began) for minutes,
-            // holding its bytes before any signature is checked: a few hundred such calls held ~1 MiB each. The
-            // middleware holds this lease until the call ends.
-            var open = PartitionedRateLimiter.Create<HttpContext, string>(context => IsWebhookEndpoint(context)
-                ? RateLimitPartition.GetConcurrencyLimiter(ClientKey(context),
-                    _ => new ConcurrencyLimiterOptions { PermitLimit = options.ConcurrentCallsPerClient, QueueLimit = 0 })
-                : RateLimitPartition.GetNoLimiter(""));
-            limiter.GlobalLimiter = PartitionedRateLimiter.CreateChained(bucket, open);
         });
         return services;
     }

@@ -30,6 +30,7 @@ internal sealed partial class WebhookHandler(
     RunQueue queue,
     WebhookConcurrencyLimit concurrency,
     WebhookGlobalLimit globalLimit,
+    WebhookOpenCalls openCalls,
     TimeProvider timeProvider,
     IngressMetrics metrics,
     ILogger<WebhookHandler> logger)
@@ -70,6 +71,14 @@ internal sealed partial class WebhookHandler(
             return TooLarge(options);
         }
 
+        // Held from the body read to the end of the signature check: what one address can pin before anyone knows who it is.
+        using var open = openCalls.TryEnter(context);
+        if (!open.IsAcquired)
+        {
+            return Reject(StatusCodes.Status429TooManyRequests, RejectionReasons.RateLimited,
+                "Too many webhook calls from this address in progress at once; retry after the number of seconds in Retry-After.",
+                OverloadedRetryAfter, LogLevel.Debug);
+        }
         byte[]? body;
         try
         {
@@ -99,6 +108,7 @@ internal sealed partial class WebhookHandler(
         {
             return signatureProblem;
         }
+        open.Dispose();
 
         using (var token = globalLimit.TryTake())
         {
@@ -171,7 +181,7 @@ internal sealed partial class WebhookHandler(
             if (explicitKey is null || !RunIdExtractor.IsAcceptable(explicitKey, options.MaxRunIdLength))
             {
                 return Reject(StatusCodes.Status400BadRequest, RejectionReasons.RunIdInvalid,
-                    $"The Idempotency-Key header must be one value of 1 to {options.MaxRunIdLength} printable ASCII characters without spaces.");
+                    $"The Idempotency-Key header must be one value of 1 to {options.MaxRunIdLength} printable ASCII characters without spaces, and not '.' or '..'.");
             }
         }
         string? bodyHash = null;
