@@ -60,6 +60,15 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // here, after the lease was taken, the attempt never reached the poison check, and the entry came back for good.
     private const string BeginScript = $$"""
         {{IncrementCount}}
+        -- A stored count or time counts only as a whole number in range: Lua reads nan, inf, 1e20 and 0x10 as numbers,
+        -- and Redis replies a non-finite or huge one as -2^63, which the caller cannot take.
+        local function whole(v, max)
+          local n = tonumber(v)
+          if n and n >= 0 and n <= max and n == math.floor(n) then
+            return n
+          end
+          return nil
+        end
         local lease = redis.call('GET', KEYS[2])
         if lease and lease ~= ARGV[1] then
           return {0}
@@ -73,31 +82,31 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         local claims = 0
         if ARGV[3] == '1' then
           if again then
-            claims = tonumber(redis.call('HGET', KEYS[1], 'claims')) or 0
+            claims = whole(redis.call('HGET', KEYS[1], 'claims'), 1e9) or 0
           else
             claims = increment(KEYS[1], 'claims')
           end
         end
         local paused = 0
         local probe = 0
-        local probeAt = redis.call('HGET', KEYS[3], ARGV[4])
-        if probeAt and not tonumber(probeAt) then
+        local stored = redis.call('HGET', KEYS[3], ARGV[4])
+        local probeAt = whole(stored, 1e14)
+        if stored and not probeAt then
           -- A damaged pause time: the target is probed now, as when its pause is over.
           redis.call('HSET', KEYS[3], ARGV[4], tonumber(ARGV[5]) + tonumber(ARGV[6]))
-          probeAt = false
           probe = 1
         end
         if probeAt then
-          if again and tonumber(probeAt) == tonumber(ARGV[5]) + tonumber(ARGV[6]) then
+          if again and probeAt == tonumber(ARGV[5]) + tonumber(ARGV[6]) then
             probe = 1
-          elseif tonumber(probeAt) > tonumber(ARGV[5]) then
+          elseif probeAt > tonumber(ARGV[5]) then
             paused = probeAt
           else
             redis.call('HSET', KEYS[3], ARGV[4], tonumber(ARGV[5]) + tonumber(ARGV[6]))
             probe = 1
           end
         end
-        return {1, r[1] or '', tonumber(r[2]) or 0, claims, tonumber(r[3]) or tonumber(r[4]) or 0, paused, probe}
+        return {1, r[1] or '', whole(r[2], 1e9) or 0, claims, whole(r[3], 1e14) or whole(r[4], 1e14) or 0, paused, probe}
         """;
 
     // KEYS: 1 record, 2 lease, 3 stream, 4 retry schedule, 5 dead letters, 6 attempts, 7 target failures, 8 paused targets,
@@ -191,12 +200,12 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         return failures
         """;
 
-    // A count that is not a number (a damaged field) starts again at 1 instead of failing: these counts are written
-    // where a failure would leave a script half done.
+    // A count that is not a number (a damaged field), or past any count the relay makes, starts again at 1 instead of
+    // failing: these counts are written where a failure would leave a script half done, and read as 32-bit numbers.
     private const string IncrementCount = """
         local function increment(key, field)
           local n = redis.pcall('HINCRBY', key, field, 1)
-          if type(n) == 'table' then
+          if type(n) == 'table' or n > 1000000000 then
             redis.call('HSET', key, field, 1)
             return 1
           end

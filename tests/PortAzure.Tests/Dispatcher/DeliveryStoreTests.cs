@@ -169,10 +169,17 @@ public class DeliveryStoreTests
     }
 
     [Theory]
-    [InlineData(DeliveryRecord.Attempts)]
-    [InlineData(DeliveryRecord.Claims)]
-    [InlineData(DeliveryRecord.Since)]
-    public async Task Begin_DamagedCountOrTimeInTheRecord_TakesTheLeaseAndReadsItAsNone(string field)
+    [InlineData(DeliveryRecord.Attempts, "damaged")]
+    [InlineData(DeliveryRecord.Attempts, "nan")]
+    [InlineData(DeliveryRecord.Attempts, "1e20")]
+    [InlineData(DeliveryRecord.Attempts, "99999999999")]
+    [InlineData(DeliveryRecord.Attempts, "2.5")]
+    [InlineData(DeliveryRecord.Claims, "damaged")]
+    [InlineData(DeliveryRecord.Claims, "99999999999")]
+    [InlineData(DeliveryRecord.Since, "damaged")]
+    [InlineData(DeliveryRecord.Since, "1e15")]
+    [InlineData(DeliveryRecord.Since, "-inf")]
+    public async Task Begin_DamagedCountOrTimeInTheRecord_TakesTheLeaseAndReadsItAsNone(string field, string value)
     {
         // Thrown after the lease was taken, a damaged field kept the attempt from its poison check: the entry was
         // reclaimed, failed again and came back, for good, never posted nor dead-lettered.
@@ -180,7 +187,7 @@ public class DeliveryStoreTests
         var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
         var entry = NewEntry();
         await db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId), [new(DeliveryRecord.Attempts, 3), new(DeliveryRecord.Claims, 2), new(DeliveryRecord.Since, 1000)]);
-        await db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId), field, "damaged");
+        await db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId), field, value);
 
         var begin = await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), claimed: true, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30));
 
@@ -190,15 +197,19 @@ public class DeliveryStoreTests
         Assert.Equal(field == DeliveryRecord.Since ? null : DateTimeOffset.FromUnixTimeMilliseconds(1000), begin.Since);
     }
 
-    [Fact]
-    public async Task Begin_DamagedPauseTimeOfTheTarget_ProbesTheTargetAndPausesItAnew()
+    [Theory]
+    [InlineData("damaged")]
+    [InlineData("1e15")]
+    [InlineData("99999999999999.5")]
+    [InlineData("nan")]
+    public async Task Begin_DamagedPauseTimeOfTheTarget_ProbesTheTargetAndPausesItAnew(string value)
     {
         // Compared as a number, a damaged pause time failed the begin of every delivery to that target.
         await using var leased = await SharedRedis.ConnectAsync();
         var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
         var entry = NewEntry();
         var now = DateTimeOffset.UtcNow;
-        await db.HashSetAsync(RedisKeys.PausedTargets, entry.Target, "damaged");
+        await db.HashSetAsync(RedisKeys.PausedTargets, entry.Target, value);
 
         var begin = await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), claimed: false, now, TimeSpan.FromSeconds(30));
 
