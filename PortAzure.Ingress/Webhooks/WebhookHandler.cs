@@ -206,17 +206,20 @@ internal sealed partial class WebhookHandler(
     private static ReplayGuard GuardAgainstReplay(HttpRequest request, byte[] body, string? bodyHash, IngressOptions options)
     {
         var timestamp = request.Headers[PortSignature.TimestampHeader].ToString();
+        // The timestamp is accepted from `tolerance` ahead of the clock to `tolerance` behind it, on the clock of the
+        // Ingress that checks it: the margin covers Ingress replicas whose clocks differ by up to a minute.
+        var timestampWindow = TimeSpan.FromSeconds(2 * options.TimestampToleranceSeconds) + ReplayGuardClockMargin;
         if (timestamp.Length == 0 || options.AllowLegacySha1Signature)
         {
+            // A call with a timestamp keeps its guard at least as long as that timestamp is accepted, even when the
+            // idempotency window is shorter.
+            var window = TimeSpan.FromHours(options.IdempotencyWindowHours);
             return new ReplayGuard(RedisKeys.SignedCall("legacy:" + (bodyHash ?? Sha256Hex(body))),
-                TimeSpan.FromHours(options.IdempotencyWindowHours));
+                timestamp.Length == 0 || window >= timestampWindow ? window : timestampWindow);
         }
         Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
         PortSignature.HashSignedContent(timestamp, body, hash);
-        // The timestamp is accepted from `tolerance` ahead of the clock to `tolerance` behind it, on the clock of the
-        // Ingress that checks it: the margin covers Ingress replicas whose clocks differ by up to a minute.
-        return new ReplayGuard(RedisKeys.SignedCall("v1:" + Convert.ToHexStringLower(hash)),
-            TimeSpan.FromSeconds(2 * options.TimestampToleranceSeconds) + ReplayGuardClockMargin);
+        return new ReplayGuard(RedisKeys.SignedCall("v1:" + Convert.ToHexStringLower(hash)), timestampWindow);
     }
 
     private async Task<IResult> EnqueueAsync(HttpContext context, string org, string webhook, byte[] body, string? runId, string idempotencyKey,

@@ -233,6 +233,26 @@ public class RunIdExtractionTests
     }
 
     [Fact]
+    public async Task Post_LegacyAllowedAndTheWindowShorterThanTheTimestampsTolerance_GuardLastsWhileTheTimestampIsAccepted()
+    {
+        // Guarded by its body for the idempotency window only, a signed call could be sent to another webhook as a new run
+        // once the window (1 h here) was over, while its timestamp (accepted for a day either way) still was.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Ingress:AllowLegacySha1Signature"] = "true";
+            c["Ingress:IdempotencyWindowHours"] = "1";
+            c["Ingress:TimestampToleranceSeconds"] = "86400";
+        }, dispatchers: 0);
+        var body = TestRuns.Body(TestRuns.NewRunId());
+
+        using var response = await relay.Ingress.Client.SendAsync(TestRuns.Signed(body));
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        var ttl = await relay.Db.KeyTimeToLiveAsync(RedisKeys.SignedCall("legacy:" + Convert.ToHexStringLower(SHA256.HashData(body))));
+        Assert.InRange(ttl!.Value, TimeSpan.FromHours(48), TimeSpan.FromHours(48) + TimeSpan.FromMinutes(1));
+    }
+
+    [Fact]
     public async Task Post_MalformedIdempotencyKeyBesideARunId_IsIgnored()
     {
         // The header counts only without a run id; a proxy's stray copy must not block a signed run.
