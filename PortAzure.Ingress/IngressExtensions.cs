@@ -41,6 +41,7 @@ public static class IngressExtensions
         builder.Services.AddSingleton<WebhookHandler>();
         builder.Services.AddSingleton<WebhookConcurrencyLimit>();
         builder.Services.AddSingleton<OperatorApiRefusalLog>();
+        builder.Services.AddHostedService<LegacySignatureWarning>();
 
         builder.Services.AddReverseProxy()
             .LoadFromConfig(builder.Configuration.GetSection("ReverseProxy"))
