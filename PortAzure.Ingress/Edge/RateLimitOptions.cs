@@ -22,9 +22,9 @@ internal sealed class RateLimitOptions
     public int GlobalBurst { get; set; } = 10_000;
 
     /// <summary>
-    /// Webhook calls one client address may have in progress at once, their body reads included: with up to
-    /// <c>Ingress:MaxBodyBytes</c> each held before its signature is checked, this bounds the memory one client can
-    /// hold. Past it: 429, as for the bucket.
+    /// Webhook calls one client address may have between the start of their body read and the end of their signature
+    /// check (<see cref="WebhookOpenCalls"/>): with up to <c>Ingress:MaxBodyBytes</c> each held before anyone knows who
+    /// sent it, this bounds the memory one address can hold. Past it: 429, as for the bucket.
     /// </summary>
     public int ConcurrentCallsPerClient { get; set; } = 100;
 }
