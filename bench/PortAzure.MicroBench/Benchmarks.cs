@@ -111,3 +111,58 @@ public class DeliveryEntryBenchmarks
     [Benchmark]
     public DeliveryEntry? FromStreamEntry() => DeliveryEntry.FromStreamEntry(_streamEntry);
 }
+
+/// <summary>
+/// The per-address permit every webhook call takes around its body read and signature check (WebhookOpenCalls), as
+/// shipped (rate limiting on: a ConcurrencyLimiter per address) and as the load bench runs it (off: no limiter, the
+/// counter only). Run ae could not tell either from noise.
+/// </summary>
+[MemoryDiagnoser]
+public class OpenCallsBenchmarks
+{
+    private PortAzure.Ingress.Edge.WebhookOpenCalls _on = null!;
+    private PortAzure.Ingress.Edge.WebhookOpenCalls _off = null!;
+    private Microsoft.Extensions.DependencyInjection.ServiceProvider _services = null!;
+    private readonly Microsoft.AspNetCore.Http.DefaultHttpContext _context = new();
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        // The meter as the service has it, with a listener (OpenTelemetry's, in the service) so that the counter records.
+        _services = Microsoft.Extensions.DependencyInjection.ServiceCollectionContainerBuilderExtensions.BuildServiceProvider(
+            Microsoft.Extensions.DependencyInjection.MetricsServiceExtensions.AddMetrics(new Microsoft.Extensions.DependencyInjection.ServiceCollection()));
+        var metrics = new PortAzure.Ingress.Diagnostics.IngressMetrics(
+            Microsoft.Extensions.DependencyInjection.ServiceProviderServiceExtensions.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>(_services));
+        _listener.InstrumentPublished = (instrument, listener) => listener.EnableMeasurementEvents(instrument);
+        _listener.SetMeasurementEventCallback<long>((_, _, _, _) => { });
+        _listener.Start();
+        _context.Connection.RemoteIpAddress = System.Net.IPAddress.Parse("203.0.113.7");
+        _on = new(Microsoft.Extensions.Options.Options.Create(new PortAzure.Ingress.Edge.RateLimitOptions()), metrics);
+        _off = new(Microsoft.Extensions.Options.Options.Create(new PortAzure.Ingress.Edge.RateLimitOptions { Enabled = false }), metrics);
+    }
+
+    private readonly System.Diagnostics.Metrics.MeterListener _listener = new();
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        _listener.Dispose();
+        _on.Dispose();
+        _off.Dispose();
+        _services.Dispose();
+    }
+
+    [Benchmark(Baseline = true)]
+    public bool RateLimitingOff()
+    {
+        using var permit = _off.TryEnter(_context);
+        return permit.IsAcquired;
+    }
+
+    [Benchmark]
+    public bool RateLimitingOn()
+    {
+        using var permit = _on.TryEnter(_context);
+        return permit.IsAcquired;
+    }
+}
