@@ -60,7 +60,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // here, after the lease was taken, the attempt never reached the poison check, and the entry came back for good.
     private const string BeginScript = $$"""
         {{IncrementCount}}
-        -- A stored count or time counts only as a whole number in range: Lua reads nan, inf, 1e20 and 0x10 as numbers,
+        -- A stored count or time counts only as a whole number in range: Lua reads nan, inf, 1e20 and 2.5 as numbers,
         -- and Redis replies a non-finite or huge one as -2^63, which the caller cannot take.
         local function whole(v, max)
           local n = tonumber(v)

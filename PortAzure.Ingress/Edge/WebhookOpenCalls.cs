@@ -13,7 +13,8 @@ namespace PortAzure.Ingress.Edge;
 /// byte and then held stays within Kestrel's minimum data rate (an average since the body began) for minutes: a review
 /// held 690 MB with 350 such calls from one address. Taken in the handler, not the rate-limiting middleware: there the
 /// permit would be held through the Redis enqueue too, so that a slow Redis turned the cap into Port's own limit (Port
-/// calls from a few addresses), and a refusal would still spend a token of the bucket.
+/// calls from a few addresses). (A call refused here has spent a token of the per-client bucket, taken before it, as it
+/// did in the middleware.)
 /// </remarks>
 internal sealed class WebhookOpenCalls : IDisposable
 {
