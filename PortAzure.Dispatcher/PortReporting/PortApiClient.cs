@@ -82,10 +82,9 @@ internal sealed partial class PortApiClient(
     public async Task<PortCallResult> SendLogAsync(PortReport report, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(report);
-        if (report.RunId is "." or "..")
+        if (PortApiPaths.IsDotSegment(report.RunId))
         {
-            // A dot segment: the call would reach another path of Port's API, with the relay's token (the Ingress refuses
-            // such run ids since 2026-11-27; one queued before that can still come here).
+            // The Ingress refuses such run ids since 2026-11-27; one queued before that can still come here.
             return PortCallResult.Rejected;
         }
         if (Throttled)

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using PortAzure.Security;
 
 namespace PortAzure.Ingress.Webhooks;
 
@@ -41,9 +42,8 @@ internal static class RunIdExtractor
 
     /// <summary>
     /// Run ids and idempotency keys become Redis key parts and headers: printable ASCII only. Not <c>.</c> or <c>..</c>:
-    /// a run id is a segment of Port's API paths, and a dot segment would send the relay's call, its token with it,
-    /// to another path (<c>/v1/actions/runs/../logs</c> is <c>/v1/actions/logs</c>).
+    /// a run id is a segment of Port's API paths (<see cref="PortApiPaths.IsDotSegment"/>).
     /// </summary>
     public static bool IsAcceptable(string value, int maxLength) =>
-        value.Length > 0 && value.Length <= maxLength && value.All(c => c is > ' ' and < '\u007f') && value is not ("." or "..");
+        value.Length > 0 && value.Length <= maxLength && value.All(c => c is > ' ' and < '\u007f') && !PortApiPaths.IsDotSegment(value);
 }
