@@ -211,11 +211,13 @@ internal sealed partial class WebhookHandler(
         var timestampWindow = TimeSpan.FromSeconds(2 * options.TimestampToleranceSeconds) + ReplayGuardClockMargin;
         if (timestamp.Length == 0 || options.AllowLegacySha1Signature)
         {
-            // A call with a timestamp keeps its guard at least as long as that timestamp is accepted, even when the
-            // idempotency window is shorter.
             var window = TimeSpan.FromHours(options.IdempotencyWindowHours);
-            return new ReplayGuard(RedisKeys.SignedCall("legacy:" + (bodyHash ?? Sha256Hex(body))),
-                timestamp.Length == 0 || window >= timestampWindow ? window : timestampWindow);
+            if (timestamp.Length > 0 && timestampWindow > window)
+            {
+                // A call with a timestamp keeps its guard at least as long as that timestamp is accepted.
+                window = timestampWindow;
+            }
+            return new ReplayGuard(RedisKeys.SignedCall("legacy:" + (bodyHash ?? Sha256Hex(body))), window);
         }
         Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
         PortSignature.HashSignedContent(timestamp, body, hash);
