@@ -1,7 +1,7 @@
 namespace PortAzure.Dispatcher.Retry;
 
 /// <summary>
-/// Exponential backoff with jitter, capped; <c>Retry-After</c> wins when given (clamped to the cap).
+/// Exponential backoff with jitter, capped; a <c>Retry-After</c> longer than the backoff is waited out (up to the cap).
 /// Gives up after <see cref="RetryOptions.MaxAttempts"/> attempts or <see cref="RetryOptions.MaxAgeHours"/>.
 /// </summary>
 internal sealed class RetryPolicy(RetryOptions options, Func<double>? random = null)
@@ -22,13 +22,13 @@ internal sealed class RetryPolicy(RetryOptions options, Func<double>? random = n
     public TimeSpan Delay(int attempt, TimeSpan? retryAfter)
     {
         var cap = TimeSpan.FromSeconds(options.MaxDelaySeconds);
-        if (retryAfter is { } asked)
-        {
-            return asked < TimeSpan.Zero ? TimeSpan.Zero : asked > cap ? cap : asked;
-        }
         var exponent = Math.Min(attempt - 1, 60);
         var seconds = Math.Min(options.MaxDelaySeconds, options.InitialDelaySeconds * Math.Pow(options.Multiplier, exponent));
         var jitter = 1 + (options.JitterFraction * ((2 * _random()) - 1));
-        return TimeSpan.FromSeconds(Math.Min(options.MaxDelaySeconds, seconds * jitter));
+        var backoff = TimeSpan.FromSeconds(Math.Min(options.MaxDelaySeconds, seconds * jitter));
+        // Retry-After is when the target will take the call again at the earliest, not a promise it will succeed: a
+        // shorter one (a proxy's "Retry-After: 0") must not take the backoff away, or a target that keeps answering
+        // so spends the whole attempt budget within seconds and its runs are dead-lettered.
+        return retryAfter is { } asked && asked > backoff ? (asked > cap ? cap : asked) : backoff;
     }
 }

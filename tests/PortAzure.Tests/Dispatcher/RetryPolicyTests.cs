@@ -39,13 +39,37 @@ public class RetryPolicyTests
     }
 
     [Theory]
-    [InlineData(7, 7)]
-    [InlineData(3600, 600)]
-    [InlineData(-5, 0)]
-    public void Delay_RetryAfter_IsHonouredAndClampedToTheCap(int retryAfter, int expected)
+    [InlineData(1, 7, 7)]
+    [InlineData(1, 3600, 600)]
+    [InlineData(5, 30, 30)]
+    public void Delay_RetryAfterLongerThanTheBackoff_IsWaitedOutUpToTheCap(int attempt, int retryAfter, int expected)
     {
         var policy = new RetryPolicy(new RetryOptions(), () => 0.5);
-        Assert.Equal(TimeSpan.FromSeconds(expected), policy.Delay(1, TimeSpan.FromSeconds(retryAfter)));
+        Assert.Equal(TimeSpan.FromSeconds(expected), policy.Delay(attempt, TimeSpan.FromSeconds(retryAfter)));
+    }
+
+    [Theory]
+    [InlineData(1, 0, 1)]
+    [InlineData(1, -5, 1)]
+    [InlineData(5, 3, 16)]
+    [InlineData(11, 0, 600)]
+    public void Delay_RetryAfterShorterThanTheBackoff_KeepsTheBackoff(int attempt, int retryAfter, int expected)
+    {
+        var policy = new RetryPolicy(new RetryOptions(), () => 0.5);
+        Assert.Equal(TimeSpan.FromSeconds(expected), policy.Delay(attempt, TimeSpan.FromSeconds(retryAfter)));
+    }
+
+    [Fact]
+    public void NextAttemptAt_RetryAfterZeroEveryTime_KeepsTheBackoffSchedule()
+    {
+        var policy = new RetryPolicy(new RetryOptions(), () => 0.5);
+        var at = Now;
+        for (var attempt = 1; policy.NextAttemptAt(attempt, at, Now, TimeSpan.Zero) is { } next; attempt++)
+        {
+            at = next;
+        }
+        // 1 + 2 + ... + 256 s: the nine waits between ten attempts, as without Retry-After.
+        Assert.Equal(TimeSpan.FromSeconds(511), at - Now);
     }
 
     [Fact]
