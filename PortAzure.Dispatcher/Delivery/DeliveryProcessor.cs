@@ -58,7 +58,8 @@ internal sealed partial class DeliveryProcessor(
             begin = await WithRedisRetriesAsync(() =>
             {
                 triedAt = timeProvider.GetTimestamp();
-                return store.BeginAsync(entry, token, opts.LeaseDuration, claimed, now, TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds));
+                return store.BeginAsync(entry, token, opts.LeaseDuration, claimed, now, TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds),
+                    TimeSpan.FromHours(opts.DeliveredRetentionHours));
             }, i => i < BeginBackoff.Length ? BeginBackoff[i] : null, entry.DeliveryId, "begin", stopping);
         }
         catch (OperationCanceledException) when (stopping.IsCancellationRequested)
@@ -96,6 +97,14 @@ internal sealed partial class DeliveryProcessor(
             ["RunId"] = entry.RunId,
         });
 
+        if (begin.DamagedRecord is { } found)
+        {
+            var hint = $"The delivery's record in Redis was a {found}, not a hash (damaged, or overwritten by something else), so whether "
+                + $"this run was posted before is unknown; it was not posted again. The value is kept under {RedisKeys.DamagedDelivery(entry.DeliveryId)} "
+                + $"for {opts.DeliveredRetentionHours} h. Check the pipeline's runs, then replay or discard.";
+            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "record_damaged", hint, null, null);
+            return;
+        }
         if (claimed && begin.Claims > opts.MaxClaims)
         {
             var hint = $"The entry was reclaimed from stopped Dispatchers {begin.Claims} times; it is treated as poison. Replay it once the cause is found.";

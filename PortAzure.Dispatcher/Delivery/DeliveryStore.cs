@@ -6,8 +6,11 @@ namespace PortAzure.Dispatcher.Delivery;
 /// <summary>
 /// What <see cref="DeliveryStore.BeginAsync"/> found before an attempt. Not <see cref="Leased"/> with a
 /// final <see cref="State"/>: already finished; with an empty one: another attempt holds the lease.
+/// <see cref="DamagedRecord"/>: the type of what stood at the record's key instead of a hash (now set aside); the
+/// delivery's history is unknown, so it must not be posted.
 /// </summary>
-internal readonly record struct BeginResult(bool Leased, string State, int Attempts, int Claims, DateTimeOffset? Since, DateTimeOffset? PausedUntil)
+internal readonly record struct BeginResult(bool Leased, string State, int Attempts, int Claims, DateTimeOffset? Since, DateTimeOffset? PausedUntil,
+    string? DamagedRecord = null)
 {
     public bool AlreadyFinished => !Leased && State.Length > 0;
 }
@@ -48,11 +51,12 @@ internal enum FinishMode
 /// </summary>
 internal sealed class DeliveryStore(IConnectionMultiplexer redis)
 {
-    // KEYS: 1 record, 2 lease, 3 paused targets
-    // ARGV: 1 lease token, 2 lease ms, 3 claimed (1/0), 4 target, 5 now ms, 6 probe interval ms
+    // KEYS: 1 record, 2 lease, 3 paused targets, 4 where a damaged record is set aside
+    // ARGV: 1 lease token, 2 lease ms, 3 claimed (1/0), 4 target, 5 now ms, 6 probe interval ms, 7 a damaged record's keep s
     // Returns {0} leased by another attempt; {2, state} already finished (nothing taken);
-    // {1, state, attempts, claims, since, pausedUntil, probe} the lease is ours (probe: this attempt is
-    // the paused target's probe; the caller needs only pausedUntil = 0 to go ahead).
+    // {1, state, attempts, claims, since, pausedUntil, probe, damaged} the lease is ours (probe: this attempt is
+    // the paused target's probe; damaged: '' or the type found at the record's key; the caller needs only
+    // pausedUntil = 0 and damaged = '' to go ahead).
     // The lease already ours: a retry of this very call (same token, same now) whose first reply was lost. It
     // changes nothing again: a second claim would count a crash that never happened (poison sooner), and the
     // probe it took the first time (the probe time moved to exactly now + interval) is still its own.
@@ -74,7 +78,20 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           return {0}
         end
         local again = lease == ARGV[1]
-        local r = redis.call('HMGET', KEYS[1], 'state', 'attempts', 'since', 'at')
+        -- pcall: a record that is not a hash failed every begin, so the entry was reclaimed for good (its claims were
+        -- never counted, so it never became poison). Its history (delivered? posted?) is unknown: it is set aside for a
+        -- person, and a new record says so (a retry of this call whose reply was lost must find it), with no POST.
+        local r = redis.pcall('HMGET', KEYS[1], 'state', 'attempts', 'since', 'at', 'damaged')
+        if r.err then
+          local t = redis.call('TYPE', KEYS[1]).ok
+          if t == 'hash' then
+            return redis.error_reply(r.err)
+          end
+          redis.call('RENAME', KEYS[1], KEYS[4])
+          redis.call('EXPIRE', KEYS[4], ARGV[7])
+          redis.call('HSET', KEYS[1], 'damaged', t)
+          r = {false, false, false, false, t}
+        end
         if r[1] == 'delivered' or r[1] == 'deadlettered' or r[1] == 'discarded' then
           return {2, r[1]}
         end
@@ -106,7 +123,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             probe = 1
           end
         end
-        return {1, r[1] or '', whole(r[2], 1e9) or 0, claims, whole(r[3], 1e14) or whole(r[4], 1e14) or 0, paused, probe}
+        return {1, r[1] or '', whole(r[2], 1e9) or 0, claims, whole(r[3], 1e14) or whole(r[4], 1e14) or 0, paused, probe, r[5] or ''}
         """;
 
     // KEYS: 1 record, 2 lease, 3 stream, 4 retry schedule, 5 dead letters, 6 attempts, 7 target failures, 8 paused targets,
@@ -286,7 +303,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         redis.pcall('LTRIM', KEYS[4], -tonumber(ARGV[4]), -1)
         local sid = redis.call('XADD', KEYS[3], '*', unpack(f))
         redis.call('HSET', KEYS[2], 'state', 'queued', 'attempts', 0, 'claims', 0, 'streamId', sid, 'updatedAt', ARGV[2], 'since', ARGV[2])
-        redis.call('HDEL', KEYS[2], 'body', 'hint', 'reason', 'nextAttemptAt', 'deadLetteredAt')
+        redis.call('HDEL', KEYS[2], 'body', 'hint', 'reason', 'nextAttemptAt', 'deadLetteredAt', 'damaged')
         -- After the XADD nothing may fail (the run would be queued and still a dead letter).
         increment(KEYS[2], 'replays')
         redis.call('ZREM', KEYS[1], ARGV[1])
@@ -366,11 +383,14 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         }
     }
 
-    public async Task<BeginResult> BeginAsync(DeliveryEntry entry, string leaseToken, TimeSpan lease, bool claimed, DateTimeOffset now, TimeSpan probeInterval)
+    /// <param name="keepDamaged">How long a record found damaged is kept under <see cref="RedisKeys.DamagedDelivery"/>; 7 days if not given.</param>
+    public async Task<BeginResult> BeginAsync(DeliveryEntry entry, string leaseToken, TimeSpan lease, bool claimed, DateTimeOffset now, TimeSpan probeInterval,
+        TimeSpan? keepDamaged = null)
     {
         var result = (RedisResult[])(await Db.ScriptEvaluateAsync(BeginScript,
-            [RedisKeys.Delivery(entry.DeliveryId), RedisKeys.Lease(entry.DeliveryId), RedisKeys.PausedTargets],
-            [leaseToken, (long)lease.TotalMilliseconds, claimed ? 1 : 0, entry.Target, now.ToUnixTimeMilliseconds(), (long)probeInterval.TotalMilliseconds]))!;
+            [RedisKeys.Delivery(entry.DeliveryId), RedisKeys.Lease(entry.DeliveryId), RedisKeys.PausedTargets, RedisKeys.DamagedDelivery(entry.DeliveryId)],
+            [leaseToken, (long)lease.TotalMilliseconds, claimed ? 1 : 0, entry.Target, now.ToUnixTimeMilliseconds(), (long)probeInterval.TotalMilliseconds,
+                (long)(keepDamaged ?? TimeSpan.FromDays(7)).TotalSeconds]))!;
         switch ((int)result[0])
         {
             case 0:
@@ -382,13 +402,15 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         }
         var since = (long)result[4];
         var paused = (long)result[5];
+        var damaged = (string)result[7]!;
         return new BeginResult(
             true,
             (string)result[1]!,
             (int)result[2],
             (int)result[3],
             since > 0 ? DateTimeOffset.FromUnixTimeMilliseconds(since) : null,
-            paused > 0 ? DateTimeOffset.FromUnixTimeMilliseconds(paused) : null);
+            paused > 0 ? DateTimeOffset.FromUnixTimeMilliseconds(paused) : null,
+            damaged.Length > 0 ? damaged : null);
     }
 
     public sealed record FinishRequest(

@@ -25,6 +25,12 @@ public static class DeliveryRecord
     public const string DeadLetteredAt = "deadLetteredAt";
     public const string Replays = "replays";
 
+    /// <summary>
+    /// The type of what stood at the record's key when an attempt began (not a hash): the delivery goes to the dead
+    /// letters unposted. Removed by a replay.
+    /// </summary>
+    public const string Damaged = "damaged";
+
     /// <summary>Start of the current delivery cycle (receipt, or the last replay): the retry age counts from it.</summary>
     public const string Since = "since";
 

@@ -75,5 +75,8 @@ public static class RedisKeys
 
     public static string Lease(string deliveryId) => $"{Prefix}lease:{deliveryId}";
 
+    /// <summary>A delivery record found to be no hash (damaged, or written by something else), kept for a person to look at.</summary>
+    public static string DamagedDelivery(string deliveryId) => $"{Prefix}damaged:{deliveryId}";
+
     public static string RunIndex(string runId) => $"{Prefix}run:{runId}";
 }

@@ -268,6 +268,37 @@ public class CrashRecoveryTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task QueuedRun_WhoseRecordIsNotAHash_IsDeadLetteredUnpostedAndReplayable()
+    {
+        // Its begin failed (WRONGTYPE, retried as an outage) at every reclaim, for good: never posted nor dead-lettered,
+        // its claims never counted. Whether it was posted before the damage is unknown, so it is not posted now.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
+        await relay.Db.StringSetAsync(RedisKeys.Delivery(deliveryId), "not a hash");
+
+        var dispatcher = await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(async () => await relay.Db.SortedSetScoreAsync(RedisKeys.DeadLetters, deliveryId) is not null,
+            TimeSpan.FromSeconds(30), "the run is dead-lettered");
+
+        Assert.Empty(await relay.EmulatorApi.RequestsAsync());
+        Assert.Equal(0, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+        var record = RedisKeys.Delivery(deliveryId);
+        Assert.Equal("record_damaged", (string?)await relay.Db.HashGetAsync(record, DeliveryRecord.Reason));
+        Assert.Contains(RedisKeys.DamagedDelivery(deliveryId), (string?)await relay.Db.HashGetAsync(record, DeliveryRecord.Hint));
+        Assert.Equal("not a hash", (string?)await relay.Db.StringGetAsync(RedisKeys.DamagedDelivery(deliveryId)));
+
+        // The operator looked: the replay posts it, once. (To the Dispatcher itself: with none at its start, the Ingress
+        // knows no address to proxy to.)
+        using var replay = relay.Operator(HttpMethod.Post, $"/api/deadletters/{deliveryId}/replay");
+        using var answer = await dispatcher.Client.SendAsync(replay);
+        Assert.Equal(HttpStatusCode.Accepted, answer.StatusCode);
+        await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(record, DeliveryRecord.State) == DeliveryStates.Delivered,
+            TimeSpan.FromSeconds(30), "the replayed run is delivered");
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+        Assert.False(await relay.Db.HashExistsAsync(record, DeliveryRecord.Damaged));
+    }
+
+    [Fact]
     public async Task QueuedRun_WhoseRecordHasADamagedAttemptCount_IsDeliveredOnce()
     {
         // Its begin failed after taking the lease (the count did not parse), before the poison check: reclaimed and failing

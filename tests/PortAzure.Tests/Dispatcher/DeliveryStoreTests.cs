@@ -490,6 +490,27 @@ public class DeliveryStoreTests
         Assert.NotNull((await store.BeginAsync(other, "B", TimeSpan.FromSeconds(30), claimed: false, now, TimeSpan.FromSeconds(30))).PausedUntil);
     }
 
+    [Fact]
+    public async Task Begin_RecordNotAHash_SetsItAsideAndSaysSoAgainAfterALostReply()
+    {
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry();
+        var now = DateTimeOffset.UtcNow;
+        await db.ListRightPushAsync(RedisKeys.Delivery(entry.DeliveryId), "not a hash");
+
+        var first = await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), claimed: true, now, TimeSpan.FromSeconds(30), TimeSpan.FromHours(2));
+        // The retry of a call whose reply was lost finds the record it left (an empty one would be taken for a new run).
+        var again = await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), claimed: true, now, TimeSpan.FromSeconds(30), TimeSpan.FromHours(2));
+
+        Assert.Equal((true, "list", 1), (first.Leased, first.DamagedRecord, first.Claims));
+        Assert.Equal((true, "list", 1), (again.Leased, again.DamagedRecord, again.Claims));
+        var kept = RedisKeys.DamagedDelivery(entry.DeliveryId);
+        Assert.Equal("not a hash", (string?)await db.ListGetByIndexAsync(kept, 0));
+        Assert.InRange((await db.KeyTimeToLiveAsync(kept))!.Value, TimeSpan.FromHours(1.9), TimeSpan.FromHours(2));
+        Assert.Equal("list", (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.Damaged));
+    }
+
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
