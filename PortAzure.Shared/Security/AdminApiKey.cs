@@ -27,7 +27,8 @@ public static class AdminApiKey
             return Result.NotConfigured;
         }
         string? presented = null;
-        if (request.Headers.TryGetValue(HeaderName, out var apiKey) && apiKey.Count == 1)
+        // An empty X-Api-Key (a client that always sends it) does not hide a Bearer key.
+        if (request.Headers.TryGetValue(HeaderName, out var apiKey) && apiKey.Count == 1 && !string.IsNullOrEmpty(apiKey[0]))
         {
             presented = apiKey[0];
         }

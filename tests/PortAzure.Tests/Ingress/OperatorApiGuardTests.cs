@@ -182,6 +182,19 @@ public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<Ope
             TimeSpan.FromSeconds(15), "the Dispatcher to count the three direct calls");
     }
 
+    [Fact]
+    public async Task Call_EmptyApiKeyHeaderBesideARightBearerKey_IsAnswered()
+    {
+        // A client or proxy that always sends the header, empty when unset: the empty header used to hide the Bearer key.
+        using var request = new HttpRequestMessage(HttpMethod.Get, "/api/stats");
+        request.Headers.TryAddWithoutValidation("X-Api-Key", "");
+        request.Headers.Authorization = new AuthenticationHeaderValue("Bearer", Relay.AdminKey);
+
+        using var response = await fixture.Relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+    }
+
     private async Task<HttpResponseMessage> SendAsync(TestHost host, string method, string path, string? scheme, string? key)
     {
         using var request = new HttpRequestMessage(new HttpMethod(method), fixture.Resolve(path));
