@@ -286,7 +286,7 @@ internal static partial class OperatorApi
         {
             hash = (await db.HashGetAllAsync(RedisKeys.Delivery(id))).ToDictionary(e => (string)e.Name!, e => e.Value);
         }
-        catch (RedisServerException ex) when (IsWrongType(ex))
+        catch (RedisServerException ex) when (RedisFailures.IsWrongType(ex))
         {
             return Damaged(id, $"The delivery's record in Redis is not a hash. If it is a dead letter, DELETE /api/deadletters/{id} removes it.");
         }
@@ -332,7 +332,7 @@ internal static partial class OperatorApi
         {
             raw = await db.ListRangeAsync(RedisKeys.Attempts(id));
         }
-        catch (RedisServerException ex) when (IsWrongType(ex))
+        catch (RedisServerException ex) when (RedisFailures.IsWrongType(ex))
         {
             return [];
         }
@@ -353,8 +353,6 @@ internal static partial class OperatorApi
         }
         return attempts;
     }
-
-    private static bool IsWrongType(RedisServerException exception) => exception.Message.StartsWith("WRONGTYPE", StringComparison.Ordinal);
 
     private static DeliveryView Damaged(string id, string hint) =>
         new(id, DamagedState, null, null, null, null, null, null, 0, null, null, null, null, hint, null, 0, null);
