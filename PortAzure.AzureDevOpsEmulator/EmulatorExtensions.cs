@@ -17,7 +17,7 @@ public static class EmulatorExtensions
           POST   /{org}/_apis/public/distributedtask/webhooks/{webhook}?api-version=...
                  HMAC-SHA1 of the body in the signature header (hex, or sha1=<hex>)
           GET    /_emulator/requests[?webhook=]     recorded requests, arrival order
-          GET    /_emulator/requests/count[?webhook=]
+          GET    /_emulator/requests/count[?webhook=]   {"count","dropped"}: the newest Emulator:MaxRecorded (10,000; 0 = all) are kept
           POST   /_emulator/requests/take           the recorded requests, removed in the same step
           DELETE /_emulator/requests
           GET    /_emulator/behavior                scripted behaviour
@@ -44,7 +44,10 @@ public static class EmulatorExtensions
     public static WebApplicationBuilder AddEmulatorServices(this WebApplicationBuilder builder)
     {
         ArgumentNullException.ThrowIfNull(builder);
-        builder.Services.Configure<EmulatorOptions>(builder.Configuration.GetSection(EmulatorOptions.SectionName));
+        builder.Services.AddOptions<EmulatorOptions>()
+            .Bind(builder.Configuration.GetSection(EmulatorOptions.SectionName))
+            .Validate(o => o.MaxRecorded >= 0, "Emulator:MaxRecorded must be 0 (keep every record) or more.")
+            .ValidateOnStart();
         builder.Services.TryAddSingleton(TimeProvider.System);
         builder.Services.AddWebhookEmulation();
         builder.Services.AddPortEmulation();

@@ -17,6 +17,13 @@ internal sealed class EmulatorOptions
     /// <summary>Section <c>Emulator:Port</c>.</summary>
     public PortApiOptions Port { get; } = new();
 
+    /// <summary>
+    /// The newest this many webhook requests, and as many Port API calls, are kept for <c>/_emulator</c>; older ones are
+    /// dropped (counted as <c>dropped</c> by <c>GET /_emulator/requests/count</c>). 0 keeps all: the benchmark's verdicts
+    /// need every request.
+    /// </summary>
+    public int MaxRecorded { get; set; } = 10_000;
+
     public string SecretFor(string webhook) =>
         WebhookSecrets.TryGetValue(webhook, out var secret) ? secret : Secret;
 }

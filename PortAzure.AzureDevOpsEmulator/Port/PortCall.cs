@@ -14,36 +14,16 @@ internal sealed record PortCall(
     int StatusCode,
     string? Error);
 
-/// <summary>Every Port API call, thread-safe, in arrival order.</summary>
-internal sealed class PortCallRecorder
+/// <summary>The Port API calls (the newest <see cref="EmulatorOptions.MaxRecorded"/>), thread-safe, in arrival order.</summary>
+internal sealed class PortCallRecorder(RecordedLog<PortCall> log)
 {
-    private readonly Lock _gate = new();
-    private readonly List<PortCall> _calls = [];
     private long _sequence;
 
     public long NextSequence() => Interlocked.Increment(ref _sequence);
 
-    public void Add(PortCall call)
-    {
-        lock (_gate)
-        {
-            _calls.Add(call);
-        }
-    }
+    public void Add(PortCall call) => log.Add(call);
 
-    public IReadOnlyList<PortCall> Snapshot()
-    {
-        lock (_gate)
-        {
-            return [.. _calls.OrderBy(c => c.Sequence)];
-        }
-    }
+    public IReadOnlyList<PortCall> Snapshot() => [.. log.Snapshot().OrderBy(c => c.Sequence)];
 
-    public void Clear()
-    {
-        lock (_gate)
-        {
-            _calls.Clear();
-        }
-    }
+    public void Clear() => log.Clear();
 }

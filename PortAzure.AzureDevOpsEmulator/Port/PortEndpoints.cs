@@ -7,6 +7,7 @@ internal static partial class PortEndpoints
     public static IServiceCollection AddPortEmulation(this IServiceCollection services) => services
         .AddSingleton<PortState>()
         .AddSingleton<PortFailures>()
+        .AddSingleton<RecordedLog<PortCall>>()
         .AddSingleton<PortCallRecorder>()
         .AddSingleton<PortApi>();
 

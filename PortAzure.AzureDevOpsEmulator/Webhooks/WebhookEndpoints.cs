@@ -7,6 +7,7 @@ internal static partial class WebhookEndpoints
     public const string Route = "/{org}/_apis/public/distributedtask/webhooks/{webhook}";
 
     public static IServiceCollection AddWebhookEmulation(this IServiceCollection services) => services
+        .AddSingleton<RecordedLog<RecordedWebhookRequest>>()
         .AddSingleton<WebhookRecorder>()
         .AddSingleton<WebhookBehavior>()
         .AddSingleton<WebhookReceiver>();
@@ -19,7 +20,7 @@ internal static partial class WebhookEndpoints
 
         var control = endpoints.MapGroup("/_emulator");
         control.MapGet("/requests", (string? webhook, WebhookRecorder recorder) => Results.Ok(recorder.Snapshot(webhook)));
-        control.MapGet("/requests/count", (string? webhook, WebhookRecorder recorder) => Results.Ok(new { count = recorder.Count(webhook) }));
+        control.MapGet("/requests/count", (string? webhook, WebhookRecorder recorder) => Results.Ok(new { count = recorder.Count(webhook), dropped = recorder.Dropped }));
         control.MapPost("/requests/take", (WebhookRecorder recorder) => Results.Ok(recorder.Take()));
         control.MapDelete("/requests", (WebhookRecorder recorder) =>
         {

@@ -1,67 +1,28 @@
 namespace PortAzure.AzureDevOpsEmulator.Webhooks;
 
-/// <summary>Every request the webhook route received, thread-safe.</summary>
-internal sealed class WebhookRecorder
+/// <summary>The requests the webhook route received (the newest <see cref="EmulatorOptions.MaxRecorded"/>), thread-safe.</summary>
+internal sealed class WebhookRecorder(RecordedLog<RecordedWebhookRequest> log)
 {
-    private readonly Lock _gate = new();
-    private readonly List<RecordedWebhookRequest> _requests = [];
     private long _sequence;
 
     public long NextSequence() => Interlocked.Increment(ref _sequence);
 
-    public void Add(RecordedWebhookRequest request)
-    {
-        lock (_gate)
-        {
-            _requests.Add(request);
-        }
-    }
+    public long Dropped => log.Dropped;
+
+    public void Add(RecordedWebhookRequest request) => log.Add(request);
 
     /// <summary>The recorded requests in arrival order, optionally of one webhook only.</summary>
-    public IReadOnlyList<RecordedWebhookRequest> Snapshot(string? webhook)
-    {
-        RecordedWebhookRequest[] copy;
-        lock (_gate)
-        {
-            copy = [.. _requests];
-        }
+    /// <remarks>Sequence numbers are taken on arrival, records are added once the answer is decided: hence the sort.</remarks>
+    public IReadOnlyList<RecordedWebhookRequest> Snapshot(string? webhook) =>
+        [.. log.Snapshot().Where(r => webhook is null || IsFor(r, webhook)).OrderBy(r => r.Sequence)];
 
-        // Sequence numbers are taken on arrival, records are added once the answer is decided.
-        return [.. copy
-            .Where(r => webhook is null || string.Equals(r.Webhook, webhook, StringComparison.OrdinalIgnoreCase))
-            .OrderBy(r => r.Sequence)];
-    }
+    public int Count(string? webhook) => webhook is null ? log.Count() : log.Count(r => IsFor(r, webhook));
 
-    public int Count(string? webhook)
-    {
-        lock (_gate)
-        {
-            return webhook is null
-                ? _requests.Count
-                : _requests.Count(r => string.Equals(r.Webhook, webhook, StringComparison.OrdinalIgnoreCase));
-        }
-    }
+    /// <summary>Every recorded request, in arrival order, removed in the same step (<see cref="RecordedLog{T}.Take"/>).</summary>
+    public IReadOnlyList<RecordedWebhookRequest> Take() => [.. log.Take().OrderBy(r => r.Sequence)];
 
-    /// <summary>
-    /// Every recorded request, in arrival order, removed in the same step: a request recorded while the caller reads
-    /// stays for its next take, where a read and then a clear would drop it unseen.
-    /// </summary>
-    public IReadOnlyList<RecordedWebhookRequest> Take()
-    {
-        RecordedWebhookRequest[] taken;
-        lock (_gate)
-        {
-            taken = [.. _requests];
-            _requests.Clear();
-        }
-        return [.. taken.OrderBy(r => r.Sequence)];
-    }
+    public void Clear() => log.Clear();
 
-    public void Clear()
-    {
-        lock (_gate)
-        {
-            _requests.Clear();
-        }
-    }
+    private static bool IsFor(RecordedWebhookRequest request, string webhook) =>
+        string.Equals(request.Webhook, webhook, StringComparison.OrdinalIgnoreCase);
 }

@@ -27,4 +27,31 @@ public class WebhookRecorderTests
         Assert.Empty((await second.Content.ReadFromJsonAsync<JsonElement>()).EnumerateArray());
         Assert.Empty(await new EmulatorClient(emulator.Client).RequestsAsync());
     }
+
+    [Fact]
+    public async Task Add_PastMaxRecorded_KeepsTheNewestAndCountsTheDropped()
+    {
+        // A long local session (./run.sh) kept every request and its body for good.
+        await using var emulator = await TestHost.StartEmulatorAsync(new Dictionary<string, string?> { ["Emulator:MaxRecorded"] = "3" });
+        for (var i = 0; i < 5; i++)
+        {
+            using var content = new StringContent($$"""{"n":{{i}}}""", Encoding.UTF8, "application/json");
+            using var posted = await emulator.Client.PostAsync(new Uri("contoso/_apis/public/distributedtask/webhooks/deploy?api-version=6.0-preview", UriKind.Relative), content);
+            using var login = await emulator.Client.PostAsJsonAsync(new Uri("v1/auth/access_token", UriKind.Relative), new { clientId = "id", clientSecret = "secret" });
+        }
+
+        var kept = await new EmulatorClient(emulator.Client).RequestsAsync();
+        var count = await emulator.Client.GetFromJsonAsync<JsonElement>(new Uri("_emulator/requests/count", UriKind.Relative));
+
+        Assert.Equal(["""{"n":2}""", """{"n":3}""", """{"n":4}"""], kept.Select(r => r.BodyText));
+        Assert.Equal((3, 2), (count.GetProperty("count").GetInt32(), count.GetProperty("dropped").GetInt32()));
+        Assert.Equal(3, (await new EmulatorClient(emulator.Client).PortCallsAsync()).Count);
+    }
+
+    [Fact]
+    public async Task Start_NegativeMaxRecorded_FailsNamingTheKey()
+    {
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartEmulatorAsync(new Dictionary<string, string?> { ["Emulator:MaxRecorded"] = "-1" }));
+        Assert.Contains("Emulator:MaxRecorded", error.ToString(), StringComparison.Ordinal);
+    }
 }
