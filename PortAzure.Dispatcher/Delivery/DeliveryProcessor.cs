@@ -255,9 +255,15 @@ internal sealed partial class DeliveryProcessor(
         // Elapsed time, not the wall clock: a clock stepped back would stretch the window past the lease.
         var started = timeProvider.GetTimestamp();
         var window = Min(opts.FinishRetryWindow, lease.Duration - timeProvider.GetElapsedTime(lease.TakenAt) - store.OperationTimeout);
-        return await WithRedisRetriesAsync(() => store.FinishAsync(request),
+        var finished = await WithRedisRetriesAsync(() => store.FinishAsync(request),
             i => FinishBackoff[Math.Min(i, FinishBackoff.Length - 1)] is var delay && timeProvider.GetElapsedTime(started) + delay <= window ? delay : null,
             entry.DeliveryId, mode.ToString());
+        if (finished.ReportError is { } error)
+        {
+            metrics.PortReport("not_queued");
+            Log.ReportNotQueued(logger, entry.DeliveryId, error);
+        }
+        return finished.Failures;
     }
 
     private static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b;
@@ -362,6 +368,10 @@ internal sealed partial class DeliveryProcessor(
 
         [LoggerMessage(EventIds.NotPostedAtStop, LogLevel.Information, "Delivery {DeliveryId} was not posted: the Dispatcher is stopping; it is left to another Dispatcher")]
         public static partial void NotPostedAtStop(ILogger logger, string deliveryId);
+
+        [LoggerMessage(EventIds.ReportNotQueued, LogLevel.Error,
+            "The Port report of delivery {DeliveryId} could not be queued ({Error}); the delivery's outcome is recorded, Port gets no line for it")]
+        public static partial void ReportNotQueued(ILogger logger, string deliveryId, string error);
 
         [LoggerMessage(EventIds.RedisRetry, LogLevel.Warning, "Redis failed at step {Step} of {DeliveryId}; retrying")]
         public static partial void RedisRetry(ILogger logger, Exception exception, string step, string deliveryId);

@@ -131,7 +131,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // ARGV: 1 mode, 2 stream id or '', 3 group, 4 delivery id, 5 lease token, 6 now ms, 7 due ms, 8 target,
     //       9 retention s, 10 attempt json or '', 11 pause threshold, 12 probe at ms, 13 k = number of report args,
     //       14..13+k Port report field/value pairs, then record field/value pairs
-    // Returns -1 when the delivery had already finished elsewhere (only this copy was dropped).
+    // Returns {failures, report error}: failures -1 when the delivery had already finished elsewhere (only this copy was
+    // dropped); the report error '' unless the Port report could not be written.
     // The stream entry is acknowledged last, once the outcome is written: Redis does not undo a script's writes
     // when a later command fails (a damaged key), and an entry acknowledged before its dead letter or retry slot
     // was written would be lost. Left pending, it is reclaimed. (The first write is still the HDEL below, which
@@ -158,10 +159,10 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           if finished then redis.call('ZREM', KEYS[4], ARGV[4]) end
           if ours then redis.call('DEL', KEYS[2]) end
           acknowledge()
-          return -1
+          return {-1, ''}
         end
-        -- Where the delivery goes next first; the attempt log and the report; then the target's health and what the
-        -- delivery leaves (the schedule, a dead letter it outranks, its body); the record's state and finishedBy last. A run of this
+        -- Where the delivery goes next first; the attempt log; then the target's health and what the delivery leaves (the
+        -- schedule, a dead letter it outranks, its body); the record's state and finishedBy; the Port report after them. A run of this
         -- finish that failed half-way is run again by the processor: it must find the delivery placed, neither finished
         -- (the state) nor done (finishedBy), and must not have counted a target failure (a pause of a healthy target).
         if mode == 'retry' or mode == 'reschedule' then
@@ -178,12 +179,6 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           redis.call('PERSIST', KEYS[6])
         end
         local k = tonumber(ARGV[13])
-        if k > 0 then
-          -- In the same step as the outcome: a crash right after it cannot lose the report.
-          local report = {}
-          for i = 14, 13 + k do report[#report + 1] = ARGV[i] end
-          redis.call('XADD', KEYS[10], 'MAXLEN', '~', {{RedisKeys.PortReportsMaxLength}}, '*', unpack(report))
-        end
         local failures = 0
         if mode == 'delivered' then
           -- The target's health before the removals: a damaged health hash must leave the delivery where it was.
@@ -207,6 +202,16 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           for i = 14 + k, #ARGV do fields[#fields + 1] = ARGV[i] end
           redis.call('HSET', KEYS[1], unpack(fields))
         end
+        -- The Port report in the same step as the outcome (a crash right after it cannot lose it), but after every write
+        -- that can fail (a re-run of a finish that failed half-way would write it again), and never failing the outcome:
+        -- a damaged reports key stopped every finish with a report, and the run was posted again at each reclaim.
+        local reportError = ''
+        if k > 0 then
+          local report = {}
+          for i = 14, 13 + k do report[#report + 1] = ARGV[i] end
+          local added = redis.pcall('XADD', KEYS[10], 'MAXLEN', '~', {{RedisKeys.PortReportsMaxLength}}, '*', unpack(report))
+          if type(added) == 'table' and added.err then reportError = added.err end
+        end
         if mode == 'delivered' then
           redis.call('EXPIRE', KEYS[1], ARGV[9])
         end
@@ -214,7 +219,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           redis.call('DEL', KEYS[2])
         end
         acknowledge()
-        return failures
+        return {failures, reportError}
         """;
 
     // A count that is not a number (a damaged field), or past any count the relay makes, starts again at 1 instead of
@@ -427,8 +432,14 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         IReadOnlyList<KeyValuePair<string, RedisValue>> Fields,
         PortReporting.PortReport? Report = null);
 
-    /// <returns>The target's consecutive transient failures after a retry; 0 otherwise.</returns>
-    public async Task<long> FinishAsync(FinishRequest request)
+    /// <summary>What a finish did.</summary>
+    /// <param name="Failures">The target's consecutive transient failures after a retry; -1 when the delivery had already
+    /// finished elsewhere (only this copy was dropped); 0 otherwise.</param>
+    /// <param name="ReportError">Why the Port report could not be written (the outcome was recorded without it); null when it
+    /// was, or there was none.</param>
+    public readonly record struct FinishResult(long Failures, string? ReportError);
+
+    public async Task<FinishResult> FinishAsync(FinishRequest request)
     {
         var entry = request.Entry;
         var report = request.Report?.ToStreamFields() ?? [];
@@ -465,14 +476,15 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             args.Add(name);
             args.Add(value);
         }
-        var result = await Db.ScriptEvaluateAsync(FinishScript,
+        var result = (RedisResult[])(await Db.ScriptEvaluateAsync(FinishScript,
             [
                 RedisKeys.Delivery(entry.DeliveryId), RedisKeys.Lease(entry.DeliveryId), RedisKeys.Stream, RedisKeys.RetrySchedule,
                 RedisKeys.DeadLetters, RedisKeys.Attempts(entry.DeliveryId), RedisKeys.TargetFailures, RedisKeys.PausedTargets,
                 RedisKeys.RetryClaims, RedisKeys.PortReports,
             ],
-            [.. args]);
-        return (long)result;
+            [.. args]))!;
+        var reportError = (string?)result[1];
+        return new FinishResult((long)result[0], string.IsNullOrEmpty(reportError) ? null : reportError);
     }
 
     /// <summary>

@@ -68,7 +68,7 @@ public class DeliveryStoreTests
         var result = await store.FinishAsync(Finish(FinishMode.Retry, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Retrying)));
 
         var db = redis.GetDatabase();
-        Assert.Equal(-1, result);
+        Assert.Equal(-1, result.Failures);
         Assert.Equal(DeliveryStates.Delivered, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
         Assert.Equal(0, await db.SortedSetLengthAsync(RedisKeys.RetrySchedule));
     }
@@ -99,7 +99,7 @@ public class DeliveryStoreTests
         };
         var result = await store.FinishAsync(Finish(mode, entry, "B", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, state)) with { Report = report });
 
-        Assert.Equal(-1, result);
+        Assert.Equal(-1, result.Failures);
         Assert.Equal(DeliveryStates.Delivered, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
         Assert.Equal(0, await db.SortedSetLengthAsync(RedisKeys.RetrySchedule));
         Assert.Equal(0, await db.SortedSetLengthAsync(RedisKeys.DeadLetters));
@@ -108,8 +108,7 @@ public class DeliveryStoreTests
     }
 
     [Theory]
-    [InlineData(RedisKeys.PortReports, true)]
-    [InlineData(RedisKeys.PortReports, false)]
+    [InlineData(RedisKeys.TargetFailures, false)]
     [InlineData(RedisKeys.RetrySchedule, false)]
     [InlineData(RedisKeys.DeadLetters, true)]
     public async Task Finish_AWriteFailsMidScript_LeavesTheStreamEntryPendingAlsoWhenRunAgain(string damagedKey, bool deadLetter)
@@ -295,8 +294,8 @@ public class DeliveryStoreTests
         // The same call again, as the processor's retry sends it when the first reply timed out.
         var second = await store.FinishAsync(retry);
 
-        Assert.Equal(1, first);
-        Assert.Equal(-1, second);
+        Assert.Equal(1, first.Failures);
+        Assert.Equal(-1, second.Failures);
         Assert.Equal(1, await db.ListLengthAsync(RedisKeys.Attempts(entry.DeliveryId)));
         Assert.Equal(1, (long)await db.HashGetAsync(RedisKeys.TargetFailures, entry.Target));
         Assert.Equal(1, await db.SortedSetLengthAsync(RedisKeys.RetrySchedule));
@@ -418,6 +417,50 @@ public class DeliveryStoreTests
 
         var written = Assert.Single(await db.StreamRangeAsync(RedisKeys.PortReports));
         Assert.Equal(report, PortAzure.Dispatcher.PortReporting.PortReport.FromStreamEntry(written));
+        Assert.Equal(DeliveryStates.Delivered, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
+    }
+
+    [Fact]
+    public async Task Finish_PortReportsKeyDamaged_RecordsTheOutcomeAndSaysTheReportWasNotWritten()
+    {
+        // The report's XADD failed the whole finish: the run was never recorded delivered, and was posted again at each reclaim.
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry();
+        await db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0", createStream: true);
+        var streamId = (await db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields())).ToString();
+        Assert.Single(await db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dispatcher-a", ">", 1));
+        await db.StringSetAsync(RedisKeys.PortReports, "damaged");
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "delivered", "SUCCESS", "label");
+
+        var finished = await store.FinishAsync(Finish(FinishMode.Delivered, entry, "A",
+            new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered)) with { StreamId = streamId, Report = report });
+
+        Assert.StartsWith("WRONGTYPE", finished.ReportError, StringComparison.Ordinal);
+        Assert.Equal(DeliveryStates.Delivered, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
+        Assert.Equal(0, await db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
+    public async Task Finish_FailingHalfWayAndRunAgain_WritesThePortReportOnce()
+    {
+        // The report was written before the writes that can fail: each re-run of the finish added another copy.
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry();
+        await db.StringSetAsync(RedisKeys.TargetFailures, "damaged");
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "delivered", "SUCCESS", "label");
+        var finish = Finish(FinishMode.Delivered, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered)) with { Report = report };
+
+        await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(finish));
+        await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(finish));
+        await db.KeyDeleteAsync(RedisKeys.TargetFailures);
+        var finished = await store.FinishAsync(finish);
+
+        Assert.Null(finished.ReportError);
+        Assert.Single(await db.StreamRangeAsync(RedisKeys.PortReports));
         Assert.Equal(DeliveryStates.Delivered, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
     }
 

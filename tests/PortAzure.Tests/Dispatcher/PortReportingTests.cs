@@ -57,6 +57,30 @@ public class PortReportingTests
     }
 
     [Fact]
+    public async Task Delivered_PortReportsKeyDamaged_IsRecordedOnceAndSaysTheReportWasLost()
+    {
+        // The report's write failed the finish: the run was never recorded delivered, and each reclaim posted it again.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientId"] = "relay-client";
+            // Reclaimed 3 s after a failed finish (1 s of retries): within the test, a second POST if the finish fails.
+            c["Dispatcher:RequestTimeoutSeconds"] = "2";
+            c["Dispatcher:FinishRetrySeconds"] = "1";
+            c["Dispatcher:ClaimMarginSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+        });
+        await relay.Db.StringSetAsync(RedisKeys.PortReports, "damaged");
+
+        var deliveryId = await SendAsync(relay, TestRuns.NewRunId());
+        await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.Delivered,
+            TimeSpan.FromSeconds(20), "the run is recorded delivered");
+        await Task.Delay(TimeSpan.FromSeconds(5));
+
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+        Assert.Contains(relay.Dispatcher.Logs.Lines, l => l.Contains("[2218]", StringComparison.Ordinal) && l.Contains(deliveryId, StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task DeadLettered_Run_LogsTheHintAndTerminatesWithFailure()
     {
         await using var relay = await StartAsync();
