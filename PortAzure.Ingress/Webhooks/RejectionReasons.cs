@@ -7,6 +7,7 @@ internal static class RejectionReasons
     public const string InvalidWebhook = "invalid_webhook";
     public const string UnknownTarget = "unknown_target";
     public const string UnsupportedMediaType = "unsupported_media_type";
+    public const string UnsupportedContentEncoding = "unsupported_content_encoding";
     public const string BodyTooLarge = "body_too_large";
     public const string BodyEmpty = "body_empty";
     public const string BodyUnreadable = "body_unreadable";

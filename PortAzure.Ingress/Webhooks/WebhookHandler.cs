@@ -64,7 +64,15 @@ internal sealed partial class WebhookHandler(
         if (!IsJson(request.ContentType))
         {
             return Reject(StatusCodes.Status415UnsupportedMediaType, RejectionReasons.UnsupportedMediaType,
-                "Send the run as 'Content-Type: application/json'.");
+                "Send the run as 'Content-Type: application/json' (UTF-8: a charset parameter, if any, must be utf-8).");
+        }
+        // The signature covers the bytes as sent and the body goes to Azure as it came: a compressed one would fail the
+        // signature check (signed uncompressed) or the UTF-8 check (signed compressed), each naming the wrong cause.
+        if (request.Headers.ContentEncoding is { Count: > 0 } encoding && !IsIdentity(encoding))
+        {
+            context.Response.Headers.AcceptEncoding = "identity";
+            return Reject(StatusCodes.Status415UnsupportedMediaType, RejectionReasons.UnsupportedContentEncoding,
+                "The body must be sent uncompressed (no Content-Encoding, or 'identity'), as Port sends it.");
         }
         if (request.ContentLength > options.MaxBodyBytes)
         {
@@ -178,7 +186,12 @@ internal sealed partial class WebhookHandler(
         if (runId is null && request.Headers.TryGetValue(IdempotencyKeyHeader, out var keyHeader))
         {
             explicitKey = keyHeader.Count == 1 ? keyHeader[0] : null;
-            if (explicitKey is null || !RunIdExtractor.IsAcceptable(explicitKey, options.MaxRunIdLength))
+            // An empty header (a template that always sends it) is no key: the body's hash stands in, as without one.
+            if (explicitKey == "")
+            {
+                explicitKey = null;
+            }
+            else if (explicitKey is null || !RunIdExtractor.IsAcceptable(explicitKey, options.MaxRunIdLength))
             {
                 return Reject(StatusCodes.Status400BadRequest, RejectionReasons.RunIdInvalid,
                     $"The Idempotency-Key header must be one value of 1 to {options.MaxRunIdLength} printable ASCII characters without spaces, and not '.' or '..'.");
@@ -385,8 +398,27 @@ internal sealed partial class WebhookHandler(
         {
             return false;
         }
-        return type.Equals("application/json", StringComparison.OrdinalIgnoreCase) ||
-               (type.StartsWith("application/", StringComparison.OrdinalIgnoreCase) && type.EndsWith("+json", StringComparison.OrdinalIgnoreCase));
+        var json = type.Equals("application/json", StringComparison.OrdinalIgnoreCase) ||
+                   (type.StartsWith("application/", StringComparison.OrdinalIgnoreCase) && type.EndsWith("+json", StringComparison.OrdinalIgnoreCase));
+        // JSON is UTF-8 (RFC 8259): another charset would pass here and fail as "not valid UTF-8" or "not valid JSON".
+        var charset = HeaderUtilities.RemoveQuotes(mediaType.Charset);
+        return json && (charset.Length == 0 || charset.Equals("utf-8", StringComparison.OrdinalIgnoreCase)
+            || charset.Equals("utf8", StringComparison.OrdinalIgnoreCase));
+    }
+
+    private static bool IsIdentity(Microsoft.Extensions.Primitives.StringValues encoding)
+    {
+        foreach (var value in encoding)
+        {
+            foreach (var coding in (value ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            {
+                if (!coding.Equals("identity", StringComparison.OrdinalIgnoreCase))
+                {
+                    return false;
+                }
+            }
+        }
+        return true;
     }
 
     private static (string? TraceParent, string? TraceState) CaptureTraceContext(Activity? activity)

@@ -253,6 +253,22 @@ public class RunIdExtractionTests
     }
 
     [Fact]
+    public async Task Post_EmptyIdempotencyKeyWithoutRunId_IsKeyedByTheBody()
+    {
+        // A template that always sends the header, empty when it has no value, was refused 400 run_id_invalid.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var body = """{"action":"deploy","properties":{"version":"1.2.3"}}"""u8.ToArray();
+        using var request = TestRuns.Signed(body);
+        request.Headers.TryAddWithoutValidation("Idempotency-Key", "");
+
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        var entry = DeliveryEntry.FromStreamEntry((await relay.Db.StreamRangeAsync(RedisKeys.Stream)).Single())!;
+        Assert.Equal("sha256:" + Convert.ToHexStringLower(SHA256.HashData(body)), entry.IdempotencyKey);
+    }
+
+    [Fact]
     public async Task Post_MalformedIdempotencyKeyBesideARunId_IsIgnored()
     {
         // The header counts only without a run id; a proxy's stray copy must not block a signed run.

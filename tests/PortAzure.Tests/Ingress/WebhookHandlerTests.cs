@@ -229,6 +229,8 @@ public class WebhookHandlerTests
         { "body over 1 MiB", "too-large", 413, "body_too_large" },
         { "text/plain", "text-plain", 415, "unsupported_media_type" },
         { "no content type", "no-content-type", 415, "unsupported_media_type" },
+        { "JSON in UTF-16", "utf16", 415, "unsupported_media_type" },
+        { "gzip, signed over the plain body", "gzip", 415, "unsupported_content_encoding" },
         { "JSON array", "array", 400, "body_not_json_object" },
         { "JSON scalar", "scalar", 400, "body_not_json_object" },
         { "broken JSON", "broken", 400, "body_invalid_json" },
@@ -307,6 +309,25 @@ public class WebhookHandlerTests
             {
                 var request = TestRuns.Signed(body);
                 request.Content!.Headers.ContentType = null;
+                return request;
+            }
+            case "utf16":
+            {
+                var request = TestRuns.Signed(body);
+                request.Content!.Headers.ContentType = MediaTypeHeaderValue.Parse("application/json; charset=utf-16");
+                return request;
+            }
+            case "gzip":
+            {
+                // Signed over the plain body, as a proxy that compresses on the way would leave it: before, 401 signature_invalid.
+                var request = TestRuns.Signed(body);
+                var compressed = new MemoryStream();
+                using (var gzip = new System.IO.Compression.GZipStream(compressed, System.IO.Compression.CompressionLevel.Fastest, leaveOpen: true))
+                {
+                    gzip.Write(body);
+                }
+                request.Content = Json(compressed.ToArray());
+                request.Content.Headers.ContentEncoding.Add("gzip");
                 return request;
             }
             case "array": return TestRuns.Signed("[1,2]"u8.ToArray());
