@@ -116,7 +116,7 @@ internal sealed class DispatcherPortOptionsValidator(IConfiguration configuratio
         // Only the targets (strings), so that no other bad value of the section can throw here either.
         var targets = configuration.GetSection($"{AzureDevOpsOptions.SectionName}:{nameof(AzureDevOpsOptions.Targets)}").Get<List<AzureDevOpsTarget>>() ?? [];
         var everyTargetHasSecret = targets.Count > 0 && targets.All(t => !string.IsNullOrEmpty(t.Secret));
-        var errors = new List<string>();
+        var errors = options.SecretShapeErrors().ToList();
         if (string.IsNullOrEmpty(options.ClientSecret) && !everyTargetHasSecret)
         {
             errors.Add("Port:ClientSecret is required (environment variable Port__ClientSecret): it signs the POSTs to Azure DevOps for targets without their own AzureDevOps:Targets:N:Secret.");

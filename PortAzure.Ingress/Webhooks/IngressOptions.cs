@@ -78,8 +78,13 @@ internal sealed class IngressOptionsValidator : IValidateOptions<IngressOptions>
 /// <summary>The Ingress cannot verify anything without Port's client secret.</summary>
 internal sealed class IngressPortOptionsValidator : IValidateOptions<PortOptions>
 {
-    public ValidateOptionsResult Validate(string? name, PortOptions options) =>
-        string.IsNullOrEmpty(options.ClientSecret)
-            ? ValidateOptionsResult.Fail("Port:ClientSecret is required (environment variable Port__ClientSecret): it verifies Port's signatures.")
-            : ValidateOptionsResult.Success;
+    public ValidateOptionsResult Validate(string? name, PortOptions options)
+    {
+        var errors = options.SecretShapeErrors().ToList();
+        if (string.IsNullOrEmpty(options.ClientSecret))
+        {
+            errors.Add("Port:ClientSecret is required (environment variable Port__ClientSecret): it verifies Port's signatures.");
+        }
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
 }

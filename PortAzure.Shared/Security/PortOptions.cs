@@ -25,6 +25,21 @@ public sealed class PortOptions
     /// </summary>
     public bool TerminateRunOnDeadLetter { get; set; } = true;
 
+    /// <summary>
+    /// An error naming <paramref name="key"/> when a secret begins or ends with white space or holds a control character;
+    /// null otherwise (also when it is not set). A secret read from a file keeps its trailing newline, and as an HMAC key it
+    /// is then another secret: the service would start and refuse (or sign wrongly) every call.
+    /// </summary>
+    public static string? SecretShapeError(string key, string? secret) =>
+        string.IsNullOrEmpty(secret) || (!char.IsWhiteSpace(secret[0]) && !char.IsWhiteSpace(secret[^1]) && !secret.Any(char.IsControl))
+            ? null
+            : $"{key} begins or ends with white space or holds a control character (a trailing newline from a file?); set the secret alone.";
+
+    /// <summary>Every <see cref="SecretShapeError"/> of <see cref="ClientSecret"/> and <see cref="PreviousClientSecret"/>.</summary>
+    public IEnumerable<string> SecretShapeErrors() =>
+        new[] { SecretShapeError("Port:ClientSecret", ClientSecret), SecretShapeError("Port:PreviousClientSecret", PreviousClientSecret) }
+            .OfType<string>();
+
     /// <summary>The secrets incoming signatures are checked against, current first.</summary>
     public IReadOnlyList<byte[]> VerificationSecrets()
     {

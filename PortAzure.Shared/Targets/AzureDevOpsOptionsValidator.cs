@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Options;
+using PortAzure.Security;
 using PortAzure.Signing;
 
 namespace PortAzure.Targets;
@@ -44,6 +45,10 @@ public sealed class AzureDevOpsOptionsValidator : IValidateOptions<AzureDevOpsOp
             if (!TargetNames.IsValidWebhook(target.Webhook))
             {
                 errors.Add($"AzureDevOps:Targets:{i}:Webhook '{target.Webhook}' is not a valid incoming webhook name ([-_A-Za-z0-9]).");
+            }
+            if (PortOptions.SecretShapeError($"AzureDevOps:Targets:{i}:Secret", target.Secret) is { } secretError)
+            {
+                errors.Add(secretError);
             }
         }
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);

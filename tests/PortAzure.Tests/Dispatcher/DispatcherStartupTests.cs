@@ -20,6 +20,18 @@ public class DispatcherStartupTests
     }
 
     [Fact]
+    public async Task Start_PortSecretWithATrailingNewline_FailsNamingTheKey()
+    {
+        // It would sign every POST to Azure with another key (each refused 401 there) and fail every Port login.
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartDispatcherAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
+            ["Port:ClientSecret"] = TestRuns.Secret + "\n",
+        }));
+        Assert.Contains("Port:ClientSecret begins or ends with white space", error.ToString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Start_OptionsPastTheirBounds_FailNamingEachKey()
     {
         // Each passed once and then threw while running: the retention after Azure's 2xx (the run was posted again),

@@ -563,6 +563,24 @@ public class WebhookHandlerTests
     }
 
     [Fact]
+    public async Task Start_SecretsWithATrailingNewlineOrSpace_FailNamingEachKey()
+    {
+        // Read from a file, a secret keeps its newline: the Ingress started, and refused every signed call 401.
+        var error = (await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartIngressAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
+            ["Port:ClientSecret"] = TestRuns.Secret + "\n",
+            ["Port:PreviousClientSecret"] = " " + TestRuns.Secret,
+            ["AzureDevOps:Targets:0:Org"] = "contoso",
+            ["AzureDevOps:Targets:0:Webhook"] = "deploy",
+            ["AzureDevOps:Targets:0:Secret"] = "target-secret\r\n",
+        }))).ToString();
+        Assert.Contains("Port:ClientSecret begins or ends with white space", error, StringComparison.Ordinal);
+        Assert.Contains("Port:PreviousClientSecret begins or ends with white space", error, StringComparison.Ordinal);
+        Assert.Contains("AzureDevOps:Targets:0:Secret begins or ends with white space", error, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Start_InvalidOptions_ReportsEveryErrorAtOnce()
     {
         var error = await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartIngressAsync(new Dictionary<string, string?>
