@@ -16,8 +16,12 @@ internal sealed class PortOutage(TimeProvider timeProvider)
     internal static readonly TimeSpan FailingFor = TimeSpan.FromMinutes(5);
 
     private readonly Lock _gate = new();
-    private DateTimeOffset? _since;
-    private DateTimeOffset _last;
+
+    // Measured on the monotonic clock (a wall clock stepped back would hide an outage for the step, one stepped forward
+    // would cut it short); the wall time of its start is kept only to be shown.
+    private long? _sinceStamp;
+    private DateTimeOffset _since;
+    private long _lastStamp;
     private bool _announced;
 
     /// <summary>
@@ -30,25 +34,26 @@ internal sealed class PortOutage(TimeProvider timeProvider)
         {
             lock (_gate)
             {
-                var now = timeProvider.GetUtcNow();
-                return _since is { } since && now - _last <= Gap && now - since >= FailingFor ? since : null;
+                return _sinceStamp is { } since && timeProvider.GetElapsedTime(_lastStamp) <= Gap && timeProvider.GetElapsedTime(since) >= FailingFor
+                    ? _since
+                    : null;
             }
         }
     }
 
-    /// <summary>A report failed, and Port took no other since its previous try: Port looks to be failing for everyone.</summary>
+    /// <summary>A report failed (just now), and Port took no other since its previous try: Port looks to be failing for everyone.</summary>
     /// <returns>Since when, the first time this makes it an outage (<see cref="FailingFor"/> reached); else null.</returns>
-    public DateTimeOffset? Failed(DateTimeOffset at)
+    public DateTimeOffset? Failed()
     {
         lock (_gate)
         {
-            if (_since is null || at - _last > Gap)
+            var now = timeProvider.GetTimestamp();
+            if (_sinceStamp is null || timeProvider.GetElapsedTime(_lastStamp, now) > Gap)
             {
-                _since = at;
-                _announced = false;
+                (_sinceStamp, _since, _announced) = (now, timeProvider.GetUtcNow(), false);
             }
-            _last = at;
-            if (_announced || at - _since < FailingFor)
+            _lastStamp = now;
+            if (_announced || timeProvider.GetElapsedTime(_sinceStamp.Value, now) < FailingFor)
             {
                 return null;
             }
@@ -63,9 +68,10 @@ internal sealed class PortOutage(TimeProvider timeProvider)
     {
         lock (_gate)
         {
-            var now = timeProvider.GetUtcNow();
-            TimeSpan? lasted = _announced && now - _last <= Gap ? now - _since : null;
-            (_since, _announced) = (null, false);
+            TimeSpan? lasted = _announced && _sinceStamp is { } since && timeProvider.GetElapsedTime(_lastStamp) <= Gap
+                ? timeProvider.GetElapsedTime(since)
+                : null;
+            (_sinceStamp, _announced) = (null, false);
             return lasted;
         }
     }

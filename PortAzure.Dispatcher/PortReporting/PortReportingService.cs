@@ -98,7 +98,8 @@ internal sealed partial class PortReportingService(
     private readonly SemaphoreSlim _calls = new(MaxCalls, MaxCalls);
     private readonly CancellationTokenSource _callsStop = new();
     private RedisValue _claimCursor = "0-0";
-    private DateTimeOffset _nextClaim;
+    // The monotonic clock, as the delivery worker's: a wall clock stepped back held the takeovers back for the step.
+    private long? _lastClaimAt;
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -182,10 +183,9 @@ internal sealed partial class PortReportingService(
         var opts = options.CurrentValue;
         var db = redis.GetDatabase();
         var entries = new List<StreamEntry>();
-        var now = timeProvider.GetUtcNow();
-        if (now >= _nextClaim)
+        if (_lastClaimAt is not { } last || timeProvider.GetElapsedTime(last) >= TimeSpan.FromSeconds(opts.ClaimIntervalSeconds))
         {
-            _nextClaim = now + TimeSpan.FromSeconds(opts.ClaimIntervalSeconds);
+            _lastClaimAt = timeProvider.GetTimestamp();
             var claim = await db.StreamAutoClaimAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name,
                 (long)(opts.PortReportReclaimSeconds * 1000), _claimCursor, _slots.CurrentCount);
             _claimCursor = claim.NextStartId;
@@ -415,7 +415,7 @@ internal sealed partial class PortReportingService(
             if (outage)
             {
                 // When the try ended, not began: a try can take up to ~45 s while Port times out (a token call, the POST).
-                if (client.Outage.Failed(timeProvider.GetUtcNow()) is { } since)
+                if (client.Outage.Failed() is { } since)
                 {
                     Log.PortFailingForAll(logger, since, options.CurrentValue.Retry.MaxAgeHours);
                 }

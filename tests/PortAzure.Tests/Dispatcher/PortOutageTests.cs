@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Time.Testing;
 using PortAzure.Dispatcher.PortReporting;
+using PortAzure.Tests.Infrastructure;
 
 namespace PortAzure.Tests.Dispatcher;
 
@@ -16,7 +17,7 @@ public class PortOutageTests
 
         for (var i = 0; i < 6; i++)
         {
-            announced.Add(outage.Failed(_clock.GetUtcNow()));
+            announced.Add(outage.Failed());
             _clock.Advance(TimeSpan.FromMinutes(2));
         }
 
@@ -29,9 +30,9 @@ public class PortOutageTests
     {
         var outage = new PortOutage(_clock);
         var start = _clock.GetUtcNow();
-        outage.Failed(start);
+        outage.Failed();
         _clock.Advance(TimeSpan.FromMinutes(2));
-        outage.Failed(_clock.GetUtcNow());
+        outage.Failed();
         _clock.Advance(TimeSpan.FromMinutes(2));
         Assert.Null(outage.Since);
 
@@ -47,34 +48,56 @@ public class PortOutageTests
     public void Failed_AfterAGapLongerThanThreeMinutes_StartsANewOutage()
     {
         var outage = new PortOutage(_clock);
-        outage.Failed(_clock.GetUtcNow());
+        outage.Failed();
         _clock.Advance(TimeSpan.FromMinutes(4));
         var restart = _clock.GetUtcNow();
-        outage.Failed(restart);
+        outage.Failed();
         _clock.Advance(TimeSpan.FromMinutes(2));
-        Assert.Null(outage.Failed(_clock.GetUtcNow()));
+        Assert.Null(outage.Failed());
 
         _clock.Advance(TimeSpan.FromMinutes(3));
 
-        Assert.Equal(restart, outage.Failed(_clock.GetUtcNow()));
+        Assert.Equal(restart, outage.Failed());
+    }
+
+    [Fact]
+    public void Failed_ClockSteppedBackDuringAnOutage_StillAnnouncedAfterFiveMinutes()
+    {
+        // On the wall clock the start lay an hour ahead after the step: no Warning, /health Healthy, for the whole hour.
+        var clock = new SteppedClock();
+        var outage = new PortOutage(clock);
+        var start = clock.GetUtcNow();
+        outage.Failed();
+        clock.StepBack(TimeSpan.FromHours(1));
+        var announced = new List<DateTimeOffset?>();
+
+        for (var i = 0; i < 3; i++)
+        {
+            clock.Advance(TimeSpan.FromMinutes(2));
+            announced.Add(outage.Failed());
+        }
+
+        Assert.Equal([null, null, start], announced);
+        Assert.Equal(start, outage.Since);
+        Assert.Equal(TimeSpan.FromMinutes(6), outage.Ended());
     }
 
     [Fact]
     public void Ended_OnlyForAnAnnouncedOutageStillUnderWay()
     {
         var outage = new PortOutage(_clock);
-        outage.Failed(_clock.GetUtcNow());
+        outage.Failed();
         _clock.Advance(TimeSpan.FromMinutes(1));
         Assert.Null(outage.Ended());
 
         var start = _clock.GetUtcNow();
-        outage.Failed(start);
+        outage.Failed();
         _clock.Advance(TimeSpan.FromMinutes(2));
-        outage.Failed(_clock.GetUtcNow());
+        outage.Failed();
         _clock.Advance(TimeSpan.FromMinutes(2));
-        outage.Failed(_clock.GetUtcNow());
+        outage.Failed();
         _clock.Advance(TimeSpan.FromMinutes(2));
-        Assert.NotNull(outage.Failed(_clock.GetUtcNow()));
+        Assert.NotNull(outage.Failed());
         _clock.Advance(TimeSpan.FromMinutes(1));
 
         Assert.Equal(TimeSpan.FromMinutes(7), outage.Ended());

@@ -277,6 +277,40 @@ public class PortReportingTests
     }
 
     [Fact]
+    public async Task ReportOfACrashedReporter_WallClockSteppedBack_IsStillTakenOver()
+    {
+        // The next takeover was a wall-clock time: stepped back an hour, no takeover for an hour.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientId"] = "relay-client";
+            c["Dispatcher:PortReportReclaimSeconds"] = "2";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+        }, dispatchers: 0);
+        var clock = new SteppedClock();
+        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
+        // The reporter's first rounds, and its first takeover, on the fake clock; then the step.
+        for (var i = 0; i < 20; i++)
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(100));
+            await Task.Delay(50);
+        }
+        clock.StepBack(TimeSpan.FromHours(1));
+        var runId = TestRuns.NewRunId();
+        await relay.Db.StreamAddAsync(RedisKeys.PortReports, new PortAzure.Dispatcher.PortReporting.PortReport(runId, "d_crashed", "delivered (test)", null, null).ToStreamFields());
+        Assert.Single(await relay.Db.StreamReadGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, "crashed-reporter", ">", 1));
+
+        var sent = false;
+        for (var i = 0; i < 300 && !sent; i++)
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(100));
+            await Task.Delay(50);
+            sent = (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201);
+        }
+
+        Assert.True(sent, "the crashed reporter's report was taken over and sent (reclaim time 2 s, 15 s waited)");
+    }
+
+    [Fact]
     public async Task ReportOfACrashedReporter_TrimmedBeforeTheTakeover_IsReportedLost()
     {
         await using var relay = await Relay.StartAsync(c =>
