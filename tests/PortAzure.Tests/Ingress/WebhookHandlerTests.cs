@@ -203,6 +203,24 @@ public class WebhookHandlerTests
         Assert.Equal(HttpStatusCode.Unauthorized, operatorCall.StatusCode);
     }
 
+    [Theory]
+    [InlineData("application/json; charset=utf-8", null)]
+    [InlineData("application/json; charset=\"UTF-8\"", "identity")]
+    public async Task Post_Utf8CharsetOrIdentityEncoding_IsAccepted(string contentType, string? encoding)
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        using var request = TestRuns.Signed(TestRuns.Body(TestRuns.NewRunId()));
+        request.Content!.Headers.ContentType = MediaTypeHeaderValue.Parse(contentType);
+        if (encoding is not null)
+        {
+            request.Content.Headers.ContentEncoding.Add(encoding);
+        }
+
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+    }
+
     [Fact]
     public async Task Post_ConcurrentCopiesOfOneRun_ExactlyOneAccepted()
     {
