@@ -299,7 +299,11 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           -- Checked before anything changes: a dead letter that cannot be replayed stays one.
           return 0
         end
-        local f = {'id', ARGV[1], 'org', r[1], 'webhook', r[2], 'body', r[3], 'key', r[4], 'at', r[6] or ARGV[2]}
+        -- A receipt time the entry could not be read with (damaged) is now: else the Dispatcher would drop the entry as
+        -- malformed, and the run, answered 202 here, would be neither queued nor a dead letter.
+        local at = r[6]
+        if not at or not string.match(at, '^%d+$') or #at > 15 then at = ARGV[2] end
+        local f = {'id', ARGV[1], 'org', r[1], 'webhook', r[2], 'body', r[3], 'key', r[4], 'at', at}
         if r[5] and r[5] ~= '' then f[#f + 1] = 'run'; f[#f + 1] = r[5] end
         if r[7] and r[7] ~= '' then f[#f + 1] = 'traceparent'; f[#f + 1] = r[7] end
         if r[8] and r[8] ~= '' then f[#f + 1] = 'tracestate'; f[#f + 1] = r[8] end

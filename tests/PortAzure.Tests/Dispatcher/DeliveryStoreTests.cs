@@ -623,6 +623,29 @@ public class DeliveryStoreTests
         Assert.False(await db.KeyExistsAsync(RedisKeys.Delivery(id)));
     }
 
+    [Theory]
+    [InlineData("not-a-number")]
+    [InlineData("")]
+    [InlineData("1e20")]
+    public async Task Replay_DamagedReceiptTime_QueuesAnEntryTheDispatcherCanRead(string at)
+    {
+        // The entry carried the damaged time: the Dispatcher dropped it as malformed, and the run (answered 202) was lost.
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry();
+        var now = DateTimeOffset.UtcNow;
+        await db.SortedSetAddAsync(RedisKeys.DeadLetters, entry.DeliveryId, 1);
+        await db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId),
+            [.. PortAzure.Dispatcher.Delivery.DeliveryProcessor.EntryFields(entry, DeliveryStates.DeadLettered, now).Select(f => new HashEntry(f.Key, f.Value)),
+                new(DeliveryRecord.ReceivedAt, at)]);
+
+        Assert.Equal(ReplayOutcome.Replayed, await store.ReplayAsync(entry.DeliveryId, now));
+
+        var queued = DeliveryEntry.FromStreamEntry(Assert.Single(await db.StreamRangeAsync(RedisKeys.Stream)));
+        Assert.NotNull(queued);
+        Assert.Equal(now.ToUnixTimeMilliseconds(), queued.ReceivedAt.ToUnixTimeMilliseconds());
+    }
+
     [Fact]
     public async Task Replay_DeadLetterWithoutBody_StaysADeadLetter()
     {
