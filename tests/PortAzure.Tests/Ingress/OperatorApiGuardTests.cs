@@ -64,6 +64,9 @@ public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<Ope
         { "GET", "/api/deliveries?runId={runId}", 200 },
         { "GET", "/api/deadletters", 200 },
         { "POST", "/api/deadletters/replay", 200 },
+        // The two that replay or discard one run: an unknown id, so that a right key changes nothing in the fixture.
+        { "POST", $"/api/deadletters/{UnknownDelivery}/replay", 404 },
+        { "DELETE", $"/api/deadletters/{UnknownDelivery}", 404 },
         { "GET", "/api/stats", 200 },
         { "GET", "/openapi/v1.json", 200 },
     };
@@ -102,7 +105,8 @@ public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<Ope
         Assert.Equal(status, (int)response.StatusCode);
         if (status == 404)
         {
-            Assert.Equal("delivery_not_found", await ProblemResponses.ReasonAsync(response));
+            Assert.Equal(path.StartsWith("/api/deadletters/", StringComparison.Ordinal) ? "deadletter_not_found" : "delivery_not_found",
+                await ProblemResponses.ReasonAsync(response));
         }
         await Eventually.HoldsAsync(() => Task.FromResult(fixture.DispatcherRequests.GetMeasurementSnapshot().Count > before),
             TimeSpan.FromSeconds(15), "the Dispatcher to count the proxied call");
