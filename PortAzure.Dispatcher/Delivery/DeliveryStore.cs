@@ -127,7 +127,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         """;
 
     // KEYS: 1 record, 2 lease, 3 stream, 4 retry schedule, 5 dead letters, 6 attempts, 7 target failures, 8 paused targets,
-    //       9 retry claims, 10 Port reports
+    //       9 retry claims, 10 Port reports, 11 the run index (only for a delivery with a run id)
     // ARGV: 1 mode, 2 stream id or '', 3 group, 4 delivery id, 5 lease token, 6 now ms, 7 due ms, 8 target,
     //       9 retention s, 10 attempt json or '', 11 pause threshold, 12 probe at ms, 13 k = number of report args,
     //       14..13+k Port report field/value pairs, then record field/value pairs
@@ -205,6 +205,18 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         -- The Port report in the same step as the outcome (a crash right after it cannot lose it), but after every write
         -- that can fail (a re-run of a finish that failed half-way would write it again), and never failing the outcome:
         -- a damaged reports key stopped every finish with a report, and the run was posted again at each reclaim.
+        -- The run index (GET /api/deliveries?runId=) lasts as long as the records it finds: the Ingress gives it the
+        -- idempotency window, which a dead letter (kept until an operator acts) and a delivered record (kept for the
+        -- retention from now) outlive, and the lookup then answered "no deliveries". pcall: it must not fail the outcome.
+        if KEYS[11] and (mode == 'delivered' or mode == 'deadletter') then
+          redis.pcall('SADD', KEYS[11], ARGV[4])
+          if mode == 'deadletter' then
+            redis.pcall('PERSIST', KEYS[11])
+          else
+            local ttl = redis.pcall('TTL', KEYS[11])
+            if type(ttl) == 'number' and ttl < tonumber(ARGV[9]) then redis.pcall('EXPIRE', KEYS[11], ARGV[9]) end
+          end
+        end
         local reportError = ''
         if k > 0 then
           local report = {}
@@ -320,7 +332,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         return sid
         """;
 
-    // KEYS: 1 dead letters, 2 record, 3 attempt log. ARGV: 1 delivery id, 2 now ms, 3 retention s
+    // KEYS: 1 dead letters, 2 record, 3 attempt log, 4 the run index (only when the record names a run id).
+    // ARGV: 1 delivery id, 2 now ms, 3 retention s
     // Returns 1: discarded; 0: not a dead letter. A script, not a transaction: a WATCH of the dead-letter index would
     // abort (and answer "not a dead letter") whenever another Dispatcher dead-lettered a run meanwhile. The record is
     // kept as long as a delivered one, then goes; the index entry goes last, as in the replay.
@@ -340,6 +353,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         redis.call('HSET', KEYS[2], 'state', 'discarded', 'updatedAt', ARGV[2])
         redis.call('EXPIRE', KEYS[2], ARGV[3])
         redis.call('EXPIRE', KEYS[3], ARGV[3])
+        -- Kept for good while the run was a dead letter; now it goes with the record.
+        if KEYS[4] and redis.pcall('TTL', KEYS[4]) == -1 then redis.pcall('EXPIRE', KEYS[4], ARGV[3]) end
         redis.call('ZREM', KEYS[1], ARGV[1])
         return 1
         """;
@@ -480,13 +495,16 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             args.Add(name);
             args.Add(value);
         }
-        var result = (RedisResult[])(await Db.ScriptEvaluateAsync(FinishScript,
-            [
-                RedisKeys.Delivery(entry.DeliveryId), RedisKeys.Lease(entry.DeliveryId), RedisKeys.Stream, RedisKeys.RetrySchedule,
-                RedisKeys.DeadLetters, RedisKeys.Attempts(entry.DeliveryId), RedisKeys.TargetFailures, RedisKeys.PausedTargets,
-                RedisKeys.RetryClaims, RedisKeys.PortReports,
-            ],
-            [.. args]))!;
+        RedisKey[] keys = [
+            RedisKeys.Delivery(entry.DeliveryId), RedisKeys.Lease(entry.DeliveryId), RedisKeys.Stream, RedisKeys.RetrySchedule,
+            RedisKeys.DeadLetters, RedisKeys.Attempts(entry.DeliveryId), RedisKeys.TargetFailures, RedisKeys.PausedTargets,
+            RedisKeys.RetryClaims, RedisKeys.PortReports,
+        ];
+        if (!string.IsNullOrEmpty(entry.RunId))
+        {
+            keys = [.. keys, RedisKeys.RunIndex(entry.RunId)];
+        }
+        var result = (RedisResult[])(await Db.ScriptEvaluateAsync(FinishScript, keys, [.. args]))!;
         var reportError = (string?)result[1];
         return new FinishResult((long)result[0], string.IsNullOrEmpty(reportError) ? null : reportError);
     }
@@ -599,8 +617,22 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
 
     /// <summary>Discards a dead letter: out of the index, body dropped, record kept for <paramref name="retention"/>.</summary>
     /// <returns>False when <paramref name="deliveryId"/> is not a dead letter (nothing changed).</returns>
-    public async Task<bool> DiscardAsync(string deliveryId, DateTimeOffset now, TimeSpan retention) =>
-        (long)await Db.ScriptEvaluateAsync(DiscardScript,
-            [RedisKeys.DeadLetters, RedisKeys.Delivery(deliveryId), RedisKeys.Attempts(deliveryId)],
-            [deliveryId, now.ToUnixTimeMilliseconds(), (long)retention.TotalSeconds]) == 1;
+    public async Task<bool> DiscardAsync(string deliveryId, DateTimeOffset now, TimeSpan retention)
+    {
+        RedisKey[] keys = [RedisKeys.DeadLetters, RedisKeys.Delivery(deliveryId), RedisKeys.Attempts(deliveryId)];
+        RedisValue runId;
+        try
+        {
+            runId = await Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.RunId);
+        }
+        catch (RedisServerException ex) when (RedisFailures.IsWrongType(ex))
+        {
+            runId = RedisValue.Null;
+        }
+        if (!runId.IsNullOrEmpty)
+        {
+            keys = [.. keys, RedisKeys.RunIndex(runId!)];
+        }
+        return (long)await Db.ScriptEvaluateAsync(DiscardScript, keys, [deliveryId, now.ToUnixTimeMilliseconds(), (long)retention.TotalSeconds]) == 1;
+    }
 }

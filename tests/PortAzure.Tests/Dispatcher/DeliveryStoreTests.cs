@@ -465,6 +465,47 @@ public class DeliveryStoreTests
     }
 
     [Fact]
+    public async Task Finish_RunWithRunId_KeepsItsRunIndexAsLongAsItsRecord()
+    {
+        // The index had the idempotency window (24 h in the recommended set-up): a dead letter, kept until an operator acts,
+        // outlived it, and GET /api/deliveries?runId= answered "no deliveries".
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry() with { RunId = TestRuns.NewRunId() };
+        var index = RedisKeys.RunIndex(entry.RunId!);
+        await db.SetAddAsync(index, entry.DeliveryId);
+        await db.KeyExpireAsync(index, TimeSpan.FromMinutes(1));
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+
+        await store.FinishAsync(Finish(FinishMode.DeadLetter, entry, "A",
+            [.. PortAzure.Dispatcher.Delivery.DeliveryProcessor.EntryFields(entry, DeliveryStates.DeadLettered, DateTimeOffset.UtcNow)]));
+        Assert.Null(await db.KeyTimeToLiveAsync(index));
+        Assert.True(await db.SetContainsAsync(index, entry.DeliveryId));
+
+        // Replayed and delivered: as long as the delivered record (the retention, 1 h here).
+        Assert.Equal(ReplayOutcome.Replayed, await store.ReplayAsync(entry.DeliveryId, DateTimeOffset.UtcNow));
+        Assert.True((await store.BeginAsync(entry, "B", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        await store.FinishAsync(Finish(FinishMode.Delivered, entry, "B", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered)));
+        Assert.InRange((await db.KeyTimeToLiveAsync(index))!.Value, TimeSpan.FromMinutes(59), TimeSpan.FromHours(1));
+    }
+
+    [Fact]
+    public async Task Discard_DeadLetterWithRunId_LetsItsRunIndexGoWithTheRecord()
+    {
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry() with { RunId = TestRuns.NewRunId() };
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        await store.FinishAsync(Finish(FinishMode.DeadLetter, entry, "A",
+            [.. PortAzure.Dispatcher.Delivery.DeliveryProcessor.EntryFields(entry, DeliveryStates.DeadLettered, DateTimeOffset.UtcNow)]));
+        Assert.Null(await db.KeyTimeToLiveAsync(RedisKeys.RunIndex(entry.RunId!)));
+
+        Assert.True(await store.DiscardAsync(entry.DeliveryId, DateTimeOffset.UtcNow, TimeSpan.FromHours(2)));
+
+        Assert.InRange((await db.KeyTimeToLiveAsync(RedisKeys.RunIndex(entry.RunId!)))!.Value, TimeSpan.FromHours(1.9), TimeSpan.FromHours(2));
+    }
+
+    [Fact]
     public async Task RemoveFromSchedule_ClaimedSlot_ForgetsTheClaimToo()
     {
         await using var leased = await SharedRedis.ConnectAsync();
