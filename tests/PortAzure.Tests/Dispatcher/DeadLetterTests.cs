@@ -166,7 +166,30 @@ public class DeadLetterTests
         }
 
         Assert.Null(cursor);
-        Assert.Equal([first, last], seen);
+        // The member that is no delivery id has no record: shown as damaged (it was left out, though counted), and removable.
+        Assert.Equal([first, "not-a-delivery-id", last], seen);
+        using var delete = relay.Operator(HttpMethod.Delete, "/api/deadletters/not-a-delivery-id");
+        using var deleted = await relay.Ingress.Client.SendAsync(delete);
+        Assert.Equal(HttpStatusCode.NoContent, deleted.StatusCode);
+        Assert.Null(await relay.Db.SortedSetScoreAsync(RedisKeys.DeadLetters, "not-a-delivery-id"));
+    }
+
+    [Fact]
+    public async Task List_DeadLetterWithoutRecord_IsShownAsDamagedAndCanBeDeleted()
+    {
+        await using var relay = await Relay.StartAsync();
+        var orphan = "d_" + Guid.NewGuid().ToString("N");
+        await relay.Db.SortedSetAddAsync(RedisKeys.DeadLetters, orphan, 1);
+
+        using var list = relay.Operator(HttpMethod.Get, "/api/deadletters");
+        using var listed = await relay.Ingress.Client.SendAsync(list);
+        var item = Assert.Single((await listed.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("items").EnumerateArray());
+        Assert.Equal((orphan, "damaged"), (item.GetProperty("deliveryId").GetString(), item.GetProperty("state").GetString()));
+
+        using var delete = relay.Operator(HttpMethod.Delete, $"/api/deadletters/{orphan}");
+        using var deleted = await relay.Ingress.Client.SendAsync(delete);
+        Assert.Equal(HttpStatusCode.NoContent, deleted.StatusCode);
+        Assert.Equal(0, await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters));
     }
 
     [Fact]
