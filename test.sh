@@ -58,12 +58,17 @@ done
 passed=$(counter passed)
 # A test that errored, timed out or was aborted did not pass either.
 failed=$(( $(counter failed) + $(counter error) + $(counter timeout) + $(counter aborted) ))
-echo "$passed passed, $failed failed"
+# A test host that crashed (a stack overflow, FailFast, an out-of-memory kill) leaves a results file that counts only what
+# finished before it: say so above the totals, which then cannot be read as "all passed".
+if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
+  echo "the test run did not complete (dotnet test exit $status with no failed test: the test host crashed or was aborted, see above); the totals below count only the tests that reported" >&2
+fi
 if [ "$((passed + failed))" -eq 0 ]; then
-  echo "no test ran" >&2
+  echo "no test reported a result" >&2
   [ "$status" -ne 0 ] || status=1
 fi
 if [ "$failed" -ne 0 ] && [ "$status" -eq 0 ]; then
   status=1
 fi
+echo "$passed passed, $failed failed"
 exit "$status"
