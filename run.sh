@@ -9,7 +9,9 @@ cd "$(dirname "$0")"
 runtime="${ASPIRE_CONTAINER_RUNTIME:-${DOTNET_ASPIRE_CONTAINER_RUNTIME:-docker}}"
 have_container_runtime() { command -v "$runtime" >/dev/null 2>&1 && timeout 5 "$runtime" info >/dev/null 2>&1; }
 
-if [ -z "${ConnectionStrings__redis:-}" ] && ! have_container_runtime && ! command -v redis-server >/dev/null 2>&1; then
+# Only where apt-get is (Debian, Ubuntu): elsewhere the AppHost's own message names the three ways to give it a Redis.
+if [ -z "${ConnectionStrings__redis:-}" ] && ! have_container_runtime && ! command -v redis-server >/dev/null 2>&1 \
+  && command -v apt-get >/dev/null 2>&1; then
   echo "No container runtime and no redis-server: installing redis-server from the OS packages" >&2
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
