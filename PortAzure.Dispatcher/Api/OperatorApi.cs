@@ -19,6 +19,10 @@ internal static partial class OperatorApi
     // Not a state the relay writes: what a record that cannot be read shows.
     private const string DamagedState = "damaged";
     private const int MaxCursorIdLength = 256;
+
+    // A page of dead letters shows each one's newest attempts, GET /api/deliveries/{id} all: a log keeps up to 200 after
+    // replays, and a page of 500 read whole could be tens of MB built in memory.
+    private const int ListedAttempts = 10;
     private const int MaxReplayBatch = 500;
     private const int MaxPageSize = 500;
 
@@ -57,7 +61,7 @@ internal static partial class OperatorApi
         {
             return InvalidId();
         }
-        var view = await LoadAsync(redis.GetDatabase(), id, withAttempts: true);
+        var view = await LoadAsync(redis.GetDatabase(), id, attempts: int.MaxValue);
         return view is null
             ? Problems.Create(StatusCodes.Status404NotFound, "delivery_not_found", $"No delivery '{id}' is known (it may have expired).")
             : TypedResults.Ok(view);
@@ -78,7 +82,7 @@ internal static partial class OperatorApi
         var views = new List<DeliveryView>();
         foreach (var id in ids.Select(i => (string)i!).Order(StringComparer.Ordinal))
         {
-            if (await LoadAsync(db, id, withAttempts: false) is { } view)
+            if (await LoadAsync(db, id, attempts: 0) is { } view)
             {
                 views.Add(view);
             }
@@ -124,7 +128,7 @@ internal static partial class OperatorApi
         {
             // One without a record (deleted by hand, or a member that is no delivery id) is shown too: left out, it was
             // counted in total and in the backlog alert, and the operator could not learn its id to DELETE it.
-            items.Add(await LoadAsync(db, entry.Element!, withAttempts: true)
+            items.Add(await LoadAsync(db, entry.Element!, attempts: ListedAttempts)
                 ?? Damaged(entry.Element!, $"The dead letter has no record in Redis: nothing can be replayed. DELETE /api/deadletters/{entry.Element} removes it."));
         }
         var next = page.Count > take ? FormatCursor(page[take - 1]) : null;
@@ -280,7 +284,8 @@ internal static partial class OperatorApi
 
     // Damaged data (a key of another type, an attempt that is not JSON) is shown as such, not thrown: one such record in
     // the dead-letter index would otherwise fail every page that holds it, and the operator could not find it to DELETE.
-    private static async Task<DeliveryView?> LoadAsync(IDatabase db, string id, bool withAttempts)
+    /// <param name="attempts">How many of the newest attempts to load; 0: none (the view has no attempt list).</param>
+    private static async Task<DeliveryView?> LoadAsync(IDatabase db, string id, int attempts)
     {
         Dictionary<string, RedisValue> hash;
         try
@@ -295,10 +300,10 @@ internal static partial class OperatorApi
         {
             return null;
         }
-        IReadOnlyList<AttemptRecord>? attempts = null;
-        if (withAttempts)
+        IReadOnlyList<AttemptRecord>? attemptLog = null;
+        if (attempts > 0)
         {
-            attempts = await LoadAttemptsAsync(db, id);
+            attemptLog = await LoadAttemptsAsync(db, id, attempts);
         }
         string? Text(string name) => hash.TryGetValue(name, out var v) && !v.IsNullOrEmpty ? (string?)v : null;
         DateTimeOffset? Time(string name) => hash.TryGetValue(name, out var v) && long.TryParse((string?)v, out var ms) && ms is > 0 and <= MaxUnixMilliseconds
@@ -322,16 +327,16 @@ internal static partial class OperatorApi
             Text(DeliveryRecord.Hint),
             traceParent is { Length: 55 } ? traceParent.Substring(3, 32) : null,
             Number(DeliveryRecord.Replays) ?? 0,
-            attempts);
+            attemptLog);
     }
 
     /// <summary>The attempts that can be read; an entry that is not an attempt, or a key that is not a list, is left out.</summary>
-    private static async Task<IReadOnlyList<AttemptRecord>> LoadAttemptsAsync(IDatabase db, string id)
+    private static async Task<IReadOnlyList<AttemptRecord>> LoadAttemptsAsync(IDatabase db, string id, int newest)
     {
         RedisValue[] raw;
         try
         {
-            raw = await db.ListRangeAsync(RedisKeys.Attempts(id));
+            raw = await db.ListRangeAsync(RedisKeys.Attempts(id), newest == int.MaxValue ? 0 : -newest, -1);
         }
         catch (RedisServerException ex) when (RedisFailures.IsWrongType(ex))
         {

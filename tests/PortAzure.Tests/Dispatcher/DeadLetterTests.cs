@@ -213,6 +213,25 @@ public class DeadLetterTests
     }
 
     [Fact]
+    public async Task List_LongAttemptLog_ShowsTheNewestTenWhileTheDeliveryShowsAll()
+    {
+        // A page of 500 dead letters read each one's log whole (up to 200 attempts after replays): tens of MB per page.
+        await using var relay = await Relay.StartAsync();
+        var id = "d_" + Guid.NewGuid().ToString("N");
+        await DeadLetterRecords.AddAsync(relay.Db, id, 1, TestRuns.Body(TestRuns.NewRunId()));
+        await relay.Db.ListRightPushAsync(RedisKeys.Attempts(id), Enumerable.Range(1, 25).Select(i => DeadLetterRecords.Attempt(i)).ToArray());
+
+        using var list = relay.Operator(HttpMethod.Get, "/api/deadletters");
+        using var listed = await relay.Ingress.Client.SendAsync(list);
+        using var one = relay.Operator(HttpMethod.Get, $"/api/deliveries/{id}");
+        using var shown = await relay.Ingress.Client.SendAsync(one);
+
+        var item = Assert.Single((await listed.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("items").EnumerateArray());
+        Assert.Equal(Enumerable.Range(16, 10), item.GetProperty("attemptHistory").EnumerateArray().Select(a => a.GetProperty("attempt").GetInt32()));
+        Assert.Equal(25, (await shown.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("attemptHistory").GetArrayLength());
+    }
+
+    [Fact]
     public async Task ReplayAll_FirstReplayFails_Answers200WithNoneAndWhereItStopped()
     {
         // Not a 503: that says none was replayed and a retry is safe, while a timed-out replay may have run.
