@@ -181,8 +181,11 @@ internal sealed partial class DeliveryWorker(
             if (DeliveryEntry.FromStreamEntry(streamEntry) is not { } entry)
             {
                 // Not written by the Ingress: nothing here can be delivered. Acknowledged and deleted so it
-                // stops coming back (and stops counting as the oldest queued run).
-                Log.Malformed(logger, streamEntry.Id.ToString());
+                // stops coming back (and stops counting as the oldest queued run). The delivery it names, if any (a replay
+                // of a damaged record), is what an operator looks up.
+                var named = (string?)streamEntry[DeliveryEntry.Fields.DeliveryId];
+                Log.Malformed(logger, string.IsNullOrEmpty(named) ? streamEntry.Id.ToString()
+                    : $"{streamEntry.Id} (delivery {(named.Length > 100 ? named[..100] : named)})");
                 // In one step: acknowledged but left in the stream (a failure between the two), nothing would read it
                 // again and it would stay the oldest entry, the backlog's age growing for good.
                 var transaction = redis.GetDatabase().CreateTransaction();

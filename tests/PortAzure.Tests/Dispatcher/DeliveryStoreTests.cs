@@ -731,6 +731,8 @@ public class DeliveryStoreTests
         await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0, TimeSpan.FromSeconds(10), "the damaged entry is deleted");
         using var health = await relay.Dispatcher.Client.GetAsync("/alive");
         Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+        // The line names the delivery the entry carried, which is what an operator can look up.
+        Assert.Contains(relay.Dispatcher.Logs.Lines, l => l.Contains("[2105]", StringComparison.Ordinal) && l.Contains("(delivery d_x)", StringComparison.Ordinal));
     }
 
     [Fact]
