@@ -65,8 +65,9 @@ passed=$(counter passed)
 failed=$(( $(counter failed) + $(counter error) + $(counter timeout) + $(counter aborted) ))
 # A test host that crashed (a stack overflow, FailFast, an out-of-memory kill) leaves a results file that counts only what
 # finished before it: say so above the totals, which then cannot be read as "all passed".
-if [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; then
-  echo "the test run did not complete (dotnet test exit $status with no failed test: the test host crashed or was aborted, see above); the totals below count only the tests that reported" >&2
+if grep -q "The active test run was aborted" "${trxs[@]}" || { [ "$status" -ne 0 ] && [ "$failed" -eq 0 ]; }; then
+  echo "the test run did not complete (the test host crashed or the run was aborted, see above); the totals below count only the tests that reported" >&2
+  [ "$status" -ne 0 ] || status=1
 fi
 if [ "$((passed + failed))" -eq 0 ]; then
   echo "no test reported a result" >&2

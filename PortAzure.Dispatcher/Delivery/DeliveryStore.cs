@@ -139,6 +139,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // a Redis out of memory allows: once a script has written, Redis lets it finish.)
     private static readonly string FinishScript = $$"""
         {{IncrementCount}}
+        {{DeadLetterAmong}}
         local mode = ARGV[1]
         local function acknowledge()
           if ARGV[2] ~= '' then
@@ -208,13 +209,17 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         -- The run index (GET /api/deliveries?runId=) lasts as long as the records it finds: the Ingress gives it the
         -- idempotency window, which a dead letter (kept until an operator acts) and a delivered record (kept for the
         -- retention from now) outlive, and the lookup then answered "no deliveries". pcall: it must not fail the outcome.
-        if KEYS[11] and (mode == 'delivered' or mode == 'deadletter') then
+        -- No expiry while one of its deliveries is a dead letter; else at least the retention from now (a retry's record,
+        -- kept until it ends, is covered again at each attempt).
+        if KEYS[11] and mode ~= 'skip' then
           redis.pcall('SADD', KEYS[11], ARGV[4])
           if mode == 'deadletter' then
             redis.pcall('PERSIST', KEYS[11])
           else
             local ttl = redis.pcall('TTL', KEYS[11])
-            if type(ttl) == 'number' and ttl < tonumber(ARGV[9]) then redis.pcall('EXPIRE', KEYS[11], ARGV[9]) end
+            if type(ttl) == 'number' and ttl < tonumber(ARGV[9]) and (ttl >= 0 or not deadLetterAmong(KEYS[11], KEYS[5], ARGV[4])) then
+              redis.pcall('EXPIRE', KEYS[11], ARGV[9])
+            end
           end
         end
         local reportError = ''
@@ -232,6 +237,26 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         end
         acknowledge()
         return {failures, reportError}
+        """;
+
+    // The latest receipt time a DeliveryEntry can hold (DateTimeOffset.MaxValue in Unix ms).
+    private const string MaxUnixMillisecondsText = "253402300799999";
+
+    // Whether a run index holds a dead letter other than `except`; a damaged index or dead-letter set counts as holding one
+    // (the index is then left as it is: pcall's error is a table, as true as a score).
+    private const string DeadLetterAmong = """
+        local function deadLetterAmong(index, deadLetters, except)
+          local members = redis.pcall('SMEMBERS', index)
+          if type(members) ~= 'table' or members.err then
+            return true
+          end
+          for _, id in ipairs(members) do
+            if id ~= except and redis.pcall('ZSCORE', deadLetters, id) then
+              return true
+            end
+          end
+          return false
+        end
         """;
 
     // A count that is not a number (a damaged field), or past any count the relay makes, starts again at 1 instead of
@@ -314,7 +339,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         -- A receipt time the entry could not be read with (damaged) is now: else the Dispatcher would drop the entry as
         -- malformed, and the run, answered 202 here, would be neither queued nor a dead letter.
         local at = r[6]
-        if not at or not string.match(at, '^%d+$') or #at > 15 then at = ARGV[2] end
+        if not at or not string.match(at, '^%d+$') or #at > 15 or tonumber(at) > {{MaxUnixMillisecondsText}} then at = ARGV[2] end
         local f = {'id', ARGV[1], 'org', r[1], 'webhook', r[2], 'body', r[3], 'key', r[4], 'at', at}
         if r[5] and r[5] ~= '' then f[#f + 1] = 'run'; f[#f + 1] = r[5] end
         if r[7] and r[7] ~= '' then f[#f + 1] = 'traceparent'; f[#f + 1] = r[7] end
@@ -337,7 +362,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // Returns 1: discarded; 0: not a dead letter. A script, not a transaction: a WATCH of the dead-letter index would
     // abort (and answer "not a dead letter") whenever another Dispatcher dead-lettered a run meanwhile. The record is
     // kept as long as a delivered one, then goes; the index entry goes last, as in the replay.
-    private const string DiscardScript = """
+    private const string DiscardScript = $$"""
+        {{DeadLetterAmong}}
         if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
           return 0
         end
@@ -353,8 +379,10 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         redis.call('HSET', KEYS[2], 'state', 'discarded', 'updatedAt', ARGV[2])
         redis.call('EXPIRE', KEYS[2], ARGV[3])
         redis.call('EXPIRE', KEYS[3], ARGV[3])
-        -- Kept for good while the run was a dead letter; now it goes with the record.
-        if KEYS[4] and redis.pcall('TTL', KEYS[4]) == -1 then redis.pcall('EXPIRE', KEYS[4], ARGV[3]) end
+        -- Kept for good while the run was a dead letter; now it goes with the record, unless another of its deliveries is one.
+        if KEYS[4] and redis.pcall('TTL', KEYS[4]) == -1 and not deadLetterAmong(KEYS[4], KEYS[1], ARGV[1]) then
+          redis.pcall('EXPIRE', KEYS[4], ARGV[3])
+        end
         redis.call('ZREM', KEYS[1], ARGV[1])
         return 1
         """;

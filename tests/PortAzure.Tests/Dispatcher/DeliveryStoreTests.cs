@@ -490,6 +490,56 @@ public class DeliveryStoreTests
     }
 
     [Fact]
+    public async Task Finish_AnotherDeliveryOfTheRunIsADeadLetter_LeavesTheRunIndexWithoutExpiry()
+    {
+        // Two deliveries of one run id (two webhooks): B's delivery, or its discard, gave the index an expiry while A was
+        // still a dead letter, and the lookup then lost A.
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var runId = TestRuns.NewRunId();
+        var a = NewEntry() with { RunId = runId };
+        var b = NewEntry() with { RunId = runId };
+        var index = RedisKeys.RunIndex(runId);
+        Assert.True((await store.BeginAsync(a, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        await store.FinishAsync(Finish(FinishMode.DeadLetter, a, "A",
+            [.. PortAzure.Dispatcher.Delivery.DeliveryProcessor.EntryFields(a, DeliveryStates.DeadLettered, DateTimeOffset.UtcNow)]));
+        Assert.True((await store.BeginAsync(b, "B", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        await store.FinishAsync(Finish(FinishMode.DeadLetter, b, "B",
+            [.. PortAzure.Dispatcher.Delivery.DeliveryProcessor.EntryFields(b, DeliveryStates.DeadLettered, DateTimeOffset.UtcNow)]));
+
+        // B replayed and delivered, then A's twin discarded: A is still a dead letter each time.
+        Assert.Equal(ReplayOutcome.Replayed, await store.ReplayAsync(b.DeliveryId, DateTimeOffset.UtcNow));
+        Assert.True((await store.BeginAsync(b, "B2", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        await store.FinishAsync(Finish(FinishMode.Delivered, b, "B2", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered)));
+        Assert.Null(await db.KeyTimeToLiveAsync(index));
+
+        var c = NewEntry() with { RunId = runId };
+        Assert.True((await store.BeginAsync(c, "C", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        await store.FinishAsync(Finish(FinishMode.DeadLetter, c, "C",
+            [.. PortAzure.Dispatcher.Delivery.DeliveryProcessor.EntryFields(c, DeliveryStates.DeadLettered, DateTimeOffset.UtcNow)]));
+        Assert.True(await store.DiscardAsync(c.DeliveryId, DateTimeOffset.UtcNow, TimeSpan.FromHours(1)));
+        Assert.Null(await db.KeyTimeToLiveAsync(index));
+        Assert.Equal(3, await db.SetLengthAsync(index));
+    }
+
+    [Fact]
+    public async Task Finish_Retry_CoversTheRunIndexForTheRetentionAgain()
+    {
+        // An idempotency window shorter than the retry age let a retrying delivery's index expire under it.
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry() with { RunId = TestRuns.NewRunId() };
+        var index = RedisKeys.RunIndex(entry.RunId!);
+        await db.SetAddAsync(index, entry.DeliveryId);
+        await db.KeyExpireAsync(index, TimeSpan.FromMinutes(1));
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+
+        await store.FinishAsync(Finish(FinishMode.Retry, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Retrying)));
+
+        Assert.InRange((await db.KeyTimeToLiveAsync(index))!.Value, TimeSpan.FromMinutes(59), TimeSpan.FromHours(1));
+    }
+
+    [Fact]
     public async Task Discard_DeadLetterWithRunId_LetsItsRunIndexGoWithTheRecord()
     {
         await using var leased = await SharedRedis.ConnectAsync();
@@ -668,6 +718,8 @@ public class DeliveryStoreTests
     [InlineData("not-a-number")]
     [InlineData("")]
     [InlineData("1e20")]
+    [InlineData("999999999999999")]
+    [InlineData("253402300800000")]
     public async Task Replay_DamagedReceiptTime_QueuesAnEntryTheDispatcherCanRead(string at)
     {
         // The entry carried the damaged time: the Dispatcher dropped it as malformed, and the run (answered 202) was lost.
