@@ -16,6 +16,14 @@ public class DeliveryStoreTests
         new(mode, entry, null, token, DateTimeOffset.UtcNow, DateTimeOffset.UtcNow.AddSeconds(30), TimeSpan.FromHours(1), null, 20,
             DateTimeOffset.UtcNow.AddSeconds(30), fields);
 
+    /// <summary>One attempt of <paramref name="entry"/> that begins and ends in the dead letters, its record whole (replayable).</summary>
+    private static async Task DeadLetterAsync(DeliveryStore store, DeliveryEntry entry, string token)
+    {
+        Assert.True((await store.BeginAsync(entry, token, TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        await store.FinishAsync(Finish(FinishMode.DeadLetter, entry, token,
+            [.. PortAzure.Dispatcher.Delivery.DeliveryProcessor.EntryFields(entry, DeliveryStates.DeadLettered, DateTimeOffset.UtcNow)]));
+    }
+
     /// <summary>A store on a leased database, and one delivery whose retry slot is due now.</summary>
     private sealed class DueSlot : IAsyncDisposable
     {
@@ -475,10 +483,8 @@ public class DeliveryStoreTests
         var index = RedisKeys.RunIndex(entry.RunId!);
         await db.SetAddAsync(index, entry.DeliveryId);
         await db.KeyExpireAsync(index, TimeSpan.FromMinutes(1));
-        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
 
-        await store.FinishAsync(Finish(FinishMode.DeadLetter, entry, "A",
-            [.. PortAzure.Dispatcher.Delivery.DeliveryProcessor.EntryFields(entry, DeliveryStates.DeadLettered, DateTimeOffset.UtcNow)]));
+        await DeadLetterAsync(store, entry, "A");
         Assert.Null(await db.KeyTimeToLiveAsync(index));
         Assert.True(await db.SetContainsAsync(index, entry.DeliveryId));
 
@@ -500,12 +506,8 @@ public class DeliveryStoreTests
         var a = NewEntry() with { RunId = runId };
         var b = NewEntry() with { RunId = runId };
         var index = RedisKeys.RunIndex(runId);
-        Assert.True((await store.BeginAsync(a, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
-        await store.FinishAsync(Finish(FinishMode.DeadLetter, a, "A",
-            [.. PortAzure.Dispatcher.Delivery.DeliveryProcessor.EntryFields(a, DeliveryStates.DeadLettered, DateTimeOffset.UtcNow)]));
-        Assert.True((await store.BeginAsync(b, "B", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
-        await store.FinishAsync(Finish(FinishMode.DeadLetter, b, "B",
-            [.. PortAzure.Dispatcher.Delivery.DeliveryProcessor.EntryFields(b, DeliveryStates.DeadLettered, DateTimeOffset.UtcNow)]));
+        await DeadLetterAsync(store, a, "A");
+        await DeadLetterAsync(store, b, "B");
 
         // B replayed and delivered, then A's twin discarded: A is still a dead letter each time.
         Assert.Equal(ReplayOutcome.Replayed, await store.ReplayAsync(b.DeliveryId, DateTimeOffset.UtcNow));
@@ -514,9 +516,7 @@ public class DeliveryStoreTests
         Assert.Null(await db.KeyTimeToLiveAsync(index));
 
         var c = NewEntry() with { RunId = runId };
-        Assert.True((await store.BeginAsync(c, "C", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
-        await store.FinishAsync(Finish(FinishMode.DeadLetter, c, "C",
-            [.. PortAzure.Dispatcher.Delivery.DeliveryProcessor.EntryFields(c, DeliveryStates.DeadLettered, DateTimeOffset.UtcNow)]));
+        await DeadLetterAsync(store, c, "C");
         Assert.True(await store.DiscardAsync(c.DeliveryId, DateTimeOffset.UtcNow, TimeSpan.FromHours(1)));
         Assert.Null(await db.KeyTimeToLiveAsync(index));
         Assert.Equal(3, await db.SetLengthAsync(index));
@@ -545,9 +545,7 @@ public class DeliveryStoreTests
         await using var leased = await SharedRedis.ConnectAsync();
         var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
         var entry = NewEntry() with { RunId = TestRuns.NewRunId() };
-        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
-        await store.FinishAsync(Finish(FinishMode.DeadLetter, entry, "A",
-            [.. PortAzure.Dispatcher.Delivery.DeliveryProcessor.EntryFields(entry, DeliveryStates.DeadLettered, DateTimeOffset.UtcNow)]));
+        await DeadLetterAsync(store, entry, "A");
         Assert.Null(await db.KeyTimeToLiveAsync(RedisKeys.RunIndex(entry.RunId!)));
 
         Assert.True(await store.DiscardAsync(entry.DeliveryId, DateTimeOffset.UtcNow, TimeSpan.FromHours(2)));
