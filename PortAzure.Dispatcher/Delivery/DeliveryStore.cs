@@ -203,9 +203,6 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           for i = 14 + k, #ARGV do fields[#fields + 1] = ARGV[i] end
           redis.call('HSET', KEYS[1], unpack(fields))
         end
-        -- The Port report in the same step as the outcome (a crash right after it cannot lose it), but after every write
-        -- that can fail (a re-run of a finish that failed half-way would write it again), and never failing the outcome:
-        -- a damaged reports key stopped every finish with a report, and the run was posted again at each reclaim.
         -- The run index (GET /api/deliveries?runId=) lasts as long as the records it finds: the Ingress gives it the
         -- idempotency window, which a dead letter (kept until an operator acts) and a delivered record (kept for the
         -- retention from now) outlive, and the lookup then answered "no deliveries". pcall: it must not fail the outcome.
@@ -222,6 +219,9 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             end
           end
         end
+        -- The Port report in the same step as the outcome (a crash right after it cannot lose it), but after every write
+        -- that can fail (a re-run of a finish that failed half-way would write it again), and never failing the outcome:
+        -- a damaged reports key stopped every finish with a report, and the run was posted again at each reclaim.
         local reportError = ''
         if k > 0 then
           local report = {}
@@ -238,9 +238,6 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         acknowledge()
         return {failures, reportError}
         """;
-
-    // The latest receipt time a DeliveryEntry can hold (DateTimeOffset.MaxValue in Unix ms).
-    private const string MaxUnixMillisecondsText = "253402300799999";
 
     // Whether a run index holds a dead letter other than `except`; a damaged index or dead-letter set counts as holding one
     // (the index is then left as it is: pcall's error is a table, as true as a score).
@@ -323,7 +320,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // not a hash (left as it is: an error would stop every batch replay at it, for good).
     // The dead letter leaves its index last: Redis keeps a script's writes up to a failing command (a damaged stream
     // key), and one removed first would be neither a dead letter nor queued, lost to the operator API.
-    private const string ReplayScript = $$"""
+    private static readonly string ReplayScript = $$"""
         {{IncrementCount}}
         if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
           return false
@@ -339,7 +336,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         -- A receipt time the entry could not be read with (damaged) is now: else the Dispatcher would drop the entry as
         -- malformed, and the run, answered 202 here, would be neither queued nor a dead letter.
         local at = r[6]
-        if not at or not string.match(at, '^%d+$') or #at > 15 or tonumber(at) > {{MaxUnixMillisecondsText}} then at = ARGV[2] end
+        if not at or not string.match(at, '^%d+$') or #at > 15 or tonumber(at) > {{DateTimeOffset.MaxValue.ToUnixTimeMilliseconds()}} then at = ARGV[2] end
         local f = {'id', ARGV[1], 'org', r[1], 'webhook', r[2], 'body', r[3], 'key', r[4], 'at', at}
         if r[5] and r[5] ~= '' then f[#f + 1] = 'run'; f[#f + 1] = r[5] end
         if r[7] and r[7] ~= '' then f[#f + 1] = 'traceparent'; f[#f + 1] = r[7] end
