@@ -336,7 +336,8 @@ internal static partial class OperatorApi
         RedisValue[] raw;
         try
         {
-            raw = await db.ListRangeAsync(RedisKeys.Attempts(id), newest == int.MaxValue ? 0 : -newest, -1);
+            // A start before the list's first item reads from its first: int.MaxValue reads them all.
+            raw = await db.ListRangeAsync(RedisKeys.Attempts(id), -newest, -1);
         }
         catch (RedisServerException ex) when (RedisFailures.IsWrongType(ex))
         {
