@@ -5,12 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "redis-server not found, and no apt-get to install it with: install Redis so that redis-server is on PATH" >&2
-    echo "0 passed, 0 failed"
-    exit 1
-  fi
+if ! command -v redis-server >/dev/null 2>&1 && ! command -v apt-get >/dev/null 2>&1; then
+  # The tests that need it then fail, and the totals below say so.
+  echo "redis-server not found, and no apt-get to install it with: install Redis so that redis-server is on PATH" >&2
+elif ! command -v redis-server >/dev/null 2>&1; then
   echo "redis-server not found: installing it from the OS packages" >&2
   sudo_cmd=""
   [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
