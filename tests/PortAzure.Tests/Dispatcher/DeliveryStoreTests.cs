@@ -24,6 +24,16 @@ public class DeliveryStoreTests
             [.. PortAzure.Dispatcher.Delivery.DeliveryProcessor.EntryFields(entry, DeliveryStates.DeadLettered, DateTimeOffset.UtcNow)]));
     }
 
+    /// <summary>A delivery with a run id, in its run index as the Ingress leaves it but with a minute left (a short window).</summary>
+    private static async Task<(DeliveryEntry Entry, string Index)> IndexedEntryAsync(IDatabase db)
+    {
+        var entry = NewEntry() with { RunId = TestRuns.NewRunId() };
+        var index = RedisKeys.RunIndex(entry.RunId!);
+        await db.SetAddAsync(index, entry.DeliveryId);
+        await db.KeyExpireAsync(index, TimeSpan.FromMinutes(1));
+        return (entry, index);
+    }
+
     /// <summary>A store on a leased database, and one delivery whose retry slot is due now.</summary>
     private sealed class DueSlot : IAsyncDisposable
     {
@@ -479,10 +489,7 @@ public class DeliveryStoreTests
         // outlived it, and GET /api/deliveries?runId= answered "no deliveries".
         await using var leased = await SharedRedis.ConnectAsync();
         var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
-        var entry = NewEntry() with { RunId = TestRuns.NewRunId() };
-        var index = RedisKeys.RunIndex(entry.RunId!);
-        await db.SetAddAsync(index, entry.DeliveryId);
-        await db.KeyExpireAsync(index, TimeSpan.FromMinutes(1));
+        var (entry, index) = await IndexedEntryAsync(db);
 
         await DeadLetterAsync(store, entry, "A");
         Assert.Null(await db.KeyTimeToLiveAsync(index));
@@ -528,10 +535,7 @@ public class DeliveryStoreTests
         // An idempotency window shorter than the retry age let a retrying delivery's index expire under it.
         await using var leased = await SharedRedis.ConnectAsync();
         var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
-        var entry = NewEntry() with { RunId = TestRuns.NewRunId() };
-        var index = RedisKeys.RunIndex(entry.RunId!);
-        await db.SetAddAsync(index, entry.DeliveryId);
-        await db.KeyExpireAsync(index, TimeSpan.FromMinutes(1));
+        var (entry, index) = await IndexedEntryAsync(db);
         Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
 
         await store.FinishAsync(Finish(FinishMode.Retry, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Retrying)));
