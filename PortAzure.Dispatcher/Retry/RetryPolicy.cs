@@ -1,7 +1,8 @@
 namespace PortAzure.Dispatcher.Retry;
 
 /// <summary>
-/// Exponential backoff with jitter, capped; a <c>Retry-After</c> longer than the backoff is waited out (up to the cap).
+/// Exponential backoff with jitter, capped; a <c>Retry-After</c> longer than the backoff is waited out,
+/// spread after it by the jitter (up to the cap).
 /// Gives up after <see cref="RetryOptions.MaxAttempts"/> attempts or <see cref="RetryOptions.MaxAgeHours"/>.
 /// </summary>
 internal sealed class RetryPolicy(RetryOptions options, Func<double>? random = null)
@@ -29,6 +30,13 @@ internal sealed class RetryPolicy(RetryOptions options, Func<double>? random = n
         // Retry-After is when the target will take the call again at the earliest, not a promise it will succeed: a
         // shorter one (a proxy's "Retry-After: 0") must not take the backoff away, or a target that keeps answering
         // so spends the whole attempt budget within seconds and its runs are dead-lettered.
-        return retryAfter is { } asked && asked > backoff ? (asked > cap ? cap : asked) : backoff;
+        if (retryAfter is not { } asked || asked <= backoff)
+        {
+            return backoff;
+        }
+        // Every run a throttled target refused in one burst carries the same Retry-After: spread them after it (never
+        // before it), or they all come due in the same instant and are throttled again together.
+        var spread = TimeSpan.FromTicks((long)(asked.Ticks * options.JitterFraction * _random()));
+        return asked + spread > cap ? cap : asked + spread;
     }
 }

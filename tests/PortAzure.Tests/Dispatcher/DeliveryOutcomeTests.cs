@@ -135,7 +135,12 @@ public class DeliveryOutcomeTests
     [Fact]
     public async Task RetryAfter_Seconds_IsHonoured()
     {
-        await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxDelaySeconds"] = "30");
+        // Without jitter, which spreads a retry after Retry-After (RetryPolicyTests): the schedule below is then exact.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:Retry:MaxDelaySeconds"] = "30";
+            c["Dispatcher:Retry:JitterFraction"] = "0";
+        });
         await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503, retryAfter = "2" } } });
 
         var deliveryId = await SendAsync(relay);
@@ -175,7 +180,11 @@ public class DeliveryOutcomeTests
     [Fact]
     public async Task RetryAfter_HttpDate_IsHonoured()
     {
-        await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxDelaySeconds"] = "10");
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:Retry:MaxDelaySeconds"] = "10";
+            c["Dispatcher:Retry:JitterFraction"] = "0";
+        });
         var at = DateTimeOffset.UtcNow.AddSeconds(5).ToString("R", System.Globalization.CultureInfo.InvariantCulture);
         await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 429, retryAfter = at } } });
 

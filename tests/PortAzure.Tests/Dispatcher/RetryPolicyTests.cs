@@ -44,8 +44,25 @@ public class RetryPolicyTests
     [InlineData(5, 30, 30)]
     public void Delay_RetryAfterLongerThanTheBackoff_IsWaitedOutUpToTheCap(int attempt, int retryAfter, int expected)
     {
-        var policy = new RetryPolicy(new RetryOptions(), () => 0.5);
+        var policy = new RetryPolicy(new RetryOptions(), () => 0.0);
         Assert.Equal(TimeSpan.FromSeconds(expected), policy.Delay(attempt, TimeSpan.FromSeconds(retryAfter)));
+    }
+
+    [Theory]
+    [InlineData(0.0, 30)]
+    [InlineData(0.5, 33)]
+    [InlineData(1.0, 36)]
+    public void Delay_RetryAfterLongerThanTheBackoff_IsSpreadAfterItByTheJitter(double random, double expected)
+    {
+        var policy = new RetryPolicy(new RetryOptions(), () => random);
+        Assert.Equal(expected, policy.Delay(1, TimeSpan.FromSeconds(30)).TotalSeconds, 6);
+    }
+
+    [Fact]
+    public void Delay_RetryAfterNearTheCap_SpreadNeverPassesTheCap()
+    {
+        var policy = new RetryPolicy(new RetryOptions(), () => 1.0);
+        Assert.Equal(TimeSpan.FromMinutes(10), policy.Delay(1, TimeSpan.FromSeconds(590)));
     }
 
     [Theory]
