@@ -1,3 +1,4 @@
+using System.Net.Sockets;
 using Microsoft.AspNetCore.Diagnostics;
 using PortAzure.Dispatcher.Diagnostics;
 using PortAzure.Redis;
@@ -35,7 +36,7 @@ internal sealed partial class RedisUnavailableHandler(ILogger<RedisUnavailableHa
 
     private static bool IsUnavailable(Exception exception) => exception switch
     {
-        RedisConnectionException or TimeoutException => true,
+        RedisConnectionException or TimeoutException or IOException or SocketException => true,
         InvalidOperationException => RedisFailures.IsFailure(exception),
         RedisServerException server => TransientServerErrors.Any(code => server.Message.StartsWith(code + " ", StringComparison.Ordinal)),
         _ => false,

@@ -60,7 +60,7 @@ internal sealed partial class DeliveryProcessor(
                 triedAt = timeProvider.GetTimestamp();
                 return store.BeginAsync(entry, token, opts.LeaseDuration, claimed, now, TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds),
                     TimeSpan.FromHours(opts.DeliveredRetentionHours));
-            }, i => i < BeginBackoff.Length ? BeginBackoff[i] : null, entry.DeliveryId, "begin", stopping);
+            }, i => i < BeginBackoff.Length ? BeginBackoff[i] : null, entry.DeliveryId, "begin", cancellationToken: stopping);
         }
         catch (OperationCanceledException) when (stopping.IsCancellationRequested)
         {
@@ -255,9 +255,11 @@ internal sealed partial class DeliveryProcessor(
         // Elapsed time, not the wall clock: a clock stepped back would stretch the window past the lease.
         var started = timeProvider.GetTimestamp();
         var window = Min(opts.FinishRetryWindow, lease.Duration - timeProvider.GetElapsedTime(lease.TakenAt) - store.OperationTimeout);
+        // Any failure is tried again here, not only those known as Redis's: giving up posts the run a second time once
+        // the lease runs out, and the client has failed calls with exceptions nobody listed (a raw socket reset).
         var finished = await WithRedisRetriesAsync(() => store.FinishAsync(request),
             i => FinishBackoff[Math.Min(i, FinishBackoff.Length - 1)] is var delay && timeProvider.GetElapsedTime(started) + delay <= window ? delay : null,
-            entry.DeliveryId, mode.ToString());
+            entry.DeliveryId, mode.ToString(), retryAny: true);
         if (finished.ReportError is { } error)
         {
             metrics.PortReport("not_queued");
@@ -272,8 +274,10 @@ internal sealed partial class DeliveryProcessor(
     private readonly record struct AttemptLease(string Token, long TakenAt, TimeSpan Duration);
 
     /// <param name="nextDelay">The wait before retry <c>i</c> (0-based), or null to give up and throw.</param>
+    /// <param name="retryAny">Every exception is tried again, not only a Redis failure.</param>
     /// <param name="cancellationToken">Cancels a wait between two tries (never a try under way).</param>
-    private async Task<T> WithRedisRetriesAsync<T>(Func<Task<T>> operation, Func<int, TimeSpan?> nextDelay, string deliveryId, string step, CancellationToken cancellationToken = default)
+    private async Task<T> WithRedisRetriesAsync<T>(Func<Task<T>> operation, Func<int, TimeSpan?> nextDelay, string deliveryId, string step,
+        bool retryAny = false, CancellationToken cancellationToken = default)
     {
         for (var i = 0; ; i++)
         {
@@ -281,7 +285,7 @@ internal sealed partial class DeliveryProcessor(
             {
                 return await operation();
             }
-            catch (Exception ex) when (RedisFailures.IsFailure(ex) && nextDelay(i) is { } delay)
+            catch (Exception ex) when ((retryAny || RedisFailures.IsFailure(ex)) && nextDelay(i) is { } delay)
             {
                 Log.RedisRetry(logger, ex, step, deliveryId);
                 await Task.Delay(delay, timeProvider, cancellationToken);

@@ -1,3 +1,4 @@
+using System.Net.Sockets;
 using StackExchange.Redis;
 
 namespace PortAzure.Redis;
@@ -12,10 +13,15 @@ public static class RedisFailures
     /// (RedisRestartTests): the Ingress answered those calls 500, and the Dispatcher's finish did not retry it. Matched
     /// by the client's frames in its stack trace, so that an <see cref="InvalidOperationException"/> of our own still
     /// surfaces as the bug it is.
+    /// The client also fails the commands still waiting for a reply on a connection that died with the socket's own
+    /// exception, unwrapped, when the failure is reported a second time (its read and write loops race to report it):
+    /// Pipelines.Sockets.Unofficial's <c>ConnectionResetException</c>, an <see cref="IOException"/>. Seen when Redis
+    /// was killed under load (RedisRestartTests): the Dispatcher's finishes failing so were not retried, and their runs
+    /// were posted again once their leases ran out.
     /// </summary>
     public static bool IsFailure(Exception exception) => exception switch
     {
-        RedisException or TimeoutException => true,
+        RedisException or TimeoutException or IOException or SocketException => true,
         InvalidOperationException => exception.StackTrace?.Contains(ClientNamespace, StringComparison.Ordinal) == true,
         _ => false,
     };
@@ -29,7 +35,7 @@ public static class RedisFailures
 
     /// <summary>Whether the command may have run although its answer was lost (a timeout, a connection gone mid-call).</summary>
     public static bool OutcomeUnknown(Exception exception) =>
-        exception is TimeoutException or RedisConnectionException or InvalidOperationException;
+        exception is TimeoutException or RedisConnectionException or InvalidOperationException or IOException or SocketException;
 
     private static readonly string ClientNamespace = typeof(IDatabase).Namespace + ".";
 }

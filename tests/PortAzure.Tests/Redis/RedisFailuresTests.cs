@@ -16,6 +16,18 @@ public class RedisFailuresTests
     }
 
     [Fact]
+    public void IsFailure_SocketExceptionTheClientPassesOnUnwrapped_IsAFailureWithOutcomeUnknown()
+    {
+        // What the client gave the finish calls in flight when Redis was killed under load (RedisRestartTests).
+        var reset = FaultyRedis.ConnectionReset();
+
+        Assert.True(RedisFailures.IsFailure(reset));
+        Assert.True(RedisFailures.OutcomeUnknown(reset));
+        Assert.True(RedisFailures.IsFailure(new System.Net.Sockets.SocketException(104)));
+        Assert.True(RedisFailures.IsFailure(new EndOfStreamException()));
+    }
+
+    [Fact]
     public async Task IsFailure_InvalidOperationThrownInsideTheClient_IsAFailure()
     {
         // The client's own frames on the stack, as when its pipe writer was completed under a dying connection: here the

@@ -1,0 +1,90 @@
+using System.Net;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
+
+namespace PortAzure.Tests.Dispatcher;
+
+/// <summary>
+/// Redis calls failed with the socket's own exception, unwrapped, as StackExchange.Redis fails the calls in flight on a
+/// connection that dies (seen when Redis was killed under load: RedisRestartTests once posted 15 runs twice, another
+/// time 2, each after a finish failed so). The faults are injected into a real Redis's replies (<see cref="FaultyRedis"/>).
+/// </summary>
+public class ConnectionResetTests
+{
+    [Theory]
+    [InlineData(ScriptFault.NotRun)]
+    [InlineData(ScriptFault.ReplyLost)]
+    [InlineData(ScriptFault.NotRunUnclassified)]
+    public async Task Finish_FailsAfterAzureAnswered_IsRetriedAndTheRunIsPostedOnce(ScriptFault fault)
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var failed = 0;
+        var dispatcher = await relay.AddDispatcherAsync(c =>
+        {
+            // A lease short enough that a finish given up is posted again within the wait below (timeout 2 + finish 20 +
+            // margin/2), long enough that the finish's window (the lease less one Redis timeout, 15 s here) holds a retry.
+            c["Dispatcher:RequestTimeoutSeconds"] = "2";
+            c["Dispatcher:FinishRetrySeconds"] = "20";
+            c["Dispatcher:ClaimMarginSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+        }, services => FaultyRedis.FailScripts(services,
+            script => IsFinish(script) && Interlocked.Exchange(ref failed, 1) == 0 ? fault : ScriptFault.None));
+
+        var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
+
+        // Once the entry has left the stream and nothing is pending or scheduled, nothing can post the run again. Before
+        // the fix the finish that failed was not retried: the entry stayed pending until its lease ran out (22.5 s), and a
+        // reclaim posted the run a second time.
+        await Eventually.HoldsAsync(async () =>
+            (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.Delivered
+            && await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0
+            && (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount == 0
+            && await relay.Db.SortedSetLengthAsync(RedisKeys.RetrySchedule) == 0,
+            TimeSpan.FromSeconds(60), "the run is recorded delivered and nothing is left to post");
+        Assert.Equal(1, Volatile.Read(ref failed));
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+        Assert.DoesNotContain(dispatcher.Logs.Lines, l => l.Contains("[2106]", StringComparison.Ordinal));
+        // Retried (Warning 2007, "retrying"), with the exception.
+        Assert.Contains(dispatcher.Logs.Lines, l => l.Contains("[2007]", StringComparison.Ordinal)
+            && l.Contains(deliveryId, StringComparison.Ordinal) && l.Contains("Exception", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Enqueue_ConnectionReset_Answers503OutcomeUnknown()
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var config = new Dictionary<string, string?>(relay.Config);
+        await using var ingress = await TestHost.StartIngressAsync(config, services => FaultyRedis.FailScripts(services, _ => ScriptFault.ReplyLost));
+        var runId = TestRuns.NewRunId();
+
+        using var response = await TestRuns.SendAsync(ingress.Client, TestRuns.Body(runId));
+
+        // It was a 500 (the exception handler's) before: the run is queued, and Port is told to retry, which answers 200.
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+        Assert.Equal("queue_unavailable", await ProblemResponses.ReasonAsync(response));
+        Assert.Contains("may or may not be queued", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        Assert.NotNull(response.Headers.RetryAfter);
+        using var retried = await relay.SendRunAsync(TestRuns.Body(runId));
+        Assert.Equal(HttpStatusCode.OK, retried.StatusCode);
+    }
+
+    [Fact]
+    public async Task OperatorReplay_ConnectionReset_Answers503RedisUnavailable()
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var dispatcher = await relay.AddDispatcherAsync(services: services => FaultyRedis.FailScripts(services, _ => ScriptFault.NotRun));
+        using var request = new HttpRequestMessage(HttpMethod.Post, $"/api/deadletters/d_{Guid.NewGuid():N}/replay");
+        request.Headers.Add("X-Api-Key", Relay.AdminKey);
+
+        using var response = await dispatcher.Client.SendAsync(request);
+
+        // It was a 500 before: an outage to wait out, not a fault of the relay.
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+        Assert.Equal("redis_unavailable", await ProblemResponses.ReasonAsync(response));
+        Assert.NotNull(response.Headers.RetryAfter);
+    }
+
+    /// <summary>The Dispatcher's finish script: the only one that writes <c>finishedBy</c>.</summary>
+    private static bool IsFinish(string script) => script.Contains("'finishedBy', ARGV[5]", StringComparison.Ordinal);
+}
