@@ -255,6 +255,65 @@ public class DeadLetterTests
     }
 
     [Fact]
+    public async Task ReplayAll_SecondReplayFails_Answers200WithTheFirstAndWhereItStopped()
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var replays = 0;
+        var dispatcher = await relay.AddDispatcherAsync(services: services => FaultyRedis.FailScripts(services,
+            script => IsReplay(script) && Interlocked.Increment(ref replays) == 2 ? ScriptFault.NotRun : ScriptFault.None));
+        var first = "d_" + Guid.NewGuid().ToString("N");
+        var second = "d_" + Guid.NewGuid().ToString("N");
+        await DeadLetterRecords.AddAsync(relay.Db, first, 1, TestRuns.Body(TestRuns.NewRunId()));
+        await DeadLetterRecords.AddAsync(relay.Db, second, 2, TestRuns.Body(TestRuns.NewRunId()));
+
+        using var replay = relay.Operator(HttpMethod.Post, "/api/deadletters/replay");
+        using var answer = await dispatcher.Client.SendAsync(replay);
+
+        // Not a 503: the first was replayed, and a retry of the whole call would replay up to `limit` more.
+        Assert.Equal(HttpStatusCode.OK, answer.StatusCode);
+        var json = await answer.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(1, json.GetProperty("replayed").GetInt32());
+        Assert.Equal([first], json.GetProperty("deliveryIds").EnumerateArray().Select(e => e.GetString()));
+        Assert.True(json.GetProperty("incomplete").GetBoolean());
+        Assert.Equal(second, json.GetProperty("stoppedAt").GetString());
+        Assert.Equal(second, (string?)Assert.Single(await relay.Db.SortedSetRangeByRankAsync(RedisKeys.DeadLetters)));
+    }
+
+    [Fact]
+    public async Task ReplayAll_PageReadFailsAfterAReplay_Answers200WithThoseReplayedAndNoneInDoubt()
+    {
+        // The oldest cannot be replayed (no body): a batch of two reads a second page after it, and that read fails.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var pages = 0;
+        var dispatcher = await relay.AddDispatcherAsync(services: services => FaultyRedis.FailCalls(services,
+            call => call.Method == nameof(IDatabase.SortedSetRangeByScoreAsync) && Interlocked.Increment(ref pages) == 2 ? ScriptFault.NotRun : ScriptFault.None));
+        var stuck = "d_" + Guid.NewGuid().ToString("N");
+        var replayable = "d_" + Guid.NewGuid().ToString("N");
+        var third = "d_" + Guid.NewGuid().ToString("N");
+        await DeadLetterRecords.AddAsync(relay.Db, stuck, 1, TestRuns.Body(TestRuns.NewRunId()));
+        await relay.Db.HashDeleteAsync(RedisKeys.Delivery(stuck), DeliveryRecord.Body);
+        await DeadLetterRecords.AddAsync(relay.Db, replayable, 2, TestRuns.Body(TestRuns.NewRunId()));
+        await DeadLetterRecords.AddAsync(relay.Db, third, 3, TestRuns.Body(TestRuns.NewRunId()));
+
+        using var replay = relay.Operator(HttpMethod.Post, "/api/deadletters/replay?limit=2");
+        using var answer = await dispatcher.Client.SendAsync(replay);
+
+        Assert.Equal(HttpStatusCode.OK, answer.StatusCode);
+        var json = await answer.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(2, pages);
+        Assert.Equal(1, json.GetProperty("replayed").GetInt32());
+        Assert.Equal([replayable], json.GetProperty("deliveryIds").EnumerateArray().Select(e => e.GetString()));
+        Assert.True(json.GetProperty("incomplete").GetBoolean());
+        // Failed between two replays: none is in doubt.
+        Assert.False(json.TryGetProperty("stoppedAt", out var stoppedAt) && stoppedAt.ValueKind != JsonValueKind.Null);
+        Assert.Equal([stuck, third], (await relay.Db.SortedSetRangeByRankAsync(RedisKeys.DeadLetters)).Select(v => (string?)v));
+    }
+
+    /// <summary>The replay script: the only one that reads a record's trace context back.</summary>
+    private static bool IsReplay(string script) =>
+        script.Contains("'org', 'webhook', 'body', 'key', 'run', 'at', 'traceparent', 'tracestate'", StringComparison.Ordinal);
+
+    [Fact]
     public async Task Replay_RetriesExhausted_GetsAFreshRetryBudget()
     {
         // Two attempts allowed: the first life ends in retries_exhausted; the replay fails once more and is retried,

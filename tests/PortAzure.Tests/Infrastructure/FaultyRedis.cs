@@ -7,7 +7,10 @@ using StackExchange.Redis;
 
 namespace PortAzure.Tests.Infrastructure;
 
-/// <summary>What happens to one script call.</summary>
+/// <summary>One asynchronous call on the database: the method's name, and the script's text for a script.</summary>
+public sealed record RedisCall(string Method, string? Script);
+
+/// <summary>What happens to one call.</summary>
 public enum ScriptFault
 {
     None,
@@ -26,11 +29,16 @@ public enum ScriptFault
 /// A real Redis behind a service's <see cref="IConnectionMultiplexer"/>, whose script calls fail on demand the way
 /// StackExchange.Redis fails them when the connection dies: with the socket's own exception, unwrapped (seen when Redis
 /// was killed under load in RedisRestartTests). A kill cannot pick which command it cuts; this can.
+/// (Asynchronous calls on the database only: the services' Redis calls are.)
 /// </summary>
 public static class FaultyRedis
 {
     /// <summary>Wraps the registered multiplexer; <paramref name="fault"/> is asked for every script call, with the script's text.</summary>
-    public static void FailScripts(IServiceCollection services, Func<string, ScriptFault> fault)
+    public static void FailScripts(IServiceCollection services, Func<string, ScriptFault> fault) =>
+        FailCalls(services, call => call.Script is { } script ? fault(script) : ScriptFault.None);
+
+    /// <summary>Wraps the registered multiplexer; <paramref name="fault"/> is asked for every asynchronous database call.</summary>
+    public static void FailCalls(IServiceCollection services, Func<RedisCall, ScriptFault> fault)
     {
         var registered = services.Last(d => d.ServiceType == typeof(IConnectionMultiplexer) && !d.IsKeyedService);
         services.Remove(registered);
@@ -63,9 +71,9 @@ public static class FaultyRedis
     public class MultiplexerProxy : DispatchProxy
     {
         private IConnectionMultiplexer _inner = null!;
-        private Func<string, ScriptFault> _fault = null!;
+        private Func<RedisCall, ScriptFault> _fault = null!;
 
-        internal void Init(IConnectionMultiplexer inner, Func<string, ScriptFault> fault)
+        internal void Init(IConnectionMultiplexer inner, Func<RedisCall, ScriptFault> fault)
         {
             _inner = inner;
             _fault = fault;
@@ -87,9 +95,9 @@ public static class FaultyRedis
     public class DatabaseProxy : DispatchProxy
     {
         private IDatabase _inner = null!;
-        private Func<string, ScriptFault> _fault = null!;
+        private Func<RedisCall, ScriptFault> _fault = null!;
 
-        internal void Init(IDatabase inner, Func<string, ScriptFault> fault)
+        internal void Init(IDatabase inner, Func<RedisCall, ScriptFault> fault)
         {
             _inner = inner;
             _fault = fault;
@@ -98,20 +106,31 @@ public static class FaultyRedis
         protected override object? Invoke(MethodInfo? targetMethod, object?[]? args)
         {
             var method = targetMethod!;
-            if (method.Name != nameof(IDatabase.ScriptEvaluateAsync) || args is not [string script, ..])
+            if (!method.ReturnType.IsGenericType || method.ReturnType.GetGenericTypeDefinition() != typeof(Task<>))
             {
                 return Forward(method, _inner, args);
             }
-            return _fault(script) switch
+            var script = method.Name == nameof(IDatabase.ScriptEvaluateAsync) && args is [string text, ..] ? text : null;
+            var fault = _fault(new RedisCall(method.Name, script));
+            if (fault == ScriptFault.None)
             {
-                ScriptFault.NotRun => Task.FromException<RedisResult>(ConnectionReset()),
-                ScriptFault.NotRunUnclassified => Task.FromException<RedisResult>(new ObjectDisposedException("the socket")),
-                ScriptFault.ReplyLost => LoseReplyAsync((Task<RedisResult>)Forward(method, _inner, args)!),
-                _ => Forward(method, _inner, args),
+                return Forward(method, _inner, args);
+            }
+            var result = method.ReturnType.GetGenericArguments()[0];
+            return fault switch
+            {
+                ScriptFault.NotRun => Generic(nameof(FailAsync), result).Invoke(null, [ConnectionReset()]),
+                ScriptFault.NotRunUnclassified => Generic(nameof(FailAsync), result).Invoke(null, [new ObjectDisposedException("the socket")]),
+                _ => Generic(nameof(LoseReplyAsync), result).Invoke(null, [Forward(method, _inner, args)]),
             };
         }
 
-        private static async Task<RedisResult> LoseReplyAsync(Task<RedisResult> call)
+        private static MethodInfo Generic(string name, Type result) =>
+            typeof(DatabaseProxy).GetMethod(name, BindingFlags.NonPublic | BindingFlags.Static)!.MakeGenericMethod(result);
+
+        private static Task<T> FailAsync<T>(Exception exception) => Task.FromException<T>(exception);
+
+        private static async Task<T> LoseReplyAsync<T>(Task<T> call)
         {
             await call;
             throw ConnectionReset();
