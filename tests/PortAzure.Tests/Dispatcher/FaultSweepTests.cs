@@ -1,0 +1,98 @@
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
+using Xunit.Abstractions;
+
+namespace PortAzure.Tests.Dispatcher;
+
+/// <summary>
+/// One run at a time, the Dispatcher's Nth Redis call after it is sent fails as a dying connection fails it (N = 1, 2,
+/// ...), whichever call that is: every run is still delivered, and posted once (twice where Azure answered the first
+/// 503). A kill of Redis hits whatever call is
+/// under way (RedisRestartTests); this makes every one of a delivery's calls the one hit, in turn.
+/// </summary>
+[Collection(HeavyTests.Name)]
+public class FaultSweepTests(ITestOutputHelper output)
+{
+    [Theory]
+    [InlineData(ScriptFault.NotRun, false)]
+    [InlineData(ScriptFault.ReplyLost, false)]
+    [InlineData(ScriptFault.NotRun, true)]
+    [InlineData(ScriptFault.ReplyLost, true)]
+    public async Task Delivery_EachRedisCallFailsInTurn_EveryRunIsPostedOnce(ScriptFault fault, bool retried)
+    {
+        // A delivery makes about 7 calls (read, claim of due retries, begin, finish); one retried first (503) about 12.
+        var calls = retried ? 13 : 8;
+        // Its own Redis, for its 3 s timeouts: the finish's window is the lease less one timeout, and the lease short.
+        await using var redis = await RedisServer.StartAsync();
+        await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString, dispatchers: 0);
+        var armedAt = 0;
+        var seen = 0;
+        var hit = new List<string>();
+        var dispatcher = await relay.AddDispatcherAsync(c =>
+        {
+            // Lease: timeout 2 + finish 5 + margin/2; a read whose reply was lost is reclaimed after 3 s idle.
+            c["Dispatcher:RequestTimeoutSeconds"] = "2";
+            c["Dispatcher:FinishRetrySeconds"] = "5";
+            c["Dispatcher:ClaimMarginSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.5";
+        }, services => FaultyRedis.FailCalls(services, call =>
+        {
+            if (Volatile.Read(ref armedAt) is var n && n == 0 || Interlocked.Increment(ref seen) != n)
+            {
+                return ScriptFault.None;
+            }
+            lock (hit)
+            {
+                hit.Add(call.Script is { } script ? $"{call.Method} {script.Trim().Split('\n')[^1].Trim()}" : call.Method);
+            }
+            return fault;
+        }));
+
+        var runs = new List<string>();
+        for (var n = 1; n <= calls; n++)
+        {
+            if (retried)
+            {
+                await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503 } } });
+            }
+            Volatile.Write(ref seen, 0);
+            Volatile.Write(ref armedAt, n);
+            var runId = TestRuns.NewRunId();
+            using (var accepted = await relay.SendRunAsync(TestRuns.Body(runId)))
+            {
+                accepted.EnsureSuccessStatusCode();
+            }
+            runs.Add(runId);
+            try
+            {
+                await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.DeliveredAsync()).Any(r => r.Header("X-Port-Run-Id") == runId)
+                    && await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0
+                    && (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount == 0
+                    && await relay.Db.SortedSetLengthAsync(RedisKeys.RetrySchedule) == 0,
+                    TimeSpan.FromSeconds(30), $"run {n} delivered and nothing left queued, pending or scheduled");
+            }
+            finally
+            {
+                Volatile.Write(ref armedAt, 0);
+                output.WriteLine($"call {n}: {(hit.Count == n ? hit[^1] : "(none failed)")}");
+                foreach (var line in dispatcher.Logs.Lines.Where(l => l.StartsWith("Err", StringComparison.Ordinal)).Take(3))
+                {
+                    output.WriteLine("  " + line[..Math.Min(line.Length, 600)]);
+                }
+            }
+            while (hit.Count < n)
+            {
+                hit.Add("(none)");
+            }
+        }
+
+        // Each run was waited for until nothing was left queued, pending or scheduled: nothing can post one again. (A finish
+        // given up leaves its entry pending until its lease, 7.5 s, runs out, and the wait above until it is posted again.)
+        var posts = (await relay.EmulatorApi.RequestsAsync()).GroupBy(r => r.Header("X-Port-Run-Id")).ToDictionary(g => g.Key!, g => g.Count());
+        var delivered = (await relay.EmulatorApi.DeliveredAsync()).GroupBy(r => r.Header("X-Port-Run-Id")).ToDictionary(g => g.Key!, g => g.Count());
+        Assert.All(runs, r => Assert.Equal(retried ? 2 : 1, posts.GetValueOrDefault(r)));
+        Assert.All(runs, r => Assert.Equal(1, delivered.GetValueOrDefault(r)));
+        Assert.DoesNotContain(dispatcher.Logs.Lines, l => l.Contains("[2106]", StringComparison.Ordinal));
+    }
+}
