@@ -27,6 +27,23 @@ public class BehaviorEndpointsTests
     }
 
     [Fact]
+    public async Task PortTokenCall_RecordedCalls_MaskTheClientSecretAndKeepTheClientId()
+    {
+        // The emulator serves its recorded calls without a key, and a developer may run it with a real secret.
+        await using var emulator = await TestHost.StartEmulatorAsync();
+        using var content = new StringContent("""{"clientId":"someone","clientSecret":"not-for-anyone-1234"}""", System.Text.Encoding.UTF8, "application/json");
+        using var answer = await emulator.Client.PostAsync(new Uri("v1/auth/access_token", UriKind.Relative), content);
+        answer.EnsureSuccessStatusCode();
+
+        var call = Assert.Single(await new EmulatorClient(emulator.Client).PortCallsAsync());
+
+        Assert.DoesNotContain("not-for-anyone-1234", call.BodyText, StringComparison.Ordinal);
+        Assert.Contains("\"clientSecret\":\"***\"", call.BodyText, StringComparison.Ordinal);
+        Assert.Contains("\"clientId\":\"someone\"", call.BodyText, StringComparison.Ordinal);
+        emulator.Logs.AssertNoneContain(["not-for-anyone-1234"]);
+    }
+
+    [Fact]
     public async Task SetPortBehavior_DelayOnly_KeepsTheOtherSettings()
     {
         await using var emulator = await TestHost.StartEmulatorAsync();
