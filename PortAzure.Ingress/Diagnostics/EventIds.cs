@@ -13,4 +13,5 @@ internal static class EventIds
     public const int OperatorApiRejected = 1101;
     public const int RateLimited = 1102;
     public const int OperatorApiRejectedAgain = 1103;
+    public const int TooManyOpenCalls = 1104;
 }

@@ -83,6 +83,8 @@ internal sealed partial class WebhookHandler(
         using var open = openCalls.TryEnter(context);
         if (!open.IsAcquired)
         {
+            // Who, as for the bucket's refusals (1102): the 429 alone does not say which client holds its calls open.
+            Log.TooManyOpenCalls(logger, WebhookRateLimiting.ClientKey(context));
             return Reject(StatusCodes.Status429TooManyRequests, RejectionReasons.RateLimited,
                 "Too many webhook calls from this address in progress at once; retry after the number of seconds in Retry-After.",
                 OverloadedRetryAfter, LogLevel.Debug);
@@ -465,6 +467,10 @@ internal sealed partial class WebhookHandler(
         [LoggerMessage(EventId = EventIds.Rejected,
             Message = "Rejected a webhook call with {Status}: {Reason} ({Calls} since the last such line; at most one per reason every 10 s)")]
         public static partial void Rejected(ILogger logger, LogLevel level, int status, string reason, long calls);
+
+        [LoggerMessage(EventIds.TooManyOpenCalls, LogLevel.Debug,
+            "Refused a webhook call from {Client}: as many of its calls as Ingress:RateLimit:ConcurrentCallsPerClient allows are still being read or checked")]
+        public static partial void TooManyOpenCalls(ILogger logger, string client);
 
         [LoggerMessage(EventIds.RejectedAgain, LogLevel.Debug, "Rejected a webhook call with {Status}: {Reason}")]
         public static partial void RejectedAgain(ILogger logger, int status, string reason);

@@ -67,6 +67,8 @@ public class RateLimitTests
             Assert.NotNull(refused.Headers.RetryAfter);
         }
         Assert.Equal(0, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+        // Which client, at Debug (the test hosts' level): the 429 alone does not say.
+        Assert.Contains(relay.Ingress.Logs.Lines, l => l.Contains("[1104]", StringComparison.Ordinal) && l.Contains("from 127.0.0.1:", StringComparison.Ordinal));
 
         // One held call ends (its last byte: an unsigned body, refused 401): a slot is free again.
         await held[0].Body.Writer.WriteAsync(new byte[1]);
