@@ -98,6 +98,9 @@ internal sealed partial class PortReportingService(
     private readonly SemaphoreSlim _calls = new(MaxCalls, MaxCalls);
     private readonly CancellationTokenSource _callsStop = new();
     private RedisValue _claimCursor = "0-0";
+    // A read or takeover failed: its reply may have been lost after Redis had made this reporter the owner of the entries,
+    // which then waited PortReportReclaimSeconds (15 min by default) for a takeover. The next round reads them back.
+    private bool _mayHoldUnread;
     // The monotonic clock, as the delivery worker's: a wall clock stepped back held the takeovers back for the step.
     private long? _lastClaimAt;
 
@@ -183,28 +186,44 @@ internal sealed partial class PortReportingService(
         var opts = options.CurrentValue;
         var db = redis.GetDatabase();
         var entries = new List<StreamEntry>();
-        if (_lastClaimAt is not { } last || timeProvider.GetElapsedTime(last) >= TimeSpan.FromSeconds(opts.ClaimIntervalSeconds))
+        try
         {
-            _lastClaimAt = timeProvider.GetTimestamp();
-            var claim = await db.StreamAutoClaimAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name,
-                (long)(opts.PortReportReclaimSeconds * 1000), _claimCursor, _slots.CurrentCount);
-            _claimCursor = claim.NextStartId;
-            entries.AddRange(claim.ClaimedEntries);
-            if (claim.DeletedIds.Length > 0)
+            if (_mayHoldUnread)
             {
-                // Reports of a stopped reporter, trimmed away while they waited to be taken over (Redis 7 lists them
-                // here and drops them from the pending list).
-                metrics.PortReport("trimmed", claim.DeletedIds.Length);
-                Log.Trimmed(logger, claim.DeletedIds.Length);
+                _mayHoldUnread = !await ReadOwnUnsentAsync(db, entries);
+            }
+            if ((_lastClaimAt is not { } last || timeProvider.GetElapsedTime(last) >= TimeSpan.FromSeconds(opts.ClaimIntervalSeconds))
+                && _slots.CurrentCount > entries.Count)
+            {
+                _lastClaimAt = timeProvider.GetTimestamp();
+                var claim = await db.StreamAutoClaimAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name,
+                    (long)(opts.PortReportReclaimSeconds * 1000), _claimCursor, _slots.CurrentCount - entries.Count);
+                _claimCursor = claim.NextStartId;
+                entries.AddRange(claim.ClaimedEntries);
+                if (claim.DeletedIds.Length > 0)
+                {
+                    // Reports of a stopped reporter, trimmed away while they waited to be taken over (Redis 7 lists them
+                    // here and drops them from the pending list).
+                    metrics.PortReport("trimmed", claim.DeletedIds.Length);
+                    Log.Trimmed(logger, claim.DeletedIds.Length);
+                }
+            }
+            if (_slots.CurrentCount > entries.Count)
+            {
+                entries.AddRange(await db.StreamReadGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name, ">",
+                    _slots.CurrentCount - entries.Count));
             }
         }
-        if (_slots.CurrentCount > entries.Count)
+        catch
         {
-            entries.AddRange(await db.StreamReadGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name, ">",
-                _slots.CurrentCount - entries.Count));
+            // The call that failed may have given this reporter entries it never saw (a reply lost), and what the calls
+            // before it read is dropped here: all of them are pending for this reporter.
+            _mayHoldUnread = true;
+            throw;
         }
-        // Redis 6.2 returns reclaimed entries that were trimmed away as nil, still pending; 7.x drops them.
-        entries.RemoveAll(e => e.IsNull || _sending.ContainsKey(e.Id.ToString()));
+        // Redis 6.2 returns reclaimed entries that were trimmed away as nil, still pending; 7.x drops them. One read back
+        // from this reporter's own pending list can come from the takeover too: started once.
+        entries = [.. entries.Where(e => !e.IsNull && !_sending.ContainsKey(e.Id.ToString())).DistinctBy(e => e.Id)];
         foreach (var entry in entries)
         {
             // Not cancelled by the stop: the entries are this reporter's now, and a slot is free for each (at most
@@ -220,6 +239,39 @@ internal sealed partial class PortReportingService(
             }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         }
         return entries.Count;
+    }
+
+    /// <summary>
+    /// Adds the entries pending for this reporter that it is not sending, up to the free slots: the history of its own
+    /// pending list (XREADGROUP from 0), which changes neither their owner nor their idle time.
+    /// </summary>
+    /// <returns>Whether there were no more.</returns>
+    private async Task<bool> ReadOwnUnsentAsync(IDatabase db, List<StreamEntry> entries)
+    {
+        // Taken before the read: a send that ends (and removes its entry) while the read is under way is still known.
+        var sending = _sending.Keys.ToHashSet(StringComparer.Ordinal);
+        RedisValue after = "0-0";
+        while (true)
+        {
+            var page = await db.StreamReadGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name, after, MaxHeld);
+            foreach (var entry in page)
+            {
+                // One trimmed away comes back without its fields: left to the takeover, which says it is lost.
+                if (entry.Values is { Length: > 0 } && !sending.Contains(entry.Id.ToString()))
+                {
+                    if (entries.Count == _slots.CurrentCount)
+                    {
+                        return false;
+                    }
+                    entries.Add(entry);
+                }
+            }
+            if (page.Length < MaxHeld)
+            {
+                return true;
+            }
+            after = page[^1].Id;
+        }
     }
 
     private async Task SendAndRemoveAsync(StreamEntry entry, CancellationToken stoppingToken)

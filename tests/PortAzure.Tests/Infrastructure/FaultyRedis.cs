@@ -7,8 +7,19 @@ using StackExchange.Redis;
 
 namespace PortAzure.Tests.Infrastructure;
 
-/// <summary>One asynchronous call on the database: the method's name, and the script's text for a script.</summary>
-public sealed record RedisCall(string Method, string? Script);
+/// <summary>
+/// One asynchronous call on the database: the method's name, the script's text for a script, and the first key it names
+/// (a script's first KEYS entry). A transaction is one call, its <c>ExecuteAsync</c>, with <paramref name="Queued"/> the
+/// calls queued in it and <paramref name="Key"/> the first one's key.
+/// </summary>
+public sealed record RedisCall(string Method, string? Script, string? Key = null, IReadOnlyList<string>? Queued = null)
+{
+    /// <summary>How a sweep prints the call: the method, a script's last line, a transaction's queued calls.</summary>
+    public override string ToString() =>
+        Script is { } script ? $"{Method} {script.Trim().Split('\n')[^1].Trim()} [{Key}]"
+        : Queued is { } queued ? $"{Method} MULTI {string.Join(", ", queued)} [{Key}]"
+        : $"{Method} [{Key}]";
+}
 
 /// <summary>What happens to one call.</summary>
 public enum ScriptFault
@@ -29,7 +40,8 @@ public enum ScriptFault
 /// A real Redis behind a service's <see cref="IConnectionMultiplexer"/>, whose script calls fail on demand the way
 /// StackExchange.Redis fails them when the connection dies: with the socket's own exception, unwrapped (seen when Redis
 /// was killed under load in RedisRestartTests). A kill cannot pick which command it cuts; this can.
-/// (Asynchronous calls on the database only: the services' Redis calls are.)
+/// (Asynchronous calls on the database only: the services' Redis calls are. A transaction's calls are one call, its
+/// EXEC; a batch's are not failed.)
 /// </summary>
 public static class FaultyRedis
 {
@@ -106,12 +118,18 @@ public static class FaultyRedis
         protected override object? Invoke(MethodInfo? targetMethod, object?[]? args)
         {
             var method = targetMethod!;
+            if (method.Name == nameof(IDatabase.CreateTransaction))
+            {
+                var transaction = DispatchProxy.Create<ITransaction, TransactionProxy>();
+                ((TransactionProxy)(object)transaction).Init((ITransaction)Forward(method, _inner, args)!, _fault);
+                return transaction;
+            }
             if (!method.ReturnType.IsGenericType || method.ReturnType.GetGenericTypeDefinition() != typeof(Task<>))
             {
                 return Forward(method, _inner, args);
             }
             var script = method.Name == nameof(IDatabase.ScriptEvaluateAsync) && args is [string text, ..] ? text : null;
-            var fault = _fault(new RedisCall(method.Name, script));
+            var fault = _fault(new RedisCall(method.Name, script, FirstKey(args)));
             if (fault == ScriptFault.None)
             {
                 return Forward(method, _inner, args);
@@ -125,15 +143,82 @@ public static class FaultyRedis
             };
         }
 
-        private static MethodInfo Generic(string name, Type result) =>
+        internal static MethodInfo Generic(string name, Type result) =>
             typeof(DatabaseProxy).GetMethod(name, BindingFlags.NonPublic | BindingFlags.Static)!.MakeGenericMethod(result);
 
-        private static Task<T> FailAsync<T>(Exception exception) => Task.FromException<T>(exception);
+        internal static Task<T> FailAsync<T>(Exception exception) => Task.FromException<T>(exception);
 
-        private static async Task<T> LoseReplyAsync<T>(Task<T> call)
+        internal static async Task<T> LoseReplyAsync<T>(Task<T> call)
         {
             await call;
             throw ConnectionReset();
+        }
+
+        /// <summary>The first key a call names: its first argument, or a script's first KEYS entry.</summary>
+        internal static string? FirstKey(object?[]? args) => args switch
+        {
+            [RedisKey key, ..] => key.ToString(),
+            [string, RedisKey[] { Length: > 0 } keys, ..] => keys[0].ToString(),
+            _ => null,
+        };
+    }
+
+    /// <summary>
+    /// A transaction whose <c>ExecuteAsync</c> is one call to fail: not run (nothing queued reaches Redis, and the queued
+    /// calls fail with the connection), or run with its reply lost.
+    /// </summary>
+    public class TransactionProxy : DispatchProxy
+    {
+        private readonly List<string> _queued = [];
+        private readonly TaskCompletionSource _notRun = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private ITransaction _inner = null!;
+        private Func<RedisCall, ScriptFault> _fault = null!;
+        private string? _key;
+
+        internal void Init(ITransaction inner, Func<RedisCall, ScriptFault> fault)
+        {
+            _inner = inner;
+            _fault = fault;
+        }
+
+        protected override object? Invoke(MethodInfo? targetMethod, object?[]? args)
+        {
+            var method = targetMethod!;
+            if (!method.ReturnType.IsGenericType || method.ReturnType.GetGenericTypeDefinition() != typeof(Task<>))
+            {
+                return Forward(method, _inner, args);
+            }
+            var result = method.ReturnType.GetGenericArguments()[0];
+            if (method.Name != nameof(ITransaction.ExecuteAsync))
+            {
+                // Queued: it completes with the EXEC, or fails with it when the EXEC never reaches Redis.
+                _queued.Add(method.Name);
+                _key ??= DatabaseProxy.FirstKey(args);
+                return typeof(TransactionProxy).GetMethod(nameof(QueuedAsync), BindingFlags.NonPublic | BindingFlags.Instance)!
+                    .MakeGenericMethod(result).Invoke(this, [Forward(method, _inner, args)]);
+            }
+            var fault = _fault(new RedisCall(method.Name, null, _key, [.. _queued]));
+            switch (fault)
+            {
+                case ScriptFault.None:
+                    return Forward(method, _inner, args);
+                case ScriptFault.ReplyLost:
+                    return DatabaseProxy.Generic(nameof(DatabaseProxy.LoseReplyAsync), result).Invoke(null, [Forward(method, _inner, args)]);
+                default:
+                    var exception = fault == ScriptFault.NotRun ? ConnectionReset() : new ObjectDisposedException("the socket");
+                    _notRun.TrySetException(exception);
+                    return DatabaseProxy.Generic(nameof(DatabaseProxy.FailAsync), result).Invoke(null, [exception]);
+            }
+        }
+
+        private async Task<T> QueuedAsync<T>(Task<T> call)
+        {
+            await Task.WhenAny(call, _notRun.Task);
+            if (_notRun.Task.IsFaulted)
+            {
+                throw _notRun.Task.Exception!.InnerException!;
+            }
+            return await call;
         }
     }
 }
