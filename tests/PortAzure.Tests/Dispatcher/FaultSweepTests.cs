@@ -1,3 +1,5 @@
+using System.Net.Http.Json;
+using System.Text.Json;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
 using StackExchange.Redis;
@@ -7,21 +9,25 @@ namespace PortAzure.Tests.Dispatcher;
 
 /// <summary>
 /// One run at a time, the Dispatcher's Nth Redis call after it is sent fails as a dying connection fails it (N = 1, 2,
-/// ...), whichever call that is: every run is still delivered, and posted once (twice where Azure answered the first
-/// 503). A kill of Redis hits whatever call is
+/// ...), whichever call that is: every run still ends as Azure's answers say (delivered, or dead-lettered after a 400),
+/// and is posted once (twice where Azure answered the first 503). A kill of Redis hits whatever call is
 /// under way (RedisRestartTests); this makes every one of a delivery's calls the one hit, in turn.
 /// </summary>
 [Collection(HeavyTests.Name)]
 public class FaultSweepTests(ITestOutputHelper output)
 {
+    /// <param name="firstAnswer">Azure's answer to each run's first POST: 200 (delivered), 503 (retried, then 200) or 400 (dead-lettered).</param>
     [Theory]
-    [InlineData(ScriptFault.NotRun, false)]
-    [InlineData(ScriptFault.ReplyLost, false)]
-    [InlineData(ScriptFault.NotRun, true)]
-    [InlineData(ScriptFault.ReplyLost, true)]
-    public async Task Delivery_EachRedisCallFailsInTurn_EveryRunIsPostedOnce(ScriptFault fault, bool retried)
+    [InlineData(ScriptFault.NotRun, 200)]
+    [InlineData(ScriptFault.ReplyLost, 200)]
+    [InlineData(ScriptFault.NotRun, 503)]
+    [InlineData(ScriptFault.ReplyLost, 503)]
+    [InlineData(ScriptFault.NotRun, 400)]
+    [InlineData(ScriptFault.ReplyLost, 400)]
+    public async Task Delivery_EachRedisCallFailsInTurn_EveryRunIsPostedOnce(ScriptFault fault, int firstAnswer)
     {
         // A delivery makes about 7 calls (read, claim of due retries, begin, finish); one retried first (503) about 12.
+        var retried = firstAnswer == 503;
         var calls = retried ? 13 : 8;
         // Its own Redis, for its 3 s timeouts: the finish's window is the lease less one timeout, and the lease short.
         await using var redis = await RedisServer.StartAsync();
@@ -52,21 +58,24 @@ public class FaultSweepTests(ITestOutputHelper output)
         var runs = new List<string>();
         for (var n = 1; n <= calls; n++)
         {
-            if (retried)
+            if (firstAnswer != 200)
             {
-                await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503 } } });
+                await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = firstAnswer } } });
             }
             Volatile.Write(ref seen, 0);
             Volatile.Write(ref armedAt, n);
             var runId = TestRuns.NewRunId();
+            string deliveryId;
             using (var accepted = await relay.SendRunAsync(TestRuns.Body(runId)))
             {
                 accepted.EnsureSuccessStatusCode();
+                deliveryId = (await accepted.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deliveryId").GetString()!;
             }
             runs.Add(runId);
             try
             {
-                await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.DeliveredAsync()).Any(r => r.Header("X-Port-Run-Id") == runId)
+                await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State)
+                        == (firstAnswer == 400 ? DeliveryStates.DeadLettered : DeliveryStates.Delivered)
                     && await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0
                     && (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount == 0
                     && await relay.Db.SortedSetLengthAsync(RedisKeys.RetrySchedule) == 0,
@@ -92,7 +101,9 @@ public class FaultSweepTests(ITestOutputHelper output)
         var posts = (await relay.EmulatorApi.RequestsAsync()).GroupBy(r => r.Header("X-Port-Run-Id")).ToDictionary(g => g.Key!, g => g.Count());
         var delivered = (await relay.EmulatorApi.DeliveredAsync()).GroupBy(r => r.Header("X-Port-Run-Id")).ToDictionary(g => g.Key!, g => g.Count());
         Assert.All(runs, r => Assert.Equal(retried ? 2 : 1, posts.GetValueOrDefault(r)));
-        Assert.All(runs, r => Assert.Equal(1, delivered.GetValueOrDefault(r)));
+        Assert.All(runs, r => Assert.Equal(firstAnswer == 400 ? 0 : 1, delivered.GetValueOrDefault(r)));
+        // A dead letter once each, none left behind by a finish run twice.
+        Assert.Equal(firstAnswer == 400 ? runs.Count : 0, await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters));
         Assert.DoesNotContain(dispatcher.Logs.Lines, l => l.Contains("[2106]", StringComparison.Ordinal));
     }
 }
