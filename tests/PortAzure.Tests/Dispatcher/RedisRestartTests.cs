@@ -26,6 +26,8 @@ public class RedisRestartTests(ITestOutputHelper output)
             // good leaves its entry pending until the lease ends (5 + 45 + 0.5 s) and is then posted again: inside the
             // wait for a quiet relay below, so the "none twice" check sees it.
             c["Dispatcher:FinishRetrySeconds"] = "45";
+            // Reports to Port on too: each delivered run's outcome reaches Port once, through the same outage.
+            c["Port:ClientId"] = "relay-client";
         }, redisConnection: redis.ConnectionString);
         await relay.EmulatorApi.ScriptAsync(new { delayMs = 10 });
         // Warm up first, so that every sender is under way before Redis goes.
@@ -134,6 +136,19 @@ public class RedisRestartTests(ITestOutputHelper output)
             }
         }
         Assert.True(twice.Count == 0, $"{twice.Count} runs delivered more than once, e.g. {string.Join(", ", twice.Take(5))}");
+
+        // Every delivered run's outcome reaches Port, once: its report was written by the finish that recorded the
+        // delivery, and the reporter's reads and removals ride out the outage as the delivery's steps do.
+        var deliveredRuns = (await relay.EmulatorApi.DeliveredAsync()).Select(r => r.Header("X-Port-Run-Id")!).ToHashSet();
+        await Eventually.HoldsAsync(async () =>
+        {
+            var reported = (await relay.EmulatorApi.PortCallsAsync()).Where(c => c.RunId is not null && c.StatusCode == 201).Select(c => c.RunId!).ToHashSet();
+            return deliveredRuns.All(reported.Contains);
+        }, TimeSpan.FromSeconds(60), "every delivered run reported to Port");
+        var reports = (await relay.EmulatorApi.PortCallsAsync()).Where(c => c.RunId is not null && c.StatusCode == 201).GroupBy(c => c.RunId!)
+            .Where(g => g.Count() > 1).Select(g => g.Key).ToList();
+        Assert.True(reports.Count == 0, $"{reports.Count} runs reported to Port more than once, e.g. {string.Join(", ", reports.Take(5))}");
+        Assert.Equal(0, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
     }
 
     [Fact]
