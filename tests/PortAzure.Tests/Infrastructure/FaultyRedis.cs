@@ -58,9 +58,7 @@ public static class FaultyRedis
         {
             var inner = registered.ImplementationInstance as IConnectionMultiplexer
                 ?? (IConnectionMultiplexer)registered.ImplementationFactory!(provider);
-            var proxy = DispatchProxy.Create<IConnectionMultiplexer, MultiplexerProxy>();
-            ((MultiplexerProxy)(object)proxy).Init(inner, fault);
-            return proxy;
+            return Wrap<IConnectionMultiplexer, MultiplexerProxy>(inner, fault);
         });
     }
 
@@ -80,66 +78,62 @@ public static class FaultyRedis
         }
     }
 
-    public class MultiplexerProxy : DispatchProxy
+    /// <summary><paramref name="inner"/> behind a <typeparamref name="TProxy"/> that asks <paramref name="fault"/>.</summary>
+    private static T Wrap<T, TProxy>(T inner, Func<RedisCall, ScriptFault> fault) where TProxy : FaultingProxy<T>
     {
-        private IConnectionMultiplexer _inner = null!;
-        private Func<RedisCall, ScriptFault> _fault = null!;
+        var proxy = DispatchProxy.Create<T, TProxy>();
+        ((FaultingProxy<T>)(object)proxy!).Init(inner, fault);
+        return proxy;
+    }
 
-        internal void Init(IConnectionMultiplexer inner, Func<RedisCall, ScriptFault> fault)
-        {
-            _inner = inner;
-            _fault = fault;
-        }
+    /// <summary>A proxy of one client interface: the real object behind it, and what to fail.</summary>
+    public abstract class FaultingProxy<T> : DispatchProxy
+    {
+        protected T Inner { get; private set; } = default!;
 
-        protected override object? Invoke(MethodInfo? targetMethod, object?[]? args)
+        protected Func<RedisCall, ScriptFault> Fault { get; private set; } = null!;
+
+        internal void Init(T inner, Func<RedisCall, ScriptFault> fault)
         {
-            var result = Forward(targetMethod!, _inner, args);
-            if (result is IDatabase database)
-            {
-                var proxy = DispatchProxy.Create<IDatabase, DatabaseProxy>();
-                ((DatabaseProxy)(object)proxy).Init(database, _fault);
-                return proxy;
-            }
-            return result;
+            Inner = inner;
+            Fault = fault;
         }
     }
 
-    public class DatabaseProxy : DispatchProxy
+    public class MultiplexerProxy : FaultingProxy<IConnectionMultiplexer>
     {
-        private IDatabase _inner = null!;
-        private Func<RedisCall, ScriptFault> _fault = null!;
-
-        internal void Init(IDatabase inner, Func<RedisCall, ScriptFault> fault)
+        protected override object? Invoke(MethodInfo? targetMethod, object?[]? args)
         {
-            _inner = inner;
-            _fault = fault;
+            var result = Forward(targetMethod!, Inner, args);
+            return result is IDatabase database ? Wrap<IDatabase, DatabaseProxy>(database, Fault) : result;
         }
+    }
 
+    public class DatabaseProxy : FaultingProxy<IDatabase>
+    {
         protected override object? Invoke(MethodInfo? targetMethod, object?[]? args)
         {
             var method = targetMethod!;
             if (method.Name == nameof(IDatabase.CreateTransaction))
             {
-                var transaction = DispatchProxy.Create<ITransaction, TransactionProxy>();
-                ((TransactionProxy)(object)transaction).Init((ITransaction)Forward(method, _inner, args)!, _fault);
-                return transaction;
+                return Wrap<ITransaction, TransactionProxy>((ITransaction)Forward(method, Inner, args)!, Fault);
             }
             if (!method.ReturnType.IsGenericType || method.ReturnType.GetGenericTypeDefinition() != typeof(Task<>))
             {
-                return Forward(method, _inner, args);
+                return Forward(method, Inner, args);
             }
             var script = method.Name == nameof(IDatabase.ScriptEvaluateAsync) && args is [string text, ..] ? text : null;
-            var fault = _fault(new RedisCall(method.Name, script, FirstKey(args)));
+            var fault = Fault(new RedisCall(method.Name, script, FirstKey(args)));
             if (fault == ScriptFault.None)
             {
-                return Forward(method, _inner, args);
+                return Forward(method, Inner, args);
             }
             var result = method.ReturnType.GetGenericArguments()[0];
             return fault switch
             {
                 ScriptFault.NotRun => Generic(nameof(FailAsync), result).Invoke(null, [ConnectionReset()]),
                 ScriptFault.NotRunUnclassified => Generic(nameof(FailAsync), result).Invoke(null, [new ObjectDisposedException("the socket")]),
-                _ => Generic(nameof(LoseReplyAsync), result).Invoke(null, [Forward(method, _inner, args)]),
+                _ => Generic(nameof(LoseReplyAsync), result).Invoke(null, [Forward(method, Inner, args)]),
             };
         }
 
@@ -167,26 +161,18 @@ public static class FaultyRedis
     /// A transaction whose <c>ExecuteAsync</c> is one call to fail: not run (nothing queued reaches Redis, and the queued
     /// calls fail with the connection), or run with its reply lost.
     /// </summary>
-    public class TransactionProxy : DispatchProxy
+    public class TransactionProxy : FaultingProxy<ITransaction>
     {
         private readonly List<string> _queued = [];
         private readonly TaskCompletionSource _notRun = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        private ITransaction _inner = null!;
-        private Func<RedisCall, ScriptFault> _fault = null!;
         private string? _key;
-
-        internal void Init(ITransaction inner, Func<RedisCall, ScriptFault> fault)
-        {
-            _inner = inner;
-            _fault = fault;
-        }
 
         protected override object? Invoke(MethodInfo? targetMethod, object?[]? args)
         {
             var method = targetMethod!;
             if (!method.ReturnType.IsGenericType || method.ReturnType.GetGenericTypeDefinition() != typeof(Task<>))
             {
-                return Forward(method, _inner, args);
+                return Forward(method, Inner, args);
             }
             var result = method.ReturnType.GetGenericArguments()[0];
             if (method.Name != nameof(ITransaction.ExecuteAsync))
@@ -195,15 +181,15 @@ public static class FaultyRedis
                 _queued.Add(method.Name);
                 _key ??= DatabaseProxy.FirstKey(args);
                 return typeof(TransactionProxy).GetMethod(nameof(QueuedAsync), BindingFlags.NonPublic | BindingFlags.Instance)!
-                    .MakeGenericMethod(result).Invoke(this, [Forward(method, _inner, args)]);
+                    .MakeGenericMethod(result).Invoke(this, [Forward(method, Inner, args)]);
             }
-            var fault = _fault(new RedisCall(method.Name, null, _key, [.. _queued]));
+            var fault = Fault(new RedisCall(method.Name, null, _key, [.. _queued]));
             switch (fault)
             {
                 case ScriptFault.None:
-                    return Forward(method, _inner, args);
+                    return Forward(method, Inner, args);
                 case ScriptFault.ReplyLost:
-                    return DatabaseProxy.Generic(nameof(DatabaseProxy.LoseReplyAsync), result).Invoke(null, [Forward(method, _inner, args)]);
+                    return DatabaseProxy.Generic(nameof(DatabaseProxy.LoseReplyAsync), result).Invoke(null, [Forward(method, Inner, args)]);
                 default:
                     var exception = fault == ScriptFault.NotRun ? ConnectionReset() : new ObjectDisposedException("the socket");
                     _notRun.TrySetException(exception);
