@@ -85,6 +85,37 @@ public class ConnectionResetTests
         Assert.NotNull(response.Headers.RetryAfter);
     }
 
+    [Theory]
+    [InlineData(ScriptFault.NotRun)]
+    [InlineData(ScriptFault.ReplyLost)]
+    public async Task MalformedEntry_AcknowledgeAndDeleteFails_IsTakenAgainAndRemoved(ScriptFault fault)
+    {
+        // Acknowledged and deleted in one MULTI/EXEC: whether the EXEC never ran or its reply was lost, the entry is not
+        // left acknowledged in the stream (unread for good, the backlog's age growing): it is read again, or gone.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var failed = 0;
+        var dispatcher = await relay.AddDispatcherAsync(c =>
+        {
+            // A read whose entry was not acknowledged is taken again after timeout + margin, 3 s.
+            c["Dispatcher:RequestTimeoutSeconds"] = "2";
+            c["Dispatcher:ClaimMarginSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+        }, services => FaultyRedis.FailCalls(services,
+            call => call.Queued is { } queued && queued.Contains(nameof(IDatabase.StreamDeleteAsync)) && Interlocked.Exchange(ref failed, 1) == 0 ? fault : ScriptFault.None));
+        await relay.Db.StreamAddAsync(RedisKeys.Stream, [new("id", "d_x"), new("org", "contoso"), new("body", "{}")]);
+
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0
+            && (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount == 0,
+            TimeSpan.FromSeconds(30), "the malformed entry is gone, nothing pending");
+        Assert.Equal(1, Volatile.Read(ref failed));
+        // Read twice (the second time taken back from the pending list) when the first removal never ran; once otherwise.
+        Assert.Equal(fault == ScriptFault.NotRun ? 2 : 1, dispatcher.Logs.Lines.Count(l => l.Contains("[2105]", StringComparison.Ordinal)));
+        // A queued run is delivered as usual.
+        var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
+        await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.Delivered,
+            TimeSpan.FromSeconds(20), "the next run is delivered");
+    }
+
     /// <summary>The Dispatcher's finish script: the only one that writes <c>finishedBy</c>.</summary>
     private static bool IsFinish(string script) => script.Contains("'finishedBy', ARGV[5]", StringComparison.Ordinal);
 }
