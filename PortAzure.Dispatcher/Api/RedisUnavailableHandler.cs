@@ -36,8 +36,8 @@ internal sealed partial class RedisUnavailableHandler(ILogger<RedisUnavailableHa
 
     private static bool IsUnavailable(Exception exception) => exception switch
     {
-        RedisConnectionException or TimeoutException or IOException or SocketException => true,
-        InvalidOperationException => RedisFailures.IsFailure(exception),
+        RedisConnectionException or TimeoutException => true,
+        InvalidOperationException or IOException or SocketException => RedisFailures.IsFailure(exception),
         RedisServerException server => TransientServerErrors.Any(code => server.Message.StartsWith(code + " ", StringComparison.Ordinal)),
         _ => false,
     };

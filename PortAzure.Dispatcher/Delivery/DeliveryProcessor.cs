@@ -287,7 +287,14 @@ internal sealed partial class DeliveryProcessor(
             }
             catch (Exception ex) when ((retryAny || RedisFailures.IsFailure(ex)) && nextDelay(i) is { } delay)
             {
-                Log.RedisRetry(logger, ex, step, deliveryId);
+                if (RedisFailures.IsFailure(ex))
+                {
+                    Log.RedisRetry(logger, ex, step, deliveryId);
+                }
+                else
+                {
+                    Log.FinishFailedUnexpectedly(logger, ex, step, deliveryId);
+                }
                 await Task.Delay(delay, timeProvider, cancellationToken);
             }
         }
@@ -379,6 +386,10 @@ internal sealed partial class DeliveryProcessor(
 
         [LoggerMessage(EventIds.RedisRetry, LogLevel.Warning, "Redis failed at step {Step} of {DeliveryId}; retrying")]
         public static partial void RedisRetry(ILogger logger, Exception exception, string step, string deliveryId);
+
+        [LoggerMessage(EventIds.FinishFailedUnexpectedly, LogLevel.Error,
+            "Recording step {Step} of {DeliveryId} failed unexpectedly; retrying until the attempt's lease is nearly out, then the run may be posted again")]
+        public static partial void FinishFailedUnexpectedly(ILogger logger, Exception exception, string step, string deliveryId);
     }
 }
 

@@ -11,6 +11,7 @@ internal static class EventIds
     public const int TargetPaused = 2006;
     public const int RedisRetry = 2007;
     public const int NotPostedAtStop = 2008;
+    public const int FinishFailedUnexpectedly = 2009;
 
     public const int WorkerStarted = 2101;
     public const int GroupCreated = 2102;

@@ -21,8 +21,11 @@ public static class RedisFailures
     /// </summary>
     public static bool IsFailure(Exception exception) => exception switch
     {
-        RedisException or TimeoutException or IOException or SocketException => true,
-        InvalidOperationException => exception.StackTrace?.Contains(ClientNamespace, StringComparison.Ordinal) == true,
+        RedisException or TimeoutException => true,
+        InvalidOperationException => FromClient(exception),
+        // The client's socket layer only: Kestrel's own connection resets and bad requests are IOExceptions too, and an
+        // app-wide handler must not answer a client's broken request as "Redis unavailable".
+        IOException or SocketException => exception.GetType().Namespace == SocketLayerNamespace || FromClient(exception),
         _ => false,
     };
 
@@ -37,5 +40,13 @@ public static class RedisFailures
     public static bool OutcomeUnknown(Exception exception) =>
         exception is TimeoutException or RedisConnectionException or InvalidOperationException or IOException or SocketException;
 
+    /// <summary>Thrown inside the client or its socket layer: their frames on the stack.</summary>
+    private static bool FromClient(Exception exception) => exception.StackTrace is { } stack
+        && (stack.Contains(ClientNamespace, StringComparison.Ordinal) || stack.Contains(SocketLayerNamespace + ".", StringComparison.Ordinal));
+
     private static readonly string ClientNamespace = typeof(IDatabase).Namespace + ".";
+
+    // StackExchange.Redis's socket layer (Pipelines.Sockets.Unofficial), named by text: the Shared project does not
+    // reference it directly.
+    private const string SocketLayerNamespace = "Pipelines.Sockets.Unofficial";
 }

@@ -23,8 +23,16 @@ public class RedisFailuresTests
 
         Assert.True(RedisFailures.IsFailure(reset));
         Assert.True(RedisFailures.OutcomeUnknown(reset));
-        Assert.True(RedisFailures.IsFailure(new System.Net.Sockets.SocketException(104)));
-        Assert.True(RedisFailures.IsFailure(new EndOfStreamException()));
+    }
+
+    [Fact]
+    public void IsFailure_IOExceptionsOfTheWebServer_AreNot()
+    {
+        // The Dispatcher's exception handler asks for the whole app: a client's broken request is not "Redis unavailable".
+        Assert.False(RedisFailures.IsFailure(new Microsoft.AspNetCore.Connections.ConnectionResetException("reset by the client")));
+        Assert.False(RedisFailures.IsFailure(new Microsoft.AspNetCore.Http.BadHttpRequestException("bad body")));
+        Assert.False(RedisFailures.IsFailure(new System.Net.Sockets.SocketException(104)));
+        Assert.False(RedisFailures.IsFailure(new EndOfStreamException()));
     }
 
     [Fact]
