@@ -221,8 +221,8 @@ internal sealed partial class PortReportingService(
             _mayHoldUnread = true;
             throw;
         }
-        // Redis 6.2 returns reclaimed entries that were trimmed away as nil, still pending; 7.x drops them. One read back
-        // from this reporter's own pending list can come from the takeover too: started once.
+        // Redis 6.2 returns reclaimed entries that were trimmed away as nil, still pending; 7.x drops them. An entry read back
+        // from this reporter's own pending list is started once even if a takeover in the same round returned it too.
         entries = [.. entries.Where(e => !e.IsNull && !_sending.ContainsKey(e.Id.ToString())).DistinctBy(e => e.Id)];
         foreach (var entry in entries)
         {
@@ -243,7 +243,8 @@ internal sealed partial class PortReportingService(
 
     /// <summary>
     /// Adds the entries pending for this reporter that it is not sending, up to the free slots: the history of its own
-    /// pending list (XREADGROUP from 0), which changes neither their owner nor their idle time.
+    /// pending list (XREADGROUP from 0). Their owner stays; Redis resets their idle time and counts one more delivery,
+    /// a touch of every report this reporter holds (nothing reads the count).
     /// </summary>
     /// <returns>Whether there were no more.</returns>
     private async Task<bool> ReadOwnUnsentAsync(IDatabase db, List<StreamEntry> entries)

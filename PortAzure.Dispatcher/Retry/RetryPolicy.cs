@@ -35,8 +35,14 @@ internal sealed class RetryPolicy(RetryOptions options, Func<double>? random = n
             return backoff;
         }
         // Every run a throttled target refused in one burst carries the same Retry-After: spread them after it (never
-        // before it), or they all come due in the same instant and are throttled again together.
-        var spread = TimeSpan.FromTicks((long)(asked.Ticks * options.JitterFraction * _random()));
-        return asked + spread > cap ? cap : asked + spread;
+        // before it), or they all come due in the same instant and are throttled again together. Near the cap, inside the
+        // room left below it; past the cap, below the cap (the cap already comes before Retry-After).
+        var r = _random();
+        if (asked >= cap)
+        {
+            return cap - TimeSpan.FromTicks((long)(cap.Ticks * options.JitterFraction * r));
+        }
+        var spread = TimeSpan.FromTicks((long)(asked.Ticks * options.JitterFraction * r));
+        return asked + spread > cap ? asked + TimeSpan.FromTicks((long)((cap - asked).Ticks * r)) : asked + spread;
     }
 }

@@ -209,7 +209,12 @@ public class DeliveryOutcomeTests
     [Fact]
     public async Task RetryAfter_BeyondTheCap_IsClampedToTheCap()
     {
-        await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxDelaySeconds"] = "1");
+        // Without jitter, which spreads a retry below the cap (RetryPolicyTests): the schedule below is then exact.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:Retry:MaxDelaySeconds"] = "1";
+            c["Dispatcher:Retry:JitterFraction"] = "0";
+        });
         await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503, retryAfter = "3600" } } });
 
         var deliveryId = await SendAsync(relay);

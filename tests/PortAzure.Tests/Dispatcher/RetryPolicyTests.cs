@@ -58,11 +58,18 @@ public class RetryPolicyTests
         Assert.Equal(expected, policy.Delay(1, TimeSpan.FromSeconds(30)).TotalSeconds, 6);
     }
 
-    [Fact]
-    public void Delay_RetryAfterNearTheCap_SpreadNeverPassesTheCap()
+    [Theory]
+    [InlineData(590, 0.0, 590)]
+    [InlineData(590, 0.5, 595)]
+    [InlineData(590, 1.0, 600)]
+    [InlineData(3600, 0.0, 600)]
+    [InlineData(3600, 0.5, 540)]
+    [InlineData(3600, 1.0, 480)]
+    public void Delay_RetryAfterAtOrPastTheCap_IsSpreadWithinTheCap(int retryAfter, double random, double expected)
     {
-        var policy = new RetryPolicy(new RetryOptions(), () => 1.0);
-        Assert.Equal(TimeSpan.FromMinutes(10), policy.Delay(1, TimeSpan.FromSeconds(590)));
+        // Not all on the cap itself: runs throttled together would come due together again.
+        var policy = new RetryPolicy(new RetryOptions(), () => random);
+        Assert.Equal(expected, policy.Delay(1, TimeSpan.FromSeconds(retryAfter)).TotalSeconds, 6);
     }
 
     [Theory]
