@@ -123,6 +123,9 @@ internal sealed partial class PortReportingService(
             Log.ReclaimTooShort(logger, options.CurrentValue.PortReportReclaimSeconds, MinSafeReclaim.TotalMinutes);
         }
         using var stopCalls = stoppingToken.Register(() => _callsStop.CancelAfter(StopGrace));
+        // A name given in configuration is this reporter's across restarts: what it held when it stopped (a crash, Redis
+        // away at its stop) is still pending for it, and is read back now rather than taken over after the reclaim time.
+        _mayHoldUnread = options.CurrentValue.ConsumerName is not null;
         var groupReady = false;
         var errorBackoff = new ErrorBackoff(timeProvider);
         while (!stoppingToken.IsCancellationRequested)

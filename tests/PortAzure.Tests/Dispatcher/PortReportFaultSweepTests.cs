@@ -207,7 +207,7 @@ public class PortReportFaultSweepTests(ITestOutputHelper output)
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
-    public async Task ReportReadReplyLost_TheReportIsSentWithoutWaitingForTheReclaimTime(bool portFailsFirst)
+    public async Task Read_ReplyLost_TheReportIsSentWithoutWaitingForTheReclaimTime(bool portFailsFirst)
     {
         // The sweep's N=3 with ReplyLost, at a reclaim time nearer production's (900 s): the read ran, so the report is
         // pending for this reporter, which never saw it. It was sent only when the reporter took it over from itself,

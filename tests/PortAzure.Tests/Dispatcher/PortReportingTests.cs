@@ -277,6 +277,29 @@ public class PortReportingTests
     }
 
     [Fact]
+    public async Task Restart_ConsumerNameConfigured_ReportsItHeldAreSentWithoutWaitingForTheReclaimTime()
+    {
+        // A Dispatcher that crashed holding a report, started again under the same name (a StatefulSet's pod): the report is
+        // pending for it, and waited the reclaim time (15 min by default) for a takeover.
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, "0-0", createStream: true);
+        var runId = TestRuns.NewRunId();
+        await relay.Db.StreamAddAsync(RedisKeys.PortReports, new PortAzure.Dispatcher.PortReporting.PortReport(runId, "d_held", "delivered (test)", null, null).ToStreamFields());
+        Assert.Single(await relay.Db.StreamReadGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, "dispatcher-0", ">", 1));
+
+        await relay.AddDispatcherAsync(c =>
+        {
+            c["Dispatcher:ConsumerName"] = "dispatcher-0";
+            c["Dispatcher:PortReportReclaimSeconds"] = "60";
+        });
+
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201)
+            && (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount == 0,
+            TimeSpan.FromSeconds(20), "the held report sent and removed well before the reclaim time (60 s)");
+        Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.RunId == runId);
+    }
+
+    [Fact]
     public async Task ReportOfACrashedReporter_WallClockSteppedBack_IsStillTakenOver()
     {
         // The next takeover was a wall-clock time: stepped back an hour, no takeover for an hour.
