@@ -57,6 +57,7 @@ public class RedisRestartTests(ITestOutputHelper output)
         })).ToList();
         await Task.Delay(1500);
         redis.Kill();
+        var outage = System.Diagnostics.Stopwatch.StartNew();
         // Down longer than the test connection's asyncTimeout (3 s) plus the client's ~1 s timeout sweep: a call
         // that waits in the client's backlog is refused before Redis is back. With 2 s the client could reconnect
         // (every 0.5-2 s) in time to store every waiting call, and no 503 proved the outage (seen once in CI).
@@ -76,6 +77,7 @@ public class RedisRestartTests(ITestOutputHelper output)
             }
         }
         await redis.StartProcessAsync();
+        outage.Stop();
         await Task.Delay(1500);
         await stop.CancelAsync();
         await Task.WhenAll(senders);
@@ -147,7 +149,13 @@ public class RedisRestartTests(ITestOutputHelper output)
         }, TimeSpan.FromSeconds(60), "every delivered run reported to Port");
         var reports = (await relay.EmulatorApi.PortCallsAsync()).Where(c => c.RunId is not null && c.StatusCode == 201).GroupBy(c => c.RunId!)
             .Where(g => g.Count() > 1).Select(g => g.Key).ToList();
-        Assert.True(reports.Count == 0, $"{reports.Count} runs reported to Port more than once, e.g. {string.Join(", ", reports.Take(5))}");
+        output.WriteLine($"Redis was down {outage.Elapsed.TotalSeconds:F1} s; runs reported more than once: {reports.Count}");
+        // Once only if the outage was shorter than a sent report's removal keeps trying (about 15 s of waits): past that
+        // the report stays pending and is sent again, by design ("at worst one more log line in Port", README).
+        if (outage.Elapsed < TimeSpan.FromSeconds(12))
+        {
+            Assert.True(reports.Count == 0, $"{reports.Count} runs reported to Port more than once, e.g. {string.Join(", ", reports.Take(5))}");
+        }
         Assert.Equal(0, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
     }
 
