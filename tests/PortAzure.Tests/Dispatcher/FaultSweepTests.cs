@@ -58,6 +58,15 @@ public class FaultSweepTests(ITestOutputHelper output)
             return fault;
         }));
 
+        // Read under the lock the fault callback writes under: the Dispatcher's threads add to it.
+        string[] Hits()
+        {
+            lock (hit)
+            {
+                return [.. hit];
+            }
+        }
+
         var runs = new List<string>();
         // One run, failing the calls the plan picks (each call and how many there have been since the run was sent).
         async Task RoundAsync(string name, Func<RedisCall, int, bool> roundPlan)
@@ -66,7 +75,7 @@ public class FaultSweepTests(ITestOutputHelper output)
             {
                 await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = firstAnswer } } });
             }
-            var hitBefore = hit.Count;
+            var hitBefore = Hits().Length;
             Volatile.Write(ref seen, 0);
             Volatile.Write(ref plan, roundPlan);
             var runId = TestRuns.NewRunId();
@@ -89,7 +98,8 @@ public class FaultSweepTests(ITestOutputHelper output)
             finally
             {
                 Volatile.Write(ref plan, null);
-                output.WriteLine($"{name}: {(hit.Count > hitBefore ? hit[^1] : "(none failed)")}");
+                var hits = Hits();
+                output.WriteLine($"{name}: {(hits.Length > hitBefore ? hits[^1] : "(none failed)")}");
                 foreach (var line in dispatcher.Logs.Lines.Where(l => l.StartsWith("Err", StringComparison.Ordinal)).Take(3))
                 {
                     output.WriteLine("  " + line[..Math.Min(line.Length, 600)]);
@@ -104,13 +114,13 @@ public class FaultSweepTests(ITestOutputHelper output)
         }
         // The steps that decide whether a run is posted twice, in case a slow moment moved them past the sweep: the first
         // of each, alone.
-        foreach (var missed in new[] { Begin, Finish }.Where(k => !hit.Contains(k)).ToList())
+        foreach (var missed in new[] { Begin, Finish }.Where(k => !Hits().Contains(k)).ToList())
         {
             var done = 0;
             await RoundAsync($"first {missed}", (call, _) => Kind(call) == missed && Interlocked.Exchange(ref done, 1) == 0);
         }
-        Assert.Contains(Begin, hit);
-        Assert.Contains(Finish, hit);
+        Assert.Contains(Begin, Hits());
+        Assert.Contains(Finish, Hits());
 
         // Each run was waited for until nothing was left queued, pending or scheduled: nothing can post one again. (A finish
         // given up leaves its entry pending until its lease, 7.5 s, runs out, and the wait above until it is posted again.)

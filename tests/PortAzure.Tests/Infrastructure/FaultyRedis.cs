@@ -164,7 +164,8 @@ public static class FaultyRedis
     public class TransactionProxy : FaultingProxy<ITransaction>
     {
         private readonly List<string> _queued = [];
-        private readonly TaskCompletionSource _notRun = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        // How the EXEC ended as the caller sees it: the queued calls answer with it, as the client's do.
+        private readonly TaskCompletionSource _exec = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private string? _key;
 
         protected override object? Invoke(MethodInfo? targetMethod, object?[]? args)
@@ -175,35 +176,53 @@ public static class FaultyRedis
                 return Forward(method, Inner, args);
             }
             var result = method.ReturnType.GetGenericArguments()[0];
-            if (method.Name != nameof(ITransaction.ExecuteAsync))
+            // EXEC by its signature: IDatabaseAsync.ExecuteAsync(command, args) queues a command like any other.
+            if (method.Name != nameof(ITransaction.ExecuteAsync) || method.GetParameters() is not [{ ParameterType: var flags }] || flags != typeof(CommandFlags))
             {
-                // Queued: it completes with the EXEC, or fails with it when the EXEC never reaches Redis.
                 _queued.Add(method.Name);
                 _key ??= DatabaseProxy.FirstKey(args);
                 return typeof(TransactionProxy).GetMethod(nameof(QueuedAsync), BindingFlags.NonPublic | BindingFlags.Instance)!
                     .MakeGenericMethod(result).Invoke(this, [Forward(method, Inner, args)]);
             }
+            // Observed here: the callers discard the queued calls' tasks, as the relay does.
+            _ = _exec.Task.ContinueWith(t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
             var fault = Fault(new RedisCall(method.Name, null, _key, [.. _queued]));
             switch (fault)
             {
                 case ScriptFault.None:
-                    return Forward(method, Inner, args);
+                    return ExecAsync((Task<bool>)Forward(method, Inner, args)!, replyLost: false);
                 case ScriptFault.ReplyLost:
-                    return DatabaseProxy.Generic(nameof(DatabaseProxy.LoseReplyAsync), result).Invoke(null, [Forward(method, Inner, args)]);
+                    return ExecAsync((Task<bool>)Forward(method, Inner, args)!, replyLost: true);
                 default:
                     var exception = fault == ScriptFault.NotRun ? ConnectionReset() : new ObjectDisposedException("the socket");
-                    _notRun.TrySetException(exception);
-                    return DatabaseProxy.Generic(nameof(DatabaseProxy.FailAsync), result).Invoke(null, [exception]);
+                    _exec.TrySetException(exception);
+                    return Task.FromException<bool>(exception);
+            }
+        }
+
+        private async Task<bool> ExecAsync(Task<bool> exec, bool replyLost)
+        {
+            try
+            {
+                var committed = await exec;
+                if (replyLost)
+                {
+                    throw ConnectionReset();
+                }
+                _exec.TrySetResult();
+                return committed;
+            }
+            catch (Exception ex)
+            {
+                _exec.TrySetException(ex);
+                throw;
             }
         }
 
         private async Task<T> QueuedAsync<T>(Task<T> call)
         {
-            await Task.WhenAny(call, _notRun.Task);
-            if (_notRun.Task.IsFaulted)
-            {
-                throw _notRun.Task.Exception!.InnerException!;
-            }
+            // A call of a transaction that never ran never completes in the client: its answer is the EXEC's failure.
+            await _exec.Task;
             return await call;
         }
     }
