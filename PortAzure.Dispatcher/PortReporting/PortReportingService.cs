@@ -99,7 +99,8 @@ internal sealed partial class PortReportingService(
     private readonly CancellationTokenSource _callsStop = new();
     private RedisValue _claimCursor = "0-0";
     // A read or takeover failed: its reply may have been lost after Redis had made this reporter the owner of the entries,
-    // which then waited PortReportReclaimSeconds (15 min by default) for a takeover. The next round reads them back.
+    // which then waited PortReportReclaimSeconds (15 min by default) for a takeover. The next round reads them back (as
+    // the first does under a configured consumer name, which may have held reports before a restart).
     private bool _mayHoldUnread;
     // The monotonic clock, as the delivery worker's: a wall clock stepped back held the takeovers back for the step.
     private long? _lastClaimAt;

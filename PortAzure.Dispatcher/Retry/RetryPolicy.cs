@@ -2,7 +2,7 @@ namespace PortAzure.Dispatcher.Retry;
 
 /// <summary>
 /// Exponential backoff with jitter, capped; a <c>Retry-After</c> longer than the backoff is waited out,
-/// spread after it by the jitter (up to the cap).
+/// spread after it by the jitter (within the cap).
 /// Gives up after <see cref="RetryOptions.MaxAttempts"/> attempts or <see cref="RetryOptions.MaxAgeHours"/>.
 /// </summary>
 internal sealed class RetryPolicy(RetryOptions options, Func<double>? random = null)
