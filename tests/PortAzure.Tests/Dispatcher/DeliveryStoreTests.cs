@@ -17,9 +17,20 @@ public class DeliveryStoreTests
             DateTimeOffset.UtcNow.AddSeconds(30), fields);
 
     /// <summary>One attempt of <paramref name="entry"/> that begins and ends in the dead letters, its record whole (replayable).</summary>
+    /// <summary>An attempt that takes the lease now, for 30 s (a first attempt, not a reclaim).</summary>
+    private static async Task BeginAsync(DeliveryStore store, DeliveryEntry entry, string token) =>
+        Assert.True((await store.BeginAsync(entry, token, TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+
+    /// <summary>An attempt begun and recorded delivered.</summary>
+    private static async Task DeliverAsync(DeliveryStore store, DeliveryEntry entry, string token)
+    {
+        await BeginAsync(store, entry, token);
+        await store.FinishAsync(Finish(FinishMode.Delivered, entry, token, new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered)));
+    }
+
     private static async Task DeadLetterAsync(DeliveryStore store, DeliveryEntry entry, string token)
     {
-        Assert.True((await store.BeginAsync(entry, token, TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        await BeginAsync(store, entry, token);
         await store.FinishAsync(Finish(FinishMode.DeadLetter, entry, token,
             [.. PortAzure.Dispatcher.Delivery.DeliveryProcessor.EntryFields(entry, DeliveryStates.DeadLettered, DateTimeOffset.UtcNow)]));
     }
@@ -141,7 +152,7 @@ public class DeliveryStoreTests
         var streamId = (await db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields())).ToString();
         Assert.Single(await db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dispatcher-a", ">", 1));
         await db.StringSetAsync(damagedKey, "damaged");
-        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        await BeginAsync(store, entry, "A");
         var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "failed", "FAILURE", "label");
         var finish = Finish(deadLetter ? FinishMode.DeadLetter : FinishMode.Retry, entry, "A",
             new KeyValuePair<string, RedisValue>(DeliveryRecord.State, deadLetter ? DeliveryStates.DeadLettered : DeliveryStates.Retrying)) with { StreamId = streamId, Report = report };
@@ -427,7 +438,7 @@ public class DeliveryStoreTests
         var delivered = new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered);
         Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromMilliseconds(50), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
         await Task.Delay(100);
-        Assert.True((await store.BeginAsync(entry, "B", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        await BeginAsync(store, entry, "B");
 
         await store.FinishAsync(Finish(FinishMode.Delivered, entry, "B", delivered) with { Report = report });
         // A's late result after B recorded the outcome: neither it nor its report is written.
@@ -449,7 +460,7 @@ public class DeliveryStoreTests
         var streamId = (await db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields())).ToString();
         Assert.Single(await db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dispatcher-a", ">", 1));
         await db.StringSetAsync(RedisKeys.PortReports, "damaged");
-        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        await BeginAsync(store, entry, "A");
         var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "delivered", "SUCCESS", "label");
 
         var finished = await store.FinishAsync(Finish(FinishMode.Delivered, entry, "A",
@@ -468,7 +479,7 @@ public class DeliveryStoreTests
         var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
         var entry = NewEntry();
         await db.StringSetAsync(RedisKeys.TargetFailures, "damaged");
-        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        await BeginAsync(store, entry, "A");
         var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "delivered", "SUCCESS", "label");
         var finish = Finish(FinishMode.Delivered, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered)) with { Report = report };
 
@@ -497,8 +508,7 @@ public class DeliveryStoreTests
 
         // Replayed and delivered: as long as the delivered record (the retention, 1 h here).
         Assert.Equal(ReplayOutcome.Replayed, await store.ReplayAsync(entry.DeliveryId, DateTimeOffset.UtcNow));
-        Assert.True((await store.BeginAsync(entry, "B", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
-        await store.FinishAsync(Finish(FinishMode.Delivered, entry, "B", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered)));
+        await DeliverAsync(store, entry, "B");
         Assert.InRange((await db.KeyTimeToLiveAsync(index))!.Value, TimeSpan.FromMinutes(59), TimeSpan.FromHours(1));
     }
 
@@ -518,8 +528,7 @@ public class DeliveryStoreTests
 
         // B replayed and delivered, then A's twin discarded: A is still a dead letter each time.
         Assert.Equal(ReplayOutcome.Replayed, await store.ReplayAsync(b.DeliveryId, DateTimeOffset.UtcNow));
-        Assert.True((await store.BeginAsync(b, "B2", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
-        await store.FinishAsync(Finish(FinishMode.Delivered, b, "B2", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered)));
+        await DeliverAsync(store, b, "B2");
         Assert.Null(await db.KeyTimeToLiveAsync(index));
 
         var c = NewEntry() with { RunId = runId };
@@ -536,7 +545,7 @@ public class DeliveryStoreTests
         await using var leased = await SharedRedis.ConnectAsync();
         var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
         var (entry, index) = await IndexedEntryAsync(db);
-        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        await BeginAsync(store, entry, "A");
 
         await store.FinishAsync(Finish(FinishMode.Retry, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Retrying)));
 
@@ -599,8 +608,8 @@ public class DeliveryStoreTests
         var store = new DeliveryStore(redis);
         var entry = NewEntry();
 
-        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
-        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        await BeginAsync(store, entry, "A");
+        await BeginAsync(store, entry, "A");
         Assert.False((await store.BeginAsync(entry, "B", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
     }
 
@@ -658,7 +667,7 @@ public class DeliveryStoreTests
         await using var leased = await SharedRedis.ConnectAsync();
         var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
         var entry = NewEntry();
-        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+        await BeginAsync(store, entry, "A");
         // An earlier attempt's line, with the retention a retry gives it.
         await db.ListRightPushAsync(RedisKeys.Attempts(entry.DeliveryId), "{}");
         await db.KeyExpireAsync(RedisKeys.Attempts(entry.DeliveryId), TimeSpan.FromHours(1));
