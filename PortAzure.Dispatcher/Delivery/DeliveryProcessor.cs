@@ -285,9 +285,9 @@ internal sealed partial class DeliveryProcessor(
             {
                 return await operation();
             }
-            catch (Exception ex) when ((retryAny || RedisFailures.IsFailure(ex)) && nextDelay(i) is { } delay)
+            catch (Exception ex) when (RedisFailures.IsFailure(ex) is var redisFailure && (retryAny || redisFailure) && nextDelay(i) is { } delay)
             {
-                if (RedisFailures.IsFailure(ex))
+                if (redisFailure)
                 {
                     Log.RedisRetry(logger, ex, step, deliveryId);
                 }
