@@ -29,7 +29,7 @@ public class ConnectionResetTests
             c["Dispatcher:ClaimMarginSeconds"] = "1";
             c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
         }, services => FaultyRedis.FailScripts(services,
-            script => IsFinish(script) && Interlocked.Exchange(ref failed, 1) == 0 ? fault : ScriptFault.None));
+            script => DispatcherScripts.IsFinish(script) && Interlocked.Exchange(ref failed, 1) == 0 ? fault : ScriptFault.None));
 
         var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
 
@@ -116,7 +116,4 @@ public class ConnectionResetTests
         await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.Delivered,
             TimeSpan.FromSeconds(20), "the next run is delivered");
     }
-
-    /// <summary>The Dispatcher's finish script: the only one that writes <c>finishedBy</c>.</summary>
-    private static bool IsFinish(string script) => script.Contains("'finishedBy', ARGV[5]", StringComparison.Ordinal);
 }

@@ -255,7 +255,7 @@ public class DeadLetterTests
         await using var relay = await Relay.StartAsync(dispatchers: 0);
         var replays = 0;
         var dispatcher = await relay.AddDispatcherAsync(services: services => FaultyRedis.FailScripts(services,
-            script => IsReplay(script) && Interlocked.Increment(ref replays) == 2 ? ScriptFault.NotRun : ScriptFault.None));
+            script => DispatcherScripts.IsReplay(script) && Interlocked.Increment(ref replays) == 2 ? ScriptFault.NotRun : ScriptFault.None));
         var first = "d_" + Guid.NewGuid().ToString("N");
         var second = "d_" + Guid.NewGuid().ToString("N");
         await DeadLetterRecords.AddAsync(relay.Db, first, 1, TestRuns.Body(TestRuns.NewRunId()));
@@ -304,10 +304,6 @@ public class DeadLetterTests
         Assert.True(json.GetProperty("incomplete").GetBoolean());
         Assert.Equal(stoppedAt, json.TryGetProperty("stoppedAt", out var at) && at.ValueKind != JsonValueKind.Null ? at.GetString() : null);
     }
-
-    /// <summary>The replay script: the only one that reads a record's trace context back.</summary>
-    private static bool IsReplay(string script) =>
-        script.Contains("'org', 'webhook', 'body', 'key', 'run', 'at', 'traceparent', 'tracestate'", StringComparison.Ordinal);
 
     [Fact]
     public async Task Replay_RetriesExhausted_GetsAFreshRetryBudget()

@@ -136,8 +136,8 @@ public class FaultSweepTests(ITestOutputHelper output)
     /// <summary>The begin and finish scripts by name, else the method (a script by its last line).</summary>
     private static string Kind(RedisCall call) => call.Script switch
     {
-        { } s when s.Contains("local function whole(v, max)", StringComparison.Ordinal) => Begin,
-        { } s when s.Contains("'finishedBy', ARGV[5]", StringComparison.Ordinal) => Finish,
+        { } s when DispatcherScripts.IsBegin(s) => Begin,
+        { } s when DispatcherScripts.IsFinish(s) => Finish,
         { } s => $"{call.Method} {s.Trim().Split('\n')[^1].Trim()}",
         _ => call.Method,
     };

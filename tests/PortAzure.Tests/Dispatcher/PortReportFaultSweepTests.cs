@@ -267,8 +267,7 @@ public class PortReportFaultSweepTests(ITestOutputHelper output)
     /// <summary>What a call is on the report path: the finish, the reporter's scripts by name, else the method.</summary>
     private static string Kind(RedisCall call) => call.Script switch
     {
-        // The only script that writes finishedBy (and the Port report).
-        { } s when s.Contains("'finishedBy', ARGV[5]", StringComparison.Ordinal) => Finish,
+        { } s when DispatcherScripts.IsFinish(s) => Finish,
         { } s when s.Contains("'JUSTID'", StringComparison.Ordinal) => Touch,
         { } s when s.Contains("'XADD'", StringComparison.Ordinal) && call.Key == RedisKeys.PortReports => HandBack,
         _ => call.Method,

@@ -21,6 +21,20 @@ public sealed record RedisCall(string Method, string? Script, string? Key = null
         : $"{Method} [{Key}]";
 }
 
+/// <summary>The Dispatcher's scripts, told apart by a line only each one has: what a fault plan picks its calls by.</summary>
+public static class DispatcherScripts
+{
+    /// <summary>The begin of an attempt: the only script that reads counts as whole numbers.</summary>
+    public static bool IsBegin(string script) => script.Contains("local function whole(v, max)", StringComparison.Ordinal);
+
+    /// <summary>The finish of an attempt: the only script that writes finishedBy (and the Port report).</summary>
+    public static bool IsFinish(string script) => script.Contains("'finishedBy', ARGV[5]", StringComparison.Ordinal);
+
+    /// <summary>The replay of a dead letter: the only one that reads a record's trace context back.</summary>
+    public static bool IsReplay(string script) =>
+        script.Contains("'org', 'webhook', 'body', 'key', 'run', 'at', 'traceparent', 'tracestate'", StringComparison.Ordinal);
+}
+
 /// <summary>What happens to one call.</summary>
 public enum ScriptFault
 {
