@@ -21,13 +21,21 @@ internal sealed partial class DeliveryWorker(
     ILogger<DeliveryWorker> logger) : BackgroundService
 {
     private readonly Channel<bool> _wake = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
+    private const int ReadBackPage = 100;
+
     private readonly ConcurrentDictionary<Task, bool> _inFlight = new();
+    // The stream entries being processed here, by id: a read of this consumer's own pending list passes over them.
+    private readonly ConcurrentDictionary<string, bool> _inFlightEntries = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _abandon = new();
     private RedisValue _claimCursor = "0-0";
     // Timestamps, not wall-clock times: a clock stepped back would hold off the reclaiming of crashed replicas' entries
     // (or cut the drain's grace short) by the size of the step.
     private long? _lastClaimAt;
     private long _stopSignalledAt;
+    // A reclaim or a read failed: its reply may have been lost after Redis had made this consumer the owner of the entries,
+    // which then waited ClaimMinIdle (30 s by default) to be reclaimed. The next round reads them back (as the first does
+    // under a configured consumer name, which may have held entries before a restart).
+    private bool _mayHoldUnread;
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -41,6 +49,7 @@ internal sealed partial class DeliveryWorker(
         }
         Log.Started(logger, identity.Name, opts.MaxConcurrency);
         var errorBackoff = new ErrorBackoff(timeProvider);
+        _mayHoldUnread = opts.ConsumerName is not null;
         var groupReady = false;
         var subscribed = false;
 
@@ -151,29 +160,85 @@ internal sealed partial class DeliveryWorker(
             throw;
         }
 
-        if ((_lastClaimAt is not { } last || timeProvider.GetElapsedTime(last) >= TimeSpan.FromSeconds(opts.ClaimIntervalSeconds))
-            && slots.CurrentCount > 0 && !stoppingToken.IsCancellationRequested)
+        try
         {
-            _lastClaimAt = timeProvider.GetTimestamp();
-            var claim = await redis.GetDatabase().StreamAutoClaimAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name,
-                (long)opts.ClaimMinIdle.TotalMilliseconds, _claimCursor, slots.CurrentCount);
-            _claimCursor = claim.NextStartId;
-            if (claim.ClaimedEntries.Length > 0)
+            if (_mayHoldUnread && slots.CurrentCount > 0 && !stoppingToken.IsCancellationRequested)
             {
-                Log.Claimed(logger, claim.ClaimedEntries.Length);
+                var (own, complete) = await ReadOwnUnstartedAsync(slots.CurrentCount);
+                _mayHoldUnread = !complete;
+                if (own.Count > 0)
+                {
+                    Log.ReadBack(logger, own.Count);
+                }
+                // Counted as claimed, as the reclaim that would otherwise have taken them: an entry whose processing
+                // failed here is among them, and must still end up as poison if it keeps failing.
+                started += await StartEntriesAsync(slots, own, claimed: true, stoppingToken);
             }
-            started += await StartEntriesAsync(slots, claim.ClaimedEntries, claimed: true, stoppingToken);
-        }
 
-        if (slots.CurrentCount > 0 && !stoppingToken.IsCancellationRequested)
+            if ((_lastClaimAt is not { } last || timeProvider.GetElapsedTime(last) >= TimeSpan.FromSeconds(opts.ClaimIntervalSeconds))
+                && slots.CurrentCount > 0 && !stoppingToken.IsCancellationRequested)
+            {
+                _lastClaimAt = timeProvider.GetTimestamp();
+                var claim = await redis.GetDatabase().StreamAutoClaimAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name,
+                    (long)opts.ClaimMinIdle.TotalMilliseconds, _claimCursor, slots.CurrentCount);
+                _claimCursor = claim.NextStartId;
+                if (claim.ClaimedEntries.Length > 0)
+                {
+                    Log.Claimed(logger, claim.ClaimedEntries.Length);
+                }
+                started += await StartEntriesAsync(slots, claim.ClaimedEntries, claimed: true, stoppingToken);
+            }
+
+            if (slots.CurrentCount > 0 && !stoppingToken.IsCancellationRequested)
+            {
+                var entries = await redis.GetDatabase().StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name, ">", slots.CurrentCount);
+                started += await StartEntriesAsync(slots, entries, claimed: false, stoppingToken);
+            }
+        }
+        catch
         {
-            var entries = await redis.GetDatabase().StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name, ">", slots.CurrentCount);
-            started += await StartEntriesAsync(slots, entries, claimed: false, stoppingToken);
+            // The call that failed may have given this consumer entries it never saw (a reply lost), and the entries after
+            // a failed one in what was read are dropped here: all of them are pending for this consumer.
+            _mayHoldUnread = true;
+            throw;
         }
         return started;
     }
 
-    private async Task<int> StartEntriesAsync(SemaphoreSlim slots, StreamEntry[] entries, bool claimed, CancellationToken stoppingToken)
+    /// <summary>
+    /// Up to <paramref name="max"/> entries pending for this consumer that it is not processing: the history of its own
+    /// pending list (XREADGROUP from 0). Their owner stays; Redis resets their idle time, so one held by a lease that is
+    /// still running (a finish that gave up) is reclaimed a ClaimMinIdle later than it would have been.
+    /// </summary>
+    /// <returns>The entries, and whether there were no more.</returns>
+    private async Task<(List<StreamEntry> Entries, bool Complete)> ReadOwnUnstartedAsync(int max)
+    {
+        var found = new List<StreamEntry>();
+        RedisValue after = "0-0";
+        while (true)
+        {
+            var page = await redis.GetDatabase().StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name, after, ReadBackPage);
+            foreach (var entry in page)
+            {
+                // One deleted while pending comes back without its fields: left to the reclaim, which drops it.
+                if (entry.Values is { Length: > 0 } && !_inFlightEntries.ContainsKey(entry.Id.ToString()))
+                {
+                    if (found.Count == max)
+                    {
+                        return (found, false);
+                    }
+                    found.Add(entry);
+                }
+            }
+            if (page.Length < ReadBackPage)
+            {
+                return (found, true);
+            }
+            after = page[^1].Id;
+        }
+    }
+
+    private async Task<int> StartEntriesAsync(SemaphoreSlim slots, IReadOnlyList<StreamEntry> entries, bool claimed, CancellationToken stoppingToken)
     {
         var started = 0;
         foreach (var streamEntry in entries)
@@ -205,6 +270,10 @@ internal sealed partial class DeliveryWorker(
     {
         // The slot is taken even during shutdown: the entry is already ours and must be handled or left pending.
         await slots.WaitAsync(CancellationToken.None);
+        if (streamId is not null)
+        {
+            _inFlightEntries[streamId] = true;
+        }
         var task = Task.Run(async () =>
         {
             try
@@ -223,6 +292,10 @@ internal sealed partial class DeliveryWorker(
             }
             finally
             {
+                if (streamId is not null)
+                {
+                    _inFlightEntries.TryRemove(streamId, out _);
+                }
                 slots.Release();
             }
         }, CancellationToken.None);
@@ -306,6 +379,10 @@ internal sealed partial class DeliveryWorker(
 
         [LoggerMessage(EventIds.Claimed, LogLevel.Warning, "Reclaimed {Count} entries from stopped consumers")]
         public static partial void Claimed(ILogger logger, int count);
+
+        [LoggerMessage(EventIds.ReadBack, LogLevel.Warning,
+            "Read back {Count} entries pending for this consumer that it was not processing (a read's reply lost, or held before a restart)")]
+        public static partial void ReadBack(ILogger logger, int count);
 
         [LoggerMessage(EventIds.MalformedEntry, LogLevel.Error, "Entry {Id} cannot be delivered: its fields or record are missing or damaged")]
         public static partial void Malformed(ILogger logger, string id);

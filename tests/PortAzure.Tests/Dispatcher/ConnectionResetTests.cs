@@ -52,6 +52,70 @@ public class ConnectionResetTests
     }
 
     [Fact]
+    public async Task Read_ReplyLost_TheRunIsDeliveredWithoutWaitingForTheReclaim()
+    {
+        // The read ran, so the entry is pending for this consumer, which never saw it. It was delivered only when a reclaim
+        // took it back, ClaimMinIdle (30 s by default) later: a Redis blip held the run back that long.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
+        var lost = 0;
+        var dispatcher = await relay.AddDispatcherAsync(configure: null, services => FaultyRedis.FailCalls(services,
+            call => IsRead(call) && Interlocked.Exchange(ref lost, 1) == 0 ? ScriptFault.ReplyLost : ScriptFault.None));
+
+        await Eventually.HoldsAsync(async () => await NothingLeftAsync(relay, deliveryId), TimeSpan.FromSeconds(15),
+            "the run delivered and its entry finished well before the reclaim (30 s)");
+        Assert.Equal(1, Volatile.Read(ref lost));
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+        Assert.Contains(dispatcher.Logs.Lines, l => l.Contains("[2111]", StringComparison.Ordinal) && l.Contains("Read back 1 ", StringComparison.Ordinal));
+        Assert.DoesNotContain(dispatcher.Logs.Lines, l => l.Contains("[2104]", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task Read_ReplyLostWhileAnotherRunIsPosted_OnlyTheUnseenEntryIsReadBack()
+    {
+        // The read back covers this consumer's whole pending list, which holds the entry being posted too: started again,
+        // it would find its own lease held (2004) and stay pending.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        await relay.EmulatorApi.ScriptAsync(new { delayMs = 3000 });
+        var reads = 0;
+        var armed = 0;
+        // Reads only when woken (the safety-net poll is a minute): after the first run's read and the empty one after it,
+        // the next read is the second run's.
+        var dispatcher = await relay.AddDispatcherAsync(c => c["Dispatcher:PollIntervalSeconds"] = "60", services => FaultyRedis.FailCalls(services,
+            call =>
+            {
+                if (!IsRead(call))
+                {
+                    return ScriptFault.None;
+                }
+                Interlocked.Increment(ref reads);
+                return Interlocked.Exchange(ref armed, 0) == 1 ? ScriptFault.ReplyLost : ScriptFault.None;
+            }));
+        var first = await DeliveryOutcomeTests.SendAsync(relay);
+        await Eventually.HoldsAsync(async () => Volatile.Read(ref reads) >= 2
+            && (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount == 1,
+            TimeSpan.FromSeconds(10), "the first run being posted, the worker waiting for the next wake-up");
+
+        Volatile.Write(ref armed, 1);
+        var second = await DeliveryOutcomeTests.SendAsync(relay);
+
+        await Eventually.HoldsAsync(async () => await NothingLeftAsync(relay, first) && await NothingLeftAsync(relay, second),
+            TimeSpan.FromSeconds(20), "both runs delivered, nothing left pending");
+        Assert.Equal(0, Volatile.Read(ref armed));
+        Assert.Equal(2, (await relay.EmulatorApi.RequestsAsync()).Count);
+        Assert.Contains(dispatcher.Logs.Lines, l => l.Contains("[2111]", StringComparison.Ordinal) && l.Contains("Read back 1 ", StringComparison.Ordinal));
+        Assert.DoesNotContain(dispatcher.Logs.Lines, l => l.Contains("[2004]", StringComparison.Ordinal));
+    }
+
+    /// <summary>A read of new entries, or of the consumer's own pending ones, on the delivery stream.</summary>
+    private static bool IsRead(RedisCall call) => call.Method == nameof(IDatabase.StreamReadGroupAsync) && call.Key == RedisKeys.Stream;
+
+    private static async Task<bool> NothingLeftAsync(Relay relay, string deliveryId) =>
+        (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.Delivered
+        && await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0
+        && (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount == 0;
+
+    [Fact]
     public async Task Enqueue_ConnectionReset_Answers503OutcomeUnknown()
     {
         await using var relay = await Relay.StartAsync(dispatchers: 0);

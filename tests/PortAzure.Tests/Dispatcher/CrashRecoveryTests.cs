@@ -65,6 +65,39 @@ public class CrashRecoveryTests(ITestOutputHelper output)
         return Assert.Single(await relay.Db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, consumer, ">", 10));
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task PendingEntry_OfAConsumerRestartedUnderItsName_IsReadBackAtStart(bool sameName)
+    {
+        // A Dispatcher with a configured name read an entry and stopped before starting it (a crash). Restarted under the
+        // same name, it holds the entry still and reads it back at once; under another name the entry waits for the reclaim
+        // (timeout + margin, 30 s by default).
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var read = await QueueOneReadByAsync(relay, "dispatcher-0");
+        var deliveryId = DeliveryEntry.FromStreamEntry(read)!.DeliveryId;
+
+        var dispatcher = await relay.AddDispatcherAsync(c => c["Dispatcher:ConsumerName"] = sameName ? "dispatcher-0" : "dispatcher-1");
+
+        if (sameName)
+        {
+            await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.Delivered
+                && (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount == 0,
+                TimeSpan.FromSeconds(15), "delivered well before the reclaim (30 s)");
+            Assert.Single(await relay.EmulatorApi.RequestsAsync());
+            Assert.Contains(dispatcher.Logs.Lines, l => l.Contains("[2111]", StringComparison.Ordinal));
+            // Counted as a claim, as the reclaim would have: a run that crashes every Dispatcher still ends as poison.
+            Assert.Equal(1, (long)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Claims));
+        }
+        else
+        {
+            await Task.Delay(TimeSpan.FromSeconds(5));
+            Assert.Empty(await relay.EmulatorApi.RequestsAsync());
+            Assert.Equal("dispatcher-0", Assert.Single(await relay.Db.StreamPendingMessagesAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, 10, RedisValue.Null)).ConsumerName);
+            Assert.DoesNotContain(dispatcher.Logs.Lines, l => l.Contains("[2111]", StringComparison.Ordinal));
+        }
+    }
+
     [Fact]
     public async Task PendingEntry_OfAStoppedConsumer_IsNotClaimedBeforeTimeoutPlusMargin()
     {
