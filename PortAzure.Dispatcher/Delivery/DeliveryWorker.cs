@@ -20,9 +20,9 @@ internal sealed partial class DeliveryWorker(
     TimeProvider timeProvider,
     ILogger<DeliveryWorker> logger) : BackgroundService
 {
-    private readonly Channel<bool> _wake = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
     private const int ReadBackPage = 100;
 
+    private readonly Channel<bool> _wake = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
     private readonly ConcurrentDictionary<Task, bool> _inFlight = new();
     // The stream entries being processed here, by id: a read of this consumer's own pending list passes over them.
     private readonly ConcurrentDictionary<string, bool> _inFlightEntries = new(StringComparer.Ordinal);
