@@ -168,6 +168,38 @@ internal sealed partial class PortReportingService(
         }
         // Waits end at the stop, calls under way within StopGrace; their reports are handed back.
         await Task.WhenAll(_sending.Values);
+        if (_mayHoldUnread && groupReady)
+        {
+            await HandBackUnreadAsync();
+        }
+    }
+
+    /// <summary>
+    /// At the stop, after a read whose reply may have been lost that no round read back since: the reports pending for
+    /// this reporter are handed back with the unsent ones, not left for the takeover after
+    /// <see cref="DispatcherOptions.PortReportReclaimSeconds"/>. (One whose removal failed after it was sent is among them,
+    /// and is sent again at once instead of after that takeover.)
+    /// </summary>
+    private async Task HandBackUnreadAsync()
+    {
+        var entries = new List<StreamEntry>();
+        try
+        {
+            await ReadOwnUnsentAsync(redis.GetDatabase(), entries);
+        }
+        catch (Exception ex)
+        {
+            // Left pending: taken over after the reclaim time.
+            Log.QueueError(logger, ex);
+            return;
+        }
+        foreach (var entry in entries)
+        {
+            if (PortReport.FromStreamEntry(entry) is { } report)
+            {
+                await HandBackAsync(entry, report);
+            }
+        }
     }
 
     public override void Dispose()

@@ -1,3 +1,4 @@
+using Microsoft.Extensions.DependencyInjection;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
 using StackExchange.Redis;
@@ -249,6 +250,59 @@ public class PortReportFaultSweepTests(ITestOutputHelper output)
         // The read's failure is said (2205), and nothing was taken over (2209) or dropped (2203).
         Assert.Contains(dispatcher.Logs.Lines, l => l.Contains("[2205]", StringComparison.Ordinal));
         Assert.DoesNotContain(dispatcher.Logs.Lines, l => System.Text.RegularExpressions.Regex.IsMatch(l, @"^\w+ [^ ]*\[(2203|2209)\]"));
+    }
+
+    [Fact]
+    public async Task Read_ReplyLostJustBeforeTheStop_TheReportIsHandedBack()
+    {
+        // The read ran, so the report is pending for this reporter, which never saw it, and the stop came before a round
+        // read it back (Redis still failing meanwhile). It was left pending, not handed back with the unsent reports, and
+        // sent only when another reporter took it over the reclaim time later (15 min by default).
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        var counting = 0;
+        var lost = 0;
+        var stopping = 0;
+        var dispatcher = await relay.AddDispatcherAsync(c => c["Dispatcher:PortReportReclaimSeconds"] = "60", services => FaultyRedis.FailCalls(services, call =>
+        {
+            if (Kind(call) == Finish)
+            {
+                Volatile.Write(ref counting, 1);
+                return ScriptFault.None;
+            }
+            if (Volatile.Read(ref counting) == 0 || call.Key != RedisKeys.PortReports || Volatile.Read(ref stopping) == 1)
+            {
+                return ScriptFault.None;
+            }
+            // The first read of the report after the finish loses its reply; the reporter's calls after it fail until the stop.
+            if (Kind(call) == nameof(IDatabase.StreamReadGroupAsync) && Interlocked.Exchange(ref lost, 1) == 0)
+            {
+                return ScriptFault.ReplyLost;
+            }
+            return Volatile.Read(ref lost) == 1 ? ScriptFault.NotRun : ScriptFault.None;
+        }));
+        dispatcher.Services.GetRequiredService<Microsoft.Extensions.Hosting.IHostApplicationLifetime>().ApplicationStopping
+            .Register(() => Volatile.Write(ref stopping, 1));
+        var runId = TestRuns.NewRunId();
+
+        await SendAsync(relay, runId);
+        await Eventually.HoldsAsync(async () => Volatile.Read(ref lost) == 1
+                && (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount == 1,
+            TimeSpan.FromSeconds(20), "the report read with its reply lost, pending for the reporter");
+        // A few failed rounds: the reporter is backing off when the stop comes.
+        await Task.Delay(TimeSpan.FromSeconds(1));
+        await relay.StopDispatcherAsync(dispatcher);
+
+        // Handed back: a new entry, pending for nobody, that any reporter reads at once.
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
+        Assert.Equal(0, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
+        Assert.Contains(dispatcher.Logs.Lines, l => l.Contains("[2208]", StringComparison.Ordinal));
+        Assert.DoesNotContain(dispatcher.Logs.Lines, l => l.StartsWith("Err", StringComparison.Ordinal));
+        Assert.Empty(await relay.EmulatorApi.PortCallsAsync());
+        await relay.AddDispatcherAsync(c => c["Dispatcher:PortReportReclaimSeconds"] = "60");
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201)
+                && await NothingLeftAsync(relay),
+            TimeSpan.FromSeconds(20), "the next Dispatcher sends the report well before the reclaim time (60 s)");
+        Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.RunId == runId);
     }
 
     private static async Task SendAsync(Relay relay, string runId)
