@@ -152,10 +152,11 @@ internal sealed partial class DeliveryWorker(
                 handled++;
             }
         }
-        catch (Exception ex) when (RedisFailures.IsFailure(ex))
+        catch
         {
-            // A Redis error before these were started: their claims end here, so that the next claim of
-            // their slots is not counted as a crashed attempt.
+            // A failure before these were started: their claims end here, so that the next claim of their slots is not
+            // counted as a crashed attempt. Any failure, not only one known as Redis's: the client has failed calls with
+            // exceptions nobody listed (a raw socket reset), and the slots then waited out the lease (82.5 s by default).
             await store.ReleaseRetryClaimsAsync(due.Skip(handled).Select(d => d.DeliveryId), timeProvider.GetUtcNow());
             throw;
         }
