@@ -305,6 +305,49 @@ public class PortReportFaultSweepTests(ITestOutputHelper output)
         Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.RunId == runId);
     }
 
+    [Theory]
+    [InlineData(ScriptFault.NotRun)]
+    [InlineData(ScriptFault.ReplyLost)]
+    public async Task HandBack_FailsAtTheStop_TheReportIsStillSentOnceMore(ScriptFault fault)
+    {
+        // A call to Port cut short by the stop (it may have reached Port), and the hand-back that follows fails: not run,
+        // the report stays pending for the stopped reporter and is taken over after the reclaim time; run with its reply
+        // lost, it was handed back. Either way the next Dispatcher sends it, and nothing is left in the report stream.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientId"] = "relay-client";
+            c["Dispatcher:PortReportReclaimSeconds"] = "2";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+        }, dispatchers: 0);
+        var failed = 0;
+        var stopped = await relay.AddDispatcherAsync(configure: null, services => FaultyRedis.FailCalls(services,
+            call => Kind(call) == HandBack && Interlocked.Exchange(ref failed, 1) == 0 ? fault : ScriptFault.None));
+        await relay.EmulatorApi.PortBehaviorAsync(new { delayMs = 30_000 });
+        var runId = TestRuns.NewRunId();
+        await SendAsync(relay, runId);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId), TimeSpan.FromSeconds(20),
+            "the report's call reaches Port and waits for its answer");
+
+        await relay.StopDispatcherAsync(stopped);
+
+        Assert.Equal(1, Volatile.Read(ref failed));
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
+        Assert.Equal(fault == ScriptFault.NotRun ? 1 : 0, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
+        // The failure said (2205); the hand-back not claimed (2208) when its reply did not come.
+        Assert.Contains(stopped.Logs.Lines, l => l.Contains("[2205]", StringComparison.Ordinal));
+        Assert.DoesNotContain(stopped.Logs.Lines, l => l.Contains("[2208]", StringComparison.Ordinal));
+        await relay.EmulatorApi.PortBehaviorAsync(new { delayMs = 0 });
+        // Past the reclaim time: the stopped reporter is idle long enough to be taken for gone at the next start.
+        await Task.Delay(TimeSpan.FromSeconds(2.5));
+        var next = await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201)
+                && await NothingLeftAsync(relay),
+            TimeSpan.FromSeconds(20), "the next Dispatcher sends the report, and nothing is left in the report stream");
+        // The call cut short, then the one sent by the next Dispatcher: as documented for a call cut short at a stop.
+        Assert.Equal(2, (await relay.EmulatorApi.PortCallsAsync()).Count(c => c.RunId == runId));
+        Assert.DoesNotContain(stopped.Logs.Lines.Concat(next.Logs.Lines), l => l.StartsWith("Err", StringComparison.Ordinal));
+    }
+
     private static async Task SendAsync(Relay relay, string runId)
     {
         using var accepted = await relay.SendRunAsync(TestRuns.Body(runId));
