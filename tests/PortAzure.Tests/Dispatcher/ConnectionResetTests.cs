@@ -107,6 +107,35 @@ public class ConnectionResetTests
         Assert.DoesNotContain(dispatcher.Logs.Lines, l => l.Contains("[2004]", StringComparison.Ordinal));
     }
 
+    [Theory]
+    [InlineData(ScriptFault.NotRun, nameof(IDatabase.StreamCreateConsumerGroupAsync))]
+    [InlineData(ScriptFault.ReplyLost, nameof(IDatabase.StreamCreateConsumerGroupAsync))]
+    [InlineData(ScriptFault.NotRun, "DELCONSUMER")]
+    [InlineData(ScriptFault.ReplyLost, "DELCONSUMER")]
+    [InlineData(ScriptFault.NotRun, nameof(IDatabase.StreamReadGroupAsync))]
+    [InlineData(ScriptFault.ReplyLost, nameof(IDatabase.StreamReadGroupAsync))]
+    public async Task Start_ConsumerNameConfigured_AStartUpCallFails_HeldAndNewRunsAreDeliveredOnce(ScriptFault fault, string step)
+    {
+        // The start's calls in turn: the group's creation, the removal of stale consumers, the read back of the entry this
+        // consumer held before its restart (the first read). Each is tried again: the held run and a new one are posted
+        // once each, well before the reclaim (30 s).
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0", createStream: true);
+        var held = await DeliveryOutcomeTests.SendAsync(relay);
+        Assert.Single(await relay.Db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dispatcher-0", ">", 1));
+        var failed = 0;
+        var dispatcher = await relay.AddDispatcherAsync(c => c["Dispatcher:ConsumerName"] = "dispatcher-0", services => FaultyRedis.FailCalls(services,
+            call => call.Key == RedisKeys.Stream && (call.Method == step || call.Script?.Contains(step, StringComparison.Ordinal) == true)
+                && Interlocked.Exchange(ref failed, 1) == 0 ? fault : ScriptFault.None));
+        var fresh = await DeliveryOutcomeTests.SendAsync(relay);
+
+        await Eventually.HoldsAsync(async () => await NothingLeftAsync(relay, held) && await NothingLeftAsync(relay, fresh), TimeSpan.FromSeconds(15),
+            "both runs delivered well before the reclaim (30 s), nothing left pending");
+        Assert.Equal(1, Volatile.Read(ref failed));
+        Assert.Equal(2, (await relay.EmulatorApi.RequestsAsync()).Count);
+        Assert.DoesNotContain(dispatcher.Logs.Lines, l => l.StartsWith("Err", StringComparison.Ordinal));
+    }
+
     /// <summary>A read of new entries, or of the consumer's own pending ones, on the delivery stream.</summary>
     private static bool IsRead(RedisCall call) => call.Method == nameof(IDatabase.StreamReadGroupAsync) && call.Key == RedisKeys.Stream;
 
