@@ -214,6 +214,9 @@ internal sealed partial class DeliveryWorker(
     /// <returns>The entries, and whether there were no more.</returns>
     private async Task<(List<StreamEntry> Entries, bool Complete)> ReadOwnUnstartedAsync(int max)
     {
+        // Taken before the read: an attempt that ends (and acknowledges its entry) while the read is under way is still
+        // known, where a look after the read would start the entry again (a second, early POST of a run that got a 503).
+        var processing = _inFlightEntries.Keys.ToHashSet(StringComparer.Ordinal);
         var found = new List<StreamEntry>();
         RedisValue after = "0-0";
         while (true)
@@ -222,7 +225,7 @@ internal sealed partial class DeliveryWorker(
             foreach (var entry in page)
             {
                 // One deleted while pending comes back without its fields: left to the reclaim, which drops it.
-                if (entry.Values is { Length: > 0 } && !_inFlightEntries.ContainsKey(entry.Id.ToString()))
+                if (entry.Values is { Length: > 0 } && !processing.Contains(entry.Id.ToString()))
                 {
                     if (found.Count == max)
                     {
