@@ -548,9 +548,10 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             result = (RedisResult[])(await Db.ScriptEvaluateAsync(ClaimDueScript, [RedisKeys.RetrySchedule, RedisKeys.RetryClaims, batch],
                 [now.ToUnixTimeMilliseconds(), leaseUntil, count, (long)lease.TotalMilliseconds]))!;
         }
-        catch (Exception ex) when (RedisFailures.IsFailure(ex))
+        catch
         {
-            // The script may have run with its reply lost. Sent on the same connection, the release runs after it.
+            // The script may have run with its reply lost. Sent on the same connection, the release runs after it. Any
+            // failure, not only one known as Redis's: the client has failed calls with exceptions nobody listed.
             await ReleaseClaimBatchAsync(batch, now, leaseUntil);
             throw;
         }

@@ -16,6 +16,7 @@ public class RetryScheduleFaultTests
     [Theory]
     [InlineData(ScriptFault.NotRun, Claim)]
     [InlineData(ScriptFault.ReplyLost, Claim)]
+    [InlineData(ScriptFault.ReplyLostUnclassified, Claim)]
     [InlineData(ScriptFault.NotRun, Load)]
     [InlineData(ScriptFault.ReplyLost, Load)]
     [InlineData(ScriptFault.NotRunUnclassified, Load)]

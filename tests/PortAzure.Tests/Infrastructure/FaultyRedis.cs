@@ -48,6 +48,9 @@ public enum ScriptFault
 
     /// <summary>The call fails without reaching Redis, with an exception nobody classified as a Redis failure.</summary>
     NotRunUnclassified,
+
+    /// <summary>The call runs, and its reply is lost with an exception nobody classified as a Redis failure.</summary>
+    ReplyLostUnclassified,
 }
 
 /// <summary>
@@ -146,8 +149,9 @@ public static class FaultyRedis
             return fault switch
             {
                 ScriptFault.NotRun => Generic(nameof(FailAsync), result).Invoke(null, [ConnectionReset()]),
-                ScriptFault.NotRunUnclassified => Generic(nameof(FailAsync), result).Invoke(null, [new ObjectDisposedException("the socket")]),
-                _ => Generic(nameof(LoseReplyAsync), result).Invoke(null, [Forward(method, Inner, args)]),
+                ScriptFault.NotRunUnclassified => Generic(nameof(FailAsync), result).Invoke(null, [Unclassified()]),
+                ScriptFault.ReplyLostUnclassified => Generic(nameof(LoseReplyAsync), result).Invoke(null, [Forward(method, Inner, args), Unclassified()]),
+                _ => Generic(nameof(LoseReplyAsync), result).Invoke(null, [Forward(method, Inner, args), ConnectionReset()]),
             };
         }
 
@@ -156,11 +160,13 @@ public static class FaultyRedis
 
         internal static Task<T> FailAsync<T>(Exception exception) => Task.FromException<T>(exception);
 
-        internal static async Task<T> LoseReplyAsync<T>(Task<T> call)
+        internal static async Task<T> LoseReplyAsync<T>(Task<T> call, Exception exception)
         {
             await call;
-            throw ConnectionReset();
+            throw exception;
         }
+
+        internal static ObjectDisposedException Unclassified() => new("the socket");
 
         /// <summary>The first key a call names: its first argument, or a script's first KEYS entry.</summary>
         internal static string? FirstKey(object?[]? args) => args switch
@@ -204,24 +210,27 @@ public static class FaultyRedis
             switch (fault)
             {
                 case ScriptFault.None:
-                    return ExecAsync((Task<bool>)Forward(method, Inner, args)!, replyLost: false);
+                    return ExecAsync((Task<bool>)Forward(method, Inner, args)!, replyLost: null);
                 case ScriptFault.ReplyLost:
-                    return ExecAsync((Task<bool>)Forward(method, Inner, args)!, replyLost: true);
+                    return ExecAsync((Task<bool>)Forward(method, Inner, args)!, ConnectionReset());
+                case ScriptFault.ReplyLostUnclassified:
+                    return ExecAsync((Task<bool>)Forward(method, Inner, args)!, DatabaseProxy.Unclassified());
                 default:
-                    var exception = fault == ScriptFault.NotRun ? ConnectionReset() : new ObjectDisposedException("the socket");
+                    var exception = fault == ScriptFault.NotRun ? ConnectionReset() : DatabaseProxy.Unclassified();
                     _exec.TrySetException(exception);
                     return Task.FromException<bool>(exception);
             }
         }
 
-        private async Task<bool> ExecAsync(Task<bool> exec, bool replyLost)
+        /// <param name="replyLost">What the caller gets instead of the reply, or null to get the reply.</param>
+        private async Task<bool> ExecAsync(Task<bool> exec, Exception? replyLost)
         {
             try
             {
                 var committed = await exec;
-                if (replyLost)
+                if (replyLost is not null)
                 {
-                    throw ConnectionReset();
+                    throw replyLost;
                 }
                 _exec.TrySetResult();
                 return committed;
