@@ -24,7 +24,8 @@ internal sealed partial class DeliveryWorker(
 
     private readonly Channel<bool> _wake = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
     private readonly ConcurrentDictionary<Task, bool> _inFlight = new();
-    // The stream entries being processed here, by id: a read of this consumer's own pending list passes over them.
+    // The stream entries being processed here, by id: neither a reclaim nor a read back of this consumer's pending list
+    // starts one of them a second time.
     private readonly ConcurrentDictionary<string, bool> _inFlightEntries = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _abandon = new();
     private RedisValue _claimCursor = "0-0";
@@ -36,6 +37,10 @@ internal sealed partial class DeliveryWorker(
     // which then waited ClaimMinIdle (30 s by default) to be reclaimed. The next round reads them back (as the first does
     // under a configured consumer name, which may have held entries before a restart).
     private bool _mayHoldUnread;
+    // Where the next read back goes on after one that the free slots stopped. Begun from the start each time, it found the
+    // same entries again (held by leases still running, each given up at once) and never reached those after them: a hot
+    // loop until the leases ran out.
+    private RedisValue _readBackAfter = "0-0";
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -183,11 +188,12 @@ internal sealed partial class DeliveryWorker(
                 var claim = await redis.GetDatabase().StreamAutoClaimAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name,
                     (long)opts.ClaimMinIdle.TotalMilliseconds, _claimCursor, slots.CurrentCount);
                 _claimCursor = claim.NextStartId;
-                if (claim.ClaimedEntries.Length > 0)
+                var reclaimed = await StartEntriesAsync(slots, claim.ClaimedEntries, claimed: true, stoppingToken);
+                if (reclaimed > 0)
                 {
-                    Log.Claimed(logger, claim.ClaimedEntries.Length);
+                    Log.Claimed(logger, reclaimed);
                 }
-                started += await StartEntriesAsync(slots, claim.ClaimedEntries, claimed: true, stoppingToken);
+                started += reclaimed;
             }
 
             if (slots.CurrentCount > 0 && !stoppingToken.IsCancellationRequested)
@@ -199,8 +205,10 @@ internal sealed partial class DeliveryWorker(
         catch
         {
             // The call that failed may have given this consumer entries it never saw (a reply lost), and the entries after
-            // a failed one in what was read are dropped here: all of them are pending for this consumer.
+            // a failed one in what was read are dropped here: all of them are pending for this consumer, wherever they are in
+            // its list.
             _mayHoldUnread = true;
+            _readBackAfter = "0-0";
             throw;
         }
         return started;
@@ -208,8 +216,10 @@ internal sealed partial class DeliveryWorker(
 
     /// <summary>
     /// Up to <paramref name="max"/> entries pending for this consumer that it is not processing: the history of its own
-    /// pending list (XREADGROUP from 0). Their owner stays; Redis resets their idle time, so one held by a lease that is
-    /// still running (a finish that gave up) is reclaimed a ClaimMinIdle later than it would have been.
+    /// pending list (XREADGROUP from an id), from where the last read back stopped. Their owner stays; Redis resets their
+    /// idle time. One held by a lease that is still running (a finish that gave up, a crash before a restart under the
+    /// same name) is started, given up at once ("leased by another", 2004), and reclaimed up to a ClaimMinIdle later than
+    /// it would have been.
     /// </summary>
     /// <returns>The entries, and whether there were no more.</returns>
     private async Task<(List<StreamEntry> Entries, bool Complete)> ReadOwnUnstartedAsync(int max)
@@ -218,7 +228,7 @@ internal sealed partial class DeliveryWorker(
         // known, where a look after the read would start the entry again (a second, early POST of a run that got a 503).
         var processing = _inFlightEntries.Keys.ToHashSet(StringComparer.Ordinal);
         var found = new List<StreamEntry>();
-        RedisValue after = "0-0";
+        var after = _readBackAfter;
         while (true)
         {
             var page = await redis.GetDatabase().StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name, after, ReadBackPage);
@@ -229,6 +239,7 @@ internal sealed partial class DeliveryWorker(
                 {
                     if (found.Count == max)
                     {
+                        _readBackAfter = found[^1].Id;
                         return (found, false);
                     }
                     found.Add(entry);
@@ -236,6 +247,7 @@ internal sealed partial class DeliveryWorker(
             }
             if (page.Length < ReadBackPage)
             {
+                _readBackAfter = "0-0";
                 return (found, true);
             }
             after = page[^1].Id;
@@ -263,7 +275,14 @@ internal sealed partial class DeliveryWorker(
                 await transaction.ExecuteAsync();
                 continue;
             }
-            await StartAsync(slots, entry, streamEntry.Id.ToString(), claimed, stoppingToken);
+            // Being processed here already: the reclaim takes this consumer's own entries too (an attempt whose finish is
+            // still retrying outlasts ClaimMinIdle), and a second attempt would only find the first one's lease.
+            var streamId = streamEntry.Id.ToString();
+            if (!_inFlightEntries.TryAdd(streamId, true))
+            {
+                continue;
+            }
+            await StartAsync(slots, entry, streamId, claimed, stoppingToken);
             started++;
         }
         return started;
@@ -274,10 +293,6 @@ internal sealed partial class DeliveryWorker(
     {
         // The slot is taken even during shutdown: the entry is already ours and must be handled or left pending.
         await slots.WaitAsync(CancellationToken.None);
-        if (streamId is not null)
-        {
-            _inFlightEntries[streamId] = true;
-        }
         var task = Task.Run(async () =>
         {
             try

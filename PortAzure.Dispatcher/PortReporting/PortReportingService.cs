@@ -178,7 +178,8 @@ internal sealed partial class PortReportingService(
     /// At the stop, after a read whose reply may have been lost that no round read back since: the reports pending for
     /// this reporter are handed back with the unsent ones, not left for the takeover after
     /// <see cref="DispatcherOptions.PortReportReclaimSeconds"/>. (One whose removal failed after it was sent is among them,
-    /// and is sent again at once instead of after that takeover.)
+    /// and is sent again at once instead of after that takeover.) At most as many as there are free slots (256 at rest):
+    /// any beyond them wait for the takeover.
     /// </summary>
     private async Task HandBackUnreadAsync()
     {

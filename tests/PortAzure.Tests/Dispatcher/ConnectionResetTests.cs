@@ -74,34 +74,24 @@ public class ConnectionResetTests
     public async Task Read_ReplyLostWhileAnotherRunIsPosted_OnlyTheUnseenEntryIsReadBack()
     {
         // The read back covers this consumer's whole pending list, which holds the entry being posted too: started again,
-        // it would find its own lease held (2004) and stay pending.
+        // it would find the running attempt's lease (2004).
         await using var relay = await Relay.StartAsync(dispatchers: 0);
         await relay.EmulatorApi.ScriptAsync(new { delayMs = 3000 });
-        var reads = 0;
-        var armed = 0;
-        // Reads only when woken (the safety-net poll is a minute): after the first run's read and the empty one after it,
-        // the next read is the second run's.
-        var dispatcher = await relay.AddDispatcherAsync(c => c["Dispatcher:PollIntervalSeconds"] = "60", services => FaultyRedis.FailCalls(services,
-            call =>
-            {
-                if (!IsRead(call))
-                {
-                    return ScriptFault.None;
-                }
-                Interlocked.Increment(ref reads);
-                return Interlocked.Exchange(ref armed, 0) == 1 ? ScriptFault.ReplyLost : ScriptFault.None;
-            }));
+        var lost = 0;
+        // The first read of new entries once the second run is queued (two in the stream, the first being posted) is the
+        // one that takes it: its reply is lost.
+        var dispatcher = await relay.AddDispatcherAsync(configure: null, services => FaultyRedis.FailCalls(services,
+            call => IsRead(call) && !IsReadBack(call) && relay.Db.StreamLength(RedisKeys.Stream) == 2 && Interlocked.Exchange(ref lost, 1) == 0
+                ? ScriptFault.ReplyLost : ScriptFault.None));
         var first = await DeliveryOutcomeTests.SendAsync(relay);
-        await Eventually.HoldsAsync(async () => Volatile.Read(ref reads) >= 2
-            && (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount == 1,
-            TimeSpan.FromSeconds(10), "the first run being posted, the worker waiting for the next wake-up");
+        await Eventually.HoldsAsync(async () => (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount == 1,
+            TimeSpan.FromSeconds(10), "the first run being posted");
 
-        Volatile.Write(ref armed, 1);
         var second = await DeliveryOutcomeTests.SendAsync(relay);
 
         await Eventually.HoldsAsync(async () => await NothingLeftAsync(relay, first) && await NothingLeftAsync(relay, second),
             TimeSpan.FromSeconds(20), "both runs delivered, nothing left pending");
-        Assert.Equal(0, Volatile.Read(ref armed));
+        Assert.Equal(1, Volatile.Read(ref lost));
         Assert.Equal(2, (await relay.EmulatorApi.RequestsAsync()).Count);
         Assert.Contains(dispatcher.Logs.Lines, l => l.Contains("[2111]", StringComparison.Ordinal) && l.Contains("Read back 1 ", StringComparison.Ordinal));
         Assert.DoesNotContain(dispatcher.Logs.Lines, l => l.Contains("[2004]", StringComparison.Ordinal));
@@ -135,6 +125,84 @@ public class ConnectionResetTests
         Assert.Equal(2, (await relay.EmulatorApi.RequestsAsync()).Count);
         Assert.DoesNotContain(dispatcher.Logs.Lines, l => l.StartsWith("Err", StringComparison.Ordinal));
     }
+
+    [Fact]
+    public async Task Reclaim_OfThisConsumersOwnEntryWhoseFinishIsRetrying_DoesNotStartItAgain()
+    {
+        // The reclaim takes this consumer's own entries too: one whose finish keeps retrying past ClaimMinIdle (2 s here)
+        // was started a second time, found the first attempt's lease (2004) and, ending, struck the entry from what this
+        // consumer was processing while the first attempt still ran.
+        await using var redis = await RedisServer.StartAsync();
+        await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString, dispatchers: 0);
+        long failUntil = 0;
+        var dispatcher = await relay.AddDispatcherAsync(c =>
+        {
+            c["Dispatcher:RequestTimeoutSeconds"] = "1";
+            c["Dispatcher:ClaimMarginSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+            // The finish's window: the lease (1 + 20 + 0.5 s) less one Redis timeout (3 s).
+            c["Dispatcher:FinishRetrySeconds"] = "20";
+        }, services => FaultyRedis.FailScripts(services, script =>
+        {
+            if (!DispatcherScripts.IsFinish(script))
+            {
+                return ScriptFault.None;
+            }
+            // The first finish starts 5 s of failures.
+            Interlocked.CompareExchange(ref failUntil, Environment.TickCount64 + 5000, 0);
+            return Environment.TickCount64 < Interlocked.Read(ref failUntil) ? ScriptFault.NotRun : ScriptFault.None;
+        }));
+
+        var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
+
+        await Eventually.HoldsAsync(async () => await NothingLeftAsync(relay, deliveryId), TimeSpan.FromSeconds(20),
+            "the run recorded delivered once the finish went through");
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+        Assert.DoesNotContain(dispatcher.Logs.Lines, l => l.Contains("[2004]", StringComparison.Ordinal) || l.Contains("[2104]", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task ReadBack_AnAttemptEndsBetweenTheReadAndItsReply_TheEntryIsNotStartedAgain()
+    {
+        // The read back passes over what is being processed. Looked at once its reply had come, an attempt that ended after
+        // Redis ran the read (its entry still listed, acknowledged since) was no longer being processed: started again, a
+        // run that Azure had just answered 503 was posted a second time at once instead of at its retry.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503, delayMs = 1500 } } });
+        var newReads = 0;
+        var heldReadBacks = 0;
+        var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
+        var dispatcher = await relay.AddDispatcherAsync(
+            // The retry is due 30 s on: a second POST before then is the defect.
+            c =>
+            {
+                c["Dispatcher:Retry:InitialDelaySeconds"] = "30";
+                c["Dispatcher:Retry:MaxDelaySeconds"] = "60";
+            },
+            services => FaultyRedis.FailCalls(services,
+                // The first read takes the run; the second, while it is being posted, loses its reply: the next round reads back.
+                call => IsRead(call) && !IsReadBack(call) && Interlocked.Increment(ref newReads) == 2 ? ScriptFault.ReplyLost : ScriptFault.None,
+                // The read back's reply waits until the attempt has recorded the 503 (and its task has ended).
+                call => IsReadBack(call) ? HoldAsync() : null));
+
+        async Task HoldAsync()
+        {
+            await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.Retrying,
+                TimeSpan.FromSeconds(10), "the 503 recorded");
+            await Task.Delay(200);
+            Interlocked.Increment(ref heldReadBacks);
+        }
+
+        await Eventually.HoldsAsync(() => Task.FromResult(Volatile.Read(ref heldReadBacks) >= 1), TimeSpan.FromSeconds(15), "the read back answered");
+        await Task.Delay(TimeSpan.FromSeconds(3));
+
+        Assert.True(Volatile.Read(ref newReads) >= 2, "the second read failed");
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+        Assert.Equal(DeliveryStates.Retrying, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State));
+    }
+
+    private static bool IsReadBack(RedisCall call) =>
+        IsRead(call) && call.Arguments is [_, _, _, RedisValue position, ..] && position != ">";
 
     /// <summary>A read of new entries, or of the consumer's own pending ones, on the delivery stream.</summary>
     private static bool IsRead(RedisCall call) => call.Method == nameof(IDatabase.StreamReadGroupAsync) && call.Key == RedisKeys.Stream;

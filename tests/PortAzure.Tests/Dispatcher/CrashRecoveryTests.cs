@@ -99,6 +99,40 @@ public class CrashRecoveryTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task PendingEntries_MoreHeldByRunningLeasesThanSlots_TheReadBackGoesOnToTheOnesAfterThem()
+    {
+        // Restarted under its name with 2 slots, the Dispatcher holds 3 entries whose crashed attempts' leases still run,
+        // then 1 it never started. Each read back began from the start: it found the first 2 again (each given up at once,
+        // "leased by another"), round after round without a pause, and never reached the last one (tens of thousands of
+        // begin scripts and 2111 lines in 5 s).
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var store = new PortAzure.Dispatcher.Delivery.DeliveryStore(relay.Redis);
+        for (var i = 0; i < 3; i++)
+        {
+            var held = DeliveryEntry.FromStreamEntry(await QueueOneReadByAsync(relay, "dispatcher-0"))!;
+            Assert.True((await store.BeginAsync(held, $"dispatcher-0/attempt-{i}", TimeSpan.FromSeconds(60), false, DateTimeOffset.UtcNow,
+                TimeSpan.FromSeconds(30))).Leased);
+        }
+        var unstarted = DeliveryEntry.FromStreamEntry(await QueueOneReadByAsync(relay, "dispatcher-0"))!.DeliveryId;
+
+        var dispatcher = await relay.AddDispatcherAsync(c =>
+        {
+            c["Dispatcher:ConsumerName"] = "dispatcher-0";
+            c["Dispatcher:MaxConcurrency"] = "2";
+        });
+
+        await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(unstarted), DeliveryRecord.State) == DeliveryStates.Delivered,
+            TimeSpan.FromSeconds(15), "the entry after the held ones delivered, well before the reclaim (30 s) and the leases (60 s)");
+        await Task.Delay(TimeSpan.FromSeconds(1));
+
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+        // Two read backs (2 entries, then the last 2): no loop.
+        var readBacks = dispatcher.Logs.Lines.Count(l => l.Contains("[2111]", StringComparison.Ordinal));
+        Assert.True(readBacks <= 3, $"{readBacks} read backs");
+        Assert.True(dispatcher.Logs.Lines.Count(l => l.Contains("[2004]", StringComparison.Ordinal)) <= 3, "each held entry given up about once");
+    }
+
+    [Fact]
     public async Task PendingEntry_OfAStoppedConsumer_IsNotClaimedBeforeTimeoutPlusMargin()
     {
         await using var relay = await Relay.StartAsync(c =>

@@ -14,6 +14,9 @@ namespace PortAzure.Tests.Infrastructure;
 /// </summary>
 public sealed record RedisCall(string Method, string? Script, string? Key = null, IReadOnlyList<string>? Queued = null)
 {
+    /// <summary>The call's arguments as the caller passed them (null for a transaction).</summary>
+    public IReadOnlyList<object?>? Arguments { get; init; }
+
     /// <summary>How a sweep prints the call: the method, a script's last line, a transaction's queued calls.</summary>
     public override string ToString() =>
         Script is { } script ? $"{Method} {script.Trim().Split('\n')[^1].Trim()} [{Key}]"
@@ -67,15 +70,20 @@ public static class FaultyRedis
         FailCalls(services, call => call.Script is { } script ? fault(script) : ScriptFault.None);
 
     /// <summary>Wraps the registered multiplexer; <paramref name="fault"/> is asked for every asynchronous database call.</summary>
-    public static void FailCalls(IServiceCollection services, Func<RedisCall, ScriptFault> fault)
+    /// <param name="hold">
+    /// Asked for every call not failed (outside transactions): a task returned holds the call's reply, once Redis has run it,
+    /// until the task ends. How a test puts something between a call's run and what the caller does with its reply.
+    /// </param>
+    public static void FailCalls(IServiceCollection services, Func<RedisCall, ScriptFault> fault, Func<RedisCall, Task?>? hold = null)
     {
+        var plan = new Plan(fault, hold ?? (_ => null));
         var registered = services.Last(d => d.ServiceType == typeof(IConnectionMultiplexer) && !d.IsKeyedService);
         services.Remove(registered);
         services.AddSingleton(provider =>
         {
             var inner = registered.ImplementationInstance as IConnectionMultiplexer
                 ?? (IConnectionMultiplexer)registered.ImplementationFactory!(provider);
-            return Wrap<IConnectionMultiplexer, MultiplexerProxy>(inner, fault);
+            return Wrap<IConnectionMultiplexer, MultiplexerProxy>(inner, plan);
         });
     }
 
@@ -95,25 +103,30 @@ public static class FaultyRedis
         }
     }
 
-    /// <summary><paramref name="inner"/> behind a <typeparamref name="TProxy"/> that asks <paramref name="fault"/>.</summary>
-    private static T Wrap<T, TProxy>(T inner, Func<RedisCall, ScriptFault> fault) where TProxy : FaultingProxy<T>
+    /// <summary><paramref name="inner"/> behind a <typeparamref name="TProxy"/> that follows <paramref name="plan"/>.</summary>
+    private static T Wrap<T, TProxy>(T inner, Plan plan) where TProxy : FaultingProxy<T>
     {
         var proxy = DispatchProxy.Create<T, TProxy>();
-        ((FaultingProxy<T>)(object)proxy!).Init(inner, fault);
+        ((FaultingProxy<T>)(object)proxy!).Init(inner, plan);
         return proxy;
     }
+
+    /// <summary>What to fail, and which replies to hold.</summary>
+    internal sealed record Plan(Func<RedisCall, ScriptFault> Fault, Func<RedisCall, Task?> Hold);
 
     /// <summary>A proxy of one client interface: the real object behind it, and what to fail.</summary>
     public abstract class FaultingProxy<T> : DispatchProxy
     {
         protected T Inner { get; private set; } = default!;
 
-        protected Func<RedisCall, ScriptFault> Fault { get; private set; } = null!;
+        internal Plan Plan { get; private set; } = null!;
 
-        internal void Init(T inner, Func<RedisCall, ScriptFault> fault)
+        protected Func<RedisCall, ScriptFault> Fault => Plan.Fault;
+
+        internal void Init(T inner, Plan plan)
         {
             Inner = inner;
-            Fault = fault;
+            Plan = plan;
         }
     }
 
@@ -122,7 +135,7 @@ public static class FaultyRedis
         protected override object? Invoke(MethodInfo? targetMethod, object?[]? args)
         {
             var result = Forward(targetMethod!, Inner, args);
-            return result is IDatabase database ? Wrap<IDatabase, DatabaseProxy>(database, Fault) : result;
+            return result is IDatabase database ? Wrap<IDatabase, DatabaseProxy>(database, Plan) : result;
         }
     }
 
@@ -133,19 +146,22 @@ public static class FaultyRedis
             var method = targetMethod!;
             if (method.Name == nameof(IDatabase.CreateTransaction))
             {
-                return Wrap<ITransaction, TransactionProxy>((ITransaction)Forward(method, Inner, args)!, Fault);
+                return Wrap<ITransaction, TransactionProxy>((ITransaction)Forward(method, Inner, args)!, Plan);
             }
             if (!method.ReturnType.IsGenericType || method.ReturnType.GetGenericTypeDefinition() != typeof(Task<>))
             {
                 return Forward(method, Inner, args);
             }
             var script = method.Name == nameof(IDatabase.ScriptEvaluateAsync) && args is [string text, ..] ? text : null;
-            var fault = Fault(new RedisCall(method.Name, script, FirstKey(args)));
+            var call = new RedisCall(method.Name, script, FirstKey(args)) { Arguments = args };
+            var fault = Fault(call);
+            var result = method.ReturnType.GetGenericArguments()[0];
             if (fault == ScriptFault.None)
             {
-                return Forward(method, Inner, args);
+                return Plan.Hold(call) is { } hold
+                    ? Generic(nameof(HoldReplyAsync), result).Invoke(null, [Forward(method, Inner, args), hold])
+                    : Forward(method, Inner, args);
             }
-            var result = method.ReturnType.GetGenericArguments()[0];
             return fault switch
             {
                 ScriptFault.NotRun => Generic(nameof(FailAsync), result).Invoke(null, [ConnectionReset()]),
@@ -159,6 +175,13 @@ public static class FaultyRedis
             typeof(DatabaseProxy).GetMethod(name, BindingFlags.NonPublic | BindingFlags.Static)!.MakeGenericMethod(result);
 
         internal static Task<T> FailAsync<T>(Exception exception) => Task.FromException<T>(exception);
+
+        internal static async Task<T> HoldReplyAsync<T>(Task<T> call, Task hold)
+        {
+            var reply = await call;
+            await hold;
+            return reply;
+        }
 
         internal static async Task<T> LoseReplyAsync<T>(Task<T> call, Exception exception)
         {
