@@ -166,6 +166,8 @@ internal sealed partial class DeliveryWorker(
             throw;
         }
 
+        // Entries after all this consumer holds: a failure past this point drops none before the read back's cursor.
+        var onlyNewDropped = false;
         try
         {
             if (_mayHoldUnread && slots.CurrentCount > 0 && !stoppingToken.IsCancellationRequested)
@@ -185,10 +187,14 @@ internal sealed partial class DeliveryWorker(
                 && slots.CurrentCount > 0 && !stoppingToken.IsCancellationRequested)
             {
                 _lastClaimAt = timeProvider.GetTimestamp();
+                // Taken before the reclaim, as the read back's: it returns this consumer's own entries too, and one whose
+                // attempt ended after Redis ran it (acknowledged, a retry scheduled) would otherwise be started again.
+                var processing = _inFlightEntries.Keys.ToHashSet(StringComparer.Ordinal);
                 var claim = await redis.GetDatabase().StreamAutoClaimAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name,
                     (long)opts.ClaimMinIdle.TotalMilliseconds, _claimCursor, slots.CurrentCount);
                 _claimCursor = claim.NextStartId;
-                var reclaimed = await StartEntriesAsync(slots, claim.ClaimedEntries, claimed: true, stoppingToken);
+                var reclaimed = await StartEntriesAsync(slots, [.. claim.ClaimedEntries.Where(e => !processing.Contains(e.Id.ToString()))],
+                    claimed: true, stoppingToken);
                 if (reclaimed > 0)
                 {
                     Log.Claimed(logger, reclaimed);
@@ -198,6 +204,7 @@ internal sealed partial class DeliveryWorker(
 
             if (slots.CurrentCount > 0 && !stoppingToken.IsCancellationRequested)
             {
+                onlyNewDropped = true;
                 var entries = await redis.GetDatabase().StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name, ">", slots.CurrentCount);
                 started += await StartEntriesAsync(slots, entries, claimed: false, stoppingToken);
             }
@@ -205,10 +212,14 @@ internal sealed partial class DeliveryWorker(
         catch
         {
             // The call that failed may have given this consumer entries it never saw (a reply lost), and the entries after
-            // a failed one in what was read are dropped here: all of them are pending for this consumer, wherever they are in
-            // its list.
+            // a failed one in what was read are dropped here: all of them are pending for this consumer. Those of a reclaim or
+            // a read back may lie anywhere in its list; a new read's lie after all the others, so a read back under way goes
+            // on (begun again, each backoff round of a lasting failure would restart the same leased entries).
             _mayHoldUnread = true;
-            _readBackAfter = "0-0";
+            if (!onlyNewDropped)
+            {
+                _readBackAfter = "0-0";
+            }
             throw;
         }
         return started;

@@ -77,15 +77,19 @@ public class ConnectionResetTests
         // it would find the running attempt's lease (2004).
         await using var relay = await Relay.StartAsync(dispatchers: 0);
         await relay.EmulatorApi.ScriptAsync(new { delayMs = 3000 });
-        var lost = 0;
-        // The first read of new entries once the second run is queued (two in the stream, the first being posted) is the
-        // one that takes it: its reply is lost.
-        var dispatcher = await relay.AddDispatcherAsync(configure: null, services => FaultyRedis.FailCalls(services,
-            call => IsRead(call) && !IsReadBack(call) && relay.Db.StreamLength(RedisKeys.Stream) == 2 && Interlocked.Exchange(ref lost, 1) == 0
-                ? ScriptFault.ReplyLost : ScriptFault.None));
         var first = await DeliveryOutcomeTests.SendAsync(relay);
-        await Eventually.HoldsAsync(async () => (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount == 1,
-            TimeSpan.FromSeconds(10), "the first run being posted");
+        var reads = 0;
+        var lost = 0;
+        // Reads only when woken (the safety-net poll is a minute): the first takes the first run, the second finds nothing
+        // and the worker waits; the next is the second run's, woken by its XADD. Its reply is lost.
+        var dispatcher = await relay.AddDispatcherAsync(c => c["Dispatcher:PollIntervalSeconds"] = "60", services => FaultyRedis.FailCalls(services,
+            call => IsRead(call) && !IsReadBack(call) && Interlocked.Increment(ref reads) == 3 && Interlocked.Exchange(ref lost, 1) == 0
+                ? ScriptFault.ReplyLost : ScriptFault.None));
+        await Eventually.HoldsAsync(async () => Volatile.Read(ref reads) == 2
+            && (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount == 1,
+            TimeSpan.FromSeconds(10), "the first run being posted, the worker's next read sent");
+        // Time for that read to reach Redis before the second run does.
+        await Task.Delay(500);
 
         var second = await DeliveryOutcomeTests.SendAsync(relay);
 
@@ -168,9 +172,10 @@ public class ConnectionResetTests
         // Redis ran the read (its entry still listed, acknowledged since) was no longer being processed: started again, a
         // run that Azure had just answered 503 was posted a second time at once instead of at its retry.
         await using var relay = await Relay.StartAsync(dispatchers: 0);
-        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503, delayMs = 1500 } } });
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503, delayMs = 3000 } } });
         var newReads = 0;
         var heldReadBacks = 0;
+        var sentBeforeTheEnd = 0;
         var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
         var dispatcher = await relay.AddDispatcherAsync(
             // The retry is due 30 s on: a second POST before then is the defect.
@@ -187,9 +192,12 @@ public class ConnectionResetTests
 
         async Task HoldAsync()
         {
-            await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.Retrying,
-                TimeSpan.FromSeconds(10), "the 503 recorded");
-            await Task.Delay(200);
+            // Else the read ran after the attempt ended and found nothing: the test would pass without testing anything.
+            if ((string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) != DeliveryStates.Retrying)
+            {
+                Interlocked.Increment(ref sentBeforeTheEnd);
+            }
+            await AttemptEndedAsync(relay, deliveryId);
             Interlocked.Increment(ref heldReadBacks);
         }
 
@@ -197,8 +205,81 @@ public class ConnectionResetTests
         await Task.Delay(TimeSpan.FromSeconds(3));
 
         Assert.True(Volatile.Read(ref newReads) >= 2, "the second read failed");
+        Assert.True(Volatile.Read(ref sentBeforeTheEnd) >= 1, "the read back ran while the attempt was under way");
         Assert.Single(await relay.EmulatorApi.RequestsAsync());
         Assert.Equal(DeliveryStates.Retrying, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State));
+    }
+
+    [Fact]
+    public async Task Reclaim_AnAttemptEndsBetweenTheReclaimAndItsReply_TheEntryIsNotStartedAgain()
+    {
+        // The read back's case, for the reclaim, which returns this consumer's own entries too: one whose finish keeps
+        // failing past ClaimMinIdle (2 s here), then goes through (503 recorded, the entry acknowledged) before the reply is
+        // looked at, was no longer being processed: started again, posted a second time at once instead of at its retry.
+        await using var redis = await RedisServer.StartAsync();
+        await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString, dispatchers: 0);
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503 } } });
+        long firstFailure = 0;
+        RedisCall? toHold = null;
+        var heldReclaims = 0;
+        var sentBeforeTheEnd = 0;
+        var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
+        var dispatcher = await relay.AddDispatcherAsync(c =>
+        {
+            c["Dispatcher:RequestTimeoutSeconds"] = "1";
+            c["Dispatcher:ClaimMarginSeconds"] = "1";
+            // One reclaim every 2.5 s: the second comes with the entry idle 2.5 s, none before it has reset that.
+            c["Dispatcher:ClaimIntervalSeconds"] = "2.5";
+            // The finish's window: the lease (1 + 20 + 0.5 s) less one Redis timeout (3 s).
+            c["Dispatcher:FinishRetrySeconds"] = "20";
+            c["Dispatcher:Retry:InitialDelaySeconds"] = "30";
+            c["Dispatcher:Retry:MaxDelaySeconds"] = "60";
+        }, services => FaultyRedis.FailCalls(services,
+            call =>
+            {
+                if (call.Script is { } script && DispatcherScripts.IsFinish(script))
+                {
+                    // The finish fails for 5 s from its first try (it goes through at its try 5.6 s on).
+                    return Elapsed(Interlocked.CompareExchange(ref firstFailure, Environment.TickCount64, 0)) < 5000 ? ScriptFault.NotRun : ScriptFault.None;
+                }
+                // The first reclaim sent while the entry is idle past ClaimMinIdle, the finish still failing, takes it: its reply is
+                // held (asked here, before it is sent; a reclaim resets the idle time).
+                if (call.Method == nameof(IDatabase.StreamAutoClaimAsync) && Volatile.Read(ref toHold) is null && Volatile.Read(ref firstFailure) > 0
+                    && relay.Db.StreamPendingMessages(RedisKeys.Stream, RedisKeys.ConsumerGroup, 1, RedisValue.Null) is [{ IdleTimeInMilliseconds: > 2100 }]
+                    && (string?)relay.Db.HashGet(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) != DeliveryStates.Retrying)
+                {
+                    Volatile.Write(ref toHold, call);
+                }
+                return ScriptFault.None;
+            },
+            call => ReferenceEquals(call, Volatile.Read(ref toHold)) ? HoldAsync() : null));
+
+        static long Elapsed(long since) => since == 0 ? 0 : Environment.TickCount64 - since;
+
+        async Task HoldAsync()
+        {
+            if ((string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) != DeliveryStates.Retrying)
+            {
+                Interlocked.Increment(ref sentBeforeTheEnd);
+            }
+            await AttemptEndedAsync(relay, deliveryId);
+            Interlocked.Increment(ref heldReclaims);
+        }
+
+        await Eventually.HoldsAsync(() => Task.FromResult(Volatile.Read(ref heldReclaims) >= 1), TimeSpan.FromSeconds(15), "the reclaim answered");
+        await Task.Delay(TimeSpan.FromSeconds(3));
+
+        Assert.True(Volatile.Read(ref sentBeforeTheEnd) >= 1, "the reclaim ran while the attempt was under way");
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+        Assert.Equal(DeliveryStates.Retrying, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State));
+    }
+
+    /// <summary>Until the attempt has recorded Azure's 503 and its task has ended.</summary>
+    private static async Task AttemptEndedAsync(Relay relay, string deliveryId)
+    {
+        await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.Retrying,
+            TimeSpan.FromSeconds(10), "the 503 recorded");
+        await Task.Delay(200);
     }
 
     private static bool IsReadBack(RedisCall call) =>

@@ -71,7 +71,7 @@ public static class FaultyRedis
 
     /// <summary>Wraps the registered multiplexer; <paramref name="fault"/> is asked for every asynchronous database call.</summary>
     /// <param name="hold">
-    /// Asked for every call not failed (outside transactions): a task returned holds the call's reply, once Redis has run it,
+    /// Asked for every call not failed (outside transactions), once it is sent: a task returned holds the call's reply
     /// until the task ends. How a test puts something between a call's run and what the caller does with its reply.
     /// </param>
     public static void FailCalls(IServiceCollection services, Func<RedisCall, ScriptFault> fault, Func<RedisCall, Task?>? hold = null)
@@ -158,9 +158,9 @@ public static class FaultyRedis
             var result = method.ReturnType.GetGenericArguments()[0];
             if (fault == ScriptFault.None)
             {
-                return Plan.Hold(call) is { } hold
-                    ? Generic(nameof(HoldReplyAsync), result).Invoke(null, [Forward(method, Inner, args), hold])
-                    : Forward(method, Inner, args);
+                // Sent first: the hold begins once the call is on its way.
+                var forwarded = Forward(method, Inner, args);
+                return Plan.Hold(call) is { } hold ? Generic(nameof(HoldReplyAsync), result).Invoke(null, [forwarded, hold]) : forwarded;
             }
             return fault switch
             {
