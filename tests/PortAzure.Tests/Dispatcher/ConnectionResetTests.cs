@@ -174,9 +174,8 @@ public class ConnectionResetTests
         await using var relay = await Relay.StartAsync(dispatchers: 0);
         await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503, delayMs = 3000 } } });
         var newReads = 0;
-        var heldReadBacks = 0;
-        var sentBeforeTheEnd = 0;
         var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
+        var hold = new UntilTheAttemptEnds(relay, deliveryId);
         var dispatcher = await relay.AddDispatcherAsync(
             // The retry is due 30 s on: a second POST before then is the defect.
             c =>
@@ -188,26 +187,10 @@ public class ConnectionResetTests
                 // The first read takes the run; the second, while it is being posted, loses its reply: the next round reads back.
                 call => IsRead(call) && !IsReadBack(call) && Interlocked.Increment(ref newReads) == 2 ? ScriptFault.ReplyLost : ScriptFault.None,
                 // The read back's reply waits until the attempt has recorded the 503 (and its task has ended).
-                call => IsReadBack(call) ? HoldAsync() : null));
+                call => IsReadBack(call) ? hold.HoldAsync() : null));
 
-        async Task HoldAsync()
-        {
-            // Else the read ran after the attempt ended and found nothing: the test would pass without testing anything.
-            if ((string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) != DeliveryStates.Retrying)
-            {
-                Interlocked.Increment(ref sentBeforeTheEnd);
-            }
-            await AttemptEndedAsync(relay, deliveryId);
-            Interlocked.Increment(ref heldReadBacks);
-        }
-
-        await Eventually.HoldsAsync(() => Task.FromResult(Volatile.Read(ref heldReadBacks) >= 1), TimeSpan.FromSeconds(15), "the read back answered");
-        await Task.Delay(TimeSpan.FromSeconds(3));
-
+        await hold.AssertPostedOnceAsync("the read back");
         Assert.True(Volatile.Read(ref newReads) >= 2, "the second read failed");
-        Assert.True(Volatile.Read(ref sentBeforeTheEnd) >= 1, "the read back ran while the attempt was under way");
-        Assert.Single(await relay.EmulatorApi.RequestsAsync());
-        Assert.Equal(DeliveryStates.Retrying, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State));
     }
 
     [Fact]
@@ -221,9 +204,8 @@ public class ConnectionResetTests
         await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503 } } });
         long firstFailure = 0;
         RedisCall? toHold = null;
-        var heldReclaims = 0;
-        var sentBeforeTheEnd = 0;
         var deliveryId = await DeliveryOutcomeTests.SendAsync(relay);
+        var hold = new UntilTheAttemptEnds(relay, deliveryId);
         var dispatcher = await relay.AddDispatcherAsync(c =>
         {
             c["Dispatcher:RequestTimeoutSeconds"] = "1";
@@ -252,34 +234,45 @@ public class ConnectionResetTests
                 }
                 return ScriptFault.None;
             },
-            call => ReferenceEquals(call, Volatile.Read(ref toHold)) ? HoldAsync() : null));
+            call => ReferenceEquals(call, Volatile.Read(ref toHold)) ? hold.HoldAsync() : null));
 
         static long Elapsed(long since) => since == 0 ? 0 : Environment.TickCount64 - since;
 
-        async Task HoldAsync()
-        {
-            if ((string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) != DeliveryStates.Retrying)
-            {
-                Interlocked.Increment(ref sentBeforeTheEnd);
-            }
-            await AttemptEndedAsync(relay, deliveryId);
-            Interlocked.Increment(ref heldReclaims);
-        }
-
-        await Eventually.HoldsAsync(() => Task.FromResult(Volatile.Read(ref heldReclaims) >= 1), TimeSpan.FromSeconds(15), "the reclaim answered");
-        await Task.Delay(TimeSpan.FromSeconds(3));
-
-        Assert.True(Volatile.Read(ref sentBeforeTheEnd) >= 1, "the reclaim ran while the attempt was under way");
-        Assert.Single(await relay.EmulatorApi.RequestsAsync());
-        Assert.Equal(DeliveryStates.Retrying, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State));
+        await hold.AssertPostedOnceAsync("the reclaim");
     }
 
-    /// <summary>Until the attempt has recorded Azure's 503 and its task has ended.</summary>
-    private static async Task AttemptEndedAsync(Relay relay, string deliveryId)
+    /// <summary>
+    /// Holds a call's reply until the run's attempt has recorded Azure's 503 and its task has ended; then the run must not be
+    /// posted again before its retry (30 s on).
+    /// </summary>
+    private sealed class UntilTheAttemptEnds(Relay relay, string deliveryId)
     {
-        await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.Retrying,
-            TimeSpan.FromSeconds(10), "the 503 recorded");
-        await Task.Delay(200);
+        private int _sentWhileUnderWay;
+        private int _held;
+
+        public async Task HoldAsync()
+        {
+            // Else the call ran after the attempt ended and found nothing: the test would pass without testing anything.
+            if (!await RetryRecordedAsync())
+            {
+                Interlocked.Increment(ref _sentWhileUnderWay);
+            }
+            await Eventually.HoldsAsync(RetryRecordedAsync, TimeSpan.FromSeconds(10), "the 503 recorded");
+            await Task.Delay(200);
+            Interlocked.Increment(ref _held);
+        }
+
+        public async Task AssertPostedOnceAsync(string call)
+        {
+            await Eventually.HoldsAsync(() => Task.FromResult(Volatile.Read(ref _held) >= 1), TimeSpan.FromSeconds(15), $"{call} answered");
+            await Task.Delay(TimeSpan.FromSeconds(3));
+            Assert.True(Volatile.Read(ref _sentWhileUnderWay) >= 1, $"{call} ran while the attempt was under way");
+            Assert.Single(await relay.EmulatorApi.RequestsAsync());
+            Assert.True(await RetryRecordedAsync(), "the run waits for its retry");
+        }
+
+        private async Task<bool> RetryRecordedAsync() =>
+            (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.Retrying;
     }
 
     private static bool IsReadBack(RedisCall call) =>
