@@ -166,7 +166,8 @@ internal sealed partial class DeliveryWorker(
             throw;
         }
 
-        // Entries after all this consumer holds: a failure past this point drops none before the read back's cursor.
+        // Set before the read of new entries: what a failure from there on drops lies after everything this consumer holds,
+        // so a read back under way may keep its cursor.
         var onlyNewDropped = false;
         try
         {
