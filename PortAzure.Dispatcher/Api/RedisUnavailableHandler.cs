@@ -1,4 +1,3 @@
-using System.Net.Sockets;
 using Microsoft.AspNetCore.Diagnostics;
 using PortAzure.Dispatcher.Diagnostics;
 using PortAzure.Redis;
@@ -36,10 +35,11 @@ internal sealed partial class RedisUnavailableHandler(ILogger<RedisUnavailableHa
 
     private static bool IsUnavailable(Exception exception) => exception switch
     {
-        RedisConnectionException or TimeoutException => true,
-        InvalidOperationException or IOException or SocketException => RedisFailures.IsFailure(exception),
+        RedisConnectionException => true,
         RedisServerException server => TransientServerErrors.Any(code => server.Message.StartsWith(code + " ", StringComparison.Ordinal)),
-        _ => false,
+        RedisException => false,
+        // Timeouts and what the client fails a call with when its connection dies: RedisFailures knows those.
+        _ => RedisFailures.IsFailure(exception),
     };
 
     private static partial class Log
