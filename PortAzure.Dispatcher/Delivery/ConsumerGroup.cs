@@ -40,6 +40,41 @@ internal static class ConsumerGroup
     }
 
     /// <summary>
+    /// Up to <paramref name="max"/> entries pending for <paramref name="consumer"/> after <paramref name="after"/>, in
+    /// order, passing over <paramref name="skip"/>: the history of its own pending list (XREADGROUP from an id), read in
+    /// pages. Their owner stays; Redis resets their idle time and counts one more delivery. An entry deleted while
+    /// pending comes back without its fields and is passed over: the reclaim drops it, or says it is lost.
+    /// </summary>
+    /// <returns>The entries, and the id of the last one when <paramref name="max"/> stopped the read (null: there were no more).</returns>
+    public static async Task<(List<StreamEntry> Entries, RedisValue? StoppedAt)> ReadOwnPendingAsync(IDatabase db, RedisKey stream, string group,
+        string consumer, RedisValue after, IReadOnlySet<string> skip, int max, int pageSize)
+    {
+        ArgumentNullException.ThrowIfNull(db);
+        ArgumentNullException.ThrowIfNull(skip);
+        var found = new List<StreamEntry>();
+        while (true)
+        {
+            var page = await db.StreamReadGroupAsync(stream, group, consumer, after, pageSize);
+            foreach (var entry in page)
+            {
+                if (entry.Values is { Length: > 0 } && !skip.Contains(entry.Id.ToString()))
+                {
+                    if (found.Count == max)
+                    {
+                        return (found, found.Count > 0 ? found[^1].Id : after);
+                    }
+                    found.Add(entry);
+                }
+            }
+            if (page.Length < pageSize)
+            {
+                return (found, null);
+            }
+            after = page[^1].Id;
+        }
+    }
+
+    /// <summary>
     /// Every process joins under a new consumer name, so the group would collect the names of stopped
     /// Dispatchers. A consumer with nothing pending, silent for longer than <paramref name="idle"/>, is gone:
     /// removed. One with pending entries is left alone; XAUTOCLAIM empties it first.

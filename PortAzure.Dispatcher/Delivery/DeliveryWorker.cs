@@ -227,11 +227,10 @@ internal sealed partial class DeliveryWorker(
     }
 
     /// <summary>
-    /// Up to <paramref name="max"/> entries pending for this consumer that it is not processing: the history of its own
-    /// pending list (XREADGROUP from an id), from where the last read back stopped. Their owner stays; Redis resets their
-    /// idle time. One held by a lease that is still running (a finish that gave up, a crash before a restart under the
-    /// same name) is started, given up at once ("leased by another", 2004), and reclaimed up to a ClaimMinIdle later than
-    /// it would have been.
+    /// Up to <paramref name="max"/> entries pending for this consumer that it is not processing, from where the last read
+    /// back stopped (<see cref="ConsumerGroup.ReadOwnPendingAsync"/>). One held by a lease that is still running (a finish
+    /// that gave up, a crash before a restart under the same name) is started, given up at once ("leased by another",
+    /// 2004), and reclaimed up to a ClaimMinIdle later than it would have been: the read resets its idle time.
     /// </summary>
     /// <returns>The entries, and whether there were no more.</returns>
     private async Task<(List<StreamEntry> Entries, bool Complete)> ReadOwnUnstartedAsync(int max)
@@ -239,31 +238,10 @@ internal sealed partial class DeliveryWorker(
         // Taken before the read: an attempt that ends (and acknowledges its entry) while the read is under way is still
         // known, where a look after the read would start the entry again (a second, early POST of a run that got a 503).
         var processing = _inFlightEntries.Keys.ToHashSet(StringComparer.Ordinal);
-        var found = new List<StreamEntry>();
-        var after = _readBackAfter;
-        while (true)
-        {
-            var page = await redis.GetDatabase().StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name, after, ReadBackPage);
-            foreach (var entry in page)
-            {
-                // One deleted while pending comes back without its fields: left to the reclaim, which drops it.
-                if (entry.Values is { Length: > 0 } && !processing.Contains(entry.Id.ToString()))
-                {
-                    if (found.Count == max)
-                    {
-                        _readBackAfter = found[^1].Id;
-                        return (found, false);
-                    }
-                    found.Add(entry);
-                }
-            }
-            if (page.Length < ReadBackPage)
-            {
-                _readBackAfter = "0-0";
-                return (found, true);
-            }
-            after = page[^1].Id;
-        }
+        var (found, stoppedAt) = await ConsumerGroup.ReadOwnPendingAsync(redis.GetDatabase(), RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name,
+            _readBackAfter, processing, max, ReadBackPage);
+        _readBackAfter = stoppedAt ?? "0-0";
+        return (found, stoppedAt is null);
     }
 
     private async Task<int> StartEntriesAsync(SemaphoreSlim slots, IReadOnlyList<StreamEntry> entries, bool claimed, CancellationToken stoppingToken)

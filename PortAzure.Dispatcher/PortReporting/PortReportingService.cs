@@ -279,37 +279,19 @@ internal sealed partial class PortReportingService(
     }
 
     /// <summary>
-    /// Adds the entries pending for this reporter that it is not sending, up to the free slots: the history of its own
-    /// pending list (XREADGROUP from 0). Their owner stays; Redis resets their idle time and counts one more delivery,
-    /// a touch of every report this reporter holds (nothing reads the count).
+    /// Adds the entries pending for this reporter that it is not sending, up to the free slots: its own pending list from
+    /// the start (<see cref="ConsumerGroup.ReadOwnPendingAsync"/>; a touch of every report it holds). One trimmed away is
+    /// left to the takeover, which says it is lost.
     /// </summary>
     /// <returns>Whether there were no more.</returns>
     private async Task<bool> ReadOwnUnsentAsync(IDatabase db, List<StreamEntry> entries)
     {
         // Taken before the read: a send that ends (and removes its entry) while the read is under way is still known.
         var sending = _sending.Keys.ToHashSet(StringComparer.Ordinal);
-        RedisValue after = "0-0";
-        while (true)
-        {
-            var page = await db.StreamReadGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name, after, MaxHeld);
-            foreach (var entry in page)
-            {
-                // One trimmed away comes back without its fields: left to the takeover, which says it is lost.
-                if (entry.Values is { Length: > 0 } && !sending.Contains(entry.Id.ToString()))
-                {
-                    if (entries.Count == _slots.CurrentCount)
-                    {
-                        return false;
-                    }
-                    entries.Add(entry);
-                }
-            }
-            if (page.Length < MaxHeld)
-            {
-                return true;
-            }
-            after = page[^1].Id;
-        }
+        var (found, stoppedAt) = await ConsumerGroup.ReadOwnPendingAsync(db, RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name,
+            "0-0", sending, _slots.CurrentCount - entries.Count, MaxHeld);
+        entries.AddRange(found);
+        return stoppedAt is null;
     }
 
     private async Task SendAndRemoveAsync(StreamEntry entry, CancellationToken stoppingToken)
