@@ -75,21 +75,32 @@ public class ConnectionResetTests
     {
         // The read back covers this consumer's whole pending list, which holds the entry being posted too: started again,
         // it would find the running attempt's lease (2004).
-        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        // A Redis of its own: the wake channel is the server's, not a database's, and another test's runs woke this worker
+        // for a read (empty, its reply lost) before the second run was queued.
+        await using var redis = await RedisServer.StartAsync();
+        await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString, dispatchers: 0);
         await relay.EmulatorApi.ScriptAsync(new { delayMs = 3000 });
         var first = await DeliveryOutcomeTests.SendAsync(relay);
-        var reads = 0;
+        var answered = 0;
+        var armed = 0;
         var lost = 0;
         // Reads only when woken (the safety-net poll is a minute): the first takes the first run, the second finds nothing
         // and the worker waits; the next is the second run's, woken by its XADD. Its reply is lost.
         var dispatcher = await relay.AddDispatcherAsync(c => c["Dispatcher:PollIntervalSeconds"] = "60", services => FaultyRedis.FailCalls(services,
-            call => IsRead(call) && !IsReadBack(call) && Interlocked.Increment(ref reads) == 3 && Interlocked.Exchange(ref lost, 1) == 0
-                ? ScriptFault.ReplyLost : ScriptFault.None));
-        await Eventually.HoldsAsync(async () => Volatile.Read(ref reads) == 2
+            call => IsRead(call) && !IsReadBack(call) && Volatile.Read(ref armed) == 1 && Interlocked.Exchange(ref lost, 1) == 0
+                ? ScriptFault.ReplyLost : ScriptFault.None,
+            replied: call =>
+            {
+                if (IsRead(call) && !IsReadBack(call))
+                {
+                    Interlocked.Increment(ref answered);
+                }
+            }));
+        // Answered, not only sent: a read sent before the second run is queued could otherwise reach Redis after it.
+        await Eventually.HoldsAsync(async () => Volatile.Read(ref answered) == 2
             && (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount == 1,
-            TimeSpan.FromSeconds(10), "the first run being posted, the worker's next read sent");
-        // Time for that read to reach Redis before the second run does.
-        await Task.Delay(500);
+            TimeSpan.FromSeconds(10), "the first run being posted, the worker's next read answered");
+        Volatile.Write(ref armed, 1);
 
         var second = await DeliveryOutcomeTests.SendAsync(relay);
 

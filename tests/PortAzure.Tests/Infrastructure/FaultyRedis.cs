@@ -74,9 +74,14 @@ public static class FaultyRedis
     /// Asked for every call not failed (outside transactions), once it is sent: a task returned holds the call's reply
     /// until the task ends. How a test puts something between a call's run and what the caller does with its reply.
     /// </param>
-    public static void FailCalls(IServiceCollection services, Func<RedisCall, ScriptFault> fault, Func<RedisCall, Task?>? hold = null)
+    /// <param name="replied">
+    /// Told of every call not failed (outside transactions) once its reply has come, before any hold: how a test knows that
+    /// Redis has run a call, where <paramref name="fault"/> and <paramref name="hold"/> know only that it was sent.
+    /// </param>
+    public static void FailCalls(IServiceCollection services, Func<RedisCall, ScriptFault> fault, Func<RedisCall, Task?>? hold = null,
+        Action<RedisCall>? replied = null)
     {
-        var plan = new Plan(fault, hold ?? (_ => null));
+        var plan = new Plan(fault, hold ?? (_ => null), replied);
         var registered = services.Last(d => d.ServiceType == typeof(IConnectionMultiplexer) && !d.IsKeyedService);
         services.Remove(registered);
         services.AddSingleton(provider =>
@@ -112,7 +117,7 @@ public static class FaultyRedis
     }
 
     /// <summary>What to fail, and which replies to hold.</summary>
-    internal sealed record Plan(Func<RedisCall, ScriptFault> Fault, Func<RedisCall, Task?> Hold);
+    internal sealed record Plan(Func<RedisCall, ScriptFault> Fault, Func<RedisCall, Task?> Hold, Action<RedisCall>? Replied);
 
     /// <summary>A proxy of one client interface: the real object behind it, and what to fail.</summary>
     public abstract class FaultingProxy<T> : DispatchProxy
@@ -160,7 +165,9 @@ public static class FaultyRedis
             {
                 // Sent first: the hold begins once the call is on its way.
                 var forwarded = Forward(method, Inner, args);
-                return Plan.Hold(call) is { } hold ? Generic(nameof(HoldReplyAsync), result).Invoke(null, [forwarded, hold]) : forwarded;
+                var hold = Plan.Hold(call);
+                return hold is null && Plan.Replied is null ? forwarded
+                    : Generic(nameof(HoldReplyAsync), result).Invoke(null, [forwarded, call, hold, Plan.Replied]);
             }
             return fault switch
             {
@@ -176,10 +183,14 @@ public static class FaultyRedis
 
         internal static Task<T> FailAsync<T>(Exception exception) => Task.FromException<T>(exception);
 
-        internal static async Task<T> HoldReplyAsync<T>(Task<T> call, Task hold)
+        internal static async Task<T> HoldReplyAsync<T>(Task<T> call, RedisCall sent, Task? hold, Action<RedisCall>? replied)
         {
             var reply = await call;
-            await hold;
+            replied?.Invoke(sent);
+            if (hold is not null)
+            {
+                await hold;
+            }
             return reply;
         }
 
