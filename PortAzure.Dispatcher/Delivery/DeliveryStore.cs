@@ -312,6 +312,20 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         return #ids
         """;
 
+    // KEYS: 1 retry schedule, 2 retry claims. ARGV: 1 now ms, 2.. delivery ids
+    // One claim undone per slot, not the slot's whole count: a count above one holds an earlier claim that crashed, which the
+    // next claim must still report (a begin that ran has counted it in the record, and its lease release deleted the count).
+    private const string ReleaseClaimsScript = """
+        for i = 2, #ARGV do
+          redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
+          local n = redis.pcall('HINCRBY', KEYS[2], ARGV[i], -1)
+          if type(n) == 'table' or n <= 0 then
+            redis.call('HDEL', KEYS[2], ARGV[i])
+          end
+        end
+        return 0
+        """;
+
     /// <summary>The attempts kept in a delivery's log at a replay: Dispatcher:Retry:MaxAttempts's upper bound.</summary>
     internal const int MaxAttemptLog = 100;
 
@@ -605,16 +619,14 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     /// </summary>
     public async Task ReleaseRetryClaimsAsync(IEnumerable<string> deliveryIds, DateTimeOffset now)
     {
+        RedisValue[] args = [now.ToUnixTimeMilliseconds(), .. deliveryIds.Select(id => (RedisValue)id)];
+        if (args.Length == 1)
+        {
+            return;
+        }
         try
         {
-            var ids = deliveryIds.Select(id => (RedisValue)id).ToArray();
-            var transaction = Db.CreateTransaction();
-            foreach (var id in ids)
-            {
-                _ = transaction.SortedSetUpdateAsync(RedisKeys.RetrySchedule, id, now.ToUnixTimeMilliseconds(), SortedSetWhen.Exists);
-            }
-            _ = transaction.HashDeleteAsync(RedisKeys.RetryClaims, ids);
-            await transaction.ExecuteAsync();
+            await Db.ScriptEvaluateAsync(ReleaseClaimsScript, [RedisKeys.RetrySchedule, RedisKeys.RetryClaims], args);
         }
         catch (Exception ex) when (RedisFailures.IsFailure(ex))
         {

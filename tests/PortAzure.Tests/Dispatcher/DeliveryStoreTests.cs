@@ -442,6 +442,55 @@ public class DeliveryStoreTests
     }
 
     [Fact]
+    public async Task ReleaseRetryClaims_AfterAnEarlierClaimCrashed_TheNextClaimStillReportsTheCrash()
+    {
+        await using var slot = await DueSlot.StartAsync();
+        var (store, db, entry, now) = (slot.Store, slot.Db, slot.Entry, slot.Now);
+
+        // The first claimer crashed; the second claim is undone before its attempt began (which would have counted the
+        // crash in the record). Undone by deleting the slot's count, the crash was forgotten: poison one claim later.
+        await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(10), 10);
+        var second = await store.ClaimDueRetriesAsync(now.AddSeconds(11), TimeSpan.FromSeconds(10), 10);
+        await store.ReleaseRetryClaimsAsync([entry.DeliveryId], now.AddSeconds(11));
+        var third = await store.ClaimDueRetriesAsync(now.AddSeconds(12), TimeSpan.FromSeconds(10), 10);
+
+        Assert.Equal([(entry.DeliveryId, true)], second);
+        Assert.Equal([(entry.DeliveryId, true)], third);
+        Assert.Equal(2, (long)await db.HashGetAsync(RedisKeys.RetryClaims, entry.DeliveryId));
+    }
+
+    [Fact]
+    public async Task ReleaseRetryClaims_AfterTheLeaseReleaseUndidTheClaim_LeavesNoCount()
+    {
+        await using var slot = await DueSlot.StartAsync();
+        var (store, db, entry, now) = (slot.Store, slot.Db, slot.Entry, slot.Now);
+
+        // A begin cancelled at the stop whose reply was lost: both releases run for one claim (DeliveryProcessor).
+        await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(10), 10);
+        Assert.True((await store.BeginAsync(entry, "t", TimeSpan.FromSeconds(30), true, now, TimeSpan.FromSeconds(30))).Leased);
+        await store.ReleaseLeaseAsync(entry.DeliveryId, "t", fromSchedule: true, now);
+        await store.ReleaseRetryClaimsAsync([entry.DeliveryId], now);
+        var again = await store.ClaimDueRetriesAsync(now.AddSeconds(1), TimeSpan.FromSeconds(10), 10);
+
+        Assert.Equal([(entry.DeliveryId, false)], again);
+        Assert.Equal(1, (long)await db.HashGetAsync(RedisKeys.RetryClaims, entry.DeliveryId));
+    }
+
+    [Fact]
+    public async Task ReleaseRetryClaims_DamagedClaimCount_IsDeletedAndTheSlotDueAgain()
+    {
+        await using var slot = await DueSlot.StartAsync();
+        var (store, db, entry, now) = (slot.Store, slot.Db, slot.Entry, slot.Now);
+        await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(10), 10);
+        await db.HashSetAsync(RedisKeys.RetryClaims, entry.DeliveryId, "not-a-number");
+
+        await store.ReleaseRetryClaimsAsync([entry.DeliveryId], now);
+
+        Assert.False(await db.HashExistsAsync(RedisKeys.RetryClaims, entry.DeliveryId));
+        Assert.Equal(now.ToUnixTimeMilliseconds(), await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, entry.DeliveryId));
+    }
+
+    [Fact]
     public async Task Finish_WithAPortReport_WritesItInTheSameStepOnlyWhenTheOutcomeIsRecorded()
     {
         await using var leased = await SharedRedis.ConnectAsync();
