@@ -65,13 +65,9 @@ internal sealed partial class DeliveryProcessor(
         catch (OperationCanceledException) when (stopping.IsCancellationRequested)
         {
             // Stopped between two tries: the remaining backoff (up to 15.6 s in all) would outlast the grace. A try
-            // whose reply was lost may have set the lease; it is given back if Redis lets it. A retry's claim of its
-            // schedule slot is undone either way (the lease release undoes it only when it finds the lease).
-            await store.ReleaseLeaseAsync(entry.DeliveryId, token, fromSchedule: streamId is null, timeProvider.GetUtcNow());
-            if (streamId is null)
-            {
-                await store.ReleaseRetryClaimsAsync([entry.DeliveryId], timeProvider.GetUtcNow());
-            }
+            // whose reply was lost may have set the lease; it is given back if Redis lets it, and a retry's claim of its
+            // schedule slot is undone either way.
+            await store.ReleaseUnfinishedBeginAsync(entry.DeliveryId, token, fromSchedule: streamId is null, timeProvider.GetUtcNow());
             Log.NotPostedAtStop(logger, entry.DeliveryId);
             return;
         }

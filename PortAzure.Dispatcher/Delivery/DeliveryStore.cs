@@ -296,16 +296,27 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         return claimed
         """;
 
+    // One claim of a slot undone, not the slot's whole count: a count above one holds an earlier claim that crashed, which
+    // the next claim must still report. (Once an attempt has begun, the begin has counted that crash in the record, and the
+    // lease release deletes the count instead.) A count that is not a number goes, rather than stop the script half done.
+    private const string DecrementCount = """
+        local function decrement(key, field)
+          local n = redis.pcall('HINCRBY', key, field, -1)
+          if type(n) == 'table' or n <= 0 then
+            redis.call('HDEL', key, field)
+          end
+        end
+        """;
+
     // KEYS: 1 retry schedule, 2 retry claims, 3 the claim's batch. ARGV: 1 now ms, 2 the claim's lease-until ms
     // Only slots still where that claim put them are undone: one an attempt has since begun or finished has moved.
-    private const string ReleaseClaimBatchScript = """
+    private const string ReleaseClaimBatchScript = $$"""
+        {{DecrementCount}}
         local ids = redis.call('LRANGE', KEYS[3], 0, -1)
         for _, id in ipairs(ids) do
           if tonumber(redis.call('ZSCORE', KEYS[1], id)) == tonumber(ARGV[2]) then
             redis.call('ZADD', KEYS[1], 'XX', ARGV[1], id)
-            if redis.call('HINCRBY', KEYS[2], id, -1) <= 0 then
-              redis.call('HDEL', KEYS[2], id)
-            end
+            decrement(KEYS[2], id)
           end
         end
         redis.call('DEL', KEYS[3])
@@ -313,15 +324,11 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         """;
 
     // KEYS: 1 retry schedule, 2 retry claims. ARGV: 1 now ms, 2.. delivery ids
-    // One claim undone per slot, not the slot's whole count: a count above one holds an earlier claim that crashed, which the
-    // next claim must still report (a begin that ran has counted it in the record, and its lease release deleted the count).
-    private const string ReleaseClaimsScript = """
+    private const string ReleaseClaimsScript = $$"""
+        {{DecrementCount}}
         for i = 2, #ARGV do
           redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
-          local n = redis.pcall('HINCRBY', KEYS[2], ARGV[i], -1)
-          if type(n) == 'table' or n <= 0 then
-            redis.call('HDEL', KEYS[2], ARGV[i])
-          end
+          decrement(KEYS[2], ARGV[i])
         end
         return 0
         """;
@@ -398,19 +405,27 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         return 1
         """;
 
-    // KEYS: 1 lease, 2 retry schedule, 3 retry claims. ARGV: 1 lease token, 2 delivery id, 3 now ms, 4 from the schedule (1/0)
+    // KEYS: 1 lease, 2 retry schedule, 3 retry claims. ARGV: 1 lease token, 2 delivery id, 3 now ms, 4 from the schedule:
+    // 0 no, 1 yes, 2 yes and the attempt may not have begun (a begin cut short at the stop).
     // A retry taken from the schedule was also claimed there (its due time pushed a lease ahead, a claim counted):
-    // both are undone, so that it is due again at once and its next claim does not count as a crash.
-    private const string ReleaseLeaseScript = """
-        if redis.call('GET', KEYS[1]) ~= ARGV[1] then
-          return 0
+    // both are undone, so that it is due again at once and its next claim does not count as a crash. Where the lease is not
+    // this attempt's, mode 2 still undoes the claim, by one: the begin never took the lease, so never counted a crash.
+    private const string ReleaseLeaseScript = $$"""
+        {{DecrementCount}}
+        -- pcall: a lease key of another type (damaged) is not this attempt's, and must not keep the claim from being undone.
+        local ours = redis.pcall('GET', KEYS[1]) == ARGV[1]
+        if ours then
+          redis.call('DEL', KEYS[1])
         end
-        redis.call('DEL', KEYS[1])
-        if ARGV[4] == '1' then
+        if ARGV[4] == '2' or (ours and ARGV[4] == '1') then
           redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[2])
-          redis.call('HDEL', KEYS[3], ARGV[2])
+          if ours then
+            redis.call('HDEL', KEYS[3], ARGV[2])
+          else
+            decrement(KEYS[3], ARGV[2])
+          end
         end
-        return 1
+        return ours and 1 or 0
         """;
 
     private TimeSpan? _operationTimeout;
@@ -434,12 +449,23 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
 
     /// <summary>Ends an attempt's lease if it still holds it; best effort (Redis may be what failed).</summary>
     /// <param name="fromSchedule">The attempt was a retry claimed from the schedule: its claim is undone too.</param>
-    public async Task ReleaseLeaseAsync(string deliveryId, string leaseToken, bool fromSchedule, DateTimeOffset now)
+    public Task ReleaseLeaseAsync(string deliveryId, string leaseToken, bool fromSchedule, DateTimeOffset now) =>
+        ReleaseLeaseAsync(deliveryId, leaseToken, fromSchedule ? 1 : 0, now);
+
+    /// <summary>
+    /// At the stop, between two tries of an attempt's begin (a try whose reply was lost may have taken the lease): the lease
+    /// is given back if it is this attempt's, and a retry's claim of its schedule slot is undone either way, in one step, so
+    /// that a Redis failure cannot undo one without the other. Best effort.
+    /// </summary>
+    public Task ReleaseUnfinishedBeginAsync(string deliveryId, string leaseToken, bool fromSchedule, DateTimeOffset now) =>
+        ReleaseLeaseAsync(deliveryId, leaseToken, fromSchedule ? 2 : 0, now);
+
+    private async Task ReleaseLeaseAsync(string deliveryId, string leaseToken, int mode, DateTimeOffset now)
     {
         try
         {
             await Db.ScriptEvaluateAsync(ReleaseLeaseScript, [RedisKeys.Lease(deliveryId), RedisKeys.RetrySchedule, RedisKeys.RetryClaims],
-                [leaseToken, deliveryId, now.ToUnixTimeMilliseconds(), fromSchedule ? 1 : 0]);
+                [leaseToken, deliveryId, now.ToUnixTimeMilliseconds(), mode]);
         }
         catch (Exception ex) when (RedisFailures.IsFailure(ex))
         {

@@ -286,6 +286,30 @@ public class CrashRecoveryTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task ScheduledRetry_StoppedWhileItsBeginRetries_ItsClaimIsUndoneAndTheEarlierCrashStillCounts()
+    {
+        // A retry claimed again after a crashed claim, whose begin rides out a Redis error when the stop comes: given back
+        // unposted and due again at once, its own claim undone, the crashed one still counted. The claim was undone by
+        // deleting the slot's count, which forgot the crash (poison one claim later).
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var deliveryId = await ScheduledRetryAsync(relay, crashedClaim: true);
+        // A lease key of the wrong type: every Begin try fails (WRONGTYPE) and is retried after a backoff.
+        await relay.Db.HashSetAsync(RedisKeys.Lease(deliveryId), "damaged", 1);
+        var dispatcher = await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(() => Task.FromResult(dispatcher.Logs.Lines.Any(l => l.Contains("[2007]", StringComparison.Ordinal)
+            && l.Contains(deliveryId, StringComparison.Ordinal))), TimeSpan.FromSeconds(10), "a Begin try failed");
+        Assert.Equal(2, (long)await relay.Db.HashGetAsync(RedisKeys.RetryClaims, deliveryId));
+
+        await relay.StopDispatcherAsync(dispatcher);
+
+        Assert.Empty(await relay.EmulatorApi.RequestsAsync());
+        Assert.Contains(dispatcher.Logs.Lines, l => l.Contains("[2008]", StringComparison.Ordinal));
+        Assert.Equal(1, (long)await relay.Db.HashGetAsync(RedisKeys.RetryClaims, deliveryId));
+        Assert.True(await relay.Db.SortedSetScoreAsync(RedisKeys.RetrySchedule, deliveryId) <= DateTimeOffset.UtcNow.ToUnixTimeMilliseconds(),
+            "due again at once");
+    }
+
+    [Fact]
     public async Task ScheduledRetry_RedisFailsBeforeItStarts_ClaimIsReleasedAndNotCountedAsACrash()
     {
         // Its own Redis: the ACL change below applies to every client of the server.

@@ -460,34 +460,72 @@ public class DeliveryStoreTests
     }
 
     [Fact]
-    public async Task ReleaseRetryClaims_AfterTheLeaseReleaseUndidTheClaim_LeavesNoCount()
+    public async Task ReleaseRetryClaims_DamagedClaimCount_IsDeletedAndTheOtherSlotsAreStillReleased()
     {
         await using var slot = await DueSlot.StartAsync();
         var (store, db, entry, now) = (slot.Store, slot.Db, slot.Entry, slot.Now);
-
-        // A begin cancelled at the stop whose reply was lost: both releases run for one claim (DeliveryProcessor).
+        var other = NewEntry().DeliveryId;
+        await db.SortedSetAddAsync(RedisKeys.RetrySchedule, other, now.ToUnixTimeMilliseconds());
         await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(10), 10);
-        Assert.True((await store.BeginAsync(entry, "t", TimeSpan.FromSeconds(30), true, now, TimeSpan.FromSeconds(30))).Leased);
-        await store.ReleaseLeaseAsync(entry.DeliveryId, "t", fromSchedule: true, now);
-        await store.ReleaseRetryClaimsAsync([entry.DeliveryId], now);
-        var again = await store.ClaimDueRetriesAsync(now.AddSeconds(1), TimeSpan.FromSeconds(10), 10);
+        await db.HashSetAsync(RedisKeys.RetryClaims, [new(entry.DeliveryId, "not-a-number"), new(other, 2)]);
 
-        Assert.Equal([(entry.DeliveryId, false)], again);
-        Assert.Equal(1, (long)await db.HashGetAsync(RedisKeys.RetryClaims, entry.DeliveryId));
+        await store.ReleaseRetryClaimsAsync([entry.DeliveryId, other], now);
+
+        Assert.False(await db.HashExistsAsync(RedisKeys.RetryClaims, entry.DeliveryId));
+        Assert.Equal(1, (long)await db.HashGetAsync(RedisKeys.RetryClaims, other));
+        Assert.Equal(now.ToUnixTimeMilliseconds(), await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, entry.DeliveryId));
+        Assert.Equal(now.ToUnixTimeMilliseconds(), await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, other));
     }
 
     [Fact]
-    public async Task ReleaseRetryClaims_DamagedClaimCount_IsDeletedAndTheSlotDueAgain()
+    public async Task ReleaseRetryClaims_SlotNoLongerScheduled_IsNotScheduledAgain()
     {
         await using var slot = await DueSlot.StartAsync();
         var (store, db, entry, now) = (slot.Store, slot.Db, slot.Entry, slot.Now);
         await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(10), 10);
-        await db.HashSetAsync(RedisKeys.RetryClaims, entry.DeliveryId, "not-a-number");
+        await store.RemoveFromScheduleAsync(entry.DeliveryId);
 
         await store.ReleaseRetryClaimsAsync([entry.DeliveryId], now);
 
+        Assert.Null(await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, entry.DeliveryId));
         Assert.False(await db.HashExistsAsync(RedisKeys.RetryClaims, entry.DeliveryId));
-        Assert.Equal(now.ToUnixTimeMilliseconds(), await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, entry.DeliveryId));
+    }
+
+    [Fact]
+    public async Task ReleaseUnfinishedBegin_ReclaimedRetryThatBegan_TheEarlierCrashIsCountedOnce()
+    {
+        await using var slot = await DueSlot.StartAsync();
+        var (store, db, entry, now) = (slot.Store, slot.Db, slot.Entry, slot.Now);
+
+        // The first claimer crashed; the second claim's begin took the lease and counted that crash in the record (its
+        // reply lost, the stop came before the next try). Released in two calls (the lease, then the claim), a failure of
+        // the first alone left the count above one, and the crash was counted a second time at the next claim.
+        await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(10), 10);
+        await store.ClaimDueRetriesAsync(now.AddSeconds(11), TimeSpan.FromSeconds(10), 10);
+        Assert.Equal(1, (await store.BeginAsync(entry, "t", TimeSpan.FromSeconds(30), claimed: true, now.AddSeconds(11), TimeSpan.FromSeconds(30))).Claims);
+        await store.ReleaseUnfinishedBeginAsync(entry.DeliveryId, "t", fromSchedule: true, now.AddSeconds(11));
+        var next = await store.ClaimDueRetriesAsync(now.AddSeconds(12), TimeSpan.FromSeconds(10), 10);
+        var begun = await store.BeginAsync(entry, "u", TimeSpan.FromSeconds(30), claimed: next.Single().Reclaimed, now.AddSeconds(12), TimeSpan.FromSeconds(30));
+
+        Assert.Equal([(entry.DeliveryId, false)], next);
+        Assert.True(begun.Leased);
+        Assert.Equal(1, (long)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.Claims));
+    }
+
+    [Fact]
+    public async Task ReleaseUnfinishedBegin_ReclaimedRetryThatNeverBegan_TheNextClaimStillReportsTheCrash()
+    {
+        await using var slot = await DueSlot.StartAsync();
+        var (store, db, entry, now) = (slot.Store, slot.Db, slot.Entry, slot.Now);
+
+        // No try of the begin reached Redis: the lease is not this attempt's, and the crash is not counted in the record yet.
+        await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(10), 10);
+        await store.ClaimDueRetriesAsync(now.AddSeconds(11), TimeSpan.FromSeconds(10), 10);
+        await store.ReleaseUnfinishedBeginAsync(entry.DeliveryId, "t", fromSchedule: true, now.AddSeconds(11));
+        var next = await store.ClaimDueRetriesAsync(now.AddSeconds(11), TimeSpan.FromSeconds(10), 10);
+
+        Assert.Equal([(entry.DeliveryId, true)], next);
+        Assert.Equal(2, (long)await db.HashGetAsync(RedisKeys.RetryClaims, entry.DeliveryId));
     }
 
     [Fact]
