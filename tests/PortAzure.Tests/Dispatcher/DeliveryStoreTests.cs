@@ -492,6 +492,23 @@ public class DeliveryStoreTests
     }
 
     [Fact]
+    public async Task ReleaseLease_AnotherAttemptsLease_LeavesTheLeaseTheClaimAndTheSlot()
+    {
+        await using var slot = await DueSlot.StartAsync();
+        var (store, db, entry, now) = (slot.Store, slot.Db, slot.Entry, slot.Now);
+        await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(10), 10);
+        var claimedUntil = await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, entry.DeliveryId);
+        Assert.True((await store.BeginAsync(entry, "t", TimeSpan.FromSeconds(30), claimed: false, now, TimeSpan.FromSeconds(30))).Leased);
+
+        // A late release of an attempt whose lease has since gone to this one (a stop after its lease ran out).
+        await store.ReleaseLeaseAsync(entry.DeliveryId, "an-earlier-attempt", fromSchedule: true, now);
+
+        Assert.Equal("t", (string?)await db.StringGetAsync(RedisKeys.Lease(entry.DeliveryId)));
+        Assert.Equal(1, (long)await db.HashGetAsync(RedisKeys.RetryClaims, entry.DeliveryId));
+        Assert.Equal(claimedUntil, await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, entry.DeliveryId));
+    }
+
+    [Fact]
     public async Task ReleaseUnfinishedBegin_ReclaimedRetryThatBegan_TheEarlierCrashIsCountedOnce()
     {
         await using var slot = await DueSlot.StartAsync();
