@@ -116,7 +116,7 @@ public static class FaultyRedis
         return proxy;
     }
 
-    /// <summary>What to fail, and which replies to hold.</summary>
+    /// <summary>What to fail, which replies to hold, and whom to tell of replies.</summary>
     internal sealed record Plan(Func<RedisCall, ScriptFault> Fault, Func<RedisCall, Task?> Hold, Action<RedisCall>? Replied);
 
     /// <summary>A proxy of one client interface: the real object behind it, and what to fail.</summary>
