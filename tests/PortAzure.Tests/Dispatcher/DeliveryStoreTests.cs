@@ -66,6 +66,13 @@ public class DeliveryStoreTests
             return slot;
         }
 
+        /// <summary>Claims the slot for 10 s, then, that claimer having crashed, again 11 s on: the second claim.</summary>
+        public async Task<IReadOnlyList<(string DeliveryId, bool Reclaimed)>> ClaimAgainAfterACrashAsync()
+        {
+            await Store.ClaimDueRetriesAsync(Now, TimeSpan.FromSeconds(10), 10);
+            return await Store.ClaimDueRetriesAsync(Now.AddSeconds(11), TimeSpan.FromSeconds(10), 10);
+        }
+
         public ValueTask DisposeAsync() => _redis.DisposeAsync();
     }
 
@@ -449,8 +456,7 @@ public class DeliveryStoreTests
 
         // The first claimer crashed; the second claim is undone before its attempt began (which would have counted the
         // crash in the record). Undone by deleting the slot's count, the crash was forgotten: poison one claim later.
-        await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(10), 10);
-        var second = await store.ClaimDueRetriesAsync(now.AddSeconds(11), TimeSpan.FromSeconds(10), 10);
+        var second = await slot.ClaimAgainAfterACrashAsync();
         await store.ReleaseRetryClaimsAsync([entry.DeliveryId], now.AddSeconds(11));
         var third = await store.ClaimDueRetriesAsync(now.AddSeconds(12), TimeSpan.FromSeconds(10), 10);
 
@@ -517,8 +523,7 @@ public class DeliveryStoreTests
         // The first claimer crashed; the second claim's begin took the lease and counted that crash in the record (its
         // reply lost, the stop came before the next try). Released in two calls (the lease, then the claim), a failure of
         // the first alone left the count above one, and the crash was counted a second time at the next claim.
-        await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(10), 10);
-        await store.ClaimDueRetriesAsync(now.AddSeconds(11), TimeSpan.FromSeconds(10), 10);
+        await slot.ClaimAgainAfterACrashAsync();
         Assert.Equal(1, (await store.BeginAsync(entry, "t", TimeSpan.FromSeconds(30), claimed: true, now.AddSeconds(11), TimeSpan.FromSeconds(30))).Claims);
         await store.ReleaseUnfinishedBeginAsync(entry.DeliveryId, "t", fromSchedule: true, now.AddSeconds(11));
         var next = await store.ClaimDueRetriesAsync(now.AddSeconds(12), TimeSpan.FromSeconds(10), 10);
@@ -536,8 +541,7 @@ public class DeliveryStoreTests
         var (store, db, entry, now) = (slot.Store, slot.Db, slot.Entry, slot.Now);
 
         // No try of the begin reached Redis: the lease is not this attempt's, and the crash is not counted in the record yet.
-        await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(10), 10);
-        await store.ClaimDueRetriesAsync(now.AddSeconds(11), TimeSpan.FromSeconds(10), 10);
+        await slot.ClaimAgainAfterACrashAsync();
         await store.ReleaseUnfinishedBeginAsync(entry.DeliveryId, "t", fromSchedule: true, now.AddSeconds(11));
         var next = await store.ClaimDueRetriesAsync(now.AddSeconds(11), TimeSpan.FromSeconds(10), 10);
 
