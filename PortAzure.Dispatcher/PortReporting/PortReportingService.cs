@@ -183,10 +183,10 @@ internal sealed partial class PortReportingService(
     /// </summary>
     private async Task HandBackUnreadAsync()
     {
-        var entries = new List<StreamEntry>();
+        List<StreamEntry> entries;
         try
         {
-            await ReadOwnUnsentAsync(redis.GetDatabase(), entries);
+            (entries, _) = await ReadOwnUnsentAsync(redis.GetDatabase());
         }
         catch (Exception ex)
         {
@@ -227,7 +227,8 @@ internal sealed partial class PortReportingService(
         {
             if (_mayHoldUnread)
             {
-                _mayHoldUnread = !await ReadOwnUnsentAsync(db, entries);
+                (entries, var complete) = await ReadOwnUnsentAsync(db);
+                _mayHoldUnread = !complete;
             }
             if ((_lastClaimAt is not { } last || timeProvider.GetElapsedTime(last) >= TimeSpan.FromSeconds(opts.ClaimIntervalSeconds))
                 && _slots.CurrentCount > entries.Count)
@@ -279,19 +280,18 @@ internal sealed partial class PortReportingService(
     }
 
     /// <summary>
-    /// Adds the entries pending for this reporter that it is not sending, up to the free slots: its own pending list from
+    /// The entries pending for this reporter that it is not sending, up to the free slots: its own pending list from
     /// the start (<see cref="ConsumerGroup.ReadOwnPendingAsync"/>; a touch of every report it holds). One trimmed away is
     /// left to the takeover, which says it is lost.
     /// </summary>
-    /// <returns>Whether there were no more.</returns>
-    private async Task<bool> ReadOwnUnsentAsync(IDatabase db, List<StreamEntry> entries)
+    /// <returns>The entries, and whether there were no more.</returns>
+    private async Task<(List<StreamEntry> Entries, bool Complete)> ReadOwnUnsentAsync(IDatabase db)
     {
         // Taken before the read: a send that ends (and removes its entry) while the read is under way is still known.
         var sending = _sending.Keys.ToHashSet(StringComparer.Ordinal);
         var (found, stoppedAt) = await ConsumerGroup.ReadOwnPendingAsync(db, RedisKeys.PortReports, RedisKeys.PortReportersGroup, identity.Name,
-            "0-0", sending, _slots.CurrentCount - entries.Count, MaxHeld);
-        entries.AddRange(found);
-        return stoppedAt is null;
+            "0-0", sending, _slots.CurrentCount, MaxHeld);
+        return (found, stoppedAt is null);
     }
 
     private async Task SendAndRemoveAsync(StreamEntry entry, CancellationToken stoppingToken)
