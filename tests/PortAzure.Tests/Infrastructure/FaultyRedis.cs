@@ -159,24 +159,32 @@ public static class FaultyRedis
             }
             var script = method.Name == nameof(IDatabase.ScriptEvaluateAsync) && args is [string text, ..] ? text : null;
             var call = new RedisCall(method.Name, script, FirstKey(args)) { Arguments = args };
-            var fault = Fault(call);
+            var (runs, thrown) = Effect(Fault(call));
             var result = method.ReturnType.GetGenericArguments()[0];
-            if (fault == ScriptFault.None)
+            if (!runs)
             {
-                // Sent first: the hold begins once the call is on its way.
-                var forwarded = Forward(method, Inner, args);
-                var hold = Plan.Hold(call);
-                return hold is null && Plan.Replied is null ? forwarded
-                    : Generic(nameof(HoldReplyAsync), result).Invoke(null, [forwarded, call, hold, Plan.Replied]);
+                return Generic(nameof(FailAsync), result).Invoke(null, [thrown]);
             }
-            return fault switch
+            // Sent first: the hold begins once the call is on its way.
+            var forwarded = Forward(method, Inner, args);
+            if (thrown is not null)
             {
-                ScriptFault.NotRun => Generic(nameof(FailAsync), result).Invoke(null, [ConnectionReset()]),
-                ScriptFault.NotRunUnclassified => Generic(nameof(FailAsync), result).Invoke(null, [Unclassified()]),
-                ScriptFault.ReplyLostUnclassified => Generic(nameof(LoseReplyAsync), result).Invoke(null, [Forward(method, Inner, args), Unclassified()]),
-                _ => Generic(nameof(LoseReplyAsync), result).Invoke(null, [Forward(method, Inner, args), ConnectionReset()]),
-            };
+                return Generic(nameof(LoseReplyAsync), result).Invoke(null, [forwarded, thrown]);
+            }
+            var hold = Plan.Hold(call);
+            return hold is null && Plan.Replied is null ? forwarded
+                : Generic(nameof(HoldReplyAsync), result).Invoke(null, [forwarded, call, hold, Plan.Replied]);
         }
+
+        /// <summary>Whether a call failed so reaches Redis, and what its caller gets instead of the reply (null: the reply).</summary>
+        internal static (bool Runs, Exception? Thrown) Effect(ScriptFault fault) => fault switch
+        {
+            ScriptFault.None => (true, null),
+            ScriptFault.NotRun => (false, ConnectionReset()),
+            ScriptFault.NotRunUnclassified => (false, Unclassified()),
+            ScriptFault.ReplyLostUnclassified => (true, Unclassified()),
+            _ => (true, ConnectionReset()),
+        };
 
         internal static MethodInfo Generic(string name, Type result) =>
             typeof(DatabaseProxy).GetMethod(name, BindingFlags.NonPublic | BindingFlags.Static)!.MakeGenericMethod(result);
@@ -240,20 +248,13 @@ public static class FaultyRedis
             }
             // Observed here: the callers discard the queued calls' tasks, as the relay does.
             _ = _exec.Task.ContinueWith(t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
-            var fault = Fault(new RedisCall(method.Name, null, _key, [.. _queued]));
-            switch (fault)
+            var (runs, thrown) = DatabaseProxy.Effect(Fault(new RedisCall(method.Name, null, _key, [.. _queued])));
+            if (!runs)
             {
-                case ScriptFault.None:
-                    return ExecAsync((Task<bool>)Forward(method, Inner, args)!, replyLost: null);
-                case ScriptFault.ReplyLost:
-                    return ExecAsync((Task<bool>)Forward(method, Inner, args)!, ConnectionReset());
-                case ScriptFault.ReplyLostUnclassified:
-                    return ExecAsync((Task<bool>)Forward(method, Inner, args)!, DatabaseProxy.Unclassified());
-                default:
-                    var exception = fault == ScriptFault.NotRun ? ConnectionReset() : DatabaseProxy.Unclassified();
-                    _exec.TrySetException(exception);
-                    return Task.FromException<bool>(exception);
+                _exec.TrySetException(thrown!);
+                return Task.FromException<bool>(thrown!);
             }
+            return ExecAsync((Task<bool>)Forward(method, Inner, args)!, replyLost: thrown);
         }
 
         /// <param name="replyLost">What the caller gets instead of the reply, or null to get the reply.</param>
