@@ -36,9 +36,16 @@ public static class RedisFailures
     public static bool IsWrongType(Exception exception) =>
         exception is RedisServerException && exception.Message.StartsWith("WRONGTYPE", StringComparison.Ordinal);
 
-    /// <summary>Whether the command may have run although its answer was lost (a timeout, a connection gone mid-call).</summary>
-    public static bool OutcomeUnknown(Exception exception) =>
-        exception is TimeoutException or RedisConnectionException or InvalidOperationException or IOException or SocketException;
+    /// <summary>
+    /// Whether the command may have run although its answer was lost (a timeout, a connection gone mid-call). Not a
+    /// command that timed out in the client's backlog, waiting for a connection: it was never written to one.
+    /// </summary>
+    public static bool OutcomeUnknown(Exception exception) => exception switch
+    {
+        RedisConnectionException { CommandStatus: CommandStatus.WaitingInBacklog } => false,
+        RedisTimeoutException { Commandstatus: CommandStatus.WaitingInBacklog } => false,
+        _ => exception is TimeoutException or RedisConnectionException or InvalidOperationException or IOException or SocketException,
+    };
 
     /// <summary>Thrown inside the client or its socket layer: their frames on the stack.</summary>
     private static bool FromClient(Exception exception) => exception.StackTrace is { } stack

@@ -172,6 +172,39 @@ public class WebhookHandlerTests
     }
 
     [Fact]
+    public async Task Post_RedisDown_503SaysNothingWasAcceptedAndTheRetryIsAccepted()
+    {
+        // No connection: the script waits in the client's backlog and times out there, never written to Redis. Told "may or
+        // may not be queued", Port or an operator would go looking for a run that cannot exist.
+        await using var redis = await RedisServer.StartAsync();
+        await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString, dispatchers: 0);
+        var body = TestRuns.Body(TestRuns.NewRunId());
+        redis.Kill();
+
+        string? detail = null;
+        await Eventually.HoldsAsync(async () =>
+        {
+            // The first call may still go to the socket before the client sees it closed: that one's outcome is unknown.
+            using var refused = await relay.SendRunAsync(body);
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
+            detail = (await refused.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("detail").GetString();
+            return detail!.Contains("nothing was accepted", StringComparison.Ordinal);
+        }, TimeSpan.FromSeconds(30), "a call refused while the client has no connection");
+        Assert.Contains("The run could not be queued", detail, StringComparison.Ordinal);
+
+        await redis.StartProcessAsync();
+        var status = HttpStatusCode.ServiceUnavailable;
+        await Eventually.HoldsAsync(async () =>
+        {
+            using var retry = await relay.SendRunAsync(body);
+            status = retry.StatusCode;
+            return status != HttpStatusCode.ServiceUnavailable;
+        }, TimeSpan.FromSeconds(30), "the Ingress reconnected");
+        Assert.Equal(HttpStatusCode.Accepted, status);
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
     public async Task Post_SameRunSignedAnewForAnotherWebhook_IsAcceptedSeparately()
     {
         // Idempotency is per target: a sender that signs the run again (its own timestamp) for another webhook means it.

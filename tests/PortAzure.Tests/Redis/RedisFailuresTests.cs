@@ -26,6 +26,19 @@ public class RedisFailuresTests
     }
 
     [Fact]
+    public void OutcomeUnknown_CommandNeverLeftTheBacklog_IsKnownNotRun()
+    {
+        // What the client throws when no connection came up within the timeout: the command was never written.
+        Assert.False(RedisFailures.OutcomeUnknown(new RedisConnectionException(ConnectionFailureType.UnableToConnect,
+            "The message timed out in the backlog attempting to send because no connection became available", null, CommandStatus.WaitingInBacklog)));
+        Assert.False(RedisFailures.OutcomeUnknown(new RedisTimeoutException("timed out in the backlog", CommandStatus.WaitingInBacklog)));
+
+        Assert.True(RedisFailures.OutcomeUnknown(new RedisTimeoutException("Timeout awaiting response", CommandStatus.Sent)));
+        Assert.True(RedisFailures.OutcomeUnknown(new RedisConnectionException(ConnectionFailureType.SocketClosed, "closed", null, CommandStatus.Sent)));
+        Assert.True(RedisFailures.OutcomeUnknown(new RedisConnectionException(ConnectionFailureType.SocketClosed, "closed")));
+    }
+
+    [Fact]
     public void IsFailure_IOExceptionsOfTheWebServer_AreNot()
     {
         // The Dispatcher's exception handler asks for the whole app: a client's broken request is not "Redis unavailable".
