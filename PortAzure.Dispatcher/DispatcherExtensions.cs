@@ -95,9 +95,10 @@ internal static class PortApiHttpClientSetup
                 PooledConnectionLifetime = TimeSpan.FromMinutes(2),
                 ConnectTimeout = TimeSpan.FromSeconds(10),
             })
-            .ConfigureHttpClient(client =>
+            .ConfigureHttpClient((services, client) =>
             {
-                client.Timeout = TimeSpan.FromSeconds(15);
+                // Read when a client is made (each call): a configuration reload applies to the next call.
+                client.Timeout = TimeSpan.FromSeconds(services.GetRequiredService<IOptionsMonitor<DispatcherOptions>>().CurrentValue.PortRequestTimeoutSeconds);
                 client.MaxResponseContentBufferSize = MaxResponseBytes;
             })
             // PortReportingService retries on its own schedule; a second layer would only multiply calls.

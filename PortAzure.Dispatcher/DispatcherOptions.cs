@@ -49,10 +49,17 @@ internal sealed class DispatcherOptions
     /// taken over after this long. A live reporter resets the report's idle time after each wait, so this
     /// must exceed the longest time between two touches: the longest wait (a 429's Retry-After, honoured up to 5 min),
     /// up to 10 s queued for one of the 16 calls (a longer queue is followed by a touch), and one try (a token call and
-    /// the POST, 15 s each): about 6 min; 10 min leaves room. Below that a report would be sent twice. (Tests set a few
-    /// seconds; the validator allows it.)
+    /// the POST, <see cref="PortRequestTimeoutSeconds"/> each): about 6 min at the defaults; 10 min leaves room. Below that a
+    /// report would be sent twice. (Tests set a few seconds; the validator allows it.)
     /// </summary>
     public double PortReportReclaimSeconds { get; set; } = 900;
+
+    /// <summary>
+    /// One call to Port's API (the token call, a run's log line) gives up after this long, and the report is retried. A call
+    /// given up on may still be applied by Port: a Port slower than this, but taking every call, shows a run's line again
+    /// at every retry. Raise it where Port is that slow from the relay's network.
+    /// </summary>
+    public double PortRequestTimeoutSeconds { get; set; } = 15;
 
     /// <summary>/health reports Degraded when the oldest queued entry is older than this.</summary>
     public double BacklogDegradedSeconds { get; set; } = 300;
@@ -125,6 +132,7 @@ internal sealed class DispatcherOptionsValidator : IValidateOptions<DispatcherOp
         Check(options.DeliveredRetentionHours is >= 1 and <= MaxRetentionHours, $"Dispatcher:DeliveredRetentionHours must be between 1 and {MaxRetentionHours}.");
         Check(options.BacklogDegradedSeconds is > 0 and <= 604800, "Dispatcher:BacklogDegradedSeconds must be in (0, 604800].");
         Check(options.PortReportReclaimSeconds is >= 1 and <= 86400, "Dispatcher:PortReportReclaimSeconds must be between 1 and 86400.");
+        Check(options.PortRequestTimeoutSeconds is > 0 and <= 120, "Dispatcher:PortRequestTimeoutSeconds must be in (0, 120].");
         Check(options.ConsumerName is null || (options.ConsumerName.Length is > 0 and <= 200 && !options.ConsumerName.Any(char.IsWhiteSpace)),
             "Dispatcher:ConsumerName must be 1 to 200 characters without spaces.");
         var retry = options.Retry;

@@ -34,11 +34,15 @@ internal sealed partial class PortReportingService(
     private const int MaxHeld = 256;
     private const int MaxCalls = 16;
 
-    // The longest time between two touches of a report still being retried (DispatcherOptions.PortReportReclaimSeconds).
-    private static readonly TimeSpan MinSafeReclaim = TimeSpan.FromMinutes(6);
-
     // A report that waited longer than this for a call is touched before it (see SendAsync).
     private static readonly TimeSpan CallQueueTouch = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// The longest time between two touches of a report still being retried, with a margin: the longest wait (a 429's
+    /// Retry-After), the longest untouched wait for a call, then a token call and the log call. 6 min at the defaults.
+    /// </summary>
+    internal static TimeSpan MinSafeReclaim(DispatcherOptions options) =>
+        PortApiClient.MaxThrottle + CallQueueTouch + (2 * TimeSpan.FromSeconds(options.PortRequestTimeoutSeconds)) + TimeSpan.FromSeconds(20);
 
     // The report's first write time (Unix ms), added by a hand-back.
     private const string SinceField = "since";
@@ -117,11 +121,11 @@ internal sealed partial class PortReportingService(
             // Allowed (a proxy inside the cluster may end TLS), but the token call carries the client secret.
             Log.PlainHttpApi(logger, plain.Host);
         }
-        if (options.CurrentValue.PortReportReclaimSeconds < MinSafeReclaim.TotalSeconds)
+        if (MinSafeReclaim(options.CurrentValue) is var safe && options.CurrentValue.PortReportReclaimSeconds < safe.TotalSeconds)
         {
             // Allowed (tests take over in seconds), but in production a report still being retried would be taken over
             // and sent twice.
-            Log.ReclaimTooShort(logger, options.CurrentValue.PortReportReclaimSeconds, MinSafeReclaim.TotalMinutes);
+            Log.ReclaimTooShort(logger, options.CurrentValue.PortReportReclaimSeconds, Math.Ceiling(safe.TotalMinutes * 10) / 10);
         }
         using var stopCalls = stoppingToken.Register(() => _callsStop.CancelAfter(StopGrace));
         // A name given in configuration is this reporter's across restarts: what it held when it stopped (a crash, Redis

@@ -45,6 +45,7 @@ public class DispatcherStartupTests
             ["Dispatcher:Retry:MaxAgeHours"] = "1e9",
             ["Dispatcher:Retry:MaxDelaySeconds"] = "Infinity",
             ["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "1e300",
+            ["Dispatcher:PortRequestTimeoutSeconds"] = "0",
             ["AzureDevOps:SignatureFormat"] = "5",
             ["Port:ApiBaseUrl"] = "https://proxy.example/port/",
             ["Admin:ApiKey"] = "a-long-admin-key-read-from-a-file\n",
@@ -53,7 +54,7 @@ public class DispatcherStartupTests
         foreach (var key in new[]
         {
             "Dispatcher:DeliveredRetentionHours", "Dispatcher:BacklogDegradedSeconds", "Dispatcher:Retry:MaxAgeHours",
-            "Dispatcher:Retry:MaxDelaySeconds", "Dispatcher:TargetHealth:ProbeIntervalSeconds", "AzureDevOps:SignatureFormat",
+            "Dispatcher:Retry:MaxDelaySeconds", "Dispatcher:TargetHealth:ProbeIntervalSeconds", "Dispatcher:PortRequestTimeoutSeconds", "AzureDevOps:SignatureFormat",
             "Admin:ApiKey must be visible ASCII", "Port:ApiBaseUrl must be the API's root", "Port:ClientSecret is required",
         })
         {
@@ -97,6 +98,39 @@ public class DispatcherStartupTests
         await Eventually.HoldsAsync(() => Task.FromResult(dispatcher.Logs.Lines.Any(l => l.Contains("[2215]", StringComparison.Ordinal))),
             TimeSpan.FromSeconds(10), "the reporter's start-up checks");
         Assert.Equal(warned, dispatcher.Logs.Lines.Any(l => l.StartsWith("Warning", StringComparison.Ordinal) && l.Contains("[2216]", StringComparison.Ordinal)));
+    }
+
+    [Theory]
+    [InlineData("15", null)]
+    [InlineData("60", "7.5 min")]
+    public async Task Start_PortReportReclaimOf7Min_WarnsOnlyWhenThePortTimeoutMakesTouchesFurtherApart(string portTimeout, string? warnedMinutes)
+    {
+        // 7 min covers the longest time between two touches of a report with 15-s calls to Port (6 min), not with 60-s ones
+        // (5 min of Retry-After, 10 s queued, a token call and the log call, a margin).
+        await using var lease = await SharedRedis.LeaseAsync();
+        await using var dispatcher = await TestHost.StartDispatcherAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = lease.ConnectionString,
+            ["Port:ClientId"] = "relay-client",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            // Warned about (2216) just before the reclaim time is checked: once it is there, so is any 2215.
+            ["Port:ApiBaseUrl"] = "http://port.invalid/",
+            ["Dispatcher:PortReportReclaimSeconds"] = "420",
+            ["Dispatcher:PortRequestTimeoutSeconds"] = portTimeout,
+        });
+
+        await Eventually.HoldsAsync(() => Task.FromResult(dispatcher.Logs.Lines.Any(l => l.Contains("[2216]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(10), "the reporter's start-up checks");
+        var warning = dispatcher.Logs.Lines.SingleOrDefault(l => l.StartsWith("Warning", StringComparison.Ordinal) && l.Contains("[2215]", StringComparison.Ordinal));
+        if (warnedMinutes is null)
+        {
+            Assert.Null(warning);
+        }
+        else
+        {
+            Assert.NotNull(warning);
+            Assert.Contains(warnedMinutes, warning, StringComparison.Ordinal);
+        }
     }
 
     [Fact]

@@ -209,6 +209,36 @@ public sealed class PortApiClientTests : IAsyncLifetime
         Assert.Equal(2, Volatile.Read(ref tokenCalls));
     }
 
+    [Theory]
+    [InlineData(0.5, false)]
+    [InlineData(10, true)]
+    public async Task SendLogAsync_PortAnswersAfter2s_GivesUpOnlyWhenTheConfiguredTimeoutIsShorter(double timeoutSeconds, bool sent)
+    {
+        await using var port = await StartPortAsync(WriteTokenAsync, app => app.MapPost("/v1/actions/runs/{runId}/logs", async () =>
+        {
+            await Task.Delay(TimeSpan.FromSeconds(2));
+            return Results.Created();
+        }));
+        var services = new ServiceCollection();
+        services.AddPortApiHttpClient();
+        services.Configure<DispatcherOptions>(o => o.PortRequestTimeoutSeconds = timeoutSeconds);
+        await using var provider = services.BuildServiceProvider();
+        using var client = NewClient(port, provider.GetRequiredService<IHttpClientFactory>());
+
+        var send = client.SendLogAsync(new PortReport(TestRuns.NewRunId(), "d-1", "Delivered", null, null), CancellationToken.None);
+
+        if (sent)
+        {
+            Assert.Equal(PortCallResult.Sent, await send);
+        }
+        else
+        {
+            // HttpClient's own timeout: the reporter counts it as a failed try, retried.
+            var error = await Assert.ThrowsAsync<TaskCanceledException>(() => send);
+            Assert.IsType<TimeoutException>(error.InnerException);
+        }
+    }
+
     private static Task WriteTokenAsync(HttpContext context) =>
         context.Response.WriteAsJsonAsync(new { accessToken = "token-" + Guid.NewGuid().ToString("N"), expiresIn = 3600 });
 
@@ -240,8 +270,8 @@ public sealed class PortApiClientTests : IAsyncLifetime
         }
     }
 
-    private PortApiClient NewClient(WebApplication port) =>
-        new(_services.GetRequiredService<IHttpClientFactory>(),
+    private PortApiClient NewClient(WebApplication port, IHttpClientFactory? factory = null) =>
+        new(factory ?? _services.GetRequiredService<IHttpClientFactory>(),
             new StaticOptionsMonitor<PortOptions>(new PortOptions
             {
                 ApiBaseUrl = new Uri(port.Urls.First()),
