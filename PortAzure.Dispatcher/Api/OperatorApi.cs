@@ -67,11 +67,16 @@ internal static partial class OperatorApi
             : TypedResults.Ok(view);
     }
 
-    private static async Task<IResult> FindByRunAsync(string? runId, IConnectionMultiplexer redis)
+    private static async Task<IResult> FindByRunAsync(string? runId, HttpRequest request, IConnectionMultiplexer redis)
     {
         if (string.IsNullOrEmpty(runId))
         {
             return Problems.Create(StatusCodes.Status400BadRequest, "run_id_required", "Give the Port run id as ?runId=.");
+        }
+        if (request.Query["runId"].Count > 1)
+        {
+            // Bound as one string, the values would be joined with commas and looked up as one (legal) run id.
+            return Problems.Create(StatusCodes.Status400BadRequest, "run_id_invalid", "Give one run id: ?runId= appears more than once.");
         }
         if (runId.Length > MaxRunIdLength)
         {
