@@ -16,7 +16,7 @@ internal sealed record AttemptResult(
     string? Error,
     TimeSpan Duration)
 {
-    /// <summary>"2xx", "4xx", "timeout", "connection": the status class for metrics.</summary>
+    /// <summary>"2xx", "4xx", "timeout", "connection", "answer_lost": the status class for metrics.</summary>
     public string StatusClass => StatusCode is { } code ? $"{code / 100}xx" : Error ?? "error";
 }
 
@@ -39,8 +39,9 @@ internal static class OutcomeClassifier
         >= 300 and < 400 => "Azure DevOps answered with a redirect, which the relay does not follow: check AzureDevOps:BaseUrl.",
         429 => "Azure DevOps kept throttling this webhook (429) until the retry budget ran out.",
         408 or 502 or 503 or 504 => "Azure DevOps stayed unavailable until the retry budget ran out; replay once it is back.",
-        null when error == AzureWebhookClient.TargetNotAllowed => "The target is not in AzureDevOps:Targets (or its name is not valid for Azure); nothing was posted. Add the target to the list, then replay.",
-        null when error == "timeout" => "Azure DevOps did not answer within the request timeout until the retry budget ran out.",
+        null when error == AzureWebhookClient.TargetNotAllowed => "The target is not in AzureDevOps:Targets (or its name is not valid for Azure); the run was not posted on this try. Add the target to the list, then replay.",
+        null when error == "timeout" => "Azure DevOps did not answer within the request timeout until the retry budget ran out. It may have started the pipeline on such a try: check its runs before replaying.",
+        null when error == AzureWebhookClient.AnswerLost => "Azure DevOps's answer was lost until the retry budget ran out: the connection was reset or closed after the request was sent, or the answer was not HTTP (a proxy or load balancer in between?). It may have started the pipeline on such a try: check its runs before replaying.",
         null => "Azure DevOps could not be reached until the retry budget ran out: check network access and AzureDevOps:BaseUrl.",
         _ => $"Azure DevOps answered {statusCode}, which is not retried.",
     };

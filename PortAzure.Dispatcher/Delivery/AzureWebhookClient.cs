@@ -24,6 +24,12 @@ internal sealed class AzureWebhookClient(
     public const string ApiVersion = "6.0-preview";
     public const string RunIdHeader = "X-Port-Run-Id";
     public const string TargetNotAllowed = "target_not_allowed";
+
+    /// <summary>No connection was made (refused, name not resolved, TLS failed, connect timeout): the POST never left.</summary>
+    public const string ConnectionFailed = "connection";
+
+    /// <summary>The connection failed after it was made (a reset, a close without an answer, an answer that is not HTTP): Azure may have the POST.</summary>
+    public const string AnswerLost = "answer_lost";
     private const int ExcerptLength = 300;
 
     public static Uri BuildUri(Uri baseUrl, string org, string webhook)
@@ -75,13 +81,32 @@ internal sealed class AzureWebhookClient(
         {
             // Our request timeout; otherwise the handler's ConnectTimeout (connection and TLS handshake), which ends in
             // a cancellation too, not an HttpRequestException: a connection failure, not a crash of the attempt.
-            return new AttemptResult(AttemptOutcome.Transient, null, null, "", timeout.IsCancellationRequested ? "timeout" : "connection",
+            return new AttemptResult(AttemptOutcome.Transient, null, null, "", timeout.IsCancellationRequested ? "timeout" : ConnectionFailed,
                 Stopwatch.GetElapsedTime(started));
         }
-        catch (HttpRequestException)
+        catch (HttpRequestException ex)
         {
-            return new AttemptResult(AttemptOutcome.Transient, null, null, "", "connection", Stopwatch.GetElapsedTime(started));
+            // The handler names the phase: only these come before a connection exists. Whatever failed after it (the request
+            // may have been written whole) must not be told as "could not be reached": a replay could start a second run.
+            var error = ex.HttpRequestError is HttpRequestError.ConnectionError or HttpRequestError.NameResolutionError
+                or HttpRequestError.SecureConnectionError or HttpRequestError.ProxyTunnelError ? ConnectionFailed : AnswerLost;
+            return new AttemptResult(AttemptOutcome.Transient, null, null, Describe(ex), error, Stopwatch.GetElapsedTime(started));
         }
+    }
+
+    /// <summary>What failed, for the attempt's log ("ResponseEnded: ... The response ended prematurely."): no header, so no secret.</summary>
+    internal static string Describe(HttpRequestException exception)
+    {
+        var messages = new List<string>();
+        for (Exception? e = exception; e is not null; e = e.InnerException)
+        {
+            if (!messages.Contains(e.Message, StringComparer.Ordinal))
+            {
+                messages.Add(e.Message);
+            }
+        }
+        var text = $"{exception.HttpRequestError}: {string.Join(" ", messages)}";
+        return text.Length > ExcerptLength ? text[..ExcerptLength] : text;
     }
 
     private TimeSpan? RetryAfter(HttpResponseMessage response)

@@ -110,7 +110,7 @@ internal sealed partial class DeliveryProcessor(
         var since = begin.Since ?? entry.ReceivedAt;
         if (begin.PausedUntil is { } pausedUntil)
         {
-            await HoldForPausedTargetAsync(entry, streamId, lease, now, since, pausedUntil, begin.Attempts);
+            await HoldForPausedTargetAsync(entry, streamId, lease, now, since, pausedUntil, begin);
             return;
         }
 
@@ -200,13 +200,19 @@ internal sealed partial class DeliveryProcessor(
     /// The target is paused: wait for its probe without spending an attempt, but not past the retry age.
     /// Held deliveries are spread over the probe interval so that they do not all fall due at once.
     /// </summary>
-    private async Task HoldForPausedTargetAsync(DeliveryEntry entry, string? streamId, AttemptLease lease, DateTimeOffset now, DateTimeOffset since, DateTimeOffset pausedUntil, int attempts)
+    private async Task HoldForPausedTargetAsync(DeliveryEntry entry, string? streamId, AttemptLease lease, DateTimeOffset now, DateTimeOffset since, DateTimeOffset pausedUntil,
+        BeginResult begin)
     {
         var opts = options.CurrentValue;
         if (now - since > TimeSpan.FromHours(opts.Retry.MaxAgeHours))
         {
-            await DeadLetterAsync(entry, streamId, lease, now, attempts, "retries_exhausted",
-                $"The target {entry.Target} stayed paused (repeated transient failures) past Dispatcher:Retry:MaxAgeHours; replay once it answers again.", null, null);
+            var hint = $"The target {entry.Target} stayed paused (repeated transient failures) past Dispatcher:Retry:MaxAgeHours; replay once it answers again.";
+            if (begin.LastStatus > 0 || begin.LastError.Length > 0)
+            {
+                // Its own last answer says more than the pause: a 500 is an inactive webhook, which never answers again by itself.
+                hint += " This run's last try: " + OutcomeClassifier.Hint(begin.LastStatus > 0 ? begin.LastStatus : null, begin.LastError);
+            }
+            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "retries_exhausted", hint, null, null, begin.LastStatus);
             return;
         }
         var due = pausedUntil + (TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds) * Random.Shared.NextDouble());
@@ -219,20 +225,27 @@ internal sealed partial class DeliveryProcessor(
         metrics.Paused();
     }
 
-    private async Task DeadLetterAsync(DeliveryEntry entry, string? streamId, AttemptLease lease, DateTimeOffset now, int attempts, string reason, string hint, AttemptResult? result, string? attemptJson)
+    /// <param name="result">This attempt's answer, or null when the dead letter comes without a try.</param>
+    /// <param name="lastStatus">Without a try: the status of the record's last one, for the log line.</param>
+    private async Task DeadLetterAsync(DeliveryEntry entry, string? streamId, AttemptLease lease, DateTimeOffset now, int attempts, string reason, string hint,
+        AttemptResult? result, string? attemptJson, int lastStatus = 0)
     {
-        await FinishAsync(FinishMode.DeadLetter, entry, streamId, lease, now, null, attemptJson,
+        KeyValuePair<string, RedisValue>[] fields =
         [
             .. EntryFields(entry, DeliveryStates.DeadLettered, now),
             new(DeliveryRecord.Attempts, attempts),
-            new(DeliveryRecord.LastStatus, result?.StatusCode ?? 0),
-            new(DeliveryRecord.LastError, result?.Error ?? ""),
             new(DeliveryRecord.Reason, reason),
             new(DeliveryRecord.Hint, hint),
             new(DeliveryRecord.DeadLetteredAt, now.ToUnixTimeMilliseconds()),
-        ], reporter.DeadLettered(entry, reason, hint));
+        ];
+        if (result is not null)
+        {
+            // Without a try (held past the retry age, poison, a damaged record) the record keeps what its last try got.
+            fields = [.. fields, new(DeliveryRecord.LastStatus, result.StatusCode ?? 0), new(DeliveryRecord.LastError, result.Error ?? "")];
+        }
+        await FinishAsync(FinishMode.DeadLetter, entry, streamId, lease, now, null, attemptJson, fields, reporter.DeadLettered(entry, reason, hint));
         metrics.DeadLettered(reason);
-        Log.DeadLettered(logger, entry.DeliveryId, entry.Org, entry.Webhook, reason, result?.StatusCode ?? 0);
+        Log.DeadLettered(logger, entry.DeliveryId, entry.Org, entry.Webhook, reason, result?.StatusCode ?? lastStatus);
     }
 
     /// <summary>

@@ -1,5 +1,8 @@
+using System.Globalization;
 using System.Net;
 using System.Net.Http.Json;
+using System.Net.Sockets;
+using System.Text;
 using System.Text.Json;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
@@ -115,7 +118,91 @@ public class DeliveryOutcomeTests
         Assert.Equal(3, view.GetProperty("attempts").GetInt32());
         Assert.Contains("could not be reached", view.GetProperty("hint").GetString(), StringComparison.Ordinal);
         Assert.Equal(3, view.GetProperty("attemptHistory").GetArrayLength());
-        Assert.All(view.GetProperty("attemptHistory").EnumerateArray(), a => Assert.Equal("connection", a.GetProperty("error").GetString()));
+        Assert.All(view.GetProperty("attemptHistory").EnumerateArray(), a =>
+        {
+            Assert.Equal("connection", a.GetProperty("error").GetString());
+            Assert.StartsWith("ConnectionError: Connection refused", a.GetProperty("excerpt").GetString(), StringComparison.Ordinal);
+        });
+    }
+
+    [Fact]
+    public async Task AnswerLost_ConnectionClosedAfterEachRequest_IsDeadLetteredSayingAzureMayHaveStartedThePipeline()
+    {
+        // Azure (or a proxy) reads the whole POST and closes without answering: the request was sent every time. Told "could
+        // not be reached: check network access", an operator would replay a run that may have started three pipelines.
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        using var stop = new CancellationTokenSource();
+        var requests = 0;
+        var closing = Task.Run(async () =>
+        {
+            try
+            {
+                while (true)
+                {
+                    using var socket = await listener.AcceptSocketAsync(stop.Token);
+                    if (await ReadRequestAsync(socket, stop.Token))
+                    {
+                        Interlocked.Increment(ref requests);
+                    }
+                    socket.Close();
+                }
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        });
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["AzureDevOps:BaseUrl"] = $"http://127.0.0.1:{((IPEndPoint)listener.LocalEndpoint).Port}";
+            c["Dispatcher:Retry:MaxAttempts"] = "3";
+        });
+
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
+        await stop.CancelAsync();
+        await closing;
+
+        Assert.Equal(3, Volatile.Read(ref requests));
+        var view = await DeliveryAsync(relay, deliveryId);
+        Assert.Equal("retries_exhausted", view.GetProperty("reason").GetString());
+        var hint = view.GetProperty("hint").GetString();
+        Assert.Contains("answer was lost", hint, StringComparison.Ordinal);
+        Assert.Contains("check its runs before replaying", hint, StringComparison.Ordinal);
+        Assert.DoesNotContain("could not be reached", hint, StringComparison.Ordinal);
+        Assert.Equal("answer_lost", view.GetProperty("lastError").GetString());
+        Assert.All(view.GetProperty("attemptHistory").EnumerateArray(), a =>
+        {
+            Assert.Equal("answer_lost", a.GetProperty("error").GetString());
+            Assert.StartsWith("ResponseEnded:", a.GetProperty("excerpt").GetString(), StringComparison.Ordinal);
+        });
+    }
+
+    /// <summary>Reads one HTTP/1.1 request with a Content-Length body; false when the connection ended before all of it came.</summary>
+    private static async Task<bool> ReadRequestAsync(Socket socket, CancellationToken cancellationToken)
+    {
+        var received = new List<byte>();
+        var buffer = new byte[16 * 1024];
+        while (true)
+        {
+            var text = Encoding.ASCII.GetString([.. received]);
+            var end = text.IndexOf("\r\n\r\n", StringComparison.Ordinal);
+            if (end >= 0)
+            {
+                var length = text[..end].Split("\r\n").Where(l => l.StartsWith("Content-Length:", StringComparison.OrdinalIgnoreCase))
+                    .Select(l => int.Parse(l["Content-Length:".Length..].Trim(), CultureInfo.InvariantCulture)).FirstOrDefault();
+                if (received.Count >= end + 4 + length)
+                {
+                    return true;
+                }
+            }
+            var read = await socket.ReceiveAsync(buffer, SocketFlags.None, cancellationToken);
+            if (read == 0)
+            {
+                return false;
+            }
+            received.AddRange(buffer.AsSpan(0, read));
+        }
     }
 
     [Fact]

@@ -162,6 +162,7 @@ public class OutcomeClassifierTests
     [InlineData(302, null, "redirect")]
     [InlineData(null, "timeout", "timeout")]
     [InlineData(null, "connection", "could not be reached")]
+    [InlineData(null, "answer_lost", "check its runs before replaying")]
     public void Hint_KnownFailures_NameWhatToDo(int? status, string? error, string expected)
     {
         Assert.Contains(expected, OutcomeClassifier.Hint(status, error), StringComparison.OrdinalIgnoreCase);

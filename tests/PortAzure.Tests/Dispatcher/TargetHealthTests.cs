@@ -72,4 +72,37 @@ public class TargetHealthTests
         Assert.Equal(0, view.GetProperty("attempts").GetInt32());
         Assert.Empty(await relay.EmulatorApi.RequestsAsync());
     }
+
+    [Fact]
+    public async Task PausedTarget_RunTriedBeforeOutlivesTheRetryAge_KeepsItsLastAnswerAndItsHint()
+    {
+        // Tried once (a 500: an inactive webhook), then held behind the pause past the retry age. The dead letter wrote status
+        // 0 and no error over the record's, and its hint spoke of the pause alone: "replay once it answers again", which an
+        // inactive webhook never does by itself.
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxAgeHours"] = "0.5");
+        await relay.Db.HashSetAsync(RedisKeys.PausedTargets, RedisKeys.Target(TestRuns.Org, TestRuns.Webhook),
+            DateTimeOffset.UtcNow.AddHours(1).ToUnixTimeMilliseconds());
+        var entry = new DeliveryEntry("d_" + Guid.NewGuid().ToString("N"), TestRuns.Org, TestRuns.Webhook, TestRuns.Body(TestRuns.NewRunId()),
+            "k-" + Guid.NewGuid().ToString("N"), null, DateTimeOffset.UtcNow.AddHours(-1), null, null);
+        await relay.Db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId),
+        [
+            new(DeliveryRecord.State, DeliveryStates.Retrying), new(DeliveryRecord.Attempts, 1),
+            new(DeliveryRecord.LastStatus, 500), new(DeliveryRecord.LastError, ""),
+        ]);
+        await relay.Db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields());
+        await relay.Db.PublishAsync(StackExchange.Redis.RedisChannel.Literal(RedisKeys.WakeChannel), "test");
+
+        await WaitForStateAsync(relay, entry.DeliveryId, DeliveryStates.DeadLettered);
+
+        var view = await DeliveryAsync(relay, entry.DeliveryId);
+        Assert.Equal("retries_exhausted", view.GetProperty("reason").GetString());
+        var hint = view.GetProperty("hint").GetString();
+        Assert.Contains("stayed paused", hint, StringComparison.Ordinal);
+        Assert.Contains("This run's last try: Azure DevOps answered 500", hint, StringComparison.Ordinal);
+        Assert.Contains("run the pipeline", hint, StringComparison.Ordinal);
+        Assert.Equal(500, view.GetProperty("lastStatus").GetInt32());
+        Assert.Equal(1, view.GetProperty("attempts").GetInt32());
+        Assert.Empty(await relay.EmulatorApi.RequestsAsync());
+        Assert.Contains(relay.Dispatcher.Logs.Lines, l => l.Contains("[2003]", StringComparison.Ordinal) && l.Contains("last status 500", StringComparison.Ordinal));
+    }
 }
