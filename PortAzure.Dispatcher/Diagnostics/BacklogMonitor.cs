@@ -1,3 +1,4 @@
+using System.Globalization;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Options;
 using PortAzure.Redis;
@@ -15,7 +16,7 @@ internal sealed record BacklogSnapshot(long StreamLength, long Pending, long Sch
 /// Reads the backlog from Redis every few seconds for the gauges and the health check (observable
 /// instruments are read synchronously; they must not wait on Redis).
 /// </summary>
-internal sealed class BacklogMonitor(IConnectionMultiplexer redis, TimeProvider timeProvider) : BackgroundService
+internal sealed class BacklogMonitor(IConnectionMultiplexer redis, TimeProvider timeProvider, IOptionsMonitor<DispatcherOptions> options) : BackgroundService
 {
     private static readonly TimeSpan Interval = TimeSpan.FromSeconds(5);
 
@@ -29,7 +30,7 @@ internal sealed class BacklogMonitor(IConnectionMultiplexer redis, TimeProvider 
         var oldest = batch.StreamRangeAsync(RedisKeys.Stream, "-", "+", 1);
         var retries = batch.SortedSetLengthAsync(RedisKeys.RetrySchedule);
         var dead = batch.SortedSetLengthAsync(RedisKeys.DeadLetters);
-        var paused = batch.HashLengthAsync(RedisKeys.PausedTargets);
+        var paused = batch.HashGetAllAsync(RedisKeys.PausedTargets);
         var groups = batch.StreamGroupInfoAsync(RedisKeys.Stream);
         batch.Execute();
         long pending = 0;
@@ -47,8 +48,22 @@ internal sealed class BacklogMonitor(IConnectionMultiplexer redis, TimeProvider 
         {
             age = timeProvider.GetUtcNow() - DateTimeOffset.FromUnixTimeMilliseconds(ms);
         }
-        Current = new BacklogSnapshot(await length, pending, await retries, await dead, await paused, age < TimeSpan.Zero ? TimeSpan.Zero : age);
+        Current = new BacklogSnapshot(await length, pending, await retries, await dead, PausesInEffect(await paused), age < TimeSpan.Zero ? TimeSpan.Zero : age);
         return Current;
+    }
+
+    /// <summary>
+    /// Pauses whose probe time is recent or ahead. A pause is lifted only by a success, so one whose deliveries were all
+    /// dead-lettered (or a target nobody sends to any more) stayed counted for good, and the paused-targets alert with it.
+    /// While deliveries wait behind a pause, a Dispatcher takes the probe within a probe interval and a poll of its due
+    /// time, which moves it ahead; one not taken for two intervals and a minute has nothing waiting behind it (the next
+    /// delivery to the target is its probe). A probe time that is not a number counts: the next begin repairs it.
+    /// </summary>
+    private long PausesInEffect(HashEntry[] pauses)
+    {
+        var staleBefore = timeProvider.GetUtcNow().ToUnixTimeMilliseconds()
+            - (long)((2 * options.CurrentValue.TargetHealth.ProbeIntervalSeconds) + 60) * 1000;
+        return pauses.LongCount(p => !long.TryParse((string?)p.Value, NumberStyles.None, CultureInfo.InvariantCulture, out var probeAt) || probeAt >= staleBefore);
     }
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)

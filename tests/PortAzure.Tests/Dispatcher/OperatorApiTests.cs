@@ -49,7 +49,12 @@ public class OperatorApiTests
         await db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "crashed-replica", ">", count: 1);
         await db.SortedSetAddAsync(RedisKeys.RetrySchedule, [new SortedSetEntry("d_r1", 1), new SortedSetEntry("d_r2", 2)]);
         await db.SortedSetAddAsync(RedisKeys.DeadLetters, Enumerable.Range(0, 4).Select(i => new SortedSetEntry($"d_x{i}", i)).ToArray());
-        await db.HashSetAsync(RedisKeys.PausedTargets, Enumerable.Range(0, 5).Select(i => new HashEntry($"org{i}/hook", i)).ToArray());
+        // Four pauses in effect (probes ahead) and one whose probe time is damaged (the next begin repairs it); the sixth's
+        // probe was due an hour ago and nobody took it: nothing waits behind it, and it is not counted.
+        var probeAt = DateTimeOffset.UtcNow.AddSeconds(30).ToUnixTimeMilliseconds();
+        await db.HashSetAsync(RedisKeys.PausedTargets, Enumerable.Range(0, 4).Select(i => new HashEntry($"org{i}/hook", probeAt + i))
+            .Append(new HashEntry("org4/hook", "not-a-time"))
+            .Append(new HashEntry("org5/hook", DateTimeOffset.UtcNow.AddHours(-1).ToUnixTimeMilliseconds())).ToArray());
         await relay.AddDispatcherAsync(services: s => s.RemoveHostedService<PortAzure.Dispatcher.Delivery.DeliveryWorker>());
 
         // To the Dispatcher itself: with no Dispatcher at its start, the Ingress knows no address to proxy to.
