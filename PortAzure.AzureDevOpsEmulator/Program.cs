@@ -1,6 +1,7 @@
 using PortAzure.AzureDevOpsEmulator;
 
-var builder = WebApplication.CreateBuilder(args);
+// Content root at the app's own folder, wherever it was started from, as the services have it.
+var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
 builder.AddServiceDefaults();
 builder.AddEmulatorServices();
 

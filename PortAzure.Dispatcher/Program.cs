@@ -1,7 +1,8 @@
 using PortAzure.Dispatcher;
 using PortAzure.Dispatcher.Api;
 
-var builder = WebApplication.CreateBuilder(args);
+// Content root at the app's own folder, wherever it was started from: appsettings.json is found (the Ingress's holds its routes).
+var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
 builder.AddServiceDefaults();
 builder.AddDispatcherServices();
 

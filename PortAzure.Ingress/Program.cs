@@ -1,6 +1,7 @@
 using PortAzure.Ingress;
 
-var builder = WebApplication.CreateBuilder(args);
+// Content root at the app's own folder, wherever it was started from: appsettings.json holds the operator API's routes.
+var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
 builder.AddServiceDefaults();
 builder.AddIngressServices();
 

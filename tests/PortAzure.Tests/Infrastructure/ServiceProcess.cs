@@ -27,10 +27,11 @@ public sealed class ServiceProcess : IDisposable
 
     public static ServiceProcess StartDispatcher(IDictionary<string, string?> config) => Start("PortAzure.Dispatcher", config);
 
-    public static ServiceProcess StartIngress(IDictionary<string, string?> config) => Start("PortAzure.Ingress", config);
+    /// <param name="workingDirectory">Where the process is started from; its bin folder if not given.</param>
+    public static ServiceProcess StartIngress(IDictionary<string, string?> config, string? workingDirectory = null) =>
+        Start("PortAzure.Ingress", config, workingDirectory);
 
-    private static ServiceProcess Start(string project, IDictionary<string, string?> config)
-
+    private static ServiceProcess Start(string project, IDictionary<string, string?> config, string? workingDirectory = null)
     {
         var configuration = AppContext.BaseDirectory.Contains($"{Path.DirectorySeparatorChar}Release{Path.DirectorySeparatorChar}", StringComparison.Ordinal) ? "Release" : "Debug";
         var dll = Path.Combine(Repository.Root, project, "bin", configuration, "net10.0", project + ".dll");
@@ -40,7 +41,7 @@ public sealed class ServiceProcess : IDisposable
         }
         var start = new ProcessStartInfo("dotnet")
         {
-            WorkingDirectory = Path.GetDirectoryName(dll)!,
+            WorkingDirectory = workingDirectory ?? Path.GetDirectoryName(dll)!,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             UseShellExecute = false,

@@ -43,4 +43,29 @@ public class IngressProcessTests
         Assert.True(ingress.Terminate(TimeSpan.FromSeconds(30)), "the Ingress exits on SIGTERM");
         Assert.Equal(0, ingress.ExitCode);
     }
+
+    [Fact]
+    public async Task Run_StartedFromAnotherDirectory_StillHasItsAppsettingsAndProxiesTheOperatorApi()
+    {
+        // `dotnet path/to/PortAzure.Ingress.dll` from elsewhere (a script, a service unit without a working directory) took
+        // that directory as the content root: no appsettings.json, so no operator API routes, and /api/* answered 404.
+        await using var lease = await SharedRedis.LeaseAsync();
+        using var closed = new ClosedPort();
+        using var ingress = ServiceProcess.StartIngress(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = lease.ConnectionString,
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Admin:ApiKey"] = Relay.AdminKey,
+            ["services:dispatcher:http:0"] = $"http://127.0.0.1:{closed.Port}",
+        }, workingDirectory: Path.GetTempPath());
+        using var client = new HttpClient { BaseAddress = await ingress.ListeningAddress.WaitAsync(TimeSpan.FromSeconds(60)) };
+
+        using var request = new HttpRequestMessage(HttpMethod.Get, "/api/stats");
+        request.Headers.TryAddWithoutValidation("X-Api-Key", Relay.AdminKey);
+        using var response = await client.SendAsync(request);
+
+        // Routed to the Dispatcher, which is not there.
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+        Assert.Equal("dispatcher_unavailable", await ProblemResponses.ReasonAsync(response));
+    }
 }
