@@ -26,14 +26,17 @@ public sealed class PortOptions
     public bool TerminateRunOnDeadLetter { get; set; } = true;
 
     /// <summary>
-    /// An error naming <paramref name="key"/> when a secret begins or ends with white space or holds a control character;
-    /// null otherwise (also when it is not set). A secret read from a file keeps its trailing newline, and as an HMAC key it
-    /// is then another secret: the service would start and refuse (or sign wrongly) every call.
+    /// An error naming <paramref name="key"/> when a secret begins or ends with white space or holds a control character or
+    /// an invisible formatting one; null otherwise (also when it is not set). A secret read from a file keeps its trailing
+    /// newline (a file saved on Windows may start with a byte-order mark, a pasted one hold a zero-width space), and as an
+    /// HMAC key it is then another secret: the service would start and refuse (or sign wrongly) every call.
     /// </summary>
     public static string? SecretShapeError(string key, string? secret) =>
-        string.IsNullOrEmpty(secret) || (!char.IsWhiteSpace(secret[0]) && !char.IsWhiteSpace(secret[^1]) && !secret.Any(char.IsControl))
+        string.IsNullOrEmpty(secret) || (!char.IsWhiteSpace(secret[0]) && !char.IsWhiteSpace(secret[^1]) && !secret.Any(IsControlOrInvisible))
             ? null
-            : $"{key} begins or ends with white space or holds a control character (a trailing newline from a file?); set the secret alone.";
+            : $"{key} begins or ends with white space or holds a control or invisible character (a trailing newline or a byte-order mark from a file?); set the secret alone.";
+
+    private static bool IsControlOrInvisible(char c) => char.IsControl(c) || char.GetUnicodeCategory(c) == System.Globalization.UnicodeCategory.Format;
 
     /// <summary>Every <see cref="SecretShapeError"/> of <see cref="ClientSecret"/> and <see cref="PreviousClientSecret"/>.</summary>
     public IEnumerable<string> SecretShapeErrors() =>

@@ -23,6 +23,12 @@ public sealed class AzureDevOpsOptionsValidator : IValidateOptions<AzureDevOpsOp
         {
             errors.Add("AzureDevOps:SignatureHeader must be a valid HTTP header name.");
         }
+        else if (!IsFreeRequestHeader(options.SignatureHeader))
+        {
+            // A content header is not added to the request's headers at all (the POST went unsigned and was refused 400); the
+            // others the client or the relay sets itself.
+            errors.Add($"AzureDevOps:SignatureHeader '{options.SignatureHeader}' is a header the relay or HTTP itself sets; choose another name (the default is X-Port-Signature) and the same in the service connection.");
+        }
         // Configuration binds any number to an enum ("5"); AzureSignature.Compute would then throw before every POST.
         if (!Enum.IsDefined(options.SignatureFormat))
         {
@@ -52,6 +58,22 @@ public sealed class AzureDevOpsOptionsValidator : IValidateOptions<AzureDevOpsOp
             }
         }
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+
+    private static readonly HashSet<string> SetByTheRelay = new(StringComparer.OrdinalIgnoreCase)
+    {
+        "Host", "Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "TE", "Trailer", "Upgrade", "Expect",
+        "Idempotency-Key", "X-Port-Run-Id", "traceparent", "tracestate", "baggage",
+    };
+
+    private static bool IsFreeRequestHeader(string name)
+    {
+        if (SetByTheRelay.Contains(name))
+        {
+            return false;
+        }
+        using var probe = new HttpRequestMessage();
+        return probe.Headers.TryAddWithoutValidation(name, "x");
     }
 
     private static bool IsTokenChar(char c) => char.IsAsciiLetterOrDigit(c) || "!#$%&'*+-.^_`|~".Contains(c, StringComparison.Ordinal);
