@@ -30,6 +30,7 @@ public static class EmulatorExtensions
           POST   /v1/actions/runs/{runId}/logs      {"message","terminationStatus","statusLabel"}  (bearer)
           PATCH  /v1/actions/runs/{runId}           {"status","statusLabel","link","summary","externalRunId"}  (bearer)
           GET    /_emulator/port/calls
+          POST   /_emulator/port/calls/take         the recorded Port calls, removed in the same step
           DELETE /_emulator/port/calls
           GET    /_emulator/port/tokens
           GET    /_emulator/port/behavior

@@ -25,5 +25,8 @@ internal sealed class PortCallRecorder(RecordedLog<PortCall> log)
 
     public IReadOnlyList<PortCall> Snapshot() => [.. log.Snapshot().OrderBy(c => c.Sequence)];
 
+    /// <summary>Every recorded call, in arrival order, removed in the same step (<see cref="RecordedLog{T}.Take"/>).</summary>
+    public IReadOnlyList<PortCall> Take() => [.. log.Take().OrderBy(c => c.Sequence)];
+
     public void Clear() => log.Clear();
 }

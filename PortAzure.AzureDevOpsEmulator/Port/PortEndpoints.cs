@@ -19,6 +19,7 @@ internal static partial class PortEndpoints
 
         var control = endpoints.MapGroup("/_emulator/port");
         control.MapGet("/calls", (PortCallRecorder calls) => Results.Ok(calls.Snapshot()));
+        control.MapPost("/calls/take", (PortCallRecorder calls) => Results.Ok(calls.Take()));
         control.MapDelete("/calls", (PortCallRecorder calls) =>
         {
             calls.Clear();

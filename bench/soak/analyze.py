@@ -151,6 +151,21 @@ for k, n in by_key.most_common(40):
     for s in samples[k]:
         print("          e.g.", s)
 
+# Port reports: every run delivered (and queued by this soak) must have been reported to Port at least once.
+port_path = os.path.join(OUT, "port_calls.jsonl")
+unreported = []
+if os.path.exists(port_path):
+    port_calls = load("port_calls.jsonl")
+    reported = collections.Counter(c["run"] for c in port_calls if c["run"] and c["method"] == "POST" and 200 <= c["status"] < 300)
+    unreported = sorted(r for r in ok if r in queued and reported[r] == 0)
+    twice = {r: n for r, n in reported.items() if n > 1}
+    print(f"\nPort calls: {len(port_calls)}; runs reported: {len(reported)}; delivered but never reported: {len(unreported)} {unreported[:10]}")
+    # Documented: a report whose call reached Port is sent again when its reporter is killed before removing it, or when it
+    # is handed back at a stop after its call reached Port.
+    print(f"runs reported more than once: {len(twice)} {list(twice.items())[:10]}")
+else:
+    print("\nPort reporting off in this run")
+
 not_allowed = [r for r in ok if r not in queued and r not in uncertain]
 failures = {
     "lost": len(lost),
@@ -161,6 +176,10 @@ failures = {
     "unexplained duplicates": classes["unexplained"],
     # A stop waits for POSTs under way (grace 20 s, timeout 5 s here): a duplicate after one is a bug unless 2108 says so.
     "duplicates after a SIGTERM": classes["sigterm?"],
+    "delivered but never reported to Port": len(unreported),
+    "processes that exited on their own": sum(1 for e in events if e["kind"] == "UNEXPECTED_EXIT"),
+    "not drained": sum(1 for e in events if e["kind"] == "drain" and not e["quiet"]),
+    "Error or Critical log lines": sum(n for k, n in by_key.items() if k.lstrip().startswith(("fail:", "crit:")) or "Unhandled" in k),
 }
 bad = {k: v for k, v in failures.items() if v}
 print("\nVERDICT:", "FAIL " + str(bad) if bad else "OK: no run lost, none queued twice, every duplicate explained by a crash or a timeout")

@@ -19,6 +19,8 @@ ADMIN = "soak-admin-key-0123456789"
 ORG, WEBHOOK = "contoso", "deploy"
 RUN_TAG = f"{random.Random().randrange(16**6):06x}"
 BASE_DELAY_MS = int(os.environ.get("SOAK_EMU_DELAY_MS", "0"))
+# Reporting to Port (the emulator's Port API) on: every delivered run must be reported.
+PORT = os.environ.get("SOAK_PORT", "1") == "1"
 
 rng = random.Random(SEED)
 os.makedirs(f"{OUT}/logs", exist_ok=True)
@@ -111,7 +113,8 @@ class Svc:
     def signal(self, sig):
         self.expected_down = True
         pid = self.proc.pid
-        os.kill(pid, sig)
+        # Through Popen: a child the monitor has already reaped is not signalled (its pid may be another process's by now).
+        self.proc.send_signal(sig)
         return pid
 
 
@@ -155,6 +158,9 @@ DISPATCHER_SETTINGS = {
     "Dispatcher__ClaimIntervalSeconds": "2",
     "Dispatcher__Retry__MaxDelaySeconds": "20",
     "Dispatcher__TargetHealth__ProbeIntervalSeconds": "5",
+    # A killed reporter's reports are taken over after this (15 min by default); Port answers at once here, so no live
+    # reporter goes this long between two touches of a report.
+    "Dispatcher__PortReportReclaimSeconds": "30",
 }
 
 
@@ -165,6 +171,9 @@ def disp_env(s, consumer=None):
          "Logging__LogLevel__PortAzure": "Debug"}
     if consumer:
         e["Dispatcher__ConsumerName"] = consumer
+    if PORT:
+        e["Port__ClientId"] = "soak-client"
+        e["Port__ApiBaseUrl"] = f"http://127.0.0.1:{emu_port}/"
     return e
 
 
@@ -291,7 +300,35 @@ records_f = open(f"{OUT}/records.jsonl", "a", buffering=1)
 record_counts = [0]
 
 
+port_calls_f = open(f"{OUT}/port_calls.jsonl", "a", buffering=1)
+port_call_counts = [0]
+
+
+def take_port_calls():
+    if not PORT:
+        return 0
+    try:
+        c = http.client.HTTPConnection("127.0.0.1", emu_port, timeout=60)
+        c.request("POST", "/_emulator/port/calls/take")
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        if r.status != 200:
+            return None
+    except OSError:
+        return None
+    items = json.loads(data)
+    with lock:
+        for it in items:
+            rec = {"seq": it["sequence"], "receivedAt": it["receivedAt"], "method": it["method"], "run": it.get("runId"),
+                   "status": it["statusCode"], "emuInc": emulator.inc}
+            port_calls_f.write(json.dumps(rec) + "\n")
+        port_call_counts[0] += len(items)
+    return len(items)
+
+
 def take_records():
+    take_port_calls()
     try:
         c = http.client.HTTPConnection("127.0.0.1", emu_port, timeout=60)
         c.request("POST", "/_emulator/requests/take")
@@ -385,6 +422,8 @@ def emulator_restart():
     with emulator.busy:
         # Fail everything first, so that nothing the emulator answers 2xx can be recorded between the last take and the kill.
         emu_behavior({"failureRate": 1.0, "failureStatuses": [503]})
+        if PORT:
+            port_down(True)
         event("emu_restart_fail_all")
         time.sleep(2)
         n = take_records()
@@ -396,6 +435,13 @@ def emulator_restart():
         emulator.wait_ready()
         emu_behavior(None)
         event("ready", svc="emulator", inc=emulator.inc)
+
+
+def port_down(down):
+    c = http.client.HTTPConnection("127.0.0.1", emu_port, timeout=5)
+    c.request("POST", "/_emulator/port/behavior", json.dumps({"down": down}), {"Content-Type": "application/json"})
+    c.getresponse().read()
+    c.close()
 
 
 def chaos():
@@ -440,7 +486,7 @@ def monitor():
 def status_line():
     while not stop_all.is_set():
         stop_all.wait(30)
-        info = {"sent": sent_counter[0], "outcomes": dict(outcome_counts), "records": record_counts[0],
+        info = {"sent": sent_counter[0], "outcomes": dict(outcome_counts), "records": record_counts[0], "port_calls": port_call_counts[0],
                 "xlen": redis_cli("XLEN", "{portazure}:runs"), "retries": redis_cli("ZCARD", "{portazure}:retries"),
                 "deadletters": redis_cli("ZCARD", "{portazure}:deadletters"), "queue": work.qsize()}
         event("status", **info)
@@ -452,7 +498,9 @@ def wait_quiet(limit):
         xlen = int(redis_cli("XLEN", "{portazure}:runs") or -1)
         pend = redis_cli("XPENDING", "{portazure}:runs", "dispatchers").split("\n")[0]
         retries = int(redis_cli("ZCARD", "{portazure}:retries") or -1)
-        if xlen == 0 and pend == "0" and retries == 0:
+        # The Port reports: each leaves its stream once sent.
+        reports = int(redis_cli("XLEN", "{portazure}:port-reports") or 0) if PORT else 0
+        if xlen == 0 and pend == "0" and retries == 0 and reports == 0:
             return True, round(now() - t0, 1)
         time.sleep(1)
     return False, round(now() - t0, 1)
@@ -467,7 +515,7 @@ def build():
 
 def main():
     build()
-    event("config", base_delay_ms=BASE_DELAY_MS, seed=SEED, out=OUT, rate=RATE, send_seconds=SEND_SECONDS, workers=WORKERS, dispatcher=DISPATCHER_SETTINGS,
+    event("config", port=PORT, base_delay_ms=BASE_DELAY_MS, seed=SEED, out=OUT, rate=RATE, send_seconds=SEND_SECONDS, workers=WORKERS, dispatcher=DISPATCHER_SETTINGS,
           ports={"redis": redis_port, "emulator": emu_port, "ingress": ing_port, "dispatchers": disp_ports}, tag=RUN_TAG)
     redis.start()
     redis.wait_ready(None)
@@ -523,9 +571,16 @@ def main():
     take_records()
     # Dead letters and final Redis state.
     c = http.client.HTTPConnection("127.0.0.1", disp_ports[0], timeout=30)
-    c.request("GET", "/api/deadletters?limit=500", headers={"X-Api-Key": ADMIN})
-    r = c.getresponse()
-    open(f"{OUT}/deadletters.json", "wb").write(r.read())
+    dead, cursor = [], None
+    while True:
+        c.request("GET", "/api/deadletters?limit=500" + (f"&cursor={cursor}" if cursor else ""), headers={"X-Api-Key": ADMIN})
+        page = json.loads(c.getresponse().read())
+        dead += page.get("items", [])
+        cursor = page.get("nextCursor")
+        if not cursor:
+            break
+    with open(f"{OUT}/deadletters.json", "w") as f:
+        json.dump({"items": dead}, f)
     c.request("GET", "/api/stats", headers={"X-Api-Key": ADMIN})
     r = c.getresponse()
     open(f"{OUT}/stats.json", "wb").write(r.read())

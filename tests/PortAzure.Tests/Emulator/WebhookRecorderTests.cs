@@ -29,6 +29,26 @@ public class WebhookRecorderTests
     }
 
     [Fact]
+    public async Task TakePortCalls_RecordedCalls_ReturnsThemInOrderAndLeavesNone()
+    {
+        // The crash soak takes Port's calls as it takes the webhook requests, every few seconds, over 100,000 runs.
+        await using var emulator = await TestHost.StartEmulatorAsync();
+        for (var i = 0; i < 3; i++)
+        {
+            using var login = await emulator.Client.PostAsJsonAsync(new Uri("v1/auth/access_token", UriKind.Relative), new { clientId = "id", clientSecret = "secret" });
+        }
+
+        using var first = await emulator.Client.PostAsync(new Uri("_emulator/port/calls/take", UriKind.Relative), null);
+        using var second = await emulator.Client.PostAsync(new Uri("_emulator/port/calls/take", UriKind.Relative), null);
+
+        var taken = (await first.Content.ReadFromJsonAsync<JsonElement>()).EnumerateArray().Select(c => c.GetProperty("sequence").GetInt64()).ToList();
+        Assert.Equal(3, taken.Count);
+        Assert.Equal(taken.Order(), taken);
+        Assert.Empty((await second.Content.ReadFromJsonAsync<JsonElement>()).EnumerateArray());
+        Assert.Empty(await new EmulatorClient(emulator.Client).PortCallsAsync());
+    }
+
+    [Fact]
     public async Task Add_PastMaxRecorded_KeepsTheNewestAndCountsTheDropped()
     {
         // A long local session (./run.sh) kept every request and its body for good.
