@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net.Http.Headers;
 using System.Text;
+using System.Text.RegularExpressions;
 using Microsoft.Extensions.Options;
 using PortAzure.Redis;
 using PortAzure.Security;
@@ -13,7 +14,7 @@ namespace PortAzure.Dispatcher.Delivery;
 /// POSTs a run's exact bytes to an Azure DevOps incoming webhook, signed as Azure checks it.
 /// Exactly one request per call: its HttpClient has no resilience handler, and no redirect is followed.
 /// </summary>
-internal sealed class AzureWebhookClient(
+internal sealed partial class AzureWebhookClient(
     IHttpClientFactory httpClientFactory,
     IOptionsMonitor<AzureDevOpsOptions> azureOptions,
     IOptionsMonitor<PortOptions> portOptions,
@@ -94,7 +95,10 @@ internal sealed class AzureWebhookClient(
         }
     }
 
-    /// <summary>What failed, for the attempt's log ("ResponseEnded: ... The response ended prematurely."): no header, so no secret.</summary>
+    /// <summary>
+    /// What failed, for the attempt's log ("ResponseEnded: ... The response ended prematurely."). The handler's messages hold
+    /// no header, but a proxy's address is given whole, with its user and password: those are masked.
+    /// </summary>
     internal static string Describe(HttpRequestException exception)
     {
         var messages = new List<string>();
@@ -105,9 +109,13 @@ internal sealed class AzureWebhookClient(
                 messages.Add(e.Message);
             }
         }
-        var text = $"{exception.HttpRequestError}: {string.Join(" ", messages)}";
+        var text = UserInfo().Replace($"{exception.HttpRequestError}: {string.Join(" ", messages)}", "://***@");
         return text.Length > ExcerptLength ? text[..ExcerptLength] : text;
     }
+
+    // Everything between a scheme's "://" and the host's "@": a URL's user and password.
+    [GeneratedRegex(@"://[^/\s@'""]*@")]
+    private static partial Regex UserInfo();
 
     private TimeSpan? RetryAfter(HttpResponseMessage response)
     {

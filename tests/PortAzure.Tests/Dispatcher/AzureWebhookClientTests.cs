@@ -92,4 +92,28 @@ public class AzureWebhookClientTests
         Assert.Equal(DeliveryStates.Retrying, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State));
         Assert.Equal(1, (long)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.Attempts));
     }
+
+    [Fact]
+    public void Describe_ProxyRefusedTheTunnel_MasksTheProxysUserAndPassword()
+    {
+        // .NET names the proxy whole (HTTPS_PROXY with credentials) when it refuses the tunnel; the text is kept in the
+        // attempt log, which the operator API shows.
+        var refused = new HttpRequestException(HttpRequestError.ProxyTunnelError,
+            "The proxy tunnel request to proxy 'http://relayuser:S3cretPass@127.0.0.1:38123/' failed with status code '407'.");
+
+        var text = AzureWebhookClient.Describe(refused);
+
+        Assert.Equal("ProxyTunnelError: The proxy tunnel request to proxy 'http://***@127.0.0.1:38123/' failed with status code '407'.", text);
+    }
+
+    [Fact]
+    public void Describe_ResetAfterTheRequest_NamesTheErrorAndEachMessageOnce()
+    {
+        var reset = new HttpRequestException(HttpRequestError.Unknown, "An error occurred while sending the request.",
+            new IOException("Unable to read data from the transport connection: Connection reset by peer.",
+                new System.Net.Sockets.SocketException(104)));
+
+        Assert.Equal("Unknown: An error occurred while sending the request. Unable to read data from the transport connection: Connection reset by peer. Connection reset by peer",
+            AzureWebhookClient.Describe(reset));
+    }
 }
