@@ -55,16 +55,24 @@ internal sealed class BacklogMonitor(IConnectionMultiplexer redis, TimeProvider 
     /// <summary>
     /// Pauses whose probe time is recent or ahead. A pause is lifted only by a success, so one whose deliveries were all
     /// dead-lettered (or a target nobody sends to any more) stayed counted for good, and the paused-targets alert with it.
-    /// While deliveries wait behind a pause, a Dispatcher takes the probe within a probe interval and a poll of its due
-    /// time, which moves it ahead; one not taken for two intervals and a minute has nothing waiting behind it (the next
-    /// delivery to the target is its probe). A probe time that is not a number counts: the next begin repairs it.
+    /// A delivery waiting behind a pause comes back within <see cref="StaleAfter"/> of its probe time and takes the next
+    /// probe, which moves it ahead; a probe time older than that has nothing waiting behind it (the next delivery to the
+    /// target is its probe). A probe time that is not a number counts: the next begin repairs it.
     /// </summary>
     private long PausesInEffect(HashEntry[] pauses)
     {
-        var staleBefore = timeProvider.GetUtcNow().ToUnixTimeMilliseconds()
-            - (long)((2 * options.CurrentValue.TargetHealth.ProbeIntervalSeconds) + 60) * 1000;
+        var staleBefore = (timeProvider.GetUtcNow() - StaleAfter(options.CurrentValue)).ToUnixTimeMilliseconds();
         return pauses.LongCount(p => !long.TryParse((string?)p.Value, NumberStyles.None, CultureInfo.InvariantCulture, out var probeAt) || probeAt >= staleBefore);
     }
+
+    /// <summary>
+    /// The longest a waiting delivery leaves a pause's probe time untouched: a held one is due within a probe interval of
+    /// it, but a probe that failed goes back to its own backoff (up to Retry:MaxDelaySeconds, a Retry-After capped there);
+    /// then a poll of the schedule, a POST, another probe interval and a minute of margin. 12 min at the defaults.
+    /// </summary>
+    internal static TimeSpan StaleAfter(DispatcherOptions options) => TimeSpan.FromSeconds(
+        Math.Max(options.TargetHealth.ProbeIntervalSeconds, options.Retry.MaxDelaySeconds) + options.TargetHealth.ProbeIntervalSeconds
+        + options.PollIntervalSeconds + options.RequestTimeoutSeconds + 60);
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {

@@ -49,13 +49,20 @@ public class OperatorApiTests
         await db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "crashed-replica", ">", count: 1);
         await db.SortedSetAddAsync(RedisKeys.RetrySchedule, [new SortedSetEntry("d_r1", 1), new SortedSetEntry("d_r2", 2)]);
         await db.SortedSetAddAsync(RedisKeys.DeadLetters, Enumerable.Range(0, 4).Select(i => new SortedSetEntry($"d_x{i}", i)).ToArray());
-        // Four pauses in effect (probes ahead) and one whose probe time is damaged (the next begin repairs it); the sixth's
-        // probe was due an hour ago and nobody took it: nothing waits behind it, and it is not counted.
+        // Three pauses in effect (probes ahead); one whose probe failed 5 min ago (its delivery waits out a backoff of up to
+        // Retry:MaxDelaySeconds, 10 min, before it probes again); one whose probe time is damaged (the next begin repairs
+        // it). The sixth's probe was due an hour ago and nobody took it: nothing waits behind it, and it is not counted.
         var probeAt = DateTimeOffset.UtcNow.AddSeconds(30).ToUnixTimeMilliseconds();
-        await db.HashSetAsync(RedisKeys.PausedTargets, Enumerable.Range(0, 4).Select(i => new HashEntry($"org{i}/hook", probeAt + i))
+        await db.HashSetAsync(RedisKeys.PausedTargets, Enumerable.Range(0, 3).Select(i => new HashEntry($"org{i}/hook", probeAt + i))
+            .Append(new HashEntry("org3/hook", DateTimeOffset.UtcNow.AddMinutes(-5).ToUnixTimeMilliseconds()))
             .Append(new HashEntry("org4/hook", "not-a-time"))
             .Append(new HashEntry("org5/hook", DateTimeOffset.UtcNow.AddHours(-1).ToUnixTimeMilliseconds())).ToArray());
-        await relay.AddDispatcherAsync(services: s => s.RemoveHostedService<PortAzure.Dispatcher.Delivery.DeliveryWorker>());
+        // The defaults the pauses above are judged by (the tests' own are seconds).
+        await relay.AddDispatcherAsync(c =>
+        {
+            c["Dispatcher:Retry:MaxDelaySeconds"] = "600";
+            c["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "30";
+        }, services: s => s.RemoveHostedService<PortAzure.Dispatcher.Delivery.DeliveryWorker>());
 
         // To the Dispatcher itself: with no Dispatcher at its start, the Ingress knows no address to proxy to.
         using var request = relay.Operator(HttpMethod.Get, "/api/stats");
