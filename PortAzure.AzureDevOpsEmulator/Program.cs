@@ -1,7 +1,6 @@
 using PortAzure.AzureDevOpsEmulator;
 
-// Content root at the app's own folder, wherever it was started from, as the services have it.
-var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
+var builder = WebApplication.CreateBuilder(RelayHost.Options(args));
 builder.AddServiceDefaults();
 builder.AddEmulatorServices();
 

@@ -1,8 +1,7 @@
 using PortAzure.Dispatcher;
 using PortAzure.Dispatcher.Api;
 
-// Content root at the app's own folder, wherever it was started from: appsettings.json is found (the Ingress's holds its routes).
-var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
+var builder = WebApplication.CreateBuilder(RelayHost.Options(args));
 builder.AddServiceDefaults();
 builder.AddDispatcherServices();
 

@@ -1,7 +1,6 @@
 using PortAzure.Ingress;
 
-// Content root at the app's own folder, wherever it was started from: appsettings.json holds the operator API's routes.
-var builder = WebApplication.CreateBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
+var builder = WebApplication.CreateBuilder(RelayHost.Options(args));
 builder.AddServiceDefaults();
 builder.AddIngressServices();
 
