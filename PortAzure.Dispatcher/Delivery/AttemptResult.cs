@@ -30,6 +30,19 @@ internal static class OutcomeClassifier
         _ => AttemptOutcome.Permanent,
     };
 
+    /// <summary>What a hint says when Azure may have started the pipeline on a try whose answer was lost.</summary>
+    public const string CheckRuns = "check its runs before replaying";
+
+    /// <summary>
+    /// Whether Azure may have the run although the try failed: no answer in time, a connection dropped after the request, a
+    /// gateway's 502 or 504 (a proxy in front of Azure passed the request on, and lost or waited too long for the answer).
+    /// </summary>
+    public static bool AnswerMayBeLost(AttemptResult result)
+    {
+        ArgumentNullException.ThrowIfNull(result);
+        return result.StatusCode is 502 or 504 || result.Error is "timeout" or AzureWebhookClient.AnswerLost;
+    }
+
     /// <summary>A line a person can act on, for a dead letter and for Port's run log.</summary>
     public static string Hint(int? statusCode, string? error) => statusCode switch
     {

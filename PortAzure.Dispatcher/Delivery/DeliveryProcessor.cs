@@ -171,6 +171,7 @@ internal sealed partial class DeliveryProcessor(
                         new(DeliveryRecord.LastStatus, result.StatusCode ?? 0),
                         new(DeliveryRecord.LastError, result.Error ?? ""),
                         new(DeliveryRecord.NextAttemptAt, dueAt.ToUnixTimeMilliseconds()),
+                        .. (OutcomeClassifier.AnswerMayBeLost(result) ? [new KeyValuePair<string, RedisValue>(DeliveryRecord.AnswerLost, 1)] : Array.Empty<KeyValuePair<string, RedisValue>>()),
                     ]);
                     Log.RetryScheduled(logger, entry.DeliveryId, result.StatusClass, attempt, dueAt);
                     if (failures == opts.TargetHealth.FailureThreshold)
@@ -181,13 +182,14 @@ internal sealed partial class DeliveryProcessor(
                 else
                 {
                     await DeadLetterAsync(entry, streamId, lease, now, attempt, "retries_exhausted",
-                        OutcomeClassifier.Hint(result.StatusCode, result.Error), result, attemptJson);
+                        WithLostAnswer(OutcomeClassifier.Hint(result.StatusCode, result.Error), begin.AnswerLost || OutcomeClassifier.AnswerMayBeLost(result)),
+                        result, attemptJson);
                 }
                 break;
 
             default:
                 await DeadLetterAsync(entry, streamId, lease, now, attempt, "permanent_failure",
-                    OutcomeClassifier.Hint(result.StatusCode, result.Error), result, attemptJson);
+                    WithLostAnswer(OutcomeClassifier.Hint(result.StatusCode, result.Error), begin.AnswerLost), result, attemptJson);
                 break;
         }
         if (result.Outcome != AttemptOutcome.Delivered)
@@ -212,7 +214,7 @@ internal sealed partial class DeliveryProcessor(
                 // Its own last answer says more than the pause: a 500 is an inactive webhook, which never answers again by itself.
                 hint += " This run's last try: " + OutcomeClassifier.Hint(begin.LastStatus > 0 ? begin.LastStatus : null, begin.LastError);
             }
-            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "retries_exhausted", hint, null, null, begin.LastStatus);
+            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "retries_exhausted", WithLostAnswer(hint, begin.AnswerLost), null, null, begin.LastStatus);
             return;
         }
         var due = pausedUntil + (TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds) * Random.Shared.NextDouble());
@@ -224,6 +226,15 @@ internal sealed partial class DeliveryProcessor(
             [.. fields, new(DeliveryRecord.NextAttemptAt, due.ToUnixTimeMilliseconds())]);
         metrics.Paused();
     }
+
+    /// <summary>
+    /// A dead letter's hint speaks of the last try's answer; a try whose answer was lost (this one or an earlier one) may have
+    /// started the pipeline, and a replay would start another.
+    /// </summary>
+    private static string WithLostAnswer(string hint, bool answerLost) =>
+        answerLost && !hint.Contains(OutcomeClassifier.CheckRuns, StringComparison.Ordinal)
+            ? hint + " A try's answer was lost (no answer in time, a dropped connection or a gateway's 502/504): it may have started the pipeline; " + OutcomeClassifier.CheckRuns + "."
+            : hint;
 
     /// <param name="result">This attempt's answer, or null when the dead letter comes without a try.</param>
     /// <param name="lastStatus">Without a try: the status of the record's last one, for the log line.</param>

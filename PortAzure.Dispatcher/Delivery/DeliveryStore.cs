@@ -9,9 +9,10 @@ namespace PortAzure.Dispatcher.Delivery;
 /// <see cref="DamagedRecord"/>: the type of what stood at the record's key instead of a hash (now set aside); the
 /// delivery's history is unknown, so it must not be posted.
 /// </summary>
-/// <see cref="LastStatus"/> and <see cref="LastError"/>: the record's last try (0 and "" when none is known).
+/// <see cref="LastStatus"/> and <see cref="LastError"/>: the record's last try (0 and "" when none is known);
+/// <see cref="AnswerLost"/>: an earlier try's answer was lost (<see cref="DeliveryRecord.AnswerLost"/>).
 internal readonly record struct BeginResult(bool Leased, string State, int Attempts, int Claims, DateTimeOffset? Since, DateTimeOffset? PausedUntil,
-    string? DamagedRecord = null, int LastStatus = 0, string LastError = "")
+    string? DamagedRecord = null, int LastStatus = 0, string LastError = "", bool AnswerLost = false)
 {
     public bool AlreadyFinished => !Leased && State.Length > 0;
 }
@@ -55,7 +56,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // KEYS: 1 record, 2 lease, 3 paused targets, 4 where a damaged record is set aside
     // ARGV: 1 lease token, 2 lease ms, 3 claimed (1/0), 4 target, 5 now ms, 6 probe interval ms, 7 a damaged record's keep s
     // Returns {0} leased by another attempt; {2, state} already finished (nothing taken);
-    // {1, state, attempts, claims, since, pausedUntil, probe, damaged, lastStatus, lastError} the lease is ours (probe: this
+    // {1, state, attempts, claims, since, pausedUntil, probe, damaged, lastStatus, lastError, answerLost} the lease is ours (probe: this
     // attempt is the paused target's probe; damaged: '' or the type found at the record's key; the caller needs only
     // pausedUntil = 0 and damaged = '' to go ahead; the last try's status and error for a dead letter written without a try).
     // The lease already ours: a retry of this very call (same token, same now) whose first reply was lost. It
@@ -82,7 +83,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         -- pcall: a record that is not a hash failed every begin, so the entry was reclaimed for good (its claims were
         -- never counted, so it never became poison). Its history (delivered? posted?) is unknown: it is set aside for a
         -- person, and a new record says so (a retry of this call whose reply was lost must find it), with no POST.
-        local r = redis.pcall('HMGET', KEYS[1], 'state', 'attempts', 'since', 'at', 'damaged', 'lastStatus', 'lastError')
+        local r = redis.pcall('HMGET', KEYS[1], 'state', 'attempts', 'since', 'at', 'damaged', 'lastStatus', 'lastError', 'answerLost')
         if r.err then
           local t = redis.call('TYPE', KEYS[1]).ok
           if t == 'hash' then
@@ -91,7 +92,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           redis.call('RENAME', KEYS[1], KEYS[4])
           redis.call('EXPIRE', KEYS[4], ARGV[7])
           redis.call('HSET', KEYS[1], 'damaged', t)
-          r = {false, false, false, false, t, false, false}
+          r = {false, false, false, false, t, false, false, false}
         end
         if r[1] == 'delivered' or r[1] == 'deadlettered' or r[1] == 'discarded' then
           return {2, r[1]}
@@ -125,7 +126,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           end
         end
         return {1, r[1] or '', whole(r[2], 1e9) or 0, claims, whole(r[3], 1e14) or whole(r[4], 1e14) or 0, paused, probe, r[5] or '',
-          whole(r[6], 999) or 0, r[7] or ''}
+          whole(r[6], 999) or 0, r[7] or '', r[8] == '1' and 1 or 0}
         """;
 
     // KEYS: 1 record, 2 lease, 3 stream, 4 retry schedule, 5 dead letters, 6 attempts, 7 target failures, 8 paused targets,
@@ -503,7 +504,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             paused > 0 ? DateTimeOffset.FromUnixTimeMilliseconds(paused) : null,
             damaged.Length > 0 ? damaged : null,
             (int)result[8],
-            (string)result[9]!);
+            (string)result[9]!,
+            (int)result[10] == 1);
     }
 
     public sealed record FinishRequest(

@@ -25,6 +25,9 @@ public static class DeliveryRecord
     public const string DeadLetteredAt = "deadLetteredAt";
     public const string Replays = "replays";
 
+    /// <summary>"1" once a try's answer was lost (a timeout, a dropped connection, a gateway's 502/504): Azure may have the run.</summary>
+    public const string AnswerLost = "answerLost";
+
     /// <summary>
     /// The type of what stood at the record's key when an attempt began (not a hash): the delivery goes to the dead
     /// letters unposted. Removed by a replay.

@@ -101,6 +101,37 @@ public class DeliveryOutcomeTests
     }
 
     [Fact]
+    public async Task PermanentFailure_AfterATimedOutTry_HintSaysToCheckThePipelinesRunsBeforeReplaying()
+    {
+        // The first try's answer never came (Azure may have started the pipeline); the second is refused 404. The hint spoke of
+        // the 404 alone, and a replay after fixing the webhook could start a second run.
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:RequestTimeoutSeconds"] = "0.5");
+        await relay.EmulatorApi.ScriptAsync(new { responses = new object[] { new { status = 200, delayMs = 3000 }, new { status = 404 } } });
+
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
+
+        var view = await DeliveryAsync(relay, deliveryId);
+        Assert.Equal("permanent_failure", view.GetProperty("reason").GetString());
+        var hint = view.GetProperty("hint").GetString();
+        Assert.StartsWith("Azure DevOps answered 404", hint, StringComparison.Ordinal);
+        Assert.Contains("A try's answer was lost", hint, StringComparison.Ordinal);
+        Assert.EndsWith("check its runs before replaying.", hint, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task PermanentFailure_WithoutALostAnswer_HintSaysNothingOfIt()
+    {
+        await using var relay = await Relay.StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = new object[] { new { status = 503 }, new { status = 404 } } });
+
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
+
+        Assert.DoesNotContain("answer was lost", (await DeliveryAsync(relay, deliveryId)).GetProperty("hint").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task ConnectionRefused_UntilBudgetSpent_IsDeadLetteredAsUnreachable()
     {
         using var closed = new ClosedPort();
