@@ -98,13 +98,13 @@ internal sealed partial class DeliveryProcessor(
             var hint = $"The delivery's record in Redis was a {found}, not a hash (damaged, or overwritten by something else), so whether "
                 + $"this run was posted before is unknown; it was not posted again. The value is kept under {RedisKeys.DamagedDelivery(entry.DeliveryId)} "
                 + $"for {opts.DeliveredRetentionHours} h. Check the pipeline's runs, then replay or discard.";
-            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "record_damaged", hint, null, null);
+            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "record_damaged", hint, null, null, begin.LastStatus);
             return;
         }
         if (claimed && begin.Claims > opts.MaxClaims)
         {
             var hint = $"The entry was reclaimed from stopped Dispatchers {begin.Claims} times; it is treated as poison. Replay it once the cause is found.";
-            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "poison", hint, null, null);
+            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "poison", hint, null, null, begin.LastStatus);
             return;
         }
         var since = begin.Since ?? entry.ReceivedAt;

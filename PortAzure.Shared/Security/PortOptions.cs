@@ -32,11 +32,12 @@ public sealed class PortOptions
     /// HMAC key it is then another secret: the service would start and refuse (or sign wrongly) every call.
     /// </summary>
     public static string? SecretShapeError(string key, string? secret) =>
-        string.IsNullOrEmpty(secret) || (!char.IsWhiteSpace(secret[0]) && !char.IsWhiteSpace(secret[^1]) && !secret.Any(IsControlOrInvisible))
+        string.IsNullOrEmpty(secret) || (!char.IsWhiteSpace(secret[0]) && !char.IsWhiteSpace(secret[^1]) && !secret.EnumerateRunes().Any(IsControlOrInvisible))
             ? null
             : $"{key} begins or ends with white space or holds a control or invisible character (a trailing newline or a byte-order mark from a file?); set the secret alone.";
 
-    private static bool IsControlOrInvisible(char c) => char.IsControl(c) || char.GetUnicodeCategory(c) == System.Globalization.UnicodeCategory.Format;
+    // By code point: the tag characters (U+E0000 block) are formatting ones outside the 16-bit range.
+    private static bool IsControlOrInvisible(Rune r) => Rune.IsControl(r) || Rune.GetUnicodeCategory(r) == System.Globalization.UnicodeCategory.Format;
 
     /// <summary>Every <see cref="SecretShapeError"/> of <see cref="ClientSecret"/> and <see cref="PreviousClientSecret"/>.</summary>
     public IEnumerable<string> SecretShapeErrors() =>

@@ -120,7 +120,7 @@ public class DispatcherStartupTests
         });
 
         await Eventually.HoldsAsync(() => Task.FromResult(dispatcher.Logs.Lines.Any(l => l.Contains("[2216]", StringComparison.Ordinal))),
-            TimeSpan.FromSeconds(10), "the reporter's start-up checks");
+            TimeSpan.FromSeconds(30), "the reporter's start-up checks");
         var warning = dispatcher.Logs.Lines.SingleOrDefault(l => l.StartsWith("Warning", StringComparison.Ordinal) && l.Contains("[2215]", StringComparison.Ordinal));
         if (warnedMinutes is null)
         {

@@ -8,6 +8,7 @@ public class PortOptionsTests
     [InlineData("\uFEFFa-port-client-secret")] // a byte-order mark: a file saved on Windows
     [InlineData("a-port-client-secret\u200B")] // a zero-width space: pasted from a web page
     [InlineData("a-port-\u2060client-secret")] // a word joiner inside
+    [InlineData("a-port-client-secret\U000E0041")] // a tag character, beyond 16 bits
     [InlineData("a-port-client-secret\n")]
     [InlineData(" a-port-client-secret")]
     [InlineData("a-port-\u0007client-secret")]
