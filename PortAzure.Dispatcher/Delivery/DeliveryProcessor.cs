@@ -103,7 +103,9 @@ internal sealed partial class DeliveryProcessor(
         }
         if (claimed && begin.Claims > opts.MaxClaims)
         {
-            var hint = $"The entry was reclaimed from stopped Dispatchers {begin.Claims} times; it is treated as poison. Replay it once the cause is found.";
+            // Each claim stands for a Dispatcher that died with the run: perhaps mid-POST.
+            var hint = $"The entry was reclaimed from stopped Dispatchers {begin.Claims} times; it is treated as poison. A Dispatcher may have died after "
+                + $"posting it: {OutcomeClassifier.CheckRuns} once the cause is found.";
             await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "poison", hint, null, null, begin.LastStatus);
             return;
         }
@@ -253,6 +255,11 @@ internal sealed partial class DeliveryProcessor(
         {
             // Without a try (held past the retry age, poison, a damaged record) the record keeps what its last try got.
             fields = [.. fields, new(DeliveryRecord.LastStatus, result.StatusCode ?? 0), new(DeliveryRecord.LastError, result.Error ?? "")];
+            if (OutcomeClassifier.AnswerMayBeLost(result))
+            {
+                // Kept through a replay, as one set by a retry is: the next dead letter still says it.
+                fields = [.. fields, new(DeliveryRecord.AnswerLost, 1)];
+            }
         }
         await FinishAsync(FinishMode.DeadLetter, entry, streamId, lease, now, null, attemptJson, fields, reporter.DeadLettered(entry, reason, hint));
         metrics.DeadLettered(reason);

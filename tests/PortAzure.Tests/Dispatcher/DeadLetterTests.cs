@@ -37,6 +37,32 @@ public class DeadLetterTests
     }
 
     [Fact]
+    public async Task Replay_OfARunWhoseLastTryTimedOut_ItsNextDeadLetterStillSaysToCheckThePipelinesRuns()
+    {
+        // The only try timed out (Azure may have started the pipeline), then a replay is refused 404: the second dead letter
+        // must still say so. Only retries remembered it; a lost answer on the try that dead-lettered the run was forgotten.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:RequestTimeoutSeconds"] = "0.5";
+            c["Dispatcher:Retry:MaxAttempts"] = "1";
+        });
+        await relay.EmulatorApi.ScriptAsync(new { responses = new object[] { new { status = 200, delayMs = 3000 }, new { status = 404 }, new { status = 404 } } });
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
+
+        using var replay = relay.Operator(HttpMethod.Post, $"/api/deadletters/{deliveryId}/replay");
+        using var answer = await relay.Ingress.Client.SendAsync(replay);
+        Assert.Equal(HttpStatusCode.Accepted, answer.StatusCode);
+        await Eventually.HoldsAsync(async () => (await DeliveryAsync(relay, deliveryId)) is var view
+            && view.GetProperty("state").GetString() == DeliveryStates.DeadLettered && view.GetProperty("lastStatus").ValueKind == JsonValueKind.Number,
+            TimeSpan.FromSeconds(45), "the replay dead-lettered with 404");
+
+        var hint = (await DeliveryAsync(relay, deliveryId)).GetProperty("hint").GetString();
+        Assert.StartsWith("Azure DevOps answered 404", hint, StringComparison.Ordinal);
+        Assert.EndsWith("check its runs before replaying.", hint, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Replay_OneDeadLetter_IsDeliveredOnceUnderTheSameId()
     {
         await using var relay = await Relay.StartAsync();

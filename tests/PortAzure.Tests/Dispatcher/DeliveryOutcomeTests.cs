@@ -106,7 +106,8 @@ public class DeliveryOutcomeTests
         // The first try's answer never came (Azure may have started the pipeline); the second is refused 404. The hint spoke of
         // the 404 alone, and a replay after fixing the webhook could start a second run.
         await using var relay = await Relay.StartAsync(c => c["Dispatcher:RequestTimeoutSeconds"] = "0.5");
-        await relay.EmulatorApi.ScriptAsync(new { responses = new object[] { new { status = 200, delayMs = 3000 }, new { status = 404 } } });
+        // More than one 404: on a starved machine the second try too may time out (a new connection, the first still held).
+        await relay.EmulatorApi.ScriptAsync(new { responses = new object[] { new { status = 200, delayMs = 3000 }, new { status = 404 }, new { status = 404 }, new { status = 404 } } });
 
         var deliveryId = await SendAsync(relay);
         await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
