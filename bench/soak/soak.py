@@ -300,7 +300,8 @@ records_f = open(f"{OUT}/records.jsonl", "a", buffering=1)
 record_counts = [0]
 
 
-port_calls_f = open(f"{OUT}/port_calls.jsonl", "a", buffering=1)
+# Only with reporting on: analyze.py takes the file's presence as "reporting was on".
+port_calls_f = open(f"{OUT}/port_calls.jsonl", "a", buffering=1) if PORT else None
 port_call_counts = [0]
 
 
@@ -321,6 +322,7 @@ def take_port_calls():
     with lock:
         for it in items:
             rec = {"seq": it["sequence"], "receivedAt": it["receivedAt"], "method": it["method"], "run": it.get("runId"),
+                   "failure": '"terminationStatus":"FAILURE"' in (it.get("bodyText") or ""),
                    "status": it["statusCode"], "emuInc": emulator.inc}
             port_calls_f.write(json.dumps(rec) + "\n")
         port_call_counts[0] += len(items)
