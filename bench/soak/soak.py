@@ -305,12 +305,11 @@ port_calls_f = open(f"{OUT}/port_calls.jsonl", "a", buffering=1) if PORT else No
 port_call_counts = [0]
 
 
-def take_port_calls():
-    if not PORT:
-        return 0
+def take(path):
+    """What the emulator recorded at `path`, removed in the same step; None when it did not answer (restarting)."""
     try:
         c = http.client.HTTPConnection("127.0.0.1", emu_port, timeout=60)
-        c.request("POST", "/_emulator/port/calls/take")
+        c.request("POST", path)
         r = c.getresponse()
         data = r.read()
         c.close()
@@ -318,7 +317,15 @@ def take_port_calls():
             return None
     except OSError:
         return None
-    items = json.loads(data)
+    return json.loads(data)
+
+
+def take_port_calls():
+    if not PORT:
+        return 0
+    items = take("/_emulator/port/calls/take")
+    if items is None:
+        return None
     with lock:
         for it in items:
             rec = {"seq": it["sequence"], "receivedAt": it["receivedAt"], "method": it["method"], "run": it.get("runId"),
@@ -331,17 +338,9 @@ def take_port_calls():
 
 def take_records():
     take_port_calls()
-    try:
-        c = http.client.HTTPConnection("127.0.0.1", emu_port, timeout=60)
-        c.request("POST", "/_emulator/requests/take")
-        r = c.getresponse()
-        data = r.read()
-        c.close()
-        if r.status != 200:
-            return None
-    except OSError:
+    items = take("/_emulator/requests/take")
+    if items is None:
         return None
-    items = json.loads(data)
     with lock:
         for it in items:
             h = {k.lower(): v for k, v in it["headers"].items()}

@@ -57,12 +57,7 @@ public class TargetHealthTests
     {
         // A paused target's deliveries wait without spending attempts, but not past Dispatcher:Retry:MaxAgeHours.
         await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxAgeHours"] = "0.5");
-        await relay.Db.HashSetAsync(RedisKeys.PausedTargets, RedisKeys.Target(TestRuns.Org, TestRuns.Webhook),
-            DateTimeOffset.UtcNow.AddHours(1).ToUnixTimeMilliseconds());
-        var entry = new DeliveryEntry("d_" + Guid.NewGuid().ToString("N"), TestRuns.Org, TestRuns.Webhook, TestRuns.Body(TestRuns.NewRunId()),
-            "k-" + Guid.NewGuid().ToString("N"), null, DateTimeOffset.UtcNow.AddHours(-1), null, null);
-        await relay.Db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields());
-        await relay.Db.PublishAsync(StackExchange.Redis.RedisChannel.Literal(RedisKeys.WakeChannel), "test");
+        var entry = await QueueAnHourOldRunBehindAPauseAsync(relay);
 
         await WaitForStateAsync(relay, entry.DeliveryId, DeliveryStates.DeadLettered);
 
@@ -80,17 +75,11 @@ public class TargetHealthTests
         // 0 and no error over the record's, and its hint spoke of the pause alone: "replay once it answers again", which an
         // inactive webhook never does by itself.
         await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxAgeHours"] = "0.5");
-        await relay.Db.HashSetAsync(RedisKeys.PausedTargets, RedisKeys.Target(TestRuns.Org, TestRuns.Webhook),
-            DateTimeOffset.UtcNow.AddHours(1).ToUnixTimeMilliseconds());
-        var entry = new DeliveryEntry("d_" + Guid.NewGuid().ToString("N"), TestRuns.Org, TestRuns.Webhook, TestRuns.Body(TestRuns.NewRunId()),
-            "k-" + Guid.NewGuid().ToString("N"), null, DateTimeOffset.UtcNow.AddHours(-1), null, null);
-        await relay.Db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId),
+        var entry = await QueueAnHourOldRunBehindAPauseAsync(relay,
         [
             new(DeliveryRecord.State, DeliveryStates.Retrying), new(DeliveryRecord.Attempts, 1),
             new(DeliveryRecord.LastStatus, 500), new(DeliveryRecord.LastError, ""),
         ]);
-        await relay.Db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields());
-        await relay.Db.PublishAsync(StackExchange.Redis.RedisChannel.Literal(RedisKeys.WakeChannel), "test");
 
         await WaitForStateAsync(relay, entry.DeliveryId, DeliveryStates.DeadLettered);
 
@@ -104,5 +93,24 @@ public class TargetHealthTests
         Assert.Equal(1, view.GetProperty("attempts").GetInt32());
         Assert.Empty(await relay.EmulatorApi.RequestsAsync());
         Assert.Contains(relay.Dispatcher.Logs.Lines, l => l.Contains("[2003]", StringComparison.Ordinal) && l.Contains("last status 500", StringComparison.Ordinal));
+    }
+
+    /// <summary>
+    /// Pauses the test target for an hour and queues a run received an hour ago, its record holding <paramref name="record"/>
+    /// first (an earlier try's outcome).
+    /// </summary>
+    private static async Task<DeliveryEntry> QueueAnHourOldRunBehindAPauseAsync(Relay relay, StackExchange.Redis.HashEntry[]? record = null)
+    {
+        await relay.Db.HashSetAsync(RedisKeys.PausedTargets, RedisKeys.Target(TestRuns.Org, TestRuns.Webhook),
+            DateTimeOffset.UtcNow.AddHours(1).ToUnixTimeMilliseconds());
+        var entry = new DeliveryEntry("d_" + Guid.NewGuid().ToString("N"), TestRuns.Org, TestRuns.Webhook, TestRuns.Body(TestRuns.NewRunId()),
+            "k-" + Guid.NewGuid().ToString("N"), null, DateTimeOffset.UtcNow.AddHours(-1), null, null);
+        if (record is not null)
+        {
+            await relay.Db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId), record);
+        }
+        await relay.Db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields());
+        await relay.Db.PublishAsync(StackExchange.Redis.RedisChannel.Literal(RedisKeys.WakeChannel), "test");
+        return entry;
     }
 }
