@@ -8,9 +8,9 @@ namespace PortAzure.Dispatcher.Delivery;
 /// final <see cref="State"/>: already finished; with an empty one: another attempt holds the lease.
 /// <see cref="DamagedRecord"/>: the type of what stood at the record's key instead of a hash (now set aside); the
 /// delivery's history is unknown, so it must not be posted.
-/// </summary>
 /// <see cref="LastStatus"/> and <see cref="LastError"/>: the record's last try (0 and "" when none is known);
 /// <see cref="AnswerLost"/>: an earlier try's answer was lost (<see cref="DeliveryRecord.AnswerLost"/>).
+/// </summary>
 internal readonly record struct BeginResult(bool Leased, string State, int Attempts, int Claims, DateTimeOffset? Since, DateTimeOffset? PausedUntil,
     string? DamagedRecord = null, int LastStatus = 0, string LastError = "", bool AnswerLost = false)
 {
