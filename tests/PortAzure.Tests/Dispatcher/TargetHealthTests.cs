@@ -92,7 +92,9 @@ public class TargetHealthTests
         Assert.Equal(500, view.GetProperty("lastStatus").GetInt32());
         Assert.Equal(1, view.GetProperty("attempts").GetInt32());
         Assert.Empty(await relay.EmulatorApi.RequestsAsync());
-        Assert.Contains(relay.Dispatcher.Logs.Lines, l => l.Contains("[2003]", StringComparison.Ordinal) && l.Contains("last status 500", StringComparison.Ordinal));
+        // Logged once the finish has returned, which the state above may show first.
+        await Eventually.HoldsAsync(() => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2003]", StringComparison.Ordinal)
+            && l.Contains("last status 500", StringComparison.Ordinal))), TimeSpan.FromSeconds(10), "the dead letter's line names the last status");
     }
 
     /// <summary>
