@@ -40,7 +40,7 @@ internal static class OutcomeClassifier
     public static bool AnswerMayBeLost(AttemptResult result)
     {
         ArgumentNullException.ThrowIfNull(result);
-        return result.StatusCode is 502 or 504 || result.Error is "timeout" or AzureWebhookClient.AnswerLost;
+        return result.StatusCode is 502 or 504 || result.Error is AzureWebhookClient.TimedOut or AzureWebhookClient.AnswerLost;
     }
 
     /// <summary>A line a person can act on, for a dead letter and for Port's run log.</summary>
@@ -53,8 +53,8 @@ internal static class OutcomeClassifier
         429 => "Azure DevOps kept throttling this webhook (429) until the retry budget ran out.",
         408 or 502 or 503 or 504 => "Azure DevOps stayed unavailable until the retry budget ran out; replay once it is back.",
         null when error == AzureWebhookClient.TargetNotAllowed => "The target is not in AzureDevOps:Targets (or its name is not valid for Azure); the run was not posted on this try. Add the target to the list, then replay.",
-        null when error == "timeout" => "Azure DevOps did not answer within the request timeout until the retry budget ran out. It may have started the pipeline on such a try: check its runs before replaying.",
-        null when error == AzureWebhookClient.AnswerLost => "Azure DevOps's answer was lost until the retry budget ran out: the connection was reset or closed after the request was sent, or the answer was not HTTP (a proxy or load balancer in between?). It may have started the pipeline on such a try: check its runs before replaying.",
+        null when error == AzureWebhookClient.TimedOut => $"Azure DevOps did not answer within the request timeout until the retry budget ran out. It may have started the pipeline on such a try: {CheckRuns}.",
+        null when error == AzureWebhookClient.AnswerLost => $"Azure DevOps's answer was lost until the retry budget ran out: the connection was reset or closed after the request was sent, or the answer was not HTTP (a proxy or load balancer in between?). It may have started the pipeline on such a try: {CheckRuns}.",
         null => "Azure DevOps could not be reached until the retry budget ran out: check network access and AzureDevOps:BaseUrl.",
         _ => $"Azure DevOps answered {statusCode}, which is not retried.",
     };

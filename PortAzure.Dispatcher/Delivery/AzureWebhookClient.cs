@@ -26,6 +26,9 @@ internal sealed partial class AzureWebhookClient(
     public const string RunIdHeader = "X-Port-Run-Id";
     public const string TargetNotAllowed = "target_not_allowed";
 
+    /// <summary>No answer within Dispatcher:RequestTimeoutSeconds: Azure may have the POST.</summary>
+    public const string TimedOut = "timeout";
+
     /// <summary>No connection was made (refused, name not resolved, TLS failed, connect timeout): the POST never left.</summary>
     public const string ConnectionFailed = "connection";
 
@@ -82,7 +85,7 @@ internal sealed partial class AzureWebhookClient(
         {
             // Our request timeout; otherwise the handler's ConnectTimeout (connection and TLS handshake), which ends in
             // a cancellation too, not an HttpRequestException: a connection failure, not a crash of the attempt.
-            return new AttemptResult(AttemptOutcome.Transient, null, null, "", timeout.IsCancellationRequested ? "timeout" : ConnectionFailed,
+            return new AttemptResult(AttemptOutcome.Transient, null, null, "", timeout.IsCancellationRequested ? TimedOut : ConnectionFailed,
                 Stopwatch.GetElapsedTime(started));
         }
         catch (HttpRequestException ex)

@@ -170,10 +170,8 @@ internal sealed partial class DeliveryProcessor(
                     [
                         .. EntryFields(entry, DeliveryStates.Retrying, now),
                         new(DeliveryRecord.Attempts, attempt),
-                        new(DeliveryRecord.LastStatus, result.StatusCode ?? 0),
-                        new(DeliveryRecord.LastError, result.Error ?? ""),
+                        .. FailedTryFields(result),
                         new(DeliveryRecord.NextAttemptAt, dueAt.ToUnixTimeMilliseconds()),
-                        .. (OutcomeClassifier.AnswerMayBeLost(result) ? [new KeyValuePair<string, RedisValue>(DeliveryRecord.AnswerLost, 1)] : Array.Empty<KeyValuePair<string, RedisValue>>()),
                     ]);
                     Log.RetryScheduled(logger, entry.DeliveryId, result.StatusClass, attempt, dueAt);
                     if (failures == opts.TargetHealth.FailureThreshold)
@@ -238,6 +236,16 @@ internal sealed partial class DeliveryProcessor(
             ? hint + " A try's answer was lost (no answer in time, a dropped connection or a gateway's 502/504): it may have started the pipeline; " + OutcomeClassifier.CheckRuns + "."
             : hint;
 
+    /// <summary>
+    /// What a failed try leaves on the record: its status and error, and, when its answer may have been lost, the mark that
+    /// every later dead letter reads (never removed, a replay included: a run it started is still there).
+    /// </summary>
+    private static KeyValuePair<string, RedisValue>[] FailedTryFields(AttemptResult result)
+    {
+        KeyValuePair<string, RedisValue>[] fields = [new(DeliveryRecord.LastStatus, result.StatusCode ?? 0), new(DeliveryRecord.LastError, result.Error ?? "")];
+        return OutcomeClassifier.AnswerMayBeLost(result) ? [.. fields, new(DeliveryRecord.AnswerLost, 1)] : fields;
+    }
+
     /// <param name="result">This attempt's answer, or null when the dead letter comes without a try.</param>
     /// <param name="lastStatus">Without a try: the status of the record's last one, for the log line.</param>
     private async Task DeadLetterAsync(DeliveryEntry entry, string? streamId, AttemptLease lease, DateTimeOffset now, int attempts, string reason, string hint,
@@ -254,12 +262,7 @@ internal sealed partial class DeliveryProcessor(
         if (result is not null)
         {
             // Without a try (held past the retry age, poison, a damaged record) the record keeps what its last try got.
-            fields = [.. fields, new(DeliveryRecord.LastStatus, result.StatusCode ?? 0), new(DeliveryRecord.LastError, result.Error ?? "")];
-            if (OutcomeClassifier.AnswerMayBeLost(result))
-            {
-                // Kept through a replay, as one set by a retry is: the next dead letter still says it.
-                fields = [.. fields, new(DeliveryRecord.AnswerLost, 1)];
-            }
+            fields = [.. fields, .. FailedTryFields(result)];
         }
         await FinishAsync(FinishMode.DeadLetter, entry, streamId, lease, now, null, attemptJson, fields, reporter.DeadLettered(entry, reason, hint));
         metrics.DeadLettered(reason);
