@@ -7,4 +7,4 @@ builder.AddEmulatorServices();
 var app = builder.Build();
 app.MapDefaultEndpoints();
 app.MapEmulatorEndpoints();
-app.Run();
+return app.RunUntilStopped();

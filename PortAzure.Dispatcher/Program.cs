@@ -8,4 +8,4 @@ builder.AddDispatcherServices();
 var app = builder.Build();
 app.MapDefaultEndpoints();
 app.MapOperatorApi();
-app.Run();
+return app.RunUntilStopped();

@@ -7,4 +7,4 @@ builder.AddIngressServices();
 var app = builder.Build();
 app.MapDefaultEndpoints();
 app.MapIngress();
-app.Run();
+return app.RunUntilStopped();

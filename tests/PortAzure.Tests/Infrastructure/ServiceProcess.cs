@@ -85,6 +85,18 @@ public sealed class ServiceProcess : IDisposable
 
     public int ExitCode => _process.ExitCode;
 
+    /// <summary>Waits for the process to exit on its own, with all its output read.</summary>
+    public bool WaitForExit(TimeSpan timeout)
+    {
+        if (!_process.WaitForExit(timeout))
+        {
+            return false;
+        }
+        // The timed wait returns before the redirected output is drained; the untimed one waits for it.
+        _process.WaitForExit();
+        return true;
+    }
+
     /// <summary>SIGTERM, as a container platform stops a replica; waits for the process to exit.</summary>
     public bool Terminate(TimeSpan timeout)
     {

@@ -45,6 +45,25 @@ public class IngressProcessTests
     }
 
     [Fact]
+    public void Run_OptionRefusedByValidation_ExitsWithOneAfterLoggingWhyOnce()
+    {
+        // app.Run() let the validation exception escape: .NET printed it again as unhandled and aborted (exit 134).
+        using var ingress = ServiceProcess.StartIngress(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Ingress:MaxBodyBytes"] = "-5",
+        });
+
+        Assert.True(ingress.WaitForExit(TimeSpan.FromSeconds(60)), "the Ingress exits; its output:\n" + ingress.Output);
+
+        Assert.Equal(1, ingress.ExitCode);
+        Assert.Contains("Ingress:MaxBodyBytes must be between", ingress.Output, StringComparison.Ordinal);
+        Assert.Contains("Hosting failed to start", ingress.Output, StringComparison.Ordinal);
+        Assert.DoesNotContain("Unhandled exception", ingress.Output, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Run_StartedFromAnotherDirectory_StillHasItsAppsettingsAndProxiesTheOperatorApi()
     {
         // `dotnet path/to/PortAzure.Ingress.dll` from elsewhere (a script, a service unit without a working directory) took

@@ -1,0 +1,29 @@
+using PortAzure.Tests.Infrastructure;
+
+namespace PortAzure.Tests.Dispatcher;
+
+/// <summary>The Dispatcher run on its own, as a deployment runs it: the built dll and environment variables.</summary>
+[Collection(HeavyTests.Name)]
+public class DispatcherProcessTests
+{
+    [Fact]
+    public void Run_OptionsRefusedByValidation_ExitsWithOneNamingEveryKeyOnce()
+    {
+        // app.Run() let the validation exception escape: .NET printed it again as unhandled and aborted (exit 134).
+        using var dispatcher = ServiceProcess.StartDispatcher(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Dispatcher:MaxConcurrency"] = "0",
+            ["Dispatcher:PortRequestTimeoutSeconds"] = "0",
+        });
+
+        Assert.True(dispatcher.WaitForExit(TimeSpan.FromSeconds(60)), "the Dispatcher exits; its output:\n" + dispatcher.Output);
+
+        Assert.Equal(1, dispatcher.ExitCode);
+        Assert.Contains("Dispatcher:MaxConcurrency", dispatcher.Output, StringComparison.Ordinal);
+        Assert.Contains("Dispatcher:PortRequestTimeoutSeconds", dispatcher.Output, StringComparison.Ordinal);
+        Assert.Contains("Hosting failed to start", dispatcher.Output, StringComparison.Ordinal);
+        Assert.DoesNotContain("Unhandled exception", dispatcher.Output, StringComparison.Ordinal);
+    }
+}
