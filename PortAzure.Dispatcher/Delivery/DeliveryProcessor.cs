@@ -218,6 +218,13 @@ internal sealed partial class DeliveryProcessor(
             return;
         }
         var due = pausedUntil + (TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds) * Random.Shared.NextDouble());
+        // Held until after its retry age, a run was posted as the target's probe (or once the pause ended) later than any
+        // retry is ever scheduled. It is looked at again just past its age instead: dead-lettered above if still paused.
+        var pastAge = since + TimeSpan.FromHours(opts.Retry.MaxAgeHours) + TimeSpan.FromMilliseconds(1);
+        if (due > pastAge)
+        {
+            due = pastAge;
+        }
         KeyValuePair<string, RedisValue>[] fields = streamId is null
             // From the schedule: the record already holds the body; do not write it again.
             ? [new(DeliveryRecord.State, DeliveryStates.Retrying), new(DeliveryRecord.UpdatedAt, now.ToUnixTimeMilliseconds())]

@@ -69,6 +69,23 @@ public class TargetHealthTests
     }
 
     [Fact]
+    public async Task PausedTarget_PauseOutlastsTheRunsRetryAge_IsDeadLetteredAtItsAgeNotPostedAsALaterProbe()
+    {
+        // Held until the pause's probe time, which lies past the run's age: it was posted then (as the probe, or once the
+        // pause ended), later than any retry is scheduled. It is looked at again at its age and, still paused, dead-lettered.
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxAgeHours"] = "0.5");
+        var entry = await QueueAnHourOldRunBehindAPauseAsync(relay, received: DateTimeOffset.UtcNow.AddMinutes(-30).AddSeconds(8));
+
+        await WaitForStateAsync(relay, entry.DeliveryId, DeliveryStates.DeadLettered);
+
+        var view = await DeliveryAsync(relay, entry.DeliveryId);
+        Assert.Equal("retries_exhausted", view.GetProperty("reason").GetString());
+        Assert.Contains("stayed paused", view.GetProperty("hint").GetString(), StringComparison.Ordinal);
+        Assert.Equal(0, view.GetProperty("attempts").GetInt32());
+        Assert.Empty(await relay.EmulatorApi.RequestsAsync());
+    }
+
+    [Fact]
     public async Task PausedTarget_RunTriedBeforeOutlivesTheRetryAge_KeepsItsLastAnswerAndItsHint()
     {
         // Tried once (a 500: an inactive webhook), then held behind the pause past the retry age. The dead letter wrote status
@@ -98,15 +115,16 @@ public class TargetHealthTests
     }
 
     /// <summary>
-    /// Pauses the test target for an hour and queues a run received an hour ago, its record holding <paramref name="record"/>
-    /// first (an earlier try's outcome).
+    /// Pauses the test target for an hour and queues a run received an hour ago (or at <paramref name="received"/>), its record
+    /// holding <paramref name="record"/> first (an earlier try's outcome).
     /// </summary>
-    private static async Task<DeliveryEntry> QueueAnHourOldRunBehindAPauseAsync(Relay relay, StackExchange.Redis.HashEntry[]? record = null)
+    private static async Task<DeliveryEntry> QueueAnHourOldRunBehindAPauseAsync(Relay relay, StackExchange.Redis.HashEntry[]? record = null,
+        DateTimeOffset? received = null)
     {
         await relay.Db.HashSetAsync(RedisKeys.PausedTargets, RedisKeys.Target(TestRuns.Org, TestRuns.Webhook),
             DateTimeOffset.UtcNow.AddHours(1).ToUnixTimeMilliseconds());
         var entry = new DeliveryEntry("d_" + Guid.NewGuid().ToString("N"), TestRuns.Org, TestRuns.Webhook, TestRuns.Body(TestRuns.NewRunId()),
-            "k-" + Guid.NewGuid().ToString("N"), null, DateTimeOffset.UtcNow.AddHours(-1), null, null);
+            "k-" + Guid.NewGuid().ToString("N"), null, received ?? DateTimeOffset.UtcNow.AddHours(-1), null, null);
         if (record is not null)
         {
             await relay.Db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId), record);
