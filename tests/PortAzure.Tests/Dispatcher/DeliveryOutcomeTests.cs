@@ -1,8 +1,5 @@
-using System.Globalization;
 using System.Net;
 using System.Net.Http.Json;
-using System.Net.Sockets;
-using System.Text;
 using System.Text.Json;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
@@ -162,40 +159,17 @@ public class DeliveryOutcomeTests
     {
         // Azure (or a proxy) reads the whole POST and closes without answering: the request was sent every time. Told "could
         // not be reached: check network access", an operator would replay a run that may have started three pipelines.
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        using var stop = new CancellationTokenSource();
-        var requests = 0;
-        var closing = Task.Run(async () =>
-        {
-            try
-            {
-                while (true)
-                {
-                    using var socket = await listener.AcceptSocketAsync(stop.Token);
-                    if (await ReadRequestAsync(socket, stop.Token))
-                    {
-                        Interlocked.Increment(ref requests);
-                    }
-                    socket.Close();
-                }
-            }
-            catch (OperationCanceledException)
-            {
-            }
-        });
+        await using var azure = DroppingServer.Start();
         await using var relay = await Relay.StartAsync(c =>
         {
-            c["AzureDevOps:BaseUrl"] = $"http://127.0.0.1:{((IPEndPoint)listener.LocalEndpoint).Port}";
+            c["AzureDevOps:BaseUrl"] = $"http://127.0.0.1:{azure.Port}";
             c["Dispatcher:Retry:MaxAttempts"] = "3";
         });
 
         var deliveryId = await SendAsync(relay);
         await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
-        await stop.CancelAsync();
-        await closing;
 
-        Assert.Equal(3, Volatile.Read(ref requests));
+        Assert.Equal(3, azure.Requests);
         var view = await DeliveryAsync(relay, deliveryId);
         Assert.Equal("retries_exhausted", view.GetProperty("reason").GetString());
         var hint = view.GetProperty("hint").GetString();
@@ -208,33 +182,6 @@ public class DeliveryOutcomeTests
             Assert.Equal("answer_lost", a.GetProperty("error").GetString());
             Assert.StartsWith("ResponseEnded:", a.GetProperty("excerpt").GetString(), StringComparison.Ordinal);
         });
-    }
-
-    /// <summary>Reads one HTTP/1.1 request with a Content-Length body; false when the connection ended before all of it came.</summary>
-    private static async Task<bool> ReadRequestAsync(Socket socket, CancellationToken cancellationToken)
-    {
-        var received = new List<byte>();
-        var buffer = new byte[16 * 1024];
-        while (true)
-        {
-            var text = Encoding.ASCII.GetString([.. received]);
-            var end = text.IndexOf("\r\n\r\n", StringComparison.Ordinal);
-            if (end >= 0)
-            {
-                var length = text[..end].Split("\r\n").Where(l => l.StartsWith("Content-Length:", StringComparison.OrdinalIgnoreCase))
-                    .Select(l => int.Parse(l["Content-Length:".Length..].Trim(), CultureInfo.InvariantCulture)).FirstOrDefault();
-                if (received.Count >= end + 4 + length)
-                {
-                    return true;
-                }
-            }
-            var read = await socket.ReceiveAsync(buffer, SocketFlags.None, cancellationToken);
-            if (read == 0)
-            {
-                return false;
-            }
-            received.AddRange(buffer.AsSpan(0, read));
-        }
     }
 
     [Fact]

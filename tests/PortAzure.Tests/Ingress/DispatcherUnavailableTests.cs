@@ -1,5 +1,4 @@
 using System.Net;
-using System.Net.Sockets;
 using PortAzure.Tests.Infrastructure;
 
 namespace PortAzure.Tests.Ingress;
@@ -36,41 +35,20 @@ public class DispatcherUnavailableTests
     {
         // A Dispatcher that reads the call and drops the connection (killed mid-call): a batch replay may have run. Every
         // connection is dropped so, a call sent again included, until the test ends; its port stays bound meanwhile.
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        using var stop = new CancellationTokenSource();
-        var connections = 0;
-        var dropping = Task.Run(async () =>
-        {
-            try
-            {
-                while (true)
-                {
-                    using var socket = await listener.AcceptSocketAsync(stop.Token);
-                    Interlocked.Increment(ref connections);
-                    await socket.ReceiveAsync(new byte[16 * 1024], SocketFlags.None, stop.Token);
-                    socket.Close();
-                }
-            }
-            catch (OperationCanceledException)
-            {
-            }
-        });
+        await using var dispatcher = DroppingServer.Start();
         using var closed = new ClosedPort();
         await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
         {
             ["ConnectionStrings:redis"] = $"127.0.0.1:{closed.Port},abortConnect=false,connectTimeout=300",
             ["Port:ClientSecret"] = TestRuns.Secret,
             ["Admin:ApiKey"] = Relay.AdminKey,
-            ["services:dispatcher:http:0"] = $"http://127.0.0.1:{((IPEndPoint)listener.LocalEndpoint).Port}",
+            ["services:dispatcher:http:0"] = $"http://127.0.0.1:{dispatcher.Port}",
         });
 
         using var request = new HttpRequestMessage(new HttpMethod(method), path);
         request.Headers.TryAddWithoutValidation("X-Api-Key", Relay.AdminKey);
         using var response = await ingress.Client.SendAsync(request);
-        await stop.CancelAsync();
-        await dropping;
-        Assert.True(connections > 0, "the call reached the Dispatcher's address");
+        Assert.True(dispatcher.Requests > 0, "the call reached the Dispatcher");
 
         Assert.Equal(status, response.StatusCode);
         Assert.Equal(reason, await ProblemResponses.ReasonAsync(response));
