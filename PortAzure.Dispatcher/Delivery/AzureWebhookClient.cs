@@ -23,7 +23,6 @@ internal sealed partial class AzureWebhookClient(
 {
     public const string HttpClientName = "azure-devops";
     public const string ApiVersion = "6.0-preview";
-    public const string RunIdHeader = "X-Port-Run-Id";
     public const string TargetNotAllowed = "target_not_allowed";
 
     /// <summary>No answer within Dispatcher:RequestTimeoutSeconds: Azure may have the POST.</summary>
@@ -65,10 +64,10 @@ internal sealed partial class AzureWebhookClient(
         request.Content = content;
         request.Headers.TryAddWithoutValidation(azure.SignatureHeader,
             AzureSignature.Compute(entry.Body.Span, Encoding.UTF8.GetBytes(secret), azure.SignatureFormat));
-        request.Headers.TryAddWithoutValidation("Idempotency-Key", entry.DeliveryId);
+        request.Headers.TryAddWithoutValidation(WebhookHeaders.IdempotencyKey, entry.DeliveryId);
         if (entry.RunId is not null)
         {
-            request.Headers.TryAddWithoutValidation(RunIdHeader, entry.RunId);
+            request.Headers.TryAddWithoutValidation(WebhookHeaders.RunId, entry.RunId);
         }
 
         using var timeout = new CancellationTokenSource(dispatcherOptions.CurrentValue.RequestTimeout, timeProvider);

@@ -63,7 +63,7 @@ public sealed class AzureDevOpsOptionsValidator : IValidateOptions<AzureDevOpsOp
     private static readonly HashSet<string> SetByTheRelay = new(StringComparer.OrdinalIgnoreCase)
     {
         "Host", "Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "TE", "Trailer", "Upgrade", "Expect",
-        "Idempotency-Key", "X-Port-Run-Id", "traceparent", "tracestate", "baggage",
+        WebhookHeaders.IdempotencyKey, WebhookHeaders.RunId, "traceparent", "tracestate", "baggage",
     };
 
     private static bool IsFreeRequestHeader(string name)
