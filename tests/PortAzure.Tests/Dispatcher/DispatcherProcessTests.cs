@@ -18,12 +18,6 @@ public class DispatcherProcessTests
             ["Dispatcher:PortRequestTimeoutSeconds"] = "0",
         });
 
-        Assert.True(dispatcher.WaitForExit(TimeSpan.FromSeconds(60)), "the Dispatcher exits; its output:\n" + dispatcher.Output);
-
-        Assert.Equal(1, dispatcher.ExitCode);
-        Assert.Contains("Dispatcher:MaxConcurrency", dispatcher.Output, StringComparison.Ordinal);
-        Assert.Contains("Dispatcher:PortRequestTimeoutSeconds", dispatcher.Output, StringComparison.Ordinal);
-        Assert.Contains("Hosting failed to start", dispatcher.Output, StringComparison.Ordinal);
-        Assert.DoesNotContain("Unhandled exception", dispatcher.Output, StringComparison.Ordinal);
+        dispatcher.AssertRefusedAtStart("Dispatcher:MaxConcurrency", "Dispatcher:PortRequestTimeoutSeconds");
     }
 }

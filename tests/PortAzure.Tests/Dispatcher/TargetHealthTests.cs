@@ -59,13 +59,7 @@ public class TargetHealthTests
         await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxAgeHours"] = "0.5");
         var entry = await QueueAnHourOldRunBehindAPauseAsync(relay);
 
-        await WaitForStateAsync(relay, entry.DeliveryId, DeliveryStates.DeadLettered);
-
-        var view = await DeliveryAsync(relay, entry.DeliveryId);
-        Assert.Equal("retries_exhausted", view.GetProperty("reason").GetString());
-        Assert.Contains("stayed paused", view.GetProperty("hint").GetString(), StringComparison.Ordinal);
-        Assert.Equal(0, view.GetProperty("attempts").GetInt32());
-        Assert.Empty(await relay.EmulatorApi.RequestsAsync());
+        await AssertDeadLetteredStillPausedUntriedAsync(relay, entry);
     }
 
     [Fact]
@@ -76,13 +70,7 @@ public class TargetHealthTests
         await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxAgeHours"] = "0.5");
         var entry = await QueueAnHourOldRunBehindAPauseAsync(relay, received: DateTimeOffset.UtcNow.AddMinutes(-30).AddSeconds(8));
 
-        await WaitForStateAsync(relay, entry.DeliveryId, DeliveryStates.DeadLettered);
-
-        var view = await DeliveryAsync(relay, entry.DeliveryId);
-        Assert.Equal("retries_exhausted", view.GetProperty("reason").GetString());
-        Assert.Contains("stayed paused", view.GetProperty("hint").GetString(), StringComparison.Ordinal);
-        Assert.Equal(0, view.GetProperty("attempts").GetInt32());
-        Assert.Empty(await relay.EmulatorApi.RequestsAsync());
+        await AssertDeadLetteredStillPausedUntriedAsync(relay, entry);
     }
 
     [Fact]
@@ -112,6 +100,17 @@ public class TargetHealthTests
         // Logged once the finish has returned, which the state above may show first.
         await Eventually.HoldsAsync(() => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2003]", StringComparison.Ordinal)
             && l.Contains("last status 500", StringComparison.Ordinal))), TimeSpan.FromSeconds(10), "the dead letter's line names the last status");
+    }
+
+    private static async Task AssertDeadLetteredStillPausedUntriedAsync(Relay relay, DeliveryEntry entry)
+    {
+        await WaitForStateAsync(relay, entry.DeliveryId, DeliveryStates.DeadLettered);
+
+        var view = await DeliveryAsync(relay, entry.DeliveryId);
+        Assert.Equal("retries_exhausted", view.GetProperty("reason").GetString());
+        Assert.Contains("stayed paused", view.GetProperty("hint").GetString(), StringComparison.Ordinal);
+        Assert.Equal(0, view.GetProperty("attempts").GetInt32());
+        Assert.Empty(await relay.EmulatorApi.RequestsAsync());
     }
 
     /// <summary>

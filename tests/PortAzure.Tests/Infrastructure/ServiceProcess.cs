@@ -97,6 +97,19 @@ public sealed class ServiceProcess : IDisposable
         return true;
     }
 
+    /// <summary>
+    /// Checks a process whose start was refused (its options): it exits with 1 after the host's line saying why, naming each of
+    /// <paramref name="reasons"/>, and not with .NET's unhandled-exception abort (134), which printed them a second time.
+    /// </summary>
+    public void AssertRefusedAtStart(params string[] reasons)
+    {
+        Assert.True(WaitForExit(TimeSpan.FromSeconds(60)), "the process exits; its output:\n" + Output);
+        Assert.Equal(1, ExitCode);
+        Assert.Contains("Hosting failed to start", Output, StringComparison.Ordinal);
+        Assert.All(reasons, reason => Assert.Contains(reason, Output, StringComparison.Ordinal));
+        Assert.DoesNotContain("Unhandled exception", Output, StringComparison.Ordinal);
+    }
+
     /// <summary>SIGTERM, as a container platform stops a replica; waits for the process to exit.</summary>
     public bool Terminate(TimeSpan timeout)
     {

@@ -55,12 +55,7 @@ public class IngressProcessTests
             ["Ingress:MaxBodyBytes"] = "-5",
         });
 
-        Assert.True(ingress.WaitForExit(TimeSpan.FromSeconds(60)), "the Ingress exits; its output:\n" + ingress.Output);
-
-        Assert.Equal(1, ingress.ExitCode);
-        Assert.Contains("Ingress:MaxBodyBytes must be between", ingress.Output, StringComparison.Ordinal);
-        Assert.Contains("Hosting failed to start", ingress.Output, StringComparison.Ordinal);
-        Assert.DoesNotContain("Unhandled exception", ingress.Output, StringComparison.Ordinal);
+        ingress.AssertRefusedAtStart("Ingress:MaxBodyBytes must be between");
     }
 
     [Fact]
