@@ -41,6 +41,12 @@ internal sealed partial class DeliveryWorker(
     // same entries again (held by leases still running, each given up at once) and never reached those after them: a hot
     // loop until the leases ran out.
     private RedisValue _readBackAfter = "0-0";
+    // The stream entries this consumer has taken over (reclaimed or read back). One whose crashed attempt's lease still runs
+    // is given up ("leased by another", 2004) and reclaimed again every ClaimMinIdle until the lease ends: each time it read
+    // as another stopped consumer (2104), two or three Warnings for one crash. Touched by the loop alone; cleared when
+    // large, which costs at most one Warning more per entry.
+    private readonly HashSet<string> _takenOver = new(StringComparer.Ordinal);
+    private const int TakenOverRemembered = 10_000;
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -181,7 +187,7 @@ internal sealed partial class DeliveryWorker(
                 }
                 // Counted as claimed, as the reclaim that would otherwise have taken them: an entry whose processing
                 // failed here is among them, and must still end up as poison if it keeps failing.
-                started += await StartEntriesAsync(slots, own, claimed: true, stoppingToken);
+                started += (await StartEntriesAsync(slots, own, claimed: true, stoppingToken)).Started;
             }
 
             if ((_lastClaimAt is not { } last || timeProvider.GetElapsedTime(last) >= TimeSpan.FromSeconds(opts.ClaimIntervalSeconds))
@@ -194,11 +200,15 @@ internal sealed partial class DeliveryWorker(
                 var claim = await redis.GetDatabase().StreamAutoClaimAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name,
                     (long)opts.ClaimMinIdle.TotalMilliseconds, _claimCursor, slots.CurrentCount);
                 _claimCursor = claim.NextStartId;
-                var reclaimed = await StartEntriesAsync(slots, [.. claim.ClaimedEntries.Where(e => !processing.Contains(e.Id.ToString()))],
+                var (reclaimed, takenOverBefore) = await StartEntriesAsync(slots, [.. claim.ClaimedEntries.Where(e => !processing.Contains(e.Id.ToString()))],
                     claimed: true, stoppingToken);
-                if (reclaimed > 0)
+                if (reclaimed > takenOverBefore)
                 {
-                    Log.Claimed(logger, reclaimed);
+                    Log.Claimed(logger, reclaimed - takenOverBefore);
+                }
+                if (takenOverBefore > 0)
+                {
+                    Log.ClaimedAgain(logger, takenOverBefore);
                 }
                 started += reclaimed;
             }
@@ -207,7 +217,7 @@ internal sealed partial class DeliveryWorker(
             {
                 onlyNewDropped = true;
                 var entries = await redis.GetDatabase().StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name, ">", slots.CurrentCount);
-                started += await StartEntriesAsync(slots, entries, claimed: false, stoppingToken);
+                started += (await StartEntriesAsync(slots, entries, claimed: false, stoppingToken)).Started;
             }
         }
         catch
@@ -244,9 +254,12 @@ internal sealed partial class DeliveryWorker(
         return (found, stoppedAt is null);
     }
 
-    private async Task<int> StartEntriesAsync(SemaphoreSlim slots, IReadOnlyList<StreamEntry> entries, bool claimed, CancellationToken stoppingToken)
+    /// <returns>The entries started, and how many of them this consumer had taken over before (claimed only).</returns>
+    private async Task<(int Started, int TakenOverBefore)> StartEntriesAsync(SemaphoreSlim slots, IReadOnlyList<StreamEntry> entries, bool claimed,
+        CancellationToken stoppingToken)
     {
         var started = 0;
+        var takenOverBefore = 0;
         foreach (var streamEntry in entries)
         {
             if (DeliveryEntry.FromStreamEntry(streamEntry) is not { } entry)
@@ -272,10 +285,21 @@ internal sealed partial class DeliveryWorker(
             {
                 continue;
             }
+            if (claimed)
+            {
+                if (_takenOver.Count >= TakenOverRemembered)
+                {
+                    _takenOver.Clear();
+                }
+                if (!_takenOver.Add(streamId))
+                {
+                    takenOverBefore++;
+                }
+            }
             await StartAsync(slots, entry, streamId, claimed, stoppingToken);
             started++;
         }
-        return started;
+        return (started, takenOverBefore);
     }
 
     /// <param name="stoppingToken">The stop signal: an attempt that has not posted by then gives its delivery back.</param>
@@ -334,7 +358,7 @@ internal sealed partial class DeliveryWorker(
             var spent = timeProvider.GetElapsedTime(signalledAt);
             grace = spent >= grace ? TimeSpan.Zero : grace - spent;
         }
-        Log.ShuttingDown(logger, _inFlight.Count, grace.TotalSeconds);
+        Log.ShuttingDown(logger, _inFlight.Count, Math.Round(grace.TotalSeconds, 1));
         try
         {
             await Task.WhenAll(_inFlight.Keys).WaitAsync(grace, timeProvider);
@@ -388,6 +412,10 @@ internal sealed partial class DeliveryWorker(
 
         [LoggerMessage(EventIds.Claimed, LogLevel.Warning, "Reclaimed {Count} entries from stopped consumers")]
         public static partial void Claimed(ILogger logger, int count);
+
+        [LoggerMessage(EventIds.ClaimedAgain, LogLevel.Debug,
+            "Reclaimed {Count} entries this consumer had taken over before (a stopped attempt's lease still running, or failing here)")]
+        public static partial void ClaimedAgain(ILogger logger, int count);
 
         [LoggerMessage(EventIds.ReadBack, LogLevel.Warning,
             "Read back {Count} entries pending for this consumer that it was not processing (a read's reply lost, or held before a restart)")]

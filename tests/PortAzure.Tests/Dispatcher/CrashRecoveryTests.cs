@@ -150,6 +150,34 @@ public class CrashRecoveryTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task PendingEntry_CrashedAttemptsLeaseOutlastsSeveralReclaims_OneReclaimWarning()
+    {
+        // A Dispatcher killed mid-POST leaves its entry pending and its lease running (longer than the reclaim time). The
+        // entry was reclaimed, given up ("leased by another"), and reclaimed again until the lease ended: a Warning 2104
+        // "from stopped consumers" each time, which the operations guide reads as Dispatchers that keep dying.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:RequestTimeoutSeconds"] = "2";
+            c["Dispatcher:ClaimMarginSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+        }, dispatchers: 0);
+        var held = DeliveryEntry.FromStreamEntry(await QueueOneReadByAsync(relay, "dead-consumer"))!;
+        var store = new PortAzure.Dispatcher.Delivery.DeliveryStore(relay.Redis);
+        Assert.True((await store.BeginAsync(held, "dead-consumer/attempt", TimeSpan.FromSeconds(8), false, DateTimeOffset.UtcNow,
+            TimeSpan.FromSeconds(30))).Leased);
+
+        var dispatcher = await relay.AddDispatcherAsync();
+
+        await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(held.DeliveryId), DeliveryRecord.State) == DeliveryStates.Delivered,
+            TimeSpan.FromSeconds(30), "delivered once the crashed attempt's lease ended");
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+        Assert.Contains(dispatcher.Logs.Lines, l => l.Contains("[2004]", StringComparison.Ordinal)); // given up while the lease ran
+        Assert.Single(dispatcher.Logs.Lines, l => l.Contains("[2104]", StringComparison.Ordinal));
+        Assert.Contains(dispatcher.Logs.Lines, l => l.Contains("[2112]", StringComparison.Ordinal));
+        Assert.Equal(1, (long)await relay.Db.HashGetAsync(RedisKeys.Delivery(held.DeliveryId), DeliveryRecord.Claims));
+    }
+
+    [Fact]
     public async Task PendingEntry_OfAStoppedConsumer_IsNotClaimedBeforeTimeoutPlusMargin()
     {
         await using var relay = await Relay.StartAsync(c =>
