@@ -2,6 +2,7 @@ using Aspire.StackExchange.Redis;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Options;
 using StackExchange.Redis;
 
 namespace PortAzure.Redis;
@@ -27,7 +28,11 @@ internal static class RedisClientSetup
     {
         ArgumentNullException.ThrowIfNull(builder);
         var tracingConfigured = IsTracingConfigured(builder.Configuration);
-        var socketManager = SocketManagerFrom(builder.Configuration);
+        // An unknown value stops the start with the other options' errors (thrown here, while the services were being
+        // registered, it escaped the host and hid them); the connection is made only after that check.
+        var socketManager = SocketManagerFrom(builder.Configuration[SocketManagerKey]) ?? SocketManager.ThreadPool;
+        builder.Services.AddOptions<RedisSocketManagerSetting>().BindConfiguration(RedisSocketManagerSetting.SectionName).ValidateOnStart();
+        builder.Services.AddSingleton<IValidateOptions<RedisSocketManagerSetting>, RedisSocketManagerSetting.Validator>();
         builder.AddRedisClient(ResourceNames.Redis, settings =>
         {
             // Redis command spans are off unless configured: the instrumentation keeps every command's
@@ -63,12 +68,29 @@ internal static class RedisClientSetup
         return builder;
     }
 
-    private static SocketManager SocketManagerFrom(IConfiguration configuration) => configuration[SocketManagerKey] switch
+    /// <returns>Null for an unknown value.</returns>
+    private static SocketManager? SocketManagerFrom(string? value) => value switch
     {
         null or "" or "ThreadPool" => SocketManager.ThreadPool,
         "Dedicated" => SocketManager.Shared,
-        var other => throw new InvalidOperationException($"{SocketManagerKey} must be ThreadPool or Dedicated, not '{other}'."),
+        _ => null,
     };
+
+    /// <summary><see cref="SocketManagerKey"/>, bound so that start-up validation checks it.</summary>
+    internal sealed class RedisSocketManagerSetting
+    {
+        public const string SectionName = "Redis";
+
+        public string? SocketManager { get; set; }
+
+        internal sealed class Validator : IValidateOptions<RedisSocketManagerSetting>
+        {
+            public ValidateOptionsResult Validate(string? name, RedisSocketManagerSetting options) =>
+                SocketManagerFrom(options.SocketManager) is null
+                    ? ValidateOptionsResult.Fail($"{SocketManagerKey} must be ThreadPool or Dedicated, not '{options.SocketManager}'.")
+                    : ValidateOptionsResult.Success;
+        }
+    }
 
     /// <summary>True when configuration gives a value to one of Aspire's tracing switches.</summary>
     private static bool IsTracingConfigured(IConfiguration configuration) =>

@@ -293,10 +293,13 @@ public class RateLimitTests
     [Fact]
     public async Task Start_InvalidRateLimitOptions_ReportsEveryErrorAtOnce()
     {
+        // The rate limits were read (and refused) while the proxy's routes were mapped, before the start-up validation: the
+        // other sections' errors went unreported, and the exception escaped outside the host (an abort, exit 134).
         var error = await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartIngressAsync(new Dictionary<string, string?>
         {
             ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
             ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Ingress:MaxBodyBytes"] = "-5",
             ["Ingress:RateLimit:PermitsPerSecondPerClient"] = "10",
             ["Ingress:RateLimit:Burst"] = "5",
             ["Ingress:RateLimit:GlobalPermitsPerSecond"] = "0",
@@ -305,6 +308,7 @@ public class RateLimitTests
         Assert.Contains("Ingress:RateLimit:Burst", error.ToString(), StringComparison.Ordinal);
         Assert.Contains("Ingress:RateLimit:GlobalPermitsPerSecond", error.ToString(), StringComparison.Ordinal);
         Assert.Contains("Ingress:RateLimit:ConcurrentCallsPerClient", error.ToString(), StringComparison.Ordinal);
+        Assert.Contains("Ingress:MaxBodyBytes", error.ToString(), StringComparison.Ordinal);
     }
 
     private static RawRequest UnsignedRun() => new("POST", Encoding.ASCII.GetBytes(BadInputCorpus.DefaultPath),
