@@ -130,7 +130,7 @@ internal sealed class DispatcherPortOptionsValidator(IConfiguration configuratio
         {
             // The calls' paths start at the root (/v1/...), so any other base path would be silently dropped. "/v1" is
             // how Port's own examples write the address, and it comes to the same URLs.
-            errors.Add("Port:ApiBaseUrl must be the API's root, without a path or query (such as https://api.port.io).");
+            errors.Add("Port:ApiBaseUrl must be the API's root or end in /v1, without another path or a query (such as https://api.port.io).");
         }
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
     }
