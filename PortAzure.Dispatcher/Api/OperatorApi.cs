@@ -315,9 +315,10 @@ internal static partial class OperatorApi
             ? DateTimeOffset.FromUnixTimeMilliseconds(ms) : null;
         int? Number(string name) => hash.TryGetValue(name, out var v) && int.TryParse((string?)v, out var n) ? n : null;
         var traceParent = Text(DeliveryRecord.TraceParent);
+        var state = Text(DeliveryRecord.State) ?? "unknown";
         return new DeliveryView(
             id,
-            Text(DeliveryRecord.State) ?? "unknown",
+            state,
             Text(DeliveryRecord.Org),
             Text(DeliveryRecord.Webhook),
             Text(DeliveryRecord.RunId),
@@ -327,7 +328,8 @@ internal static partial class OperatorApi
             Number(DeliveryRecord.Attempts) ?? 0,
             Number(DeliveryRecord.LastStatus) is > 0 and var status ? status : null,
             Text(DeliveryRecord.LastError),
-            Time(DeliveryRecord.NextAttemptAt),
+            // Only a retry waits for one; records finished before the finish removed the field still hold the last one.
+            state == DeliveryStates.Retrying ? Time(DeliveryRecord.NextAttemptAt) : null,
             Text(DeliveryRecord.Reason),
             Text(DeliveryRecord.Hint),
             traceParent is { Length: 55 } ? traceParent.Substring(3, 32) : null,

@@ -192,7 +192,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             redis.call('ZREM', KEYS[5], ARGV[4])
           end
           redis.call('ZREM', KEYS[4], ARGV[4])
-          redis.call('HDEL', KEYS[1], 'body', 'reason', 'hint', 'deadLetteredAt')
+          redis.call('HDEL', KEYS[1], 'body', 'reason', 'hint', 'deadLetteredAt', 'nextAttemptAt')
         elseif mode == 'retry' then
           failures = increment(KEYS[7], ARGV[8])
           if failures >= tonumber(ARGV[11]) and redis.call('HEXISTS', KEYS[8], ARGV[8]) == 0 then
@@ -200,6 +200,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           end
         elseif mode == 'deadletter' then
           redis.call('ZREM', KEYS[4], ARGV[4])
+          -- The retry that led here is not a next attempt (the record showed it as one).
+          redis.call('HDEL', KEYS[1], 'nextAttemptAt')
         end
         if state or #ARGV >= 14 + k then
           local fields = {'finishedBy', ARGV[5]}

@@ -52,7 +52,30 @@ public class DeliveryOutcomeTests
         Assert.Equal("transient", history[0].GetProperty("outcome").GetString());
         Assert.Equal(200, history[1].GetProperty("status").GetInt32());
         Assert.Equal(2, (await relay.EmulatorApi.RequestsAsync()).Count);
+        // The retry's time is not a next attempt once delivered.
+        Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.NextAttemptAt));
+        AssertNoNextAttempt(view);
     }
+
+    // The retry's answer, slow: the run waits for it as "retrying" with its next attempt's time, which it drops once delivered.
+    private static readonly object SlowSuccess = new { status = 200, delayMs = 3000 };
+
+    /// <summary>The delivery's view while it waits for (or makes) its first retry, with the time that retry was due.</summary>
+    private static async Task<JsonElement> WaitingForItsRetryAsync(Relay relay, string deliveryId)
+    {
+        JsonElement waiting = default;
+        await Eventually.HoldsAsync(async () =>
+        {
+            var view = await DeliveryAsync(relay, deliveryId);
+            waiting = view;
+            return view.GetProperty("state").GetString() == DeliveryStates.Retrying
+                && view.TryGetProperty("nextAttemptAt", out var next) && next.ValueKind != JsonValueKind.Null;
+        }, Wait, $"{deliveryId} waits for its retry");
+        return waiting;
+    }
+
+    private static void AssertNoNextAttempt(JsonElement view) =>
+        Assert.True(!view.TryGetProperty("nextAttemptAt", out var next) || next.ValueKind == JsonValueKind.Null, $"no next attempt: {view}");
 
     [Theory]
     [InlineData(400, "Secret")]
@@ -196,6 +219,11 @@ public class DeliveryOutcomeTests
         var view = await DeliveryAsync(relay, deliveryId);
         Assert.Contains("once by hand", view.GetProperty("hint").GetString(), StringComparison.Ordinal);
         Assert.Equal(3, (await relay.EmulatorApi.RequestsAsync()).Count);
+        // The retry that led to the dead letter is not a next attempt; nor is one an older relay left on its record.
+        Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.NextAttemptAt));
+        AssertNoNextAttempt(view);
+        await relay.Db.HashSetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.NextAttemptAt, DateTimeOffset.UtcNow.ToUnixTimeMilliseconds());
+        AssertNoNextAttempt(await DeliveryAsync(relay, deliveryId));
     }
 
     [Fact]
@@ -207,9 +235,10 @@ public class DeliveryOutcomeTests
             c["Dispatcher:Retry:MaxDelaySeconds"] = "30";
             c["Dispatcher:Retry:JitterFraction"] = "0";
         });
-        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503, retryAfter = "2" } } });
+        await relay.EmulatorApi.ScriptAsync(new { responses = new object[] { new { status = 503, retryAfter = "2" }, SlowSuccess } });
 
         var deliveryId = await SendAsync(relay);
+        var waiting = await WaitingForItsRetryAsync(relay, deliveryId);
         await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
 
         var requests = await relay.EmulatorApi.RequestsAsync();
@@ -218,8 +247,7 @@ public class DeliveryOutcomeTests
         Assert.True(requests[1].ReceivedAt - requests[0].ReceivedAt >= TimeSpan.FromSeconds(1.9));
         // Scheduled for exactly Retry-After after the first attempt (both times come from the same clock reading; the
         // schedule keeps milliseconds), not the back-off's (1 s and up, capped at 30 s). No wall-clock bound: the machine is shared.
-        var view = await DeliveryAsync(relay, deliveryId);
-        var scheduled = view.GetProperty("nextAttemptAt").GetDateTimeOffset() - view.GetProperty("attemptHistory")[0].GetProperty("at").GetDateTimeOffset();
+        var scheduled = waiting.GetProperty("nextAttemptAt").GetDateTimeOffset() - waiting.GetProperty("attemptHistory")[0].GetProperty("at").GetDateTimeOffset();
         Assert.InRange(scheduled.TotalMilliseconds, 1999, 2000);
     }
 
@@ -252,9 +280,10 @@ public class DeliveryOutcomeTests
             c["Dispatcher:Retry:JitterFraction"] = "0";
         });
         var at = DateTimeOffset.UtcNow.AddSeconds(5).ToString("R", System.Globalization.CultureInfo.InvariantCulture);
-        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 429, retryAfter = at } } });
+        await relay.EmulatorApi.ScriptAsync(new { responses = new object[] { new { status = 429, retryAfter = at }, SlowSuccess } });
 
         var deliveryId = await SendAsync(relay);
+        var view = await WaitingForItsRetryAsync(relay, deliveryId);
         await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
 
         var requests = await relay.EmulatorApi.RequestsAsync();
@@ -263,7 +292,6 @@ public class DeliveryOutcomeTests
         // Scheduled for the date itself: the wait is the date less the clock when the answer was read, added to the clock
         // read just after, so the schedule falls on the date or the moment between those two reads after it (under a
         // second however loaded the machine). Half the wait, or the back-off's 0.1 s, falls a second or more before it.
-        var view = await DeliveryAsync(relay, deliveryId);
         var late = view.GetProperty("nextAttemptAt").GetDateTimeOffset() - asked;
         if (view.GetProperty("attemptHistory")[0].GetProperty("at").GetDateTimeOffset() < asked)
         {
@@ -281,13 +309,13 @@ public class DeliveryOutcomeTests
             c["Dispatcher:Retry:MaxDelaySeconds"] = "1";
             c["Dispatcher:Retry:JitterFraction"] = "0";
         });
-        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503, retryAfter = "3600" } } });
+        await relay.EmulatorApi.ScriptAsync(new { responses = new object[] { new { status = 503, retryAfter = "3600" }, SlowSuccess } });
 
         var deliveryId = await SendAsync(relay);
+        var view = await WaitingForItsRetryAsync(relay, deliveryId);
 
         await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
         // The cap itself, from the attempt's clock reading: ignoring Retry-After would give the back-off's ~0.1 s.
-        var view = await DeliveryAsync(relay, deliveryId);
         var scheduled = view.GetProperty("nextAttemptAt").GetDateTimeOffset() - view.GetProperty("attemptHistory")[0].GetProperty("at").GetDateTimeOffset();
         Assert.InRange(scheduled.TotalMilliseconds, 999, 1000);
     }
