@@ -1,6 +1,8 @@
+using System.Globalization;
 using System.Net;
 using System.Net.Http.Headers;
 using System.Net.Http.Json;
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Microsoft.Extensions.Options;
@@ -52,6 +54,10 @@ internal sealed partial class PortApiClient(
     // A 429 without Retry-After waits this long; a Retry-After beyond the cap is taken as the cap.
     private static readonly TimeSpan DefaultThrottle = TimeSpan.FromSeconds(10);
     internal static readonly TimeSpan MaxThrottle = TimeSpan.FromMinutes(5);
+
+    // Enough of a 409/422 to find "run locked" in Port's error; its status alone decides any other answer.
+    private const int LockedAnswerBytes = 8 * 1024;
+    private static readonly TimeSpan LockedAnswerReadTime = TimeSpan.FromSeconds(10);
     private readonly SemaphoreSlim _tokenLock = new(1, 1);
     private string? _token;
     private DateTimeOffset _tokenExpires;
@@ -105,7 +111,10 @@ internal sealed partial class PortApiClient(
             Content = JsonContent.Create(new LogLine(report.Message, report.TerminationStatus, report.StatusLabel)),
         };
         request.Headers.Authorization = new("Bearer", token);
-        using var response = await httpClientFactory.CreateClient(HttpClientName).SendAsync(request, cancellationToken);
+        // The status decides, not the body: a 2xx whose body could not be read (over the buffer's cap, a connection cut
+        // after the headers) was a failed try, and Port got the same line again at every retry.
+        using var response = await httpClientFactory.CreateClient(HttpClientName).SendAsync(request, HttpCompletionOption.ResponseHeadersRead,
+            cancellationToken);
         if (response.IsSuccessStatusCode)
         {
             Interlocked.Increment(ref _sentCount);
@@ -140,14 +149,26 @@ internal sealed partial class PortApiClient(
         return code is (>= 300 and < 400) or 403 or 408 or >= 500 ? PortCallResult.RetryLater : PortCallResult.Rejected;
     }
 
-    private static async Task<bool> SaysRunIsLockedAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    private async Task<bool> SaysRunIsLockedAsync(HttpResponseMessage response, CancellationToken cancellationToken)
     {
         string text;
+        // The client's timeout ends with the headers; a body that stalls must not hold the call's slot.
+        using var reading = new CancellationTokenSource(LockedAnswerReadTime, timeProvider);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, reading.Token);
         try
         {
-            text = await response.Content.ReadAsStringAsync(cancellationToken);
+            await using var body = await response.Content.ReadAsStreamAsync(linked.Token);
+            var buffer = new byte[LockedAnswerBytes];
+            var length = 0;
+            int read;
+            while (length < buffer.Length && (read = await body.ReadAsync(buffer.AsMemory(length), linked.Token)) > 0)
+            {
+                length += read;
+            }
+            text = Encoding.UTF8.GetString(buffer, 0, length);
         }
-        catch (HttpRequestException)
+        catch (Exception ex) when (ex is HttpRequestException or IOException
+            || (ex is OperationCanceledException && !cancellationToken.IsCancellationRequested))
         {
             return false;
         }
@@ -250,20 +271,30 @@ internal sealed partial class PortApiClient(
             {
                 token = await response.Content.ReadFromJsonAsync<TokenResponse>(cancellationToken);
             }
-            catch (Exception ex) when (ex is JsonException or HttpRequestException or NotSupportedException && !cancellationToken.IsCancellationRequested)
+            catch (Exception ex) when (ex is JsonException or NotSupportedException && !cancellationToken.IsCancellationRequested)
             {
-                // A 200 that is not a token (a proxy's page, a cut-off body) is a failed token call too.
+                // A 200 that is not a token (a proxy's page) is a failed token call too. Not thrown on: the parser's message
+                // quotes the body, which may hold a token.
+                _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
+                Log.TokenCallFailed(logger, (int)response.StatusCode, "a body that is not a token");
+                return (null, false, false);
+            }
+            catch (HttpRequestException) when (!cancellationToken.IsCancellationRequested)
+            {
+                // A cut-off body.
                 _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
                 throw;
             }
-            if (token?.AccessToken is not { Length: > 0 } accessToken)
+            // A token that cannot go in a header (a line break, a non-ASCII character) failed every send inside this client,
+            // and stayed cached for its whole lifetime (up to a day): reports stopped with nothing asking Port again.
+            if (token?.AccessToken is not { Length: > 0 } accessToken || !accessToken.All(c => c is > ' ' and < (char)0x7F))
             {
                 _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
                 Log.TokenCallFailed(logger, (int)response.StatusCode, "no usable token");
                 return (null, false, false);
             }
             // Port's own value, bounded: a huge one threw here (before any pause was set), one of 0 cached nothing.
-            var lifetime = TimeSpan.FromSeconds(Math.Clamp(token.ExpiresIn, MinTokenLifetimeSeconds, MaxTokenLifetimeSeconds));
+            var lifetime = TimeSpan.FromSeconds(LifetimeSeconds(token.ExpiresIn));
             var margin = lifetime > RefreshMargin * 2 ? RefreshMargin : lifetime / 2;
             _token = accessToken;
             _tokenExpires = timeProvider.GetUtcNow() + lifetime - margin;
@@ -277,6 +308,22 @@ internal sealed partial class PortApiClient(
     }
 
     public void Dispose() => _tokenLock.Dispose();
+
+    /// <summary>
+    /// Port's <c>expiresIn</c>, bounded. Read loosely: a value past a 64-bit number, a fraction or a numeric string failed
+    /// the whole token answer, and every token call after it while Port sent it. One that is not a number at all gives the
+    /// shortest lifetime.
+    /// </summary>
+    private static long LifetimeSeconds(JsonElement? expiresIn)
+    {
+        double? seconds = expiresIn switch
+        {
+            { ValueKind: JsonValueKind.Number } number when number.TryGetDouble(out var n) => n,
+            { ValueKind: JsonValueKind.String } text when double.TryParse(text.GetString(), NumberStyles.Float, CultureInfo.InvariantCulture, out var n) => n,
+            _ => null,
+        };
+        return seconds is { } s && double.IsFinite(s) ? (long)Math.Clamp(s, MinTokenLifetimeSeconds, MaxTokenLifetimeSeconds) : MinTokenLifetimeSeconds;
+    }
 
     [System.Text.RegularExpressions.GeneratedRegex(@"\b(run_locked|locked|already (been )?terminated)\b",
         System.Text.RegularExpressions.RegexOptions.IgnoreCase | System.Text.RegularExpressions.RegexOptions.CultureInvariant)]
@@ -304,7 +351,7 @@ internal sealed partial class PortApiClient(
 
     private sealed record TokenResponse(
         [property: JsonPropertyName("accessToken")] string? AccessToken,
-        [property: JsonPropertyName("expiresIn")] long ExpiresIn);
+        [property: JsonPropertyName("expiresIn")] JsonElement? ExpiresIn);
 
     private sealed record LogLine(
         [property: JsonPropertyName("message")] string Message,
