@@ -44,6 +44,7 @@ internal static class EventIds
     public const int PortApiPlainHttp = 2216;
     public const int PortTokenCallFailed = 2217;
     public const int ReportNotQueued = 2218;
+    public const int PortLogCallAnswered = 2219;
 
     public const int Replayed = 2302;
     public const int OperatorApiRedisUnavailable = 2303;

@@ -146,7 +146,18 @@ internal sealed partial class PortApiClient(
             return PortCallResult.AlreadyEnded;
         }
         // A 3xx (redirects are not followed) says the relay's Port:ApiBaseUrl is wrong, not the report: kept until it is fixed.
-        return code is (>= 300 and < 400) or 403 or 408 or >= 500 ? PortCallResult.RetryLater : PortCallResult.Rejected;
+        var result = code is (>= 300 and < 400) or 403 or 408 or >= 500 ? PortCallResult.RetryLater : PortCallResult.Rejected;
+        // The give-up line (2202) and the outage Warning (2213) do not carry Port's answer; this does.
+        var location = response.Headers.Location?.ToString() ?? "";
+        if (result == PortCallResult.Rejected)
+        {
+            Log.LogCallAnswered(logger, LogLevel.Information, report.RunId, code, location, "given up");
+        }
+        else
+        {
+            Log.LogCallAnswered(logger, LogLevel.Debug, report.RunId, code, location, "kept for later");
+        }
+        return result;
     }
 
     private async Task<bool> SaysRunIsLockedAsync(HttpResponseMessage response, CancellationToken cancellationToken)
@@ -338,6 +349,10 @@ internal sealed partial class PortApiClient(
         [LoggerMessage(EventIds.PortTokenCallFailed, LogLevel.Debug,
             "Port's token endpoint answered HTTP {Status} with {What}; no token call for the next 5 s, the reports behind it wait")]
         public static partial void TokenCallFailed(ILogger logger, int status, string what);
+
+        [LoggerMessage(EventId = EventIds.PortLogCallAnswered,
+            Message = "Port answered HTTP {Status} to the log line for run {RunId} (Location: {Location}); the report is {Outcome}")]
+        public static partial void LogCallAnswered(ILogger logger, LogLevel level, string runId, int status, string location, string outcome);
 
         [LoggerMessage(EventIds.PortAnswersAgain, LogLevel.Information, "Port's API took a report again after failing every report tried for {Minutes:F1} min")]
         public static partial void PortAnswersAgain(ILogger logger, double minutes);

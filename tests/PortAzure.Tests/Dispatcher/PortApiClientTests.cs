@@ -334,7 +334,36 @@ public sealed class PortApiClientTests : IAsyncLifetime
         }
     }
 
-    private PortApiClient NewClient(WebApplication port, IHttpClientFactory? factory = null) =>
+    [Theory]
+    [InlineData(404, null, "Information", "given up")]
+    [InlineData(308, "https://api.us.port.io/v1/actions/runs/x/logs", "Debug", "kept for later")]
+    public async Task SendLogAsync_LogCallNotTaken_LogsPortsStatusAndLocation(int status, string? location, string level, string outcome)
+    {
+        // The give-up Warning (2202) said "given up after 1 tries" for a deleted run and a conflict alike, and a redirect (the
+        // base URL pointing at the wrong region) logged nothing at any level.
+        await using var port = await StartPortAsync(WriteTokenAsync, app => app.MapPost("/v1/actions/runs/{runId}/logs", (HttpContext context) =>
+        {
+            context.Response.StatusCode = status;
+            if (location is not null)
+            {
+                context.Response.Headers.Location = location;
+            }
+            return Task.CompletedTask;
+        }));
+        using var sink = new LogSink();
+        using var loggers = LoggerFactory.Create(l => l.AddProvider(sink).SetMinimumLevel(LogLevel.Debug));
+        using var client = NewClient(port, logger: loggers.CreateLogger<PortApiClient>());
+        var runId = TestRuns.NewRunId();
+
+        await client.SendLogAsync(new PortReport(runId, "d-1", "Delivered", null, null), CancellationToken.None);
+
+        var line = Assert.Single(sink.Lines, l => l.Contains("[2219]", StringComparison.Ordinal));
+        Assert.StartsWith(level + " ", line, StringComparison.Ordinal);
+        Assert.Contains($"Port answered HTTP {status} to the log line for run {runId} (Location: {location}); the report is {outcome}", line,
+            StringComparison.Ordinal);
+    }
+
+    private PortApiClient NewClient(WebApplication port, IHttpClientFactory? factory = null, ILogger<PortApiClient>? logger = null) =>
         new(factory ?? _services.GetRequiredService<IHttpClientFactory>(),
             new StaticOptionsMonitor<PortOptions>(new PortOptions
             {
@@ -343,7 +372,7 @@ public sealed class PortApiClientTests : IAsyncLifetime
                 ClientSecret = TestRuns.Secret,
             }),
             _clock,
-            NullLogger<PortApiClient>.Instance);
+            logger ?? NullLogger<PortApiClient>.Instance);
 
     /// <summary>A stand-in for Port's token endpoint on loopback, answering with <paramref name="answer"/>.</summary>
     private static async Task<WebApplication> StartPortAsync(RequestDelegate answer, Action<WebApplication>? more = null)
