@@ -1,10 +1,13 @@
 using PortAzure.AzureDevOpsEmulator;
 
-var builder = WebApplication.CreateBuilder(RelayHost.Options(args));
-builder.AddServiceDefaults();
-builder.AddEmulatorServices();
-
-var app = builder.Build();
-app.MapDefaultEndpoints();
-app.MapEmulatorEndpoints();
-return app.RunUntilStopped();
+return RelayHost.Run(args,
+    builder =>
+    {
+        builder.AddServiceDefaults();
+        builder.AddEmulatorServices();
+    },
+    app =>
+    {
+        app.MapDefaultEndpoints();
+        app.MapEmulatorEndpoints();
+    });

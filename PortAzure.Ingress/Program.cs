@@ -1,10 +1,13 @@
 using PortAzure.Ingress;
 
-var builder = WebApplication.CreateBuilder(RelayHost.Options(args));
-builder.AddServiceDefaults();
-builder.AddIngressServices();
-
-var app = builder.Build();
-app.MapDefaultEndpoints();
-app.MapIngress();
-return app.RunUntilStopped();
+return RelayHost.Run(args,
+    builder =>
+    {
+        builder.AddServiceDefaults();
+        builder.AddIngressServices();
+    },
+    app =>
+    {
+        app.MapDefaultEndpoints();
+        app.MapIngress();
+    });

@@ -1,5 +1,6 @@
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Options;
 
 namespace Microsoft.Extensions.Hosting;
 
@@ -24,6 +25,45 @@ public static class RelayHost
     }
 
     /// <summary>
+    /// Builds the app (<paramref name="addServices"/>, then <paramref name="map"/>), runs it until it is stopped and returns
+    /// the process's exit code (<see cref="RunUntilStopped"/>). A configuration that fails while the app is built, before
+    /// its host and logging exist, also ends with 1 and one line on stderr: a value that is not of its key's kind (a word
+    /// for a number) is read there (Kestrel's limits, the host's shutdown time), and it escaped as an unhandled exception,
+    /// an abort (exit 134).
+    /// </summary>
+    public static int Run(string[] args, Action<WebApplicationBuilder> addServices, Action<WebApplication> map)
+    {
+        ArgumentNullException.ThrowIfNull(addServices);
+        ArgumentNullException.ThrowIfNull(map);
+        WebApplication app;
+        try
+        {
+            var builder = WebApplication.CreateBuilder(Options(args));
+            addServices(builder);
+            app = builder.Build();
+            map(app);
+        }
+        catch (Exception ex) when (ex is InvalidOperationException or OptionsValidationException)
+        {
+            // The configuration binder's and the options' own messages name the key (never a secret's value: those are
+            // strings, never converted).
+            Console.Error.WriteLine($"{AppDomain.CurrentDomain.FriendlyName} did not start: {Messages(ex)}");
+            return 1;
+        }
+        return app.RunUntilStopped();
+    }
+
+    private static string Messages(Exception ex)
+    {
+        var messages = new List<string>();
+        for (Exception? e = ex; e is not null; e = e.InnerException)
+        {
+            messages.Add(e.Message);
+        }
+        return string.Join(" ", messages.Distinct());
+    }
+
+    /// <summary>
     /// Runs the app until it is stopped and returns the process's exit code: 0 after a stop, 1 if it could not start (an
     /// option refused by its validation, a port in use). The host has logged why by then ("Hosting failed to start", with
     /// every validation failure); letting the exception escape, as <c>app.Run()</c> does, printed it a second time and
@@ -35,18 +75,25 @@ public static class RelayHost
         ArgumentNullException.ThrowIfNull(app);
         try
         {
-            app.StartAsync().GetAwaiter().GetResult();
-        }
+            try
+            {
+                app.StartAsync().GetAwaiter().GetResult();
+            }
 #pragma warning disable CA1031 // Any failure to start ends the process with 1; the host has logged the exception itself.
-        catch (Exception)
+            catch (Exception)
 #pragma warning restore CA1031
-        {
-            // Disposing flushes the console logger's queue, which holds the host's line saying why.
-            app.DisposeAsync().AsTask().GetAwaiter().GetResult();
-            return 1;
+            {
+                // A stop asked for while starting (SIGTERM in a rolling restart, while the connection to Redis is made) cut
+                // the start short: an orderly stop, not a failure.
+                return app.Lifetime.ApplicationStopping.IsCancellationRequested ? 0 : 1;
+            }
+            app.WaitForShutdown();
+            return 0;
         }
-        app.WaitForShutdown();
-        app.DisposeAsync().AsTask().GetAwaiter().GetResult();
-        return 0;
+        finally
+        {
+            // Flushes the console logger's queue, which may hold the host's line saying why it did not start.
+            app.DisposeAsync().AsTask().GetAwaiter().GetResult();
+        }
     }
 }

@@ -57,7 +57,7 @@ internal sealed partial class PortApiClient(
 
     // Enough of a 409/422 to find "run locked" in Port's error; its status alone decides any other answer.
     private const int LockedAnswerBytes = 8 * 1024;
-    private static readonly TimeSpan LockedAnswerReadTime = TimeSpan.FromSeconds(10);
+    internal static readonly TimeSpan LockedAnswerReadTime = TimeSpan.FromSeconds(10);
     private readonly SemaphoreSlim _tokenLock = new(1, 1);
     private string? _token;
     private DateTimeOffset _tokenExpires;
@@ -138,12 +138,20 @@ internal sealed partial class PortApiClient(
         // 403: the relay's credentials may lack a permission (every report) or this run may be out of their reach (this
         // one): retried, and the caller tells the two apart by whether Port takes the other reports.
         var code = (int)response.StatusCode;
-        if (report.TerminationStatus is not null && code is 409 or 422 && await SaysRunIsLockedAsync(response, cancellationToken))
+        if (report.TerminationStatus is not null && code is 409 or 422)
         {
-            // Port locks a run once its status is set. A try whose answer was lost (a timeout, a proxy's 5xx) may have set
-            // it: this is then the report arriving twice, not failing. (422 alone is also Port's answer to a body that
-            // does not match its schema: a report refused for that is rejected.)
-            return PortCallResult.AlreadyEnded;
+            switch (await SaysRunIsLockedAsync(response, cancellationToken))
+            {
+                case true:
+                    // Port locks a run once its status is set. A try whose answer was lost (a timeout, a proxy's 5xx) may have
+                    // set it: this is then the report arriving twice, not failing. (422 alone is also Port's answer to a body
+                    // that does not match its schema: a report refused for that is rejected.)
+                    return PortCallResult.AlreadyEnded;
+                case null:
+                    // Which of the two it is cannot be told: tried again, not given up.
+                    Log.LogCallAnswered(logger, LogLevel.Debug, report.RunId, code, "", "kept for later (its body could not be read)");
+                    return PortCallResult.RetryLater;
+            }
         }
         // A 3xx (redirects are not followed) says the relay's Port:ApiBaseUrl is wrong, not the report: kept until it is fixed.
         var result = code is (>= 300 and < 400) or 403 or 408 or >= 500 ? PortCallResult.RetryLater : PortCallResult.Rejected;
@@ -160,7 +168,8 @@ internal sealed partial class PortApiClient(
         return result;
     }
 
-    private async Task<bool> SaysRunIsLockedAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    /// <returns>Null when the answer's body could not be read (cut off, or stalled past <see cref="LockedAnswerReadTime"/>).</returns>
+    private async Task<bool?> SaysRunIsLockedAsync(HttpResponseMessage response, CancellationToken cancellationToken)
     {
         string text;
         // The client's timeout ends with the headers; a body that stalls must not hold the call's slot.
@@ -181,7 +190,7 @@ internal sealed partial class PortApiClient(
         catch (Exception ex) when (ex is HttpRequestException or IOException
             || (ex is OperationCanceledException && !cancellationToken.IsCancellationRequested))
         {
-            return false;
+            return null;
         }
         // Words, not fragments: a schema error naming terminationStatus, or "blocked", must not match.
         return RunLockedPattern().IsMatch(text);

@@ -39,10 +39,12 @@ internal sealed partial class PortReportingService(
 
     /// <summary>
     /// The longest time between two touches of a report still being retried, with a margin: the longest wait (a 429's
-    /// Retry-After), the longest untouched wait for a call, then a token call and the log call. 6 min at the defaults.
+    /// Retry-After), the longest untouched wait for a call, then a token call and the log call (and the read of a 409's body).
+    /// About 6 min at the defaults.
     /// </summary>
     internal static TimeSpan MinSafeReclaim(DispatcherOptions options) =>
-        PortApiClient.MaxThrottle + CallQueueTouch + (2 * TimeSpan.FromSeconds(options.PortRequestTimeoutSeconds)) + TimeSpan.FromSeconds(20);
+        PortApiClient.MaxThrottle + CallQueueTouch + (2 * TimeSpan.FromSeconds(options.PortRequestTimeoutSeconds)) + PortApiClient.LockedAnswerReadTime
+        + TimeSpan.FromSeconds(20);
 
     // The report's first write time (Unix ms), added by a hand-back.
     private const string SinceField = "since";

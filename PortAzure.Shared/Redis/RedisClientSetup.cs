@@ -29,7 +29,8 @@ internal static class RedisClientSetup
         ArgumentNullException.ThrowIfNull(builder);
         var tracingConfigured = IsTracingConfigured(builder.Configuration);
         // An unknown value stops the start with the other options' errors (thrown here, while the services were being
-        // registered, it escaped the host and hid them); the connection is made only after that check.
+        // registered, it escaped the host and hid them); a connection made before that check (services built with the
+        // host) uses the default.
         var socketManager = SocketManagerFrom(builder.Configuration[SocketManagerKey]) ?? SocketManager.ThreadPool;
         builder.Services.AddOptions<RedisSocketManagerSetting>().BindConfiguration(RedisSocketManagerSetting.SectionName).ValidateOnStart();
         builder.Services.AddSingleton<IValidateOptions<RedisSocketManagerSetting>, RedisSocketManagerSetting.Validator>();

@@ -163,13 +163,14 @@ public class CrashRecoveryTests(ITestOutputHelper output)
         }, dispatchers: 0);
         var held = DeliveryEntry.FromStreamEntry(await QueueOneReadByAsync(relay, "dead-consumer"))!;
         var store = new PortAzure.Dispatcher.Delivery.DeliveryStore(relay.Redis);
-        Assert.True((await store.BeginAsync(held, "dead-consumer/attempt", TimeSpan.FromSeconds(8), false, DateTimeOffset.UtcNow,
+        // A lease long enough for several reclaims (3 s apart) however slowly the Dispatcher below starts.
+        Assert.True((await store.BeginAsync(held, "dead-consumer/attempt", TimeSpan.FromSeconds(20), false, DateTimeOffset.UtcNow,
             TimeSpan.FromSeconds(30))).Leased);
 
         var dispatcher = await relay.AddDispatcherAsync();
 
         await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(held.DeliveryId), DeliveryRecord.State) == DeliveryStates.Delivered,
-            TimeSpan.FromSeconds(30), "delivered once the crashed attempt's lease ended");
+            TimeSpan.FromSeconds(45), "delivered once the crashed attempt's lease ended");
         Assert.Single(await relay.EmulatorApi.RequestsAsync());
         Assert.Contains(dispatcher.Logs.Lines, l => l.Contains("[2004]", StringComparison.Ordinal)); // given up while the lease ran
         Assert.Single(dispatcher.Logs.Lines, l => l.Contains("[2104]", StringComparison.Ordinal));

@@ -18,6 +18,20 @@ public class DispatcherProcessTests
             ["Dispatcher:PortRequestTimeoutSeconds"] = "0",
         });
 
-        dispatcher.AssertRefusedAtStart("Dispatcher:MaxConcurrency", "Dispatcher:PortRequestTimeoutSeconds");
+        dispatcher.AssertRefusedAtStart("Hosting failed to start", "Dispatcher:MaxConcurrency", "Dispatcher:PortRequestTimeoutSeconds");
+    }
+
+    [Fact]
+    public void Run_OptionNotANumber_ExitsWithOneNamingTheKey()
+    {
+        // Read while the app is built (the host's shutdown time), before the host and its logging exist: an abort (exit 134).
+        using var dispatcher = ServiceProcess.StartDispatcher(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Dispatcher:ShutdownGraceSeconds"] = "soon",
+        });
+
+        dispatcher.AssertRefusedAtStart("PortAzure.Dispatcher did not start: Failed to convert configuration value 'soon' at 'Dispatcher:ShutdownGraceSeconds'");
     }
 }

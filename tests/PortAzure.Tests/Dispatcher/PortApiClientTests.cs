@@ -222,6 +222,36 @@ public sealed class PortApiClientTests : IAsyncLifetime
     }
 
     [Theory]
+    [InlineData(true, "AlreadyEnded")]
+    [InlineData(false, "RetryLater")]
+    public async Task SendLogAsync_FinalReportAnswered409_RunLockedEndsItAndABodyCutOffKeepsIt(bool whole, string expected)
+    {
+        // A 409 says "run locked" (this report's own earlier try may have set the status) only in its body. One cut off was
+        // thrown and retried before the body was read apart from the status; it must not now read as a refusal, given up.
+        await using var port = await StartPortAsync(WriteTokenAsync, app => app.MapPost("/v1/actions/runs/{runId}/logs", async (HttpContext context) =>
+        {
+            context.Response.StatusCode = StatusCodes.Status409Conflict;
+            context.Response.ContentType = "application/json";
+            var body = """{"ok":false,"error":"run_locked","message":"The run is locked"}"""u8.ToArray();
+            if (whole)
+            {
+                await context.Response.Body.WriteAsync(body, context.RequestAborted);
+                return;
+            }
+            context.Response.ContentLength = body.Length;
+            await context.Response.Body.WriteAsync(body.AsMemory(0, 5), context.RequestAborted);
+            await context.Response.Body.FlushAsync(context.RequestAborted);
+            // Kestrel's abort drops output not yet on the wire: the headers must reach the client first.
+            await Task.Delay(500, context.RequestAborted);
+            context.Abort();
+        }));
+        using var client = NewClient(port);
+
+        Assert.Equal(Enum.Parse<PortCallResult>(expected),
+            await client.SendLogAsync(new PortReport(TestRuns.NewRunId(), "d-1", "Dead-lettered", "FAILURE", null), CancellationToken.None));
+    }
+
+    [Theory]
     [InlineData("99999999999999999999")]
     [InlineData("3600.5")]
     [InlineData("\"3600\"")]

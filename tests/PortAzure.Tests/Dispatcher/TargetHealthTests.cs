@@ -68,8 +68,18 @@ public class TargetHealthTests
         // Held until the pause's probe time, which lies past the run's age: it was posted then (as the probe, or once the
         // pause ended), later than any retry is scheduled. It is looked at again at its age and, still paused, dead-lettered.
         await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxAgeHours"] = "0.5");
-        var entry = await QueueAnHourOldRunBehindAPauseAsync(relay, received: DateTimeOffset.UtcNow.AddMinutes(-30).AddSeconds(8));
+        var received = DateTimeOffset.UtcNow.AddMinutes(-30).AddSeconds(20);
+        var entry = await QueueAnHourOldRunBehindAPauseAsync(relay, received: received);
 
+        // Held until its age (the pause's probe time is an hour away), not dead-lettered at once: 20 s leave room for a slow
+        // first look, which would dead-letter it without the hold.
+        await Eventually.HoldsAsync(async () =>
+        {
+            var view = await DeliveryAsync(relay, entry.DeliveryId);
+            return view.GetProperty("state").GetString() == DeliveryStates.Retrying
+                && view.TryGetProperty("nextAttemptAt", out var next) && next.ValueKind == System.Text.Json.JsonValueKind.String
+                && next.GetDateTimeOffset() <= received.AddMinutes(30).AddSeconds(1);
+        }, TimeSpan.FromSeconds(15), "held until its retry age, not the pause's probe time");
         await AssertDeadLetteredStillPausedUntriedAsync(relay, entry);
     }
 

@@ -43,9 +43,16 @@ public sealed class DroppingServer : IAsyncDisposable
             {
                 using var socket = await _listener.AcceptSocketAsync(_stop.Token);
                 Interlocked.Increment(ref _connections);
-                if (await ReadRequestAsync(socket, _stop.Token))
+                try
                 {
-                    Interlocked.Increment(ref _requests);
+                    if (await ReadRequestAsync(socket, _stop.Token))
+                    {
+                        Interlocked.Increment(ref _requests);
+                    }
+                }
+                catch (SocketException)
+                {
+                    // The client gave up on this connection first: the next one is still taken.
                 }
                 socket.Close();
             }

@@ -55,7 +55,21 @@ public class IngressProcessTests
             ["Ingress:MaxBodyBytes"] = "-5",
         });
 
-        ingress.AssertRefusedAtStart("Ingress:MaxBodyBytes must be between");
+        ingress.AssertRefusedAtStart("Hosting failed to start", "Ingress:MaxBodyBytes must be between");
+    }
+
+    [Fact]
+    public void Run_OptionNotANumber_ExitsWithOneNamingTheKey()
+    {
+        // Read while the app is built (Kestrel's limits), before the host and its logging exist: an abort (exit 134).
+        using var ingress = ServiceProcess.StartIngress(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Ingress:MaxBodyBytes"] = "lots",
+        });
+
+        ingress.AssertRefusedAtStart("PortAzure.Ingress did not start: Failed to convert configuration value 'lots' at 'Ingress:MaxBodyBytes'");
     }
 
     [Fact]
