@@ -284,7 +284,7 @@ internal static partial class OperatorApi
     {
         var snapshot = await monitor.ReadAsync();
         return TypedResults.Ok(new StatsView(snapshot.StreamLength, snapshot.Pending, snapshot.ScheduledRetries, snapshot.DeadLetters,
-            snapshot.PausedTargets, snapshot.OldestAge.TotalSeconds));
+            snapshot.PausedTargets, snapshot.OldestAge.TotalSeconds, snapshot.PortReports));
     }
 
     // Damaged data (a key of another type, an attempt that is not JSON) is shown as such, not thrown: one such record in
@@ -417,4 +417,5 @@ internal sealed record DeadLetterPage(IReadOnlyList<DeliveryView> Items, string?
 /// <param name="StoppedAt">The dead letter whose replay failed; whether it ran is unknown (see its delivery).</param>
 internal sealed record ReplayResult(int Replayed, IReadOnlyList<string> DeliveryIds, bool Incomplete = false, string? StoppedAt = null);
 
-internal sealed record StatsView(long StreamLength, long Pending, long ScheduledRetries, long DeadLetters, long PausedTargets, double OldestAgeSeconds);
+internal sealed record StatsView(long StreamLength, long Pending, long ScheduledRetries, long DeadLetters, long PausedTargets, double OldestAgeSeconds,
+    long PortReports);

@@ -7,9 +7,12 @@ using StackExchange.Redis;
 namespace PortAzure.Dispatcher.Diagnostics;
 
 /// <summary>One reading of the relay's queues.</summary>
-internal sealed record BacklogSnapshot(long StreamLength, long Pending, long ScheduledRetries, long DeadLetters, long PausedTargets, TimeSpan OldestAge)
+/// <param name="PortReports">Reports to Port waiting to be sent or retried: its stream keeps the newest 100,000, so a long
+/// Port outage at a high rate loses the oldest without a line unless this is watched.</param>
+internal sealed record BacklogSnapshot(long StreamLength, long Pending, long ScheduledRetries, long DeadLetters, long PausedTargets, TimeSpan OldestAge,
+    long PortReports)
 {
-    public static readonly BacklogSnapshot Empty = new(0, 0, 0, 0, 0, TimeSpan.Zero);
+    public static readonly BacklogSnapshot Empty = new(0, 0, 0, 0, 0, TimeSpan.Zero, 0);
 }
 
 /// <summary>
@@ -32,6 +35,7 @@ internal sealed class BacklogMonitor(IConnectionMultiplexer redis, TimeProvider 
         var dead = batch.SortedSetLengthAsync(RedisKeys.DeadLetters);
         var paused = batch.HashGetAllAsync(RedisKeys.PausedTargets);
         var groups = batch.StreamGroupInfoAsync(RedisKeys.Stream);
+        var reports = batch.StreamLengthAsync(RedisKeys.PortReports);
         batch.Execute();
         long pending = 0;
         try
@@ -48,7 +52,8 @@ internal sealed class BacklogMonitor(IConnectionMultiplexer redis, TimeProvider 
         {
             age = timeProvider.GetUtcNow() - DateTimeOffset.FromUnixTimeMilliseconds(ms);
         }
-        Current = new BacklogSnapshot(await length, pending, await retries, await dead, PausesInEffect(await paused), age < TimeSpan.Zero ? TimeSpan.Zero : age);
+        Current = new BacklogSnapshot(await length, pending, await retries, await dead, PausesInEffect(await paused), age < TimeSpan.Zero ? TimeSpan.Zero : age,
+            await reports);
         return Current;
     }
 

@@ -28,6 +28,8 @@ internal sealed class DispatcherMetrics
         meter.CreateObservableGauge("portazure.backlog.scheduled_retries", () => backlog.Current.ScheduledRetries, "{delivery}", "Deliveries waiting for a retry.");
         meter.CreateObservableGauge("portazure.backlog.deadletters", () => backlog.Current.DeadLetters, "{delivery}", "Dead letters waiting for an operator.");
         meter.CreateObservableGauge("portazure.backlog.paused_targets", () => backlog.Current.PausedTargets, "{target}", "Targets paused after repeated transient failures.");
+        meter.CreateObservableGauge("portazure.backlog.port_reports", () => backlog.Current.PortReports, "{report}",
+            "Reports to Port waiting to be sent or retried (the newest 100,000 are kept).");
         meter.CreateObservableGauge("portazure.backlog.oldest_age", () => backlog.Current.OldestAge.TotalSeconds, "s", "Age of the oldest entry in the stream.");
     }
 

@@ -81,6 +81,25 @@ public class MetricsTests
     }
 
     [Fact]
+    public async Task Dispatcher_PortReportsGauge_CountsTheReportsWaiting()
+    {
+        // The report stream keeps the newest 100,000: in a long Port outage the oldest are lost without a line, unless its
+        // length is watched (only redis-cli showed it).
+        await using var relay = await Relay.StartAsync();
+        var meters = relay.Dispatcher.Services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
+        using var reports = new MetricCollector<long>(meters, PortAzureDiagnostics.Name, "portazure.backlog.port_reports");
+        for (var i = 0; i < 3; i++)
+        {
+            await relay.Db.StreamAddAsync(PortAzure.Redis.RedisKeys.PortReports, [new StackExchange.Redis.NameValueEntry("r", i)]);
+        }
+
+        await relay.Dispatcher.Services.GetRequiredService<PortAzure.Dispatcher.Diagnostics.BacklogMonitor>().ReadAsync();
+        reports.RecordObservableInstruments();
+
+        Assert.Equal(3, reports.LastMeasurement?.Value);
+    }
+
+    [Fact]
     public async Task Dispatcher_BacklogGauges_ReportDeadLettersAndPausedTargets()
     {
         await using var relay = await Relay.StartAsync(c => c["Dispatcher:TargetHealth:FailureThreshold"] = "1");

@@ -49,6 +49,10 @@ public class OperatorApiTests
         await db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "crashed-replica", ">", count: 1);
         await db.SortedSetAddAsync(RedisKeys.RetrySchedule, [new SortedSetEntry("d_r1", 1), new SortedSetEntry("d_r2", 2)]);
         await db.SortedSetAddAsync(RedisKeys.DeadLetters, Enumerable.Range(0, 4).Select(i => new SortedSetEntry($"d_x{i}", i)).ToArray());
+        for (var i = 0; i < 6; i++)
+        {
+            await db.StreamAddAsync(RedisKeys.PortReports, [new NameValueEntry("r", i)]);
+        }
         // Three pauses in effect (probes ahead); one whose probe failed 5 min ago (its delivery waits out a backoff of up to
         // Retry:MaxDelaySeconds, 10 min, before it probes again); one whose probe time is damaged (the next begin repairs
         // it). The sixth's probe was due an hour ago and nobody took it: nothing waits behind it, and it is not counted.
@@ -75,6 +79,7 @@ public class OperatorApiTests
         Assert.Equal(2, stats.GetProperty("scheduledRetries").GetInt64());
         Assert.Equal(4, stats.GetProperty("deadLetters").GetInt64());
         Assert.Equal(5, stats.GetProperty("pausedTargets").GetInt64());
+        Assert.Equal(6, stats.GetProperty("portReports").GetInt64());
         // From the oldest entry's id (two minutes ago), in seconds; no upper wall-clock bound beyond a generous one.
         Assert.InRange(stats.GetProperty("oldestAgeSeconds").GetDouble(), 119, 600);
     }
