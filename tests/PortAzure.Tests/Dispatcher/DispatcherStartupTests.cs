@@ -103,7 +103,7 @@ public class DispatcherStartupTests
 
     [Theory]
     [InlineData("15", null)]
-    [InlineData("60", "7.5 min")]
+    [InlineData("60", "7.7 min")]
     public async Task Start_PortReportReclaimOf7Min_WarnsOnlyWhenThePortTimeoutMakesTouchesFurtherApart(string portTimeout, string? warnedMinutes)
     {
         // 7 min covers the longest time between two touches of a report with 15-s calls to Port (6 min), not with 60-s ones
