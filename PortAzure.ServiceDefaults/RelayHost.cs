@@ -1,6 +1,7 @@
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Options;
+using PortAzure.Diagnostics;
 
 namespace Microsoft.Extensions.Hosting;
 
@@ -47,20 +48,10 @@ public static class RelayHost
         {
             // The configuration binder's and the options' own messages name the key (never a secret's value: those are
             // strings, never converted).
-            Console.Error.WriteLine($"{AppDomain.CurrentDomain.FriendlyName} did not start: {Messages(ex)}");
+            Console.Error.WriteLine($"{AppDomain.CurrentDomain.FriendlyName} did not start: {ExceptionMessages.Of(ex)}");
             return 1;
         }
         return app.RunUntilStopped();
-    }
-
-    private static string Messages(Exception ex)
-    {
-        var messages = new List<string>();
-        for (Exception? e = ex; e is not null; e = e.InnerException)
-        {
-            messages.Add(e.Message);
-        }
-        return string.Join(" ", messages.Distinct());
     }
 
     /// <summary>

@@ -3,6 +3,7 @@ using System.Net.Http.Headers;
 using System.Text;
 using System.Text.RegularExpressions;
 using Microsoft.Extensions.Options;
+using PortAzure.Diagnostics;
 using PortAzure.Redis;
 using PortAzure.Security;
 using PortAzure.Signing;
@@ -103,15 +104,7 @@ internal sealed partial class AzureWebhookClient(
     /// </summary>
     internal static string Describe(HttpRequestException exception)
     {
-        var messages = new List<string>();
-        for (Exception? e = exception; e is not null; e = e.InnerException)
-        {
-            if (!messages.Contains(e.Message, StringComparer.Ordinal))
-            {
-                messages.Add(e.Message);
-            }
-        }
-        var text = UserInfo().Replace($"{exception.HttpRequestError}: {string.Join(" ", messages)}", "://***@");
+        var text = UserInfo().Replace($"{exception.HttpRequestError}: {ExceptionMessages.Of(exception)}", "://***@");
         return text.Length > ExcerptLength ? text[..ExcerptLength] : text;
     }
 
