@@ -307,7 +307,7 @@ internal sealed partial class PortApiClient(
             }
             // A token that cannot go in a header (a line break, a non-ASCII character) failed every send inside this client,
             // and stayed cached for its whole lifetime (up to a day): reports stopped with nothing asking Port again.
-            if (token?.AccessToken is not { Length: > 0 } accessToken || !accessToken.All(c => c is > ' ' and < (char)0x7F))
+            if (token?.AccessToken is not { Length: > 0 } accessToken || accessToken.AsSpan().ContainsAnyExceptInRange('!', '~'))
             {
                 _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
                 Log.TokenCallFailed(logger, (int)response.StatusCode, "no usable token");

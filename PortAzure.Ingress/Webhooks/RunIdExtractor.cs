@@ -45,5 +45,5 @@ internal static class RunIdExtractor
     /// a run id is a segment of Port's API paths (<see cref="PortApiPaths.IsDotSegment"/>).
     /// </summary>
     public static bool IsAcceptable(string value, int maxLength) =>
-        value.Length > 0 && value.Length <= maxLength && value.All(c => c is > ' ' and < '\u007f') && !PortApiPaths.IsDotSegment(value);
+        value.Length > 0 && value.Length <= maxLength && !value.AsSpan().ContainsAnyExceptInRange('!', '~') && !PortApiPaths.IsDotSegment(value);
 }

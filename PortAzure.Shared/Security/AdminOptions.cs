@@ -30,7 +30,7 @@ public sealed class AdminOptionsValidator : IValidateOptions<AdminOptions>
         }
         // A header value cannot carry it otherwise (Kestrel trims spaces and refuses other bytes): a key read from a
         // file ending in a newline would start and then refuse every call.
-        if (!options.ApiKey.All(c => c is >= '!' and <= '~'))
+        if (options.ApiKey.AsSpan().ContainsAnyExceptInRange('!', '~'))
         {
             errors.Add("Admin:ApiKey must be visible ASCII characters only, without spaces or a trailing newline.");
         }
