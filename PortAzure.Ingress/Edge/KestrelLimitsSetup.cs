@@ -31,9 +31,9 @@ internal sealed class KestrelLimitsSetup(IConfiguration configuration, IOptions<
         // Kestrel's own default, 240 B/s, lets a 1 MiB body take over an hour, each such upload holding its buffer (a few
         // thousand slow uploads took 150 MB in 20 s). Port sends a run in one burst: 4 KiB/s bounds a full body to ~4 min.
         limits.MinRequestBodyDataRate = new MinDataRate(bytesPerSecond: DefaultMinBodyBytesPerSecond, gracePeriod: TimeSpan.FromSeconds(5));
-        if (TryGetMaxBodyBytes(out var maxBodyBytes))
+        if (ingressOptions.ValueOrNull() is { } ingress)
         {
-            limits.MaxRequestBodySize = maxBodyBytes + BodySlackBytes;
+            limits.MaxRequestBodySize = ingress.MaxBodyBytes + BodySlackBytes;
         }
         // No cap on open connections by default: idle keep-alive connections count towards it, so one client
         // holding many could lock every other client out (docs/benchmarks.md, run m). Kestrel:Limits can set one.
@@ -44,22 +44,6 @@ internal sealed class KestrelLimitsSetup(IConfiguration configuration, IOptions<
         // The binder cannot set MinDataRate (read-only properties, set through its constructor).
         limits.MinRequestBodyDataRate = DataRate(section, nameof(KestrelServerLimits.MinRequestBodyDataRate), limits.MinRequestBodyDataRate);
         limits.MinResponseDataRate = DataRate(section, nameof(KestrelServerLimits.MinResponseDataRate), limits.MinResponseDataRate);
-    }
-
-    private bool TryGetMaxBodyBytes(out long maxBodyBytes)
-    {
-        try
-        {
-            maxBodyBytes = ingressOptions.Value.MaxBodyBytes;
-            return true;
-        }
-        catch (OptionsValidationException)
-        {
-            // The host builds Kestrel before it runs the start-up validation, which reports invalid Ingress
-            // options together with every other invalid option; throwing here would report them alone.
-            maxBodyBytes = 0;
-            return false;
-        }
     }
 
     /// <summary><c>{name}:BytesPerSecond</c> and <c>{name}:GracePeriod</c>; a rate of 0 turns the check off.</summary>

@@ -15,17 +15,7 @@ internal sealed class TrustedProxiesSetup(IOptions<IngressOptions> ingress) : IP
     public void PostConfigure(string? name, ForwardedHeadersOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
-        IList<string> networks;
-        try
-        {
-            networks = ingress.Value.TrustedProxyNetworks;
-        }
-        catch (OptionsValidationException)
-        {
-            // Reported with every other invalid option at start-up.
-            return;
-        }
-        if (networks.Count == 0)
+        if (ingress.ValueOrNull()?.TrustedProxyNetworks is not { Count: > 0 } networks)
         {
             return;
         }

@@ -32,16 +32,9 @@ internal static partial class WebhookRateLimiting
         services.AddSingleton<WebhookOpenCalls>();
         services.AddOptions<RateLimiterOptions>().Configure<IOptions<RateLimitOptions>>((limiter, configured) =>
         {
-            RateLimitOptions options;
-            try
+            // Read while the proxy's routes are mapped (YARP's rate-limiter policies), before the start-up validation.
+            if (configured.ValueOrNull() is not { } options)
             {
-                options = configured.Value;
-            }
-            catch (OptionsValidationException)
-            {
-                // Read while the proxy's routes are mapped (YARP's rate-limiter policies), before the start-up validation
-                // that names every section's errors at once: thrown here, it hid the others and escaped the host. The host
-                // refuses to start with it anyway.
                 return;
             }
             limiter.RejectionStatusCode = StatusCodes.Status429TooManyRequests;
