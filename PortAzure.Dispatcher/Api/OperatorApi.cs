@@ -334,6 +334,8 @@ internal static partial class OperatorApi
             Text(DeliveryRecord.Hint),
             traceParent is { Length: 55 } ? traceParent.Substring(3, 32) : null,
             Number(DeliveryRecord.Replays) ?? 0,
+            Number(DeliveryRecord.PortReportsPending) is > 0 ? new PortReportView(PortReportView.Pending, Time(DeliveryRecord.PortReportAt))
+                : Text(DeliveryRecord.PortReport) is { } ended ? new PortReportView(ended, Time(DeliveryRecord.PortReportAt)) : null,
             attemptLog);
     }
 
@@ -369,7 +371,7 @@ internal static partial class OperatorApi
     }
 
     private static DeliveryView Damaged(string id, string hint) =>
-        new(id, DamagedState, null, null, null, null, null, null, 0, null, null, null, null, hint, null, 0, null);
+        new(id, DamagedState, null, null, null, null, null, null, 0, null, null, null, null, hint, null, 0, null, null);
 
     private static bool IsDeliveryId(string id) => DeliveryIdPattern().IsMatch(id);
 
@@ -407,7 +409,19 @@ internal sealed record DeliveryView(
     string? Hint,
     string? TraceId,
     int Replays,
+    PortReportView? PortReport,
     IReadOnlyList<AttemptRecord>? AttemptHistory);
+
+/// <summary>Where the delivery's report to Port stands; null on the view when none was written (reporting off, no run id).</summary>
+/// <param name="State"><see cref="Pending"/> while one is written and not yet ended; else how the last one ended, as the
+/// <c>portazure.port.reports</c> outcome: <c>sent</c>, <c>already_ended</c>, <c>failed</c>, <c>trimmed</c>.</param>
+/// <param name="At">When that last changed: a report written, or one ended. A report is not retried past the retry age
+/// (Dispatcher:Retry:MaxAgeHours) from its write: one still pending that long after this was lost (trimmed from the report
+/// stream before it was sent).</param>
+internal sealed record PortReportView(string State, DateTimeOffset? At)
+{
+    public const string Pending = "pending";
+}
 
 internal sealed record DeliveryList(IReadOnlyList<DeliveryView> Items);
 

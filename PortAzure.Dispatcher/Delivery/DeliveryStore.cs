@@ -232,7 +232,14 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           local report = {}
           for i = 14, 13 + k do report[#report + 1] = ARGV[i] end
           local added = redis.pcall('XADD', KEYS[10], 'MAXLEN', '~', {{RedisKeys.PortReportsMaxLength}}, '*', unpack(report))
-          if type(added) == 'table' and added.err then reportError = added.err end
+          if type(added) == 'table' and added.err then
+            reportError = added.err
+          elseif redis.call('EXISTS', KEYS[1]) == 1 then
+            -- For the operator API: the reporter takes it off when the report ends. Never creating a record (it would have no
+            -- expiry), and never failing the outcome.
+            redis.pcall('HINCRBY', KEYS[1], '{{DeliveryRecord.PortReportsPending}}', 1)
+            redis.pcall('HSET', KEYS[1], '{{DeliveryRecord.PortReportAt}}', ARGV[6])
+          end
         end
         if mode == 'delivered' then
           redis.call('EXPIRE', KEYS[1], ARGV[9])

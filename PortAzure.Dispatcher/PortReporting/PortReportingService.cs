@@ -80,16 +80,47 @@ internal sealed partial class PortReportingService(
         return 1
         """;
 
+    // Ends a report on its delivery's record (GET /api/deliveries/{id}'s portReport): one report fewer pending, and how it
+    // ended. Callers run it only when their XACK took the entry off the pending list, so once per report however often a
+    // call is retried after a lost reply. No record (expired, or a damaged report without a delivery id) is not created
+    // again; pcall: a damaged record must not keep the report in the stream.
+    private static readonly string SettleFunction = $$"""
+        local function settle(record, outcome, now)
+          if not record or redis.call('EXISTS', record) == 0 then
+            return
+          end
+          local n = redis.pcall('HINCRBY', record, '{{DeliveryRecord.PortReportsPending}}', -1)
+          if type(n) ~= 'number' or n <= 0 then
+            redis.pcall('HDEL', record, '{{DeliveryRecord.PortReportsPending}}')
+          end
+          redis.pcall('HSET', record, '{{DeliveryRecord.PortReport}}', outcome, '{{DeliveryRecord.PortReportAt}}', now)
+        end
+        """;
+
+    // KEYS: 1 report stream, 2 the delivery's record (absent for a damaged report). ARGV: 1 group, 2 entry id, 3 outcome, 4 now ms
+    private static readonly string RemoveScript = $$"""
+        {{SettleFunction}}
+        if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+          settle(KEYS[2], ARGV[3], ARGV[4])
+        end
+        redis.call('XDEL', KEYS[1], ARGV[2])
+        return 1
+        """;
+
+    // KEYS: 1 report stream, 2 the delivery's record. ARGV: 1 group, 2 entry id, 3 this consumer, 4 now ms
     // Returns 1: still this reporter's; 0: taken over; -1: the entry is gone, trimmed away (the stream keeps about
     // the newest PortReportsMaxLength reports, and the oldest are the ones waiting longest).
-    private const string TouchScript = """
+    private static readonly string TouchScript = $$"""
+        {{SettleFunction}}
         local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3])
         if #mine == 0 then
           -- Taken over (and perhaps sent and removed by the other reporter since): a trimmed entry stays pending here.
           return 0
         end
         if #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) == 0 then
-          redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+          if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+            settle(KEYS[2], 'trimmed', ARGV[4])
+          end
           return -1
         end
         redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
@@ -246,8 +277,9 @@ internal sealed partial class PortReportingService(
                 entries.AddRange(claim.ClaimedEntries);
                 if (claim.DeletedIds.Length > 0)
                 {
-                    // Reports of a stopped reporter, trimmed away while they waited to be taken over (Redis 7 lists them
-                    // here and drops them from the pending list).
+                    // Reports trimmed away while pending (Redis 7 lists them here and drops them from the pending list, whatever
+                    // their idle time: a live reporter's waiting report too, which its next touch then finds gone, as taken over).
+                    // Their deliveries are unknown here: those records keep counting them as pending.
                     metrics.PortReport("trimmed", claim.DeletedIds.Length);
                     Log.Trimmed(logger, claim.DeletedIds.Length);
                 }
@@ -303,6 +335,7 @@ internal sealed partial class PortReportingService(
     private async Task SendAndRemoveAsync(StreamEntry entry, CancellationToken stoppingToken)
     {
         var report = PortReport.FromStreamEntry(entry);
+        var outcome = "malformed";
         if (report is null)
         {
             Log.Malformed(logger, entry.Id.ToString());
@@ -311,6 +344,15 @@ internal sealed partial class PortReportingService(
         {
             switch (await SendAsync(report, entry.Id, WrittenAt(entry), stoppingToken))
             {
+                case SendOutcome.Sent:
+                    outcome = "sent";
+                    break;
+                case SendOutcome.AlreadyEnded:
+                    outcome = "already_ended";
+                    break;
+                case SendOutcome.GivenUp:
+                    outcome = "failed";
+                    break;
                 case SendOutcome.Stopped:
                     await HandBackAsync(entry, report);
                     return;
@@ -322,22 +364,22 @@ internal sealed partial class PortReportingService(
                     Log.TrimmedWhileWaiting(logger, report.DeliveryId, report.RunId);
                     return;
                 default:
-                    break;
+                    throw new UnreachableException();
             }
         }
-        await RemoveAsync(entry.Id, stoppingToken);
+        await RemoveAsync(entry.Id, report?.DeliveryId, outcome, stoppingToken);
     }
 
-    private async Task RemoveAsync(RedisValue entryId, CancellationToken stoppingToken)
+    /// <param name="outcome">How the report ended, for its delivery's record.</param>
+    private async Task RemoveAsync(RedisValue entryId, string? deliveryId, string outcome, CancellationToken stoppingToken)
     {
+        RedisKey[] keys = deliveryId is null ? [RedisKeys.PortReports] : [RedisKeys.PortReports, RedisKeys.Delivery(deliveryId)];
         for (var attempt = 0; ; attempt++)
         {
             try
             {
-                var transaction = redis.GetDatabase().CreateTransaction();
-                _ = transaction.StreamAcknowledgeAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, entryId);
-                _ = transaction.StreamDeleteAsync(RedisKeys.PortReports, [entryId]);
-                await transaction.ExecuteAsync();
+                await redis.GetDatabase().ScriptEvaluateAsync(RemoveScript, keys,
+                    [RedisKeys.PortReportersGroup, entryId, outcome, timeProvider.GetUtcNow().ToUnixTimeMilliseconds()]);
                 return;
             }
             catch (Exception ex)
@@ -385,8 +427,14 @@ internal sealed partial class PortReportingService(
 
     private enum SendOutcome
     {
-        /// <summary>Sent, or given up on: the report leaves the stream.</summary>
-        Done,
+        /// <summary>Port took it: the report leaves the stream.</summary>
+        Sent,
+
+        /// <summary>Port refused a final status, the run having one already: the report leaves the stream.</summary>
+        AlreadyEnded,
+
+        /// <summary>Given up on: the report leaves the stream.</summary>
+        GivenUp,
 
         /// <summary>Stopped first: handed back.</summary>
         Stopped,
@@ -426,7 +474,7 @@ internal sealed partial class PortReportingService(
             {
                 // The wait for a call can be long (many reports held, Port slow): the report may have been taken over
                 // meanwhile, and must not be sent by both reporters. After a long one it is touched anew before the call.
-                if (triedAt - queuedAt > CallQueueTouch && await TouchAsync(entryId) is { } leftWhileQueued)
+                if (triedAt - queuedAt > CallQueueTouch && await TouchAsync(entryId, report.DeliveryId) is { } leftWhileQueued)
                 {
                     return leftWhileQueued;
                 }
@@ -464,12 +512,10 @@ internal sealed partial class PortReportingService(
                 if (result == PortCallResult.Sent)
                 {
                     Log.Sent(logger, report.DeliveryId, report.RunId);
+                    return SendOutcome.Sent;
                 }
-                else
-                {
-                    Log.AlreadyEnded(logger, report.DeliveryId, report.RunId, report.TerminationStatus);
-                }
-                return SendOutcome.Done;
+                Log.AlreadyEnded(logger, report.DeliveryId, report.RunId, report.TerminationStatus);
+                return SendOutcome.AlreadyEnded;
             }
             // A failure spends one of the report's attempts only if Port took another report since this one's previous try
             // began: Port is up, so the failure is this report's. Otherwise every report is failing (Port or its token
@@ -486,7 +532,7 @@ internal sealed partial class PortReportingService(
             {
                 metrics.PortReport("failed");
                 Log.Failed(logger, report.DeliveryId, report.RunId, tries);
-                return SendOutcome.Done;
+                return SendOutcome.GivenUp;
             }
             var outage = result == PortCallResult.RetryLater && !portUp;
             TimeSpan wait;
@@ -538,7 +584,7 @@ internal sealed partial class PortReportingService(
             {
                 return SendOutcome.Stopped;
             }
-            if (await TouchAsync(entryId) is { } leftWhileWaiting)
+            if (await TouchAsync(entryId, report.DeliveryId) is { } leftWhileWaiting)
             {
                 return leftWhileWaiting;
             }
@@ -598,12 +644,12 @@ internal sealed partial class PortReportingService(
     /// the report of a stopped one, however long Port's API keeps it waiting.
     /// </summary>
     /// <returns>Null while the report is still this reporter's; else how it left: taken over by another, or trimmed away.</returns>
-    private async Task<SendOutcome?> TouchAsync(RedisValue entryId)
+    private async Task<SendOutcome?> TouchAsync(RedisValue entryId, string deliveryId)
     {
         try
         {
-            return (int)await redis.GetDatabase().ScriptEvaluateAsync(TouchScript, [RedisKeys.PortReports],
-                [RedisKeys.PortReportersGroup, entryId, identity.Name]) switch
+            return (int)await redis.GetDatabase().ScriptEvaluateAsync(TouchScript, [RedisKeys.PortReports, RedisKeys.Delivery(deliveryId)],
+                [RedisKeys.PortReportersGroup, entryId, identity.Name, timeProvider.GetUtcNow().ToUnixTimeMilliseconds()]) switch
             {
                 0 => SendOutcome.TakenOver,
                 -1 => SendOutcome.Trimmed,
@@ -643,7 +689,7 @@ internal sealed partial class PortReportingService(
         public static partial void TrimmedWhileWaiting(ILogger logger, string deliveryId, string runId);
 
         [LoggerMessage(EventIds.ReportsTrimmed, LogLevel.Warning,
-            "{Count} reports of a stopped reporter were trimmed from the report stream before they were taken over; they are lost")]
+            "{Count} reports were trimmed from the report stream before they were sent (waiting in a reporter, or left by a stopped one); they are lost")]
         public static partial void Trimmed(ILogger logger, int count);
 
         [LoggerMessage(EventIds.PortFailingForAll, LogLevel.Warning,
@@ -662,7 +708,7 @@ internal sealed partial class PortReportingService(
             "Port run {RunId} already has a final status; the report of delivery {DeliveryId} ({Status}) was not added (an earlier try of it may have been)")]
         public static partial void AlreadyEnded(ILogger logger, string deliveryId, string runId, string? status);
 
-        [LoggerMessage(EventIds.ReportTakenOver, LogLevel.Information, "Report of delivery {DeliveryId} was taken over by another reporter during its wait; left to that one")]
+        [LoggerMessage(EventIds.ReportTakenOver, LogLevel.Information, "Report of delivery {DeliveryId} is no longer this reporter's: taken over by another during its wait (or trimmed away, then counted in event 2212); left to that one")]
         public static partial void TakenOver(ILogger logger, string deliveryId);
     }
 }

@@ -37,6 +37,18 @@ public static class DeliveryRecord
     /// <summary>Start of the current delivery cycle (receipt, or the last replay): the retry age counts from it.</summary>
     public const string Since = "since";
 
+    /// <summary>
+    /// How many of the delivery's Port reports are written and not yet sent or given up (a dead letter's, then a replay's):
+    /// the finish that writes one adds to it, the reporter that ends one takes it off. Absent at 0.
+    /// </summary>
+    public const string PortReportsPending = "portReports";
+
+    /// <summary>How the delivery's last ended Port report ended: a <c>portazure.port.reports</c> outcome (sent, already_ended, failed, trimmed).</summary>
+    public const string PortReport = "portReport";
+
+    /// <summary>When the report state last changed (Unix ms): a report written, or one ended.</summary>
+    public const string PortReportAt = "portReportAt";
+
     /// <summary>Only kept while the delivery waits in the retry schedule or the dead letters.</summary>
     public const string Body = DeliveryEntry.Fields.Body;
 }

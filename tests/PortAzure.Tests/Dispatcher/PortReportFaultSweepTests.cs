@@ -3,6 +3,7 @@ using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
 using StackExchange.Redis;
 using Xunit.Abstractions;
+using static PortAzure.Tests.Dispatcher.DeliveryOutcomeTests;
 
 namespace PortAzure.Tests.Dispatcher;
 
@@ -11,7 +12,7 @@ namespace PortAzure.Tests.Dispatcher;
 /// Redis calls that carry the run's Port report fails as a dying connection fails it (not run, or its reply lost). Counted
 /// from the finish that writes the report (call 1; a retry of it counts too), then every call of the reporter (the calls on
 /// <see cref="RedisKeys.PortReports"/>: the takeover of idle reports, the read, the touch after a wait, the acknowledgement
-/// and removal), whatever the delivery worker does meanwhile (FaultSweepTests fails its calls). Every run's outcome still
+/// and removal, which also ends the report on its delivery's record), whatever the delivery worker does meanwhile (FaultSweepTests fails its calls). Every run's outcome still
 /// reaches Port once, nothing is left pending in either stream, and the run is posted once.
 /// </summary>
 [Collection(HeavyTests.Name)]
@@ -20,6 +21,7 @@ public class PortReportFaultSweepTests(ITestOutputHelper output)
     private const string Finish = "finish";
     private const string Touch = "touch";
     private const string HandBack = "hand-back";
+    private const string Remove = "remove";
 
     /// <summary>A round's choice of the calls to fail: the call, and how many counted calls there have been (1 for the finish).</summary>
     private delegate ScriptFault Plan(RedisCall call, int count);
@@ -69,7 +71,7 @@ public class PortReportFaultSweepTests(ITestOutputHelper output)
             var chosen = current(call, Interlocked.Increment(ref seen));
             lock (counted)
             {
-                counted.Add((chosen == ScriptFault.None ? "" : "FAILED ") + Describe(call));
+                counted.Add((chosen == ScriptFault.None ? "" : "FAILED ") + Kind(call));
                 if (chosen != ScriptFault.None)
                 {
                     failedKinds.Add(kind);
@@ -101,7 +103,7 @@ public class PortReportFaultSweepTests(ITestOutputHelper output)
             Volatile.Write(ref counting, 0);
             Volatile.Write(ref plan, roundPlan);
             var runId = TestRuns.NewRunId();
-            await SendAsync(relay, runId);
+            var deliveryId = await SendAsync(relay, runId);
             runs.Add(runId);
             string[] calls;
             try
@@ -110,6 +112,9 @@ public class PortReportFaultSweepTests(ITestOutputHelper output)
                     && (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201)
                     && await NothingLeftAsync(relay),
                     TimeSpan.FromSeconds(30), $"{name}: the run delivered, reported, and nothing left queued, pending or scheduled");
+                // Ended on its record, whichever call failed.
+                Assert.Equal("sent", (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReport));
+                Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReportsPending));
             }
             finally
             {
@@ -141,8 +146,8 @@ public class PortReportFaultSweepTests(ITestOutputHelper output)
         }
         // A call the sweep missed (its order shifted by a slow moment): the first of its kind after the finish, alone.
         string[] kinds = portFailsFirst
-            ? [Finish, nameof(IDatabase.StreamAutoClaimAsync), nameof(IDatabase.StreamReadGroupAsync), Touch, nameof(ITransaction.ExecuteAsync)]
-            : [Finish, nameof(IDatabase.StreamAutoClaimAsync), nameof(IDatabase.StreamReadGroupAsync), nameof(ITransaction.ExecuteAsync)];
+            ? [Finish, nameof(IDatabase.StreamAutoClaimAsync), nameof(IDatabase.StreamReadGroupAsync), Touch, Remove]
+            : [Finish, nameof(IDatabase.StreamAutoClaimAsync), nameof(IDatabase.StreamReadGroupAsync), Remove];
         foreach (var missed in kinds.Where(k => !failedKinds.Contains(k)).ToList())
         {
             var done = 0;
@@ -348,12 +353,6 @@ public class PortReportFaultSweepTests(ITestOutputHelper output)
         Assert.DoesNotContain(stopped.Logs.Lines.Concat(next.Logs.Lines), l => l.StartsWith("Err", StringComparison.Ordinal));
     }
 
-    private static async Task SendAsync(Relay relay, string runId)
-    {
-        using var accepted = await relay.SendRunAsync(TestRuns.Body(runId));
-        accepted.EnsureSuccessStatusCode();
-    }
-
     private static async Task<bool> NothingLeftAsync(Relay relay) =>
         await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0
         && (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount == 0
@@ -367,12 +366,7 @@ public class PortReportFaultSweepTests(ITestOutputHelper output)
         { } s when DispatcherScripts.IsFinish(s) => Finish,
         { } s when s.Contains("'JUSTID'", StringComparison.Ordinal) => Touch,
         { } s when s.Contains("'XADD'", StringComparison.Ordinal) && call.Key == RedisKeys.PortReports => HandBack,
+        { } s when s.Contains("'XDEL'", StringComparison.Ordinal) && call.Key == RedisKeys.PortReports => Remove,
         _ => call.Method,
-    };
-
-    private static string Describe(RedisCall call) => Kind(call) switch
-    {
-        nameof(ITransaction.ExecuteAsync) => call.ToString(),
-        var kind => kind,
     };
 }
