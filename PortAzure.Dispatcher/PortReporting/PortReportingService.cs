@@ -570,6 +570,13 @@ internal sealed partial class PortReportingService(
                 var until = client.Throttled ? client.ThrottledUntil - timeProvider.GetUtcNow() : TimeSpan.Zero;
                 wait = (until <= TimeSpan.Zero ? TimeSpan.Zero : until > PortApiClient.MaxThrottle ? PortApiClient.MaxThrottle : until)
                     + TimeSpan.FromMilliseconds(Random.Shared.Next(100, 1000));
+                // Throttled with none taken since: nothing reaches Port, as in an outage, and an operator must learn of it
+                // the same way (one 2207 per wait said only that a limit was met). Tries further apart than the outage's
+                // gap (a Retry-After over 3 min) do not add up to one.
+                if (!portUp && client.Outage.Failed() is { } since)
+                {
+                    Log.PortFailingForAll(logger, since, options.CurrentValue.Retry.MaxAgeHours);
+                }
             }
             else
             {
@@ -693,7 +700,7 @@ internal sealed partial class PortReportingService(
         public static partial void Trimmed(ILogger logger, int count);
 
         [LoggerMessage(EventIds.PortFailingForAll, LogLevel.Warning,
-            "Port's API has failed every report tried since {Since:o} (Port down, its credentials lacking a permission, or runs it refuses one by one); reports wait without spending their attempts, up to {MaxAgeHours} h (Dispatcher:Retry:MaxAgeHours)")]
+            "Port's API has failed every report tried since {Since:o} (Port down or rate-limiting the relay, its credentials lacking a permission, or runs it refuses one by one); reports wait without spending their attempts, up to {MaxAgeHours} h (Dispatcher:Retry:MaxAgeHours)")]
         public static partial void PortFailingForAll(ILogger logger, DateTimeOffset since, double maxAgeHours);
 
         [LoggerMessage(EventIds.PortApiPlainHttp, LogLevel.Warning,

@@ -571,11 +571,16 @@ public class PortReportingTests
             return runIds.All(r => calls.Count(c => c.RunId == r && c.StatusCode == 429) >= 9);
         }, TimeSpan.FromSeconds(120), "every report refused nine times");
         Assert.Equal(3, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
+        // Over 8 min with nothing taken: an operator learns of it as of an outage.
+        Assert.Equal("Degraded", await HealthAsync(relay));
+        Assert.Single(relay.Dispatcher.Logs.Lines, l => l.Contains("[2213]", StringComparison.Ordinal));
 
         await PortAcceptsAgainThenEverySentAsync(relay, clock, runIds, "every report is sent once Port lets the relay call again");
         var final = await relay.EmulatorApi.PortCallsAsync();
         Assert.All(runIds, runId => Assert.Single(final, c => c.RunId == runId && c.StatusCode == 201));
         Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2202]", StringComparison.Ordinal));
+        Assert.Equal("Healthy", await HealthAsync(relay));
+        Assert.Contains(relay.Dispatcher.Logs.Lines, l => l.Contains("[2214]", StringComparison.Ordinal));
     }
 
     [Fact]
