@@ -53,8 +53,14 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
         redis.call('HSET', KEYS[3], '{{DeliveryRecord.StreamId}}', streamId, '{{DeliveryRecord.State}}', '{{DeliveryStates.Queued}}',
           '{{DeliveryRecord.UpdatedAt}}', ARGV[5], '{{DeliveryRecord.Attempts}}', '0', unpack(ARGV, 11))
         if ARGV[4] == '1' then
+          -- The Dispatcher keeps the index as long as the records it finds (longer than this window; without expiry while
+          -- one is a dead letter): another run of the same run id (another webhook, or after the window) must not cut that
+          -- short. Not EXPIRE's GT, which Redis 6.2 lacks.
+          local ttl = redis.call('TTL', KEYS[4])
           redis.call('SADD', KEYS[4], ARGV[1])
-          redis.call('EXPIRE', KEYS[4], ARGV[2])
+          if ttl == -2 or (ttl >= 0 and ttl < tonumber(ARGV[2])) then
+            redis.call('EXPIRE', KEYS[4], ARGV[2])
+          end
         end
         redis.call('PUBLISH', ARGV[3], streamId)
         return {1, ARGV[1]}

@@ -57,6 +57,43 @@ public class RunQueueTests
         Assert.InRange((await db.KeyTimeToLiveAsync(RedisKeys.RunIndex(entry.RunId!)))!.Value, Window - TimeSpan.FromMinutes(1), Window);
     }
 
+    [Theory]
+    [InlineData(-1)]
+    [InlineData(48)]
+    [InlineData(1)]
+    public async Task EnqueueAsync_RunIndexAlreadyKept_IsOnlyEverLengthened(int hoursKept)
+    {
+        // Kept for good while a delivery of the run is a dead letter (-1), for a delivered record's retention (48 h): a
+        // second run of the run id (another webhook's) cut that to the idempotency window, and the lookup lost the dead letter.
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (redis, db) = (leased.Connection, leased.Db);
+        var runId = TestRuns.NewRunId();
+        var index = RedisKeys.RunIndex(runId);
+        await db.SetAddAsync(index, "d_earlier");
+        if (hoursKept > 0)
+        {
+            await db.KeyExpireAsync(index, TimeSpan.FromHours(hoursKept));
+        }
+
+        var entry = NewEntry(runId) with { Webhook = "other-webhook" };
+        Assert.True((await new RunQueue(redis).EnqueueAsync(entry, Window)).Accepted);
+
+        Assert.Equal(new[] { "d_earlier", entry.DeliveryId }.Order(StringComparer.Ordinal), (await db.SetMembersAsync(index)).Select(v => (string)v!).Order(StringComparer.Ordinal));
+        var ttl = await db.KeyTimeToLiveAsync(index);
+        switch (hoursKept)
+        {
+            case -1:
+                Assert.Null(ttl);
+                break;
+            case 48:
+                Assert.InRange(ttl!.Value, TimeSpan.FromHours(47.9), TimeSpan.FromHours(48));
+                break;
+            default:
+                Assert.InRange(ttl!.Value, Window - TimeSpan.FromMinutes(1), Window);
+                break;
+        }
+    }
+
     [Fact]
     public async Task EnqueueAsync_RedisOutOfMemory_IsRefusedWithNothingWritten()
     {
