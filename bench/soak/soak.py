@@ -5,7 +5,7 @@ Builds the Ingress, the Dispatcher and the emulator (Release), starts redis-serv
 emulator, one Ingress and 3 Dispatchers, sends signed Port runs at a steady rate, kills / restarts services at random,
 collects what the emulator received, drains, and writes everything to OUT; analyze.py OUT checks it.
 """
-import base64, hashlib, hmac, http.client, json, os, queue, random, signal, socket, subprocess, sys, threading, time
+import base64, collections, hashlib, hmac, http.client, json, os, queue, random, signal, socket, subprocess, sys, threading, time
 from datetime import datetime, timezone
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -352,6 +352,24 @@ def take_records():
     return len(items)
 
 
+def take_port_report_states():
+    """Where each delivery's Port report stands on its record (GET /api/deliveries/{id}'s portReport), once drained."""
+    keys = subprocess.run(["redis-cli", "-p", str(redis_port), "--scan", "--pattern", "{portazure}:delivery:*"],
+                          capture_output=True, text=True).stdout.split()
+    # One redis-cli for all of them: a reply per line (nil as an empty line), two per record.
+    commands = "".join(f'HMGET "{k}" portReports portReport\n' for k in keys)
+    lines = subprocess.run(["redis-cli", "-p", str(redis_port)], input=commands, capture_output=True, text=True).stdout.split("\n")
+    states, pending = collections.Counter(), []
+    for i, key in enumerate(keys):
+        count, state = lines[2 * i], lines[2 * i + 1]
+        if count not in ("", "0"):
+            pending.append(key.rsplit(":", 1)[-1])
+        states[state or "none"] += 1
+    with open(f"{OUT}/port_report_states.json", "w") as f:
+        json.dump({"records": len(keys), "states": states, "pending": len(pending), "pendingSample": pending[:20]}, f)
+    event("port_report_states", records=len(keys), states=dict(states), pending=len(pending))
+
+
 def collector():
     while not stop_all.is_set():
         take_records()
@@ -570,6 +588,8 @@ def main():
     event("drain", quiet=quiet, seconds=secs)
     time.sleep(5)
     take_records()
+    if PORT:
+        take_port_report_states()
     # Dead letters and final Redis state.
     c = http.client.HTTPConnection("127.0.0.1", disp_ports[0], timeout=30)
     dead, cursor = [], None
