@@ -416,8 +416,8 @@ internal sealed record DeliveryView(
 /// <param name="State"><see cref="Pending"/> while one is written and not yet ended; else how the last one ended, as the
 /// <c>portazure.port.reports</c> outcome: <c>sent</c>, <c>already_ended</c>, <c>failed</c>, <c>trimmed</c>.</param>
 /// <param name="At">When that last changed: a report written, or one ended. A report is not retried past the retry age
-/// (Dispatcher:Retry:MaxAgeHours) from its write: one still pending that long after this was lost (trimmed from the report
-/// stream before it was sent).</param>
+/// (Dispatcher:Retry:MaxAgeHours) from its write: once the report stream is empty, one still pending that long after this
+/// was lost (trimmed from the report stream before it was sent).</param>
 internal sealed record PortReportView(string State, DateTimeOffset? At)
 {
     public const string Pending = "pending";

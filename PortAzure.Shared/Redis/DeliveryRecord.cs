@@ -41,7 +41,7 @@ public static class DeliveryRecord
     /// How many of the delivery's Port reports are written and not yet sent or given up (a dead letter's, then a replay's):
     /// the finish that writes one adds to it, the reporter that ends one takes it off. Absent at 0.
     /// </summary>
-    public const string PortReportsPending = "portReports";
+    public const string PortReportsPending = "portReportsPending";
 
     /// <summary>How the delivery's last ended Port report ended: a <c>portazure.port.reports</c> outcome (sent, already_ended, failed, trimmed).</summary>
     public const string PortReport = "portReport";

@@ -258,6 +258,36 @@ public class PortReportFaultSweepTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task Remove_ReplyLost_TheRetryDoesNotEndTheReportOnItsRecordAgain()
+    {
+        // The removal ran (the report ended on its record) and its reply was lost: the retry finds the entry acknowledged,
+        // and must not count a second report of the delivery off (as if a replay's report, still waiting, had ended).
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        var lost = 0;
+        var removals = 0;
+        await relay.AddDispatcherAsync(services: services => FaultyRedis.FailCalls(services, call =>
+            Kind(call) == Remove && Interlocked.Increment(ref removals) > 0 && Interlocked.Exchange(ref lost, 1) == 0 ? ScriptFault.ReplyLost : ScriptFault.None));
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
+        var runId = TestRuns.NewRunId();
+        var deliveryId = await SendAsync(relay, runId);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0, TimeSpan.FromSeconds(20), "a first, failing call to Port");
+        var record = RedisKeys.Delivery(deliveryId);
+        // As if a second report of the delivery were waiting too.
+        await relay.Db.HashIncrementAsync(record, DeliveryRecord.PortReportsPending);
+
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = false });
+        await Eventually.HoldsAsync(async () => await NothingLeftAsync(relay) && (string?)await relay.Db.HashGetAsync(record, DeliveryRecord.PortReport) == "sent",
+            TimeSpan.FromSeconds(30), "the report sent, removed and ended on its record");
+        await Eventually.HoldsAsync(() => Task.FromResult(Volatile.Read(ref removals) >= 2), TimeSpan.FromSeconds(10), "the removal retried");
+        // Its reply is not observed: half a second for it to have run.
+        await Task.Delay(TimeSpan.FromSeconds(0.5));
+
+        Assert.Equal(1, Volatile.Read(ref lost));
+        Assert.Equal(1, (long)await relay.Db.HashGetAsync(record, DeliveryRecord.PortReportsPending));
+        Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.RunId == runId && c.StatusCode == 201);
+    }
+
+    [Fact]
     public async Task Read_ReplyLostJustBeforeTheStop_TheReportIsHandedBack()
     {
         // The read ran, so the report is pending for this reporter, which never saw it, and the stop came before a round
