@@ -165,13 +165,10 @@ public class PortReportingTests
     public async Task PortApiDown_DeliveryIsUnaffected_ReportPendingUntilSentOnceBack()
     {
         await using var relay = await StartAsync();
-        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
         var runId = TestRuns.NewRunId();
 
-        var deliveryId = await SendAsync(relay, runId);
-        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+        var deliveryId = await DeliveredWhilePortIsDownAsync(relay, runId);
         Assert.Single(await relay.EmulatorApi.DeliveredAsync());
-        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0, TimeSpan.FromSeconds(10), "a first, failing call to Port");
         Assert.DoesNotContain(await relay.EmulatorApi.PortCallsAsync(), c => c.StatusCode is >= 200 and < 300);
         var pending = await PortReportViewAsync(relay, deliveryId);
         Assert.Equal("pending", pending.GetProperty("state").GetString());
@@ -220,11 +217,8 @@ public class PortReportingTests
     {
         // A delivered record expires after the retention; a report still waiting then must not bring it back (without expiry).
         await using var relay = await StartAsync();
-        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
         var runId = TestRuns.NewRunId();
-        var deliveryId = await SendAsync(relay, runId);
-        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
-        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0, TimeSpan.FromSeconds(10), "a first, failing call to Port");
+        var deliveryId = await DeliveredWhilePortIsDownAsync(relay, runId);
 
         await relay.Db.KeyDeleteAsync(RedisKeys.Delivery(deliveryId));
         await relay.EmulatorApi.PortBehaviorAsync(new { down = false });
@@ -867,6 +861,17 @@ public class PortReportingTests
         await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0,
             TimeSpan.FromSeconds(20), "a first, failing call to Port");
         return clock;
+    }
+
+    /// <summary>Port's API down, a run delivered and its report's first call failed.</summary>
+    /// <returns>The delivery id.</returns>
+    private static async Task<string> DeliveredWhilePortIsDownAsync(Relay relay, string runId)
+    {
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
+        var deliveryId = await SendAsync(relay, runId);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0, TimeSpan.FromSeconds(10), "a first, failing call to Port");
+        return deliveryId;
     }
 
     /// <summary>The delivery view's <c>portReport</c>.</summary>
