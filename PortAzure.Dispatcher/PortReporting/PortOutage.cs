@@ -22,6 +22,9 @@ internal sealed class PortOutage(TimeProvider timeProvider)
     private long? _sinceStamp;
     private DateTimeOffset _since;
     private long _lastStamp;
+    // How long after the last failure the outage still counts as going on: Gap, or longer when that failure's report
+    // waits longer before its next try (a 429's Retry-After of up to 5 min).
+    private TimeSpan _lastGap = Gap;
     private bool _announced;
 
     /// <summary>
@@ -34,7 +37,7 @@ internal sealed class PortOutage(TimeProvider timeProvider)
         {
             lock (_gate)
             {
-                return _sinceStamp is { } since && timeProvider.GetElapsedTime(_lastStamp) <= Gap && timeProvider.GetElapsedTime(since) >= FailingFor
+                return _sinceStamp is { } since && timeProvider.GetElapsedTime(_lastStamp) <= _lastGap && timeProvider.GetElapsedTime(since) >= FailingFor
                     ? _since
                     : null;
             }
@@ -42,17 +45,20 @@ internal sealed class PortOutage(TimeProvider timeProvider)
     }
 
     /// <summary>A report failed (just now), and Port took no other since its previous try: Port looks to be failing for everyone.</summary>
+    /// <param name="nextTryIn">When the report will be tried again, when that can be later than <see cref="Gap"/> allows (a
+    /// 429's Retry-After): the outage goes on until a minute past it.</param>
     /// <returns>Since when, the first time this makes it an outage (<see cref="FailingFor"/> reached); else null.</returns>
-    public DateTimeOffset? Failed()
+    public DateTimeOffset? Failed(TimeSpan? nextTryIn = null)
     {
         lock (_gate)
         {
             var now = timeProvider.GetTimestamp();
-            if (_sinceStamp is null || timeProvider.GetElapsedTime(_lastStamp, now) > Gap)
+            if (_sinceStamp is null || timeProvider.GetElapsedTime(_lastStamp, now) > _lastGap)
             {
                 (_sinceStamp, _since, _announced) = (now, timeProvider.GetUtcNow(), false);
             }
             _lastStamp = now;
+            _lastGap = nextTryIn is { } next && next + TimeSpan.FromMinutes(1) > Gap ? next + TimeSpan.FromMinutes(1) : Gap;
             if (_announced || timeProvider.GetElapsedTime(_sinceStamp.Value, now) < FailingFor)
             {
                 return null;
@@ -68,7 +74,7 @@ internal sealed class PortOutage(TimeProvider timeProvider)
     {
         lock (_gate)
         {
-            TimeSpan? lasted = _announced && _sinceStamp is { } since && timeProvider.GetElapsedTime(_lastStamp) <= Gap
+            TimeSpan? lasted = _announced && _sinceStamp is { } since && timeProvider.GetElapsedTime(_lastStamp) <= _lastGap
                 ? timeProvider.GetElapsedTime(since)
                 : null;
             (_sinceStamp, _announced) = (null, false);

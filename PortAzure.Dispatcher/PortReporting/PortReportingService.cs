@@ -571,9 +571,9 @@ internal sealed partial class PortReportingService(
                 wait = (until <= TimeSpan.Zero ? TimeSpan.Zero : until > PortApiClient.MaxThrottle ? PortApiClient.MaxThrottle : until)
                     + TimeSpan.FromMilliseconds(Random.Shared.Next(100, 1000));
                 // Throttled with none taken since: nothing reaches Port, as in an outage, and an operator must learn of it
-                // the same way (one 2207 per wait said only that a limit was met). Tries further apart than the outage's
-                // gap (a Retry-After over 3 min) do not add up to one.
-                if (!portUp && client.Outage.Failed() is { } since)
+                // the same way (one 2207 per wait said only that a limit was met). The wait is passed on: tries a long
+                // Retry-After apart still add up to one outage.
+                if (!portUp && client.Outage.Failed(wait) is { } since)
                 {
                     Log.PortFailingForAll(logger, since, options.CurrentValue.Retry.MaxAgeHours);
                 }

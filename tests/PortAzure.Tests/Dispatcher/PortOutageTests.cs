@@ -45,6 +45,24 @@ public class PortOutageTests
     }
 
     [Fact]
+    public void Failed_TriesALongRetryAfterApart_AddUpToOneOutage()
+    {
+        // A Port that answers 429 with Retry-After: 300 to every try, in a quiet period: tries 5 min apart, past the 3-min gap.
+        var outage = new PortOutage(_clock);
+        var start = _clock.GetUtcNow();
+        var wait = TimeSpan.FromMinutes(5) + TimeSpan.FromSeconds(1);
+        Assert.Null(outage.Failed(wait));
+        _clock.Advance(wait);
+        Assert.Equal(start, outage.Failed(wait));
+
+        // Between two such tries the outage stands, and it ends a minute past the promised next try.
+        _clock.Advance(TimeSpan.FromMinutes(4));
+        Assert.Equal(start, outage.Since);
+        _clock.Advance(TimeSpan.FromMinutes(2.1));
+        Assert.Null(outage.Since);
+    }
+
+    [Fact]
     public void Failed_AfterAGapLongerThanThreeMinutes_StartsANewOutage()
     {
         var outage = new PortOutage(_clock);

@@ -578,6 +578,27 @@ public class PortReportingTests
     }
 
     [Fact]
+    public async Task PortRateLimitsWithALongRetryAfter_OneReportInAQuietPeriod_HealthIsDegraded()
+    {
+        // Tries 5 min apart (Retry-After: 300), past the outage's 3-min gap: each started a new "outage" that never lasted
+        // 5 min, and /health stayed Healthy while nothing reached Port.
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
+        await relay.EmulatorApi.PortBehaviorAsync(new { failNext = 10_000, status = 429, retryAfterSeconds = 300 });
+        await SendAsync(relay, TestRuns.NewRunId());
+        await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.StatusCode == 429),
+            TimeSpan.FromSeconds(30), "a first call answered 429");
+
+        // Degraded 5 min after the first try, still inside its wait; the Warning comes with the second try.
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), async () => await HealthAsync(relay) == "Degraded", TimeSpan.FromSeconds(60), "Degraded");
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), () => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2213]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(30), "the outage Warning");
+        Assert.Equal(2, (await relay.EmulatorApi.PortCallsAsync()).Count(c => c.StatusCode == 429));
+        Assert.Equal("Degraded", await HealthAsync(relay));
+    }
+
+    [Fact]
     public async Task PortApiDown_LongerThanTheReportsAttempts_ReportsWaitAndAreSentOnceBack()
     {
         // Port (its token endpoint here) failing every call is an outage, not the reports' fault: counted per try, one of
