@@ -29,7 +29,7 @@ internal sealed class PortOutage(TimeProvider timeProvider)
 
     /// <summary>
     /// Since when Port has failed every report tried, once that has lasted <see cref="FailingFor"/>; null otherwise, once
-    /// Port takes a report, or when no such failure came for <see cref="Gap"/> (nothing left waiting).
+    /// Port takes a report, or when no such failure came for <see cref="Gap"/>, or a minute past the next try the last one announced (nothing left waiting).
     /// </summary>
     public DateTimeOffset? Since
     {
