@@ -357,7 +357,7 @@ def take_port_report_states():
     keys = subprocess.run(["redis-cli", "-p", str(redis_port), "--scan", "--pattern", "{portazure}:delivery:*"],
                           capture_output=True, text=True).stdout.split()
     # One redis-cli for all of them: a reply per line (nil as an empty line), two per record.
-    commands = "".join(f'HMGET "{k}" portReports portReport\n' for k in keys)
+    commands = "".join(f'HMGET "{k}" portReportsPending portReport\n' for k in keys)
     lines = subprocess.run(["redis-cli", "-p", str(redis_port)], input=commands, capture_output=True, text=True).stdout.split("\n")
     states, pending = collections.Counter(), []
     for i, key in enumerate(keys):
