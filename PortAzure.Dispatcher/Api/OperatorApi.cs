@@ -334,8 +334,9 @@ internal static partial class OperatorApi
             Text(DeliveryRecord.Hint),
             traceParent is { Length: 55 } ? traceParent.Substring(3, 32) : null,
             Number(DeliveryRecord.Replays) ?? 0,
-            Number(DeliveryRecord.PortReportsPending) is > 0 ? new PortReportView(PortReportView.Pending, Time(DeliveryRecord.PortReportAt))
-                : Text(DeliveryRecord.PortReport) is { } ended ? new PortReportView(ended, Time(DeliveryRecord.PortReportAt)) : null,
+            (Number(DeliveryRecord.PortReportsPending) is > 0 ? PortReportView.Pending : Text(DeliveryRecord.PortReport)) is { } reportState
+                ? new PortReportView(reportState, Time(DeliveryRecord.PortReportAt))
+                : null,
             attemptLog);
     }
 

@@ -281,10 +281,7 @@ internal sealed partial class PortApiClient(
             }
             if (!response.IsSuccessStatusCode)
             {
-                _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
-                // Debug: at most one per pause, and Warning 2213 says so after 5 min; this says why, when asked for.
-                Log.TokenCallFailed(logger, (int)response.StatusCode, "an error");
-                return (null, false, false);
+                return AnsweredWithoutToken(response.StatusCode, "an error");
             }
             TokenResponse? token;
             try
@@ -295,9 +292,7 @@ internal sealed partial class PortApiClient(
             {
                 // A 200 that is not a token (a proxy's page) is a failed token call too. Not thrown on: the parser's message
                 // quotes the body, which may hold a token.
-                _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
-                Log.TokenCallFailed(logger, (int)response.StatusCode, "a body that is not a token");
-                return (null, false, false);
+                return AnsweredWithoutToken(response.StatusCode, "a body that is not a token");
             }
             catch (HttpRequestException) when (!cancellationToken.IsCancellationRequested)
             {
@@ -309,9 +304,7 @@ internal sealed partial class PortApiClient(
             // and stayed cached for its whole lifetime (up to a day): reports stopped with nothing asking Port again.
             if (token?.AccessToken is not { Length: > 0 } accessToken || accessToken.AsSpan().ContainsAnyExceptInRange('!', '~'))
             {
-                _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
-                Log.TokenCallFailed(logger, (int)response.StatusCode, "no usable token");
-                return (null, false, false);
+                return AnsweredWithoutToken(response.StatusCode, "no usable token");
             }
             // Port's own value, bounded: a huge one threw here (before any pause was set), one of 0 cached nothing.
             var lifetime = TimeSpan.FromSeconds(LifetimeSeconds(token.ExpiresIn));
@@ -325,6 +318,15 @@ internal sealed partial class PortApiClient(
         {
             _tokenLock.Release();
         }
+    }
+
+    /// <summary>A token call Port answered without a usable token: no token call for <see cref="TokenFailurePause"/>.</summary>
+    private (string? Token, bool Refused, bool Paused) AnsweredWithoutToken(HttpStatusCode status, string what)
+    {
+        _tokenFailedUntil = timeProvider.GetUtcNow() + TokenFailurePause;
+        // Debug: at most one per pause, and Warning 2213 says so after 5 min; this says why, when asked for.
+        Log.TokenCallFailed(logger, (int)status, what);
+        return (null, false, false);
     }
 
     public void Dispose() => _tokenLock.Dispose();

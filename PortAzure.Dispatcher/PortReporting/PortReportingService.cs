@@ -335,6 +335,7 @@ internal sealed partial class PortReportingService(
     private async Task SendAndRemoveAsync(StreamEntry entry, CancellationToken stoppingToken)
     {
         var report = PortReport.FromStreamEntry(entry);
+        // How the report ended, as the metric counts it and its delivery's record shows it.
         var outcome = "malformed";
         if (report is null)
         {
@@ -366,6 +367,7 @@ internal sealed partial class PortReportingService(
                 default:
                     throw new UnreachableException();
             }
+            metrics.PortReport(outcome);
         }
         await RemoveAsync(entry.Id, report?.DeliveryId, outcome, stoppingToken);
     }
@@ -508,7 +510,6 @@ internal sealed partial class PortReportingService(
             activity?.Dispose();
             if (result is PortCallResult.Sent or PortCallResult.AlreadyEnded)
             {
-                metrics.PortReport(outcome);
                 if (result == PortCallResult.Sent)
                 {
                     Log.Sent(logger, report.DeliveryId, report.RunId);
@@ -530,19 +531,12 @@ internal sealed partial class PortReportingService(
             var tooOld = triedAt - writtenAt > TimeSpan.FromHours(options.CurrentValue.Retry.MaxAgeHours);
             if (result == PortCallResult.Rejected || tooOld || (result == PortCallResult.RetryLater && portUp && attempt >= Backoff.Length))
             {
-                metrics.PortReport("failed");
                 Log.Failed(logger, report.DeliveryId, report.RunId, tries);
                 return SendOutcome.GivenUp;
             }
-            var outage = result == PortCallResult.RetryLater && !portUp;
             TimeSpan wait;
-            if (outage)
+            if (result == PortCallResult.RetryLater && !portUp)
             {
-                // When the try ended, not began: a try can take up to ~45 s while Port times out (a token call, the POST).
-                if (client.Outage.Failed() is { } since)
-                {
-                    Log.PortFailingForAll(logger, since, options.CurrentValue.Retry.MaxAgeHours);
-                }
                 wait = Backoff[Math.Min(outageWaits++, Backoff.Length - 1)];
             }
             else if (result == PortCallResult.NotTried)
@@ -570,17 +564,18 @@ internal sealed partial class PortReportingService(
                 var until = client.Throttled ? client.ThrottledUntil - timeProvider.GetUtcNow() : TimeSpan.Zero;
                 wait = (until <= TimeSpan.Zero ? TimeSpan.Zero : until > PortApiClient.MaxThrottle ? PortApiClient.MaxThrottle : until)
                     + TimeSpan.FromMilliseconds(Random.Shared.Next(100, 1000));
-                // Throttled with none taken since: nothing reaches Port, as in an outage, and an operator must learn of it
-                // the same way (one 2207 per wait said only that a limit was met). The wait is passed on: tries a long
-                // Retry-After apart still add up to one outage.
-                if (!portUp && client.Outage.Failed(wait) is { } since)
-                {
-                    Log.PortFailingForAll(logger, since, options.CurrentValue.Retry.MaxAgeHours);
-                }
             }
             else
             {
                 wait = Backoff[attempt++];
+            }
+            // Failed or throttled with none taken since: nothing reaches Port, and an operator learns of it (a Warning, /health
+            // Degraded; for a throttle, one 2207 per wait said only that a limit was met). Marked when the try ended, not
+            // began: a try can take up to ~45 s while Port times out (a token call, the POST). The wait is passed on: tries a
+            // long Retry-After apart still add up to one outage.
+            if (!portUp && result is PortCallResult.RetryLater or PortCallResult.Throttled && client.Outage.Failed(wait) is { } since)
+            {
+                Log.PortFailingForAll(logger, since, options.CurrentValue.Retry.MaxAgeHours);
             }
             try
             {
