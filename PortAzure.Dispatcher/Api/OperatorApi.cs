@@ -311,8 +311,7 @@ internal static partial class OperatorApi
             attemptLog = await LoadAttemptsAsync(db, id, attempts);
         }
         string? Text(string name) => hash.TryGetValue(name, out var v) && !v.IsNullOrEmpty ? (string?)v : null;
-        DateTimeOffset? Time(string name) => hash.TryGetValue(name, out var v) && long.TryParse((string?)v, out var ms) && ms is > 0 and <= MaxUnixMilliseconds
-            ? DateTimeOffset.FromUnixTimeMilliseconds(ms) : null;
+        DateTimeOffset? Time(string name) => hash.TryGetValue(name, out var v) ? UnixTime(v) : null;
         int? Number(string name) => hash.TryGetValue(name, out var v) && int.TryParse((string?)v, out var n) ? n : null;
         var traceParent = Text(DeliveryRecord.TraceParent);
         var state = Text(DeliveryRecord.State) ?? "unknown";
@@ -334,10 +333,59 @@ internal static partial class OperatorApi
             Text(DeliveryRecord.Hint),
             traceParent is { Length: 55 } ? traceParent.Substring(3, 32) : null,
             Number(DeliveryRecord.Replays) ?? 0,
-            (Number(DeliveryRecord.PortReportsPending) is > 0 ? PortReportView.Pending : Text(DeliveryRecord.PortReport)) is { } reportState
-                ? new PortReportView(reportState, Time(DeliveryRecord.PortReportAt))
-                : null,
+            await PortReportAsync(db, id, Text(DeliveryRecord.PortReportEntry), Text(DeliveryRecord.PortReport), Time(DeliveryRecord.PortReportAt)),
             attemptLog);
+    }
+
+    /// <summary>
+    /// Pending while the report the record names is in the report stream. A report the record still names once it is gone
+    /// was never ended by a reporter: trimmed away before it was sent (the stream keeps about the newest
+    /// <see cref="RedisKeys.PortReportsMaxLength"/>), or reaped with the trimmed entries by a takeover. Nothing ends it on the
+    /// record then, so it is read as such here.
+    /// </summary>
+    private static async Task<PortReportView?> PortReportAsync(IDatabase db, string id, string? entry, string? ended, DateTimeOffset? at)
+    {
+        if (entry is null)
+        {
+            return ended is null ? null : new PortReportView(ended, at);
+        }
+        if (await StillQueuedAsync(db, entry))
+        {
+            return new PortReportView(PortReportView.Pending, at);
+        }
+        // The reporter's removal ends the report on the record in the script that deletes its entry, as a hand-back moves the
+        // record to the new entry: read again, a record that still names the entry will not be changed for it.
+        var again = await db.HashGetAsync(RedisKeys.Delivery(id), [DeliveryRecord.PortReportEntry, DeliveryRecord.PortReport, DeliveryRecord.PortReportAt]);
+        var againAt = UnixTime(again[2]);
+        if (again[0] == entry)
+        {
+            // An outcome beside it: ended by a reporter of an earlier version, which did not clear the entry.
+            return new PortReportView(again[1].IsNullOrEmpty ? PortReportView.Trimmed : (string)again[1]!, againAt);
+        }
+        return !again[0].IsNullOrEmpty ? new PortReportView(PortReportView.Pending, againAt)
+            : !again[1].IsNullOrEmpty ? new PortReportView((string)again[1]!, againAt)
+            : null;
+    }
+
+    private static DateTimeOffset? UnixTime(RedisValue value) =>
+        long.TryParse((string?)value, out var ms) && ms is > 0 and <= MaxUnixMilliseconds ? DateTimeOffset.FromUnixTimeMilliseconds(ms) : null;
+
+    private static async Task<bool> StillQueuedAsync(IDatabase db, string entry)
+    {
+        if (!StreamEntryIdPattern().IsMatch(entry))
+        {
+            // Damage: no entry has that id.
+            return false;
+        }
+        try
+        {
+            return (await db.StreamRangeAsync(RedisKeys.PortReports, entry, entry, count: 1)).Length > 0;
+        }
+        catch (RedisServerException ex) when (RedisFailures.IsWrongType(ex))
+        {
+            // A damaged report stream: whether the report is still in it cannot be told, and pending is what the record says.
+            return true;
+        }
     }
 
     /// <summary>The attempts that can be read; an entry that is not an attempt, or a key that is not a list, is left out.</summary>
@@ -383,6 +431,9 @@ internal static partial class OperatorApi
     [GeneratedRegex(@"^d_[0-9a-f]{32}\z", RegexOptions.CultureInvariant)]
     private static partial Regex DeliveryIdPattern();
 
+    [GeneratedRegex(@"^[0-9]{1,20}-[0-9]{1,20}\z", RegexOptions.CultureInvariant)]
+    private static partial Regex StreamEntryIdPattern();
+
     private static partial class Log
     {
         [LoggerMessage(EventIds.Replayed, LogLevel.Information, "Operator replayed {Count} dead letters")]
@@ -414,14 +465,15 @@ internal sealed record DeliveryView(
     IReadOnlyList<AttemptRecord>? AttemptHistory);
 
 /// <summary>Where the delivery's report to Port stands; null on the view when none was written (reporting off, no run id).</summary>
-/// <param name="State"><see cref="Pending"/> while one is written and not yet ended; else how the last one ended, as the
-/// <c>portazure.port.reports</c> outcome: <c>sent</c>, <c>already_ended</c>, <c>failed</c>, <c>trimmed</c>.</param>
-/// <param name="At">When that last changed: a report written, or one ended. A report is not retried past the retry age
-/// (Dispatcher:Retry:MaxAgeHours) from its write: once the report stream is empty, one still pending that long after this
-/// was lost (trimmed from the report stream before it was sent).</param>
+/// <param name="State">For the newest report written: <see cref="Pending"/> while it is in the report stream, not yet
+/// ended; else how it ended, as the <c>portazure.port.reports</c> outcome: <c>sent</c>, <c>already_ended</c>, <c>failed</c>,
+/// <see cref="Trimmed"/> (it left the stream unsent).</param>
+/// <param name="At">When that last changed: the report written, or ended. For a report found gone from the stream without
+/// being ended (trimmed before any reporter ended it), when it was written.</param>
 internal sealed record PortReportView(string State, DateTimeOffset? At)
 {
     public const string Pending = "pending";
+    public const string Trimmed = "trimmed";
 }
 
 internal sealed record DeliveryList(IReadOnlyList<DeliveryView> Items);

@@ -235,10 +235,11 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           if type(added) == 'table' and added.err then
             reportError = added.err
           elseif redis.call('EXISTS', KEYS[1]) == 1 then
-            -- For the operator API: the reporter takes it off when the report ends. Never creating a record (it would have no
-            -- expiry), and never failing the outcome.
-            redis.pcall('HINCRBY', KEYS[1], '{{DeliveryRecord.PortReportsPending}}', 1)
-            redis.pcall('HSET', KEYS[1], '{{DeliveryRecord.PortReportAt}}', ARGV[6])
+            -- For the operator API: the record names the newest report until a reporter ends that one. How an earlier report
+            -- ended goes: it is no longer the delivery's last word to Port. Never creating a record (it would have no expiry),
+            -- and never failing the outcome.
+            redis.pcall('HSET', KEYS[1], '{{DeliveryRecord.PortReportEntry}}', added, '{{DeliveryRecord.PortReportAt}}', ARGV[6])
+            redis.pcall('HDEL', KEYS[1], '{{DeliveryRecord.PortReport}}')
           end
         end
         if mode == 'delivered' then

@@ -68,31 +68,32 @@ internal sealed partial class PortReportingService(
 
     // Both scripts act only while the entry is still pending for this reporter (ARGV: 1 group, 2 entry id, 3 this
     // consumer): another may have taken it over after a wait longer than the reclaim time, and be sending it or
-    // have sent and removed it. The hand-back's ARGV 4.. are the entry's field/value pairs.
+    // have sent and removed it. The hand-back's ARGV 4.. are the entry's field/value pairs, and its KEYS[2] the delivery's
+    // record, which follows the report to its new entry if it names this one (not if a newer report was written since).
     private static readonly string HandBackScript = $$"""
         local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3])
         if #mine == 0 then
           return 0
         end
-        redis.call('XADD', KEYS[1], 'MAXLEN', '~', {{RedisKeys.PortReportsMaxLength}}, '*', unpack(ARGV, 4))
+        local added = redis.call('XADD', KEYS[1], 'MAXLEN', '~', {{RedisKeys.PortReportsMaxLength}}, '*', unpack(ARGV, 4))
+        if KEYS[2] and redis.pcall('HGET', KEYS[2], '{{DeliveryRecord.PortReportEntry}}') == ARGV[2] then
+          redis.pcall('HSET', KEYS[2], '{{DeliveryRecord.PortReportEntry}}', added)
+        end
         redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
         redis.call('XDEL', KEYS[1], ARGV[2])
         return 1
         """;
 
-    // Ends a report on its delivery's record (GET /api/deliveries/{id}'s portReport): one report fewer pending, and how it
-    // ended. Callers run it only when their XACK took the entry off the pending list, so once per report however often a
-    // call is retried after a lost reply. No record (expired, or a damaged report without a delivery id) is not created
-    // again; pcall: a damaged record must not keep the report in the stream.
+    // Ends a report on its delivery's record (GET /api/deliveries/{id}'s portReport), if the record still names it: an
+    // earlier report (a dead letter's, ended after its replay's was written) leaves the newer one's state alone, and a
+    // report ends once however often a call is retried after a lost reply. No record (expired, or a damaged report without
+    // a delivery id) is not created again; pcall: a damaged record must not keep the report in the stream.
     private static readonly string SettleFunction = $$"""
-        local function settle(record, outcome, now)
-          if not record or redis.call('EXISTS', record) == 0 then
+        local function settle(record, entry, outcome, now)
+          if not record or redis.pcall('HGET', record, '{{DeliveryRecord.PortReportEntry}}') ~= entry then
             return
           end
-          local n = redis.pcall('HINCRBY', record, '{{DeliveryRecord.PortReportsPending}}', -1)
-          if type(n) ~= 'number' or n <= 0 then
-            redis.pcall('HDEL', record, '{{DeliveryRecord.PortReportsPending}}')
-          end
+          redis.pcall('HDEL', record, '{{DeliveryRecord.PortReportEntry}}')
           redis.pcall('HSET', record, '{{DeliveryRecord.PortReport}}', outcome, '{{DeliveryRecord.PortReportAt}}', now)
         end
         """;
@@ -101,7 +102,7 @@ internal sealed partial class PortReportingService(
     private static readonly string RemoveScript = $$"""
         {{SettleFunction}}
         if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-          settle(KEYS[2], ARGV[3], ARGV[4])
+          settle(KEYS[2], ARGV[2], ARGV[3], ARGV[4])
         end
         redis.call('XDEL', KEYS[1], ARGV[2])
         return 1
@@ -119,7 +120,7 @@ internal sealed partial class PortReportingService(
         end
         if #redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2]) == 0 then
           if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-            settle(KEYS[2], 'trimmed', ARGV[4])
+            settle(KEYS[2], ARGV[2], 'trimmed', ARGV[4])
           end
           return -1
         end
@@ -415,7 +416,7 @@ internal sealed partial class PortReportingService(
             // The new entry keeps the report's first write time, so that hand-backs do not restart its retry age.
             NameValueEntry[] fields = [.. entry.Values.Where(v => v.Name != SinceField), new(SinceField, WrittenAt(entry).ToUnixTimeMilliseconds())];
             var args = ScriptArguments.WithFields(fields, RedisKeys.PortReportersGroup, entry.Id, identity.Name);
-            if ((int)await redis.GetDatabase().ScriptEvaluateAsync(HandBackScript, [RedisKeys.PortReports], args) == 1)
+            if ((int)await redis.GetDatabase().ScriptEvaluateAsync(HandBackScript, [RedisKeys.PortReports, RedisKeys.Delivery(report.DeliveryId)], args) == 1)
             {
                 Log.HandedBack(logger, report.DeliveryId);
             }

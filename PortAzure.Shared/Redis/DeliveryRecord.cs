@@ -38,12 +38,17 @@ public static class DeliveryRecord
     public const string Since = "since";
 
     /// <summary>
-    /// How many of the delivery's Port reports are written and not yet sent or given up (a dead letter's, then a replay's):
-    /// the finish that writes one adds to it, the reporter that ends one takes it off. Absent at 0.
+    /// The report stream's entry id of the delivery's newest Port report, while that report is written and not yet sent or
+    /// given up: the finish that writes a report sets it (a replay's report replaces a dead letter's), a hand-back moves it
+    /// to the new entry, and the reporter that ends that report removes it. An id no longer in the stream is a report that
+    /// left it unsent (trimmed away, or reaped by a takeover).
     /// </summary>
-    public const string PortReportsPending = "portReportsPending";
+    public const string PortReportEntry = "portReportEntry";
 
-    /// <summary>How the delivery's last ended Port report ended: a <c>portazure.port.reports</c> outcome (sent, already_ended, failed, trimmed).</summary>
+    /// <summary>
+    /// How the delivery's newest Port report ended: a <c>portazure.port.reports</c> outcome (sent, already_ended, failed,
+    /// trimmed). Removed when a newer report is written.
+    /// </summary>
     public const string PortReport = "portReport";
 
     /// <summary>When the report state last changed (Unix ms): a report written, or one ended.</summary>

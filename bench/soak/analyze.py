@@ -173,7 +173,7 @@ if os.path.exists(port_path):
 else:
     print("\nPort reporting off in this run")
 
-# Drained, every report has ended, so no delivery record may still count one as pending (GET /api/deliveries/{id}'s
+# Drained, every report has ended, so no delivery record may still name one as pending (GET /api/deliveries/{id}'s
 # portReport); the soak trims none.
 states_path = os.path.join(OUT, "port_report_states.json")
 still_pending = 0
@@ -182,7 +182,7 @@ if os.path.exists(states_path):
         report_states = json.load(f)
     still_pending = report_states["pending"]
     print(f"delivery records: {report_states['records']}; their portReport: {report_states['states']}; "
-          f"still counted pending: {still_pending} {report_states['pendingSample']}")
+          f"still naming a pending report: {still_pending} {report_states['pendingSample']}")
 
 not_allowed = [r for r in ok if r not in queued and r not in uncertain]
 failures = {
@@ -195,7 +195,7 @@ failures = {
     # A stop waits for POSTs under way (grace 20 s, timeout 5 s here): a duplicate after one is a bug unless 2108 says so.
     "duplicates after a SIGTERM": classes["sigterm?"],
     "delivered but never reported to Port": len(unreported),
-    "records still counting a Port report pending": still_pending,
+    "records still naming a pending Port report": still_pending,
     "processes that exited on their own": sum(1 for e in events if e["kind"] == "UNEXPECTED_EXIT"),
     "not drained": sum(1 for e in events if e["kind"] == "drain" and not e["quiet"]),
     # Every dead letter logs Error 2003: a soak expects none (the emulator's failing spells are shorter than the retries).

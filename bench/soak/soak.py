@@ -357,12 +357,13 @@ def take_port_report_states():
     keys = subprocess.run(["redis-cli", "-p", str(redis_port), "--scan", "--pattern", "{portazure}:delivery:*"],
                           capture_output=True, text=True).stdout.split()
     # One redis-cli for all of them: a reply per line (nil as an empty line), two per record.
-    commands = "".join(f'HMGET "{k}" portReportsPending portReport\n' for k in keys)
+    commands = "".join(f'HMGET "{k}" portReportEntry portReport\n' for k in keys)
     lines = subprocess.run(["redis-cli", "-p", str(redis_port)], input=commands, capture_output=True, text=True).stdout.split("\n")
     states, pending = collections.Counter(), []
     for i, key in enumerate(keys):
-        count, state = lines[2 * i], lines[2 * i + 1]
-        if count not in ("", "0"):
+        entry, state = lines[2 * i], lines[2 * i + 1]
+        # Drained, the report stream is empty: a record still naming a report names one that never ended.
+        if entry != "":
             pending.append(key.rsplit(":", 1)[-1])
         states[state or "none"] += 1
     with open(f"{OUT}/port_report_states.json", "w") as f:

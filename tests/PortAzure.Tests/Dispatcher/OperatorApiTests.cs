@@ -84,6 +84,67 @@ public class OperatorApiTests
         Assert.InRange(stats.GetProperty("oldestAgeSeconds").GetDouble(), 119, 600);
     }
 
+    [Fact]
+    public async Task ById_PortReport_PendingOnlyWhileTheReportTheRecordNamesIsInTheStream()
+    {
+        // Records as the finish and the reporters leave them, read by a Dispatcher that sends no report and delivers nothing.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var db = relay.Db;
+        var queued = (string)(await db.StreamAddAsync(RedisKeys.PortReports, [new NameValueEntry("r", 1)]))!;
+        var writtenAt = DateTimeOffset.UtcNow.AddMinutes(-5).ToUnixTimeMilliseconds();
+        var cases = new (string? Entry, string? Ended, string? Expected)[]
+        {
+            (queued, null, "pending"),
+            // Gone from the stream and never ended: trimmed before a reporter sent it, or reaped by a takeover.
+            ("1-0", null, "trimmed"),
+            ("not-an-entry-id", null, "trimmed"),
+            // Gone, and ended by a reporter that left the entry named (one of an earlier version).
+            ("1-0", "sent", "sent"),
+            (null, "failed", "failed"),
+            (null, null, null),
+        };
+        var ids = new List<string>();
+        foreach (var (entry, ended, _) in cases)
+        {
+            var id = "d_" + Guid.NewGuid().ToString("N");
+            ids.Add(id);
+            var fields = new List<HashEntry> { new(DeliveryRecord.State, DeliveryStates.Delivered), new(DeliveryRecord.PortReportAt, writtenAt) };
+            if (entry is not null)
+            {
+                fields.Add(new(DeliveryRecord.PortReportEntry, entry));
+            }
+            if (ended is not null)
+            {
+                fields.Add(new(DeliveryRecord.PortReport, ended));
+            }
+            await db.HashSetAsync(RedisKeys.Delivery(id), [.. fields]);
+        }
+        await relay.AddDispatcherAsync(services: s =>
+        {
+            s.RemoveHostedService<PortAzure.Dispatcher.Delivery.DeliveryWorker>();
+            s.RemoveHostedService<PortAzure.Dispatcher.PortReporting.PortReportingService>();
+        });
+
+        for (var i = 0; i < cases.Length; i++)
+        {
+            // To the Dispatcher itself: with no Dispatcher at its start, the Ingress knows no address to proxy to.
+            using var request = relay.Operator(HttpMethod.Get, $"/api/deliveries/{ids[i]}");
+            using var response = await relay.Dispatcher.Client.SendAsync(request);
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            var report = (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("portReport");
+            if (cases[i].Expected is null)
+            {
+                Assert.Equal(JsonValueKind.Null, report.ValueKind);
+                continue;
+            }
+            Assert.Equal(cases[i].Expected, report.GetProperty("state").GetString());
+            Assert.Equal(writtenAt, report.GetProperty("at").GetDateTimeOffset().ToUnixTimeMilliseconds());
+        }
+        // Read, not changed: the report still named, and still in the stream.
+        Assert.Equal("1-0", (string?)await db.HashGetAsync(RedisKeys.Delivery(ids[1]), DeliveryRecord.PortReportEntry));
+        Assert.Equal(1, await db.StreamLengthAsync(RedisKeys.PortReports));
+    }
+
     [Theory]
     [InlineData("GET", "/api/deliveries/d_0123")]
     [InlineData("GET", "/api/deliveries/x_0123456789abcdef0123456789abcdef")]

@@ -114,7 +114,7 @@ public class PortReportFaultSweepTests(ITestOutputHelper output)
                     TimeSpan.FromSeconds(30), $"{name}: the run delivered, reported, and nothing left queued, pending or scheduled");
                 // Ended on its record, whichever call failed.
                 Assert.Equal("sent", (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReport));
-                Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReportsPending));
+                Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReportEntry));
             }
             finally
             {
@@ -261,7 +261,7 @@ public class PortReportFaultSweepTests(ITestOutputHelper output)
     public async Task Remove_ReplyLost_TheRetryDoesNotEndTheReportOnItsRecordAgain()
     {
         // The removal ran (the report ended on its record) and its reply was lost: the retry finds the entry acknowledged,
-        // and must not count a second report of the delivery off (as if a replay's report, still waiting, had ended).
+        // and leaves the record as the removal left it (the time it ended included).
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
         var lost = 0;
         var removals = 0;
@@ -272,18 +272,23 @@ public class PortReportFaultSweepTests(ITestOutputHelper output)
         var deliveryId = await SendAsync(relay, runId);
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0, TimeSpan.FromSeconds(20), "a first, failing call to Port");
         var record = RedisKeys.Delivery(deliveryId);
-        // As if a second report of the delivery were waiting too.
-        await relay.Db.HashIncrementAsync(record, DeliveryRecord.PortReportsPending);
 
         await relay.EmulatorApi.PortBehaviorAsync(new { down = false });
-        await Eventually.HoldsAsync(async () => await NothingLeftAsync(relay) && (string?)await relay.Db.HashGetAsync(record, DeliveryRecord.PortReport) == "sent",
-            TimeSpan.FromSeconds(30), "the report sent, removed and ended on its record");
-        await Eventually.HoldsAsync(() => Task.FromResult(Volatile.Read(ref removals) >= 2), TimeSpan.FromSeconds(10), "the removal retried");
+        RedisValue endedAt = default;
+        await Eventually.HoldsAsync(async () =>
+            {
+                var fields = await relay.Db.HashGetAsync(record, [DeliveryRecord.PortReport, DeliveryRecord.PortReportAt]);
+                endedAt = fields[1];
+                return (string?)fields[0] == "sent";
+            },
+            TimeSpan.FromSeconds(30), "the report sent and ended on its record");
+        await Eventually.HoldsAsync(async () => Volatile.Read(ref removals) >= 2 && await NothingLeftAsync(relay), TimeSpan.FromSeconds(10), "the removal retried");
         // Its reply is not observed: half a second for it to have run.
         await Task.Delay(TimeSpan.FromSeconds(0.5));
 
         Assert.Equal(1, Volatile.Read(ref lost));
-        Assert.Equal(1, (long)await relay.Db.HashGetAsync(record, DeliveryRecord.PortReportsPending));
+        Assert.Equal(endedAt, await relay.Db.HashGetAsync(record, DeliveryRecord.PortReportAt));
+        Assert.False(await relay.Db.HashExistsAsync(record, DeliveryRecord.PortReportEntry));
         Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.RunId == runId && c.StatusCode == 201);
     }
 

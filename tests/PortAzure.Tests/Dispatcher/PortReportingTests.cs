@@ -182,34 +182,38 @@ public class PortReportingTests
         Assert.Single(await relay.EmulatorApi.DeliveredAsync());
         await WaitForPortReportAsync(relay, deliveryId, "sent");
         Assert.InRange((await PortReportViewAsync(relay, deliveryId)).GetProperty("at").GetDateTimeOffset(), backAt.AddSeconds(-1), DateTimeOffset.UtcNow.AddSeconds(1));
-        // The count is gone with the last pending report, and the record keeps the expiry of a delivered one.
-        Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReportsPending));
+        // The record no longer names a report in the stream, and keeps the expiry of a delivered one.
+        Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReportEntry));
         Assert.NotNull(await relay.Db.KeyTimeToLiveAsync(RedisKeys.Delivery(deliveryId)));
     }
 
     [Fact]
-    public async Task PortApiDown_TwoReportsOfOneDelivery_BothCountedUntilSent()
+    public async Task PortApiDown_ReplayOfAReportedDeadLetter_TheRecordShowsTheReplaysReportUntilItEnds()
     {
-        // A dead letter's report, then its replay's: the first to end must not show the delivery as reported (that one ending
-        // alone: PortApiDown_ReportTrimmedFromTheStreamDuringTheWait_IsReportedLostNotTakenOver).
+        // The dead letter's report sent, then the replay's written: the record shows the replay's, the delivery's last word
+        // to Port, not how the dead letter's ended. (Both waiting at once, the dead letter's ending alone leaves the record to
+        // the replay's: PortApiDown_ReportTrimmedFromTheStreamDuringTheWait_IsReportedLostNotTakenOver.)
         await using var relay = await StartAsync();
-        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
         await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 404 } } });
         var deliveryId = await SendAsync(relay, TestRuns.NewRunId());
         await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
+        await WaitForPortReportAsync(relay, deliveryId, "sent");
 
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
         using var replay = relay.Operator(HttpMethod.Post, $"/api/deadletters/{deliveryId}/replay");
         using var answer = await relay.Ingress.Client.SendAsync(replay);
         answer.EnsureSuccessStatusCode();
         await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
 
-        Assert.Equal(2, (long)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReportsPending));
+        var written = Assert.Single(await relay.Db.StreamRangeAsync(RedisKeys.PortReports));
+        Assert.Equal(written.Id, await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReportEntry));
+        Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReport));
         Assert.Equal("pending", (await PortReportViewAsync(relay, deliveryId)).GetProperty("state").GetString());
 
         await relay.EmulatorApi.PortBehaviorAsync(new { down = false });
         await WaitForPortReportAsync(relay, deliveryId, "sent");
         Assert.Equal(0, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
-        Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReportsPending));
+        Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReportEntry));
     }
 
     [Fact]
@@ -250,6 +254,8 @@ public class PortReportingTests
         var handedBack = Assert.Single(await relay.Db.StreamRangeAsync(RedisKeys.PortReports));
         Assert.NotEqual(written, handedBack.Id.ToString());
         Assert.Equal(written.Split('-')[0], (string?)handedBack["since"]);
+        // The record follows it: still pending, not read as gone from the stream.
+        Assert.Equal(handedBack.Id, await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReportEntry));
 
         await relay.EmulatorApi.PortBehaviorAsync(new { down = false });
         await relay.AddDispatcherAsync();
@@ -425,8 +431,10 @@ public class PortReportingTests
         Assert.DoesNotContain(stopped.Logs.Lines, l => l.Contains("[2208]", StringComparison.Ordinal));
     }
 
-    [Fact]
-    public async Task PortApiDown_ReportTrimmedFromTheStreamDuringTheWait_IsReportedLostNotTakenOver()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task PortApiDown_ReportTrimmedFromTheStreamDuringTheWait_IsReportedLostNotTakenOver(bool newerReportWritten)
     {
         // The stream keeps about the newest 100,000 reports; the oldest, trimmed first, are the ones waiting longest.
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
@@ -434,8 +442,13 @@ public class PortReportingTests
 
         var entry = Assert.Single(await relay.Db.StreamRangeAsync(RedisKeys.PortReports));
         var record = RedisKeys.Delivery((string)entry["id"]!);
-        // As if a second report of the delivery (a replay's) were waiting too: this one ending leaves it counted.
-        await relay.Db.HashIncrementAsync(record, DeliveryRecord.PortReportsPending);
+        Assert.Equal(entry.Id, await relay.Db.HashGetAsync(record, DeliveryRecord.PortReportEntry));
+        const string Newer = "99999999999999-0";
+        if (newerReportWritten)
+        {
+            // As if a replay's report had been written since: this one ending leaves the record to that one.
+            await relay.Db.HashSetAsync(record, DeliveryRecord.PortReportEntry, Newer);
+        }
         await relay.Db.StreamDeleteAsync(RedisKeys.PortReports, [entry.Id]);
         var deletedAt = clock.GetUtcNow();
         await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), () => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2211]", StringComparison.Ordinal))),
@@ -445,10 +458,19 @@ public class PortReportingTests
         Assert.Equal(0, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
         // The touch that found it gone ended it on the record, before the reporter logged it. (Read in Redis: the Ingress
         // of a relay started without Dispatchers routes the operator API to none.)
-        Assert.Equal("trimmed", (string?)await relay.Db.HashGetAsync(record, DeliveryRecord.PortReport));
-        Assert.InRange((long)await relay.Db.HashGetAsync(record, DeliveryRecord.PortReportAt),
-            deletedAt.ToUnixTimeMilliseconds(), clock.GetUtcNow().ToUnixTimeMilliseconds());
-        Assert.Equal(1, (long)await relay.Db.HashGetAsync(record, DeliveryRecord.PortReportsPending));
+        if (newerReportWritten)
+        {
+            Assert.Equal(Newer, (string?)await relay.Db.HashGetAsync(record, DeliveryRecord.PortReportEntry));
+            Assert.False(await relay.Db.HashExistsAsync(record, DeliveryRecord.PortReport));
+            Assert.InRange((long)await relay.Db.HashGetAsync(record, DeliveryRecord.PortReportAt), 1, deletedAt.ToUnixTimeMilliseconds());
+        }
+        else
+        {
+            Assert.Equal("trimmed", (string?)await relay.Db.HashGetAsync(record, DeliveryRecord.PortReport));
+            Assert.InRange((long)await relay.Db.HashGetAsync(record, DeliveryRecord.PortReportAt),
+                deletedAt.ToUnixTimeMilliseconds(), clock.GetUtcNow().ToUnixTimeMilliseconds());
+            Assert.False(await relay.Db.HashExistsAsync(record, DeliveryRecord.PortReportEntry));
+        }
     }
 
     [Fact]
