@@ -345,26 +345,27 @@ internal static partial class OperatorApi
     /// </summary>
     private static async Task<PortReportView?> PortReportAsync(IDatabase db, string id, string? entry, string? ended, DateTimeOffset? at)
     {
-        if (entry is null)
-        {
-            return ended is null ? null : new PortReportView(ended, at);
-        }
-        if (await StillQueuedAsync(db, entry))
-        {
-            return new PortReportView(PortReportView.Pending, at);
-        }
         // The reporter's removal ends the report on the record in the script that deletes its entry, as a hand-back moves the
-        // record to the new entry: read again, a record that still names the entry will not be changed for it.
-        var again = await db.HashGetAsync(RedisKeys.Delivery(id), [DeliveryRecord.PortReportEntry, DeliveryRecord.PortReport, DeliveryRecord.PortReportAt]);
-        var againAt = UnixTime(again[2]);
-        if (again[0] == entry)
+        // record to the new entry: read again after finding the entry gone, a record that still names it will not be
+        // changed for it. One that names another by then (a hand-back, a newer report) is looked up once more.
+        for (var round = 0; ; round++)
         {
-            // An outcome beside it: ended by a reporter of an earlier version, which did not clear the entry.
-            return new PortReportView(again[1].IsNullOrEmpty ? PortReportView.Trimmed : (string)again[1]!, againAt);
+            if (entry is null)
+            {
+                return ended is null ? null : new PortReportView(ended, at);
+            }
+            if (round == 2 || await StillQueuedAsync(db, entry))
+            {
+                return new PortReportView(PortReportView.Pending, at);
+            }
+            var again = await db.HashGetAsync(RedisKeys.Delivery(id), [DeliveryRecord.PortReportEntry, DeliveryRecord.PortReport, DeliveryRecord.PortReportAt]);
+            if (again[0] == entry)
+            {
+                // An outcome beside it: ended by a reporter of an earlier version, which did not clear the entry.
+                return new PortReportView(again[1].IsNullOrEmpty ? PortReportView.Trimmed : (string)again[1]!, UnixTime(again[2]));
+            }
+            (entry, ended, at) = (again[0].IsNullOrEmpty ? null : (string?)again[0], again[1].IsNullOrEmpty ? null : (string?)again[1], UnixTime(again[2]));
         }
-        return !again[0].IsNullOrEmpty ? new PortReportView(PortReportView.Pending, againAt)
-            : !again[1].IsNullOrEmpty ? new PortReportView((string)again[1]!, againAt)
-            : null;
     }
 
     private static DateTimeOffset? UnixTime(RedisValue value) =>
@@ -372,9 +373,10 @@ internal static partial class OperatorApi
 
     private static async Task<bool> StillQueuedAsync(IDatabase db, string entry)
     {
-        if (!StreamEntryIdPattern().IsMatch(entry))
+        // Damage (no entry has such an id) is not sent to Redis, which would answer an error.
+        var dash = entry.IndexOf('-', StringComparison.Ordinal);
+        if (dash < 0 || !IsUInt64(entry.AsSpan(0, dash)) || !IsUInt64(entry.AsSpan(dash + 1)))
         {
-            // Damage: no entry has that id.
             return false;
         }
         try
@@ -386,6 +388,8 @@ internal static partial class OperatorApi
             // A damaged report stream: whether the report is still in it cannot be told, and pending is what the record says.
             return true;
         }
+
+        static bool IsUInt64(ReadOnlySpan<char> text) => ulong.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out _);
     }
 
     /// <summary>The attempts that can be read; an entry that is not an attempt, or a key that is not a list, is left out.</summary>
@@ -430,9 +434,6 @@ internal static partial class OperatorApi
     // \z, not $: $ also matches before a final newline.
     [GeneratedRegex(@"^d_[0-9a-f]{32}\z", RegexOptions.CultureInvariant)]
     private static partial Regex DeliveryIdPattern();
-
-    [GeneratedRegex(@"^[0-9]{1,20}-[0-9]{1,20}\z", RegexOptions.CultureInvariant)]
-    private static partial Regex StreamEntryIdPattern();
 
     private static partial class Log
     {

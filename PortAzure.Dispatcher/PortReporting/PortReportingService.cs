@@ -88,6 +88,8 @@ internal sealed partial class PortReportingService(
     // earlier report (a dead letter's, ended after its replay's was written) leaves the newer one's state alone, and a
     // report ends once however often a call is retried after a lost reply. No record (expired, or a damaged report without
     // a delivery id) is not created again; pcall: a damaged record must not keep the report in the stream.
+    // The removal settles whatever its XACK answers: an entry trimmed during the call to Port and reaped since by a
+    // takeover (Redis 7's XAUTOCLAIM drops it from the pending list) was still sent, and its record must not read trimmed.
     private static readonly string SettleFunction = $$"""
         local function settle(record, entry, outcome, now)
           if not record or redis.pcall('HGET', record, '{{DeliveryRecord.PortReportEntry}}') ~= entry then
@@ -101,9 +103,8 @@ internal sealed partial class PortReportingService(
     // KEYS: 1 report stream, 2 the delivery's record (absent for a damaged report). ARGV: 1 group, 2 entry id, 3 outcome, 4 now ms
     private static readonly string RemoveScript = $$"""
         {{SettleFunction}}
-        if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-          settle(KEYS[2], ARGV[2], ARGV[3], ARGV[4])
-        end
+        redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+        settle(KEYS[2], ARGV[2], ARGV[3], ARGV[4])
         redis.call('XDEL', KEYS[1], ARGV[2])
         return 1
         """;
@@ -280,7 +281,7 @@ internal sealed partial class PortReportingService(
                 {
                     // Reports trimmed away while pending (Redis 7 lists them here and drops them from the pending list, whatever
                     // their idle time: a live reporter's waiting report too, which its next touch then finds gone, as taken over).
-                    // Their deliveries are unknown here: those records keep counting them as pending.
+                    // Their deliveries are unknown here: their records, which still name them, read as trimmed.
                     metrics.PortReport("trimmed", claim.DeletedIds.Length);
                     Log.Trimmed(logger, claim.DeletedIds.Length);
                 }

@@ -98,6 +98,8 @@ public class OperatorApiTests
             // Gone from the stream and never ended: trimmed before a reporter sent it, or reaped by a takeover.
             ("1-0", null, "trimmed"),
             ("not-an-entry-id", null, "trimmed"),
+            // Past the largest id Redis takes: not looked up (Redis would answer an error).
+            ("99999999999999999999-0", null, "trimmed"),
             // Gone, and ended by a reporter that left the entry named (one of an earlier version).
             ("1-0", "sent", "sent"),
             (null, "failed", "failed"),

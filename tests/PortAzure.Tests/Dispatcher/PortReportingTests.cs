@@ -232,8 +232,10 @@ public class PortReportingTests
         Assert.False(await relay.Db.KeyExistsAsync(RedisKeys.Delivery(deliveryId)));
     }
 
-    [Fact]
-    public async Task PortApiDown_DispatcherStopsWithTheReportUnsent_NextDispatcherSendsItOnce()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task PortApiDown_DispatcherStopsWithTheReportUnsent_NextDispatcherSendsItOnce(bool newerReportWritten)
     {
         // The default 900 s before a takeover: the report is handed back at the stop, not left pending.
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client");
@@ -243,6 +245,12 @@ public class PortReportingTests
         await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0, TimeSpan.FromSeconds(10), "a first, failing call to Port");
         var written = Assert.Single(await relay.Db.StreamRangeAsync(RedisKeys.PortReports)).Id.ToString();
+        const string Newer = "99999999999999-0";
+        if (newerReportWritten)
+        {
+            // As if a replay's report had been written since: the record is that one's, and stays so.
+            await relay.Db.HashSetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReportEntry, Newer);
+        }
 
         // Stopped while its report is still being retried: it stays in Redis, given back for any reporter to read.
         var stopped = relay.Dispatcher;
@@ -255,18 +263,43 @@ public class PortReportingTests
         Assert.NotEqual(written, handedBack.Id.ToString());
         Assert.Equal(written.Split('-')[0], (string?)handedBack["since"]);
         // The record follows it: still pending, not read as gone from the stream.
-        Assert.Equal(handedBack.Id, await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReportEntry));
+        Assert.Equal(newerReportWritten ? Newer : handedBack.Id, await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReportEntry));
 
         await relay.EmulatorApi.PortBehaviorAsync(new { down = false });
         await relay.AddDispatcherAsync();
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201),
             TimeSpan.FromSeconds(20), "the next Dispatcher reads the report at once and sends it");
         await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 0, TimeSpan.FromSeconds(10), "the sent report leaves Redis");
+        // Ended on its record by the new entry's removal; the record of a newer report is left to that one.
+        Assert.Equal(newerReportWritten ? Newer : RedisValue.Null, await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReportEntry));
+        Assert.Equal(newerReportWritten ? RedisValue.Null : "sent", await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReport));
 
         Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.RunId == runId && c.StatusCode == 201);
         Assert.Single(await relay.EmulatorApi.DeliveredAsync());
         // The default reclaim time (900 s) is long enough: nothing to say.
         Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2215]", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task PortCallUnderWay_ReportTrimmedAndReapedMeanwhile_TheRecordShowsItSent()
+    {
+        // Over 100,000 reports waiting, the stream trims the oldest, and any reporter's takeover (Redis 7's XAUTOCLAIM) drops
+        // the trimmed ones from the pending list: this one while Port was taking it.
+        await using var relay = await StartAsync();
+        await relay.EmulatorApi.PortBehaviorAsync(new { delayMs = 2_000 });
+        var runId = TestRuns.NewRunId();
+        var deliveryId = await SendAsync(relay, runId);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId),
+            TimeSpan.FromSeconds(20), "the report's call reaches Port and waits for its answer");
+
+        var entry = Assert.Single(await relay.Db.StreamRangeAsync(RedisKeys.PortReports));
+        await relay.Db.StreamDeleteAsync(RedisKeys.PortReports, [entry.Id]);
+        var reaped = await relay.Db.StreamAutoClaimAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, "another-reporter", 0, "0-0", 10);
+        Assert.Equal([entry.Id], reaped.DeletedIds);
+        Assert.Equal("trimmed", (await PortReportViewAsync(relay, deliveryId)).GetProperty("state").GetString());
+
+        await WaitForPortReportAsync(relay, deliveryId, "sent");
+        Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReportEntry));
     }
 
     [Fact]
