@@ -21,7 +21,9 @@ internal sealed partial class RedisConnectionWarmup(IServiceProvider services, I
     public async Task StartAsync(CancellationToken cancellationToken)
     {
         // Resolved here rather than injected, so that building the host does not connect; on a pool thread
-        // because the connect blocks; WaitAsync so that a stop during start-up need not wait for it.
+        // because the connect blocks; WaitAsync so that a stop during start-up need not wait for it. (In the Dispatcher
+        // it does: its background services take the connection in their constructors, and the host builds every hosted
+        // service before it starts the first, so the connect runs there, on the starting thread, before this.)
         var multiplexer = await Task.Run(services.GetRequiredService<IConnectionMultiplexer>, cancellationToken).WaitAsync(cancellationToken);
         if (!multiplexer.IsConnected)
         {
