@@ -406,6 +406,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           redis.call('ZREM', KEYS[1], ARGV[1])
           return 1
         end
+        -- The HDEL first: Redis at maxmemory refuses a script's first write only if it needs memory, and discarding is
+        -- what deploy.md tells an operator to do when Redis is full.
         redis.call('HDEL', KEYS[2], 'body')
         redis.call('HSET', KEYS[2], 'state', 'discarded', 'updatedAt', ARGV[2])
         redis.call('EXPIRE', KEYS[2], ARGV[3])

@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Threading.Channels;
 using Microsoft.Extensions.Options;
+using PortAzure.Diagnostics;
 using PortAzure.Dispatcher.Diagnostics;
 using PortAzure.Redis;
 using StackExchange.Redis;
@@ -21,6 +22,7 @@ internal sealed partial class DeliveryWorker(
     ILogger<DeliveryWorker> logger) : BackgroundService
 {
     private const int ReadBackPage = 100;
+    private const string OutOfMemoryLine = "redis_full";
 
     private readonly Channel<bool> _wake = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
     private readonly ConcurrentDictionary<Task, bool> _inFlight = new();
@@ -28,6 +30,7 @@ internal sealed partial class DeliveryWorker(
     // starts one of them a second time.
     private readonly ConcurrentDictionary<string, bool> _inFlightEntries = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _abandon = new();
+    private readonly LogThrottle _outOfMemoryLines = new(timeProvider, TimeSpan.FromSeconds(10));
     private RedisValue _claimCursor = "0-0";
     // Timestamps, not wall-clock times: a clock stepped back would hold off the reclaiming of crashed replicas' entries
     // (or cut the drain's grace short) by the size of the step.
@@ -108,6 +111,16 @@ internal sealed partial class DeliveryWorker(
                 // Redis lost the group (restart without persistence, or the stream was deleted): make it again.
                 groupReady = false;
                 Log.RedisError(logger, ex, "consumer group missing; re-creating it");
+            }
+            catch (Exception ex) when (RedisFailures.IsOutOfMemory(ex))
+            {
+                // A full Redis refuses the group's creation (even of a group that exists: Redis checks memory first) and
+                // the schedule's claims: the same cause as a refused begin, in the same line.
+                if (_outOfMemoryLines.Take(OutOfMemoryLine) is var refused and > 0)
+                {
+                    Log.RedisFull(logger, ex, refused);
+                }
+                await errorBackoff.WaitAsync(stoppingToken);
             }
             catch (Exception ex)
             {
@@ -318,6 +331,16 @@ internal sealed partial class DeliveryWorker(
                 // Shutdown's grace period ran out mid-POST: left pending for another Dispatcher.
                 Log.Abandoned(logger, entry.DeliveryId);
             }
+            catch (Exception ex) when (RedisFailures.IsOutOfMemory(ex))
+            {
+                // Redis is full: its refusal of the begin's lease (the finishes' first writes need no memory, so they go
+                // through) is no defect of the relay, and every attempt meets it until memory is freed. Throttled: the
+                // slots go on through the backlog, one refused begin after another.
+                if (_outOfMemoryLines.Take(OutOfMemoryLine) is var failed and > 0)
+                {
+                    Log.RedisFull(logger, ex, failed);
+                }
+            }
             catch (Exception ex)
             {
                 // Left as it is: a stream entry stays pending and is reclaimed; a retry's lease runs out.
@@ -426,6 +449,10 @@ internal sealed partial class DeliveryWorker(
 
         [LoggerMessage(EventIds.ProcessingFailed, LogLevel.Error, "Delivery {DeliveryId} failed unexpectedly; it stays pending and will be picked up again")]
         public static partial void ProcessingFailed(ILogger logger, Exception exception, string deliveryId);
+
+        [LoggerMessage(EventIds.RedisFull, LogLevel.Error,
+            "Redis is out of memory (maxmemory reached; noeviction refuses writes): no delivery can start until memory is freed or added; the runs stay queued ({Count} writes refused since the last such line; at most one every 10 s)")]
+        public static partial void RedisFull(ILogger logger, Exception exception, long count);
 
         [LoggerMessage(EventIds.ShuttingDown, LogLevel.Information, "Stopping: waiting for {InFlight} in-flight deliveries up to {GraceSeconds} s")]
         public static partial void ShuttingDown(ILogger logger, int inFlight, double graceSeconds);

@@ -1,3 +1,4 @@
+using PortAzure.Diagnostics;
 using PortAzure.Ingress.Diagnostics;
 using PortAzure.Security;
 

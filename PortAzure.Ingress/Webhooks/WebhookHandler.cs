@@ -43,6 +43,7 @@ internal sealed partial class WebhookHandler(
     // One line per 10 s for each of: a refusal's reason (refusals come before any check of who is calling: one line each
     // would let anyone make the log the flood), Redis away (every call fails the same way), and duplicates.
     private const string QueueErrorLine = "error:queue_unavailable";
+    private const string QueueFullLine = "error:queue_full";
     private const string DuplicateLine = "duplicate";
     private readonly LogThrottle _lines = new(timeProvider, TimeSpan.FromSeconds(10));
 
@@ -275,9 +276,19 @@ internal sealed partial class WebhookHandler(
         catch (Exception ex) when (RedisFailures.IsFailure(ex) || ex is RedisCommandException or ObjectDisposedException)
         {
             activity?.SetStatus(ActivityStatusCode.Error, "queue unavailable");
-            if (_lines.Take(QueueErrorLine) is var failed and > 0)
+            // A full Redis answers, so "unavailable" would send the operator looking for an outage; its own line (and its
+            // own count) says what to free. Port's answer is the same: nothing was written (RedisFailures.IsOutOfMemory).
+            var full = RedisFailures.IsOutOfMemory(ex);
+            if (_lines.Take(full ? QueueFullLine : QueueErrorLine) is var failed and > 0)
             {
-                Log.QueueUnavailable(logger, ex, org, webhook, failed);
+                if (full)
+                {
+                    Log.QueueFull(logger, ex, org, webhook, failed);
+                }
+                else
+                {
+                    Log.QueueUnavailable(logger, ex, org, webhook, failed);
+                }
             }
             // A timeout, or a connection lost after the script was sent, does not stop the script on the server: the
             // run may be queued after all. A retry is safe either way (a queued run answers 200 duplicate), but
@@ -478,6 +489,10 @@ internal sealed partial class WebhookHandler(
         [LoggerMessage(EventIds.QueueUnavailable, LogLevel.Error,
             "Could not queue a run for {Org}/{Webhook}: Redis is unavailable ({Calls} calls failed this way since the last such line; at most one every 10 s)")]
         public static partial void QueueUnavailable(ILogger logger, Exception exception, string org, string webhook, long calls);
+
+        [LoggerMessage(EventIds.QueueFull, LogLevel.Error,
+            "Could not queue a run for {Org}/{Webhook}: Redis is out of memory (maxmemory reached; noeviction refuses writes), and nothing was written ({Calls} calls failed this way since the last such line; at most one every 10 s)")]
+        public static partial void QueueFull(ILogger logger, Exception exception, string org, string webhook, long calls);
     }
 }
 

@@ -37,6 +37,15 @@ public static class RedisFailures
         exception is RedisServerException && exception.Message.StartsWith("WRONGTYPE", StringComparison.Ordinal);
 
     /// <summary>
+    /// Whether Redis refused a write because it is at <c>maxmemory</c> (with <c>noeviction</c>, as the relay needs): full,
+    /// not away. Nothing of the refused script was written (Redis refuses a script's first write that needs memory, and
+    /// lets the rest of a script that has written go on). Matched on Redis's text, which Redis 6.2 wraps in a script
+    /// error ("ERR Error running script … -OOM command not allowed …") and 7 passes on as it is.
+    /// </summary>
+    public static bool IsOutOfMemory(Exception exception) =>
+        exception is RedisServerException && exception.Message.Contains("OOM command not allowed", StringComparison.Ordinal);
+
+    /// <summary>
     /// Whether the command may have run although its answer was lost (a timeout, a connection gone mid-call). Not a
     /// command that timed out in the client's backlog, waiting for a connection: it was never written to one.
     /// </summary>

@@ -205,6 +205,36 @@ public class WebhookHandlerTests
     }
 
     [Fact]
+    public async Task Post_RedisFull_503NothingWrittenTheLineSaysFullNotUnavailable_AcceptedOnceThereIsRoom()
+    {
+        // A full Redis answers: "Redis is unavailable" (1004) sent operators looking for an outage.
+        await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+        await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString, dispatchers: 0);
+        await relay.Db.StringSetAsync("filler", new string('x', 4 * 1024 * 1024));
+        await relay.Db.ExecuteAsync("CONFIG", "SET", "maxmemory", "1mb");
+        var keysBefore = (long)await relay.Db.ExecuteAsync("DBSIZE");
+        var body = TestRuns.Body(TestRuns.NewRunId());
+
+        using (var refused = await relay.SendRunAsync(body))
+        {
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
+            Assert.NotNull(refused.Headers.RetryAfter);
+            Assert.Equal("queue_unavailable", await ProblemResponses.ReasonAsync(refused));
+        }
+
+        Assert.Equal(keysBefore, (long)await relay.Db.ExecuteAsync("DBSIZE"));
+        var line = Assert.Single(relay.Ingress.Logs.Lines, l => l.Contains("[1008]", StringComparison.Ordinal));
+        Assert.StartsWith("Error", line, StringComparison.Ordinal);
+        Assert.Contains("Redis is out of memory", line, StringComparison.Ordinal);
+        Assert.DoesNotContain(relay.Ingress.Logs.Lines, l => l.Contains("[1004]", StringComparison.Ordinal));
+
+        await relay.Db.ExecuteAsync("CONFIG", "SET", "maxmemory", "0");
+        using var retry = await relay.SendRunAsync(body);
+        Assert.Equal(HttpStatusCode.Accepted, retry.StatusCode);
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
     public async Task Post_SameRunSignedAnewForAnotherWebhook_IsAcceptedSeparately()
     {
         // Idempotency is per target: a sender that signs the run again (its own timestamp) for another webhook means it.

@@ -7,6 +7,33 @@ namespace PortAzure.Tests.Redis;
 public class RedisFailuresTests
 {
     [Fact]
+    public async Task IsOutOfMemory_ScriptWriteRefusedAtMaxmemory_IsOutOfMemoryAndAFailure()
+    {
+        await using var server = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(server.ConnectionString);
+        var db = redis.GetDatabase();
+        await db.StringSetAsync("filler", new string('x', 4 * 1024 * 1024));
+        await db.ExecuteAsync("CONFIG", "SET", "maxmemory", "1mb");
+
+        var refused = await Assert.ThrowsAsync<RedisServerException>(() => db.ScriptEvaluateAsync("return redis.call('SET', KEYS[1], 'x')", ["k"]));
+
+        Assert.True(RedisFailures.IsOutOfMemory(refused), refused.Message);
+        Assert.True(RedisFailures.IsFailure(refused));
+    }
+
+    [Theory]
+    // Redis 6.2 wraps a refused call in its script error.
+    [InlineData("ERR Error running script (call to f_0123): @user_script:1: @user_script: 1: -OOM command not allowed when used memory > 'maxmemory'. ", true)]
+    [InlineData("OOM command not allowed when used memory > 'maxmemory'.", true)]
+    [InlineData("WRONGTYPE Operation against a key holding the wrong kind of value", false)]
+    [InlineData("ERR value is not an integer or out of range", false)]
+    public void IsOutOfMemory_ServerErrorText_OnlyTheMaxmemoryRefusal(string message, bool expected)
+    {
+        Assert.Equal(expected, RedisFailures.IsOutOfMemory(new RedisServerException(message)));
+        Assert.False(RedisFailures.IsOutOfMemory(new RedisConnectionException(ConnectionFailureType.SocketFailure, "OOM command not allowed")));
+    }
+
+    [Fact]
     public void IsFailure_ClientExceptionsAndTimeouts_AreFailures()
     {
         Assert.True(RedisFailures.IsFailure(new RedisConnectionException(ConnectionFailureType.SocketClosed, "closed")));

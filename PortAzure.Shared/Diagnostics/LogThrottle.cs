@@ -1,6 +1,6 @@
 using PortAzure.Time;
 
-namespace PortAzure.Ingress.Diagnostics;
+namespace PortAzure.Diagnostics;
 
 /// <summary>
 /// Lets a line through at most once per interval for each key, and counts the calls held back in between, so that

@@ -1,8 +1,8 @@
 using Microsoft.Extensions.Time.Testing;
-using PortAzure.Ingress.Diagnostics;
+using PortAzure.Diagnostics;
 using PortAzure.Tests.Infrastructure;
 
-namespace PortAzure.Tests.Ingress;
+namespace PortAzure.Tests.Diagnostics;
 
 public class LogThrottleTests
 {

@@ -1,0 +1,112 @@
+using System.Net;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
+
+namespace PortAzure.Tests.Dispatcher;
+
+/// <summary>The Dispatcher against a Redis at <c>maxmemory</c> with <c>noeviction</c>, as deploy.md asks for.</summary>
+public class RedisFullTests
+{
+    private const string RedisFullLine = "[2113]";
+
+    [Fact]
+    public async Task Deliver_RedisFillsWhileARunWaitsForASlot_ItIsNotPostedAndTheLineSaysFull_DeliveredOnceThereIsRoom()
+    {
+        await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:MaxConcurrency"] = "1";
+            c["Dispatcher:RequestTimeoutSeconds"] = "5";
+            c["Dispatcher:ClaimMarginSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.5";
+        }, redisConnection: redis.ConnectionString);
+        // The first run holds the only slot for 3 s, so that the second is still queued when Redis fills.
+        await relay.EmulatorApi.ScriptAsync(new { delayMs = 3000 });
+        await SendAcceptedAsync(relay);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(20), "the first run is posted");
+        await SendAcceptedAsync(relay);
+        await FillAsync(relay.Db);
+
+        // The second run's begin is refused and tried again for 15.6 s (DeliveryProcessor.BeginBackoff) before the line.
+        await WaitForTheLineAsync(relay.Dispatcher);
+
+        Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2106]", StringComparison.Ordinal));
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+        // The first run's finish went through (its first write needs no memory): only the second is left in the stream.
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+
+        await relay.Db.ExecuteAsync("CONFIG", "SET", "maxmemory", "0");
+
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0, TimeSpan.FromSeconds(60),
+            "the second run is delivered once Redis has room");
+        var posted = await relay.EmulatorApi.RequestsAsync();
+        Assert.Equal(2, posted.Count);
+        Assert.Equal(2, posted.Select(r => r.Header("X-Port-Run-Id")).Distinct().Count());
+    }
+
+    [Fact]
+    public async Task Start_RedisFull_TheLineSaysFullNotUnavailable_DeliversOnceThereIsRoom()
+    {
+        await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+        await using var relay = await Relay.StartAsync(dispatchers: 0, redisConnection: redis.ConnectionString);
+        await SendAcceptedAsync(relay);
+        // Made as the Dispatcher makes it: a full Redis refuses XGROUP CREATE even for a group that exists.
+        await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0");
+        await FillAsync(relay.Db);
+
+        var dispatcher = await relay.AddDispatcherAsync();
+
+        await WaitForTheLineAsync(dispatcher);
+        Assert.Empty(await relay.EmulatorApi.RequestsAsync());
+
+        await relay.Db.ExecuteAsync("CONFIG", "SET", "maxmemory", "0");
+
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0, TimeSpan.FromSeconds(60),
+            "the run is delivered once Redis has room");
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
+    }
+
+    [Fact]
+    public async Task Discard_RedisFull_TheDeadLetterIsDiscardedAndItsBodyFreed()
+    {
+        // deploy.md tells an operator facing a full Redis to discard dead letters: that must work while it is full.
+        await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+        await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString);
+        var id = "d_" + Guid.NewGuid().ToString("N");
+        await DeadLetterRecords.AddAsync(relay.Db, id, 1, TestRuns.Body(TestRuns.NewRunId()));
+        await FillAsync(relay.Db);
+
+        using var discard = relay.Operator(HttpMethod.Delete, $"/api/deadletters/{id}");
+        using var discarded = await relay.Ingress.Client.SendAsync(discard);
+
+        Assert.True(discarded.IsSuccessStatusCode, $"DELETE answered {(int)discarded.StatusCode}: {await discarded.Content.ReadAsStringAsync()}");
+        Assert.Null(await relay.Db.SortedSetScoreAsync(RedisKeys.DeadLetters, id));
+        Assert.Equal(DeliveryStates.Discarded, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(id), DeliveryRecord.State));
+        Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(id), DeliveryRecord.Body));
+    }
+
+    private static async Task SendAcceptedAsync(Relay relay)
+    {
+        using var accepted = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()));
+        Assert.Equal(HttpStatusCode.Accepted, accepted.StatusCode);
+    }
+
+    private static async Task FillAsync(IDatabase db)
+    {
+        await db.StringSetAsync("filler", new string('x', 4 * 1024 * 1024));
+        await db.ExecuteAsync("CONFIG", "SET", "maxmemory", "1mb");
+    }
+
+    private static async Task WaitForTheLineAsync(TestHost dispatcher)
+    {
+        await Eventually.HoldsAsync(() => Task.FromResult(dispatcher.Logs.Lines.Any(l => l.Contains(RedisFullLine, StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(60), () => "the Dispatcher says Redis is full; its warnings and errors:\n" + string.Join("\n",
+                dispatcher.Logs.Lines.Where(l => l.StartsWith("Warn", StringComparison.Ordinal) || l.StartsWith("Err", StringComparison.Ordinal)).Take(5)
+                    .Select(l => l[..Math.Min(1500, l.Length)])));
+        var line = dispatcher.Logs.Lines.First(l => l.Contains(RedisFullLine, StringComparison.Ordinal));
+        Assert.StartsWith("Error", line, StringComparison.Ordinal);
+        Assert.Contains("Redis is out of memory", line, StringComparison.Ordinal);
+        Assert.Contains("OOM command not allowed", line, StringComparison.Ordinal);
+    }
+}
