@@ -45,7 +45,14 @@ public static class DispatcherExtensions
         services.TryAddSingleton(TimeProvider.System);
         services.AddProblemDetails(options => options.CustomizeProblemDetails = FallbackReason.Add);
         services.AddExceptionHandler<RedisUnavailableHandler>();
-        services.AddOpenApi();
+        // No "servers": the generator names the address the request came to, which behind the Ingress's proxy is the
+        // Dispatcher's own, and a client generated from the document would go around the edge's key check. Without it a
+        // client uses the document's own origin: the Ingress.
+        services.AddOpenApi(options => options.AddDocumentTransformer((document, _, _) =>
+        {
+            document.Servers = null;
+            return Task.CompletedTask;
+        }));
 
         services.AddHttpClient(AzureWebhookClient.HttpClientName)
             .ConfigurePrimaryHttpMessageHandler(() => new SocketsHttpHandler

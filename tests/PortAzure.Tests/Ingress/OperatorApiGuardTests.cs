@@ -217,6 +217,19 @@ public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<Ope
         Assert.Equal(HttpStatusCode.OK, response.StatusCode);
     }
 
+    [Fact]
+    public async Task OpenApi_ThroughTheIngress_NamesNoServerThatBypassesIt()
+    {
+        // Behind YARP the Dispatcher sees its own address as the host: a "servers" entry naming it would send a client
+        // generated from the document around the edge's key check. Without one, the document's own origin is the server.
+        using var response = await SendAsync(fixture.Relay.Ingress, "GET", "/openapi/v1.json", "x-api-key", Relay.AdminKey);
+
+        var document = await response.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        Assert.True(document.TryGetProperty("paths", out _));
+        Assert.False(document.TryGetProperty("servers", out var servers) && servers.GetArrayLength() > 0, $"servers: {servers}");
+    }
+
     private async Task<HttpResponseMessage> SendAsync(TestHost host, string method, string path, string? scheme, string? key)
     {
         using var request = new HttpRequestMessage(new HttpMethod(method), fixture.Resolve(path));
