@@ -89,7 +89,7 @@ public static class DispatcherExtensions
 internal static class PortApiHttpClientSetup
 {
     // Port's answers are a token or a short error: anything longer is a proxy's page, and is not worth holding in memory
-    // 16 calls at a time.
+    // one per call under way (16 at the default PortMaxConcurrentCalls).
     internal const int MaxResponseBytes = 64 * 1024;
 
     public static IServiceCollection AddPortApiHttpClient(this IServiceCollection services)

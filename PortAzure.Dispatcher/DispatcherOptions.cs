@@ -1,4 +1,5 @@
 using Microsoft.Extensions.Options;
+using PortAzure.Dispatcher.PortReporting;
 
 namespace PortAzure.Dispatcher;
 
@@ -48,7 +49,7 @@ internal sealed class DispatcherOptions
     /// A Port report taken by a reporter that stopped (crash, or shutdown while Port's API was down) is
     /// taken over after this long. A live reporter resets the report's idle time after each wait, so this
     /// must exceed the longest time between two touches: the longest wait (a 429's Retry-After, honoured up to 5 min),
-    /// up to 10 s queued for one of the 16 calls (a longer queue is followed by a touch), and one try (a token call and
+    /// up to 10 s queued for one of the calls (<see cref="PortMaxConcurrentCalls"/>) (a longer queue is followed by a touch), and one try (a token call and
     /// the POST, <see cref="PortRequestTimeoutSeconds"/> each): about 6 min at the defaults; 10 min leaves room. Below that a
     /// report would be sent twice. (Tests set a few seconds; the validator allows it.)
     /// </summary>
@@ -60,6 +61,12 @@ internal sealed class DispatcherOptions
     /// at every retry. Raise it where Port is that slow from the relay's network.
     /// </summary>
     public double PortRequestTimeoutSeconds { get; set; } = 15;
+
+    /// <summary>
+    /// Calls to Port's API at once per Dispatcher (reports held waiting take none). With Port answering in 300 ms, 16
+    /// report about 50 runs a second per replica; past that, reports wait in their stream.
+    /// </summary>
+    public int PortMaxConcurrentCalls { get; set; } = 16;
 
     /// <summary>/health reports Degraded when the oldest queued entry is older than this.</summary>
     public double BacklogDegradedSeconds { get; set; } = 300;
@@ -133,6 +140,8 @@ internal sealed class DispatcherOptionsValidator : IValidateOptions<DispatcherOp
         Check(options.BacklogDegradedSeconds is > 0 and <= 604800, "Dispatcher:BacklogDegradedSeconds must be in (0, 604800].");
         Check(options.PortReportReclaimSeconds is >= 1 and <= 86400, "Dispatcher:PortReportReclaimSeconds must be between 1 and 86400.");
         Check(options.PortRequestTimeoutSeconds is > 0 and <= 120, "Dispatcher:PortRequestTimeoutSeconds must be in (0, 120].");
+        Check(options.PortMaxConcurrentCalls is >= 1 and <= PortReportingService.MaxHeld,
+            $"Dispatcher:PortMaxConcurrentCalls must be between 1 and {PortReportingService.MaxHeld}.");
         Check(options.ConsumerName is null || (options.ConsumerName.Length is > 0 and <= 200 && !options.ConsumerName.Any(char.IsWhiteSpace)),
             "Dispatcher:ConsumerName must be 1 to 200 characters without spaces.");
         var retry = options.Retry;

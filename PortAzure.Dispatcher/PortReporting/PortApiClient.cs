@@ -72,7 +72,7 @@ internal sealed partial class PortApiClient(
 
     /// <summary>
     /// Until when Port asked the relay to hold its calls (its last 429's Retry-After). Shared by every report: each
-    /// one spacing its own retries would keep 16 calls going at a rate limit that wants fewer.
+    /// one spacing its own retries would keep every call going at a rate limit that wants fewer.
     /// </summary>
     public DateTimeOffset ThrottledUntil => new(Interlocked.Read(ref _throttledUntilTicks), TimeSpan.Zero);
 

@@ -27,12 +27,12 @@ internal sealed partial class PortReportingService(
     TimeProvider timeProvider,
     ILogger<PortReportingService> logger) : BackgroundService
 {
-    // Reports held at once (sending or waiting to retry), and calls to Port at once. Waiting reports do not take a call:
+    // Reports held at once (sending or waiting to retry), and calls to Port at once (DispatcherOptions.PortMaxConcurrentCalls,
+    // at most MaxHeld; read at start). Waiting reports do not take a call:
     // reports that fail each for its own reason (runs Port's credentials cannot reach) wait beside the others, which
     // still flow, and each one Port takes lets the waiting ones spend an attempt. Only when more than MaxHeld fail in a
     // row with none taken does reporting wait, which then looks the same as an outage (and is reported as one).
-    private const int MaxHeld = 256;
-    private const int MaxCalls = 16;
+    internal const int MaxHeld = 256;
 
     // A report that waited longer than this for a call is touched before it (see SendAsync).
     private static readonly TimeSpan CallQueueTouch = TimeSpan.FromSeconds(10);
@@ -134,7 +134,9 @@ internal sealed partial class PortReportingService(
     private readonly ConcurrentDictionary<string, Task> _sending = new(StringComparer.Ordinal);
     // Not disposed: a send's continuation may release them after ExecuteAsync has returned.
     private readonly SemaphoreSlim _slots = new(MaxHeld, MaxHeld);
-    private readonly SemaphoreSlim _calls = new(MaxCalls, MaxCalls);
+    // Made when the reporting starts, not here: the host builds its services before it validates the options at start,
+    // and a read here would stop the start with this section's errors alone.
+    private SemaphoreSlim _calls = null!;
     private readonly CancellationTokenSource _callsStop = new();
     private RedisValue _claimCursor = "0-0";
     // A read or takeover failed: its reply may have been lost after Redis had made this reporter the owner of the entries,
@@ -146,6 +148,7 @@ internal sealed partial class PortReportingService(
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
+        _calls = new(options.CurrentValue.PortMaxConcurrentCalls, options.CurrentValue.PortMaxConcurrentCalls);
         if (!reporter.Enabled)
         {
             // Nothing writes reports without Port's credentials, so there is nothing to send.

@@ -47,6 +47,8 @@ public class DispatcherStartupTests
             ["Dispatcher:Retry:MaxDelaySeconds"] = "Infinity",
             ["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "1e300",
             ["Dispatcher:PortRequestTimeoutSeconds"] = "0",
+            // Past the reports held at once: the calls would never all be used.
+            ["Dispatcher:PortMaxConcurrentCalls"] = "257",
             ["AzureDevOps:SignatureFormat"] = "5",
             ["Port:ApiBaseUrl"] = "https://proxy.example/port/",
             ["Admin:ApiKey"] = "a-long-admin-key-read-from-a-file\n",
@@ -56,10 +58,10 @@ public class DispatcherStartupTests
         {
             "Dispatcher:DeliveredRetentionHours", "Dispatcher:BacklogDegradedSeconds", "Dispatcher:Retry:MaxAgeHours",
             "Dispatcher:Retry:MaxDelaySeconds", "Dispatcher:TargetHealth:ProbeIntervalSeconds", "Dispatcher:PortRequestTimeoutSeconds", "AzureDevOps:SignatureFormat",
-            "Admin:ApiKey must be visible ASCII", "Port:ApiBaseUrl must be the API's root", "Port:ClientSecret is required",
+            "Dispatcher:PortMaxConcurrentCalls must be between 1 and 256", "Admin:ApiKey must be visible ASCII", "Port:ApiBaseUrl must be the API's root", "Port:ClientSecret is required",
         })
         {
-            Assert.Contains(key, error, StringComparison.Ordinal);
+            Assert.True(error.Contains(key, StringComparison.Ordinal), error);
         }
     }
 

@@ -678,6 +678,34 @@ public class PortReportingTests
     }
 
     [Fact]
+    public async Task PortSlow_PortMaxConcurrentCallsTwo_TwoCallsAtOnceAndNoMore()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientId"] = "relay-client";
+            c["Dispatcher:PortMaxConcurrentCalls"] = "2";
+        }, dispatchers: 0);
+        // Each call about a run is answered 1 s after it arrives (recorded on arrival).
+        await relay.EmulatorApi.PortBehaviorAsync(new { delayMs = 1000 });
+        var runIds = Enumerable.Range(0, 6).Select(_ => TestRuns.NewRunId()).ToList();
+        foreach (var runId in runIds)
+        {
+            await SendAsync(relay, runId);
+        }
+
+        await relay.AddDispatcherAsync();
+
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count(c => c.RunId is not null && c.StatusCode == 201) == 6,
+            TimeSpan.FromSeconds(60), "every report sent");
+        var arrivals = (await relay.EmulatorApi.PortCallsAsync()).Where(c => c.RunId is not null).Select(c => c.ReceivedAt).Order().ToList();
+        Assert.Equal(6, arrivals.Count);
+        // Two at a time: a third call arrives only once one of the two before it was answered; and the two go together.
+        Assert.All(Enumerable.Range(2, arrivals.Count - 2), i => Assert.True(arrivals[i] - arrivals[i - 2] >= TimeSpan.FromMilliseconds(900),
+            $"calls {i - 2} and {i} arrived {(arrivals[i] - arrivals[i - 2]).TotalMilliseconds} ms apart"));
+        Assert.Contains(Enumerable.Range(1, arrivals.Count - 1), i => arrivals[i] - arrivals[i - 1] < TimeSpan.FromMilliseconds(500));
+    }
+
+    [Fact]
     public async Task PortFailsTwentyRunsEachForItself_TheReportsBehindThemAreStillSent()
     {
         // Twenty reports failing each for its own reason, and nothing taken while they wait: it looks like an outage.
