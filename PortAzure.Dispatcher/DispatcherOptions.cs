@@ -49,9 +49,9 @@ internal sealed class DispatcherOptions
     /// A Port report taken by a reporter that stopped (crash, or shutdown while Port's API was down) is
     /// taken over after this long. A live reporter resets the report's idle time after each wait, so this
     /// must exceed the longest time between two touches: the longest wait (a 429's Retry-After, honoured up to 5 min),
-    /// up to 10 s queued for one of the calls (<see cref="PortMaxConcurrentCalls"/>) (a longer queue is followed by a touch), and one try (a token call and
-    /// the POST, <see cref="PortRequestTimeoutSeconds"/> each): about 6 min at the defaults; 10 min leaves room. Below that a
-    /// report would be sent twice. (Tests set a few seconds; the validator allows it.)
+    /// up to 10 s queued for one of the <see cref="PortMaxConcurrentCalls"/> (a longer queue is followed by a touch), and one
+    /// try (a token call and the POST, <see cref="PortRequestTimeoutSeconds"/> each): about 6 min at the defaults; 10 min
+    /// leaves room. Below that a report would be sent twice. (Tests set a few seconds; the validator allows it.)
     /// </summary>
     public double PortReportReclaimSeconds { get; set; } = 900;
 
