@@ -138,8 +138,9 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // dropped); the report error '' unless the Port report could not be written.
     // The stream entry is acknowledged last, once the outcome is written: Redis does not undo a script's writes
     // when a later command fails (a damaged key), and an entry acknowledged before its dead letter or retry slot
-    // was written would be lost. Left pending, it is reclaimed. (The first write is still the HDEL below, which
-    // a Redis out of memory allows: once a script has written, Redis lets it finish.)
+    // was written would be lost. Left pending, it is reclaimed. (The first write is still the HDEL below: Redis at
+    // maxmemory refuses a script's command that may add memory (flagged denyoom, as SET and XADD are, HDEL not) only
+    // while the script has written nothing, so a script that starts with the HDEL runs to its end.)
     private static readonly string FinishScript = $$"""
         {{IncrementCount}}
         {{DeadLetterAmong}}
@@ -406,8 +407,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           redis.call('ZREM', KEYS[1], ARGV[1])
           return 1
         end
-        -- The HDEL first: Redis at maxmemory refuses a script's first write only if it needs memory, and discarding is
-        -- what deploy.md tells an operator to do when Redis is full.
+        -- The HDEL first: Redis at maxmemory refuses a command flagged denyoom (HSET, SET, XADD; not HDEL) only while the
+        -- script has written nothing, and discarding is what deploy.md tells an operator to do when Redis is full.
         redis.call('HDEL', KEYS[2], 'body')
         redis.call('HSET', KEYS[2], 'state', 'discarded', 'updatedAt', ARGV[2])
         redis.call('EXPIRE', KEYS[2], ARGV[3])

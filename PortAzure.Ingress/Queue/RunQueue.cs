@@ -30,8 +30,9 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
     // The guard (KEYS[5]) answers like the key it guards: a replay is a duplicate of the run it repeats.
     // GET before the first write: a failed XADD must not leave the key taken (a retry would be a "duplicate"). The
     // guard is the exception, taken with SET NX before the XADD: a GET first would cost every run one more command
-    // (every Port run takes a guard). Under memory pressure that SET is the write Redis refuses, with nothing
-    // written; once it has written, Redis lets the script finish, so the XADD cannot then fail for memory.
+    // (every Port run takes a guard). At maxmemory that SET is the command Redis refuses, with nothing written (it
+    // refuses a command that may add memory, flagged denyoom, only while the script has written nothing, whether or
+    // not this one would add any); once the SET has run the script finishes, so the XADD cannot fail for memory.
     private const string EnqueueScript = $$"""
         local existing = redis.call('GET', KEYS[1])
         if existing then

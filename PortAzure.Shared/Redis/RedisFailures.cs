@@ -38,8 +38,10 @@ public static class RedisFailures
 
     /// <summary>
     /// Whether Redis refused a write because it is at <c>maxmemory</c> (with <c>noeviction</c>, as the relay needs): full,
-    /// not away. Nothing of the refused script was written (Redis refuses a script's first write that needs memory, and
-    /// lets the rest of a script that has written go on). Matched on Redis's text, which Redis 6.2 wraps in a script
+    /// not away. Nothing of the refused script was written: Redis, over <c>maxmemory</c> when the script started, refuses
+    /// a command that may add memory (flagged <c>denyoom</c>: SET, HSET, XADD; not HDEL, XACK or XAUTOCLAIM) only while
+    /// the script has written nothing, whether or not that command would add any, and lets a script that has written
+    /// go on to its end. Matched on Redis's text, which Redis 6.2 wraps in a script
     /// error ("ERR Error running script … -OOM command not allowed …") and 7 passes on as it is.
     /// </summary>
     public static bool IsOutOfMemory(Exception exception) =>
