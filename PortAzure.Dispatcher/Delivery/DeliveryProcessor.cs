@@ -324,7 +324,13 @@ internal sealed partial class DeliveryProcessor(
             }
             catch (Exception ex) when (RedisFailures.IsFailure(ex) is var redisFailure && (retryAny || redisFailure) && nextDelay(i) is { } delay)
             {
-                if (redisFailure)
+                if (RedisFailures.IsOutOfMemory(ex))
+                {
+                    // A full Redis is not away, and every slot meets it: its line is the worker's throttled 2113 once the
+                    // begin gives up, not a warning per try per delivery.
+                    Log.RedisFullRetry(logger, step, deliveryId);
+                }
+                else if (redisFailure)
                 {
                     Log.RedisRetry(logger, ex, step, deliveryId);
                 }
@@ -423,6 +429,9 @@ internal sealed partial class DeliveryProcessor(
 
         [LoggerMessage(EventIds.RedisRetry, LogLevel.Warning, "Redis failed at step {Step} of {DeliveryId}; retrying")]
         public static partial void RedisRetry(ILogger logger, Exception exception, string step, string deliveryId);
+
+        [LoggerMessage(EventIds.RedisFullRetry, LogLevel.Debug, "Redis is out of memory at step {Step} of {DeliveryId}; retrying")]
+        public static partial void RedisFullRetry(ILogger logger, string step, string deliveryId);
 
         [LoggerMessage(EventIds.FinishFailedUnexpectedly, LogLevel.Error,
             "Recording step {Step} of {DeliveryId} failed unexpectedly; retrying until the attempt's lease is nearly out, then the run may be posted again")]

@@ -50,6 +50,10 @@ internal sealed partial class DeliveryWorker(
     // large, which costs at most one Warning more per entry.
     private readonly HashSet<string> _takenOver = new(StringComparer.Ordinal);
     private const int TakenOverRemembered = 10_000;
+    // Entries whose processing failed here (a full Redis, 2113, or a defect, 2106): left pending with this consumer, they
+    // come back to it in the next reclaim, and are not another consumer's crash (2104). Added by the slots, moved into
+    // _takenOver by the loop.
+    private readonly ConcurrentQueue<string> _failedHere = new();
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -210,6 +214,10 @@ internal sealed partial class DeliveryWorker(
                 // Taken before the reclaim, as the read back's: it returns this consumer's own entries too, and one whose
                 // attempt ended after Redis ran it (acknowledged, a retry scheduled) would otherwise be started again.
                 var processing = _inFlightEntries.Keys.ToHashSet(StringComparer.Ordinal);
+                while (_failedHere.TryDequeue(out var failedHere))
+                {
+                    RememberTakenOver(failedHere);
+                }
                 var claim = await redis.GetDatabase().StreamAutoClaimAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, identity.Name,
                     (long)opts.ClaimMinIdle.TotalMilliseconds, _claimCursor, slots.CurrentCount);
                 _claimCursor = claim.NextStartId;
@@ -298,21 +306,24 @@ internal sealed partial class DeliveryWorker(
             {
                 continue;
             }
-            if (claimed)
+            if (claimed && !RememberTakenOver(streamId))
             {
-                if (_takenOver.Count >= TakenOverRemembered)
-                {
-                    _takenOver.Clear();
-                }
-                if (!_takenOver.Add(streamId))
-                {
-                    takenOverBefore++;
-                }
+                takenOverBefore++;
             }
             await StartAsync(slots, entry, streamId, claimed, stoppingToken);
             started++;
         }
         return (started, takenOverBefore);
+    }
+
+    /// <returns>False if this consumer had taken the entry over before.</returns>
+    private bool RememberTakenOver(string streamId)
+    {
+        if (_takenOver.Count >= TakenOverRemembered)
+        {
+            _takenOver.Clear();
+        }
+        return _takenOver.Add(streamId);
     }
 
     /// <param name="stoppingToken">The stop signal: an attempt that has not posted by then gives its delivery back.</param>
@@ -340,11 +351,13 @@ internal sealed partial class DeliveryWorker(
                 {
                     Log.RedisFull(logger, ex, failed);
                 }
+                FailedHere(streamId);
             }
             catch (Exception ex)
             {
                 // Left as it is: a stream entry stays pending and is reclaimed; a retry's lease runs out.
                 Log.ProcessingFailed(logger, ex, entry.DeliveryId);
+                FailedHere(streamId);
             }
             finally
             {
@@ -357,6 +370,14 @@ internal sealed partial class DeliveryWorker(
         }, CancellationToken.None);
         _inFlight.TryAdd(task, true);
         _ = task.ContinueWith(t => _inFlight.TryRemove(t, out _), TaskScheduler.Default);
+    }
+
+    private void FailedHere(string? streamId)
+    {
+        if (streamId is not null)
+        {
+            _failedHere.Enqueue(streamId);
+        }
     }
 
     private async Task WaitForWorkAsync(CancellationToken stoppingToken)

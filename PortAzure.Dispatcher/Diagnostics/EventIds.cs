@@ -12,6 +12,7 @@ internal static class EventIds
     public const int RedisRetry = 2007;
     public const int NotPostedAtStop = 2008;
     public const int FinishFailedUnexpectedly = 2009;
+    public const int RedisFullRetry = 2010;
 
     public const int WorkerStarted = 2101;
     public const int GroupCreated = 2102;
@@ -46,6 +47,7 @@ internal static class EventIds
     public const int PortTokenCallFailed = 2217;
     public const int ReportNotQueued = 2218;
     public const int PortLogCallAnswered = 2219;
+    public const int ReportQueueFull = 2220;
 
     public const int Replayed = 2302;
     public const int OperatorApiRedisUnavailable = 2303;

@@ -46,6 +46,10 @@ internal sealed partial class PortReportingService(
         PortApiClient.MaxThrottle + CallQueueTouch + (2 * TimeSpan.FromSeconds(options.PortRequestTimeoutSeconds)) + PortApiClient.LockedAnswerReadTime
         + TimeSpan.FromSeconds(20);
 
+    // A full Redis refuses the group's creation (at a start, even of a group that exists) and the hand-backs (their
+    // first write an XADD): one line every 10 s, as the delivery worker's, not a warning per try.
+    private readonly LogThrottle _outOfMemoryLines = new(timeProvider, TimeSpan.FromSeconds(10));
+
     // The report's first write time (Unix ms), added by a hand-back.
     private const string SinceField = "since";
     private static readonly TimeSpan CredentialsRefusedWait = TimeSpan.FromSeconds(60);
@@ -196,12 +200,12 @@ internal sealed partial class PortReportingService(
             catch (RedisServerException ex) when (ex.Message.StartsWith("NOGROUP", StringComparison.Ordinal))
             {
                 groupReady = false;
-                Log.QueueError(logger, ex);
+                QueueFailed(ex);
             }
             catch (Exception ex)
             {
                 // Redis away: back off and go on; a faulted BackgroundService would stop the Dispatcher.
-                Log.QueueError(logger, ex);
+                QueueFailed(ex);
                 if (!await errorBackoff.WaitAsync(stoppingToken))
                 {
                     break;
@@ -233,7 +237,7 @@ internal sealed partial class PortReportingService(
         catch (Exception ex)
         {
             // Left pending: taken over after the reclaim time.
-            Log.QueueError(logger, ex);
+            QueueFailed(ex);
             return;
         }
         foreach (var entry in entries)
@@ -391,7 +395,7 @@ internal sealed partial class PortReportingService(
             }
             catch (Exception ex)
             {
-                Log.QueueError(logger, ex);
+                QueueFailed(ex);
                 if (attempt >= RemoveBackoff.Length || stoppingToken.IsCancellationRequested)
                 {
                     // Left pending: taken over later, at worst one more log line in Port.
@@ -428,7 +432,7 @@ internal sealed partial class PortReportingService(
         catch (Exception ex)
         {
             // Left pending: taken over after the reclaim time.
-            Log.QueueError(logger, ex);
+            QueueFailed(ex);
         }
     }
 
@@ -666,8 +670,20 @@ internal sealed partial class PortReportingService(
         catch (Exception ex)
         {
             // Not fatal: at worst the report is taken over and shows twice in Port's run log.
-            Log.QueueError(logger, ex);
+            QueueFailed(ex);
             return null;
+        }
+    }
+
+    private void QueueFailed(Exception exception)
+    {
+        if (!RedisFailures.IsOutOfMemory(exception))
+        {
+            Log.QueueError(logger, exception);
+        }
+        else if (_outOfMemoryLines.Take("redis_full") is var refused and > 0)
+        {
+            Log.QueueFull(logger, exception, refused);
         }
     }
 
@@ -687,6 +703,10 @@ internal sealed partial class PortReportingService(
 
         [LoggerMessage(EventIds.ReportQueueError, LogLevel.Warning, "Port report queue: Redis call failed; backing off")]
         public static partial void QueueError(ILogger logger, Exception exception);
+
+        [LoggerMessage(EventIds.ReportQueueFull, LogLevel.Warning,
+            "Port report queue: Redis is out of memory (maxmemory reached; noeviction refuses writes); backing off ({Count} calls refused since the last such line; at most one every 10 s)")]
+        public static partial void QueueFull(ILogger logger, Exception exception, long count);
 
         [LoggerMessage(EventIds.ReportHandedBack, LogLevel.Information, "Report of delivery {DeliveryId} unsent at the stop; handed back to the stream")]
         public static partial void HandedBack(ILogger logger, string deliveryId);

@@ -17,12 +17,13 @@ public class RedisFullTests
         await using var relay = await Relay.StartAsync(c =>
         {
             c["Dispatcher:MaxConcurrency"] = "1";
-            c["Dispatcher:RequestTimeoutSeconds"] = "5";
+            c["Dispatcher:RequestTimeoutSeconds"] = "10";
             c["Dispatcher:ClaimMarginSeconds"] = "1";
             c["Dispatcher:ClaimIntervalSeconds"] = "0.5";
         }, redisConnection: redis.ConnectionString);
-        // The first run holds the only slot for 3 s, so that the second is still queued when Redis fills.
-        await relay.EmulatorApi.ScriptAsync(new { delayMs = 3000 });
+        // The first run holds the only slot for 8 s, so that the second is still queued when Redis fills, however slow
+        // the machine is.
+        await relay.EmulatorApi.ScriptAsync(new { delayMs = 8000 });
         await SendAcceptedAsync(relay);
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(20), "the first run is posted");
         await SendAcceptedAsync(relay);
@@ -30,8 +31,16 @@ public class RedisFullTests
 
         // The second run's begin is refused and tried again for 15.6 s (DeliveryProcessor.BeginBackoff) before the line.
         await WaitForTheLineAsync(relay.Dispatcher);
+        // Its entry, left pending, comes back to this Dispatcher in a reclaim: not a stopped consumer's (2104), but its own
+        // (Debug 2112).
+        await Eventually.HoldsAsync(() => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2104]", StringComparison.Ordinal)
+            || l.Contains("[2112]", StringComparison.Ordinal))), TimeSpan.FromSeconds(40), "the second run's entry is reclaimed");
 
         Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2106]", StringComparison.Ordinal));
+        Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2104]", StringComparison.Ordinal));
+        // Each refused try is a Debug line, not a warning that Redis failed.
+        Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2007]", StringComparison.Ordinal));
+        Assert.Contains(relay.Dispatcher.Logs.Lines, l => l.Contains("[2010]", StringComparison.Ordinal) && l.StartsWith("Debug", StringComparison.Ordinal));
         Assert.Single(await relay.EmulatorApi.RequestsAsync());
         // The first run's finish went through (its first write needs no memory): only the second is left in the stream.
         Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
@@ -49,7 +58,7 @@ public class RedisFullTests
     public async Task Start_RedisFull_TheLineSaysFullNotUnavailable_DeliversOnceThereIsRoom()
     {
         await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
-        await using var relay = await Relay.StartAsync(dispatchers: 0, redisConnection: redis.ConnectionString);
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0, redisConnection: redis.ConnectionString);
         await SendAcceptedAsync(relay);
         // Made as the Dispatcher makes it: a full Redis refuses XGROUP CREATE even for a group that exists.
         await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0");
@@ -58,6 +67,10 @@ public class RedisFullTests
         var dispatcher = await relay.AddDispatcherAsync();
 
         await WaitForTheLineAsync(dispatcher);
+        // The Port reporter's group is refused too: its own throttled line, not a warning per try.
+        await Eventually.HoldsAsync(() => Task.FromResult(dispatcher.Logs.Lines.Any(l => l.Contains("[2220]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(30), "the Port reporter says Redis is full");
+        Assert.DoesNotContain(dispatcher.Logs.Lines, l => l.Contains("[2205]", StringComparison.Ordinal));
         Assert.Empty(await relay.EmulatorApi.RequestsAsync());
 
         await relay.Db.ExecuteAsync("CONFIG", "SET", "maxmemory", "0");
