@@ -84,15 +84,9 @@ internal static partial class OperatorApi
         }
         var db = redis.GetDatabase();
         var ids = await db.SetMembersAsync(RedisKeys.RunIndex(runId));
-        var views = new List<DeliveryView>();
-        foreach (var id in ids.Select(i => (string)i!).Order(StringComparer.Ordinal))
-        {
-            if (await LoadAsync(db, id, attempts: 0) is { } view)
-            {
-                views.Add(view);
-            }
-        }
-        return TypedResults.Ok(new DeliveryList(views));
+        // Read at once, as a dead-letter page's are.
+        var views = await Task.WhenAll(ids.Select(i => (string)i!).Order(StringComparer.Ordinal).Select(id => LoadAsync(db, id, attempts: 0)));
+        return TypedResults.Ok(new DeliveryList([.. views.OfType<DeliveryView>()]));
     }
 
     private static async Task<IResult> ListDeadLettersAsync(IConnectionMultiplexer redis, string? limit, string? cursor)
@@ -128,14 +122,13 @@ internal static partial class OperatorApi
                     take: take + 1 - page.Count));
             }
         }
-        var items = new List<DeliveryView>();
-        foreach (var entry in page.Take(take))
-        {
+        // The records are read at once, not one after another: each takes two or three round trips, and a page of 500
+        // read in turn waited 1,500 of them (1.5 s at a cloud Redis's 1 ms). The client pipelines them on its connection.
+        var items = await Task.WhenAll(page.Take(take).Select(async entry =>
             // One without a record (deleted by hand, or a member that is no delivery id) is shown too: left out, it was
             // counted in total and in the backlog alert, and the operator could not learn its id to DELETE it.
-            items.Add(await LoadAsync(db, entry.Element!, attempts: ListedAttempts)
-                ?? Damaged(entry.Element!, $"The dead letter has no record in Redis: nothing can be replayed. DELETE /api/deadletters/{entry.Element} removes it."));
-        }
+            await LoadAsync(db, entry.Element!, attempts: ListedAttempts)
+                ?? Damaged(entry.Element!, $"The dead letter has no record in Redis: nothing can be replayed. DELETE /api/deadletters/{entry.Element} removes it.")));
         var next = page.Count > take ? FormatCursor(page[take - 1]) : null;
         return TypedResults.Ok(new DeadLetterPage(items, next, await db.SortedSetLengthAsync(RedisKeys.DeadLetters)));
     }
