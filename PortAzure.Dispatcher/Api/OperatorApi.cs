@@ -84,8 +84,8 @@ internal static partial class OperatorApi
         }
         var db = redis.GetDatabase();
         var ids = await db.SetMembersAsync(RedisKeys.RunIndex(runId));
-        // Read at once, as a dead-letter page's are.
-        var views = await Task.WhenAll(ids.Select(i => (string)i!).Order(StringComparer.Ordinal).Select(id => LoadAsync(db, id, attempts: 0)));
+        // Read 16 at a time, as a dead-letter page's are.
+        var views = await LoadManyAsync(ids.Select(i => (string)i!).Order(StringComparer.Ordinal), id => LoadAsync(db, id, attempts: 0));
         return TypedResults.Ok(new DeliveryList([.. views.OfType<DeliveryView>()]));
     }
 
@@ -122,13 +122,13 @@ internal static partial class OperatorApi
                     take: take + 1 - page.Count));
             }
         }
-        // The records are read at once, not one after another: each takes two or three round trips, and a page of 500
-        // read in turn waited 1,500 of them (1.5 s at a cloud Redis's 1 ms). The client pipelines them on its connection.
-        var items = await Task.WhenAll(page.Take(take).Select(async entry =>
+        // The records are read 16 at a time (LoadManyAsync), not one after another: each takes two or three round trips,
+        // and a page of 500 read in turn waited 1,500 of them (1.5 s at a cloud Redis's 1 ms). The client pipelines them.
+        var items = await LoadManyAsync(page.Take(take), async entry =>
             // One without a record (deleted by hand, or a member that is no delivery id) is shown too: left out, it was
             // counted in total and in the backlog alert, and the operator could not learn its id to DELETE it.
             await LoadAsync(db, entry.Element!, attempts: ListedAttempts)
-                ?? Damaged(entry.Element!, $"The dead letter has no record in Redis: nothing can be replayed. DELETE /api/deadletters/{entry.Element} removes it.")));
+                ?? Damaged(entry.Element!, $"The dead letter has no record in Redis: nothing can be replayed. DELETE /api/deadletters/{entry.Element} removes it."));
         var next = page.Count > take ? FormatCursor(page[take - 1]) : null;
         return TypedResults.Ok(new DeadLetterPage(items, next, await db.SortedSetLengthAsync(RedisKeys.DeadLetters)));
     }
@@ -283,6 +283,30 @@ internal static partial class OperatorApi
     // Damaged data (a key of another type, an attempt that is not JSON) is shown as such, not thrown: one such record in
     // the dead-letter index would otherwise fail every page that holds it, and the operator could not find it to DELETE.
     /// <param name="attempts">How many of the newest attempts to load; 0: none (the view has no attempt list).</param>
+    /// <summary>
+    /// Loads at most <see cref="LoadsAtOnce"/> records at a time, in order: each record read whole holds its body (a dead
+    /// letter's, up to Ingress:MaxBodyBytes), and a page of 500 read at once could hold hundreds of MB here and in Redis's
+    /// output buffer, on the connection deliveries use.
+    /// </summary>
+    private static async Task<T[]> LoadManyAsync<TSource, T>(IEnumerable<TSource> sources, Func<TSource, Task<T>> load)
+    {
+        using var gate = new SemaphoreSlim(LoadsAtOnce);
+        return await Task.WhenAll(sources.Select(async source =>
+        {
+            await gate.WaitAsync();
+            try
+            {
+                return await load(source);
+            }
+            finally
+            {
+                gate.Release();
+            }
+        }));
+    }
+
+    private const int LoadsAtOnce = 16;
+
     private static async Task<DeliveryView?> LoadAsync(IDatabase db, string id, int attempts)
     {
         Dictionary<string, RedisValue> hash;

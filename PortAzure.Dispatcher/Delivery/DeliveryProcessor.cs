@@ -324,10 +324,11 @@ internal sealed partial class DeliveryProcessor(
             }
             catch (Exception ex) when (RedisFailures.IsFailure(ex) is var redisFailure && (retryAny || redisFailure) && nextDelay(i) is { } delay)
             {
-                if (RedisFailures.IsOutOfMemory(ex))
+                if (step == "begin" && RedisFailures.IsOutOfMemory(ex))
                 {
                     // A full Redis is not away, and every slot meets it: its line is the worker's throttled 2113 once the
-                    // begin gives up, not a warning per try per delivery.
+                    // begin gives up, not a warning per try per delivery. (A finish refused for memory, which its first
+                    // write should prevent, stays a Warning: giving it up can post the run again.)
                     Log.RedisFullRetry(logger, step, deliveryId);
                 }
                 else if (redisFailure)

@@ -54,7 +54,10 @@ public partial class EventIdTableTests
     private static IEnumerable<(int Id, string Level)> TableRows()
     {
         var guide = File.ReadAllText(Path.Combine(Repository.Root, "docs", "deploy.md"));
-        var section = guide[guide.IndexOf("\n## 12.", StringComparison.Ordinal)..];
+        var start = guide.IndexOf("\n## 12.", StringComparison.Ordinal);
+        Assert.True(start >= 0, "docs/deploy.md has no section 12 (log events)");
+        var end = guide.IndexOf("\n## ", start + 1, StringComparison.Ordinal);
+        var section = end < 0 ? guide[start..] : guide[start..end];
         return RowPattern().Matches(section).Select(m => (int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), m.Groups[2].Value.Trim()));
     }
 

@@ -21,9 +21,10 @@ public class RedisFullTests
             c["Dispatcher:ClaimMarginSeconds"] = "1";
             c["Dispatcher:ClaimIntervalSeconds"] = "0.5";
         }, redisConnection: redis.ConnectionString);
-        // The first run holds the only slot for 8 s, so that the second is still queued when Redis fills, however slow
-        // the machine is.
-        await relay.EmulatorApi.ScriptAsync(new { delayMs = 8000 });
+        // The first run holds the only slot for 5 s, so that the second is still queued when Redis fills on a slow
+        // machine, well inside the request timeout (a timed-out POST's retry would be refused a claim, and no reclaim
+        // would follow: the claim of due retries comes first).
+        await relay.EmulatorApi.ScriptAsync(new { delayMs = 5000 });
         await SendAcceptedAsync(relay);
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(20), "the first run is posted");
         await SendAcceptedAsync(relay);
