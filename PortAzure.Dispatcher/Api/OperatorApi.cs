@@ -280,9 +280,6 @@ internal static partial class OperatorApi
             snapshot.PausedTargets, snapshot.OldestAge.TotalSeconds, snapshot.PortReports));
     }
 
-    // Damaged data (a key of another type, an attempt that is not JSON) is shown as such, not thrown: one such record in
-    // the dead-letter index would otherwise fail every page that holds it, and the operator could not find it to DELETE.
-    /// <param name="attempts">How many of the newest attempts to load; 0: none (the view has no attempt list).</param>
     /// <summary>
     /// Loads at most <see cref="LoadsAtOnce"/> records at a time, in order: each record read whole holds its body (a dead
     /// letter's, up to Ingress:MaxBodyBytes), and a page of 500 read at once could hold hundreds of MB here and in Redis's
@@ -307,6 +304,9 @@ internal static partial class OperatorApi
 
     private const int LoadsAtOnce = 16;
 
+    // Damaged data (a key of another type, an attempt that is not JSON) is shown as such, not thrown: one such record in
+    // the dead-letter index would otherwise fail every page that holds it, and the operator could not find it to DELETE.
+    /// <param name="attempts">How many of the newest attempts to load; 0: none (the view has no attempt list).</param>
     private static async Task<DeliveryView?> LoadAsync(IDatabase db, string id, int attempts)
     {
         Dictionary<string, RedisValue> hash;
