@@ -225,7 +225,17 @@ internal sealed partial class DeliveryWorker(
                     claimed: true, stoppingToken);
                 if (reclaimed > takenOverBefore)
                 {
-                    Log.Claimed(logger, reclaimed - takenOverBefore);
+                    // On a full Redis every begin is refused, and a live Dispatcher's entries are left pending as a crashed
+                    // one's are: reclaimed by another replica, they are no crash to warn of. Asked only when there is a line
+                    // to write (the reclaim itself cannot tell whose entries it took).
+                    if (await RedisMemory.IsFullAsync(redis.GetDatabase()) is true)
+                    {
+                        Log.ClaimedWhileFull(logger, reclaimed - takenOverBefore);
+                    }
+                    else
+                    {
+                        Log.Claimed(logger, reclaimed - takenOverBefore);
+                    }
                 }
                 if (takenOverBefore > 0)
                 {
@@ -460,6 +470,10 @@ internal sealed partial class DeliveryWorker(
         [LoggerMessage(EventIds.ClaimedAgain, LogLevel.Debug,
             "Reclaimed {Count} entries this consumer had taken over before (a stopped attempt's lease still running, or failing here)")]
         public static partial void ClaimedAgain(ILogger logger, int count);
+
+        [LoggerMessage(EventIds.ClaimedWhileFull, LogLevel.Information,
+            "Reclaimed {Count} entries while Redis is full: their consumers may have stopped, or be live and refused their begin for memory (2113)")]
+        public static partial void ClaimedWhileFull(ILogger logger, int count);
 
         [LoggerMessage(EventIds.ReadBack, LogLevel.Warning,
             "Read back {Count} entries pending for this consumer that it was not processing (a read's reply lost, or held before a restart)")]

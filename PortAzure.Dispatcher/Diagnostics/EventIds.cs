@@ -27,6 +27,7 @@ internal static class EventIds
     public const int ReadBack = 2111;
     public const int ClaimedAgain = 2112;
     public const int RedisFull = 2113;
+    public const int ClaimedWhileFull = 2114;
 
     public const int ReportSent = 2201;
     public const int ReportFailed = 2202;

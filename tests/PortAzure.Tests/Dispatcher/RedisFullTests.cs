@@ -56,6 +56,48 @@ public class RedisFullTests
     }
 
     [Fact]
+    public async Task Reclaim_RedisFullAndAnotherLiveDispatcherRefusedTheBegin_NotReportedAsACrash()
+    {
+        await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+        // The first Dispatcher (A) reclaims nothing after its start, so that only the second (B) can take A's entry.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:MaxConcurrency"] = "1";
+            c["Dispatcher:RequestTimeoutSeconds"] = "15";
+            c["Dispatcher:ClaimMarginSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "600";
+        }, redisConnection: redis.ConnectionString);
+        // A's POST holds its only slot 8 s, B's 12 s: the third run, queued while Redis fills, is A's (a full Redis also
+        // refuses a starting Dispatcher its group, so B starts before).
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 200, delayMs = 8000 }, new { status = 200, delayMs = 12_000 } } });
+        await SendAcceptedAsync(relay);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(20), "A posts the first run");
+        var b = await relay.AddDispatcherAsync(c => c["Dispatcher:ClaimIntervalSeconds"] = "0.5");
+        await SendAcceptedAsync(relay);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 2, TimeSpan.FromSeconds(20), "B posts the second run");
+        await SendAcceptedAsync(relay);
+        await FillAsync(relay.Db);
+
+        // A's begin of the third run is refused for 15.6 s; the entry, pending with A, is B's to reclaim once idle 16 s.
+        await WaitForTheLineAsync(relay.Dispatcher);
+        await Eventually.HoldsAsync(() => Task.FromResult(b.Logs.Lines.Any(l => l.Contains("[2104]", StringComparison.Ordinal)
+            || l.Contains("[2114]", StringComparison.Ordinal))), TimeSpan.FromSeconds(40), "B reclaims the third run's entry");
+
+        Assert.DoesNotContain(b.Logs.Lines, l => l.Contains("[2104]", StringComparison.Ordinal));
+        Assert.Contains(b.Logs.Lines, l => l.Contains("[2114]", StringComparison.Ordinal) && l.StartsWith("Info", StringComparison.Ordinal));
+        Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2104]", StringComparison.Ordinal));
+        Assert.Equal(2, (await relay.EmulatorApi.RequestsAsync()).Count);
+
+        await relay.Db.ExecuteAsync("CONFIG", "SET", "maxmemory", "0");
+
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0, TimeSpan.FromSeconds(60),
+            "the third run is delivered once Redis has room");
+        var posted = await relay.EmulatorApi.RequestsAsync();
+        Assert.Equal(3, posted.Count);
+        Assert.Equal(3, posted.Select(r => r.Header("X-Port-Run-Id")).Distinct().Count());
+    }
+
+    [Fact]
     public async Task Start_RedisFull_TheLineSaysFullNotUnavailable_DeliversOnceThereIsRoom()
     {
         await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");

@@ -1,0 +1,60 @@
+using PortAzure.Dispatcher.Delivery;
+using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
+
+namespace PortAzure.Tests.Dispatcher;
+
+public class RedisMemoryTests
+{
+    [Fact]
+    public async Task IsFullAsync_RealRedisBelowThenOverItsLimit_FalseThenTrue()
+    {
+        await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+        await using var admin = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString + ",allowAdmin=true");
+        // Connected as the Dispatcher is, without allowAdmin: the check must work with what it has.
+        await using var dispatcher = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString);
+
+        Assert.False(await RedisMemory.IsFullAsync(dispatcher.GetDatabase()));
+        await admin.GetDatabase().ExecuteAsync("CONFIG", "SET", "maxmemory", "100mb");
+        Assert.False(await RedisMemory.IsFullAsync(dispatcher.GetDatabase()));
+
+        await admin.GetDatabase().StringSetAsync("filler", new string('x', 4 * 1024 * 1024));
+        await admin.GetDatabase().ExecuteAsync("CONFIG", "SET", "maxmemory", "1mb");
+
+        Assert.True(await RedisMemory.IsFullAsync(dispatcher.GetDatabase()));
+        // What the answer is for: Redis refuses a write.
+        var refused = await Assert.ThrowsAsync<RedisServerException>(() => dispatcher.GetDatabase().StringSetAsync("more", "x"));
+        Assert.Contains("OOM", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task IsFullAsync_RedisAway_Null()
+    {
+        var redis = await RedisServer.StartAsync();
+        await using var dispatcher = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString);
+        await redis.DisposeAsync();
+
+        Assert.Null(await RedisMemory.IsFullAsync(dispatcher.GetDatabase()));
+    }
+
+    [Theory]
+    [InlineData("used_memory:2000\r\nmaxmemory:1000\r\nmem_not_counted_for_evict:0\r\n", true)]
+    [InlineData("used_memory:2000\r\nmaxmemory:1000\r\nmem_not_counted_for_evict:1500\r\n", false)]
+    [InlineData("used_memory:1000\r\nmaxmemory:1000\r\n", false)]
+    [InlineData("used_memory:2000\r\nmaxmemory:0\r\n", false)]
+    [InlineData("# Memory\r\nused_memory_human:1.95K\r\nused_memory:2000\r\nused_memory_rss:9000\r\nmaxmemory_human:1000B\r\nmaxmemory:1000\r\n", true)]
+    public void IsFull_InfoMemoryReply_RedisOwnRule(string info, bool full)
+    {
+        Assert.Equal(full, RedisMemory.IsFull(info));
+    }
+
+    [Theory]
+    [InlineData("")]
+    [InlineData(null)]
+    [InlineData("maxmemory:1000\r\n")]
+    [InlineData("used_memory:x\r\nmaxmemory:1000\r\n")]
+    public void IsFull_FieldMissingOrDamaged_Null(string? info)
+    {
+        Assert.Null(RedisMemory.IsFull(info));
+    }
+}
