@@ -377,7 +377,9 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         if r[7] and r[7] ~= '' then f[#f + 1] = 'traceparent'; f[#f + 1] = r[7] end
         if r[8] and r[8] ~= '' then f[#f + 1] = 'tracestate'; f[#f + 1] = r[8] end
         -- Each replay adds a round of attempts to the log, which the operator API reads whole: the latest ARGV[4]
-        -- stay (one round's most). pcall: a damaged log must not stop the replay.
+        -- stay (one round's most). pcall: a damaged log must not stop the replay. Kept the first write: Redis at maxmemory
+        -- refuses the XADD and HSET below (denyoom) only while the script has written nothing, and deploy.md says a replay
+        -- goes through on a full Redis.
         redis.pcall('LTRIM', KEYS[4], -tonumber(ARGV[4]), -1)
         local sid = redis.call('XADD', KEYS[3], '*', unpack(f))
         redis.call('HSET', KEYS[2], 'state', 'queued', 'attempts', 0, 'claims', 0, 'streamId', sid, 'updatedAt', ARGV[2], 'since', ARGV[2])

@@ -142,6 +142,32 @@ public class RedisFullTests
         Assert.False(await relay.Db.HashExistsAsync(RedisKeys.Delivery(id), DeliveryRecord.Body));
     }
 
+    [Fact]
+    public async Task Replay_RedisFull_TheRunIsQueuedAndDeliveredOnceThereIsRoom()
+    {
+        // deploy.md says a replay goes through on a full Redis (its first write needs no memory) but frees nothing.
+        await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+        await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString);
+        var id = "d_" + Guid.NewGuid().ToString("N");
+        await DeadLetterRecords.AddAsync(relay.Db, id, 1, TestRuns.Body(TestRuns.NewRunId()));
+        await FillAsync(relay.Db);
+
+        using var replay = relay.Operator(HttpMethod.Post, $"/api/deadletters/{id}/replay");
+        using var replayed = await relay.Ingress.Client.SendAsync(replay);
+
+        Assert.True(replayed.StatusCode == HttpStatusCode.Accepted, $"replay answered {(int)replayed.StatusCode}: {await replayed.Content.ReadAsStringAsync()}");
+        Assert.Null(await relay.Db.SortedSetScoreAsync(RedisKeys.DeadLetters, id));
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+        await WaitForTheLineAsync(relay.Dispatcher);
+        Assert.Empty(await relay.EmulatorApi.RequestsAsync());
+
+        await relay.Db.ExecuteAsync("CONFIG", "SET", "maxmemory", "0");
+
+        await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(id), DeliveryRecord.State) == DeliveryStates.Delivered,
+            TimeSpan.FromSeconds(60), "the replayed run is delivered once Redis has room");
+        Assert.Equal(id, Assert.Single(await relay.EmulatorApi.RequestsAsync()).Header("Idempotency-Key"));
+    }
+
     private static async Task SendAcceptedAsync(Relay relay)
     {
         using var accepted = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()));
