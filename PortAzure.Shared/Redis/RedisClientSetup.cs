@@ -21,8 +21,8 @@ internal static class RedisClientSetup
     public const string SocketManagerKey = "Redis:SocketManager";
 
     /// <summary>
-    /// Registers <c>IConnectionMultiplexer</c> for the <c>redis</c> connection, with health check, logging and
-    /// metrics, and connects it while the host starts rather than on the first request.
+    /// Registers <c>IConnectionMultiplexer</c> for the <c>redis</c> connection, with health checks (Redis answers; Redis
+    /// is not full), logging and metrics, and connects it while the host starts rather than on the first request.
     /// </summary>
     public static IHostApplicationBuilder AddPortAzureRedisClient(this IHostApplicationBuilder builder, Action<StackExchangeRedisSettings>? configureSettings = null)
     {
@@ -66,6 +66,7 @@ internal static class RedisClientSetup
             options.ReconnectRetryPolicy = new ExponentialRetry(500, 2000);
         });
         builder.Services.AddHostedService<RedisConnectionWarmup>();
+        builder.Services.AddHealthChecks().AddCheck<RedisMemoryHealthCheck>(RedisMemoryHealthCheck.Name);
         return builder;
     }
 

@@ -168,6 +168,38 @@ public class RedisFullTests
         Assert.Equal(id, Assert.Single(await relay.EmulatorApi.RequestsAsync()).Header("Idempotency-Key"));
     }
 
+    [Fact]
+    public async Task Health_RedisFull_BothServicesDegradedThenHealthyOnceThereIsRoom()
+    {
+        // Nothing queued: the Dispatcher's backlog check has nothing to say, and Redis answers its ping.
+        await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+        await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString);
+        Assert.Equal(["Healthy", "Healthy"], await HealthAsync(relay));
+
+        await FillAsync(relay.Db);
+
+        Assert.Equal(["Degraded", "Degraded"], await HealthAsync(relay));
+        using var refused = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()));
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
+
+        await relay.Db.ExecuteAsync("CONFIG", "SET", "maxmemory", "0");
+
+        Assert.Equal(["Healthy", "Healthy"], await HealthAsync(relay));
+    }
+
+    /// <summary>The Ingress's <c>/health</c>, then the Dispatcher's: a status word each, answered 200 for both.</summary>
+    private static async Task<string[]> HealthAsync(Relay relay)
+    {
+        var words = new List<string>();
+        foreach (var client in new[] { relay.Ingress.Client, relay.Dispatcher.Client })
+        {
+            using var response = await client.GetAsync(new Uri("/health", UriKind.Relative));
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            words.Add(await response.Content.ReadAsStringAsync());
+        }
+        return [.. words];
+    }
+
     private static async Task SendAcceptedAsync(Relay relay)
     {
         using var accepted = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()));

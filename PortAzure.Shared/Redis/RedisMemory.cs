@@ -1,7 +1,7 @@
 using System.Globalization;
 using StackExchange.Redis;
 
-namespace PortAzure.Dispatcher.Delivery;
+namespace PortAzure.Redis;
 
 /// <summary>Whether Redis is over its <c>maxmemory</c>: the state in which it refuses writes (with <c>noeviction</c>).</summary>
 internal static class RedisMemory

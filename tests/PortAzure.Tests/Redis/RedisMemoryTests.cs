@@ -1,8 +1,8 @@
-using PortAzure.Dispatcher.Delivery;
+using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
 using StackExchange.Redis;
 
-namespace PortAzure.Tests.Dispatcher;
+namespace PortAzure.Tests.Redis;
 
 public class RedisMemoryTests
 {
