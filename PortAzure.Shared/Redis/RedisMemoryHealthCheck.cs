@@ -7,7 +7,7 @@ namespace PortAzure.Redis;
 /// Degraded while Redis is over <c>maxmemory</c>: the Ingress then refuses every run (503) and no delivery starts, yet
 /// Redis answers, so its own check stays Healthy, and the Dispatcher's backlog check may too (nothing new is queued).
 /// Degraded, not Unhealthy: the probes that read <c>/health</c> keep the services in rotation, and Port keeps getting
-/// the 503 with <c>Retry-After</c> that it retries.
+/// the relay's own 503 with <c>Retry-After</c> rather than the load balancer's.
 /// </summary>
 internal sealed class RedisMemoryHealthCheck(IConnectionMultiplexer redis) : IHealthCheck
 {
