@@ -227,8 +227,9 @@ internal sealed partial class DeliveryWorker(
                 {
                     // On a full Redis every begin is refused, and a live Dispatcher's entries are left pending as a crashed
                     // one's are: reclaimed by another replica, they are no crash to warn of. Asked only when there is a line
-                    // to write (the reclaim itself cannot tell whose entries it took).
-                    if (await RedisMemory.IsFullAsync(redis.GetDatabase()) is true)
+                    // to write (the reclaim itself cannot tell whose entries it took). Not cancelled by a stop: the entries are
+                    // started, and their line is still owed (the client's own timeout bounds the wait).
+                    if (await RedisMemory.IsFullAsync(redis, CancellationToken.None) is true)
                     {
                         Log.ClaimedWhileFull(logger, reclaimed - takenOverBefore);
                     }

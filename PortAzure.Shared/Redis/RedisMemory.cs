@@ -6,15 +6,28 @@ namespace PortAzure.Redis;
 /// <summary>Whether Redis is over its <c>maxmemory</c>: the state in which it refuses writes (with <c>noeviction</c>).</summary>
 internal static class RedisMemory
 {
-    /// <returns>Null when Redis could not be asked (away, or <c>INFO</c> not allowed to this user).</returns>
-    public static async Task<bool?> IsFullAsync(IDatabase db)
+    /// <summary>
+    /// Asks the node that holds the relay's keys (on Redis Cluster, the primary of their one slot; any other node's
+    /// memory says nothing about the writes the relay makes).
+    /// </summary>
+    /// <returns>
+    /// Null when it could not be told: Redis away, <c>INFO</c> refused (an ACL without it, a command map that disables
+    /// it) or a reply without <c>maxmemory</c> (some managed Redis services hide it). A caller then knows nothing either
+    /// way.
+    /// </returns>
+    public static async Task<bool?> IsFullAsync(IConnectionMultiplexer redis, CancellationToken cancellationToken = default)
     {
-        ArgumentNullException.ThrowIfNull(db);
+        ArgumentNullException.ThrowIfNull(redis);
         try
         {
-            return IsFull((string?)await db.ExecuteAsync("INFO", "memory"));
+            if (await redis.GetDatabase().IdentifyEndpointAsync(RedisKeys.Stream).WaitAsync(cancellationToken) is not { } node)
+            {
+                return null;
+            }
+            return IsFull((string?)await redis.GetServer(node).ExecuteAsync("INFO", "memory").WaitAsync(cancellationToken));
         }
-        catch (Exception ex) when (ex is RedisException or TimeoutException)
+        // RedisCommandException (a command the client was told not to send) is no RedisException.
+        catch (Exception ex) when (RedisFailures.IsFailure(ex) || ex is RedisCommandException or ObjectDisposedException)
         {
             return null;
         }

@@ -14,8 +14,12 @@ internal sealed class RedisMemoryHealthCheck(IConnectionMultiplexer redis) : IHe
     public const string Name = "redis-memory";
 
     public async Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
-        await RedisMemory.IsFullAsync(redis.GetDatabase()) is true
-            ? HealthCheckResult.Degraded("Redis is over maxmemory and refuses writes: no run is accepted and no delivery starts until memory is freed or added.")
-            // Not asked (Redis away): the Redis client's own check says so.
-            : HealthCheckResult.Healthy();
+        await RedisMemory.IsFullAsync(redis, cancellationToken) switch
+        {
+            true => HealthCheckResult.Degraded("Redis is over maxmemory and refuses writes: no run is accepted and no delivery starts until memory is freed or added."),
+            false => HealthCheckResult.Healthy(),
+            // Redis away: the Redis client's own check says so. INFO refused or maxmemory hidden: not a fault of the
+            // relay's, and no reason to pull it from rotation, but the check is blind and says so.
+            null => HealthCheckResult.Healthy("Redis's memory could not be read (Redis away, INFO not allowed, or maxmemory not reported): a full Redis would not show here."),
+        };
 }

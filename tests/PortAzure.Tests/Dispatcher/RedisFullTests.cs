@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
@@ -63,22 +64,27 @@ public class RedisFullTests
         await using var relay = await Relay.StartAsync(c =>
         {
             c["Dispatcher:MaxConcurrency"] = "1";
-            c["Dispatcher:RequestTimeoutSeconds"] = "15";
+            c["Dispatcher:RequestTimeoutSeconds"] = "20";
             c["Dispatcher:ClaimMarginSeconds"] = "1";
             c["Dispatcher:ClaimIntervalSeconds"] = "600";
         }, redisConnection: redis.ConnectionString);
-        // A's POST holds its only slot 8 s, B's 12 s: the third run, queued while Redis fills, is A's (a full Redis also
+        // A's POST holds its only slot 12 s, B's 16 s: the third run, queued while Redis fills, is A's (a full Redis also
         // refuses a starting Dispatcher its group, so B starts before).
-        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 200, delayMs = 8000 }, new { status = 200, delayMs = 12_000 } } });
+        var aHolds = TimeSpan.FromSeconds(12);
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 200, delayMs = 12_000 }, new { status = 200, delayMs = 16_000 } } });
         await SendAcceptedAsync(relay);
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(20), "A posts the first run");
+        var aPosted = Stopwatch.StartNew();
         var b = await relay.AddDispatcherAsync(c => c["Dispatcher:ClaimIntervalSeconds"] = "0.5");
         await SendAcceptedAsync(relay);
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 2, TimeSpan.FromSeconds(20), "B posts the second run");
         await SendAcceptedAsync(relay);
         await FillAsync(relay.Db);
+        // A slow machine would otherwise fail below for a reason the assertions do not name.
+        Assert.True(aPosted.Elapsed < aHolds - TimeSpan.FromSeconds(1),
+            $"the setup took {aPosted.Elapsed.TotalSeconds:F1} s: A's slot came free before Redis was full, and A may have delivered the third run");
 
-        // A's begin of the third run is refused for 15.6 s; the entry, pending with A, is B's to reclaim once idle 16 s.
+        // A's begin of the third run is refused for 15.6 s; the entry, pending with A, is B's to reclaim once idle 21 s.
         await WaitForTheLineAsync(relay.Dispatcher);
         await Eventually.HoldsAsync(() => Task.FromResult(b.Logs.Lines.Any(l => l.Contains("[2104]", StringComparison.Ordinal)
             || l.Contains("[2114]", StringComparison.Ordinal))), TimeSpan.FromSeconds(40), "B reclaims the third run's entry");

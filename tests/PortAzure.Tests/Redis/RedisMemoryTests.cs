@@ -14,14 +14,14 @@ public class RedisMemoryTests
         // Connected as the Dispatcher is, without allowAdmin: the check must work with what it has.
         await using var dispatcher = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString);
 
-        Assert.False(await RedisMemory.IsFullAsync(dispatcher.GetDatabase()));
+        Assert.False(await RedisMemory.IsFullAsync(dispatcher));
         await admin.GetDatabase().ExecuteAsync("CONFIG", "SET", "maxmemory", "100mb");
-        Assert.False(await RedisMemory.IsFullAsync(dispatcher.GetDatabase()));
+        Assert.False(await RedisMemory.IsFullAsync(dispatcher));
 
         await admin.GetDatabase().StringSetAsync("filler", new string('x', 4 * 1024 * 1024));
         await admin.GetDatabase().ExecuteAsync("CONFIG", "SET", "maxmemory", "1mb");
 
-        Assert.True(await RedisMemory.IsFullAsync(dispatcher.GetDatabase()));
+        Assert.True(await RedisMemory.IsFullAsync(dispatcher));
         // What the answer is for: Redis refuses a write.
         var refused = await Assert.ThrowsAsync<RedisServerException>(() => dispatcher.GetDatabase().StringSetAsync("more", "x"));
         Assert.Contains("OOM", refused.Message, StringComparison.Ordinal);
@@ -34,7 +34,41 @@ public class RedisMemoryTests
         await using var dispatcher = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString);
         await redis.DisposeAsync();
 
-        Assert.Null(await RedisMemory.IsFullAsync(dispatcher.GetDatabase()));
+        Assert.Null(await RedisMemory.IsFullAsync(dispatcher));
+    }
+
+    [Fact]
+    public async Task IsFullAsync_InfoDeniedByAcl_Null()
+    {
+        await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+        await using var admin = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString + ",allowAdmin=true");
+        await admin.GetDatabase().ExecuteAsync("ACL", "SETUSER", "relay", "on", ">relay-pw", "~*", "&*", "+@all", "-info");
+        await admin.GetDatabase().StringSetAsync("filler", new string('x', 4 * 1024 * 1024));
+        await admin.GetDatabase().ExecuteAsync("CONFIG", "SET", "maxmemory", "1mb");
+        await using var dispatcher = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString + ",user=relay,password=relay-pw");
+
+        // Full, but this user cannot see it: unknown, not "not full".
+        Assert.Null(await RedisMemory.IsFullAsync(dispatcher));
+    }
+
+    [Fact]
+    public async Task IsFullAsync_InfoDisabledInTheClientsCommandMap_Null()
+    {
+        await using var redis = await RedisServer.StartAsync();
+        var options = ConfigurationOptions.Parse(redis.ConnectionString);
+        options.CommandMap = CommandMap.Create(new HashSet<string>(StringComparer.OrdinalIgnoreCase) { "INFO" }, available: false);
+        await using var dispatcher = await ConnectionMultiplexer.ConnectAsync(options);
+
+        Assert.Null(await RedisMemory.IsFullAsync(dispatcher));
+    }
+
+    [Fact]
+    public async Task IsFullAsync_Cancelled_Throws()
+    {
+        await using var redis = await RedisServer.StartAsync();
+        await using var dispatcher = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString);
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => RedisMemory.IsFullAsync(dispatcher, new CancellationToken(canceled: true)));
     }
 
     [Theory]
