@@ -7,27 +7,28 @@ namespace PortAzure.Redis;
 internal static class RedisMemory
 {
     /// <summary>
-    /// Asks the node that holds the relay's keys (on Redis Cluster, the primary of their one slot; any other node's
-    /// memory says nothing about the writes the relay makes).
+    /// Asks the primary that holds the relay's keys (on Redis Cluster, that of their one slot; any other node's memory
+    /// says nothing about the writes the relay makes, and a replica ignores <c>maxmemory</c>).
     /// </summary>
     /// <returns>
-    /// Null when it could not be told: Redis away, <c>INFO</c> refused (an ACL without it, a command map that disables
-    /// it) or a reply without <c>maxmemory</c> (some managed Redis services hide it). A caller then knows nothing either
-    /// way.
+    /// Null when it could not be told: Redis away or failing over, <c>INFO</c> refused (an ACL without it, a command map
+    /// that disables it, as the client's proxy modes do), or a reply without <c>maxmemory</c> (some
+    /// managed Redis services hide it). A caller then knows nothing either way.
     /// </returns>
     public static async Task<bool?> IsFullAsync(IConnectionMultiplexer redis, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(redis);
+        cancellationToken.ThrowIfCancellationRequested();
         try
         {
-            if (await redis.GetDatabase().IdentifyEndpointAsync(RedisKeys.Stream).WaitAsync(cancellationToken) is not { } node)
-            {
-                return null;
-            }
-            return IsFull((string?)await redis.GetServer(node).ExecuteAsync("INFO", "memory").WaitAsync(cancellationToken));
+            // With no primary connected (a failover), the client throws rather than hand out a replica.
+            var primary = redis.GetServer(RedisKeys.Stream, flags: CommandFlags.DemandMaster);
+            return IsFull((string?)await primary.ExecuteAsync("INFO", "memory").WaitAsync(cancellationToken));
         }
-        // RedisCommandException (a command the client was told not to send) is no RedisException.
-        catch (Exception ex) when (RedisFailures.IsFailure(ex) || ex is RedisCommandException or ObjectDisposedException)
+        // Best effort: whatever stops the question (the client's own failures; a RedisCommandException, no
+        // RedisException, for a command it was told not to send, as behind an envoy or twemproxy proxy) leaves the
+        // answer unknown, and must not fail a health check or a reclaim.
+        catch (Exception ex) when (ex is not OperationCanceledException)
         {
             return null;
         }

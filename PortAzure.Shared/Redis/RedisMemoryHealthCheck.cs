@@ -20,6 +20,6 @@ internal sealed class RedisMemoryHealthCheck(IConnectionMultiplexer redis) : IHe
             false => HealthCheckResult.Healthy(),
             // Redis away: the Redis client's own check says so. INFO refused or maxmemory hidden: not a fault of the
             // relay's, and no reason to pull it from rotation, but the check is blind and says so.
-            null => HealthCheckResult.Healthy("Redis's memory could not be read (Redis away, INFO not allowed, or maxmemory not reported): a full Redis would not show here."),
+            null => HealthCheckResult.Healthy("Redis's memory could not be read (Redis away or failing over, INFO not allowed or not sent, or maxmemory not reported): a full Redis would not show here."),
         };
 }

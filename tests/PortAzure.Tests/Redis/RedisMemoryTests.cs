@@ -1,3 +1,4 @@
+using System.Globalization;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
 using StackExchange.Redis;
@@ -38,6 +39,26 @@ public class RedisMemoryTests
     }
 
     [Fact]
+    public async Task IsFullAsync_ReplicaListedFirst_AsksThePrimary()
+    {
+        await using var primary = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+        await using var replica = await RedisServer.StartAsync(null, "--replicaof", "127.0.0.1", primary.Port.ToString(CultureInfo.InvariantCulture));
+        await using var admin = await ConnectionMultiplexer.ConnectAsync(primary.ConnectionString + ",allowAdmin=true");
+        await admin.GetDatabase().StringSetAsync("filler", new string('x', 4 * 1024 * 1024));
+        // The replica has no limit of its own, and a replica ignores one anyway: asked, it would say "not full".
+        await admin.GetDatabase().ExecuteAsync("CONFIG", "SET", "maxmemory", "1mb");
+        await using var both = await ConnectionMultiplexer.ConnectAsync($"127.0.0.1:{replica.Port},127.0.0.1:{primary.Port},abortConnect=false");
+        await Eventually.HoldsAsync(() => Task.FromResult(both.GetServers().Count(s => s.IsConnected) == 2 && both.GetServers().Count(s => s.IsReplica) == 1),
+            TimeSpan.FromSeconds(20), "the client sees the replica as a replica");
+
+        Assert.True(await RedisMemory.IsFullAsync(both));
+
+        await using var replicaOnly = await ConnectionMultiplexer.ConnectAsync(replica.ConnectionString);
+        // No primary to ask: unknown, not the replica's "not full".
+        Assert.Null(await RedisMemory.IsFullAsync(replicaOnly));
+    }
+
+    [Fact]
     public async Task IsFullAsync_InfoDeniedByAcl_Null()
     {
         await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
@@ -58,6 +79,16 @@ public class RedisMemoryTests
         var options = ConfigurationOptions.Parse(redis.ConnectionString);
         options.CommandMap = CommandMap.Create(new HashSet<string>(StringComparer.OrdinalIgnoreCase) { "INFO" }, available: false);
         await using var dispatcher = await ConnectionMultiplexer.ConnectAsync(options);
+
+        Assert.Null(await RedisMemory.IsFullAsync(dispatcher));
+    }
+
+    [Fact]
+    public async Task IsFullAsync_BehindEnvoyProxy_Null()
+    {
+        await using var redis = await RedisServer.StartAsync();
+        // The client's envoy mode leaves INFO out of its command map: the answer is unknown, and no exception escapes.
+        await using var dispatcher = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString + ",proxy=envoyproxy");
 
         Assert.Null(await RedisMemory.IsFullAsync(dispatcher));
     }
