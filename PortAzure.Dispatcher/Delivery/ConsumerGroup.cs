@@ -1,3 +1,4 @@
+using PortAzure.Redis;
 using StackExchange.Redis;
 
 namespace PortAzure.Dispatcher.Delivery;
@@ -34,6 +35,29 @@ internal static class ConsumerGroup
             return true;
         }
         catch (RedisServerException ex) when (ex.Message.StartsWith("BUSYGROUP", StringComparison.Ordinal))
+        {
+            return false;
+        }
+        catch (RedisServerException ex) when (RedisFailures.IsOutOfMemory(ex))
+        {
+            // A full Redis refuses XGROUP CREATE before it looks for the group. One that exists is joined all the same:
+            // reading, claiming, acknowledging and removing need no memory, so a Dispatcher started during the spell
+            // works as the running ones do (its Port reporter sends the reports queued, which frees memory).
+            if (await ExistsAsync(db, stream, group))
+            {
+                return false;
+            }
+            throw;
+        }
+    }
+
+    private static async Task<bool> ExistsAsync(IDatabase db, RedisKey stream, string group)
+    {
+        try
+        {
+            return (await db.StreamGroupInfoAsync(stream)).Any(g => g.Name == group);
+        }
+        catch (RedisServerException ex) when (ex.Message.StartsWith("ERR no such key", StringComparison.Ordinal))
         {
             return false;
         }

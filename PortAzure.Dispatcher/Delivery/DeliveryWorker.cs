@@ -118,7 +118,7 @@ internal sealed partial class DeliveryWorker(
             }
             catch (Exception ex) when (RedisFailures.IsOutOfMemory(ex))
             {
-                // A full Redis refuses the group's creation (even of a group that exists: Redis checks memory first) and
+                // A full Redis refuses the group's creation (when it is not there yet: one that is, is joined) and
                 // the schedule's claims: the same cause as a refused begin, in the same line.
                 if (_outOfMemoryLines.Take(OutOfMemoryLine) is var refused and > 0)
                 {

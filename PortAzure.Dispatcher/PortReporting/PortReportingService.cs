@@ -46,7 +46,7 @@ internal sealed partial class PortReportingService(
         PortApiClient.MaxThrottle + CallQueueTouch + (2 * TimeSpan.FromSeconds(options.PortRequestTimeoutSeconds)) + PortApiClient.LockedAnswerReadTime
         + TimeSpan.FromSeconds(20);
 
-    // A full Redis refuses the group's creation (at a start, even of a group that exists) and the hand-backs (their
+    // A full Redis refuses the group's creation (at a first start, the group not there yet) and the hand-backs (their
     // first write an XADD): one line every 10 s, as the delivery worker's, not a warning per try.
     private readonly LogThrottle _outOfMemoryLines = new(timeProvider, TimeSpan.FromSeconds(10));
 

@@ -109,13 +109,13 @@ public class RedisFullTests
         await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0, redisConnection: redis.ConnectionString);
         await SendAcceptedAsync(relay);
-        // Made as the Dispatcher makes it: a full Redis refuses XGROUP CREATE even for a group that exists.
-        await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0");
         await FillAsync(relay.Db);
 
         var dispatcher = await relay.AddDispatcherAsync();
 
+        // A first start: no group yet, and a full Redis refuses to make one.
         await WaitForTheLineAsync(dispatcher);
+        Assert.Empty(await relay.Db.StreamGroupInfoAsync(RedisKeys.Stream));
         // The Port reporter's group is refused too: its own throttled line, not a warning per try.
         await Eventually.HoldsAsync(() => Task.FromResult(dispatcher.Logs.Lines.Any(l => l.Contains("[2220]", StringComparison.Ordinal))),
             TimeSpan.FromSeconds(30), "the Port reporter says Redis is full");
@@ -127,6 +127,34 @@ public class RedisFullTests
         await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0, TimeSpan.FromSeconds(60),
             "the run is delivered once Redis has room");
         Assert.Single(await relay.EmulatorApi.RequestsAsync());
+    }
+
+    [Fact]
+    public async Task Start_RedisFullAndTheGroupsExist_JoinsThemAndSendsTheQueuedReport()
+    {
+        // Redis refuses XGROUP CREATE while full even for a group that exists: a Dispatcher restarted during the spell
+        // (a rollout, a crash) must join the groups anyway, or the reports queued for Port wait until there is room.
+        await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", redisConnection: redis.ConnectionString);
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
+        var runId = TestRuns.NewRunId();
+        using (var accepted = await relay.SendRunAsync(TestRuns.Body(runId)))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, accepted.StatusCode);
+        }
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1 && await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 1,
+            TimeSpan.FromSeconds(20), "the run is delivered and its report queued for Port");
+        await relay.StopDispatcherAsync(relay.Dispatcher);
+        await FillAsync(relay.Db);
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = false });
+
+        var dispatcher = await relay.AddDispatcherAsync();
+
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201),
+            TimeSpan.FromSeconds(60), () => "the queued report is sent to Port while Redis is full; the Dispatcher's warnings and errors:\n"
+                + string.Join("\n", dispatcher.Logs.Lines.Where(l => l.StartsWith("Warn", StringComparison.Ordinal) || l.StartsWith("Err", StringComparison.Ordinal)).Take(5)));
+        Assert.True(await RedisMemory.IsFullAsync(relay.Db.Multiplexer));
+        Assert.DoesNotContain(dispatcher.Logs.Lines, l => l.Contains("[2220]", StringComparison.Ordinal) || l.Contains(RedisFullLine, StringComparison.Ordinal));
     }
 
     [Fact]
