@@ -17,6 +17,8 @@ public class RedisMemoryHealthCheckTests
         await admin.GetDatabase().ExecuteAsync("CONFIG", "SET", "maxmemory", "1mb");
         await using var relay = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString + ",user=relay,password=relay-pw");
 
+        // Full, but this user cannot see it: unknown, not "not full".
+        Assert.Null(await RedisMemory.IsFullAsync(relay));
         var result = await new RedisMemoryHealthCheck(relay).CheckHealthAsync(new HealthCheckContext());
 
         // Not Unhealthy: a probe reading it would pull a relay that works from rotation for want of a permission.
