@@ -57,7 +57,8 @@ internal static class ConsumerGroup
         {
             return (await db.StreamGroupInfoAsync(stream)).Any(g => g.Name == group);
         }
-        catch (RedisServerException ex) when (ex.Message.StartsWith("ERR no such key", StringComparison.Ordinal))
+        // No stream ("ERR no such key"), or the question failed too: the refusal for memory is what the caller reports.
+        catch (Exception ex) when (ex is RedisServerException || RedisFailures.IsFailure(ex))
         {
             return false;
         }
