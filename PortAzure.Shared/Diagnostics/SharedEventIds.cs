@@ -5,4 +5,5 @@ internal static class SharedEventIds
 {
     public const int RedisNotConnectedAtStart = 3001;
     public const int OpenTargets = 3002;
+    public const int RedisMemoryUnreadable = 3003;
 }

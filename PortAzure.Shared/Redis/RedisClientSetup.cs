@@ -66,6 +66,7 @@ internal static class RedisClientSetup
             options.ReconnectRetryPolicy = new ExponentialRetry(500, 2000);
         });
         builder.Services.AddHostedService<RedisConnectionWarmup>();
+        builder.Services.AddSingleton<RedisMemoryHealthCheck>();
         builder.Services.AddHealthChecks().AddCheck<RedisMemoryHealthCheck>(RedisMemoryHealthCheck.Name);
         return builder;
     }

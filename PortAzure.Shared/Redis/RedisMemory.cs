@@ -12,26 +12,46 @@ internal static class RedisMemory
     /// </summary>
     /// <returns>
     /// Null when it could not be told: Redis away or failing over, <c>INFO</c> refused (an ACL without it, a command map
-    /// that disables it, as the client's proxy modes do), or a reply without <c>maxmemory</c> (some
-    /// managed Redis services hide it). A caller then knows nothing either way.
+    /// that disables it, as the client's proxy modes do), or a reply without <c>maxmemory</c> (some managed Redis
+    /// services hide it). A caller then knows nothing either way.
     /// </returns>
-    public static async Task<bool?> IsFullAsync(IConnectionMultiplexer redis, CancellationToken cancellationToken = default)
+    public static async Task<bool?> IsFullAsync(IConnectionMultiplexer redis, CancellationToken cancellationToken = default) =>
+        (await ReadAsync(redis, cancellationToken)).Full;
+
+    /// <summary>As <see cref="IsFullAsync"/>, and why it could not be told when that will not pass by itself.</summary>
+    /// <returns>
+    /// <c>Blind</c>: why this relay cannot read Redis's memory at all (a setting to change, or a Redis that does not say);
+    /// null when it was read, or when Redis was only away (its own check says so, and it passes).
+    /// </returns>
+    public static async Task<(bool? Full, string? Blind)> ReadAsync(IConnectionMultiplexer redis, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(redis);
         cancellationToken.ThrowIfCancellationRequested();
+        string? info;
         try
         {
             // With no primary connected (a failover), the client throws rather than hand out a replica.
             var primary = redis.GetServer(RedisKeys.Stream, flags: CommandFlags.DemandMaster);
-            return IsFull((string?)await primary.ExecuteAsync("INFO", "memory").WaitAsync(cancellationToken));
+            info = (string?)await primary.ExecuteAsync("INFO", "memory").WaitAsync(cancellationToken);
         }
-        // Best effort: whatever stops the question (the client's own failures; a RedisCommandException, no
-        // RedisException, for a command it was told not to send, as behind an envoy or twemproxy proxy) leaves the
-        // answer unknown, and must not fail a health check or a reclaim.
+        // Best effort: whatever stops the question leaves the answer unknown, and must not fail a health check or a
+        // reclaim. A RedisCommandException (a command the client was told not to send, as behind an envoy or twemproxy
+        // proxy) is no RedisException; a refusal by Redis (NOPERM) names no secret.
+        catch (RedisCommandException)
+        {
+            return (null, "the Redis client does not send INFO (left out of its command map, as its proxy modes do)");
+        }
+        // Refused for good: no permission, or the command renamed away. Other refusals pass (LOADING, BUSY, MASTERDOWN).
+        catch (RedisServerException ex) when (ex.Message.StartsWith("NOPERM", StringComparison.Ordinal)
+            || ex.Message.StartsWith("ERR unknown command", StringComparison.OrdinalIgnoreCase))
+        {
+            return (null, "Redis refused INFO: " + ex.Message);
+        }
         catch (Exception ex) when (ex is not OperationCanceledException)
         {
-            return null;
+            return (null, RedisFailures.IsFailure(ex) || ex is ObjectDisposedException ? null : "INFO memory failed: " + ex.GetType().Name);
         }
+        return IsFull(info) is { } full ? (full, null) : (null, "Redis's INFO memory reply does not give used_memory and maxmemory");
     }
 
     /// <summary>

@@ -1,4 +1,6 @@
 using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Microsoft.Extensions.Logging;
+using PortAzure.Diagnostics;
 using StackExchange.Redis;
 
 namespace PortAzure.Redis;
@@ -9,17 +11,34 @@ namespace PortAzure.Redis;
 /// Degraded, not Unhealthy: the probes that read <c>/health</c> keep the services in rotation, and Port keeps getting
 /// the relay's own 503 with <c>Retry-After</c> rather than the load balancer's.
 /// </summary>
-internal sealed class RedisMemoryHealthCheck(IConnectionMultiplexer redis) : IHealthCheck
+internal sealed partial class RedisMemoryHealthCheck(IConnectionMultiplexer redis, ILogger<RedisMemoryHealthCheck> logger) : IHealthCheck
 {
     public const string Name = "redis-memory";
 
-    public async Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default) =>
-        await RedisMemory.IsFullAsync(redis, cancellationToken) switch
+    // Registered as a singleton: the warning is written once per process, at the first probe that finds the check blind.
+    private int _blindWarned;
+
+    public async Task<HealthCheckResult> CheckHealthAsync(HealthCheckContext context, CancellationToken cancellationToken = default)
+    {
+        var (full, blind) = await RedisMemory.ReadAsync(redis, cancellationToken);
+        if (full is true)
         {
-            true => HealthCheckResult.Degraded("Redis is over maxmemory and refuses writes: no run is accepted and no delivery starts until memory is freed or added."),
-            false => HealthCheckResult.Healthy(),
-            // Redis away: the Redis client's own check says so. INFO refused or maxmemory hidden: not a fault of the
-            // relay's, and no reason to pull it from rotation, but the check is blind and says so.
-            null => HealthCheckResult.Healthy("Redis's memory could not be read (Redis away or failing over, INFO not allowed or not sent, or maxmemory not reported): a full Redis would not show here."),
-        };
+            return HealthCheckResult.Degraded("Redis is over maxmemory and refuses writes: no run is accepted and no delivery starts until memory is freed or added.");
+        }
+        if (blind is not null && Interlocked.Exchange(ref _blindWarned, 1) == 0)
+        {
+            // Healthy all the same: not a fault of the relay's, and no reason to pull it from rotation; but nobody reads a
+            // Healthy check's description, so the setting to change is said where it is seen.
+            Log.MemoryUnreadable(logger, blind);
+        }
+        // Redis away: the Redis client's own check says so.
+        return full is false ? HealthCheckResult.Healthy() : HealthCheckResult.Healthy("Redis's memory could not be read: " + (blind ?? "Redis did not answer") + ".");
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(SharedEventIds.RedisMemoryUnreadable, LogLevel.Warning,
+            "The redis-memory health check cannot read Redis's memory ({Reason}): a full Redis will not show on /health; grant INFO to the relay's Redis user, or watch Redis's memory another way")]
+        public static partial void MemoryUnreadable(ILogger logger, string reason);
+    }
 }

@@ -1,6 +1,7 @@
 using Aspire.StackExchange.Redis;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Options;
 using PortAzure.Redis;
@@ -136,6 +137,19 @@ public class RedisClientSetupTests
 
     /// <summary>The socket manager the registered connection's options carry, given <paramref name="config"/>.</summary>
     private static SocketManager? SocketManagerOf(Dictionary<string, string?> config) => OptionsOf(config).SocketManager;
+
+    [Fact]
+    public void AddPortAzureRedisClient_RedisMemoryCheck_OneInstanceForEveryProbe()
+    {
+        // Its warning that it is blind is written once per process: a check made anew at each probe would write it at each.
+        var builder = NewBuilder([]);
+        builder.AddPortAzureRedisClient();
+        using var host = builder.Build();
+        var registration = Assert.Single(host.Services.GetRequiredService<IOptions<HealthCheckServiceOptions>>().Value.Registrations,
+            r => r.Name == RedisMemoryHealthCheck.Name);
+
+        Assert.Same(registration.Factory(host.Services), registration.Factory(host.Services));
+    }
 
     /// <summary>The registered connection's options, given <paramref name="config"/>.</summary>
     private static ConfigurationOptions OptionsOf(Dictionary<string, string?> config)

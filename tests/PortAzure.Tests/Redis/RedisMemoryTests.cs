@@ -59,24 +59,42 @@ public class RedisMemoryTests
     }
 
     [Fact]
-    public async Task IsFullAsync_InfoDisabledInTheClientsCommandMap_Null()
+    public async Task ReadAsync_InfoDisabledInTheClientsCommandMap_UnknownAndBlind()
     {
         await using var redis = await RedisServer.StartAsync();
         var options = ConfigurationOptions.Parse(redis.ConnectionString);
         options.CommandMap = CommandMap.Create(new HashSet<string>(StringComparer.OrdinalIgnoreCase) { "INFO" }, available: false);
         await using var dispatcher = await ConnectionMultiplexer.ConnectAsync(options);
 
-        Assert.Null(await RedisMemory.IsFullAsync(dispatcher));
+        var (full, blind) = await RedisMemory.ReadAsync(dispatcher);
+
+        Assert.Null(full);
+        Assert.Contains("does not send INFO", blind, StringComparison.Ordinal);
     }
 
     [Fact]
-    public async Task IsFullAsync_BehindEnvoyProxy_Null()
+    public async Task ReadAsync_InfoRenamedAwayInRedis_UnknownAndBlind()
+    {
+        await using var redis = await RedisServer.StartAsync(null, "--rename-command", "INFO", "");
+        await using var dispatcher = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString);
+
+        var (full, blind) = await RedisMemory.ReadAsync(dispatcher);
+
+        Assert.Null(full);
+        Assert.Contains("Redis refused INFO: ERR unknown command", blind, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task ReadAsync_BehindEnvoyProxy_UnknownAndBlind()
     {
         await using var redis = await RedisServer.StartAsync();
         // The client's envoy mode leaves INFO out of its command map: the answer is unknown, and no exception escapes.
         await using var dispatcher = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString + ",proxy=envoyproxy");
 
-        Assert.Null(await RedisMemory.IsFullAsync(dispatcher));
+        var (full, blind) = await RedisMemory.ReadAsync(dispatcher);
+
+        Assert.Null(full);
+        Assert.Contains("does not send INFO", blind, StringComparison.Ordinal);
     }
 
     [Fact]
