@@ -39,20 +39,25 @@ internal static class RedisMemory
         // proxy) is no RedisException; a refusal by Redis (NOPERM) names no secret.
         catch (RedisCommandException)
         {
-            return (null, "the Redis client does not send INFO (left out of its command map, as its proxy modes do)");
+            return (null, "the Redis client does not send INFO: its command map leaves it out, as its proxy modes (proxy=envoyproxy, twemproxy) do");
         }
-        // Refused for good: no permission, or the command renamed away. Other refusals pass (LOADING, BUSY, MASTERDOWN).
-        catch (RedisServerException ex) when (ex.Message.StartsWith("NOPERM", StringComparison.Ordinal)
-            || ex.Message.StartsWith("ERR unknown command", StringComparison.OrdinalIgnoreCase))
+        // Refused for good (no permission, renamed away, a proxy or service that does not allow it), unless the refusal
+        // is one that passes by itself.
+        catch (RedisServerException ex) when (!TransientRefusals.Any(r => ex.Message.StartsWith(r, StringComparison.Ordinal)))
         {
-            return (null, "Redis refused INFO: " + ex.Message);
+            return (null, "Redis refused INFO (" + ex.Message + ")" + (ex.Message.StartsWith("NOPERM", StringComparison.Ordinal)
+                ? ": grant +info to the relay's Redis user"
+                : ex.Message.StartsWith("ERR unknown command", StringComparison.OrdinalIgnoreCase) ? ": rename-command took it away" : ""));
         }
         catch (Exception ex) when (ex is not OperationCanceledException)
         {
             return (null, RedisFailures.IsFailure(ex) || ex is ObjectDisposedException ? null : "INFO memory failed: " + ex.GetType().Name);
         }
-        return IsFull(info) is { } full ? (full, null) : (null, "Redis's INFO memory reply does not give used_memory and maxmemory");
+        return IsFull(info) is { } full ? (full, null) : (null, "Redis's INFO memory reply does not give used_memory and maxmemory, as some managed Redis services do not");
     }
+
+    // Redis loading its data, running a long script, a replica cut off from its primary, a cluster resharding or down.
+    private static readonly string[] TransientRefusals = ["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"];
 
     /// <summary>
     /// Redis's own rule (evict.c, getMaxmemoryState): over the limit when the memory used, less what Redis does not count

@@ -32,13 +32,13 @@ internal sealed partial class RedisMemoryHealthCheck(IConnectionMultiplexer redi
             Log.MemoryUnreadable(logger, blind);
         }
         // Redis away: the Redis client's own check says so.
-        return full is false ? HealthCheckResult.Healthy() : HealthCheckResult.Healthy("Redis's memory could not be read: " + (blind ?? "Redis did not answer") + ".");
+        return full is false ? HealthCheckResult.Healthy() : HealthCheckResult.Healthy("Redis's memory could not be read: " + (blind ?? "Redis was away or busy") + ".");
     }
 
     private static partial class Log
     {
         [LoggerMessage(SharedEventIds.RedisMemoryUnreadable, LogLevel.Warning,
-            "The redis-memory health check cannot read Redis's memory ({Reason}): a full Redis will not show on /health; grant INFO to the relay's Redis user, or watch Redis's memory another way")]
+            "The redis-memory health check cannot read Redis's memory: {Reason}. A full Redis will not show on /health; watch its memory another way")]
         public static partial void MemoryUnreadable(ILogger logger, string reason);
     }
 }

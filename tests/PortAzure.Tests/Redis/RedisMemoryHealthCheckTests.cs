@@ -30,11 +30,13 @@ public class RedisMemoryHealthCheckTests
 
         // Not Unhealthy: a probe reading it would pull a relay that works from rotation for want of a permission.
         Assert.Equal(HealthStatus.Healthy, result.Status);
-        Assert.Contains("could not be read: Redis refused INFO: NOPERM", result.Description, StringComparison.Ordinal);
+        Assert.Contains("could not be read: Redis refused INFO (NOPERM", result.Description, StringComparison.Ordinal);
         // Nobody reads a Healthy check's description: the blindness is said once, where it is seen.
         var line = Assert.Single(sink.Lines, l => l.Contains("[3003]", StringComparison.Ordinal));
         Assert.StartsWith("Warning", line, StringComparison.Ordinal);
-        Assert.Contains("(Redis refused INFO: NOPERM", line, StringComparison.Ordinal);
+        Assert.Contains("cannot read Redis's memory: Redis refused INFO (NOPERM", line, StringComparison.Ordinal);
+        Assert.Contains("grant +info to the relay's Redis user", line, StringComparison.Ordinal);
+        sink.AssertNoneContain(["relay-pw"]);
         Assert.Equal(HealthStatus.Degraded, (await NewCheck(admin).CheckHealthAsync(new HealthCheckContext())).Status);
     }
 
@@ -63,7 +65,7 @@ public class RedisMemoryHealthCheckTests
 
         // The Redis client's own check reports an outage; this one is not blind for it, and says nothing of a setting.
         Assert.Equal(HealthStatus.Healthy, result.Status);
-        Assert.Contains("Redis did not answer", result.Description, StringComparison.Ordinal);
+        Assert.Contains("Redis was away or busy", result.Description, StringComparison.Ordinal);
         Assert.Empty(sink.Lines);
     }
 

@@ -54,8 +54,8 @@ public class RedisMemoryTests
         Assert.True(await RedisMemory.IsFullAsync(both));
 
         await using var replicaOnly = await ConnectionMultiplexer.ConnectAsync(replica.ConnectionString);
-        // No primary to ask: unknown, not the replica's "not full".
-        Assert.Null(await RedisMemory.IsFullAsync(replicaOnly));
+        // No primary to ask: unknown, not the replica's "not full", and not blind for good (a failover passes).
+        Assert.Equal((null, null), await RedisMemory.ReadAsync(replicaOnly));
     }
 
     [Fact]
@@ -73,6 +73,41 @@ public class RedisMemoryTests
     }
 
     [Fact]
+    public async Task ReadAsync_RedisBusyWithAScript_UnknownButNotBlind()
+    {
+        await using var redis = await RedisServer.StartAsync(null, "--busy-reply-threshold", "100");
+        await using var scripting = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString);
+        await using var dispatcher = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString);
+        await using var admin = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString + ",allowAdmin=true");
+        var endless = scripting.GetDatabase().ScriptEvaluateAsync("while true do end", flags: CommandFlags.NoScriptCache);
+        try
+        {
+            // Redis answers BUSY once the script has run past the threshold: a state that passes, not a setting.
+            (bool? Full, string? Blind) read = default;
+            await Eventually.HoldsAsync(async () =>
+            {
+                try
+                {
+                    await dispatcher.GetDatabase().PingAsync();
+                    return false;
+                }
+                catch (RedisServerException ex) when (ex.Message.StartsWith("BUSY", StringComparison.Ordinal))
+                {
+                    read = await RedisMemory.ReadAsync(dispatcher);
+                    return true;
+                }
+            }, TimeSpan.FromSeconds(10), "Redis answers BUSY");
+
+            Assert.Equal((null, null), read);
+        }
+        finally
+        {
+            await admin.GetDatabase().ExecuteAsync("SCRIPT", "KILL");
+            await Assert.ThrowsAnyAsync<RedisException>(() => endless);
+        }
+    }
+
+    [Fact]
     public async Task ReadAsync_InfoRenamedAwayInRedis_UnknownAndBlind()
     {
         await using var redis = await RedisServer.StartAsync(null, "--rename-command", "INFO", "");
@@ -81,7 +116,8 @@ public class RedisMemoryTests
         var (full, blind) = await RedisMemory.ReadAsync(dispatcher);
 
         Assert.Null(full);
-        Assert.Contains("Redis refused INFO: ERR unknown command", blind, StringComparison.Ordinal);
+        Assert.Contains("Redis refused INFO (ERR unknown command", blind, StringComparison.Ordinal);
+        Assert.Contains("rename-command", blind, StringComparison.Ordinal);
     }
 
     [Fact]
