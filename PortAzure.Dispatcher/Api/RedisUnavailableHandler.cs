@@ -29,14 +29,12 @@ internal sealed partial class RedisUnavailableHandler(ILogger<RedisUnavailableHa
         return true;
     }
 
-    // A server error that only says "not now" (a failover, a load, a busy script); any other one (WRONGTYPE, a
-    // script error) is a fault to see as a 500, not something a retry fixes.
-    private static readonly string[] TransientServerErrors = ["READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "BUSY", "CLUSTERDOWN"];
-
     private static bool IsUnavailable(Exception exception) => exception switch
     {
         RedisConnectionException => true,
-        RedisServerException server => TransientServerErrors.Any(code => server.Message.StartsWith(code + " ", StringComparison.Ordinal)),
+        // A server error that only says "not now"; any other one (WRONGTYPE, a script error) is a fault to see as a 500,
+        // not something a retry fixes.
+        RedisServerException server => RedisFailures.IsTransientRefusal(server),
         RedisException => false,
         // Timeouts and what the client fails a call with when its connection dies: RedisFailures knows those.
         _ => RedisFailures.IsFailure(exception),

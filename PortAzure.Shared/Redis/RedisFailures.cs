@@ -30,6 +30,16 @@ public static class RedisFailures
     };
 
     /// <summary>
+    /// Whether Redis refused the command only for now: a failover (READONLY, MASTERDOWN), a load after a restart
+    /// (LOADING), a long script (BUSY), a cluster resharding or down (TRYAGAIN, CLUSTERDOWN). Any other refusal
+    /// (WRONGTYPE, NOPERM, a script error) is no state that passes by itself.
+    /// </summary>
+    public static bool IsTransientRefusal(Exception exception) =>
+        exception is RedisServerException && TransientRefusals.Any(code => exception.Message.StartsWith(code + " ", StringComparison.Ordinal));
+
+    private static readonly string[] TransientRefusals = ["READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "BUSY", "CLUSTERDOWN"];
+
+    /// <summary>
     /// Whether Redis refused the command because a key holds another type than the command works on: damaged data
     /// (or a key written by something else), not an outage. Retrying it changes nothing.
     /// </summary>

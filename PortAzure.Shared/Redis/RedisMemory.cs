@@ -43,7 +43,7 @@ internal static class RedisMemory
         }
         // Refused for good (no permission, renamed away, a proxy or service that does not allow it), unless the refusal
         // is one that passes by itself.
-        catch (RedisServerException ex) when (!TransientRefusals.Any(r => ex.Message.StartsWith(r, StringComparison.Ordinal)))
+        catch (RedisServerException ex) when (!RedisFailures.IsTransientRefusal(ex))
         {
             return (null, "Redis refused INFO (" + ex.Message + ")" + (ex.Message.StartsWith("NOPERM", StringComparison.Ordinal)
                 ? ": grant +info to the relay's Redis user"
@@ -55,9 +55,6 @@ internal static class RedisMemory
         }
         return IsFull(info) is { } full ? (full, null) : (null, "Redis's INFO memory reply does not give used_memory and maxmemory, as some managed Redis services do not");
     }
-
-    // Redis loading its data, running a long script, a replica cut off from its primary, a cluster resharding or down.
-    private static readonly string[] TransientRefusals = ["LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"];
 
     /// <summary>
     /// Redis's own rule (evict.c, getMaxmemoryState): over the limit when the memory used, less what Redis does not count
