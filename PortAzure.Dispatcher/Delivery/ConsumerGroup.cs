@@ -58,7 +58,7 @@ internal static class ConsumerGroup
             return (await db.StreamGroupInfoAsync(stream)).Any(g => g.Name == group);
         }
         // No stream ("ERR no such key"), or the question failed too: the refusal for memory is what the caller reports.
-        catch (Exception ex) when (ex is RedisServerException || RedisFailures.IsFailure(ex))
+        catch (Exception ex) when (RedisFailures.IsFailure(ex))
         {
             return false;
         }
