@@ -29,7 +29,7 @@ public class RedisFullTests
         await SendAcceptedAsync(relay);
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(20), "the first run is posted");
         await SendAcceptedAsync(relay);
-        await FillAsync(relay.Db);
+        await RedisServer.FillAsync(relay.Db);
 
         // The second run's begin is refused and tried again for 15.6 s (DeliveryProcessor.BeginBackoff) before the line.
         await WaitForTheLineAsync(relay.Dispatcher);
@@ -79,7 +79,7 @@ public class RedisFullTests
         await SendAcceptedAsync(relay);
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 2, TimeSpan.FromSeconds(20), "B posts the second run");
         await SendAcceptedAsync(relay);
-        await FillAsync(relay.Db);
+        await RedisServer.FillAsync(relay.Db);
         // A slow machine would otherwise fail below for a reason the assertions do not name.
         Assert.True(aPosted.Elapsed < aHolds - TimeSpan.FromSeconds(1),
             $"the setup took {aPosted.Elapsed.TotalSeconds:F1} s: A's slot came free before Redis was full, and A may have delivered the third run");
@@ -109,7 +109,7 @@ public class RedisFullTests
         await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0, redisConnection: redis.ConnectionString);
         await SendAcceptedAsync(relay);
-        await FillAsync(relay.Db);
+        await RedisServer.FillAsync(relay.Db);
 
         var dispatcher = await relay.AddDispatcherAsync();
 
@@ -147,7 +147,7 @@ public class RedisFullTests
         await relay.StopDispatcherAsync(relay.Dispatcher);
         // Handed back at the stop, not left pending for the takeover (15 min): else the wait below is not about the groups.
         Assert.Equal(0, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
-        await FillAsync(relay.Db);
+        await RedisServer.FillAsync(relay.Db);
         await relay.EmulatorApi.PortBehaviorAsync(new { down = false });
 
         var dispatcher = await relay.AddDispatcherAsync(c => c["Dispatcher:ConsumerName"] = "restarted");
@@ -174,7 +174,7 @@ public class RedisFullTests
         await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString);
         var id = "d_" + Guid.NewGuid().ToString("N");
         await DeadLetterRecords.AddAsync(relay.Db, id, 1, TestRuns.Body(TestRuns.NewRunId()));
-        await FillAsync(relay.Db);
+        await RedisServer.FillAsync(relay.Db);
 
         using var discard = relay.Operator(HttpMethod.Delete, $"/api/deadletters/{id}");
         using var discarded = await relay.Ingress.Client.SendAsync(discard);
@@ -193,7 +193,7 @@ public class RedisFullTests
         await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString);
         var id = "d_" + Guid.NewGuid().ToString("N");
         await DeadLetterRecords.AddAsync(relay.Db, id, 1, TestRuns.Body(TestRuns.NewRunId()));
-        await FillAsync(relay.Db);
+        await RedisServer.FillAsync(relay.Db);
 
         using var replay = relay.Operator(HttpMethod.Post, $"/api/deadletters/{id}/replay");
         using var replayed = await relay.Ingress.Client.SendAsync(replay);
@@ -219,7 +219,7 @@ public class RedisFullTests
         await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString);
         Assert.Equal(["Healthy", "Healthy"], await HealthAsync(relay));
 
-        await FillAsync(relay.Db);
+        await RedisServer.FillAsync(relay.Db);
 
         Assert.Equal(["Degraded", "Degraded"], await HealthAsync(relay));
         using var refused = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()));
@@ -247,12 +247,6 @@ public class RedisFullTests
     {
         using var accepted = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()));
         Assert.Equal(HttpStatusCode.Accepted, accepted.StatusCode);
-    }
-
-    private static async Task FillAsync(IDatabase db)
-    {
-        await db.StringSetAsync("filler", new string('x', 4 * 1024 * 1024));
-        await db.ExecuteAsync("CONFIG", "SET", "maxmemory", "1mb");
     }
 
     private static async Task WaitForTheLineAsync(TestHost dispatcher)

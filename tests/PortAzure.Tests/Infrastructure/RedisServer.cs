@@ -93,6 +93,17 @@ public sealed class RedisServer : IAsyncDisposable
         throw new InvalidOperationException($"redis-server on port {Port} did not answer within 20 s (is redis-server installed?)");
     }
 
+    /// <summary>
+    /// Writes 4 MB through <paramref name="db"/>, then lowers <c>maxmemory</c> to 1 MB: Redis is over its limit from then on
+    /// and, with <c>noeviction</c>, refuses writes until the limit is raised (<c>CONFIG SET maxmemory 0</c>).
+    /// </summary>
+    public static async Task FillAsync(IDatabase db)
+    {
+        ArgumentNullException.ThrowIfNull(db);
+        await db.StringSetAsync("filler", new string('x', 4 * 1024 * 1024));
+        await db.ExecuteAsync("CONFIG", "SET", "maxmemory", "1mb");
+    }
+
     /// <summary>SIGSTOP: the server keeps its connections but answers nothing until <see cref="Resume"/>.</summary>
     public void Pause() => Signal("-STOP");
 

@@ -210,8 +210,7 @@ public class WebhookHandlerTests
         // A full Redis answers: "Redis is unavailable" (1004) sent operators looking for an outage.
         await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
         await using var relay = await Relay.StartAsync(redisConnection: redis.ConnectionString, dispatchers: 0);
-        await relay.Db.StringSetAsync("filler", new string('x', 4 * 1024 * 1024));
-        await relay.Db.ExecuteAsync("CONFIG", "SET", "maxmemory", "1mb");
+        await RedisServer.FillAsync(relay.Db);
         var keysBefore = (long)await relay.Db.ExecuteAsync("DBSIZE");
         var body = TestRuns.Body(TestRuns.NewRunId());
 

@@ -12,8 +12,7 @@ public class RedisFailuresTests
         await using var server = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
         await using var redis = await ConnectionMultiplexer.ConnectAsync(server.ConnectionString);
         var db = redis.GetDatabase();
-        await db.StringSetAsync("filler", new string('x', 4 * 1024 * 1024));
-        await db.ExecuteAsync("CONFIG", "SET", "maxmemory", "1mb");
+        await RedisServer.FillAsync(db);
 
         var refused = await Assert.ThrowsAsync<RedisServerException>(() => db.ScriptEvaluateAsync("return redis.call('SET', KEYS[1], 'x')", ["k"]));
 

@@ -15,8 +15,7 @@ public class RedisMemoryHealthCheckTests
         await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
         await using var admin = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString + ",allowAdmin=true");
         await admin.GetDatabase().ExecuteAsync("ACL", "SETUSER", "relay", "on", ">relay-pw", "~*", "&*", "+@all", "-info");
-        await admin.GetDatabase().StringSetAsync("filler", new string('x', 4 * 1024 * 1024));
-        await admin.GetDatabase().ExecuteAsync("CONFIG", "SET", "maxmemory", "1mb");
+        await RedisServer.FillAsync(admin.GetDatabase());
         await using var relay = await ConnectionMultiplexer.ConnectAsync(redis.ConnectionString + ",user=relay,password=relay-pw");
 
         // Full, but this user cannot see it: unknown, not "not full".

@@ -19,8 +19,7 @@ public class RedisMemoryTests
         await admin.GetDatabase().ExecuteAsync("CONFIG", "SET", "maxmemory", "100mb");
         Assert.False(await RedisMemory.IsFullAsync(dispatcher));
 
-        await admin.GetDatabase().StringSetAsync("filler", new string('x', 4 * 1024 * 1024));
-        await admin.GetDatabase().ExecuteAsync("CONFIG", "SET", "maxmemory", "1mb");
+        await RedisServer.FillAsync(admin.GetDatabase());
 
         Assert.True(await RedisMemory.IsFullAsync(dispatcher));
         // What the answer is for: Redis refuses a write.
@@ -44,9 +43,8 @@ public class RedisMemoryTests
         await using var primary = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
         await using var replica = await RedisServer.StartAsync(null, "--replicaof", "127.0.0.1", primary.Port.ToString(CultureInfo.InvariantCulture));
         await using var admin = await ConnectionMultiplexer.ConnectAsync(primary.ConnectionString + ",allowAdmin=true");
-        await admin.GetDatabase().StringSetAsync("filler", new string('x', 4 * 1024 * 1024));
         // The replica has no limit of its own, and a replica ignores one anyway: asked, it would say "not full".
-        await admin.GetDatabase().ExecuteAsync("CONFIG", "SET", "maxmemory", "1mb");
+        await RedisServer.FillAsync(admin.GetDatabase());
         await using var both = await ConnectionMultiplexer.ConnectAsync($"127.0.0.1:{replica.Port},127.0.0.1:{primary.Port},abortConnect=false");
         await Eventually.HoldsAsync(() => Task.FromResult(both.GetServers().Count(s => s.IsConnected) == 2 && both.GetServers().Count(s => s.IsReplica) == 1),
             TimeSpan.FromSeconds(20), "the client sees the replica as a replica");
