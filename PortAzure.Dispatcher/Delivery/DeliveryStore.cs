@@ -312,28 +312,35 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
 
     // One claim of a slot undone, not the slot's whole count: a count above one holds an earlier claim that crashed, which
     // the next claim must still report. (Once an attempt has begun, the begin has counted that crash in the record, and the
-    // lease release deletes the count instead.) A count that is not a number goes, rather than stop the script half done.
+    // lease release deletes the count instead.) A count that is not a number goes, and a claims key that is not a hash is
+    // passed over (pcall), rather than stop the script before the slot is released.
+    // HDEL first, then HSET of the count less one, not HINCRBY: the releases call this before their ZADD, and Redis over
+    // maxmemory refuses HINCRBY, HSET and ZADD (denyoom) only while a script has written nothing; HDEL needs no memory (and
+    // counts as written even when refused for the wrong type). A release on a Redis that filled after its claim then goes
+    // through, where it was refused, and the slot waited out its lease and its next claim counted a crash.
     private const string DecrementCount = """
         local function decrement(key, field)
-          local n = redis.pcall('HINCRBY', key, field, -1)
-          if type(n) == 'table' or n <= 0 then
-            redis.call('HDEL', key, field)
+          local n = redis.pcall('HGET', key, field)
+          redis.pcall('HDEL', key, field)
+          if type(n) == 'string' and #n <= 10 and string.match(n, '^%d+$') and tonumber(n) > 1 then
+            redis.pcall('HSET', key, field, tonumber(n) - 1)
           end
         end
         """;
 
     // KEYS: 1 retry schedule, 2 retry claims, 3 the claim's batch. ARGV: 1 now ms, 2 the claim's lease-until ms
     // Only slots still where that claim put them are undone: one an attempt has since begun or finished has moved.
+    // The batch goes first: a DEL needs no memory, and after it Redis over maxmemory lets the ZADDs through (see DecrementCount).
     private const string ReleaseClaimBatchScript = $$"""
         {{DecrementCount}}
         local ids = redis.call('LRANGE', KEYS[3], 0, -1)
+        redis.call('DEL', KEYS[3])
         for _, id in ipairs(ids) do
           if tonumber(redis.call('ZSCORE', KEYS[1], id)) == tonumber(ARGV[2]) then
-            redis.call('ZADD', KEYS[1], 'XX', ARGV[1], id)
             decrement(KEYS[2], id)
+            redis.call('ZADD', KEYS[1], 'XX', ARGV[1], id)
           end
         end
-        redis.call('DEL', KEYS[3])
         return #ids
         """;
 
@@ -341,9 +348,28 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     private const string ReleaseClaimsScript = $$"""
         {{DecrementCount}}
         for i = 2, #ARGV do
-          redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
           decrement(KEYS[2], ARGV[i])
+          redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
         end
+        return 0
+        """;
+
+    // Scripts, not MULTI/EXEC, for the two removals below: Redis over maxmemory refuses to queue any command in a MULTI,
+    // these too, though none of them needs memory (none is denyoom), and removing is how memory comes back.
+
+    // KEYS: 1 retry schedule, 2 retry claims. ARGV: 1 delivery id
+    private const string RemoveFromScheduleScript = """
+        redis.call('ZREM', KEYS[1], ARGV[1])
+        redis.call('HDEL', KEYS[2], ARGV[1])
+        return 0
+        """;
+
+    // KEYS: 1 stream. ARGV: 1 consumer group, 2 entry id
+    // In one step: acknowledged but left in the stream (a failure between the two), nothing would read it again and it
+    // would stay the oldest entry, the backlog's age growing for good.
+    private const string RemoveMalformedEntryScript = """
+        redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+        redis.call('XDEL', KEYS[1], ARGV[2])
         return 0
         """;
 
@@ -436,12 +462,13 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           redis.call('DEL', KEYS[1])
         end
         if ARGV[4] == '2' or (ours and ARGV[4] == '1') then
-          redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[2])
+          -- The count first, as in the other releases: its HDEL lets the ZADD through on a Redis over maxmemory.
           if ours then
             redis.call('HDEL', KEYS[3], ARGV[2])
           else
             decrement(KEYS[3], ARGV[2])
           end
+          redis.call('ZADD', KEYS[2], 'XX', ARGV[3], ARGV[2])
         end
         return ours and 1 or 0
         """;
@@ -681,13 +708,12 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     }
 
     /// <summary>Drops a schedule slot whose record has vanished (nothing left to deliver).</summary>
-    public async Task RemoveFromScheduleAsync(string deliveryId)
-    {
-        var transaction = Db.CreateTransaction();
-        _ = transaction.SortedSetRemoveAsync(RedisKeys.RetrySchedule, deliveryId);
-        _ = transaction.HashDeleteAsync(RedisKeys.RetryClaims, deliveryId);
-        await transaction.ExecuteAsync();
-    }
+    public Task RemoveFromScheduleAsync(string deliveryId) =>
+        Db.ScriptEvaluateAsync(RemoveFromScheduleScript, [RedisKeys.RetrySchedule, RedisKeys.RetryClaims], [deliveryId]);
+
+    /// <summary>Acknowledges and deletes a stream entry the Dispatcher cannot read, in one step.</summary>
+    public Task RemoveMalformedEntryAsync(RedisValue streamId) =>
+        Db.ScriptEvaluateAsync(RemoveMalformedEntryScript, [RedisKeys.Stream], [RedisKeys.ConsumerGroup, streamId]);
 
     /// <summary>Puts a dead letter back into the stream under the same delivery id.</summary>
     public async Task<ReplayOutcome> ReplayAsync(string deliveryId, DateTimeOffset now)

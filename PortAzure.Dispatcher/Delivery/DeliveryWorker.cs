@@ -302,12 +302,7 @@ internal sealed partial class DeliveryWorker(
                 var named = (string?)streamEntry[DeliveryEntry.Fields.DeliveryId];
                 Log.Malformed(logger, string.IsNullOrEmpty(named) ? streamEntry.Id.ToString()
                     : $"{streamEntry.Id} (delivery {(named.Length > 100 ? named[..100] : named)})");
-                // In one step: acknowledged but left in the stream (a failure between the two), nothing would read it
-                // again and it would stay the oldest entry, the backlog's age growing for good.
-                var transaction = redis.GetDatabase().CreateTransaction();
-                _ = transaction.StreamAcknowledgeAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, streamEntry.Id);
-                _ = transaction.StreamDeleteAsync(RedisKeys.Stream, [streamEntry.Id]);
-                await transaction.ExecuteAsync();
+                await store.RemoveMalformedEntryAsync(streamEntry.Id);
                 continue;
             }
             // Being processed here already: the reclaim takes this consumer's own entries too (an attempt whose finish is

@@ -1,4 +1,5 @@
 using System.Net;
+using Microsoft.Extensions.DependencyInjection;
 using PortAzure.Dispatcher.Delivery;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
@@ -45,14 +46,15 @@ public class DeliveryStoreTests
         return (entry, index);
     }
 
-    /// <summary>A store on a leased database, and one delivery whose retry slot is due now.</summary>
+    /// <summary>A store on a leased database (or a redis-server of its own), and one delivery whose retry slot is due now.</summary>
     private sealed class DueSlot : IAsyncDisposable
     {
-        private LeasedRedis _redis = null!;
+        private readonly List<IAsyncDisposable> _owned = [];
 
         public DeliveryStore Store { get; private set; } = null!;
 
-        public IDatabase Db => _redis.Db;
+        /// <summary>The database, not through any fault the store's calls meet.</summary>
+        public IDatabase Db { get; private set; } = null!;
 
         public DeliveryEntry Entry { get; } = NewEntry();
 
@@ -60,9 +62,33 @@ public class DeliveryStoreTests
 
         public static async Task<DueSlot> StartAsync()
         {
-            var slot = new DueSlot { _redis = await SharedRedis.ConnectAsync() };
-            slot.Store = new DeliveryStore(slot._redis.Connection);
-            await slot._redis.Db.SortedSetAddAsync(RedisKeys.RetrySchedule, slot.Entry.DeliveryId, slot.Now.ToUnixTimeMilliseconds());
+            var redis = await SharedRedis.ConnectAsync();
+            return await StartAsync(redis.Connection, redis.Connection, redis);
+        }
+
+        /// <summary>
+        /// On a redis-server of its own, with <c>noeviction</c>, which <see cref="RedisServer.FillAsync"/> may put over
+        /// <c>maxmemory</c>; the store's calls meet <paramref name="fault"/> when it is given.
+        /// </summary>
+        public static async Task<DueSlot> StartOwnAsync(Func<RedisCall, ScriptFault>? fault = null)
+        {
+            var server = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+            var connection = await ConnectionMultiplexer.ConnectAsync(server.ConnectionString);
+            IConnectionMultiplexer storeConnection = connection;
+            if (fault is not null)
+            {
+                var services = new ServiceCollection().AddSingleton<IConnectionMultiplexer>(connection);
+                FaultyRedis.FailCalls(services, fault);
+                storeConnection = services.BuildServiceProvider().GetRequiredService<IConnectionMultiplexer>();
+            }
+            return await StartAsync(connection, storeConnection, connection, server);
+        }
+
+        private static async Task<DueSlot> StartAsync(ConnectionMultiplexer connection, IConnectionMultiplexer storeConnection, params IAsyncDisposable[] owned)
+        {
+            var slot = new DueSlot { Store = new DeliveryStore(storeConnection), Db = connection.GetDatabase() };
+            slot._owned.AddRange(owned);
+            await slot.Db.SortedSetAddAsync(RedisKeys.RetrySchedule, slot.Entry.DeliveryId, slot.Now.ToUnixTimeMilliseconds());
             return slot;
         }
 
@@ -73,7 +99,20 @@ public class DeliveryStoreTests
             return await Store.ClaimDueRetriesAsync(Now.AddSeconds(11), TimeSpan.FromSeconds(10), 10);
         }
 
-        public ValueTask DisposeAsync() => _redis.DisposeAsync();
+        /// <summary>The slot is due now, and no claim of it is counted.</summary>
+        public async Task AssertReleasedAsync()
+        {
+            Assert.Equal(Now.ToUnixTimeMilliseconds(), await Db.SortedSetScoreAsync(RedisKeys.RetrySchedule, Entry.DeliveryId));
+            Assert.False(await Db.HashExistsAsync(RedisKeys.RetryClaims, Entry.DeliveryId));
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            foreach (var owned in _owned)
+            {
+                await owned.DisposeAsync();
+            }
+        }
     }
 
     [Fact]
@@ -481,6 +520,94 @@ public class DeliveryStoreTests
         Assert.Equal(1, (long)await db.HashGetAsync(RedisKeys.RetryClaims, other));
         Assert.Equal(now.ToUnixTimeMilliseconds(), await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, entry.DeliveryId));
         Assert.Equal(now.ToUnixTimeMilliseconds(), await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, other));
+    }
+
+    // The releases below on a Redis that filled after the claim: Redis over maxmemory refuses their ZADD (denyoom) unless
+    // the script has written before it, and a release refused left the slot to wait out its lease, its next claim counted as
+    // a crash (poison after Dispatcher:MaxClaims of them).
+
+    [Fact]
+    public async Task ReleaseRetryClaims_RedisFilledAfterTheClaim_DueAgainAtOnceAndNotCountedAsACrash()
+    {
+        await using var slot = await DueSlot.StartOwnAsync();
+        await slot.Store.ClaimDueRetriesAsync(slot.Now, TimeSpan.FromSeconds(10), 10);
+        await RedisServer.FillAsync(slot.Db);
+
+        await slot.Store.ReleaseRetryClaimsAsync([slot.Entry.DeliveryId], slot.Now);
+
+        Assert.True(await RedisMemory.IsFullAsync(slot.Db.Multiplexer));
+        await slot.AssertReleasedAsync();
+    }
+
+    [Fact]
+    public async Task ReleaseRetryClaims_RedisFullAfterAnEarlierClaimCrashed_DueAgainAndTheCrashStillCounted()
+    {
+        await using var slot = await DueSlot.StartOwnAsync();
+        await slot.ClaimAgainAfterACrashAsync();
+        await RedisServer.FillAsync(slot.Db);
+
+        await slot.Store.ReleaseRetryClaimsAsync([slot.Entry.DeliveryId], slot.Now.AddSeconds(11));
+
+        Assert.True(await RedisMemory.IsFullAsync(slot.Db.Multiplexer));
+        Assert.Equal(slot.Now.AddSeconds(11).ToUnixTimeMilliseconds(), await slot.Db.SortedSetScoreAsync(RedisKeys.RetrySchedule, slot.Entry.DeliveryId));
+        Assert.Equal(1, (long)await slot.Db.HashGetAsync(RedisKeys.RetryClaims, slot.Entry.DeliveryId));
+    }
+
+    [Fact]
+    public async Task ReleaseUnfinishedBegin_RedisFilledAfterTheClaim_DueAgainAtOnceAndNotCountedAsACrash()
+    {
+        // The stop between two tries of a begin that Redis refused for memory: the case a full Redis makes common.
+        await using var slot = await DueSlot.StartOwnAsync();
+        await slot.Store.ClaimDueRetriesAsync(slot.Now, TimeSpan.FromSeconds(10), 10);
+        await RedisServer.FillAsync(slot.Db);
+
+        await slot.Store.ReleaseUnfinishedBeginAsync(slot.Entry.DeliveryId, "a-lease-never-taken", fromSchedule: true, slot.Now);
+
+        Assert.True(await RedisMemory.IsFullAsync(slot.Db.Multiplexer));
+        await slot.AssertReleasedAsync();
+    }
+
+    [Fact]
+    public async Task ClaimDueRetries_ReplyLostAndRedisFullBeforeTheRelease_TheClaimIsStillUndone()
+    {
+        DueSlot? slot = null;
+        slot = await DueSlot.StartOwnAsync(call =>
+        {
+            if (call.Script is not { } script)
+            {
+                return ScriptFault.None;
+            }
+            if (script.Contains("'RPUSH'", StringComparison.Ordinal))
+            {
+                return ScriptFault.ReplyLost;
+            }
+            if (script.Contains("'LRANGE'", StringComparison.Ordinal))
+            {
+                // Between the claim, which ran, and its release. Task.Run: off the test's synchronization context.
+                Task.Run(() => RedisServer.FillAsync(slot!.Db)).GetAwaiter().GetResult();
+            }
+            return ScriptFault.None;
+        });
+        await using var _ = slot;
+
+        await Assert.ThrowsAnyAsync<Exception>(() => slot.Store.ClaimDueRetriesAsync(slot.Now, TimeSpan.FromSeconds(10), 10));
+
+        Assert.True(await RedisMemory.IsFullAsync(slot.Db.Multiplexer));
+        await slot.AssertReleasedAsync();
+        Assert.Empty((RedisResult[])(await slot.Db.ExecuteAsync("KEYS", RedisKeys.RetryClaimBatch("*")))!);
+    }
+
+    [Fact]
+    public async Task RemoveFromSchedule_RedisFull_TheSlotAndItsCountGo()
+    {
+        await using var slot = await DueSlot.StartOwnAsync();
+        await slot.Store.ClaimDueRetriesAsync(slot.Now, TimeSpan.FromSeconds(10), 10);
+        await RedisServer.FillAsync(slot.Db);
+
+        await slot.Store.RemoveFromScheduleAsync(slot.Entry.DeliveryId);
+
+        Assert.Null(await slot.Db.SortedSetScoreAsync(RedisKeys.RetrySchedule, slot.Entry.DeliveryId));
+        Assert.False(await slot.Db.HashExistsAsync(RedisKeys.RetryClaims, slot.Entry.DeliveryId));
     }
 
     [Fact]

@@ -167,6 +167,28 @@ public class RedisFullTests
     }
 
     [Fact]
+    public async Task MalformedEntry_RedisFull_IsRemovedWithoutAnErrorLine()
+    {
+        // Its removal (XACK, XDEL) needs no memory, but Redis over maxmemory refuses to queue any command in a MULTI: as a
+        // transaction it failed with EXECABORT, logged as a Redis error, and stayed pending.
+        await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+        await using var relay = await Relay.StartAsync(dispatchers: 0, redisConnection: redis.ConnectionString);
+        await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0", createStream: true);
+        await relay.Db.StreamAddAsync(RedisKeys.Stream, [new("id", "d_x"), new("org", "contoso"), new("body", "{}")]);
+        await RedisServer.FillAsync(relay.Db);
+
+        var dispatcher = await relay.AddDispatcherAsync();
+
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0
+            && (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount == 0,
+            TimeSpan.FromSeconds(30), () => "the malformed entry is gone, nothing pending; the Dispatcher's warnings and errors:\n"
+                + string.Join("\n", dispatcher.Logs.Lines.Where(l => l.StartsWith("Warn", StringComparison.Ordinal) || l.StartsWith("Err", StringComparison.Ordinal)).Take(5)));
+        Assert.True(await RedisMemory.IsFullAsync(relay.Db.Multiplexer));
+        Assert.Single(dispatcher.Logs.Lines, l => l.Contains("[2105]", StringComparison.Ordinal));
+        Assert.DoesNotContain(dispatcher.Logs.Lines, l => l.Contains("[2103]", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task Discard_RedisFull_TheDeadLetterIsDiscardedAndItsBodyFreed()
     {
         // deploy.md tells an operator facing a full Redis to discard dead letters: that must work while it is full.
