@@ -9,19 +9,16 @@ namespace PortAzure.Tests.Infrastructure;
 
 /// <summary>
 /// One asynchronous call on the database: the method's name, the script's text for a script, and the first key it names
-/// (a script's first KEYS entry). A transaction is one call, its <c>ExecuteAsync</c>, with <paramref name="Queued"/> the
-/// calls queued in it and <paramref name="Key"/> the first one's key.
+/// (a script's first KEYS entry).
 /// </summary>
-public sealed record RedisCall(string Method, string? Script, string? Key = null, IReadOnlyList<string>? Queued = null)
+public sealed record RedisCall(string Method, string? Script, string? Key = null)
 {
-    /// <summary>The call's arguments as the caller passed them (null for a transaction).</summary>
+    /// <summary>The call's arguments as the caller passed them.</summary>
     public IReadOnlyList<object?>? Arguments { get; init; }
 
-    /// <summary>How a sweep prints the call: the method, a script's last line, a transaction's queued calls.</summary>
+    /// <summary>How a sweep prints the call: the method, a script's last line.</summary>
     public override string ToString() =>
-        Script is { } script ? $"{Method} {script.Trim().Split('\n')[^1].Trim()} [{Key}]"
-        : Queued is { } queued ? $"{Method} MULTI {string.Join(", ", queued)} [{Key}]"
-        : $"{Method} [{Key}]";
+        Script is { } script ? $"{Method} {script.Trim().Split('\n')[^1].Trim()} [{Key}]" : $"{Method} [{Key}]";
 }
 
 /// <summary>The Dispatcher's scripts, told apart by a line only each one has: what a fault plan picks its calls by.</summary>
@@ -60,8 +57,8 @@ public enum ScriptFault
 /// A real Redis behind a service's <see cref="IConnectionMultiplexer"/>, whose script calls fail on demand the way
 /// StackExchange.Redis fails them when the connection dies: with the socket's own exception, unwrapped (seen when Redis
 /// was killed under load in RedisRestartTests). A kill cannot pick which command it cuts; this can.
-/// (Asynchronous calls on the database only: the services' Redis calls are. A transaction's calls are one call, its
-/// EXEC; a batch's are not failed.)
+/// (Asynchronous calls on the database only: the services' Redis calls are. A batch's are not failed; the services use
+/// no transaction.)
 /// </summary>
 public static class FaultyRedis
 {
@@ -149,10 +146,6 @@ public static class FaultyRedis
         protected override object? Invoke(MethodInfo? targetMethod, object?[]? args)
         {
             var method = targetMethod!;
-            if (method.Name == nameof(IDatabase.CreateTransaction))
-            {
-                return Wrap<ITransaction, TransactionProxy>((ITransaction)Forward(method, Inner, args)!, Plan);
-            }
             if (!method.ReturnType.IsGenericType || method.ReturnType.GetGenericTypeDefinition() != typeof(Task<>))
             {
                 return Forward(method, Inner, args);
@@ -217,71 +210,5 @@ public static class FaultyRedis
             [string, RedisKey[] { Length: > 0 } keys, ..] => keys[0].ToString(),
             _ => null,
         };
-    }
-
-    /// <summary>
-    /// A transaction whose <c>ExecuteAsync</c> is one call to fail: not run (nothing queued reaches Redis, and the queued
-    /// calls fail with the connection), or run with its reply lost.
-    /// </summary>
-    public class TransactionProxy : FaultingProxy<ITransaction>
-    {
-        private readonly List<string> _queued = [];
-        // How the EXEC ended as the caller sees it: the queued calls answer with it, as the client's do.
-        private readonly TaskCompletionSource _exec = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        private string? _key;
-
-        protected override object? Invoke(MethodInfo? targetMethod, object?[]? args)
-        {
-            var method = targetMethod!;
-            if (!method.ReturnType.IsGenericType || method.ReturnType.GetGenericTypeDefinition() != typeof(Task<>))
-            {
-                return Forward(method, Inner, args);
-            }
-            var result = method.ReturnType.GetGenericArguments()[0];
-            // EXEC by its signature: IDatabaseAsync.ExecuteAsync(command, args) queues a command like any other.
-            if (method.Name != nameof(ITransaction.ExecuteAsync) || method.GetParameters() is not [{ ParameterType: var flags }] || flags != typeof(CommandFlags))
-            {
-                _queued.Add(method.Name);
-                _key ??= DatabaseProxy.FirstKey(args);
-                return typeof(TransactionProxy).GetMethod(nameof(QueuedAsync), BindingFlags.NonPublic | BindingFlags.Instance)!
-                    .MakeGenericMethod(result).Invoke(this, [Forward(method, Inner, args)]);
-            }
-            // Observed here: the callers discard the queued calls' tasks, as the relay does.
-            _ = _exec.Task.ContinueWith(t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
-            var (runs, thrown) = DatabaseProxy.Effect(Fault(new RedisCall(method.Name, null, _key, [.. _queued])));
-            if (!runs)
-            {
-                _exec.TrySetException(thrown!);
-                return Task.FromException<bool>(thrown!);
-            }
-            return ExecAsync((Task<bool>)Forward(method, Inner, args)!, replyLost: thrown);
-        }
-
-        /// <param name="replyLost">What the caller gets instead of the reply, or null to get the reply.</param>
-        private async Task<bool> ExecAsync(Task<bool> exec, Exception? replyLost)
-        {
-            try
-            {
-                var committed = await exec;
-                if (replyLost is not null)
-                {
-                    throw replyLost;
-                }
-                _exec.TrySetResult();
-                return committed;
-            }
-            catch (Exception ex)
-            {
-                _exec.TrySetException(ex);
-                throw;
-            }
-        }
-
-        private async Task<T> QueuedAsync<T>(Task<T> call)
-        {
-            // A call of a transaction that never ran never completes in the client: its answer is the EXEC's failure.
-            await _exec.Task;
-            return await call;
-        }
     }
 }
