@@ -46,8 +46,8 @@ internal sealed partial class PortReportingService(
         PortApiClient.MaxThrottle + CallQueueTouch + (2 * TimeSpan.FromSeconds(options.PortRequestTimeoutSeconds)) + PortApiClient.LockedAnswerReadTime
         + TimeSpan.FromSeconds(20);
 
-    // A full Redis refuses the group's creation (at a first start, the group not there yet) and the hand-backs (their
-    // first write an XADD): one line every 10 s, as the delivery worker's, not a warning per try.
+    // A full Redis refuses the group's creation (at a first start, the group not there yet): one line every 10 s, as the
+    // delivery worker's, not a warning per try.
     private readonly LogThrottle _outOfMemoryLines = new(timeProvider, TimeSpan.FromSeconds(10));
 
     // The report's first write time (Unix ms), added by a hand-back.
@@ -74,16 +74,19 @@ internal sealed partial class PortReportingService(
     // consumer): another may have taken it over after a wait longer than the reclaim time, and be sending it or
     // have sent and removed it. The hand-back's ARGV 4.. are the entry's field/value pairs, and its KEYS[2] the delivery's
     // record, which follows the report to its new entry if it names this one (not if a newer report was written since).
+    // The XACK comes first: it needs no memory, and Redis over maxmemory refuses the XADD (denyoom) only while a script has
+    // written nothing, so a Dispatcher stopped on a full Redis still hands its unsent reports back. Nothing can fail between
+    // the two: the XADD goes to the stream the XACK has just found.
     private static readonly string HandBackScript = $$"""
         local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3])
         if #mine == 0 then
           return 0
         end
+        redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
         local added = redis.call('XADD', KEYS[1], 'MAXLEN', '~', {{RedisKeys.PortReportsMaxLength}}, '*', unpack(ARGV, 4))
         if KEYS[2] and redis.pcall('HGET', KEYS[2], '{{DeliveryRecord.PortReportEntry}}') == ARGV[2] then
           redis.pcall('HSET', KEYS[2], '{{DeliveryRecord.PortReportEntry}}', added)
         end
-        redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
         redis.call('XDEL', KEYS[1], ARGV[2])
         return 1
         """;

@@ -130,10 +130,11 @@ public class RedisFullTests
     }
 
     [Fact]
-    public async Task Start_RedisFullAndTheGroupsExist_JoinsThemAndSendsTheQueuedReport()
+    public async Task StopAndStart_RedisFullAndTheGroupsExist_HandsTheUnsentReportBackJoinsTheGroupsAndSendsIt()
     {
         // Redis refuses XGROUP CREATE while full even for a group that exists: a Dispatcher restarted during the spell
         // (a rollout, a crash) must join the groups anyway, or the reports queued for Port wait until there is room.
+        // And the stop must hand its unsent report back (an XADD), or it waits for the takeover (15 min).
         await using var redis = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", redisConnection: redis.ConnectionString);
         await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
@@ -144,10 +145,15 @@ public class RedisFullTests
         }
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1 && await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 1,
             TimeSpan.FromSeconds(20), "the run is delivered and its report queued for Port");
-        await relay.StopDispatcherAsync(relay.Dispatcher);
-        // Handed back at the stop, not left pending for the takeover (15 min): else the wait below is not about the groups.
-        Assert.Equal(0, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0, TimeSpan.FromSeconds(10),
+            "a first, failing call to Port: the report is read, and pending for the reporter");
         await RedisServer.FillAsync(relay.Db);
+        var stopped = relay.Dispatcher;
+        await relay.StopDispatcherAsync(stopped);
+        Assert.Equal(0, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
+        Assert.Contains(stopped.Logs.Lines, l => l.Contains("[2208]", StringComparison.Ordinal));
+        Assert.DoesNotContain(stopped.Logs.Lines, l => l.Contains("[2220]", StringComparison.Ordinal));
         await relay.EmulatorApi.PortBehaviorAsync(new { down = false });
 
         var dispatcher = await relay.AddDispatcherAsync(c => c["Dispatcher:ConsumerName"] = "restarted");
