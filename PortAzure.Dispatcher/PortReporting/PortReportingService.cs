@@ -75,9 +75,14 @@ internal sealed partial class PortReportingService(
     // have sent and removed it. The hand-back's ARGV 4.. are the entry's field/value pairs, and its KEYS[2] the delivery's
     // record, which follows the report to its new entry if it names this one (not if a newer report was written since).
     // The XACK comes first: it needs no memory, and Redis over maxmemory refuses the XADD (denyoom) only while a script has
-    // written nothing, so a Dispatcher stopped on a full Redis still hands its unsent reports back. Nothing can fail between
-    // the two: the XADD goes to the stream the XACK has just found.
+    // written nothing, so a Dispatcher stopped on a full Redis still hands its unsent reports back. What could fail after it
+    // is checked before it: Lua unpacks no more than about 8,000 values into a call, and an entry with more fields (not the
+    // relay's: a report has a dozen) is left pending for the takeover, which sends it without handing it on; acknowledged,
+    // with its copy never written, it would stay in the stream unread, lost.
     private static readonly string HandBackScript = $$"""
+        if #ARGV > 1000 then
+          return 0
+        end
         local mine = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1, ARGV[3])
         if #mine == 0 then
           return 0

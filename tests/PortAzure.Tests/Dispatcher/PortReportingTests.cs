@@ -444,6 +444,31 @@ public class PortReportingTests
     }
 
     [Fact]
+    public async Task PortApiDown_ReportWithThousandsOfFieldsUnsentAtTheStop_IsLeftPendingNotLost()
+    {
+        // Not the relay's (a report has a dozen fields): Lua cannot unpack this many into the hand-back's XADD, and a
+        // hand-back that failed after its XACK would leave the report in the stream, read by nobody.
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
+        var runId = TestRuns.NewRunId();
+        NameValueEntry[] fields = [.. new PortAzure.Dispatcher.PortReporting.PortReport(runId, "d_wide", "delivered (test)", null, null).ToStreamFields(),
+            .. Enumerable.Range(0, 5_000).Select(i => new NameValueEntry($"extra{i}", "x"))];
+        await relay.Db.StreamAddAsync(RedisKeys.PortReports, fields);
+        // Started after the report was written: its first read takes it.
+        var stopped = await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0
+            && (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount == 1,
+            TimeSpan.FromSeconds(20), "the report read, and a first, failing call to Port");
+
+        await relay.StopDispatcherAsync(stopped);
+
+        // Left pending, for the takeover (PortReportReclaimSeconds) to send.
+        Assert.Equal(1, (await relay.Db.StreamPendingAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup)).PendingMessageCount);
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
+        Assert.DoesNotContain(stopped.Logs.Lines, l => l.Contains("[2208]", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task PortApiDown_ReportTakenOverWhileItsReporterWaited_IsNotHandedBackAtTheStop()
     {
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client");
