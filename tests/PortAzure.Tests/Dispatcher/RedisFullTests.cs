@@ -195,6 +195,29 @@ public class RedisFullTests
     }
 
     [Fact]
+    public async Task Start_StaleConsumerRemovalRefusedForMemory_JoinsTheGroupsAnyway()
+    {
+        // Redis 6.2 (none here to run) refuses XGROUP DELCONSUMER on a full Redis, where 7 lets it through: the refusal is
+        // made here. Thrown, it kept the Dispatcher from reading runs or sending the reports queued for Port.
+        await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
+        var refused = 0;
+        var dispatcher = await relay.AddDispatcherAsync(services: services => FaultyRedis.FailScripts(services,
+            script => script.Contains("DELCONSUMER", StringComparison.Ordinal) && Interlocked.Increment(ref refused) > 0 ? ScriptFault.OutOfMemory : ScriptFault.None));
+        var runId = TestRuns.NewRunId();
+
+        using (var accepted = await relay.SendRunAsync(TestRuns.Body(runId)))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, accepted.StatusCode);
+        }
+
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201),
+            TimeSpan.FromSeconds(30), "the run is delivered and reported to Port");
+        // Both groups' removals were refused: the delivery worker's and the Port reporter's.
+        Assert.True(Volatile.Read(ref refused) >= 2);
+        Assert.DoesNotContain(dispatcher.Logs.Lines, l => l.Contains(RedisFullLine, StringComparison.Ordinal) || l.Contains("[2220]", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task Discard_RedisFull_TheDeadLetterIsDiscardedAndItsBodyFreed()
     {
         // deploy.md tells an operator facing a full Redis to discard dead letters: that must work while it is full.

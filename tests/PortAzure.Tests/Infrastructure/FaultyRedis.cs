@@ -51,6 +51,9 @@ public enum ScriptFault
 
     /// <summary>The call runs, and its reply is lost with an exception nobody classified as a Redis failure.</summary>
     ReplyLostUnclassified,
+
+    /// <summary>Redis refuses the call for memory, as a full one refuses a write (what Redis 6.2 does where 7 does not).</summary>
+    OutOfMemory,
 }
 
 /// <summary>
@@ -176,6 +179,7 @@ public static class FaultyRedis
             ScriptFault.NotRun => (false, ConnectionReset()),
             ScriptFault.NotRunUnclassified => (false, Unclassified()),
             ScriptFault.ReplyLostUnclassified => (true, Unclassified()),
+            ScriptFault.OutOfMemory => (false, new RedisServerException("OOM command not allowed when used memory > 'maxmemory'.")),
             _ => (true, ConnectionReset()),
         };
 
