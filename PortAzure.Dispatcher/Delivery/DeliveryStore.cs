@@ -312,8 +312,9 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
 
     // One claim of a slot undone, not the slot's whole count: a count above one holds an earlier claim that crashed, which
     // the next claim must still report. (Once an attempt has begun, the begin has counted that crash in the record, and the
-    // lease release deletes the count instead.) A count that is not a number goes, and a claims key that is not a hash is
-    // passed over (pcall), rather than stop the script before the slot is released.
+    // lease release deletes the count instead.) A count that is not a number (or longer than any count a claim makes: see
+    // IncrementCount) goes, and a claims key that is not a hash is passed over (pcall), rather than stop the script before
+    // the slot is released.
     // HDEL first, then HSET of the count less one, not HINCRBY: the releases call this before their ZADD, and Redis over
     // maxmemory refuses HINCRBY, HSET and ZADD (denyoom) only while a script has written nothing; HDEL needs no memory (and
     // counts as written even when refused for the wrong type). A release on a Redis that filled after its claim then goes

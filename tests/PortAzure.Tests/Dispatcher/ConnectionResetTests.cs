@@ -348,7 +348,7 @@ public class ConnectionResetTests
             c["Dispatcher:ClaimMarginSeconds"] = "1";
             c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
         }, services => FaultyRedis.FailCalls(services,
-            call => call.Script is { } script && script.Contains("'XDEL'", StringComparison.Ordinal) && Interlocked.Exchange(ref failed, 1) == 0 ? fault : ScriptFault.None));
+            call => call.Key == RedisKeys.Stream && call.Script is { } script && script.Contains("'XDEL'", StringComparison.Ordinal) && Interlocked.Exchange(ref failed, 1) == 0 ? fault : ScriptFault.None));
         await relay.Db.StreamAddAsync(RedisKeys.Stream, [new("id", "d_x"), new("org", "contoso"), new("body", "{}")]);
 
         await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0

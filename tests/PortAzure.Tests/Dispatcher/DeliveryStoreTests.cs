@@ -554,6 +554,22 @@ public class DeliveryStoreTests
     }
 
     [Fact]
+    public async Task ReleaseRetryClaims_RedisFullAndClaimsKeyDamaged_TheSlotIsStillDueAgain()
+    {
+        // The count's HDEL, refused for the wrong type, still counts as the script's first write: the ZADD goes through.
+        await using var slot = await DueSlot.StartOwnAsync();
+        await slot.Store.ClaimDueRetriesAsync(slot.Now, TimeSpan.FromSeconds(10), 10);
+        await slot.Db.KeyDeleteAsync(RedisKeys.RetryClaims);
+        await slot.Db.StringSetAsync(RedisKeys.RetryClaims, "damaged");
+        await RedisServer.FillAsync(slot.Db);
+
+        await slot.Store.ReleaseRetryClaimsAsync([slot.Entry.DeliveryId], slot.Now);
+
+        Assert.True(await RedisMemory.IsFullAsync(slot.Db.Multiplexer));
+        Assert.Equal(slot.Now.ToUnixTimeMilliseconds(), await slot.Db.SortedSetScoreAsync(RedisKeys.RetrySchedule, slot.Entry.DeliveryId));
+    }
+
+    [Fact]
     public async Task ReleaseUnfinishedBegin_RedisFilledAfterTheClaim_DueAgainAtOnceAndNotCountedAsACrash()
     {
         // The stop between two tries of a begin that Redis refused for memory: the case a full Redis makes common.
@@ -606,6 +622,7 @@ public class DeliveryStoreTests
 
         await slot.Store.RemoveFromScheduleAsync(slot.Entry.DeliveryId);
 
+        Assert.True(await RedisMemory.IsFullAsync(slot.Db.Multiplexer));
         Assert.Null(await slot.Db.SortedSetScoreAsync(RedisKeys.RetrySchedule, slot.Entry.DeliveryId));
         Assert.False(await slot.Db.HashExistsAsync(RedisKeys.RetryClaims, slot.Entry.DeliveryId));
     }
