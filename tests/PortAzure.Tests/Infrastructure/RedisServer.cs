@@ -79,6 +79,12 @@ public sealed class RedisServer : IAsyncDisposable
             try
             {
                 await using var connection = await ConnectionMultiplexer.ConnectAsync($"127.0.0.1:{Port},connectTimeout=500");
+                if (_extraArgs.Contains("--cluster-enabled"))
+                {
+                    // A cluster node serves no key until slots are assigned: asked itself.
+                    await connection.GetServer("127.0.0.1", Port).PingAsync();
+                    return;
+                }
                 var db = connection.GetDatabase();
                 // Loading an AOF answers LOADING until done.
                 await db.PingAsync();

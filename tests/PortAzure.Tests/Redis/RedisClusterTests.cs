@@ -1,0 +1,97 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
+using static PortAzure.Tests.Dispatcher.DeliveryOutcomeTests;
+
+namespace PortAzure.Tests.Redis;
+
+/// <summary>
+/// The relay on a Redis Cluster, as on Azure Managed Redis with the OSS clustering policy (deploy.md, section 5): all its
+/// keys under one hash tag, in one slot, on the node of three the client routes them to. A script that touched a key of
+/// another slot, or named none, would fail here and nowhere else.
+/// </summary>
+public class RedisClusterTests
+{
+    [Fact]
+    public async Task Relay_RedisCluster_DeliversRetriesDeduplicatesReportsAndReplays()
+    {
+        await using var cluster = await RedisCluster.StartAsync();
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientId"] = "relay-client";
+            c["Dispatcher:Retry:InitialDelaySeconds"] = "0.5";
+        }, redisConnection: cluster.ConnectionString);
+        // The first POST fails: its run goes through the retry schedule (claimed, begun again, finished).
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503 } } });
+        var runIds = Enumerable.Range(0, 10).Select(_ => TestRuns.NewRunId()).ToList();
+        var deliveryIds = new List<string>();
+
+        foreach (var runId in runIds)
+        {
+            deliveryIds.Add(await SendAsync(relay, runId));
+        }
+        foreach (var deliveryId in deliveryIds)
+        {
+            await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+        }
+
+        var posted = await relay.EmulatorApi.RequestsAsync();
+        Assert.Single(posted, r => r.StatusCode == 503);
+        Assert.Equal(runIds.Order(), posted.Where(r => r.StatusCode == 200).Select(r => r.Header("X-Port-Run-Id")).Order());
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Where(c => c.StatusCode == 201).Select(c => c.RunId).Distinct().Count() == 10
+            && await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 0,
+            TimeSpan.FromSeconds(30), "every run reported to Port, and its report removed");
+
+        // A repeated call is a duplicate; a run is found by its Port run id.
+        using (var again = await relay.SendRunAsync(TestRuns.Body(runIds[0])))
+        {
+            Assert.Equal(HttpStatusCode.OK, again.StatusCode);
+        }
+        using (var byRun = relay.Operator(HttpMethod.Get, $"/api/deliveries?runId={runIds[0]}"))
+        using (var found = await relay.Ingress.Client.SendAsync(byRun))
+        {
+            Assert.Equal(HttpStatusCode.OK, found.StatusCode);
+            Assert.Contains(deliveryIds[0], await found.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        }
+
+        // A dead letter is listed, replayed and delivered.
+        var deadLetter = "d_" + Guid.NewGuid().ToString("N");
+        await DeadLetterRecords.AddAsync(relay.Db, deadLetter, 1, TestRuns.Body(TestRuns.NewRunId()));
+        using (var list = relay.Operator(HttpMethod.Get, "/api/deadletters"))
+        using (var listed = await relay.Ingress.Client.SendAsync(list))
+        {
+            Assert.Contains(deadLetter, await listed.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+        }
+        using (var replay = relay.Operator(HttpMethod.Post, $"/api/deadletters/{deadLetter}/replay"))
+        using (var replayed = await relay.Ingress.Client.SendAsync(replay))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, replayed.StatusCode);
+        }
+        await WaitForStateAsync(relay, deadLetter, DeliveryStates.Delivered);
+
+        // The statistics and both services' health read the relay's node (the memory check asks the primary of its slot).
+        using (var stats = relay.Operator(HttpMethod.Get, "/api/stats"))
+        using (var answered = await relay.Ingress.Client.SendAsync(stats))
+        {
+            Assert.Equal(0, (await answered.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("streamLength").GetInt64());
+        }
+        foreach (var client in new[] { relay.Ingress.Client, relay.Dispatcher.Client })
+        {
+            using var health = await client.GetAsync(new Uri("/health", UriKind.Relative));
+            Assert.Equal("Healthy", await health.Content.ReadAsStringAsync());
+        }
+        // Every key the relay wrote is on that one node.
+        await using var direct = await ConnectionMultiplexer.ConnectAsync(cluster.ConnectionString);
+        foreach (var server in direct.GetServers())
+        {
+            var keys = (long)await server.ExecuteAsync("DBSIZE");
+            Assert.True(server.EndPoint is IPEndPoint { Port: var port } && (port == cluster.RelayNodePort) == (keys > 0),
+                $"{server.EndPoint} holds {keys} keys; the relay's node is {cluster.RelayNodePort}");
+        }
+        Assert.DoesNotContain(relay.Dispatcher.Logs.Lines.Concat(relay.Ingress.Logs.Lines),
+            l => l.Contains("CROSSSLOT", StringComparison.Ordinal) || l.Contains("MOVED", StringComparison.Ordinal) || l.StartsWith("Error", StringComparison.Ordinal));
+    }
+}
