@@ -98,6 +98,41 @@ public sealed class RedisCluster : IAsyncDisposable
         }
     }
 
+    /// <summary>
+    /// Moves the relay's slot, keys and all, to another node as <c>redis-cli --cluster reshard</c> does: the target
+    /// IMPORTING it and the source MIGRATING it, the keys sent over by MIGRATE in batches of <paramref name="batch"/> with
+    /// <paramref name="pause"/> between them (the relay, going on meanwhile, meets ASK redirections and TRYAGAIN), then
+    /// the slot given to the target on every node.
+    /// </summary>
+    /// <returns>How many keys were moved.</returns>
+    public async Task<int> MoveRelaySlotAsync(int batch, TimeSpan pause)
+    {
+        await using var connection = await ConnectionMultiplexer.ConnectAsync(ConnectionString);
+        var source = connection.GetServer("127.0.0.1", RelayNodePort);
+        var targetPort = _nodes.First(n => n.Port != RelayNodePort).Port;
+        var target = connection.GetServer("127.0.0.1", targetPort);
+        var sourceId = (string)(await source.ExecuteAsync("CLUSTER", "MYID"))!;
+        var targetId = (string)(await target.ExecuteAsync("CLUSTER", "MYID"))!;
+        var slot = (int)await source.ExecuteAsync("CLUSTER", "KEYSLOT", RedisKeys.Stream);
+        await target.ExecuteAsync("CLUSTER", "SETSLOT", slot, "IMPORTING", sourceId);
+        await source.ExecuteAsync("CLUSTER", "SETSLOT", slot, "MIGRATING", targetId);
+        var moved = 0;
+        while ((RedisResult[])(await source.ExecuteAsync("CLUSTER", "GETKEYSINSLOT", slot, batch))! is { Length: > 0 } keys)
+        {
+            await source.ExecuteAsync("MIGRATE", ["127.0.0.1", targetPort, "", 0, 5000, "KEYS", .. keys.Select(k => (object)(string)k!)]);
+            moved += keys.Length;
+            await Task.Delay(pause);
+        }
+        // The target first, as redis-cli does: it then answers for the slot before the source sends clients to it.
+        await target.ExecuteAsync("CLUSTER", "SETSLOT", slot, "NODE", targetId);
+        foreach (var node in _nodes.Where(n => n.Port != targetPort))
+        {
+            await connection.GetServer("127.0.0.1", node.Port).ExecuteAsync("CLUSTER", "SETSLOT", slot, "NODE", targetId);
+        }
+        RelayNodePort = targetPort;
+        return moved;
+    }
+
     public async ValueTask DisposeAsync()
     {
         foreach (var node in _nodes)

@@ -94,4 +94,62 @@ public class RedisClusterTests
         Assert.DoesNotContain(relay.Dispatcher.Logs.Lines.Concat(relay.Ingress.Logs.Lines),
             l => l.Contains("CROSSSLOT", StringComparison.Ordinal) || l.Contains("MOVED", StringComparison.Ordinal) || l.StartsWith("Error", StringComparison.Ordinal));
     }
+
+    [Fact]
+    public async Task Relay_RedisClusterMovesItsSlotUnderLoad_NoRunLostNoneDeliveredTwice()
+    {
+        // Adding a shard to a cluster moves slots: the relay's one slot, with every key of the relay, may be among them.
+        await using var cluster = await RedisCluster.StartAsync();
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientId"] = "relay-client";
+            c["Dispatcher:Retry:InitialDelaySeconds"] = "0.2";
+        }, redisConnection: cluster.ConnectionString);
+        var before = Enumerable.Range(0, 100).Select(_ => TestRuns.NewRunId()).ToList();
+        await relay.SendAllAcceptedAsync(before);
+        var from = cluster.RelayNodePort;
+
+        // Sent while the slot moves, each until the relay takes it (202, or 200 if an earlier try was queued after all):
+        // a refusal (503) wrote nothing, and Port's retry would come.
+        var during = new List<string>();
+        var refusals = 0;
+        using var moving = new CancellationTokenSource();
+        var sending = Task.Run(async () =>
+        {
+            while (!moving.IsCancellationRequested || during.Count < 20)
+            {
+                var runId = TestRuns.NewRunId();
+                while (true)
+                {
+                    using var response = await relay.SendRunAsync(TestRuns.Body(runId));
+                    if (response.StatusCode is HttpStatusCode.Accepted or HttpStatusCode.OK)
+                    {
+                        break;
+                    }
+                    Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+                    refusals++;
+                    await Task.Delay(50);
+                }
+                during.Add(runId);
+            }
+        });
+        var moved = await cluster.MoveRelaySlotAsync(batch: 10, pause: TimeSpan.FromMilliseconds(20));
+        await moving.CancelAsync();
+        await sending;
+
+        var runs = before.Concat(during).ToList();
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count(r => r.StatusCode == 200) >= runs.Count
+            && await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0,
+            TimeSpan.FromSeconds(60), () => $"all {runs.Count} runs delivered ({during.Count} sent while {moved} keys moved, {refusals} refusals)");
+        var delivered = (await relay.EmulatorApi.RequestsAsync()).Where(r => r.StatusCode == 200).Select(r => r.Header("X-Port-Run-Id")).ToList();
+        Assert.Equal(runs.Order(), delivered.Order());
+        Assert.NotEqual(from, cluster.RelayNodePort);
+        Assert.True(moved > before.Count, $"{moved} keys moved");
+        // The runs met the move: while the slot's keys are split between the nodes, Redis answers a script naming keys on
+        // both TRYAGAIN, and the Ingress refuses (503), the Dispatcher tries its step again (2007).
+        var tryAgain = relay.Dispatcher.Logs.Lines.Concat(relay.Ingress.Logs.Lines).Count(l => l.Contains("TRYAGAIN", StringComparison.Ordinal));
+        Assert.True(refusals + tryAgain > 0, "no call met the move");
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Where(c => c.StatusCode == 201).Select(c => c.RunId).Distinct().Count() == runs.Count,
+            TimeSpan.FromSeconds(60), "every run reported to Port");
+    }
 }
