@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Globalization;
+using System.Net;
 using PortAzure.Redis;
 using StackExchange.Redis;
 
@@ -12,12 +13,16 @@ namespace PortAzure.Tests.Infrastructure;
 /// </summary>
 public sealed class RedisCluster : IAsyncDisposable
 {
-    private readonly RedisServer[] _nodes;
+    private readonly List<RedisServer> _nodes;
 
-    private RedisCluster(RedisServer[] nodes) => _nodes = nodes;
+    private RedisCluster(List<RedisServer> nodes) => _nodes = nodes;
 
+    /// <summary>The three primaries the cluster was made of (a replica added later is found by the client).</summary>
     public string ConnectionString =>
-        string.Join(",", _nodes.Select(n => $"127.0.0.1:{n.Port}")) + ",abortConnect=false,connectTimeout=2000,syncTimeout=3000,asyncTimeout=3000";
+        string.Join(",", _nodes.Take(3).Select(n => $"127.0.0.1:{n.Port}")) + ",abortConnect=false,connectTimeout=2000,syncTimeout=3000,asyncTimeout=3000";
+
+    // Every node, for this class's own calls to each of them.
+    private string AllNodes => string.Join(",", _nodes.Select(n => $"127.0.0.1:{n.Port}")) + ",connectTimeout=2000";
 
     /// <summary>The port of the node that serves the relay's keys.</summary>
     public int RelayNodePort { get; private set; }
@@ -29,12 +34,10 @@ public sealed class RedisCluster : IAsyncDisposable
         {
             for (var i = 0; i < 3; i++)
             {
-                // The bus port named: by default it is the port + 10000, which nothing keeps free.
-                nodes.Add(await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction", "--cluster-enabled", "yes",
-                    "--cluster-config-file", "nodes.conf", "--cluster-port", RedisServer.FreePort().ToString(CultureInfo.InvariantCulture)));
+                nodes.Add(await StartNodeAsync());
             }
-            await CreateAsync(nodes);
-            var cluster = new RedisCluster([.. nodes]);
+            await RedisCliAsync(["--cluster", "create", .. nodes.Select(n => $"127.0.0.1:{n.Port}"), "--cluster-replicas", "0", "--cluster-yes"]);
+            var cluster = new RedisCluster(nodes);
             await cluster.WaitUntilServedAsync();
             return cluster;
         }
@@ -48,54 +51,42 @@ public sealed class RedisCluster : IAsyncDisposable
         }
     }
 
-    private static async Task CreateAsync(List<RedisServer> nodes)
+    /// <summary>A fourth node, a replica of the relay's node, once it has caught up: what <see cref="FailOverRelayNodeAsync"/> promotes.</summary>
+    public async Task AddReplicaOfRelayNodeAsync()
     {
-        var start = new ProcessStartInfo("redis-cli") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var arg in new[] { "--cluster", "create" }.Concat(nodes.Select(n => $"127.0.0.1:{n.Port}")).Concat(["--cluster-replicas", "0", "--cluster-yes"]))
-        {
-            start.ArgumentList.Add(arg);
-        }
-        using var create = Process.Start(start) ?? throw new InvalidOperationException("redis-cli did not start");
-        var output = create.StandardOutput.ReadToEndAsync();
-        var errors = create.StandardError.ReadToEndAsync();
-        await create.WaitForExitAsync();
-        if (create.ExitCode != 0)
-        {
-            throw new InvalidOperationException($"redis-cli --cluster create failed ({create.ExitCode}): {await output}{await errors}");
-        }
+        var replica = await StartNodeAsync();
+        _nodes.Add(replica);
+        await using var connection = await ConnectionMultiplexer.ConnectAsync(AllNodes);
+        var primaryId = (string)(await connection.GetServer("127.0.0.1", RelayNodePort).ExecuteAsync("CLUSTER", "MYID"))!;
+        await RedisCliAsync(["--cluster", "add-node", $"127.0.0.1:{replica.Port}", $"127.0.0.1:{RelayNodePort}", "--cluster-slave", "--cluster-master-id", primaryId]);
+        await WaitForAsync(async () => ((string?)await connection.GetServer("127.0.0.1", replica.Port).ExecuteAsync("INFO", "replication"))!
+            .Contains("master_link_status:up", StringComparison.Ordinal), "the replica is in sync");
     }
 
-    /// <summary>Until every node says the cluster is ok, and the client knows which node serves the relay's slot.</summary>
-    private async Task WaitUntilServedAsync()
+    /// <summary>
+    /// A manual failover (<c>CLUSTER FAILOVER</c> on the replica), as a managed Redis does for maintenance: the primary
+    /// stops taking writes, the replica catches up and takes its slots, and the old primary becomes its replica.
+    /// </summary>
+    public async Task FailOverRelayNodeAsync()
     {
-        await using var connection = await ConnectionMultiplexer.ConnectAsync(ConnectionString);
-        var deadline = DateTime.UtcNow.AddSeconds(30);
-        while (true)
+        var replica = _nodes[3].Port;
+        await using var connection = await ConnectionMultiplexer.ConnectAsync(AllNodes);
+        var slot = (long)await connection.GetServer("127.0.0.1", replica).ExecuteAsync("CLUSTER", "KEYSLOT", RedisKeys.Stream);
+        await connection.GetServer("127.0.0.1", replica).ExecuteAsync("CLUSTER", "FAILOVER");
+        await WaitForAsync(async () =>
         {
-            try
+            foreach (var node in _nodes)
             {
-                var states = new List<string>();
-                foreach (var node in _nodes)
+                // Every node names the replica as the primary of the relay's slot.
+                var ranges = (RedisResult[])(await connection.GetServer("127.0.0.1", node.Port).ExecuteAsync("CLUSTER", "SLOTS"))!;
+                if (!ranges.Select(r => (RedisResult[])r!).Any(r => (long)r[0] <= slot && (long)r[1] >= slot && (long)((RedisResult[])r[2]!)[1] == replica))
                 {
-                    states.Add((string?)await connection.GetServer("127.0.0.1", node.Port).ExecuteAsync("CLUSTER", "INFO") ?? "");
-                }
-                if (states.All(s => s.Contains("cluster_state:ok", StringComparison.Ordinal)))
-                {
-                    await connection.ConfigureAsync();
-                    await connection.GetDatabase().StringGetAsync(RedisKeys.Stream);
-                    RelayNodePort = ((System.Net.IPEndPoint)connection.GetServer(RedisKeys.Stream, flags: CommandFlags.DemandMaster).EndPoint).Port;
-                    return;
+                    return false;
                 }
             }
-            catch (RedisException) when (DateTime.UtcNow < deadline)
-            {
-            }
-            if (DateTime.UtcNow >= deadline)
-            {
-                throw new InvalidOperationException("the Redis Cluster did not become ok within 30 s");
-            }
-            await Task.Delay(100);
-        }
+            return true;
+        }, "every node sees the replica as the slot's primary");
+        RelayNodePort = replica;
     }
 
     /// <summary>
@@ -107,7 +98,7 @@ public sealed class RedisCluster : IAsyncDisposable
     /// <returns>How many keys were moved.</returns>
     public async Task<int> MoveRelaySlotAsync(int batch, TimeSpan pause)
     {
-        await using var connection = await ConnectionMultiplexer.ConnectAsync(ConnectionString);
+        await using var connection = await ConnectionMultiplexer.ConnectAsync(AllNodes);
         var source = connection.GetServer("127.0.0.1", RelayNodePort);
         var targetPort = _nodes.First(n => n.Port != RelayNodePort).Port;
         var target = connection.GetServer("127.0.0.1", targetPort);
@@ -138,6 +129,69 @@ public sealed class RedisCluster : IAsyncDisposable
         foreach (var node in _nodes)
         {
             await node.DisposeAsync();
+        }
+    }
+
+    // The bus port named: by default it is the port + 10000, which nothing keeps free.
+    private static Task<RedisServer> StartNodeAsync() => RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction", "--cluster-enabled", "yes",
+        "--cluster-config-file", "nodes.conf", "--cluster-port", RedisServer.FreePort().ToString(CultureInfo.InvariantCulture));
+
+    private static async Task RedisCliAsync(IEnumerable<string> args)
+    {
+        var start = new ProcessStartInfo("redis-cli") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var arg in args)
+        {
+            start.ArgumentList.Add(arg);
+        }
+        using var cli = Process.Start(start) ?? throw new InvalidOperationException("redis-cli did not start");
+        var output = cli.StandardOutput.ReadToEndAsync();
+        var errors = cli.StandardError.ReadToEndAsync();
+        await cli.WaitForExitAsync();
+        if (cli.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"redis-cli {string.Join(' ', start.ArgumentList)} failed ({cli.ExitCode}): {await output}{await errors}");
+        }
+    }
+
+    /// <summary>Until every node says the cluster is ok; then which node serves the relay's slot.</summary>
+    private async Task WaitUntilServedAsync()
+    {
+        await using var connection = await ConnectionMultiplexer.ConnectAsync(AllNodes);
+        await WaitForAsync(async () =>
+        {
+            foreach (var node in _nodes)
+            {
+                if (!((string?)await connection.GetServer("127.0.0.1", node.Port).ExecuteAsync("CLUSTER", "INFO"))!.Contains("cluster_state:ok", StringComparison.Ordinal))
+                {
+                    return false;
+                }
+            }
+            return true;
+        }, "the cluster is ok");
+        await connection.ConfigureAsync();
+        RelayNodePort = ((IPEndPoint)connection.GetServer(RedisKeys.Stream, flags: CommandFlags.DemandMaster).EndPoint).Port;
+    }
+
+    private static async Task WaitForAsync(Func<Task<bool>> condition, string what)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (true)
+        {
+            try
+            {
+                if (await condition())
+                {
+                    return;
+                }
+            }
+            catch (RedisException) when (DateTime.UtcNow < deadline)
+            {
+            }
+            if (DateTime.UtcNow >= deadline)
+            {
+                throw new InvalidOperationException($"waited 30 s in vain for: {what}");
+            }
+            await Task.Delay(100);
         }
     }
 }

@@ -109,46 +109,75 @@ public class RedisClusterTests
         await relay.SendAllAcceptedAsync(before);
         var from = cluster.RelayNodePort;
 
-        // Sent while the slot moves, each until the relay takes it (202, or 200 if an earlier try was queued after all):
-        // a refusal (503) wrote nothing, and Port's retry would come.
-        var during = new List<string>();
-        var refusals = 0;
-        using var moving = new CancellationTokenSource();
-        var sending = Task.Run(async () =>
-        {
-            while (!moving.IsCancellationRequested || during.Count < 20)
-            {
-                var runId = TestRuns.NewRunId();
-                while (true)
-                {
-                    using var response = await relay.SendRunAsync(TestRuns.Body(runId));
-                    if (response.StatusCode is HttpStatusCode.Accepted or HttpStatusCode.OK)
-                    {
-                        break;
-                    }
-                    Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
-                    refusals++;
-                    await Task.Delay(50);
-                }
-                during.Add(runId);
-            }
-        });
-        var moved = await cluster.MoveRelaySlotAsync(batch: 10, pause: TimeSpan.FromMilliseconds(20));
-        await moving.CancelAsync();
-        await sending;
+        var moving = cluster.MoveRelaySlotAsync(batch: 10, pause: TimeSpan.FromMilliseconds(20));
+        var (during, refusals) = await SendWhileAsync(relay, moving);
+        var moved = await moving;
 
-        var runs = before.Concat(during).ToList();
-        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count(r => r.StatusCode == 200) >= runs.Count
-            && await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0,
-            TimeSpan.FromSeconds(60), () => $"all {runs.Count} runs delivered ({during.Count} sent while {moved} keys moved, {refusals} refusals)");
-        var delivered = (await relay.EmulatorApi.RequestsAsync()).Where(r => r.StatusCode == 200).Select(r => r.Header("X-Port-Run-Id")).ToList();
-        Assert.Equal(runs.Order(), delivered.Order());
+        await AssertEachDeliveredOnceAndReportedAsync(relay, [.. before, .. during], $"{during.Count} sent while {moved} keys moved, {refusals} refusals");
         Assert.NotEqual(from, cluster.RelayNodePort);
         Assert.True(moved > before.Count, $"{moved} keys moved");
         // The runs met the move: while the slot's keys are split between the nodes, Redis answers a script naming keys on
         // both TRYAGAIN, and the Ingress refuses (503), the Dispatcher tries its step again (2007).
         var tryAgain = relay.Dispatcher.Logs.Lines.Concat(relay.Ingress.Logs.Lines).Count(l => l.Contains("TRYAGAIN", StringComparison.Ordinal));
         Assert.True(refusals + tryAgain > 0, "no call met the move");
+    }
+
+    [Fact]
+    public async Task Relay_RedisClusterFailsOverUnderLoad_NoRunLostNoneDeliveredTwice()
+    {
+        // A managed Redis fails its primaries over for maintenance: the relay's node among them.
+        await using var cluster = await RedisCluster.StartAsync();
+        await cluster.AddReplicaOfRelayNodeAsync();
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientId"] = "relay-client";
+            c["Dispatcher:Retry:InitialDelaySeconds"] = "0.2";
+        }, redisConnection: cluster.ConnectionString);
+        var before = Enumerable.Range(0, 50).Select(_ => TestRuns.NewRunId()).ToList();
+        await relay.SendAllAcceptedAsync(before);
+        var from = cluster.RelayNodePort;
+
+        var (during, refusals) = await SendWhileAsync(relay, cluster.FailOverRelayNodeAsync());
+
+        await AssertEachDeliveredOnceAndReportedAsync(relay, [.. before, .. during], $"{during.Count} sent during the failover, {refusals} refusals");
+        Assert.NotEqual(from, cluster.RelayNodePort);
+    }
+
+    /// <summary>
+    /// Runs sent one after another while <paramref name="work"/> goes on, and at least 20: each until the relay takes it
+    /// (202, or 200 if an earlier try was queued after all). A refusal (503) wrote nothing, and Port's retry would come.
+    /// </summary>
+    private static async Task<(List<string> Sent, int Refusals)> SendWhileAsync(Relay relay, Task work)
+    {
+        var sent = new List<string>();
+        var refusals = 0;
+        while (!work.IsCompleted || sent.Count < 20)
+        {
+            var runId = TestRuns.NewRunId();
+            while (true)
+            {
+                using var response = await relay.SendRunAsync(TestRuns.Body(runId));
+                if (response.StatusCode is HttpStatusCode.Accepted or HttpStatusCode.OK)
+                {
+                    break;
+                }
+                Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+                refusals++;
+                await Task.Delay(50);
+            }
+            sent.Add(runId);
+        }
+        await work;
+        return (sent, refusals);
+    }
+
+    private static async Task AssertEachDeliveredOnceAndReportedAsync(Relay relay, List<string> runs, string context)
+    {
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count(r => r.StatusCode == 200) >= runs.Count
+            && await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0,
+            TimeSpan.FromSeconds(60), () => $"all {runs.Count} runs delivered ({context})");
+        var delivered = (await relay.EmulatorApi.RequestsAsync()).Where(r => r.StatusCode == 200).Select(r => r.Header("X-Port-Run-Id")).ToList();
+        Assert.Equal(runs.Order(), delivered.Order());
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Where(c => c.StatusCode == 201).Select(c => c.RunId).Distinct().Count() == runs.Count,
             TimeSpan.FromSeconds(60), "every run reported to Port");
     }
