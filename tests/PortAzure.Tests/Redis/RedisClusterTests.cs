@@ -19,11 +19,7 @@ public class RedisClusterTests
     public async Task Relay_RedisCluster_DeliversRetriesDeduplicatesReportsAndReplays()
     {
         await using var cluster = await RedisCluster.StartAsync();
-        await using var relay = await Relay.StartAsync(c =>
-        {
-            c["Port:ClientId"] = "relay-client";
-            c["Dispatcher:Retry:InitialDelaySeconds"] = "0.5";
-        }, redisConnection: cluster.ConnectionString);
+        await using var relay = await StartRelayAsync(cluster);
         // The first POST fails: its run goes through the retry schedule (claimed, begun again, finished).
         await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503 } } });
         var runIds = Enumerable.Range(0, 10).Select(_ => TestRuns.NewRunId()).ToList();
@@ -100,11 +96,7 @@ public class RedisClusterTests
     {
         // Adding a shard to a cluster moves slots: the relay's one slot, with every key of the relay, may be among them.
         await using var cluster = await RedisCluster.StartAsync();
-        await using var relay = await Relay.StartAsync(c =>
-        {
-            c["Port:ClientId"] = "relay-client";
-            c["Dispatcher:Retry:InitialDelaySeconds"] = "0.2";
-        }, redisConnection: cluster.ConnectionString);
+        await using var relay = await StartRelayAsync(cluster);
         var before = Enumerable.Range(0, 100).Select(_ => TestRuns.NewRunId()).ToList();
         await relay.SendAllAcceptedAsync(before);
         var from = cluster.RelayNodePort;
@@ -128,11 +120,7 @@ public class RedisClusterTests
         // A managed Redis fails its primaries over for maintenance: the relay's node among them.
         await using var cluster = await RedisCluster.StartAsync();
         await cluster.AddReplicaOfRelayNodeAsync();
-        await using var relay = await Relay.StartAsync(c =>
-        {
-            c["Port:ClientId"] = "relay-client";
-            c["Dispatcher:Retry:InitialDelaySeconds"] = "0.2";
-        }, redisConnection: cluster.ConnectionString);
+        await using var relay = await StartRelayAsync(cluster);
         var before = Enumerable.Range(0, 50).Select(_ => TestRuns.NewRunId()).ToList();
         await relay.SendAllAcceptedAsync(before);
         var from = cluster.RelayNodePort;
@@ -142,6 +130,13 @@ public class RedisClusterTests
         await AssertEachDeliveredOnceAndReportedAsync(relay, [.. before, .. during], $"{during.Count} sent during the failover, {refusals} refusals");
         Assert.NotEqual(from, cluster.RelayNodePort);
     }
+
+    /// <summary>The relay on <paramref name="cluster"/>, reporting to Port, its retries due soon.</summary>
+    private static Task<Relay> StartRelayAsync(RedisCluster cluster) => Relay.StartAsync(c =>
+    {
+        c["Port:ClientId"] = "relay-client";
+        c["Dispatcher:Retry:InitialDelaySeconds"] = "0.2";
+    }, redisConnection: cluster.ConnectionString);
 
     /// <summary>
     /// Runs sent one after another while <paramref name="work"/> goes on, and at least 20: each until the relay takes it
