@@ -140,7 +140,8 @@ public class RedisClusterTests
 
     /// <summary>
     /// Runs sent one after another while <paramref name="work"/> goes on, and at least 20: each until the relay takes it
-    /// (202, or 200 if an earlier try was queued after all). A refusal (503) wrote nothing, and Port's retry would come.
+    /// (202, or 200 if an earlier try was queued after all). A refusal (503) wrote nothing, so the same call is sent
+    /// again: a retrying client's part (Port does not document retrying a 503).
     /// </summary>
     private static async Task<(List<string> Sent, int Refusals)> SendWhileAsync(Relay relay, Task work)
     {
