@@ -108,8 +108,8 @@ public class RedisClusterTests
         await AssertEachDeliveredOnceAndReportedAsync(relay, [.. before, .. during], $"{during.Count} sent while {moved} keys moved, {refusals} refusals");
         Assert.NotEqual(from, cluster.RelayNodePort);
         Assert.True(moved > before.Count, $"{moved} keys moved");
-        // The runs met the move: while the slot's keys are split between the nodes, Redis answers a script naming keys on
-        // both TRYAGAIN, and the Ingress refuses (503), the Dispatcher tries its step again (2007).
+        // The runs met the move: while a slot moves, Redis answers TRYAGAIN to a command naming several keys unless all of
+        // them exist on the node asked; the Ingress refuses (503), the Dispatcher tries its step again (2007).
         var tryAgain = relay.Dispatcher.Logs.Lines.Concat(relay.Ingress.Logs.Lines).Count(l => l.Contains("TRYAGAIN", StringComparison.Ordinal));
         Assert.True(refusals + tryAgain > 0, "no call met the move");
     }
