@@ -1,5 +1,4 @@
 using System.Net;
-using Microsoft.Extensions.DependencyInjection;
 using PortAzure.Dispatcher.Delivery;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
@@ -74,14 +73,7 @@ public class DeliveryStoreTests
         {
             var server = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
             var connection = await ConnectionMultiplexer.ConnectAsync(server.ConnectionString);
-            IConnectionMultiplexer storeConnection = connection;
-            if (fault is not null)
-            {
-                var services = new ServiceCollection().AddSingleton<IConnectionMultiplexer>(connection);
-                FaultyRedis.FailCalls(services, fault);
-                storeConnection = services.BuildServiceProvider().GetRequiredService<IConnectionMultiplexer>();
-            }
-            return await StartAsync(connection, storeConnection, connection, server);
+            return await StartAsync(connection, fault is null ? connection : FaultyRedis.FailCalls(connection, fault), connection, server);
         }
 
         private static async Task<DueSlot> StartAsync(ConnectionMultiplexer connection, IConnectionMultiplexer storeConnection, params IAsyncDisposable[] owned)

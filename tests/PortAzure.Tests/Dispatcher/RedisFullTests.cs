@@ -201,8 +201,15 @@ public class RedisFullTests
         // made here. Thrown, it kept the Dispatcher from reading runs or sending the reports queued for Port.
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
         var refused = 0;
-        var dispatcher = await relay.AddDispatcherAsync(services: services => FaultyRedis.FailScripts(services,
-            script => script.Contains("DELCONSUMER", StringComparison.Ordinal) && Interlocked.Increment(ref refused) > 0 ? ScriptFault.OutOfMemory : ScriptFault.None));
+        var dispatcher = await relay.AddDispatcherAsync(services: services => FaultyRedis.FailScripts(services, script =>
+        {
+            if (!script.Contains("DELCONSUMER", StringComparison.Ordinal))
+            {
+                return ScriptFault.None;
+            }
+            Interlocked.Increment(ref refused);
+            return ScriptFault.OutOfMemory;
+        }));
         var runId = TestRuns.NewRunId();
 
         using (var accepted = await relay.SendRunAsync(TestRuns.Body(runId)))

@@ -71,26 +71,26 @@ public static class FaultyRedis
 
     /// <summary>Wraps the registered multiplexer; <paramref name="fault"/> is asked for every asynchronous database call.</summary>
     /// <param name="hold">
-    /// Asked for every call not failed (outside transactions), once it is sent: a task returned holds the call's reply
+    /// Asked for every call not failed, once it is sent: a task returned holds the call's reply
     /// until the task ends. How a test puts something between a call's run and what the caller does with its reply.
     /// </param>
     /// <param name="replied">
-    /// Told of every call not failed (outside transactions) once its reply has come, before any hold: how a test knows that
+    /// Told of every call not failed once its reply has come, before any hold: how a test knows that
     /// Redis has run a call, where <paramref name="fault"/> and <paramref name="hold"/> know only that it was sent.
     /// </param>
     public static void FailCalls(IServiceCollection services, Func<RedisCall, ScriptFault> fault, Func<RedisCall, Task?>? hold = null,
         Action<RedisCall>? replied = null)
     {
-        var plan = new Plan(fault, hold ?? (_ => null), replied);
         var registered = services.Last(d => d.ServiceType == typeof(IConnectionMultiplexer) && !d.IsKeyedService);
         services.Remove(registered);
-        services.AddSingleton(provider =>
-        {
-            var inner = registered.ImplementationInstance as IConnectionMultiplexer
-                ?? (IConnectionMultiplexer)registered.ImplementationFactory!(provider);
-            return Wrap<IConnectionMultiplexer, MultiplexerProxy>(inner, plan);
-        });
+        services.AddSingleton(provider => FailCalls(registered.ImplementationInstance as IConnectionMultiplexer
+            ?? (IConnectionMultiplexer)registered.ImplementationFactory!(provider), fault, hold, replied));
     }
+
+    /// <summary><paramref name="inner"/>, its asynchronous database calls meeting <paramref name="fault"/> (as above).</summary>
+    public static IConnectionMultiplexer FailCalls(IConnectionMultiplexer inner, Func<RedisCall, ScriptFault> fault, Func<RedisCall, Task?>? hold = null,
+        Action<RedisCall>? replied = null) =>
+        Wrap<IConnectionMultiplexer, MultiplexerProxy>(inner, new Plan(fault, hold ?? (_ => null), replied));
 
     /// <summary>The exception the client gave the finish calls in flight when Redis was killed.</summary>
     public static Exception ConnectionReset() => new ConnectionResetException("Connection reset by peer", new SocketException(104));

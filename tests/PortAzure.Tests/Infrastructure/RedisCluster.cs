@@ -172,26 +172,16 @@ public sealed class RedisCluster : IAsyncDisposable
         RelayNodePort = ((IPEndPoint)connection.GetServer(RedisKeys.Stream, flags: CommandFlags.DemandMaster).EndPoint).Port;
     }
 
-    private static async Task WaitForAsync(Func<Task<bool>> condition, string what)
+    // Redis refuses calls while the cluster settles (CLUSTERDOWN): not yet, rather than a failure.
+    private static Task WaitForAsync(Func<Task<bool>> condition, string what) => Eventually.HoldsAsync(async () =>
     {
-        var deadline = DateTime.UtcNow.AddSeconds(30);
-        while (true)
+        try
         {
-            try
-            {
-                if (await condition())
-                {
-                    return;
-                }
-            }
-            catch (RedisException) when (DateTime.UtcNow < deadline)
-            {
-            }
-            if (DateTime.UtcNow >= deadline)
-            {
-                throw new InvalidOperationException($"waited 30 s in vain for: {what}");
-            }
-            await Task.Delay(100);
+            return await condition();
         }
-    }
+        catch (RedisException)
+        {
+            return false;
+        }
+    }, TimeSpan.FromSeconds(30), what);
 }
