@@ -38,6 +38,7 @@ public static class IngressExtensions
         builder.Services.AddSingleton<IPostConfigureOptions<ForwardedHeadersOptions>, TrustedProxiesSetup>();
         builder.Services.AddSingleton<IngressMetrics>();
         builder.Services.AddSingleton<RunQueue>();
+        builder.Services.AddSingleton<ReplicaConfirmation>();
         builder.Services.AddSingleton<WebhookHandler>();
         builder.Services.AddSingleton<WebhookConcurrencyLimit>();
         builder.Services.AddSingleton<OperatorApiRefusalLog>();

@@ -31,6 +31,15 @@ internal sealed class IngressOptions
     /// </summary>
     public int MaxConcurrentCalls { get; set; } = 1000;
 
+    /// <summary>
+    /// Replicas of the Redis primary that must hold a run before it is answered 202 (Redis <c>WAIT</c>); 0: the
+    /// primary's own acknowledgement (replication is asynchronous, so a failover can lose the last runs answered).
+    /// </summary>
+    public int WaitForReplicas { get; set; }
+
+    /// <summary>How long Redis waits for those replicas before the call is answered 503 (the run stays queued).</summary>
+    public int ReplicaWaitMilliseconds { get; set; } = 500;
+
     /// <summary>The networks (CIDR) of the proxies whose <c>X-Forwarded-For</c> is believed; empty: the framework's rule (Edge/TrustedProxies).</summary>
     public IList<string> TrustedProxyNetworks { get; } = [];
 }
@@ -63,6 +72,16 @@ internal sealed class IngressOptionsValidator : IValidateOptions<IngressOptions>
         if (options.MaxConcurrentCalls is < 0 or > 100_000)
         {
             errors.Add("Ingress:MaxConcurrentCalls must be between 0 (no cap) and 100000.");
+        }
+        if (options.WaitForReplicas is < 0 or > 16)
+        {
+            errors.Add("Ingress:WaitForReplicas must be between 0 (no waiting) and 16.");
+        }
+        // WAIT holds up every other command on the connection, and a wait longer than the client's own timeout
+        // (asyncTimeout, 5 s by default) would be cut short as a Redis failure.
+        if (options.ReplicaWaitMilliseconds is < 10 or > 2000)
+        {
+            errors.Add("Ingress:ReplicaWaitMilliseconds must be between 10 and 2000.");
         }
         foreach (var network in options.TrustedProxyNetworks)
         {

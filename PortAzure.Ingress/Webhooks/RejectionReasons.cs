@@ -23,6 +23,7 @@ internal static class RejectionReasons
     public const string TimestampInFuture = "timestamp_in_future";
     public const string RunIdInvalid = "run_id_invalid";
     public const string RedisUnavailable = "queue_unavailable";
+    public const string ReplicationUnconfirmed = "replication_unconfirmed";
     public const string RateLimited = "rate_limited";
     public const string Overloaded = "overloaded";
 }

@@ -28,6 +28,7 @@ internal sealed partial class WebhookHandler(
     IOptionsMonitor<PortOptions> portOptions,
     IOptionsMonitor<AzureDevOpsOptions> azureOptions,
     RunQueue queue,
+    ReplicaConfirmation replicas,
     WebhookConcurrencyLimit concurrency,
     WebhookGlobalLimit globalLimit,
     WebhookOpenCalls openCalls,
@@ -45,6 +46,7 @@ internal sealed partial class WebhookHandler(
     private const string QueueErrorLine = "error:queue_unavailable";
     private const string QueueFullLine = "error:queue_full";
     private const string DuplicateLine = "duplicate";
+    private const string ReplicationLine = "error:replication_unconfirmed";
     private readonly LogThrottle _lines = new(timeProvider, TimeSpan.FromSeconds(10));
 
     public async Task<IResult> HandleAsync(HttpContext context, string org, string webhook)
@@ -301,6 +303,12 @@ internal sealed partial class WebhookHandler(
                 RedisRetryAfter, LogLevel.Debug);
         }
 
+        // A duplicate waits too: its 200 says the run is held as surely as the 202 did.
+        if (options.WaitForReplicas > 0 && await ConfirmReplicasAsync(org, webhook, result, options, activity) is { } unconfirmed)
+        {
+            return unconfirmed;
+        }
+
         var location = $"/api/deliveries/{result.DeliveryId}";
         context.Response.Headers.Location = location;
         if (!result.Accepted)
@@ -321,6 +329,36 @@ internal sealed partial class WebhookHandler(
         metrics.Accepted();
         Log.Accepted(logger, deliveryId, runId, org, webhook);
         return TypedResults.Json(new WebhookAccepted(deliveryId, runId, "queued", Duplicate: null), statusCode: StatusCodes.Status202Accepted);
+    }
+
+    private async Task<IResult?> ConfirmReplicasAsync(string org, string webhook, EnqueueResult result, IngressOptions options, Activity? activity)
+    {
+        long acknowledged = 0;
+        Exception? failure = null;
+        try
+        {
+            acknowledged = await replicas.WaitAsync(options.WaitForReplicas, TimeSpan.FromMilliseconds(options.ReplicaWaitMilliseconds));
+        }
+        catch (Exception ex) when (RedisFailures.IsFailure(ex) || ex is RedisCommandException or ObjectDisposedException)
+        {
+            failure = ex;
+        }
+        if (failure is null && acknowledged >= options.WaitForReplicas)
+        {
+            return null;
+        }
+        activity?.SetStatus(ActivityStatusCode.Error, "replication unconfirmed");
+        if (_lines.Take(ReplicationLine) is var calls and > 0)
+        {
+            Log.ReplicationUnconfirmed(logger, failure, org, webhook, acknowledged, options.WaitForReplicas, options.ReplicaWaitMilliseconds, calls);
+        }
+        // The run is queued (the script answered): it is delivered unless the primary is lost before a replica has it.
+        // Port is told so, rather than "accepted", and a retry is answered from the idempotency key, after its own wait.
+        return Reject(StatusCodes.Status503ServiceUnavailable, RejectionReasons.ReplicationUnconfirmed,
+            $"The run is queued as delivery {result.DeliveryId} on the Redis primary, but {acknowledged} of the {options.WaitForReplicas} replicas " +
+            $"Ingress:WaitForReplicas asks for confirmed it within {options.ReplicaWaitMilliseconds} ms: it is delivered unless that primary is lost " +
+            "first. Retry later: the retry answers 200 duplicate once the replicas hold it.",
+            RedisRetryAfter, LogLevel.Debug);
     }
 
     private IResult? CheckSignature(HttpRequest request, byte[] body, IngressOptions options)
@@ -489,6 +527,10 @@ internal sealed partial class WebhookHandler(
         [LoggerMessage(EventIds.QueueUnavailable, LogLevel.Error,
             "Could not queue a run for {Org}/{Webhook}: Redis is unavailable ({Calls} calls failed this way since the last such line; at most one every 10 s)")]
         public static partial void QueueUnavailable(ILogger logger, Exception exception, string org, string webhook, long calls);
+
+        [LoggerMessage(EventIds.ReplicationUnconfirmed, LogLevel.Error,
+            "A run for {Org}/{Webhook} is queued on the Redis primary, but {Acknowledged} of the {Replicas} replicas asked for (Ingress:WaitForReplicas) confirmed it within {Milliseconds} ms; the call was answered 503 ({Calls} calls answered so since the last such line; at most one every 10 s)")]
+        public static partial void ReplicationUnconfirmed(ILogger logger, Exception? exception, string org, string webhook, long acknowledged, int replicas, int milliseconds, long calls);
 
         [LoggerMessage(EventIds.QueueFull, LogLevel.Error,
             "Could not queue a run for {Org}/{Webhook}: Redis is out of memory (maxmemory reached; noeviction refuses writes), and nothing was written ({Calls} calls failed this way since the last such line; at most one every 10 s)")]

@@ -99,6 +99,17 @@ public sealed class RedisServer : IAsyncDisposable
         throw new InvalidOperationException($"redis-server on port {Port} did not answer within 20 s (is redis-server installed?)");
     }
 
+    /// <summary>A replica of <paramref name="primary"/>, returned once its link to it is up (the first sync done).</summary>
+    public static async Task<RedisServer> StartReplicaOfAsync(RedisServer primary)
+    {
+        ArgumentNullException.ThrowIfNull(primary);
+        var replica = await StartAsync(null, "--replicaof", "127.0.0.1", primary.Port.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        await using var connection = await ConnectionMultiplexer.ConnectAsync(replica.ConnectionString);
+        await Eventually.HoldsAsync(async () => ((string?)await connection.GetServer("127.0.0.1", replica.Port).ExecuteAsync("INFO", "replication"))!
+            .Contains("master_link_status:up", StringComparison.Ordinal), TimeSpan.FromSeconds(20), "the replica is in sync");
+        return replica;
+    }
+
     /// <summary>
     /// Writes 4 MB through <paramref name="db"/>, then lowers <c>maxmemory</c> to 1 MB: Redis is over its limit from then on
     /// and, with <c>noeviction</c>, refuses writes until the limit is raised (<c>CONFIG SET maxmemory 0</c>).

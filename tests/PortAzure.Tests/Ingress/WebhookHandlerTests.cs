@@ -676,12 +676,16 @@ public class WebhookHandlerTests
             ["Admin:ApiKey"] = "admin",
             // Read early by Kestrel's limits, yet reported with the rest.
             ["Ingress:MaxConcurrentCalls"] = "-1",
+            ["Ingress:WaitForReplicas"] = "17",
+            ["Ingress:ReplicaWaitMilliseconds"] = "5000",
         }));
         Assert.Contains("AzureDevOps:Targets:0:Org", error.ToString(), StringComparison.Ordinal);
         Assert.Contains("AzureDevOps:Targets:0:Webhook", error.ToString(), StringComparison.Ordinal);
         Assert.Contains("AzureDevOps:Targets:2 repeats the target 'Contoso/DEPLOY' of AzureDevOps:Targets:1", error.ToString(), StringComparison.Ordinal);
         Assert.Contains("Admin:ApiKey must be at least 16 characters", error.ToString(), StringComparison.Ordinal);
         Assert.Contains("Ingress:MaxConcurrentCalls", error.ToString(), StringComparison.Ordinal);
+        Assert.Contains("Ingress:WaitForReplicas must be between 0", error.ToString(), StringComparison.Ordinal);
+        Assert.Contains("Ingress:ReplicaWaitMilliseconds must be between 10 and 2000", error.ToString(), StringComparison.Ordinal);
     }
 
     [Theory]

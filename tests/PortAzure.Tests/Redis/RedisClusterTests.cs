@@ -120,22 +120,32 @@ public class RedisClusterTests
         // A managed Redis fails its primaries over for maintenance: the relay's node among them.
         await using var cluster = await RedisCluster.StartAsync();
         await cluster.AddReplicaOfRelayNodeAsync();
-        await using var relay = await StartRelayAsync(cluster);
+        // Each run answered only once the relay node's replica holds it: the WAIT goes to that node, before and after.
+        await using var relay = await StartRelayAsync(cluster, c => c["Ingress:WaitForReplicas"] = "1");
         var before = Enumerable.Range(0, 50).Select(_ => TestRuns.NewRunId()).ToList();
         await relay.SendAllAcceptedAsync(before);
         var from = cluster.RelayNodePort;
 
         var (during, refusals) = await SendWhileAsync(relay, cluster.FailOverRelayNodeAsync());
+        // Then on the new primary, once the old one follows it as its replica.
+        await using (var connection = await ConnectionMultiplexer.ConnectAsync(cluster.ConnectionString))
+        {
+            await Eventually.HoldsAsync(async () => ((string?)await connection.GetServer("127.0.0.1", cluster.RelayNodePort).ExecuteAsync("INFO", "replication"))!
+                .Contains("connected_slaves:1", StringComparison.Ordinal), TimeSpan.FromSeconds(20), "the old primary follows the new one");
+        }
+        var after = Enumerable.Range(0, 20).Select(_ => TestRuns.NewRunId()).ToList();
+        await relay.SendAllAcceptedAsync(after);
 
-        await AssertEachDeliveredOnceAndReportedAsync(relay, [.. before, .. during], $"{during.Count} sent during the failover, {refusals} refusals");
+        await AssertEachDeliveredOnceAndReportedAsync(relay, [.. before, .. during, .. after], $"{during.Count} sent during the failover, {refusals} refusals");
         Assert.NotEqual(from, cluster.RelayNodePort);
     }
 
     /// <summary>The relay on <paramref name="cluster"/>, reporting to Port, its retries due soon.</summary>
-    private static Task<Relay> StartRelayAsync(RedisCluster cluster) => Relay.StartAsync(c =>
+    private static Task<Relay> StartRelayAsync(RedisCluster cluster, Action<Dictionary<string, string?>>? configure = null) => Relay.StartAsync(c =>
     {
         c["Port:ClientId"] = "relay-client";
         c["Dispatcher:Retry:InitialDelaySeconds"] = "0.2";
+        configure?.Invoke(c);
     }, redisConnection: cluster.ConnectionString);
 
     /// <summary>

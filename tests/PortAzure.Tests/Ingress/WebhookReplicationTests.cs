@@ -1,0 +1,129 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text.Json;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
+
+namespace PortAzure.Tests.Ingress;
+
+/// <summary>Ingress:WaitForReplicas: a run is answered only once a replica holds it, on a real primary and replica.</summary>
+public class WebhookReplicationTests
+{
+    private static void WaitForOneReplica(Dictionary<string, string?> config)
+    {
+        config["Ingress:WaitForReplicas"] = "1";
+        config["Ingress:ReplicaWaitMilliseconds"] = "200";
+    }
+
+    [Fact]
+    public async Task Post_ReplicaInSync_Answers202OnceTheReplicaHoldsTheRun()
+    {
+        await using var primary = await RedisServer.StartAsync();
+        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
+        await using var onReplica = await ConnectionMultiplexer.ConnectAsync(replica.ConnectionString);
+        await using var relay = await Relay.StartAsync(WaitForOneReplica, dispatchers: 0, redisConnection: primary.ConnectionString);
+        var runId = TestRuns.NewRunId();
+
+        using var response = await relay.SendRunAsync(TestRuns.Body(runId));
+
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        var deliveryId = (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deliveryId").GetString()!;
+        Assert.Equal($"/api/deliveries/{deliveryId}", response.Headers.Location?.ToString());
+        Assert.True(await ReplicaHoldsAsync(onReplica, replica, runId));
+    }
+
+    [Fact]
+    public async Task Post_ReplicaPaused_Answers503QueuedUntilTheReplicaCatchesUpThen200Duplicate()
+    {
+        await using var primary = await RedisServer.StartAsync();
+        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
+        await using var relay = await Relay.StartAsync(WaitForOneReplica, dispatchers: 0, redisConnection: primary.ConnectionString);
+        var runId = TestRuns.NewRunId();
+        var body = TestRuns.Body(runId);
+
+        replica.Pause();
+        string detail;
+        try
+        {
+            using var refused = await relay.SendRunAsync(body);
+
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
+            Assert.Equal("application/problem+json", refused.Content.Headers.ContentType?.MediaType);
+            var problem = await refused.Content.ReadFromJsonAsync<JsonElement>();
+            Assert.Equal("replication_unconfirmed", problem.GetProperty("reason").GetString());
+            Assert.NotNull(refused.Headers.RetryAfter);
+            Assert.Null(refused.Headers.Location);
+            detail = problem.GetProperty("detail").GetString()!;
+
+            // A duplicate's 200 would say as much as the 202: it waits too.
+            using var again = await relay.SendRunAsync(body);
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, again.StatusCode);
+            Assert.Equal("replication_unconfirmed", await ProblemResponses.ReasonAsync(again));
+        }
+        finally
+        {
+            replica.Resume();
+        }
+
+        // Queued all the same (the Dispatcher delivers it unless the primary is lost first), as the answer says.
+        var deliveryId = Assert.Single(await relay.Db.SetMembersAsync(RedisKeys.RunIndex(runId))).ToString();
+        Assert.Contains(deliveryId, detail, StringComparison.Ordinal);
+        Assert.Equal(DeliveryStates.Queued, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State));
+        Assert.Single(relay.Ingress.Logs.Lines, l => l.StartsWith("Error", StringComparison.Ordinal) && l.Contains("[1009]", StringComparison.Ordinal));
+
+        using var retry = await relay.SendRunAsync(body);
+
+        Assert.Equal(HttpStatusCode.OK, retry.StatusCode);
+        var duplicate = await retry.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal(deliveryId, duplicate.GetProperty("deliveryId").GetString());
+        Assert.True(duplicate.GetProperty("duplicate").GetBoolean());
+        Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
+    public async Task Post_ReplicaPromotedWhileThePrimaryStillAnswers_EveryRunAnsweredAcceptedIsOnTheNewPrimary()
+    {
+        // An unplanned failover: whatever watches the primary (Sentinel, a managed service) loses sight of it and
+        // promotes its replica, while the Ingress still reaches the old primary until that is gone. Without the wait,
+        // the runs it answered 202 meanwhile are on the old primary only. (SIGSTOP on the replica would not show this:
+        // what the primary had sent sits in the replica's socket buffer and is read when it resumes.)
+        await using var primary = await RedisServer.StartAsync();
+        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
+        await using var onReplica = await ConnectionMultiplexer.ConnectAsync(replica.ConnectionString);
+        await using var relay = await Relay.StartAsync(WaitForOneReplica, dispatchers: 0, redisConnection: primary.ConnectionString);
+
+        var inSync = await SendAsync(relay, 20);
+        await onReplica.GetServer("127.0.0.1", replica.Port).ExecuteAsync("REPLICAOF", "NO", "ONE");
+        var cutOff = await SendAsync(relay, 10);
+        primary.Kill();
+
+        foreach (var (runId, _) in inSync.Concat(cutOff).Where(r => r.Status == HttpStatusCode.Accepted))
+        {
+            Assert.True(await ReplicaHoldsAsync(onReplica, replica, runId), $"run {runId} was answered 202 and is not on the new primary");
+        }
+        Assert.All(inSync, r => Assert.Equal(HttpStatusCode.Accepted, r.Status));
+        Assert.All(cutOff, r => Assert.Equal(HttpStatusCode.ServiceUnavailable, r.Status));
+    }
+
+    private static async Task<List<(string RunId, HttpStatusCode Status)>> SendAsync(Relay relay, int runs) =>
+        [.. await Task.WhenAll(Enumerable.Range(0, runs).Select(async _ =>
+        {
+            var runId = TestRuns.NewRunId();
+            using var response = await relay.SendRunAsync(TestRuns.Body(runId));
+            return (runId, response.StatusCode);
+        }))];
+
+    /// <summary>The run's index, record and stream entry, read from the replica itself (not redirected to its primary).</summary>
+    private static async Task<bool> ReplicaHoldsAsync(ConnectionMultiplexer onReplica, RedisServer replica, string runId)
+    {
+        var server = onReplica.GetServer("127.0.0.1", replica.Port);
+        var members = (RedisResult[])(await server.ExecuteAsync("SMEMBERS", RedisKeys.RunIndex(runId)))!;
+        if (members.Length != 1)
+        {
+            return false;
+        }
+        var streamId = (string?)await server.ExecuteAsync("HGET", RedisKeys.Delivery((string)members[0]!), DeliveryRecord.StreamId);
+        return streamId is not null && ((RedisResult[])(await server.ExecuteAsync("XRANGE", RedisKeys.Stream, streamId, streamId))!).Length == 1;
+    }
+}
