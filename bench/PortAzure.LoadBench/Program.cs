@@ -68,6 +68,30 @@ if (settings.RedisCpus is { } redisCpus)
         throw new InvalidOperationException($"taskset could not pin redis-server to CPUs {redisCpus} (exit {taskset.ExitCode}).");
     }
 }
+if (settings.Replica)
+{
+    // --replica: a replica of Redis on the same cores, for the cost of Ingress:WaitForReplicas (set it with --service-env);
+    // without that setting the replica only adds its own work (applying the stream), the other half of an A/B.
+    var replicaPort = ServiceProcess.FreePort();
+    var replicaDir = Path.Combine(outDir, "redis-replica");
+    Directory.CreateDirectory(replicaDir);
+    var replica = ServiceProcess.Start("redis-replica", "redis-server",
+        ["--port", replicaPort.ToString(CultureInfo.InvariantCulture), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", replicaDir,
+         "--replicaof", "127.0.0.1", redisPort.ToString(CultureInfo.InvariantCulture)],
+        new Dictionary<string, string>(), Path.Combine(logs, "redis-replica.log"), replicaPort);
+    services.Add(replica);
+    await replica.WaitReadyAsync(null, TimeSpan.FromSeconds(20));
+    using var toReplica = await ConnectionMultiplexer.ConnectAsync($"127.0.0.1:{replicaPort}");
+    var linked = DateTime.UtcNow.AddSeconds(20);
+    while (!((string?)await toReplica.GetServer("127.0.0.1", replicaPort).ExecuteAsync("INFO", "replication"))!.Contains("master_link_status:up", StringComparison.Ordinal))
+    {
+        if (DateTime.UtcNow > linked)
+        {
+            throw new InvalidOperationException("the Redis replica did not link to its primary within 20 s");
+        }
+        await Task.Delay(100);
+    }
+}
 report.Machine(settings, redisServer.Pid);
 var redisConnection = $"127.0.0.1:{redisPort},abortConnect=false";
 using var redis = await ConnectionMultiplexer.ConnectAsync(redisConnection);
@@ -498,6 +522,7 @@ internal sealed class Settings
     public string? OutDir { get; private set; }
     public string? ServiceLogLevel { get; private set; }
     public string? RedisCpus { get; private set; }
+    public bool Replica { get; private set; }
     public Dictionary<string, string> ServiceEnv { get; } = [];
     public int Connections { get; private set; } = 32;
     public int OpenConnections { get; private set; } = 256;
@@ -535,6 +560,7 @@ internal sealed class Settings
                     break;
                 case "--ingress-only": s.IngressOnly = true; break;
                 case "--otlp": s.Otlp = true; break;
+                case "--replica": s.Replica = true; break;
                 case "--warmup-seconds": s.WarmupDuration = TimeSpan.FromSeconds(double.Parse(Next(), CultureInfo.InvariantCulture)); break;
                 case "--out": s.OutDir = Path.GetFullPath(Next()); break;
                 case "--service-log-level": s.ServiceLogLevel = Next(); break;
@@ -552,7 +578,7 @@ internal sealed class Settings
                 case "--e2e-seconds": s.E2EDuration = TimeSpan.FromSeconds(double.Parse(Next(), CultureInfo.InvariantCulture)); break;
                 case "--e2e-rates": s.E2ERates = [.. Next().Split(',').Select(r => int.Parse(r, CultureInfo.InvariantCulture))]; break;
                 case "--help" or "-h":
-                    Console.WriteLine("bench/run.sh [--smoke] [--ingress-only] [--otlp] [--out DIR] [--service-log-level Warning] [--service-env KEY=VALUE]... [--redis-cpus 1] [--warmup-seconds 10] [--connections 32] [--open-connections 256] [--dispatcher-concurrency 128] " +
+                    Console.WriteLine("bench/run.sh [--smoke] [--ingress-only] [--otlp] [--out DIR] [--service-log-level Warning] [--service-env KEY=VALUE]... [--redis-cpus 1] [--replica] [--warmup-seconds 10] [--connections 32] [--open-connections 256] [--dispatcher-concurrency 128] " +
                         "[--backlog 100000] [--backlog3 100000] [--open-seconds 10] [--e2e-seconds 15] [--e2e-rates 100,500,1000]");
                     Environment.Exit(0);
                     break;

@@ -25,6 +25,7 @@ internal sealed class Report(string outDir)
         Line($"- CPUs allowed: generator and services {CpusAllowed("self")}; Redis {CpusAllowed(redisPid.ToString(CultureInfo.InvariantCulture))}");
         Line($"- settings: connections {settings.Connections} (open model: {settings.OpenConnections}), Dispatcher MaxConcurrency {settings.DispatcherConcurrency}, backlog {settings.Backlog} / {settings.Backlog3}, " +
              $"service log level {settings.ServiceLogLevel ?? "as shipped (Information)"}" +
+             (settings.Replica ? "; a Redis replica beside Redis on the same cores (--replica)" : "") +
              (settings.Otlp ? "; telemetry exported over OTLP/HTTP to a stand-in collector (--otlp)" : "; no telemetry exporter") +
              (settings.ServiceEnv.Count > 0 ? "; service env " + string.Join(" ", settings.ServiceEnv.Select(kv => $"{kv.Key}={kv.Value}")) : ""));
         Line();
