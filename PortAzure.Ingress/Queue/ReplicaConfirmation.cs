@@ -3,6 +3,12 @@ using StackExchange.Redis;
 
 namespace PortAzure.Ingress.Queue;
 
+/// <summary>What a <c>WAIT</c> answered: the replicas that hold the writes, unless a connection failed meanwhile.</summary>
+internal readonly record struct ReplicaAcknowledgement(long Replicas, bool ConnectionFailed)
+{
+    public bool Confirms(int replicas) => !ConnectionFailed && Replicas >= replicas;
+}
+
 /// <summary>
 /// Asks Redis (<c>WAIT</c>) how many replicas hold this process's writes, so that a run can be answered only once it
 /// would survive a failover (<c>Ingress:WaitForReplicas</c>). Replication is asynchronous: without this, a primary
@@ -16,19 +22,36 @@ namespace PortAzure.Ingress.Queue;
 /// called, so its write was on the connection before that next <c>WAIT</c>; the one already out may have been sent
 /// earlier, so it cannot count for them.
 /// </remarks>
-internal sealed class ReplicaConfirmation(IConnectionMultiplexer redis)
+internal sealed class ReplicaConfirmation
 {
+    private readonly IConnectionMultiplexer _redis;
     private readonly Lock _gate = new();
     private Batch? _next;
     private bool _running;
+    private long _connectionFailures;
+
+    public ReplicaConfirmation(IConnectionMultiplexer redis)
+    {
+        ArgumentNullException.ThrowIfNull(redis);
+        _redis = redis;
+        // A WAIT sent on a new connection counts that connection's writes only: none, so it would answer at once with
+        // every replica connected, whatever happened to the writes made on the one that failed (after a failover: on
+        // another server). The client reports a failure before it can have reconnected (its heartbeat, every second).
+        redis.ConnectionFailed += (_, _) => Interlocked.Increment(ref _connectionFailures);
+    }
+
+    /// <summary>Read before the write that a <see cref="WaitAsync"/> is to cover.</summary>
+    public long ConnectionEpoch => Interlocked.Read(ref _connectionFailures);
 
     /// <summary>
-    /// The number of replicas that acknowledged every write this process had sent before the call (at most the
-    /// number asked for: Redis returns as soon as that many have, or when the timeout passes with fewer).
+    /// How many replicas acknowledged every write this process had sent before the call (at most the number asked
+    /// for: Redis returns as soon as that many have, or when the timeout passes with fewer), and whether a connection
+    /// failed since <paramref name="epoch"/> (<see cref="ConnectionEpoch"/>), in which case the count says nothing.
     /// </summary>
-    public Task<long> WaitAsync(int replicas, TimeSpan timeout)
+    public async Task<ReplicaAcknowledgement> WaitAsync(int replicas, TimeSpan timeout, long epoch)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(replicas);
+        Task<long> acknowledged;
         lock (_gate)
         {
             var batch = _next ??= new Batch(replicas, (long)Math.Max(1, timeout.TotalMilliseconds));
@@ -37,8 +60,10 @@ internal sealed class ReplicaConfirmation(IConnectionMultiplexer redis)
                 _running = true;
                 _ = Task.Run(SendAsync);
             }
-            return batch.Completion.Task;
+            acknowledged = batch.Completion.Task;
         }
+        var count = await acknowledged;
+        return new ReplicaAcknowledgement(count, ConnectionEpoch != epoch);
     }
 
     private async Task SendAsync()
@@ -59,7 +84,7 @@ internal sealed class ReplicaConfirmation(IConnectionMultiplexer redis)
             try
             {
                 // The server that holds the relay's slot (on a cluster, the node the enqueue script went to).
-                var server = redis.GetServer((RedisKey)RedisKeys.Stream);
+                var server = _redis.GetServer((RedisKey)RedisKeys.Stream);
                 var acknowledged = await server.ExecuteAsync("WAIT", batch.Replicas, batch.TimeoutMilliseconds);
                 batch.Completion.SetResult((long)acknowledged);
             }

@@ -268,6 +268,7 @@ internal sealed partial class WebhookHandler(
                 "Too many runs are waiting to be queued (Ingress:MaxConcurrentCalls); nothing was accepted. Retry after the number of seconds in Retry-After.",
                 OverloadedRetryAfter, LogLevel.Debug);
         }
+        var epoch = replicas.ConnectionEpoch;
         EnqueueResult result;
         try
         {
@@ -304,7 +305,7 @@ internal sealed partial class WebhookHandler(
         }
 
         // A duplicate waits too: its 200 says the run is held as surely as the 202 did.
-        if (options.WaitForReplicas > 0 && await ConfirmReplicasAsync(org, webhook, result, options, activity) is { } unconfirmed)
+        if (options.WaitForReplicas > 0 && await ConfirmReplicasAsync(org, webhook, result, epoch, options, activity) is { } unconfirmed)
         {
             return unconfirmed;
         }
@@ -331,33 +332,35 @@ internal sealed partial class WebhookHandler(
         return TypedResults.Json(new WebhookAccepted(deliveryId, runId, "queued", Duplicate: null), statusCode: StatusCodes.Status202Accepted);
     }
 
-    private async Task<IResult?> ConfirmReplicasAsync(string org, string webhook, EnqueueResult result, IngressOptions options, Activity? activity)
+    private async Task<IResult?> ConfirmReplicasAsync(string org, string webhook, EnqueueResult result, long epoch, IngressOptions options, Activity? activity)
     {
-        long acknowledged = 0;
+        var acknowledgement = default(ReplicaAcknowledgement);
         Exception? failure = null;
         try
         {
-            acknowledged = await replicas.WaitAsync(options.WaitForReplicas, TimeSpan.FromMilliseconds(options.ReplicaWaitMilliseconds));
+            acknowledgement = await replicas.WaitAsync(options.WaitForReplicas, TimeSpan.FromMilliseconds(options.ReplicaWaitMilliseconds), epoch);
         }
         catch (Exception ex) when (RedisFailures.IsFailure(ex) || ex is RedisCommandException or ObjectDisposedException)
         {
             failure = ex;
         }
-        if (failure is null && acknowledged >= options.WaitForReplicas)
+        if (failure is null && acknowledgement.Confirms(options.WaitForReplicas))
         {
             return null;
         }
         activity?.SetStatus(ActivityStatusCode.Error, "replication unconfirmed");
+        var why = failure is not null ? "Redis did not answer the WAIT"
+            : acknowledgement.ConnectionFailed ? "the connection to Redis failed between the write and the WAIT"
+            : $"{acknowledgement.Replicas} of the {options.WaitForReplicas} replicas it asks for confirmed it within {options.ReplicaWaitMilliseconds} ms";
         if (_lines.Take(ReplicationLine) is var calls and > 0)
         {
-            Log.ReplicationUnconfirmed(logger, failure, org, webhook, acknowledged, options.WaitForReplicas, options.ReplicaWaitMilliseconds, calls);
+            Log.ReplicationUnconfirmed(logger, failure, org, webhook, why, calls);
         }
         // The run is queued (the script answered): it is delivered unless the primary is lost before a replica has it.
         // Port is told so, rather than "accepted", and a retry is answered from the idempotency key, after its own wait.
         return Reject(StatusCodes.Status503ServiceUnavailable, RejectionReasons.ReplicationUnconfirmed,
-            $"The run is queued as delivery {result.DeliveryId} on the Redis primary, but {acknowledged} of the {options.WaitForReplicas} replicas " +
-            $"Ingress:WaitForReplicas asks for confirmed it within {options.ReplicaWaitMilliseconds} ms: it is delivered unless that primary is lost " +
-            "first. Retry later: the retry answers 200 duplicate once the replicas hold it.",
+            $"The run is queued as delivery {result.DeliveryId} on the Redis primary, but Ingress:WaitForReplicas is not met: {why}. " +
+            "It is delivered unless that primary is lost first. Retry later: the retry answers 200 duplicate once the replicas hold it.",
             RedisRetryAfter, LogLevel.Debug);
     }
 
@@ -529,8 +532,8 @@ internal sealed partial class WebhookHandler(
         public static partial void QueueUnavailable(ILogger logger, Exception exception, string org, string webhook, long calls);
 
         [LoggerMessage(EventIds.ReplicationUnconfirmed, LogLevel.Error,
-            "A run for {Org}/{Webhook} is queued on the Redis primary, but {Acknowledged} of the {Replicas} replicas asked for (Ingress:WaitForReplicas) confirmed it within {Milliseconds} ms; the call was answered 503 ({Calls} calls answered so since the last such line; at most one every 10 s)")]
-        public static partial void ReplicationUnconfirmed(ILogger logger, Exception? exception, string org, string webhook, long acknowledged, int replicas, int milliseconds, long calls);
+            "A run for {Org}/{Webhook} is queued on the Redis primary, but Ingress:WaitForReplicas is not met: {Why}; the call was answered 503 ({Calls} calls answered so since the last such line; at most one every 10 s)")]
+        public static partial void ReplicationUnconfirmed(ILogger logger, Exception? exception, string org, string webhook, string why, long calls);
 
         [LoggerMessage(EventIds.QueueFull, LogLevel.Error,
             "Could not queue a run for {Org}/{Webhook}: Redis is out of memory (maxmemory reached; noeviction refuses writes), and nothing was written ({Calls} calls failed this way since the last such line; at most one every 10 s)")]

@@ -13,7 +13,8 @@ public class WebhookReplicationTests
     private static void WaitForOneReplica(Dictionary<string, string?> config)
     {
         config["Ingress:WaitForReplicas"] = "1";
-        config["Ingress:ReplicaWaitMilliseconds"] = "200";
+        // Long enough for a replica in sync on a loaded machine; a paused one costs each call this much.
+        config["Ingress:ReplicaWaitMilliseconds"] = "1000";
     }
 
     [Fact]
@@ -72,10 +73,20 @@ public class WebhookReplicationTests
         Assert.Equal(DeliveryStates.Queued, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State));
         Assert.Single(relay.Ingress.Logs.Lines, l => l.StartsWith("Error", StringComparison.Ordinal) && l.Contains("[1009]", StringComparison.Ordinal));
 
-        using var retry = await relay.SendRunAsync(body);
-
-        Assert.Equal(HttpStatusCode.OK, retry.StatusCode);
-        var duplicate = await retry.Content.ReadFromJsonAsync<JsonElement>();
+        // Sent again until the replica has caught up, as a retrying client would.
+        JsonElement duplicate = default;
+        await Eventually.HoldsAsync(async () =>
+        {
+            using var retry = await relay.SendRunAsync(body);
+            if (retry.StatusCode == HttpStatusCode.ServiceUnavailable)
+            {
+                Assert.Equal("replication_unconfirmed", await ProblemResponses.ReasonAsync(retry));
+                return false;
+            }
+            Assert.Equal(HttpStatusCode.OK, retry.StatusCode);
+            duplicate = await retry.Content.ReadFromJsonAsync<JsonElement>();
+            return true;
+        }, TimeSpan.FromSeconds(20), "a retry answered 200 duplicate");
         Assert.Equal(deliveryId, duplicate.GetProperty("deliveryId").GetString());
         Assert.True(duplicate.GetProperty("duplicate").GetBoolean());
         Assert.Equal(1, await relay.Db.StreamLengthAsync(RedisKeys.Stream));

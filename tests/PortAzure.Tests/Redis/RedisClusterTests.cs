@@ -121,7 +121,11 @@ public class RedisClusterTests
         await using var cluster = await RedisCluster.StartAsync();
         await cluster.AddReplicaOfRelayNodeAsync();
         // Each run answered only once the relay node's replica holds it: the WAIT goes to that node, before and after.
-        await using var relay = await StartRelayAsync(cluster, c => c["Ingress:WaitForReplicas"] = "1");
+        await using var relay = await StartRelayAsync(cluster, c =>
+        {
+            c["Ingress:WaitForReplicas"] = "1";
+            c["Ingress:ReplicaWaitMilliseconds"] = "2000";
+        });
         var before = Enumerable.Range(0, 50).Select(_ => TestRuns.NewRunId()).ToList();
         await relay.SendAllAcceptedAsync(before);
         var from = cluster.RelayNodePort;
