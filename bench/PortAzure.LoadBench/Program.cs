@@ -68,6 +68,7 @@ if (settings.RedisCpus is { } redisCpus)
         throw new InvalidOperationException($"taskset could not pin redis-server to CPUs {redisCpus} (exit {taskset.ExitCode}).");
     }
 }
+ServiceProcess? replica = null;
 if (settings.Replica)
 {
     // --replica: a replica of Redis on the same cores, for the cost of Ingress:WaitForReplicas (set it with --service-env);
@@ -75,7 +76,7 @@ if (settings.Replica)
     var replicaPort = ServiceProcess.FreePort();
     var replicaDir = Path.Combine(outDir, "redis-replica");
     Directory.CreateDirectory(replicaDir);
-    var replica = ServiceProcess.Start("redis-replica", "redis-server",
+    replica = ServiceProcess.Start("redis-replica", "redis-server",
         ["--port", replicaPort.ToString(CultureInfo.InvariantCulture), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", replicaDir,
          "--replicaof", "127.0.0.1", redisPort.ToString(CultureInfo.InvariantCulture)],
         new Dictionary<string, string>(), Path.Combine(logs, "redis-replica.log"), replicaPort);
@@ -363,6 +364,7 @@ Console.WriteLine($"ingress: closed loop, {settings.Connections} connections, {s
 LoadResult ingressMax, ingressWarm;
 Dictionary<string, OtlpSinkClient.Counts>? telemetryBefore;
 double ingressCpuPerReq, redisCpuPerReq;
+string? replicaLine = null;
 using (var closedClient = new LoadClient(ingress.BaseUri, Org, Webhook, Secret, settings.Connections, sample))
 {
     ingressWarm = await LoadModels.ClosedAsync("ingress-warm", closedClient, settings.Connections, 20_000_000,
@@ -374,9 +376,19 @@ using (var closedClient = new LoadClient(ingress.BaseUri, Org, Webhook, Secret, 
     telemetryBefore = telemetry is null ? null : await telemetry.SettledAsync();
     var ingressCpu = ingress.CpuSeconds();
     var redisCpu = redisServer.CpuSeconds();
+    var replicaCpu = replica?.CpuSeconds() ?? 0;
+    var waitsBefore = (await CommandStatsAsync()).GetValueOrDefault("wait");
     ingressMax = await LoadModels.ClosedAsync("ingress-max", closedClient, settings.Connections, settings.Backlog, null, 0, i => RunIdFor("imax", i));
     ingressCpuPerReq = (ingress.CpuSeconds() - ingressCpu) / ingressMax.Issued * 1e6;
     redisCpuPerReq = (redisServer.CpuSeconds() - redisCpu) / ingressMax.Issued * 1e6;
+    if (replica is not null)
+    {
+        // Ingress:WaitForReplicas sends one WAIT for the runs answered while the one before was out.
+        var waits = (await CommandStatsAsync()).GetValueOrDefault("wait") - waitsBefore;
+        replicaLine = $"Redis replica {(replica.CpuSeconds() - replicaCpu) / ingressMax.Issued * 1e6:0} us CPU/run; {waits} WAITs" +
+            (waits > 0 ? $" ({ingressMax.Issued / (double)waits:0.0} runs per WAIT)" : "");
+        Console.WriteLine("  " + replicaLine);
+    }
 }
 Console.WriteLine($"  ingress max: {ingressMax.AcceptedPerSecond:0} accepted runs/s ({ingressMax.StatusSummary()}), {ingressMax.Latency()}, CPU per run: ingress {ingressCpuPerReq:0} us, redis {redisCpuPerReq:0} us; Ingress peak RSS so far {ingress.PeakRssMb():0} MB");
 var backlogAccepted = ingressMax.AcceptedRunIds().ToList();
@@ -412,6 +424,10 @@ if (settings.IngressOnly)
         $"({ingressCpuPerReq:0} us Ingress CPU/run, {redisCpuPerReq:0} us redis CPU/run); {ingressMax.Latency()}");
     report.Line($"- Kestrel + XADD {xaddBaseline.Result.RatePerSecond:0} req/s ({xaddBaseline.CpuPerRequest:0} us CPU/request, {xaddBaseline.RedisCpuPerRequest:0} us redis CPU/request); " +
         $"Ingress = {ingressMax.AcceptedPerSecond / xaddBaseline.Result.RatePerSecond:P0} of it");
+    if (replicaLine is not null)
+    {
+        report.Line("- " + replicaLine);
+    }
     report.Line($"- drain, one Dispatcher: {drain1.Rate:0} deliveries/s; peak RSS Ingress {ingressOnlyRss:0} MB, Dispatcher {dispatcherPeakRss:0} MB");
     if (telemetryLine is not null)
     {
