@@ -1,12 +1,22 @@
+using System.Net;
 using PortAzure.Redis;
 using StackExchange.Redis;
 
 namespace PortAzure.Ingress.Queue;
 
-/// <summary>What a <c>WAIT</c> answered: the replicas that hold the writes, unless a connection failed meanwhile.</summary>
-internal readonly record struct ReplicaAcknowledgement(long Replicas, bool ConnectionFailed)
+/// <summary>
+/// Where a write is about to go: the server the client routes the relay's keys to, and how many sockets it has opened
+/// so far (<see cref="ReplicaConfirmation.Stamp"/>). <see cref="Server"/> is null when that could not be read.
+/// </summary>
+internal readonly record struct WriteStamp(EndPoint? Server, long Sockets);
+
+/// <summary>
+/// What a <c>WAIT</c> answered: the replicas that hold the writes, unless the <c>WAIT</c> went to another server, or
+/// over another connection, than the write it was to cover (then the count says nothing about that write).
+/// </summary>
+internal readonly record struct ReplicaAcknowledgement(long Replicas, bool ConnectionChanged)
 {
-    public bool Confirms(int replicas) => !ConnectionFailed && Replicas >= replicas;
+    public bool Confirms(int replicas) => !ConnectionChanged && Replicas >= replicas;
 }
 
 /// <summary>
@@ -21,37 +31,43 @@ internal readonly record struct ReplicaAcknowledgement(long Replicas, bool Conne
 /// one is out wait for the next, which covers them all (a group commit). A caller's script was answered before it
 /// called, so its write was on the connection before that next <c>WAIT</c>; the one already out may have been sent
 /// earlier, so it cannot count for them.
+/// <para>
+/// That holds only while the connection is the same one. A <c>WAIT</c> on a new connection (after a reconnect) counts
+/// none of the old one's writes and answers at once with every replica connected; one sent to another server (the
+/// client's slot map changed: a failover, a redirection) counts that server's replicas. So each caller stamps its
+/// write (<see cref="Stamp"/>) before sending it, and a <c>WAIT</c> that went elsewhere, or after a new socket was
+/// opened, does not confirm it. The client counts a socket when it starts opening it, before any command can go on it,
+/// so a reconnect is seen even before the client's own failure event is raised.
+/// </para>
 /// </remarks>
-internal sealed class ReplicaConfirmation
+internal sealed class ReplicaConfirmation(IConnectionMultiplexer redis)
 {
-    private readonly IConnectionMultiplexer _redis;
     private readonly Lock _gate = new();
     private Batch? _next;
     private bool _running;
-    private long _connectionFailures;
 
-    public ReplicaConfirmation(IConnectionMultiplexer redis)
+    /// <summary>Taken before the write that a <see cref="WaitAsync"/> is to cover; never throws.</summary>
+    public WriteStamp Stamp()
     {
-        ArgumentNullException.ThrowIfNull(redis);
-        _redis = redis;
-        // A WAIT sent on a new connection counts that connection's writes only: none, so it would answer at once with
-        // every replica connected, whatever happened to the writes made on the one that failed (after a failover: on
-        // another server). The client reports a failure before it can have reconnected (its heartbeat, every second).
-        redis.ConnectionFailed += (_, _) => Interlocked.Increment(ref _connectionFailures);
+        try
+        {
+            return new WriteStamp(Server().EndPoint, Sockets());
+        }
+        catch (Exception ex) when (RedisFailures.IsFailure(ex) || ex is ObjectDisposedException)
+        {
+            return default;
+        }
     }
-
-    /// <summary>Read before the write that a <see cref="WaitAsync"/> is to cover.</summary>
-    public long ConnectionEpoch => Interlocked.Read(ref _connectionFailures);
 
     /// <summary>
     /// How many replicas acknowledged every write this process had sent before the call (at most the number asked
-    /// for: Redis returns as soon as that many have, or when the timeout passes with fewer), and whether a connection
-    /// failed since <paramref name="epoch"/> (<see cref="ConnectionEpoch"/>), in which case the count says nothing.
+    /// for: Redis returns as soon as that many have, or when the timeout passes with fewer), and whether the
+    /// <c>WAIT</c> went elsewhere than the write <paramref name="stamp"/> describes.
     /// </summary>
-    public async Task<ReplicaAcknowledgement> WaitAsync(int replicas, TimeSpan timeout, long epoch)
+    public async Task<ReplicaAcknowledgement> WaitAsync(int replicas, TimeSpan timeout, WriteStamp stamp)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(replicas);
-        Task<long> acknowledged;
+        Task<Waited> waited;
         lock (_gate)
         {
             var batch = _next ??= new Batch(replicas, (long)Math.Max(1, timeout.TotalMilliseconds));
@@ -60,11 +76,18 @@ internal sealed class ReplicaConfirmation
                 _running = true;
                 _ = Task.Run(SendAsync);
             }
-            acknowledged = batch.Completion.Task;
+            waited = batch.Completion.Task;
         }
-        var count = await acknowledged;
-        return new ReplicaAcknowledgement(count, ConnectionEpoch != epoch);
+        var result = await waited;
+        var changed = stamp.Server is null || !stamp.Server.Equals(result.Server) || stamp.Sockets != result.SocketsAfter;
+        return new ReplicaAcknowledgement(result.Replicas, changed);
     }
+
+    // The server that holds the relay's slot (on a cluster, the node the enqueue script goes to).
+    private IServer Server() => redis.GetServer((RedisKey)RedisKeys.Stream);
+
+    // Every interactive socket the client has opened, to every server: any reconnect at all makes a waiter unconfirmed.
+    private long Sockets() => redis.GetCounters().Interactive.SocketCount;
 
     private async Task SendAsync()
     {
@@ -83,10 +106,10 @@ internal sealed class ReplicaConfirmation
             }
             try
             {
-                // The server that holds the relay's slot (on a cluster, the node the enqueue script went to).
-                var server = _redis.GetServer((RedisKey)RedisKeys.Stream);
+                var server = Server();
                 var acknowledged = await server.ExecuteAsync("WAIT", batch.Replicas, batch.TimeoutMilliseconds);
-                batch.Completion.SetResult((long)acknowledged);
+                // Read after the answer: a socket opened before the WAIT was sent is counted by then.
+                batch.Completion.SetResult(new Waited((long)acknowledged, server.EndPoint, Sockets()));
             }
             catch (Exception ex)
             {
@@ -95,12 +118,14 @@ internal sealed class ReplicaConfirmation
         }
     }
 
+    private readonly record struct Waited(long Replicas, EndPoint Server, long SocketsAfter);
+
     private sealed class Batch(int replicas, long timeoutMilliseconds)
     {
         public int Replicas { get; } = replicas;
 
         public long TimeoutMilliseconds { get; } = timeoutMilliseconds;
 
-        public TaskCompletionSource<long> Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        public TaskCompletionSource<Waited> Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
     }
 }

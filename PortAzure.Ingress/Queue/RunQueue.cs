@@ -3,8 +3,11 @@ using StackExchange.Redis;
 
 namespace PortAzure.Ingress.Queue;
 
-/// <summary>The outcome of offering an accepted run to the stream.</summary>
-internal readonly record struct EnqueueResult(bool Accepted, string DeliveryId);
+/// <summary>
+/// The outcome of offering an accepted run to the stream. <paramref name="Written"/>: the script wrote (and so
+/// replicated) something, which a <c>WAIT</c> after it needs; false only for a duplicate on a full Redis.
+/// </summary>
+internal readonly record struct EnqueueResult(bool Accepted, string DeliveryId, bool Written = true);
 
 /// <summary>
 /// A second key that must also be free: it names the signed call itself, so that replaying the call to another
@@ -33,16 +36,23 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
     // (every Port run takes a guard). At maxmemory that SET is the command Redis refuses, with nothing written (it
     // refuses a command that may add memory, flagged denyoom, only while the script has written nothing, whether or
     // not this one would add any); once the SET has run the script finishes, so the XADD cannot fail for memory.
+    // A duplicate rewrites the key it found, value and expiry kept: a write on this connection, so that a WAIT after
+    // it (Ingress:WaitForReplicas) covers the run's own write, made earlier and perhaps over another connection. Redis
+    // 7.2 and later count only a connection's replicated writes for its WAIT; 7.0 counts any command. The third value
+    // says whether that write was made (a full Redis refuses it: the answer stands, but nothing can be confirmed).
     private const string EnqueueScript = $$"""
         local existing = redis.call('GET', KEYS[1])
         if existing then
           -- A duplicate still takes its guard: else this call, answered "duplicate" here, could be replayed to
           -- another target (or under another header value) and be queued there. pcall: the answer stands without it.
           if KEYS[5] then redis.pcall('SET', KEYS[5], existing, 'NX', 'EX', ARGV[6]) end
-          return {0, existing}
+          local touched = redis.pcall('SET', KEYS[1], existing, 'KEEPTTL')
+          return {0, existing, touched.err and 0 or 1}
         end
         if KEYS[5] and not redis.call('SET', KEYS[5], ARGV[1], 'NX', 'EX', ARGV[6]) then
-          return {0, redis.call('GET', KEYS[5])}
+          local guarded = redis.call('GET', KEYS[5])
+          local touched = redis.pcall('SET', KEYS[5], guarded, 'KEEPTTL')
+          return {0, guarded, touched.err and 0 or 1}
         end
         local streamId = redis.pcall('XADD', KEYS[2], '*', unpack(ARGV, 7))
         if type(streamId) == 'table' and streamId.err then
@@ -87,6 +97,6 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
             keys[4] = g.Key;
         }
         var result = (RedisResult[])(await redis.GetDatabase().ScriptEvaluateAsync(EnqueueScript, keys, args))!;
-        return new EnqueueResult((int)result[0] == 1, (string)result[1]!);
+        return new EnqueueResult((int)result[0] == 1, (string)result[1]!, result.Length < 3 || (int)result[2] == 1);
     }
 }

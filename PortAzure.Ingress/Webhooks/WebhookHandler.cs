@@ -268,7 +268,7 @@ internal sealed partial class WebhookHandler(
                 "Too many runs are waiting to be queued (Ingress:MaxConcurrentCalls); nothing was accepted. Retry after the number of seconds in Retry-After.",
                 OverloadedRetryAfter, LogLevel.Debug);
         }
-        var epoch = replicas.ConnectionEpoch;
+        var stamp = options.WaitForReplicas > 0 ? replicas.Stamp() : default;
         EnqueueResult result;
         try
         {
@@ -305,7 +305,7 @@ internal sealed partial class WebhookHandler(
         }
 
         // A duplicate waits too: its 200 says the run is held as surely as the 202 did.
-        if (options.WaitForReplicas > 0 && await ConfirmReplicasAsync(org, webhook, result, epoch, options, activity) is { } unconfirmed)
+        if (options.WaitForReplicas > 0 && await ConfirmReplicasAsync(org, webhook, result, stamp, options, activity) is { } unconfirmed)
         {
             return unconfirmed;
         }
@@ -332,25 +332,29 @@ internal sealed partial class WebhookHandler(
         return TypedResults.Json(new WebhookAccepted(deliveryId, runId, "queued", Duplicate: null), statusCode: StatusCodes.Status202Accepted);
     }
 
-    private async Task<IResult?> ConfirmReplicasAsync(string org, string webhook, EnqueueResult result, long epoch, IngressOptions options, Activity? activity)
+    private async Task<IResult?> ConfirmReplicasAsync(string org, string webhook, EnqueueResult result, WriteStamp stamp, IngressOptions options, Activity? activity)
     {
         var acknowledgement = default(ReplicaAcknowledgement);
         Exception? failure = null;
-        try
+        if (result.Written)
         {
-            acknowledgement = await replicas.WaitAsync(options.WaitForReplicas, TimeSpan.FromMilliseconds(options.ReplicaWaitMilliseconds), epoch);
-        }
-        catch (Exception ex) when (RedisFailures.IsFailure(ex) || ex is RedisCommandException or ObjectDisposedException)
-        {
-            failure = ex;
-        }
-        if (failure is null && acknowledgement.Confirms(options.WaitForReplicas))
-        {
-            return null;
+            try
+            {
+                acknowledgement = await replicas.WaitAsync(options.WaitForReplicas, TimeSpan.FromMilliseconds(options.ReplicaWaitMilliseconds), stamp);
+            }
+            catch (Exception ex) when (RedisFailures.IsFailure(ex) || ex is RedisCommandException or ObjectDisposedException)
+            {
+                failure = ex;
+            }
+            if (failure is null && acknowledgement.Confirms(options.WaitForReplicas))
+            {
+                return null;
+            }
         }
         activity?.SetStatus(ActivityStatusCode.Error, "replication unconfirmed");
-        var why = failure is not null ? "Redis did not answer the WAIT"
-            : acknowledgement.ConnectionFailed ? "the connection to Redis failed between the write and the WAIT"
+        var why = !result.Written ? "Redis refused the write a WAIT needs (out of memory)"
+            : failure is not null ? "Redis did not answer the WAIT"
+            : acknowledgement.ConnectionChanged ? "the connection to Redis changed between the write and the WAIT"
             : $"{acknowledgement.Replicas} of the {options.WaitForReplicas} replicas it asks for confirmed it within {options.ReplicaWaitMilliseconds} ms";
         if (_lines.Take(ReplicationLine) is var calls and > 0)
         {

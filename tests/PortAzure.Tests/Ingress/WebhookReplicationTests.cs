@@ -93,6 +93,27 @@ public class WebhookReplicationTests
     }
 
     [Fact]
+    public async Task Post_DuplicateOnAFullRedis_Answers503ForItCannotBeConfirmed()
+    {
+        // A duplicate's WAIT needs a write of its own on the connection (Redis 7.2+ count no other), and a full Redis
+        // refuses it: the 200 would then say what nothing checked.
+        await using var primary = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
+        await using var relay = await Relay.StartAsync(WaitForOneReplica, dispatchers: 0, redisConnection: primary.ConnectionString);
+        var body = TestRuns.Body(TestRuns.NewRunId());
+        using var accepted = await relay.SendRunAsync(body);
+        Assert.Equal(HttpStatusCode.Accepted, accepted.StatusCode);
+        await RedisServer.FillAsync(relay.Db);
+
+        using var again = await relay.SendRunAsync(body);
+
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, again.StatusCode);
+        var problem = await again.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal("replication_unconfirmed", problem.GetProperty("reason").GetString());
+        Assert.Contains("refused the write a WAIT needs", problem.GetProperty("detail").GetString(), StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task Post_ReplicaPromotedWhileThePrimaryStillAnswers_EveryRunAnsweredAcceptedIsOnTheNewPrimary()
     {
         // An unplanned failover: whatever watches the primary (Sentinel, a managed service) loses sight of it and

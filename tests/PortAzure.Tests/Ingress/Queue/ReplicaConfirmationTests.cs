@@ -20,11 +20,11 @@ public class ReplicaConfirmationTests
         await using var onReplica = await ConnectionMultiplexer.ConnectAsync(replica.ConnectionString);
 
         var confirmation = new ReplicaConfirmation(redis);
-        var epoch = confirmation.ConnectionEpoch;
+        var stamp = confirmation.Stamp();
         await redis.GetDatabase().StringSetAsync("written", "1");
-        var acknowledged = await confirmation.WaitAsync(1, InSync, epoch);
+        var acknowledged = await confirmation.WaitAsync(1, InSync, stamp);
 
-        Assert.Equal(new ReplicaAcknowledgement(1, ConnectionFailed: false), acknowledged);
+        Assert.Equal(new ReplicaAcknowledgement(1, ConnectionChanged: false), acknowledged);
         Assert.True(acknowledged.Confirms(1));
         Assert.Equal("1", (string?)await onReplica.GetServer("127.0.0.1", replica.Port).ExecuteAsync("GET", "written"));
     }
@@ -35,12 +35,14 @@ public class ReplicaConfirmationTests
         await using var primary = await RedisServer.StartAsync();
         await using var replica = await RedisServer.StartReplicaOfAsync(primary);
         await using var redis = await ConnectionMultiplexer.ConnectAsync(primary.ConnectionString);
+        var confirmation = new ReplicaConfirmation(redis);
         replica.Pause();
         try
         {
+            var stamp = confirmation.Stamp();
             await redis.GetDatabase().StringSetAsync("written", "1");
 
-            Assert.Equal(0, (await new ReplicaConfirmation(redis).WaitAsync(1, Timeout, 0)).Replicas);
+            Assert.Equal(new ReplicaAcknowledgement(0, ConnectionChanged: false), await confirmation.WaitAsync(1, Timeout, stamp));
         }
         finally
         {
@@ -52,9 +54,11 @@ public class ReplicaConfirmationTests
     public async Task WaitAsync_NoReplica_AnswersNone()
     {
         await using var leased = await SharedRedis.ConnectAsync();
+        var confirmation = new ReplicaConfirmation(leased.Connection);
+        var stamp = confirmation.Stamp();
         await leased.Db.StringSetAsync("written", "1");
 
-        Assert.False((await new ReplicaConfirmation(leased.Connection).WaitAsync(1, Timeout, 0)).Confirms(1));
+        Assert.Equal(new ReplicaAcknowledgement(0, ConnectionChanged: false), await confirmation.WaitAsync(1, Timeout, stamp));
     }
 
     [Fact]
@@ -69,8 +73,9 @@ public class ReplicaConfirmationTests
 
         var acknowledged = await Task.WhenAll(Enumerable.Range(0, Callers).Select(async i =>
         {
+            var stamp = confirmation.Stamp();
             await db.StringSetAsync($"written:{i}", "1");
-            return await confirmation.WaitAsync(1, InSync, 0);
+            return await confirmation.WaitAsync(1, InSync, stamp);
         }));
 
         Assert.All(acknowledged, a => Assert.True(a.Confirms(1)));
@@ -87,34 +92,67 @@ public class ReplicaConfirmationTests
         await using var redis = await ConnectionMultiplexer.ConnectAsync(primary.ConnectionString);
         var confirmation = new ReplicaConfirmation(redis);
         replica.Pause();
+        var first = confirmation.Stamp();
         await redis.GetDatabase().StringSetAsync("first", "1");
-        Assert.Equal(0, (await confirmation.WaitAsync(1, Timeout, 0)).Replicas);
+        Assert.Equal(0, (await confirmation.WaitAsync(1, Timeout, first)).Replicas);
         replica.Resume();
 
+        var second = confirmation.Stamp();
         await redis.GetDatabase().StringSetAsync("second", "1");
 
-        Assert.True((await confirmation.WaitAsync(1, InSync, 0)).Confirms(1));
+        Assert.True((await confirmation.WaitAsync(1, InSync, second)).Confirms(1));
     }
 
     [Fact]
-    public async Task WaitAsync_ConnectionFailedSinceTheWrite_DoesNotConfirm()
+    public async Task WaitAsync_ReconnectedSinceTheWrite_DoesNotConfirm()
     {
         // A WAIT on the new connection counts none of the old one's writes, and answers with every replica at once.
+        // The WAIT is sent as soon as the client is connected again, whether or not it has raised its failure event.
         await using var primary = await RedisServer.StartAsync();
         await using var replica = await RedisServer.StartReplicaOfAsync(primary);
         await using var redis = await ConnectionMultiplexer.ConnectAsync(primary.ConnectionString);
         await using var admin = await ConnectionMultiplexer.ConnectAsync(primary.ConnectionString);
         var confirmation = new ReplicaConfirmation(redis);
-        var epoch = confirmation.ConnectionEpoch;
+        var stamp = confirmation.Stamp();
         await redis.GetDatabase().StringSetAsync("written", "1");
 
-        await admin.GetServer("127.0.0.1", primary.Port).ExecuteAsync("CLIENT", "KILL", "ID", (long)await redis.GetServer("127.0.0.1", primary.Port).ExecuteAsync("CLIENT", "ID"));
-        await Eventually.HoldsAsync(() => Task.FromResult(confirmation.ConnectionEpoch != epoch), TimeSpan.FromSeconds(10), "the client saw its connection fail");
-        await Eventually.HoldsAsync(() => Task.FromResult(redis.IsConnected), TimeSpan.FromSeconds(10), "the client reconnected");
-        var acknowledged = await confirmation.WaitAsync(1, InSync, epoch);
+        var id = (long)await redis.GetServer("127.0.0.1", primary.Port).ExecuteAsync("CLIENT", "ID");
+        await admin.GetServer("127.0.0.1", primary.Port).ExecuteAsync("CLIENT", "KILL", "ID", id);
+        await Eventually.HoldsAsync(async () =>
+        {
+            try
+            {
+                return (long)await redis.GetServer("127.0.0.1", primary.Port).ExecuteAsync("CLIENT", "ID") != id;
+            }
+            catch (RedisConnectionException)
+            {
+                return false;
+            }
+        }, TimeSpan.FromSeconds(10), "the client is on a new connection");
+        var acknowledged = await confirmation.WaitAsync(1, InSync, stamp);
 
-        Assert.Equal(new ReplicaAcknowledgement(1, ConnectionFailed: true), acknowledged);
+        Assert.Equal(new ReplicaAcknowledgement(1, ConnectionChanged: true), acknowledged);
         Assert.False(acknowledged.Confirms(1));
+        // A write stamped on the new connection is confirmed again.
+        var again = confirmation.Stamp();
+        await redis.GetDatabase().StringSetAsync("written", "2");
+        Assert.True((await confirmation.WaitAsync(1, InSync, again)).Confirms(1));
+    }
+
+    [Fact]
+    public async Task WaitAsync_StampedForAnotherServer_DoesNotConfirm()
+    {
+        // The client's map moved the relay's slot between the write and the WAIT (a failover, a redirection): the
+        // WAIT counts the new server's replicas, not the write's.
+        await using var primary = await RedisServer.StartAsync();
+        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(primary.ConnectionString);
+        var confirmation = new ReplicaConfirmation(redis);
+        var stamp = confirmation.Stamp() with { Server = new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, replica.Port) };
+        await redis.GetDatabase().StringSetAsync("written", "1");
+
+        Assert.Equal(new ReplicaAcknowledgement(1, ConnectionChanged: true), await confirmation.WaitAsync(1, InSync, stamp));
+        Assert.False((await confirmation.WaitAsync(1, InSync, default)).Confirms(1));
     }
 
     private static long WaitCalls(string commandStats)

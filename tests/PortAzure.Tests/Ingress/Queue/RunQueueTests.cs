@@ -131,7 +131,7 @@ public class RunQueueTests
     }
 
     [Fact]
-    public async Task EnqueueAsync_SameKeyAgain_ReturnsTheFirstDeliveryIdAndWritesNothing()
+    public async Task EnqueueAsync_SameKeyAgain_ReturnsTheFirstDeliveryIdAndQueuesNothing()
     {
         await using var leased = await SharedRedis.ConnectAsync();
         var (redis, db) = (leased.Connection, leased.Db);
@@ -146,6 +146,63 @@ public class RunQueueTests
         Assert.Equal(1, await db.StreamLengthAsync(RedisKeys.Stream));
         Assert.False(await db.KeyExistsAsync(RedisKeys.Delivery(second.DeliveryId)));
         Assert.Equal([first.DeliveryId], (await db.SetMembersAsync(RedisKeys.RunIndex(first.RunId!))).Select(v => (string?)v));
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task EnqueueAsync_Duplicate_RewritesTheKeyItFoundAsItWas(bool byGuard)
+    {
+        // A WAIT after a duplicate (Ingress:WaitForReplicas) must cover the run's own write, perhaps made over another
+        // connection: Redis 7.2+ counts only the WAIT's connection's replicated writes, so the duplicate makes one.
+        // A server of its own: its count of changes (rdb_changes_since_last_save) is what shows the write.
+        await using var server = await RedisServer.StartAsync();
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(server.ConnectionString);
+        var db = redis.GetDatabase();
+        var queue = new RunQueue(redis);
+        var first = NewEntry(TestRuns.NewRunId());
+        var guard = new ReplayGuard(RedisKeys.SignedCall("v1:" + Guid.NewGuid().ToString("N")), TimeSpan.FromMinutes(10));
+        await queue.EnqueueAsync(first, Window, guard);
+        // The same signed call under another key (found by its guard), or the same key again (found by it).
+        var second = byGuard
+            ? NewEntry(TestRuns.NewRunId())
+            : first with { DeliveryId = "d_" + Guid.CreateVersion7().ToString("N") };
+        var found = byGuard ? guard.Key : RedisKeys.Idempotency(first.Org, first.Webhook, first.IdempotencyKey);
+        var lifetime = byGuard ? guard.Lifetime : Window;
+        var changes = await ChangesAsync(redis, server);
+
+        var result = await queue.EnqueueAsync(second, Window, byGuard ? guard : null);
+
+        Assert.Equal(new EnqueueResult(false, first.DeliveryId, Written: true), result);
+        Assert.True(await ChangesAsync(redis, server) > changes, "the duplicate wrote nothing");
+        Assert.Equal(first.DeliveryId, (string?)await db.StringGetAsync(found));
+        var kept = await db.KeyTimeToLiveAsync(found);
+        Assert.True(kept.HasValue, "the rewrite dropped the key's expiry");
+        Assert.InRange(kept.Value, lifetime - TimeSpan.FromMinutes(1), lifetime);
+        Assert.Equal(1, await db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
+    public async Task EnqueueAsync_DuplicateOnAFullRedis_AnswersDuplicateAndSaysNothingWasWritten()
+    {
+        await using var server = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(server.ConnectionString);
+        var queue = new RunQueue(redis);
+        var first = NewEntry(TestRuns.NewRunId());
+        await queue.EnqueueAsync(first, Window);
+        await RedisServer.FillAsync(redis.GetDatabase());
+
+        var result = await queue.EnqueueAsync(first with { DeliveryId = "d_" + Guid.CreateVersion7().ToString("N") }, Window,
+            new ReplayGuard(RedisKeys.SignedCall("v1:" + Guid.NewGuid().ToString("N")), TimeSpan.FromMinutes(10)));
+
+        Assert.Equal(new EnqueueResult(false, first.DeliveryId, Written: false), result);
+    }
+
+    private static async Task<long> ChangesAsync(ConnectionMultiplexer redis, RedisServer server)
+    {
+        var info = (string)(await redis.GetServer("127.0.0.1", server.Port).ExecuteAsync("INFO", "persistence"))!;
+        var line = info.Split('\n').Single(l => l.StartsWith("rdb_changes_since_last_save:", StringComparison.Ordinal));
+        return long.Parse(line.Split(':')[1].Trim(), System.Globalization.CultureInfo.InvariantCulture);
     }
 
     [Fact]
