@@ -35,9 +35,10 @@ internal readonly record struct ReplicaAcknowledgement(long Replicas, bool Conne
 /// That holds only while the connection is the same one. A <c>WAIT</c> on a new connection (after a reconnect) counts
 /// none of the old one's writes and answers at once with every replica connected; one sent to another server (the
 /// client's slot map changed: a failover, a redirection) counts that server's replicas. So each caller stamps its
-/// write (<see cref="Stamp"/>) before sending it, and a <c>WAIT</c> that went elsewhere, or after a new socket was
-/// opened, does not confirm it. The client counts a socket when it starts opening it, before any command can go on it,
-/// so a reconnect is seen even before the client's own failure event is raised.
+/// write (<see cref="Stamp"/>) before sending it, and a <c>WAIT</c> that went elsewhere, or after that server's client
+/// opened a new socket, does not confirm it. StackExchange.Redis counts a socket when it starts opening it
+/// (PhysicalBridge.TryConnect), before any command can go on it, so a reconnect is seen even before the client's own
+/// failure event is raised (read in its source; the tests kill a connection and check the count, not the order).
 /// </para>
 /// </remarks>
 internal sealed class ReplicaConfirmation(IConnectionMultiplexer redis)
@@ -51,7 +52,8 @@ internal sealed class ReplicaConfirmation(IConnectionMultiplexer redis)
     {
         try
         {
-            return new WriteStamp(Server().EndPoint, Sockets());
+            var server = Server();
+            return new WriteStamp(server.EndPoint, Sockets(server));
         }
         catch (Exception ex) when (RedisFailures.IsFailure(ex) || ex is ObjectDisposedException)
         {
@@ -86,8 +88,9 @@ internal sealed class ReplicaConfirmation(IConnectionMultiplexer redis)
     // The server that holds the relay's slot (on a cluster, the node the enqueue script goes to).
     private IServer Server() => redis.GetServer((RedisKey)RedisKeys.Stream);
 
-    // Every interactive socket the client has opened, to every server: any reconnect at all makes a waiter unconfirmed.
-    private long Sockets() => redis.GetCounters().Interactive.SocketCount;
+    // The interactive sockets the client has opened to this server (that one server's: a reconnect to another, such as
+    // a dead replica named in the connection string, must not make waiters unconfirmed; the endpoint is compared too).
+    private static long Sockets(IServer server) => server.GetCounters().Interactive.SocketCount;
 
     private async Task SendAsync()
     {
@@ -109,7 +112,7 @@ internal sealed class ReplicaConfirmation(IConnectionMultiplexer redis)
                 var server = Server();
                 var acknowledged = await server.ExecuteAsync("WAIT", batch.Replicas, batch.TimeoutMilliseconds);
                 // Read after the answer: a socket opened before the WAIT was sent is counted by then.
-                batch.Completion.SetResult(new Waited((long)acknowledged, server.EndPoint, Sockets()));
+                batch.Completion.SetResult(new Waited((long)acknowledged, server.EndPoint, Sockets(server)));
             }
             catch (Exception ex)
             {

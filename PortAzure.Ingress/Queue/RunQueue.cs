@@ -4,8 +4,8 @@ using StackExchange.Redis;
 namespace PortAzure.Ingress.Queue;
 
 /// <summary>
-/// The outcome of offering an accepted run to the stream. <paramref name="Written"/>: the script wrote (and so
-/// replicated) something, which a <c>WAIT</c> after it needs; false only for a duplicate on a full Redis.
+/// The outcome of offering an accepted run to the stream. <paramref name="Written"/>: false only for a duplicate whose
+/// rewrite (asked for by a caller that will <c>WAIT</c>) Redis refused, on a full Redis or a read-only one.
 /// </summary>
 internal readonly record struct EnqueueResult(bool Accepted, string DeliveryId, bool Written = true);
 
@@ -25,7 +25,8 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
     // KEYS: 1 idempotency key, 2 stream, 3 delivery record, 4 run index
     //       (a placeholder in the same slot when there is no run id: Redis Cluster refuses keys in two slots),
     //       5 the replay guard's key, only when there is one
-    // ARGV: 1 delivery id, 2 idempotency TTL (s), 3 wake channel, 4 has run id (1/0), 5 received at (Unix ms),
+    // ARGV: 1 delivery id, 2 idempotency TTL (s), 3 wake channel, 4 flags (1: has a run id, 2: a duplicate rewrites
+    //       the key it found; added: one argument, not two, for the per-argument cost below), 5 received at (Unix ms),
     //       6 the replay guard's TTL (s) or 0, 7.. the stream entry's field/value pairs, id and body first (DeliveryEntry.ToStreamFields)
     // Why this shape: every argument costs Redis a Lua string, and this script is most of Redis's work per run.
     // The record shares the entry's field names, so it is the pairs after id and body (ARGV[11..]) plus its
@@ -36,21 +37,24 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
     // (every Port run takes a guard). At maxmemory that SET is the command Redis refuses, with nothing written (it
     // refuses a command that may add memory, flagged denyoom, only while the script has written nothing, whether or
     // not this one would add any); once the SET has run the script finishes, so the XADD cannot fail for memory.
-    // A duplicate rewrites the key it found, value and expiry kept: a write on this connection, so that a WAIT after
-    // it (Ingress:WaitForReplicas) covers the run's own write, made earlier and perhaps over another connection. Redis
-    // 7.2 and later count only a connection's replicated writes for its WAIT; 7.0 counts any command. The third value
-    // says whether that write was made (a full Redis refuses it: the answer stands, but nothing can be confirmed).
+    // Asked to (flag 2: Ingress:WaitForReplicas), a duplicate rewrites the key it found, value and expiry kept: a
+    // write on this connection, so that the WAIT after it covers the run's own write, made earlier and perhaps over
+    // another connection. Redis 7.2 and later count only a connection's replicated writes for its WAIT; 7.0 counts any
+    // command. The third value says whether that write was made (a full or read-only Redis refuses it: the answer
+    // stands, but nothing can be confirmed). Not by default: a replayed call would otherwise write each time.
     private const string EnqueueScript = $$"""
         local existing = redis.call('GET', KEYS[1])
         if existing then
           -- A duplicate still takes its guard: else this call, answered "duplicate" here, could be replayed to
           -- another target (or under another header value) and be queued there. pcall: the answer stands without it.
           if KEYS[5] then redis.pcall('SET', KEYS[5], existing, 'NX', 'EX', ARGV[6]) end
+          if tonumber(ARGV[4]) < 2 then return {0, existing} end
           local touched = redis.pcall('SET', KEYS[1], existing, 'KEEPTTL')
           return {0, existing, touched.err and 0 or 1}
         end
         if KEYS[5] and not redis.call('SET', KEYS[5], ARGV[1], 'NX', 'EX', ARGV[6]) then
           local guarded = redis.call('GET', KEYS[5])
+          if tonumber(ARGV[4]) < 2 then return {0, guarded} end
           local touched = redis.pcall('SET', KEYS[5], guarded, 'KEEPTTL')
           return {0, guarded, touched.err and 0 or 1}
         end
@@ -63,7 +67,7 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
         redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
         redis.call('HSET', KEYS[3], '{{DeliveryRecord.StreamId}}', streamId, '{{DeliveryRecord.State}}', '{{DeliveryStates.Queued}}',
           '{{DeliveryRecord.UpdatedAt}}', ARGV[5], '{{DeliveryRecord.Attempts}}', '0', unpack(ARGV, 11))
-        if ARGV[4] == '1' then
+        if tonumber(ARGV[4]) % 2 == 1 then
           -- The Dispatcher keeps the index as long as the records it finds (longer than this window; without expiry while
           -- one is a dead letter): another run of the same run id (another webhook, or after the window) must not cut that
           -- short. Not EXPIRE's GT, which Redis 6.2 lacks.
@@ -77,14 +81,15 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
         return {1, ARGV[1]}
         """;
 
-    public async Task<EnqueueResult> EnqueueAsync(DeliveryEntry entry, TimeSpan idempotencyWindow, ReplayGuard? replayGuard = null)
+    /// <param name="rewriteDuplicate">A duplicate rewrites the key it found, for a <c>WAIT</c> after it to cover the run.</param>
+    public async Task<EnqueueResult> EnqueueAsync(DeliveryEntry entry, TimeSpan idempotencyWindow, ReplayGuard? replayGuard = null, bool rewriteDuplicate = false)
     {
         ArgumentNullException.ThrowIfNull(entry);
         var args = ScriptArguments.WithFields(entry.ToStreamFields(),
             entry.DeliveryId,
             (long)idempotencyWindow.TotalSeconds,
             RedisKeys.WakeChannel,
-            entry.RunId is null ? 0 : 1,
+            (entry.RunId is null ? 0 : 1) + (rewriteDuplicate ? 2 : 0),
             entry.ReceivedAt.ToUnixTimeMilliseconds(),
             replayGuard is { } guard ? Math.Max(1, (long)guard.Lifetime.TotalSeconds) : 0);
         var keys = new RedisKey[replayGuard is null ? 4 : 5];

@@ -272,7 +272,7 @@ internal sealed partial class WebhookHandler(
         EnqueueResult result;
         try
         {
-            result = await queue.EnqueueAsync(entry, TimeSpan.FromHours(options.IdempotencyWindowHours), replayGuard);
+            result = await queue.EnqueueAsync(entry, TimeSpan.FromHours(options.IdempotencyWindowHours), replayGuard, rewriteDuplicate: options.WaitForReplicas > 0);
         }
         // RedisCommandException is not a RedisException: the client refused to send the script (EVAL disabled in its
         // command map, a write routed to a replica during a failover). Nothing was sent, so nothing was accepted.
@@ -352,7 +352,7 @@ internal sealed partial class WebhookHandler(
             }
         }
         activity?.SetStatus(ActivityStatusCode.Error, "replication unconfirmed");
-        var why = !result.Written ? "Redis refused the write a WAIT needs (out of memory)"
+        var why = !result.Written ? "Redis refused the write a WAIT needs (out of memory, or read-only)"
             : failure is not null ? "Redis did not answer the WAIT"
             : acknowledgement.ConnectionChanged ? "the connection to Redis changed between the write and the WAIT"
             : $"{acknowledgement.Replicas} of the {options.WaitForReplicas} replicas it asks for confirmed it within {options.ReplicaWaitMilliseconds} ms";
@@ -364,7 +364,8 @@ internal sealed partial class WebhookHandler(
         // Port is told so, rather than "accepted", and a retry is answered from the idempotency key, after its own wait.
         return Reject(StatusCodes.Status503ServiceUnavailable, RejectionReasons.ReplicationUnconfirmed,
             $"The run is queued as delivery {result.DeliveryId} on the Redis primary, but Ingress:WaitForReplicas is not met: {why}. " +
-            "It is delivered unless that primary is lost first. Retry later: the retry answers 200 duplicate once the replicas hold it.",
+            "It is delivered unless that primary is lost first. Retry later: the retry answers 200 duplicate once the replicas hold it" +
+            (result.Written ? "." : " and Redis takes writes again."),
             RedisRetryAfter, LogLevel.Debug);
     }
 

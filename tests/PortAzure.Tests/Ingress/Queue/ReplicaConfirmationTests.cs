@@ -140,6 +140,25 @@ public class ReplicaConfirmationTests
     }
 
     [Fact]
+    public async Task WaitAsync_AnotherServerReconnectingMeanwhile_StillConfirms()
+    {
+        // A server named in the connection string that is down (a replica being replaced) is retried about once a
+        // second, each try a socket: that is not the write's connection, and must not make its run unconfirmed.
+        await using var primary = await RedisServer.StartAsync();
+        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
+        using var down = new ClosedPort();
+        await using var redis = await ConnectionMultiplexer.ConnectAsync($"127.0.0.1:{primary.Port},127.0.0.1:{down.Port},abortConnect=false,connectTimeout=500");
+        var confirmation = new ReplicaConfirmation(redis);
+        var stamp = confirmation.Stamp();
+        var socketsBefore = redis.GetCounters().Interactive.SocketCount;
+        await redis.GetDatabase().StringSetAsync("written", "1");
+        await Eventually.HoldsAsync(() => Task.FromResult(redis.GetCounters().Interactive.SocketCount > socketsBefore),
+            TimeSpan.FromSeconds(20), "the client tried the down server again");
+
+        Assert.True((await confirmation.WaitAsync(1, InSync, stamp)).Confirms(1));
+    }
+
+    [Fact]
     public async Task WaitAsync_StampedForAnotherServer_DoesNotConfirm()
     {
         // The client's map moved the relay's slot between the write and the WAIT (a failover, a redirection): the

@@ -171,7 +171,7 @@ public class RunQueueTests
         var lifetime = byGuard ? guard.Lifetime : Window;
         var changes = await ChangesAsync(redis, server);
 
-        var result = await queue.EnqueueAsync(second, Window, byGuard ? guard : null);
+        var result = await queue.EnqueueAsync(second, Window, byGuard ? guard : null, rewriteDuplicate: true);
 
         Assert.Equal(new EnqueueResult(false, first.DeliveryId, Written: true), result);
         Assert.True(await ChangesAsync(redis, server) > changes, "the duplicate wrote nothing");
@@ -180,6 +180,23 @@ public class RunQueueTests
         Assert.True(kept.HasValue, "the rewrite dropped the key's expiry");
         Assert.InRange(kept.Value, lifetime - TimeSpan.FromMinutes(1), lifetime);
         Assert.Equal(1, await db.StreamLengthAsync(RedisKeys.Stream));
+    }
+
+    [Fact]
+    public async Task EnqueueAsync_DuplicateNotAskedToRewrite_WritesNothing()
+    {
+        // Without Ingress:WaitForReplicas a repeated call (a replayed signed call among them) costs Redis no write.
+        await using var server = await RedisServer.StartAsync();
+        await using var redis = await ConnectionMultiplexer.ConnectAsync(server.ConnectionString);
+        var queue = new RunQueue(redis);
+        var first = NewEntry(TestRuns.NewRunId());
+        await queue.EnqueueAsync(first, Window);
+        var changes = await ChangesAsync(redis, server);
+
+        var result = await queue.EnqueueAsync(first with { DeliveryId = "d_" + Guid.CreateVersion7().ToString("N") }, Window);
+
+        Assert.Equal(new EnqueueResult(false, first.DeliveryId), result);
+        Assert.Equal(changes, await ChangesAsync(redis, server));
     }
 
     [Fact]
@@ -193,7 +210,7 @@ public class RunQueueTests
         await RedisServer.FillAsync(redis.GetDatabase());
 
         var result = await queue.EnqueueAsync(first with { DeliveryId = "d_" + Guid.CreateVersion7().ToString("N") }, Window,
-            new ReplayGuard(RedisKeys.SignedCall("v1:" + Guid.NewGuid().ToString("N")), TimeSpan.FromMinutes(10)));
+            new ReplayGuard(RedisKeys.SignedCall("v1:" + Guid.NewGuid().ToString("N")), TimeSpan.FromMinutes(10)), rewriteDuplicate: true);
 
         Assert.Equal(new EnqueueResult(false, first.DeliveryId, Written: false), result);
     }
