@@ -25,8 +25,8 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
     // KEYS: 1 idempotency key, 2 stream, 3 delivery record, 4 run index
     //       (a placeholder in the same slot when there is no run id: Redis Cluster refuses keys in two slots),
     //       5 the replay guard's key, only when there is one
-    // ARGV: 1 delivery id, 2 idempotency TTL (s), 3 wake channel, 4 flags (1: has a run id, 2: a duplicate rewrites
-    //       the key it found; added: one argument, not two, for the per-argument cost below), 5 received at (Unix ms),
+    // ARGV: 1 delivery id, 2 idempotency TTL (s), 3 wake channel, 4 flags, summed (1: has a run id, 2: a duplicate
+    //       rewrites the key it found; one argument for both, for the cost below), 5 received at (Unix ms),
     //       6 the replay guard's TTL (s) or 0, 7.. the stream entry's field/value pairs, id and body first (DeliveryEntry.ToStreamFields)
     // Why this shape: every argument costs Redis a Lua string, and this script is most of Redis's work per run.
     // The record shares the entry's field names, so it is the pairs after id and body (ARGV[11..]) plus its

@@ -363,8 +363,9 @@ internal sealed partial class WebhookHandler(
         // The run is queued (the script answered): it is delivered unless the primary is lost before a replica has it.
         // Port is told so, rather than "accepted", and a retry is answered from the idempotency key, after its own wait.
         return Reject(StatusCodes.Status503ServiceUnavailable, RejectionReasons.ReplicationUnconfirmed,
-            $"The run is queued as delivery {result.DeliveryId} on the Redis primary, but Ingress:WaitForReplicas is not met: {why}. " +
-            "It is delivered unless that primary is lost first. Retry later: the retry answers 200 duplicate once the replicas hold it" +
+            (result.Accepted ? $"The run is queued as delivery {result.DeliveryId} on the Redis primary" : $"The run was already accepted as delivery {result.DeliveryId}") +
+            $", but Ingress:WaitForReplicas is not met: {why}. It is delivered unless the primary is lost before a replica has it. " +
+            "Retry later: the retry answers 200 duplicate once the replicas hold it" +
             (result.Written ? "." : " and Redis takes writes again."),
             RedisRetryAfter, LogLevel.Debug);
     }

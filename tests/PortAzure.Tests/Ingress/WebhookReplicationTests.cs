@@ -20,10 +20,8 @@ public class WebhookReplicationTests
     [Fact]
     public async Task Post_ReplicaInSync_Answers202OnceTheReplicaHoldsTheRun()
     {
-        await using var primary = await RedisServer.StartAsync();
-        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
-        await using var onReplica = await ConnectionMultiplexer.ConnectAsync(replica.ConnectionString);
-        await using var relay = await Relay.StartAsync(WaitForOneReplica, dispatchers: 0, redisConnection: primary.ConnectionString);
+        await using var pair = await ReplicatedRelay.StartAsync();
+        var relay = pair.Relay;
         var runId = TestRuns.NewRunId();
 
         using var response = await relay.SendRunAsync(TestRuns.Body(runId));
@@ -31,19 +29,18 @@ public class WebhookReplicationTests
         Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
         var deliveryId = (await response.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deliveryId").GetString()!;
         Assert.Equal($"/api/deliveries/{deliveryId}", response.Headers.Location?.ToString());
-        Assert.True(await ReplicaHoldsAsync(onReplica, replica, runId));
+        Assert.True(await pair.ReplicaHoldsAsync(runId));
     }
 
     [Fact]
     public async Task Post_ReplicaPaused_Answers503QueuedUntilTheReplicaCatchesUpThen200Duplicate()
     {
-        await using var primary = await RedisServer.StartAsync();
-        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
-        await using var relay = await Relay.StartAsync(WaitForOneReplica, dispatchers: 0, redisConnection: primary.ConnectionString);
+        await using var pair = await ReplicatedRelay.StartAsync();
+        var relay = pair.Relay;
         var runId = TestRuns.NewRunId();
         var body = TestRuns.Body(runId);
 
-        replica.Pause();
+        pair.Replica.Pause();
         string detail;
         try
         {
@@ -64,7 +61,7 @@ public class WebhookReplicationTests
         }
         finally
         {
-            replica.Resume();
+            pair.Replica.Resume();
         }
 
         // Queued all the same (the Dispatcher delivers it unless the primary is lost first), as the answer says.
@@ -97,9 +94,8 @@ public class WebhookReplicationTests
     {
         // A duplicate's WAIT needs a write of its own on the connection (Redis 7.2+ count no other), and a full Redis
         // refuses it: the 200 would then say what nothing checked.
-        await using var primary = await RedisServer.StartAsync(null, "--maxmemory-policy", "noeviction");
-        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
-        await using var relay = await Relay.StartAsync(WaitForOneReplica, dispatchers: 0, redisConnection: primary.ConnectionString);
+        await using var pair = await ReplicatedRelay.StartAsync("--maxmemory-policy", "noeviction");
+        var relay = pair.Relay;
         var body = TestRuns.Body(TestRuns.NewRunId());
         using var accepted = await relay.SendRunAsync(body);
         Assert.Equal(HttpStatusCode.Accepted, accepted.StatusCode);
@@ -120,19 +116,17 @@ public class WebhookReplicationTests
         // promotes its replica, while the Ingress still reaches the old primary until that is gone. Without the wait,
         // the runs it answered 202 meanwhile are on the old primary only. (SIGSTOP on the replica would not show this:
         // what the primary had sent sits in the replica's socket buffer and is read when it resumes.)
-        await using var primary = await RedisServer.StartAsync();
-        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
-        await using var onReplica = await ConnectionMultiplexer.ConnectAsync(replica.ConnectionString);
-        await using var relay = await Relay.StartAsync(WaitForOneReplica, dispatchers: 0, redisConnection: primary.ConnectionString);
+        await using var pair = await ReplicatedRelay.StartAsync();
+        var relay = pair.Relay;
 
         var inSync = await SendAsync(relay, 20);
-        await onReplica.GetServer("127.0.0.1", replica.Port).ExecuteAsync("REPLICAOF", "NO", "ONE");
+        await pair.OnReplica.ExecuteAsync("REPLICAOF", "NO", "ONE");
         var cutOff = await SendAsync(relay, 10);
-        primary.Kill();
+        pair.Primary.Kill();
 
         foreach (var (runId, _) in inSync.Concat(cutOff).Where(r => r.Status == HttpStatusCode.Accepted))
         {
-            Assert.True(await ReplicaHoldsAsync(onReplica, replica, runId), $"run {runId} was answered 202 and is not on the new primary");
+            Assert.True(await pair.ReplicaHoldsAsync(runId), $"run {runId} was answered 202 and is not on the new primary");
         }
         Assert.All(inSync, r => Assert.Equal(HttpStatusCode.Accepted, r.Status));
         Assert.All(cutOff, r => Assert.Equal(HttpStatusCode.ServiceUnavailable, r.Status));
@@ -146,16 +140,45 @@ public class WebhookReplicationTests
             return (runId, response.StatusCode);
         }))];
 
-    /// <summary>The run's index, record and stream entry, read from the replica itself (not redirected to its primary).</summary>
-    private static async Task<bool> ReplicaHoldsAsync(ConnectionMultiplexer onReplica, RedisServer replica, string runId)
+    /// <summary>A primary and its replica in sync, and the relay (no Dispatcher) on the primary, waiting for one replica.</summary>
+    private sealed class ReplicatedRelay(RedisServer primary, RedisServer replica, ConnectionMultiplexer onReplica, Relay relay) : IAsyncDisposable
     {
-        var server = onReplica.GetServer("127.0.0.1", replica.Port);
-        var members = (RedisResult[])(await server.ExecuteAsync("SMEMBERS", RedisKeys.RunIndex(runId)))!;
-        if (members.Length != 1)
+        public RedisServer Primary { get; } = primary;
+
+        public RedisServer Replica { get; } = replica;
+
+        public Relay Relay { get; } = relay;
+
+        /// <summary>The replica itself, asked directly (not redirected to its primary).</summary>
+        public IServer OnReplica => onReplica.GetServer("127.0.0.1", Replica.Port);
+
+        public static async Task<ReplicatedRelay> StartAsync(params string[] primaryArgs)
         {
-            return false;
+            var primary = await RedisServer.StartAsync(null, primaryArgs);
+            var replica = await RedisServer.StartReplicaOfAsync(primary);
+            var onReplica = await ConnectionMultiplexer.ConnectAsync(replica.ConnectionString);
+            var relay = await Relay.StartAsync(WaitForOneReplica, dispatchers: 0, redisConnection: primary.ConnectionString);
+            return new ReplicatedRelay(primary, replica, onReplica, relay);
         }
-        var streamId = (string?)await server.ExecuteAsync("HGET", RedisKeys.Delivery((string)members[0]!), DeliveryRecord.StreamId);
-        return streamId is not null && ((RedisResult[])(await server.ExecuteAsync("XRANGE", RedisKeys.Stream, streamId, streamId))!).Length == 1;
+
+        /// <summary>The run's index, record and stream entry, read from the replica.</summary>
+        public async Task<bool> ReplicaHoldsAsync(string runId)
+        {
+            var members = (RedisResult[])(await OnReplica.ExecuteAsync("SMEMBERS", RedisKeys.RunIndex(runId)))!;
+            if (members.Length != 1)
+            {
+                return false;
+            }
+            var streamId = (string?)await OnReplica.ExecuteAsync("HGET", RedisKeys.Delivery((string)members[0]!), DeliveryRecord.StreamId);
+            return streamId is not null && ((RedisResult[])(await OnReplica.ExecuteAsync("XRANGE", RedisKeys.Stream, streamId, streamId))!).Length == 1;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await Relay.DisposeAsync();
+            await onReplica.DisposeAsync();
+            await Replica.DisposeAsync();
+            await Primary.DisposeAsync();
+        }
     }
 }

@@ -14,39 +14,30 @@ public class ReplicaConfirmationTests
     [Fact]
     public async Task WaitAsync_ReplicaInSync_CountsItAndTheReplicaHoldsTheWrite()
     {
-        await using var primary = await RedisServer.StartAsync();
-        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(primary.ConnectionString);
-        await using var onReplica = await ConnectionMultiplexer.ConnectAsync(replica.ConnectionString);
+        await using var pair = await Pair.StartAsync();
+        await using var onReplica = await ConnectionMultiplexer.ConnectAsync(pair.Replica.ConnectionString);
 
-        var confirmation = new ReplicaConfirmation(redis);
-        var stamp = confirmation.Stamp();
-        await redis.GetDatabase().StringSetAsync("written", "1");
-        var acknowledged = await confirmation.WaitAsync(1, InSync, stamp);
+        var acknowledged = await pair.Confirmation.WaitAsync(1, InSync, await pair.WriteAsync());
 
         Assert.Equal(new ReplicaAcknowledgement(1, ConnectionChanged: false), acknowledged);
         Assert.True(acknowledged.Confirms(1));
-        Assert.Equal("1", (string?)await onReplica.GetServer("127.0.0.1", replica.Port).ExecuteAsync("GET", "written"));
+        Assert.Equal("1", (string?)await onReplica.GetServer("127.0.0.1", pair.Replica.Port).ExecuteAsync("GET", "written"));
     }
 
     [Fact]
     public async Task WaitAsync_ReplicaPaused_AnswersNoneAfterTheTimeout()
     {
-        await using var primary = await RedisServer.StartAsync();
-        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(primary.ConnectionString);
-        var confirmation = new ReplicaConfirmation(redis);
-        replica.Pause();
+        await using var pair = await Pair.StartAsync();
+        pair.Replica.Pause();
         try
         {
-            var stamp = confirmation.Stamp();
-            await redis.GetDatabase().StringSetAsync("written", "1");
+            var stamp = await pair.WriteAsync();
 
-            Assert.Equal(new ReplicaAcknowledgement(0, ConnectionChanged: false), await confirmation.WaitAsync(1, Timeout, stamp));
+            Assert.Equal(new ReplicaAcknowledgement(0, ConnectionChanged: false), await pair.Confirmation.WaitAsync(1, Timeout, stamp));
         }
         finally
         {
-            replica.Resume();
+            pair.Replica.Resume();
         }
     }
 
@@ -64,22 +55,14 @@ public class ReplicaConfirmationTests
     [Fact]
     public async Task WaitAsync_ManyCallersAtOnce_ShareWaits()
     {
-        await using var primary = await RedisServer.StartAsync();
-        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(primary.ConnectionString);
-        var confirmation = new ReplicaConfirmation(redis);
-        var db = redis.GetDatabase();
+        await using var pair = await Pair.StartAsync();
         const int Callers = 200;
 
         var acknowledged = await Task.WhenAll(Enumerable.Range(0, Callers).Select(async i =>
-        {
-            var stamp = confirmation.Stamp();
-            await db.StringSetAsync($"written:{i}", "1");
-            return await confirmation.WaitAsync(1, InSync, stamp);
-        }));
+            await pair.Confirmation.WaitAsync(1, InSync, await pair.WriteAsync($"written:{i}"))));
 
         Assert.All(acknowledged, a => Assert.True(a.Confirms(1)));
-        var waits = WaitCalls((string)(await redis.GetServer("127.0.0.1", primary.Port).ExecuteAsync("INFO", "commandstats"))!);
+        var waits = WaitCalls((string)(await pair.Redis.GetServer("127.0.0.1", pair.Primary.Port).ExecuteAsync("INFO", "commandstats"))!);
         Assert.InRange(waits, 1, Callers / 4);
     }
 
@@ -87,20 +70,14 @@ public class ReplicaConfirmationTests
     public async Task WaitAsync_AfterAWaitTimedOut_AsksAgain()
     {
         // The loop that sends the waits stops when no caller is left and starts again for the next.
-        await using var primary = await RedisServer.StartAsync();
-        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(primary.ConnectionString);
-        var confirmation = new ReplicaConfirmation(redis);
-        replica.Pause();
-        var first = confirmation.Stamp();
-        await redis.GetDatabase().StringSetAsync("first", "1");
-        Assert.Equal(0, (await confirmation.WaitAsync(1, Timeout, first)).Replicas);
-        replica.Resume();
+        await using var pair = await Pair.StartAsync();
+        pair.Replica.Pause();
+        Assert.Equal(0, (await pair.Confirmation.WaitAsync(1, Timeout, await pair.WriteAsync("first"))).Replicas);
+        pair.Replica.Resume();
 
-        var second = confirmation.Stamp();
-        await redis.GetDatabase().StringSetAsync("second", "1");
+        var second = await pair.WriteAsync("second");
 
-        Assert.True((await confirmation.WaitAsync(1, InSync, second)).Confirms(1));
+        Assert.True((await pair.Confirmation.WaitAsync(1, InSync, second)).Confirms(1));
     }
 
     [Fact]
@@ -108,35 +85,30 @@ public class ReplicaConfirmationTests
     {
         // A WAIT on the new connection counts none of the old one's writes, and answers with every replica at once.
         // The WAIT is sent as soon as the client is connected again, whether or not it has raised its failure event.
-        await using var primary = await RedisServer.StartAsync();
-        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(primary.ConnectionString);
-        await using var admin = await ConnectionMultiplexer.ConnectAsync(primary.ConnectionString);
-        var confirmation = new ReplicaConfirmation(redis);
-        var stamp = confirmation.Stamp();
-        await redis.GetDatabase().StringSetAsync("written", "1");
+        await using var pair = await Pair.StartAsync();
+        await using var admin = await ConnectionMultiplexer.ConnectAsync(pair.Primary.ConnectionString);
+        var stamp = await pair.WriteAsync();
 
-        var id = (long)await redis.GetServer("127.0.0.1", primary.Port).ExecuteAsync("CLIENT", "ID");
-        await admin.GetServer("127.0.0.1", primary.Port).ExecuteAsync("CLIENT", "KILL", "ID", id);
+        var server = pair.Redis.GetServer("127.0.0.1", pair.Primary.Port);
+        var id = (long)await server.ExecuteAsync("CLIENT", "ID");
+        await admin.GetServer("127.0.0.1", pair.Primary.Port).ExecuteAsync("CLIENT", "KILL", "ID", id);
         await Eventually.HoldsAsync(async () =>
         {
             try
             {
-                return (long)await redis.GetServer("127.0.0.1", primary.Port).ExecuteAsync("CLIENT", "ID") != id;
+                return (long)await server.ExecuteAsync("CLIENT", "ID") != id;
             }
             catch (RedisConnectionException)
             {
                 return false;
             }
         }, TimeSpan.FromSeconds(10), "the client is on a new connection");
-        var acknowledged = await confirmation.WaitAsync(1, InSync, stamp);
+        var acknowledged = await pair.Confirmation.WaitAsync(1, InSync, stamp);
 
         Assert.Equal(new ReplicaAcknowledgement(1, ConnectionChanged: true), acknowledged);
         Assert.False(acknowledged.Confirms(1));
         // A write stamped on the new connection is confirmed again.
-        var again = confirmation.Stamp();
-        await redis.GetDatabase().StringSetAsync("written", "2");
-        Assert.True((await confirmation.WaitAsync(1, InSync, again)).Confirms(1));
+        Assert.True((await pair.Confirmation.WaitAsync(1, InSync, await pair.WriteAsync())).Confirms(1));
     }
 
     [Fact]
@@ -144,18 +116,14 @@ public class ReplicaConfirmationTests
     {
         // A server named in the connection string that is down (a replica being replaced) is retried about once a
         // second, each try a socket: that is not the write's connection, and must not make its run unconfirmed.
-        await using var primary = await RedisServer.StartAsync();
-        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
         using var down = new ClosedPort();
-        await using var redis = await ConnectionMultiplexer.ConnectAsync($"127.0.0.1:{primary.Port},127.0.0.1:{down.Port},abortConnect=false,connectTimeout=500");
-        var confirmation = new ReplicaConfirmation(redis);
-        var stamp = confirmation.Stamp();
-        var socketsBefore = redis.GetCounters().Interactive.SocketCount;
-        await redis.GetDatabase().StringSetAsync("written", "1");
-        await Eventually.HoldsAsync(() => Task.FromResult(redis.GetCounters().Interactive.SocketCount > socketsBefore),
+        await using var pair = await Pair.StartAsync(primary => $"127.0.0.1:{primary.Port},127.0.0.1:{down.Port},abortConnect=false,connectTimeout=500");
+        var socketsBefore = pair.Redis.GetCounters().Interactive.SocketCount;
+        var stamp = await pair.WriteAsync();
+        await Eventually.HoldsAsync(() => Task.FromResult(pair.Redis.GetCounters().Interactive.SocketCount > socketsBefore),
             TimeSpan.FromSeconds(20), "the client tried the down server again");
 
-        Assert.True((await confirmation.WaitAsync(1, InSync, stamp)).Confirms(1));
+        Assert.True((await pair.Confirmation.WaitAsync(1, InSync, stamp)).Confirms(1));
     }
 
     [Fact]
@@ -163,15 +131,11 @@ public class ReplicaConfirmationTests
     {
         // The client's map moved the relay's slot between the write and the WAIT (a failover, a redirection): the
         // WAIT counts the new server's replicas, not the write's.
-        await using var primary = await RedisServer.StartAsync();
-        await using var replica = await RedisServer.StartReplicaOfAsync(primary);
-        await using var redis = await ConnectionMultiplexer.ConnectAsync(primary.ConnectionString);
-        var confirmation = new ReplicaConfirmation(redis);
-        var stamp = confirmation.Stamp() with { Server = new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, replica.Port) };
-        await redis.GetDatabase().StringSetAsync("written", "1");
+        await using var pair = await Pair.StartAsync();
+        var stamp = await pair.WriteAsync() with { Server = new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, pair.Replica.Port) };
 
-        Assert.Equal(new ReplicaAcknowledgement(1, ConnectionChanged: true), await confirmation.WaitAsync(1, InSync, stamp));
-        Assert.False((await confirmation.WaitAsync(1, InSync, default)).Confirms(1));
+        Assert.Equal(new ReplicaAcknowledgement(1, ConnectionChanged: true), await pair.Confirmation.WaitAsync(1, InSync, stamp));
+        Assert.False((await pair.Confirmation.WaitAsync(1, InSync, default)).Confirms(1));
     }
 
     private static long WaitCalls(string commandStats)
@@ -180,5 +144,40 @@ public class ReplicaConfirmationTests
         var line = commandStats.Split('\n').Single(l => l.StartsWith("cmdstat_wait:", StringComparison.Ordinal));
         var calls = line.Split(':')[1].Split(',')[0];
         return long.Parse(calls["calls=".Length..], System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    /// <summary>A primary, its replica in sync, a client of the primary and the confirmation under test on it.</summary>
+    private sealed class Pair(RedisServer primary, RedisServer replica, ConnectionMultiplexer redis) : IAsyncDisposable
+    {
+        public RedisServer Primary { get; } = primary;
+
+        public RedisServer Replica { get; } = replica;
+
+        public ConnectionMultiplexer Redis { get; } = redis;
+
+        public ReplicaConfirmation Confirmation { get; } = new(redis);
+
+        public static async Task<Pair> StartAsync(Func<RedisServer, string>? connectionString = null)
+        {
+            var primary = await RedisServer.StartAsync();
+            var replica = await RedisServer.StartReplicaOfAsync(primary);
+            var redis = await ConnectionMultiplexer.ConnectAsync(connectionString?.Invoke(primary) ?? primary.ConnectionString);
+            return new Pair(primary, replica, redis);
+        }
+
+        /// <summary>Stamps a write as the Ingress does, then makes it.</summary>
+        public async Task<WriteStamp> WriteAsync(string key = "written")
+        {
+            var stamp = Confirmation.Stamp();
+            await Redis.GetDatabase().StringSetAsync(key, "1");
+            return stamp;
+        }
+
+        public async ValueTask DisposeAsync()
+        {
+            await Redis.DisposeAsync();
+            await Replica.DisposeAsync();
+            await Primary.DisposeAsync();
+        }
     }
 }
