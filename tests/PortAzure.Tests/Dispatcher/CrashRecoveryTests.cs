@@ -29,10 +29,17 @@ public class CrashRecoveryTests(ITestOutputHelper output)
         var runIds = Enumerable.Range(0, 500).Select(_ => TestRuns.NewRunId()).ToList();
         await relay.SendAllAcceptedAsync(runIds);
 
+        string firstOutput;
+        int failedHere;
         using (var first = ServiceProcess.StartDispatcher(config))
         {
             await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count >= 120, TimeSpan.FromSeconds(60), "the first Dispatcher is mid-stream");
             first.Kill();
+            firstOutput = first.Output;
+            // An attempt whose finish failed for longer than FinishRetrySeconds (1 s here: a starved machine's Redis can take
+            // that) gives its slot up and leaves its entry pending (Error 2106), so the killed Dispatcher can hold one more
+            // posted entry per such failure than it has slots. Every Error line is counted as one (an upper bound).
+            failedHere = first.ErrorLines;
         }
         var atKill = (await relay.EmulatorApi.RequestsAsync()).Count;
         var pendingAtKill = (await relay.Db.StreamPendingAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup)).PendingMessageCount;
@@ -65,9 +72,11 @@ public class CrashRecoveryTests(ITestOutputHelper output)
             }
         }
         output.WriteLine($"POSTs before the kill: {atKill}; entries pending at the kill: {pendingAtKill}; runs delivered twice: {duplicates} (and {timedOut} after a timed-out POST)");
+        output.WriteLine($"Error lines of the killed Dispatcher (attempts it gave up among them): {failedHere}");
+        output.WriteLine("The killed Dispatcher's last lines:\n" + firstOutput);
         output.WriteLine("The second Dispatcher's last lines:\n" + second.Output);
         Assert.Equal(runIds.Order(), requests.Select(r => r.Header("X-Port-Run-Id")!).Distinct().Order());
-        Assert.InRange(duplicates, 0, MaxConcurrency);
+        Assert.InRange(duplicates, 0, MaxConcurrency + failedHere);
         Assert.True(duplicates <= pendingAtKill, $"{duplicates} duplicates but only {pendingAtKill} entries were in flight");
     }
 

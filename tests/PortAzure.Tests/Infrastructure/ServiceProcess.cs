@@ -12,12 +12,16 @@ public sealed class ServiceProcess : IDisposable
     private const int KeptLines = 200;
     private readonly Process _process;
     private readonly ConcurrentQueue<string> _output = new();
+    private int _errorLines;
     private readonly TaskCompletionSource<Uri> _listening = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     private ServiceProcess(Process process) => _process = process;
 
     /// <summary>The last lines the process wrote (stdout and stderr), for failure messages.</summary>
     public string Output => string.Join(Environment.NewLine, _output);
+
+    /// <summary>Error lines (the console's <c>fail:</c>) the process wrote, all of them, not only those in <see cref="Output"/>.</summary>
+    public int ErrorLines => Volatile.Read(ref _errorLines);
 
     /// <summary>
     /// Where Kestrel listens, from its "Now listening on:" line. The services bind port 0 and report the
@@ -74,6 +78,10 @@ public sealed class ServiceProcess : IDisposable
         if (at >= 0)
         {
             _listening.TrySetResult(new Uri(line[(at + Listening.Length)..].Trim()));
+        }
+        if (line.StartsWith("fail: ", StringComparison.Ordinal))
+        {
+            Interlocked.Increment(ref _errorLines);
         }
         _output.Enqueue(line);
         while (_output.Count > KeptLines && _output.TryDequeue(out _))
