@@ -268,11 +268,12 @@ internal sealed partial class WebhookHandler(
                 "Too many runs are waiting to be queued (Ingress:MaxConcurrentCalls); nothing was accepted. Retry after the number of seconds in Retry-After.",
                 OverloadedRetryAfter, LogLevel.Debug);
         }
-        var stamp = options.WaitForReplicas > 0 ? replicas.Stamp() : default;
+        var waitForReplicas = options.WaitForReplicas > 0;
+        var stamp = waitForReplicas ? replicas.Stamp() : default;
         EnqueueResult result;
         try
         {
-            result = await queue.EnqueueAsync(entry, TimeSpan.FromHours(options.IdempotencyWindowHours), replayGuard, rewriteDuplicate: options.WaitForReplicas > 0);
+            result = await queue.EnqueueAsync(entry, TimeSpan.FromHours(options.IdempotencyWindowHours), replayGuard, rewriteDuplicate: waitForReplicas);
         }
         // RedisCommandException is not a RedisException: the client refused to send the script (EVAL disabled in its
         // command map, a write routed to a replica during a failover). Nothing was sent, so nothing was accepted.
@@ -305,7 +306,7 @@ internal sealed partial class WebhookHandler(
         }
 
         // A duplicate waits too: its 200 says the run is held as surely as the 202 did.
-        if (options.WaitForReplicas > 0 && await ConfirmReplicasAsync(org, webhook, result, stamp, options, activity) is { } unconfirmed)
+        if (waitForReplicas && await ConfirmReplicasAsync(org, webhook, result, stamp, options, activity) is { } unconfirmed)
         {
             return unconfirmed;
         }

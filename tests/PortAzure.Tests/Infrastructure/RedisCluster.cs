@@ -59,8 +59,7 @@ public sealed class RedisCluster : IAsyncDisposable
         await using var connection = await ConnectionMultiplexer.ConnectAsync(AllNodes);
         var primaryId = (string)(await connection.GetServer("127.0.0.1", RelayNodePort).ExecuteAsync("CLUSTER", "MYID"))!;
         await RedisCliAsync(["--cluster", "add-node", $"127.0.0.1:{replica.Port}", $"127.0.0.1:{RelayNodePort}", "--cluster-slave", "--cluster-master-id", primaryId]);
-        await WaitForAsync(async () => ((string?)await connection.GetServer("127.0.0.1", replica.Port).ExecuteAsync("INFO", "replication"))!
-            .Contains("master_link_status:up", StringComparison.Ordinal), "the replica is in sync");
+        await WaitForAsync(() => RedisServer.IsLinkedAsync(connection, replica.Port), "the replica is in sync");
     }
 
     /// <summary>

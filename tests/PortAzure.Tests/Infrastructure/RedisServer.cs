@@ -105,9 +105,23 @@ public sealed class RedisServer : IAsyncDisposable
         ArgumentNullException.ThrowIfNull(primary);
         var replica = await StartAsync(null, "--replicaof", "127.0.0.1", primary.Port.ToString(System.Globalization.CultureInfo.InvariantCulture));
         await using var connection = await ConnectionMultiplexer.ConnectAsync(replica.ConnectionString);
-        await Eventually.HoldsAsync(async () => ((string?)await connection.GetServer("127.0.0.1", replica.Port).ExecuteAsync("INFO", "replication"))!
-            .Contains("master_link_status:up", StringComparison.Ordinal), TimeSpan.FromSeconds(20), "the replica is in sync");
+        await Eventually.HoldsAsync(() => IsLinkedAsync(connection, replica.Port), TimeSpan.FromSeconds(20), "the replica is in sync");
         return replica;
+    }
+
+    /// <summary>Whether the replica on <paramref name="port"/> has its link to its primary up.</summary>
+    public static async Task<bool> IsLinkedAsync(IConnectionMultiplexer connection, int port) =>
+        await InfoFieldAsync(connection, port, "replication", "master_link_status") == "up";
+
+    /// <summary>
+    /// One field of the <c>INFO</c> <paramref name="section"/> of the server on <paramref name="port"/>, asked itself
+    /// through <paramref name="connection"/>; null when the section has no such field.
+    /// </summary>
+    public static async Task<string?> InfoFieldAsync(IConnectionMultiplexer connection, int port, string section, string field)
+    {
+        ArgumentNullException.ThrowIfNull(connection);
+        var info = (string?)await connection.GetServer("127.0.0.1", port).ExecuteAsync("INFO", section) ?? "";
+        return info.Split('\n').Select(l => l.TrimEnd('\r')).FirstOrDefault(l => l.StartsWith(field + ":", StringComparison.Ordinal))?[(field.Length + 1)..];
     }
 
     /// <summary>

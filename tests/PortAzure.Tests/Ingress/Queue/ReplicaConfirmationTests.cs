@@ -62,7 +62,9 @@ public class ReplicaConfirmationTests
             await pair.Confirmation.WaitAsync(1, InSync, await pair.WriteAsync($"written:{i}"))));
 
         Assert.All(acknowledged, a => Assert.True(a.Confirms(1)));
-        var waits = WaitCalls((string)(await pair.Redis.GetServer("127.0.0.1", pair.Primary.Port).ExecuteAsync("INFO", "commandstats"))!);
+        // cmdstat_wait:calls=3,usec=...
+        var stats = await RedisServer.InfoFieldAsync(pair.Redis, pair.Primary.Port, "commandstats", "cmdstat_wait");
+        var waits = long.Parse(stats!.Split(',')[0]["calls=".Length..], System.Globalization.CultureInfo.InvariantCulture);
         Assert.InRange(waits, 1, Callers / 4);
     }
 
@@ -136,14 +138,6 @@ public class ReplicaConfirmationTests
 
         Assert.Equal(new ReplicaAcknowledgement(1, ConnectionChanged: true), await pair.Confirmation.WaitAsync(1, InSync, stamp));
         Assert.False((await pair.Confirmation.WaitAsync(1, InSync, default)).Confirms(1));
-    }
-
-    private static long WaitCalls(string commandStats)
-    {
-        // cmdstat_wait:calls=3,usec=...
-        var line = commandStats.Split('\n').Single(l => l.StartsWith("cmdstat_wait:", StringComparison.Ordinal));
-        var calls = line.Split(':')[1].Split(',')[0];
-        return long.Parse(calls["calls=".Length..], System.Globalization.CultureInfo.InvariantCulture);
     }
 
     /// <summary>A primary, its replica in sync, a client of the primary and the confirmation under test on it.</summary>

@@ -215,12 +215,9 @@ public class RunQueueTests
         Assert.Equal(new EnqueueResult(false, first.DeliveryId, Written: false), result);
     }
 
-    private static async Task<long> ChangesAsync(ConnectionMultiplexer redis, RedisServer server)
-    {
-        var info = (string)(await redis.GetServer("127.0.0.1", server.Port).ExecuteAsync("INFO", "persistence"))!;
-        var line = info.Split('\n').Single(l => l.StartsWith("rdb_changes_since_last_save:", StringComparison.Ordinal));
-        return long.Parse(line.Split(':')[1].Trim(), System.Globalization.CultureInfo.InvariantCulture);
-    }
+    private static async Task<long> ChangesAsync(ConnectionMultiplexer redis, RedisServer server) =>
+        long.Parse((await RedisServer.InfoFieldAsync(redis, server.Port, "persistence", "rdb_changes_since_last_save"))!,
+            System.Globalization.CultureInfo.InvariantCulture);
 
     [Fact]
     public async Task EnqueueAsync_NoRunIdNoTraceContext_AddsNoRunIndexAndOnlyTheFieldsItHas()
