@@ -25,6 +25,7 @@ public static class IngressExtensions
 
         builder.Services.AddOptions<IngressOptions>().BindConfiguration(IngressOptions.SectionName).ValidateOnStart();
         builder.Services.AddSingleton<IValidateOptions<IngressOptions>, IngressOptionsValidator>();
+        builder.Services.AddSingleton<IValidateOptions<IngressOptions>, ReplicaWaitValidator>();
         builder.Services.AddOptions<PortOptions>().BindConfiguration(PortOptions.SectionName).ValidateOnStart();
         builder.Services.AddSingleton<IValidateOptions<PortOptions>, IngressPortOptionsValidator>();
         builder.Services.AddAzureDevOpsTargets();

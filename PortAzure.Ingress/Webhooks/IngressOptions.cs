@@ -1,5 +1,6 @@
 using Microsoft.Extensions.Options;
 using PortAzure.Security;
+using StackExchange.Redis;
 
 namespace PortAzure.Ingress.Webhooks;
 
@@ -91,6 +92,37 @@ internal sealed class IngressOptionsValidator : IValidateOptions<IngressOptions>
             }
         }
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+}
+
+/// <summary>
+/// A replica wait must end well inside the Redis client's own timeout (the connection string's <c>asyncTimeout</c>, 5 s
+/// unless set). A <c>WAIT</c> holds up the commands queued behind it on the connection, so a wait near that timeout makes
+/// them time out too: every call would be answered 503, with the runs queued and none confirmed.
+/// </summary>
+internal sealed class ReplicaWaitValidator(IOptions<ConfigurationOptions> redis) : IValidateOptions<IngressOptions>
+{
+    public ValidateOptionsResult Validate(string? name, IngressOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.WaitForReplicas <= 0)
+        {
+            return ValidateOptionsResult.Success;
+        }
+        int asyncTimeout;
+        try
+        {
+            asyncTimeout = redis.Value.AsyncTimeout;
+        }
+        catch (ArgumentException)
+        {
+            // A connection string Redis's client cannot read: the connection reports that itself.
+            return ValidateOptionsResult.Skip;
+        }
+        return options.ReplicaWaitMilliseconds * 2L > asyncTimeout
+            ? ValidateOptionsResult.Fail($"Ingress:ReplicaWaitMilliseconds ({options.ReplicaWaitMilliseconds}) must be at most half the Redis " +
+                $"connection's asyncTimeout ({asyncTimeout} ms): a WAIT holds up the Redis commands behind it. Lower it, or raise asyncTimeout in the connection string.")
+            : ValidateOptionsResult.Success;
     }
 }
 

@@ -689,6 +689,41 @@ public class WebhookHandlerTests
     }
 
     [Theory]
+    [InlineData("", 2000, true)] // asyncTimeout unset: 5 s
+    [InlineData(",asyncTimeout=1000", 500, true)]
+    [InlineData(",asyncTimeout=1000", 501, false)]
+    [InlineData(",syncTimeout=600", 400, false)] // asyncTimeout follows syncTimeout unless set
+    public async Task Start_ReplicaWaitAgainstTheRedisTimeout_RefusedAboveHalfOfIt(string timeout, int waitMilliseconds, bool starts)
+    {
+        var config = new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false" + timeout,
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Ingress:WaitForReplicas"] = "1",
+            ["Ingress:ReplicaWaitMilliseconds"] = waitMilliseconds.ToString(System.Globalization.CultureInfo.InvariantCulture),
+        };
+        if (starts)
+        {
+            await using var ingress = await TestHost.StartIngressAsync(config);
+            return;
+        }
+        var error = (await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartIngressAsync(config))).ToString();
+        Assert.Contains($"Ingress:ReplicaWaitMilliseconds ({waitMilliseconds}) must be at most half the Redis connection's asyncTimeout", error,
+            StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Start_ReplicaWaitAboveHalfTheRedisTimeout_AllowedWithoutWaiting()
+    {
+        await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false,asyncTimeout=100",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Ingress:ReplicaWaitMilliseconds"] = "1000",
+        });
+    }
+
+    [Theory]
     [InlineData("/health")]
     [InlineData("/alive")]
     public async Task Get_HealthEndpointsOutsideDevelopment_AreServed(string path)
