@@ -119,9 +119,12 @@ internal sealed class ReplicaWaitValidator(IOptions<ConfigurationOptions> redis)
             // A connection string Redis's client cannot read: the connection reports that itself.
             return ValidateOptionsResult.Skip;
         }
-        return options.ReplicaWaitMilliseconds * 2L > asyncTimeout
-            ? ValidateOptionsResult.Fail($"Ingress:ReplicaWaitMilliseconds ({options.ReplicaWaitMilliseconds}) must be at most half the Redis " +
-                $"connection's asyncTimeout ({asyncTimeout} ms): a WAIT holds up the Redis commands behind it. Lower it, or raise asyncTimeout in the connection string.")
+        // The commands behind a WAIT need time of their own before the timeout: a second, or half of a short timeout.
+        var longest = Math.Max(asyncTimeout / 2, asyncTimeout - 1000);
+        return options.ReplicaWaitMilliseconds > longest
+            ? ValidateOptionsResult.Fail($"Ingress:ReplicaWaitMilliseconds ({options.ReplicaWaitMilliseconds}) must be at most {longest} with the Redis " +
+                $"connection's asyncTimeout of {asyncTimeout} ms (1 s under it, or half of it if that is more): a WAIT holds up the Redis commands behind it. " +
+                "Lower it, or raise asyncTimeout in the connection string.")
             : ValidateOptionsResult.Success;
     }
 }

@@ -690,10 +690,12 @@ public class WebhookHandlerTests
 
     [Theory]
     [InlineData("", 2000, true)] // asyncTimeout unset: 5 s
-    [InlineData(",asyncTimeout=1000", 500, true)]
+    [InlineData(",asyncTimeout=3000", 2000, true)]
+    [InlineData(",asyncTimeout=3000", 2001, false)]
+    [InlineData(",asyncTimeout=1000", 500, true)] // half of a short timeout
     [InlineData(",asyncTimeout=1000", 501, false)]
-    [InlineData(",syncTimeout=600", 400, false)] // asyncTimeout follows syncTimeout unless set
-    public async Task Start_ReplicaWaitAgainstTheRedisTimeout_RefusedAboveHalfOfIt(string timeout, int waitMilliseconds, bool starts)
+    [InlineData(",syncTimeout=600", 301, false)] // asyncTimeout follows syncTimeout unless set
+    public async Task Start_ReplicaWaitAgainstTheRedisTimeout_RefusedWithoutTimeLeftForTheCommandsBehindIt(string timeout, int waitMilliseconds, bool starts)
     {
         var config = new Dictionary<string, string?>
         {
@@ -708,12 +710,12 @@ public class WebhookHandlerTests
             return;
         }
         var error = (await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartIngressAsync(config))).ToString();
-        Assert.Contains($"Ingress:ReplicaWaitMilliseconds ({waitMilliseconds}) must be at most half the Redis connection's asyncTimeout", error,
+        Assert.Contains($"Ingress:ReplicaWaitMilliseconds ({waitMilliseconds}) must be at most {waitMilliseconds - 1} with the Redis connection's asyncTimeout", error,
             StringComparison.Ordinal);
     }
 
     [Fact]
-    public async Task Start_ReplicaWaitAboveHalfTheRedisTimeout_AllowedWithoutWaiting()
+    public async Task Start_ReplicaWaitAboveTheRedisTimeout_AllowedWithoutWaiting()
     {
         await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
         {
