@@ -71,10 +71,13 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
           -- The Dispatcher keeps the index as long as the records it finds (longer than this window; without expiry while
           -- one is a dead letter): another run of the same run id (another webhook, or after the window) must not cut that
           -- short. Not EXPIRE's GT, which Redis 6.2 lacks.
-          local ttl = redis.call('TTL', KEYS[4])
-          redis.call('SADD', KEYS[4], ARGV[1])
+          -- pcall, as the Dispatcher's finish: the run is queued by now, and an index key of another type (damaged) failed
+          -- the script here, which answered Port "nothing was accepted" for a run that was delivered. The lookup by run id
+          -- then misses it; the delivery id in the answer still finds it.
+          local ttl = redis.pcall('TTL', KEYS[4])
+          redis.pcall('SADD', KEYS[4], ARGV[1])
           if ttl == -2 or (ttl >= 0 and ttl < tonumber(ARGV[2])) then
-            redis.call('EXPIRE', KEYS[4], ARGV[2])
+            redis.pcall('EXPIRE', KEYS[4], ARGV[2])
           end
         end
         redis.call('PUBLISH', ARGV[3], streamId)

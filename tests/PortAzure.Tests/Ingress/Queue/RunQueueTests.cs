@@ -131,6 +131,33 @@ public class RunQueueTests
     }
 
     [Fact]
+    public async Task EnqueueAsync_RunIndexDamaged_QueuesTheRunWakesTheDispatchersAndLeavesTheIndexAsItWas()
+    {
+        // The index is written after the XADD, the key and the record: a failure there answered "nothing was accepted"
+        // (Redis does not undo a script's earlier writes) for a run that stayed queued and was delivered.
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (redis, db) = (leased.Connection, leased.Db);
+        var entry = NewEntry(TestRuns.NewRunId());
+        var index = RedisKeys.RunIndex(entry.RunId!);
+        await db.StringSetAsync(index, "damaged");
+        // Pub/sub spans the server's databases: other tests' wake-ups arrive here too.
+        var woken = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var subscriber = redis.GetSubscriber();
+        await subscriber.SubscribeAsync(RedisChannel.Literal(RedisKeys.WakeChannel), (_, message) => woken.Enqueue(message!));
+
+        var result = await new RunQueue(redis).EnqueueAsync(entry, Window,
+            new ReplayGuard(RedisKeys.SignedCall("v1:" + Guid.NewGuid().ToString("N")), TimeSpan.FromMinutes(10)));
+
+        Assert.Equal(new EnqueueResult(true, entry.DeliveryId), result);
+        var streamEntry = Assert.Single(await db.StreamRangeAsync(RedisKeys.Stream));
+        await Eventually.HoldsAsync(() => Task.FromResult(woken.Contains(streamEntry.Id.ToString())), TimeSpan.FromSeconds(10), "the Dispatchers woken");
+        Assert.Equal(DeliveryStates.Queued, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
+        Assert.Equal("damaged", (string?)await db.StringGetAsync(index));
+        Assert.Null(await db.KeyTimeToLiveAsync(index));
+        await subscriber.UnsubscribeAllAsync();
+    }
+
+    [Fact]
     public async Task EnqueueAsync_SameKeyAgain_ReturnsTheFirstDeliveryIdAndQueuesNothing()
     {
         await using var leased = await SharedRedis.ConnectAsync();
