@@ -642,6 +642,26 @@ public class WebhookHandlerTests
         Assert.Contains("Port:ClientSecret", error.ToString(), StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("{\"inputs\":{\"token\":\"x\",\"token\":\"s3cr3t-value\"}}", "token", null)] // the parser gives no position
+    [InlineData("{\"inputs\":{\"token\":s3cr3t-value}}", "s3cr3t", " at line 1, byte 20 of that line")]
+    [InlineData("{\"inputs\":\n{\"token\":tru3cret}}", "tru3", " at line 2, byte 13 of that line")] // where the literal goes wrong
+    public async Task Post_InvalidJson_TheDetailGivesThePositionNotTheContent(string json, string content, string? at)
+    {
+        // .NET's parser messages quote the body (the repeated property, the bad literal), which may hold secret inputs.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+
+        using var response = await relay.SendRunAsync(Encoding.UTF8.GetBytes(json));
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        var problem = await response.Content.ReadFromJsonAsync<JsonElement>();
+        Assert.Equal("body_invalid_json", problem.GetProperty("reason").GetString());
+        var detail = problem.GetProperty("detail").GetString()!;
+        Assert.DoesNotContain(content, detail, StringComparison.Ordinal);
+        Assert.True(detail.StartsWith($"The body is not valid JSON{at}: a syntax error", StringComparison.Ordinal), detail);
+    }
+
     [Fact]
     public async Task Start_SecretsWithATrailingNewlineOrSpace_FailNamingEachKey()
     {
