@@ -158,7 +158,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         local state = r[1]
         local finished = state == 'delivered' or state == 'deadlettered' or state == 'discarded'
         -- Dropped: a result that would undo a finished delivery, whoever holds the lease (two attempts overlap when
-        -- a lease runs out mid-attempt, and either may record first); only Azure's acceptance outranks a dead letter.
+        -- a lease runs out mid-attempt, and either may record first); only Azure's acceptance outranks a dead letter (or a
+        -- discarded one: the run did start).
         -- Also dropped: a second run of this very attempt's finish (the first one's reply was lost on the way back).
         if mode == 'skip' or r[2] == ARGV[5] or (finished and (mode ~= 'delivered' or state == 'delivered')) then
           if finished then redis.call('ZREM', KEYS[4], ARGV[4]) end

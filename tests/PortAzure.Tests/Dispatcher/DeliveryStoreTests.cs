@@ -347,6 +347,27 @@ public class DeliveryStoreTests
     }
 
     [Fact]
+    public async Task Finish_LateDeliveryAfterTheDeadLetterWasDiscarded_RecordsTheDelivery()
+    {
+        // As above, with the operator's discard between: the run was started all the same, which "discarded" would hide.
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry();
+        var now = DateTimeOffset.UtcNow;
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromMilliseconds(50), false, now, TimeSpan.FromSeconds(30))).Leased);
+        await Task.Delay(100);
+        Assert.True((await store.BeginAsync(entry, "B", TimeSpan.FromSeconds(30), false, now, TimeSpan.FromSeconds(30))).Leased);
+        await store.FinishAsync(Finish(FinishMode.DeadLetter, entry, "B", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.DeadLettered),
+            new(DeliveryRecord.Reason, "permanent_failure"), new(DeliveryRecord.DeadLetteredAt, now.ToUnixTimeMilliseconds())));
+        Assert.True(await store.DiscardAsync(entry.DeliveryId, DateTimeOffset.UtcNow, TimeSpan.FromHours(1)));
+
+        await store.FinishAsync(Finish(FinishMode.Delivered, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered)));
+
+        Assert.Equal(DeliveryStates.Delivered, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
+        Assert.Equal(0, await db.SortedSetLengthAsync(RedisKeys.DeadLetters));
+    }
+
+    [Fact]
     public async Task Finish_RunAgainAfterItsReplyWasLost_IsNotAppliedTwice()
     {
         await using var leased = await SharedRedis.ConnectAsync();
