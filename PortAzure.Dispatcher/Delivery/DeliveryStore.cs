@@ -176,9 +176,13 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         elseif mode == 'deadletter' then
           redis.call('ZADD', KEYS[5], ARGV[6], ARGV[4])
         end
+        -- Azure accepted a run that is delivered: a finish that fails now is posted again at the next reclaim (a second
+        -- pipeline run, and up to MaxClaims more), so a damaged key beside the record (the attempt log, the target's
+        -- health, the schedule, the dead letters) must not stop it. A key of another type holds nothing of this delivery.
+        local recorded = mode == 'delivered' and redis.pcall or redis.call
         if ARGV[10] ~= '' then
-          redis.call('RPUSH', KEYS[6], ARGV[10])
-          redis.call('EXPIRE', KEYS[6], ARGV[9])
+          recorded('RPUSH', KEYS[6], ARGV[10])
+          recorded('EXPIRE', KEYS[6], ARGV[9])
         end
         if mode == 'deadletter' then
           -- A dead letter waits for an operator, its attempt history with it.
@@ -187,13 +191,12 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         local k = tonumber(ARGV[13])
         local failures = 0
         if mode == 'delivered' then
-          -- The target's health before the removals: a damaged health hash must leave the delivery where it was.
-          redis.call('HDEL', KEYS[7], ARGV[8])
-          redis.call('HDEL', KEYS[8], ARGV[8])
+          recorded('HDEL', KEYS[7], ARGV[8])
+          recorded('HDEL', KEYS[8], ARGV[8])
           if state == 'deadlettered' then
-            redis.call('ZREM', KEYS[5], ARGV[4])
+            recorded('ZREM', KEYS[5], ARGV[4])
           end
-          redis.call('ZREM', KEYS[4], ARGV[4])
+          recorded('ZREM', KEYS[4], ARGV[4])
           redis.call('HDEL', KEYS[1], 'body', 'reason', 'hint', 'deadLetteredAt', 'nextAttemptAt')
         elseif mode == 'retry' then
           failures = increment(KEYS[7], ARGV[8])

@@ -205,33 +205,68 @@ public class DeliveryStoreTests
     [Theory]
     [InlineData("dead letters")]
     [InlineData("attempt log")]
-    [InlineData("target health")]
-    public async Task Finish_RetryFromTheScheduleFailsHalfWayTwice_StaysInTheSchedule(string damaged)
+    public async Task Finish_RetryFromTheScheduleDeadLetteredFailsHalfWayTwice_StaysInTheSchedule(string damaged)
     {
-        // A retry taken from the schedule that is dead-lettered or delivered: it leaves the schedule only once it is
-        // placed and recorded. Damaged here: the dead-letter index, or (delivered) its attempt log or the target health hash.
+        // A retry taken from the schedule that is dead-lettered: it leaves the schedule only once it is placed and recorded.
+        // Damaged here: the dead-letter index, or its attempt log (written after the dead letter's place).
         await using var slot = await DueSlot.StartAsync();
         var (store, db, entry) = (slot.Store, slot.Db, slot.Entry);
-        var deadLetter = damaged == "dead letters";
         await db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.Body, "kept");
-        await db.StringSetAsync(damaged switch
-        {
-            "dead letters" => RedisKeys.DeadLetters,
-            "attempt log" => RedisKeys.Attempts(entry.DeliveryId),
-            _ => RedisKeys.TargetFailures,
-        }, "damaged");
+        await db.StringSetAsync(damaged == "dead letters" ? RedisKeys.DeadLetters : RedisKeys.Attempts(entry.DeliveryId), "damaged");
         Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), true, slot.Now, TimeSpan.FromSeconds(30))).Leased);
-        var finish = Finish(deadLetter ? FinishMode.DeadLetter : FinishMode.Delivered, entry, "A",
-            new KeyValuePair<string, RedisValue>(DeliveryRecord.State, deadLetter ? DeliveryStates.DeadLettered : DeliveryStates.Delivered))
+        var finish = Finish(FinishMode.DeadLetter, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.DeadLettered))
             with { AttemptJson = "{}" };
 
         await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(finish));
         await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(finish));
 
         Assert.NotNull(await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, entry.DeliveryId));
-        Assert.NotEqual(deadLetter ? DeliveryStates.DeadLettered : DeliveryStates.Delivered,
-            (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
+        Assert.NotEqual(DeliveryStates.DeadLettered, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
         Assert.Equal("kept", (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.Body));
+    }
+
+    [Theory]
+    [InlineData("attempt log")]
+    [InlineData("target failures")]
+    [InlineData("paused targets")]
+    [InlineData("dead letters")]
+    public async Task Finish_DeliveredBesideADamagedKey_IsRecordedAcknowledgedAndReported(string damaged)
+    {
+        // A delivered run whose finish failed on a key beside its record (another type: damaged) stayed pending, and was
+        // posted again at each reclaim, a pipeline run each time, until it was poison (MaxClaims, 5 by default). The
+        // schedule is left whole here: a retry's slot must still be taken out (DueSlot).
+        await using var slot = await DueSlot.StartAsync();
+        var (store, db, entry) = (slot.Store, slot.Db, slot.Entry);
+        await db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0", createStream: true);
+        var streamId = (await db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields())).ToString();
+        Assert.Single(await db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dispatcher-a", ">", 1));
+        var key = damaged switch
+        {
+            "attempt log" => RedisKeys.Attempts(entry.DeliveryId),
+            "target failures" => RedisKeys.TargetFailures,
+            "paused targets" => RedisKeys.PausedTargets,
+            _ => RedisKeys.DeadLetters,
+        };
+        Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), true, slot.Now, TimeSpan.FromSeconds(30))).Leased);
+        // Damaged during the POST (the begin reads the pauses: damaged before it, nothing is posted at all).
+        await db.StringSetAsync(key, "damaged");
+        if (damaged == "dead letters")
+        {
+            // Dead-lettered meanwhile by an overlapping attempt, which this delivery outranks: it leaves the dead letters.
+            await db.HashSetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State, DeliveryStates.DeadLettered);
+        }
+        var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "delivered", "SUCCESS", "label");
+        var finish = Finish(FinishMode.Delivered, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered))
+            with { AttemptJson = "{}", StreamId = streamId, Report = report };
+
+        var finished = await store.FinishAsync(finish);
+
+        Assert.Null(finished.ReportError);
+        Assert.Equal(DeliveryStates.Delivered, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
+        Assert.Null(await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, entry.DeliveryId));
+        Assert.Equal(0, await db.StreamLengthAsync(RedisKeys.Stream));
+        Assert.Single(await db.StreamRangeAsync(RedisKeys.PortReports));
+        Assert.Equal("damaged", (string?)await db.StringGetAsync(key));
     }
 
     [Theory]
@@ -757,19 +792,21 @@ public class DeliveryStoreTests
         await using var leased = await SharedRedis.ConnectAsync();
         var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
         var entry = NewEntry();
-        await db.StringSetAsync(RedisKeys.TargetFailures, "damaged");
+        var attempts = RedisKeys.Attempts(entry.DeliveryId);
+        await db.StringSetAsync(attempts, "damaged");
         await BeginAsync(store, entry, "A");
-        var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "delivered", "SUCCESS", "label");
-        var finish = Finish(FinishMode.Delivered, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered)) with { Report = report };
+        var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "failed", "FAILURE", "label");
+        var finish = Finish(FinishMode.DeadLetter, entry, "A", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.DeadLettered))
+            with { Report = report, AttemptJson = "{}" };
 
         await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(finish));
         await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(finish));
-        await db.KeyDeleteAsync(RedisKeys.TargetFailures);
+        await db.KeyDeleteAsync(attempts);
         var finished = await store.FinishAsync(finish);
 
         Assert.Null(finished.ReportError);
         Assert.Single(await db.StreamRangeAsync(RedisKeys.PortReports));
-        Assert.Equal(DeliveryStates.Delivered, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
+        Assert.Equal(DeliveryStates.DeadLettered, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
     }
 
     [Fact]
