@@ -108,7 +108,12 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         end
         local paused = 0
         local probe = 0
-        local stored = redis.call('HGET', KEYS[3], ARGV[4])
+        local stored = redis.pcall('HGET', KEYS[3], ARGV[4])
+        if type(stored) == 'table' then
+          -- The pause hash is another type (damaged): no target is paused. Failing here, after the claim was counted, no
+          -- run was posted, and each became poison at its MaxClaims-th reclaim.
+          stored = false
+        end
         local probeAt = whole(stored, 1e14)
         if stored and not probeAt then
           -- A damaged pause time: the target is probed now, as when its pause is over.

@@ -320,6 +320,22 @@ public class DeliveryStoreTests
     }
 
     [Fact]
+    public async Task Begin_PauseHashOfAnotherType_TakesTheLeaseUnpausedAndLeavesTheKey()
+    {
+        await using var leased = await SharedRedis.ConnectAsync();
+        var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
+        var entry = NewEntry();
+        await db.StringSetAsync(RedisKeys.PausedTargets, "damaged");
+
+        var begin = await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), claimed: true, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30));
+
+        Assert.True(begin.Leased);
+        Assert.Null(begin.PausedUntil);
+        Assert.Equal(1, begin.Claims);
+        Assert.Equal("damaged", (string?)await db.StringGetAsync(RedisKeys.PausedTargets));
+    }
+
+    [Fact]
     public async Task Finish_RetryWithADamagedTargetFailureCount_IsRecordedAndCountsOne()
     {
         // A failing count made every retry finish to that target fail half-way, within its window and then for good:
