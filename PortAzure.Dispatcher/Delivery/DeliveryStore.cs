@@ -156,8 +156,10 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             redis.call('XDEL', KEYS[3], ARGV[2])
           end
         end
-        -- Whatever the outcome, this attempt ended: a claim of its schedule slot that never got here did not.
-        redis.call('HDEL', KEYS[9], ARGV[4])
+        -- Whatever the outcome, this attempt ended: a claim of its schedule slot that never got here did not. pcall: a claims
+        -- key of another type (damaged) holds no claim, and failed every finish, a delivered run's too, which was then
+        -- posted again at each reclaim.
+        redis.pcall('HDEL', KEYS[9], ARGV[4])
         local ours = redis.call('GET', KEYS[2]) == ARGV[5]
         local r = redis.call('HMGET', KEYS[1], 'state', 'finishedBy')
         local state = r[1]

@@ -230,6 +230,7 @@ public class DeliveryStoreTests
     [InlineData("target failures")]
     [InlineData("paused targets")]
     [InlineData("dead letters")]
+    [InlineData("retry claims")]
     public async Task Finish_DeliveredBesideADamagedKey_IsRecordedAcknowledgedAndReported(string damaged)
     {
         // A delivered run whose finish failed on a key beside its record (another type: damaged) stayed pending, and was
@@ -245,6 +246,7 @@ public class DeliveryStoreTests
             "attempt log" => RedisKeys.Attempts(entry.DeliveryId),
             "target failures" => RedisKeys.TargetFailures,
             "paused targets" => RedisKeys.PausedTargets,
+            "retry claims" => RedisKeys.RetryClaims,
             _ => RedisKeys.DeadLetters,
         };
         Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromSeconds(30), true, slot.Now, TimeSpan.FromSeconds(30))).Leased);
