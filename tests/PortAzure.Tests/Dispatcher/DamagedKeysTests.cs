@@ -1,0 +1,47 @@
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using Xunit.Abstractions;
+
+namespace PortAzure.Tests.Dispatcher;
+
+/// <summary>The relay's shared keys beside the runs, each of another type (damaged, or overwritten by something else).</summary>
+[Collection(HeavyTests.Name)]
+public class DamagedKeysTests(ITestOutputHelper output)
+{
+    [Fact]
+    public async Task Deliver_SharedKeysBesideTheRunsDamaged_EveryRunIsPostedOnceAndRecordedDelivered()
+    {
+        // A finish that failed on one of them left its entry pending, and a run Azure had accepted was posted again at each
+        // reclaim (the retry claims: four POSTs of each run in 20 s). The schedule is not among them: its claim fails the
+        // read loop before any read, so nothing is posted at all (no run is lost: they wait in the stream).
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            // Lease 2 + 1 + 0.5 s, reclaim after 3 s idle: a run whose finish failed is posted again within seconds.
+            c["Dispatcher:RequestTimeoutSeconds"] = "2";
+            c["Dispatcher:FinishRetrySeconds"] = "1";
+            c["Dispatcher:ClaimMarginSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.5";
+        }, dispatchers: 0);
+        foreach (var key in new[] { RedisKeys.RetryClaims, RedisKeys.TargetFailures, RedisKeys.PausedTargets, RedisKeys.DeadLetters, RedisKeys.PortReports })
+        {
+            await relay.Db.StringSetAsync(key, "damaged");
+        }
+        var dispatcher = await relay.AddDispatcherAsync();
+        var runIds = Enumerable.Range(0, 5).Select(_ => TestRuns.NewRunId()).ToList();
+        await relay.SendAllAcceptedAsync(runIds);
+
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0, TimeSpan.FromSeconds(30),
+            "every entry finished");
+        // Longer than a lease and a reclaim: a run left pending would have been posted again by now.
+        await Task.Delay(TimeSpan.FromSeconds(6));
+
+        var requests = await relay.EmulatorApi.RequestsAsync();
+        output.WriteLine(string.Join("\n", dispatcher.Logs.Lines.Where(l => l.Contains("fail:", StringComparison.Ordinal)).Take(20)));
+        Assert.Equal(runIds.Order(), requests.Select(r => r.Header("X-Port-Run-Id")!).Order());
+        foreach (var runId in runIds)
+        {
+            var deliveryId = (string?)(await relay.Db.SetMembersAsync(RedisKeys.RunIndex(runId))).Single();
+            Assert.Equal(DeliveryStates.Delivered, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId!), DeliveryRecord.State));
+        }
+    }
+}
