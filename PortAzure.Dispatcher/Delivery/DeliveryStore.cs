@@ -282,12 +282,14 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         """;
 
     // A count that is not a number (a damaged field), or past any count the relay makes, starts again at 1 instead of
-    // failing: these counts are written where a failure would leave a script half done, and read as 32-bit numbers.
+    // failing: these counts are written where a failure would leave a script half done, and read as 32-bit numbers. A
+    // hash of another type (damaged) counts 1 each time and is left as it is: the retry claims' failed every claim of a due
+    // retry, and with it every read of the Dispatcher's loop.
     private const string IncrementCount = """
         local function increment(key, field)
           local n = redis.pcall('HINCRBY', key, field, 1)
           if type(n) == 'table' or n > 1000000000 then
-            redis.call('HSET', key, field, 1)
+            redis.pcall('HSET', key, field, 1)
             return 1
           end
           return n

@@ -175,7 +175,7 @@ public class DeliveryStoreTests
     }
 
     [Theory]
-    [InlineData(RedisKeys.TargetFailures, false)]
+    [InlineData("attempt log", false)]
     [InlineData(RedisKeys.RetrySchedule, false)]
     [InlineData(RedisKeys.DeadLetters, true)]
     public async Task Finish_AWriteFailsMidScript_LeavesTheStreamEntryPendingAlsoWhenRunAgain(string damagedKey, bool deadLetter)
@@ -189,11 +189,12 @@ public class DeliveryStoreTests
         await db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0", createStream: true);
         var streamId = (await db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields())).ToString();
         Assert.Single(await db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dispatcher-a", ">", 1));
-        await db.StringSetAsync(damagedKey, "damaged");
+        await db.StringSetAsync(damagedKey == "attempt log" ? RedisKeys.Attempts(entry.DeliveryId) : damagedKey, "damaged");
         await BeginAsync(store, entry, "A");
         var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "failed", "FAILURE", "label");
         var finish = Finish(deadLetter ? FinishMode.DeadLetter : FinishMode.Retry, entry, "A",
-            new KeyValuePair<string, RedisValue>(DeliveryRecord.State, deadLetter ? DeliveryStates.DeadLettered : DeliveryStates.Retrying)) with { StreamId = streamId, Report = report };
+            new KeyValuePair<string, RedisValue>(DeliveryRecord.State, deadLetter ? DeliveryStates.DeadLettered : DeliveryStates.Retrying))
+            with { StreamId = streamId, Report = report, AttemptJson = "{}" };
 
         await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(finish));
         await Assert.ThrowsAnyAsync<RedisException>(() => store.FinishAsync(finish));
@@ -507,21 +508,6 @@ public class DeliveryStoreTests
     }
 
     [Fact]
-    public async Task ClaimDueRetries_ScriptFailsAfterItsFirstWrite_ClaimIsUndone()
-    {
-        // Redis keeps a script's writes up to the failing command: the slots moved before it must be undone too.
-        await using var slot = await DueSlot.StartAsync();
-        var (store, db, entry, now) = (slot.Store, slot.Db, slot.Entry, slot.Now);
-        await db.StringSetAsync(RedisKeys.RetryClaims, "damaged");
-
-        await Assert.ThrowsAsync<RedisServerException>(() => store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(30), 10));
-        await db.KeyDeleteAsync(RedisKeys.RetryClaims);
-        var again = await store.ClaimDueRetriesAsync(now.AddSeconds(1), TimeSpan.FromSeconds(30), 10);
-
-        Assert.Equal([(entry.DeliveryId, false)], again);
-    }
-
-    [Fact]
     public async Task ClaimDueRetries_DamagedClaimCount_IsResetAndEverySlotIsClaimed()
     {
         // A count that is not a number would fail every claim that reaches it, and the slots behind it with it.
@@ -535,6 +521,21 @@ public class DeliveryStoreTests
 
         Assert.Equal([(damaged, false), (entry.DeliveryId, false)], claimed);
         Assert.Equal(1, (long)await db.HashGetAsync(RedisKeys.RetryClaims, damaged));
+    }
+
+    [Fact]
+    public async Task ClaimDueRetries_ClaimsKeyOfAnotherType_ClaimsTheSlotAsAFirstClaimAndLeavesTheKey()
+    {
+        // The claim failed, and every read of the Dispatcher's loop with it (the due retries are claimed first).
+        await using var slot = await DueSlot.StartAsync();
+        var (store, db, entry, now) = (slot.Store, slot.Db, slot.Entry, slot.Now);
+        await db.StringSetAsync(RedisKeys.RetryClaims, "damaged");
+
+        var claimed = await store.ClaimDueRetriesAsync(now, TimeSpan.FromSeconds(30), 10);
+
+        Assert.Equal([(entry.DeliveryId, false)], claimed);
+        Assert.Equal(now.AddSeconds(30).ToUnixTimeMilliseconds(), await db.SortedSetScoreAsync(RedisKeys.RetrySchedule, entry.DeliveryId));
+        Assert.Equal("damaged", (string?)await db.StringGetAsync(RedisKeys.RetryClaims));
     }
 
     [Fact]
