@@ -277,7 +277,7 @@ internal static partial class OperatorApi
     {
         var snapshot = await monitor.ReadAsync();
         return TypedResults.Ok(new StatsView(snapshot.StreamLength, snapshot.Pending, snapshot.ScheduledRetries, snapshot.DeadLetters,
-            snapshot.PausedTargets, snapshot.OldestAge.TotalSeconds, snapshot.PortReports));
+            snapshot.PausedTargets, snapshot.OldestAge.TotalSeconds, snapshot.PortReports, snapshot.DamagedKeys));
     }
 
     /// <summary>
@@ -502,5 +502,6 @@ internal sealed record DeadLetterPage(IReadOnlyList<DeliveryView> Items, string?
 /// <param name="StoppedAt">The dead letter whose replay failed; whether it ran is unknown (see its delivery).</param>
 internal sealed record ReplayResult(int Replayed, IReadOnlyList<string> DeliveryIds, bool Incomplete = false, string? StoppedAt = null);
 
+/// <param name="DamagedKeys">Keys holding another type (damaged): their counts read 0.</param>
 internal sealed record StatsView(long StreamLength, long Pending, long ScheduledRetries, long DeadLetters, long PausedTargets, double OldestAgeSeconds,
-    long PortReports);
+    long PortReports, IReadOnlyList<string> DamagedKeys);

@@ -9,10 +9,11 @@ namespace PortAzure.Dispatcher.Diagnostics;
 /// <summary>One reading of the relay's queues.</summary>
 /// <param name="PortReports">Reports to Port waiting to be sent or retried: its stream keeps the newest 100,000, so a long
 /// Port outage at a high rate loses the oldest without a line unless this is watched.</param>
+/// <param name="DamagedKeys">The keys read that hold another type (damaged, or written by something else): counted as 0.</param>
 internal sealed record BacklogSnapshot(long StreamLength, long Pending, long ScheduledRetries, long DeadLetters, long PausedTargets, TimeSpan OldestAge,
-    long PortReports)
+    long PortReports, IReadOnlyList<string> DamagedKeys)
 {
-    public static readonly BacklogSnapshot Empty = new(0, 0, 0, 0, 0, TimeSpan.Zero, 0);
+    public static readonly BacklogSnapshot Empty = new(0, 0, 0, 0, 0, TimeSpan.Zero, 0, []);
 }
 
 /// <summary>
@@ -37,24 +38,49 @@ internal sealed class BacklogMonitor(IConnectionMultiplexer redis, TimeProvider 
         var groups = batch.StreamGroupInfoAsync(RedisKeys.Stream);
         var reports = batch.StreamLengthAsync(RedisKeys.PortReports);
         batch.Execute();
+        // Each key on its own: one of another type failed the whole reading, and the health check went on with the last one
+        // (Healthy) while a damaged schedule stopped every delivery.
+        var damaged = new List<string>();
         long pending = 0;
         try
         {
             pending = (await groups).FirstOrDefault(g => g.Name == RedisKeys.ConsumerGroup).PendingMessageCount;
         }
-        catch (RedisServerException)
+        catch (RedisServerException ex) when (!RedisFailures.IsWrongType(ex))
         {
             // No stream yet.
         }
-        var oldestEntries = await oldest;
+        catch (RedisServerException)
+        {
+            // The stream's own reads below name it.
+        }
+        var oldestEntries = await OrDamagedAsync(oldest, RedisKeys.Stream, [], damaged);
         var age = TimeSpan.Zero;
         if (oldestEntries.Length > 0 && long.TryParse(oldestEntries[0].Id.ToString().Split('-')[0], out var ms))
         {
             age = timeProvider.GetUtcNow() - DateTimeOffset.FromUnixTimeMilliseconds(ms);
         }
-        Current = new BacklogSnapshot(await length, pending, await retries, await dead, PausesInEffect(await paused), age < TimeSpan.Zero ? TimeSpan.Zero : age,
-            await reports);
+        var streamLength = await OrDamagedAsync(length, RedisKeys.Stream, 0, damaged);
+        var scheduled = await OrDamagedAsync(retries, RedisKeys.RetrySchedule, 0, damaged);
+        var deadLetters = await OrDamagedAsync(dead, RedisKeys.DeadLetters, 0, damaged);
+        var pauses = await OrDamagedAsync(paused, RedisKeys.PausedTargets, [], damaged);
+        var portReports = await OrDamagedAsync(reports, RedisKeys.PortReports, 0, damaged);
+        Current = new BacklogSnapshot(streamLength, pending, scheduled, deadLetters, PausesInEffect(pauses), age < TimeSpan.Zero ? TimeSpan.Zero : age,
+            portReports, [.. damaged.Distinct(StringComparer.Ordinal)]);
         return Current;
+    }
+
+    private static async Task<T> OrDamagedAsync<T>(Task<T> read, string key, T none, List<string> damaged)
+    {
+        try
+        {
+            return await read;
+        }
+        catch (RedisServerException ex) when (RedisFailures.IsWrongType(ex))
+        {
+            damaged.Add(key);
+            return none;
+        }
     }
 
     /// <summary>
@@ -109,6 +135,14 @@ internal sealed class BacklogHealthCheck(BacklogMonitor monitor, IOptionsMonitor
             ["stream_length"] = snapshot.StreamLength,
             ["oldest_age_seconds"] = snapshot.OldestAge.TotalSeconds,
         };
+        if (snapshot.DamagedKeys.Count > 0)
+        {
+            // Degraded, not Unhealthy: a restart mends nothing, and the Dispatcher still serves what it can.
+            data["damaged_keys"] = string.Join(",", snapshot.DamagedKeys);
+            return Task.FromResult(HealthCheckResult.Degraded(
+                $"Redis keys of another type (damaged, or written by something else): {string.Join(", ", snapshot.DamagedKeys)}. Deliveries may stop until they are mended (docs/deploy.md, event 2103).",
+                data: data));
+        }
         return Task.FromResult(snapshot.OldestAge > threshold
             ? HealthCheckResult.Degraded($"The oldest queued run has waited {snapshot.OldestAge.TotalSeconds:F0} s (threshold {threshold.TotalSeconds:F0} s).", data: data)
             : HealthCheckResult.Healthy("Backlog within bounds.", data));

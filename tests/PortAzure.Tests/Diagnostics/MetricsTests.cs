@@ -1,5 +1,7 @@
 using System.Net;
+using System.Net.Http.Json;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Diagnostics.Metrics.Testing;
 using PortAzure.Diagnostics;
 using PortAzure.Tests.Infrastructure;
@@ -78,6 +80,36 @@ public class MetricsTests
         }, TimeSpan.FromSeconds(15), "/health reports Degraded");
         using var alive = await relay.Dispatcher.Client.GetAsync("/alive");
         Assert.Equal("Healthy", await alive.Content.ReadAsStringAsync());
+    }
+
+    [Fact]
+    public async Task Dispatcher_RetryScheduleOfAnotherType_HealthDegradedNamingItAndTheOtherCountsStillRead()
+    {
+        // A damaged schedule stops every read of the delivery loop. It also failed the whole backlog reading, so /health went
+        // on from the last one (Healthy) with nothing delivered, and /api/stats answered 500.
+        await using var relay = await Relay.StartAsync();
+        await relay.Db.StringSetAsync(PortAzure.Redis.RedisKeys.RetrySchedule, "damaged");
+        await Dispatcher.DeliveryOutcomeTests.SendAsync(relay);
+
+        var snapshot = await relay.Dispatcher.Services.GetRequiredService<PortAzure.Dispatcher.Diagnostics.BacklogMonitor>().ReadAsync();
+        var health = await relay.Dispatcher.Services.GetRequiredService<HealthCheckService>().CheckHealthAsync(c => c.Name == "backlog");
+        using var request = relay.Operator(HttpMethod.Get, "/api/stats");
+        using var response = await relay.Dispatcher.Client.SendAsync(request);
+
+        Assert.Equal([PortAzure.Redis.RedisKeys.RetrySchedule], snapshot.DamagedKeys);
+        Assert.Equal(1, snapshot.StreamLength);
+        var backlog = health.Entries["backlog"];
+        Assert.Equal(HealthStatus.Degraded, backlog.Status);
+        Assert.Contains(PortAzure.Redis.RedisKeys.RetrySchedule, backlog.Description, StringComparison.Ordinal);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var stats = await response.Content.ReadFromJsonAsync<System.Text.Json.JsonElement>();
+        Assert.Equal(1, stats.GetProperty("streamLength").GetInt64());
+        Assert.Equal([PortAzure.Redis.RedisKeys.RetrySchedule], stats.GetProperty("damagedKeys").EnumerateArray().Select(k => k.GetString()));
+        await Eventually.HoldsAsync(async () =>
+        {
+            using var polled = await relay.Dispatcher.Client.GetAsync("/health");
+            return await polled.Content.ReadAsStringAsync() == "Degraded";
+        }, TimeSpan.FromSeconds(15), "/health reports Degraded");
     }
 
     [Fact]

@@ -80,6 +80,7 @@ public class OperatorApiTests
         Assert.Equal(4, stats.GetProperty("deadLetters").GetInt64());
         Assert.Equal(5, stats.GetProperty("pausedTargets").GetInt64());
         Assert.Equal(6, stats.GetProperty("portReports").GetInt64());
+        Assert.Empty(stats.GetProperty("damagedKeys").EnumerateArray());
         // From the oldest entry's id (two minutes ago), in seconds; no upper wall-clock bound beyond a generous one.
         Assert.InRange(stats.GetProperty("oldestAgeSeconds").GetDouble(), 119, 600);
     }
