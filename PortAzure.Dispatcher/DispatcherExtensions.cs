@@ -45,6 +45,7 @@ public static class DispatcherExtensions
         services.TryAddSingleton(TimeProvider.System);
         services.AddProblemDetails(options => options.CustomizeProblemDetails = FallbackReason.Add);
         services.AddExceptionHandler<RedisUnavailableHandler>();
+        services.AddExceptionHandler<RedisKeyDamagedHandler>();
         // No "servers": the generator names the address the request came to, which behind the Ingress's proxy is the
         // Dispatcher's own, and a client generated from the document would go around the edge's key check. Without it a
         // client uses the document's own origin: the Ingress.

@@ -53,4 +53,5 @@ internal static class EventIds
     public const int Replayed = 2302;
     public const int OperatorApiRedisUnavailable = 2303;
     public const int ReplayStopped = 2304;
+    public const int OperatorApiKeyDamaged = 2305;
 }

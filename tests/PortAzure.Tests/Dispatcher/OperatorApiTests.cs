@@ -11,6 +11,23 @@ namespace PortAzure.Tests.Dispatcher;
 /// <summary>The operator API's own answers (the edge's key check: Ingress/OperatorApiGuardTests).</summary>
 public class OperatorApiTests
 {
+    [Theory]
+    [InlineData("/api/deliveries?runId=r_damaged")]
+    [InlineData("/api/deadletters")]
+    public async Task Get_AKeyItReadsOfAnotherType_Answers500KeyDamagedAndLogsIt(string path)
+    {
+        // The default handler's bare internal_error read like a bug in the relay, and named nothing.
+        await using var relay = await Relay.StartAsync();
+        await relay.Db.StringSetAsync(path.Contains("runId", StringComparison.Ordinal) ? RedisKeys.RunIndex("r_damaged") : RedisKeys.DeadLetters, "damaged");
+
+        using var request = relay.Operator(HttpMethod.Get, path);
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.InternalServerError, response.StatusCode);
+        Assert.Equal("redis_key_damaged", await ProblemResponses.ReasonAsync(response));
+        Assert.Contains(relay.Dispatcher.Logs.Lines, l => l.Contains("[2305]", StringComparison.Ordinal) && l.StartsWith("Error", StringComparison.Ordinal));
+    }
+
     [Fact]
     public async Task FindByRun_TwoWebhooksGotTheRun_ListsBothDeliveries()
     {
