@@ -171,8 +171,7 @@ internal sealed partial class WebhookHandler(
         {
             // The position only: the parser's own message quotes the body (a repeated property's name, the start of a bad
             // literal), which may hold an action's secret inputs, and the answer is kept by whatever keeps responses (Port,
-            // a proxy's log), where the body itself is not.
-            // (A repeated property has none.)
+            // a proxy's log), where the body itself is not. The parser gives a repeated property no position.
             var at = ex.LineNumber is { } line && ex.BytePositionInLine is { } column ? $" at line {line + 1}, byte {column + 1} of that line" : "";
             return Reject(StatusCodes.Status400BadRequest, RejectionReasons.BodyInvalidJson,
                 $"The body is not valid JSON{at}: a syntax error, a property repeated in one object, or nesting deeper than {options.MaxJsonDepth} " +
