@@ -12,6 +12,7 @@ internal static class EventIds
     public const int LegacySignaturesAccepted = 1007;
     public const int QueueFull = 1008;
     public const int ReplicationUnconfirmed = 1009;
+    public const int QueueKeyDamaged = 1010;
     public const int OperatorApiRejected = 1101;
     public const int RateLimited = 1102;
     public const int OperatorApiRejectedAgain = 1103;

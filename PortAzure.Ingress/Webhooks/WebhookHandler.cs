@@ -45,6 +45,7 @@ internal sealed partial class WebhookHandler(
     // would let anyone make the log the flood), Redis away (every call fails the same way), and duplicates.
     private const string QueueErrorLine = "error:queue_unavailable";
     private const string QueueFullLine = "error:queue_full";
+    private const string QueueDamagedLine = "error:queue_damaged";
     private const string DuplicateLine = "duplicate";
     private const string ReplicationLine = "error:replication_unconfirmed";
     private readonly LogThrottle _lines = new(timeProvider, TimeSpan.FromSeconds(10));
@@ -287,12 +288,19 @@ internal sealed partial class WebhookHandler(
             activity?.SetStatus(ActivityStatusCode.Error, "queue unavailable");
             // A full Redis answers, so "unavailable" would send the operator looking for an outage; its own line (and its
             // own count) says what to free. Port's answer is the same: nothing was written (RedisFailures.IsOutOfMemory).
+            // So does a key of another type (damaged, or written by something else): Redis answers, and refuses every run
+            // that meets it until the key is mended.
             var full = RedisFailures.IsOutOfMemory(ex);
-            if (_lines.Take(full ? QueueFullLine : QueueErrorLine) is var failed and > 0)
+            var damaged = RedisFailures.IsWrongType(ex);
+            if (_lines.Take(full ? QueueFullLine : damaged ? QueueDamagedLine : QueueErrorLine) is var failed and > 0)
             {
                 if (full)
                 {
                     Log.QueueFull(logger, ex, org, webhook, failed);
+                }
+                else if (damaged)
+                {
+                    Log.QueueKeyDamaged(logger, ex, org, webhook, failed);
                 }
                 else
                 {
@@ -546,6 +554,10 @@ internal sealed partial class WebhookHandler(
         [LoggerMessage(EventIds.ReplicationUnconfirmed, LogLevel.Error,
             "A run for {Org}/{Webhook} is queued on the Redis primary, but Ingress:WaitForReplicas is not met: {Why}; the call was answered 503 ({Calls} calls answered so since the last such line; at most one every 10 s)")]
         public static partial void ReplicationUnconfirmed(ILogger logger, Exception? exception, string org, string webhook, string why, long calls);
+
+        [LoggerMessage(EventIds.QueueKeyDamaged, LogLevel.Error,
+            "Could not queue a run for {Org}/{Webhook}: a Redis key it writes holds another type (damaged, or written by something else), and nothing was written ({Calls} calls failed this way since the last such line; at most one every 10 s)")]
+        public static partial void QueueKeyDamaged(ILogger logger, Exception exception, string org, string webhook, long calls);
 
         [LoggerMessage(EventIds.QueueFull, LogLevel.Error,
             "Could not queue a run for {Org}/{Webhook}: Redis is out of memory (maxmemory reached; noeviction refuses writes), and nothing was written ({Calls} calls failed this way since the last such line; at most one every 10 s)")]

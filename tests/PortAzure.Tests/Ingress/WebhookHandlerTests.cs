@@ -205,6 +205,24 @@ public class WebhookHandlerTests
     }
 
     [Fact]
+    public async Task Post_StreamKeyOfAnotherType_503NothingWrittenTheLineSaysDamagedNotUnavailable()
+    {
+        // Redis answers: "Redis is unavailable" (1004) sent operators looking for an outage.
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        await relay.Db.StringSetAsync(RedisKeys.Stream, "damaged");
+        var keysBefore = (long)await relay.Db.ExecuteAsync("DBSIZE");
+
+        using var refused = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()));
+
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
+        Assert.Equal("queue_unavailable", await ProblemResponses.ReasonAsync(refused));
+        Assert.Equal(keysBefore, (long)await relay.Db.ExecuteAsync("DBSIZE"));
+        var line = Assert.Single(relay.Ingress.Logs.Lines, l => l.Contains("[1010]", StringComparison.Ordinal));
+        Assert.StartsWith("Error", line, StringComparison.Ordinal);
+        Assert.DoesNotContain(relay.Ingress.Logs.Lines, l => l.Contains("[1004]", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task Post_RedisFull_503NothingWrittenTheLineSaysFullNotUnavailable_AcceptedOnceThereIsRoom()
     {
         // A full Redis answers: "Redis is unavailable" (1004) sent operators looking for an outage.
