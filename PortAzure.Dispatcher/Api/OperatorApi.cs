@@ -216,8 +216,10 @@ internal static partial class OperatorApi
                 {
                     outcome = await store.ReplayAsync(id, timeProvider.GetUtcNow());
                 }
-                catch (Exception ex) when (RedisFailures.IsFailure(ex))
+                catch (Exception ex) when (RedisFailures.IsFailure(ex) && !(replayed.Count == 0 && RedisFailures.IsWrongType(ex)))
                 {
+                    // (A key of another type before any replay: nothing to hide, and no outage to wait out. The damaged-key
+                    // answer says so, where "in doubt" sent the operator to check a replay that a damaged stream never ran.)
                     // Some may have been replayed already: a 503 would hide which, and its retry would replay up to `limit`
                     // more. This one's outcome is unknown (a timeout may have run it), even when it is the first: a 503
                     // would say none was. GET /api/deliveries/{id} tells.

@@ -260,16 +260,16 @@ public class DeadLetterTests
     [Fact]
     public async Task ReplayAll_FirstReplayFails_Answers200WithNoneAndWhereItStopped()
     {
-        // Not a 503: that says none was replayed and a retry is safe, while a timed-out replay may have run.
-        await using var relay = await Relay.StartAsync(dispatchers: 1);
+        // Not a 503: that says none was replayed and a retry is safe, while a timed-out replay may have run. (A damaged
+        // stream before any replay is no such doubt: OperatorApiTests.ReplayAll_StreamOfAnotherType_….)
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var dispatcher = await relay.AddDispatcherAsync(services: services => FaultyRedis.FailScripts(services,
+            script => DispatcherScripts.IsReplay(script) ? ScriptFault.NotRun : ScriptFault.None));
         var id = "d_" + Guid.NewGuid().ToString("N");
         await DeadLetterRecords.AddAsync(relay.Db, id, 1, TestRuns.Body(TestRuns.NewRunId()));
-        // A damaged stream key (a string): the replay's XADD fails with a Redis error.
-        await relay.Db.KeyDeleteAsync(RedisKeys.Stream);
-        await relay.Db.StringSetAsync(RedisKeys.Stream, "damaged");
 
         using var replay = relay.Operator(HttpMethod.Post, "/api/deadletters/replay");
-        using var answer = await relay.Ingress.Client.SendAsync(replay);
+        using var answer = await dispatcher.Client.SendAsync(replay);
 
         await AssertIncompleteReplayAsync(answer, [], stoppedAt: id);
         Assert.Equal(id, (string?)Assert.Single(await relay.Db.SortedSetRangeByRankAsync(RedisKeys.DeadLetters)));

@@ -29,6 +29,26 @@ public class OperatorApiTests
     }
 
     [Fact]
+    public async Task ReplayAll_StreamOfAnotherType_Answers500KeyDamagedAndTheDeadLetterStays()
+    {
+        // Counted as an outage, it answered 200 "incomplete", its dead letter "in doubt", for a replay that never ran.
+        await using var relay = await Relay.StartAsync();
+        var id = "d_" + Guid.NewGuid().ToString("N");
+        await DeadLetterRecords.AddAsync(relay.Db, id, 1, TestRuns.Body(TestRuns.NewRunId()),
+            new HashEntry(DeliveryRecord.ReceivedAt, DateTimeOffset.UtcNow.ToUnixTimeMilliseconds()));
+        await relay.Db.KeyDeleteAsync(RedisKeys.Stream);
+        await relay.Db.StringSetAsync(RedisKeys.Stream, "damaged");
+
+        using var request = relay.Operator(HttpMethod.Post, "/api/deadletters/replay");
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.InternalServerError, response.StatusCode);
+        Assert.Equal("redis_key_damaged", await ProblemResponses.ReasonAsync(response));
+        Assert.Equal(DeliveryStates.DeadLettered, (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(id), DeliveryRecord.State));
+        Assert.NotNull(await relay.Db.SortedSetScoreAsync(RedisKeys.DeadLetters, id));
+    }
+
+    [Fact]
     public async Task FindByRun_TwoWebhooksGotTheRun_ListsBothDeliveries()
     {
         await using var relay = await Relay.StartAsync();
