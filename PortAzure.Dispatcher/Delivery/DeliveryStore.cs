@@ -246,6 +246,11 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           local added = redis.pcall('XADD', KEYS[10], 'MAXLEN', '~', {{RedisKeys.PortReportsMaxLength}}, '*', unpack(report))
           if type(added) == 'table' and added.err then
             reportError = added.err
+            -- The operator API then says so ("not_queued"), where no report at all read the same as reporting off.
+            if redis.call('EXISTS', KEYS[1]) == 1 then
+              redis.pcall('HSET', KEYS[1], '{{DeliveryRecord.PortReport}}', '{{DeliveryRecord.PortReportNotQueued}}', '{{DeliveryRecord.PortReportAt}}', ARGV[6])
+              redis.pcall('HDEL', KEYS[1], '{{DeliveryRecord.PortReportEntry}}')
+            end
           elseif redis.call('EXISTS', KEYS[1]) == 1 then
             -- For the operator API: the record names the newest report until a reporter ends that one. How an earlier report
             -- ended goes: it is no longer the delivery's last word to Port. Never creating a record (it would have no expiry),

@@ -47,9 +47,12 @@ public static class DeliveryRecord
 
     /// <summary>
     /// How the delivery's newest Port report ended: a <c>portazure.port.reports</c> outcome (sent, already_ended, failed,
-    /// trimmed). Removed when a newer report is written.
+    /// trimmed), or <see cref="PortReportNotQueued"/>. Removed when a newer report is written.
     /// </summary>
     public const string PortReport = "portReport";
+
+    /// <summary>The <see cref="PortReport"/> of a report Redis refused to queue (event 2218): Port gets no line for it.</summary>
+    public const string PortReportNotQueued = "not_queued";
 
     /// <summary>When the report state last changed (Unix ms): a report written, or one ended.</summary>
     public const string PortReportAt = "portReportAt";

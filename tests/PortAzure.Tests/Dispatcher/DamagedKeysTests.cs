@@ -1,3 +1,4 @@
+using System.Net.Http.Json;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
 using Xunit.Abstractions;
@@ -22,6 +23,8 @@ public class DamagedKeysTests(ITestOutputHelper output)
             c["Dispatcher:FinishRetrySeconds"] = "1";
             c["Dispatcher:ClaimMarginSeconds"] = "1";
             c["Dispatcher:ClaimIntervalSeconds"] = "0.5";
+            // Reporting on: each outcome writes a report to Port's (damaged) stream.
+            c["Port:ClientId"] = "relay-client";
         }, dispatchers: 0);
         foreach (var key in new[] { RedisKeys.RetryClaims, RedisKeys.TargetFailures, RedisKeys.PausedTargets, RedisKeys.DeadLetters, RedisKeys.PortReports })
         {
@@ -56,5 +59,12 @@ public class DamagedKeysTests(ITestOutputHelper output)
         Assert.Equal([1, 1, 1, 1, 2], posts.Values.Order());
         Assert.Equal(0, await relay.Db.StreamLengthAsync(RedisKeys.Stream));
         Assert.Equal(0, await relay.Db.SortedSetLengthAsync(RedisKeys.RetrySchedule));
+        // The reports could not be queued (the Port reports' stream is damaged too): the operator API says so.
+        var anyDelivery = (string?)(await relay.Db.SetMembersAsync(RedisKeys.RunIndex(runIds[0]))).Single();
+        using var request = relay.Operator(HttpMethod.Get, $"/api/deliveries/{anyDelivery}");
+        // To the Dispatcher itself: started after the Ingress, it is not the one the Ingress proxies to.
+        using var response = await dispatcher.Client.SendAsync(request);
+        var view = await response.Content.ReadFromJsonAsync<System.Text.Json.JsonElement>();
+        Assert.Equal("not_queued", view.GetProperty("portReport").GetProperty("state").GetString());
     }
 }

@@ -788,6 +788,11 @@ public class DeliveryStoreTests
         Assert.StartsWith("WRONGTYPE", finished.ReportError, StringComparison.Ordinal);
         Assert.Equal(DeliveryStates.Delivered, (string?)await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), DeliveryRecord.State));
         Assert.Equal(0, await db.StreamLengthAsync(RedisKeys.Stream));
+        // For the operator API (portReport "not_queued"): no report at all read as reporting off.
+        var record = await db.HashGetAsync(RedisKeys.Delivery(entry.DeliveryId), [DeliveryRecord.PortReport, DeliveryRecord.PortReportAt, DeliveryRecord.PortReportEntry]);
+        Assert.Equal(DeliveryRecord.PortReportNotQueued, (string?)record[0]);
+        Assert.False(record[1].IsNullOrEmpty);
+        Assert.True(record[2].IsNull);
     }
 
     [Fact]
