@@ -46,13 +46,9 @@ internal sealed class BacklogMonitor(IConnectionMultiplexer redis, TimeProvider 
         {
             pending = (await groups).FirstOrDefault(g => g.Name == RedisKeys.ConsumerGroup).PendingMessageCount;
         }
-        catch (RedisServerException ex) when (!RedisFailures.IsWrongType(ex))
-        {
-            // No stream yet.
-        }
         catch (RedisServerException)
         {
-            // The stream's own reads below name it.
+            // No stream yet, or one of another type: the stream's own reads below name it.
         }
         var oldestEntries = await OrDamagedAsync(oldest, RedisKeys.Stream, [], damaged);
         var age = TimeSpan.Zero;

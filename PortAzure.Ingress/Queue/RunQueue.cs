@@ -43,20 +43,20 @@ internal sealed class RunQueue(IConnectionMultiplexer redis)
     // command. The third value says whether that write was made (a full or read-only Redis refuses it: the answer
     // stands, but nothing can be confirmed). Not by default: a replayed call would otherwise write each time.
     private const string EnqueueScript = $$"""
+        local function duplicate(key, deliveryId)
+          if tonumber(ARGV[4]) < 2 then return {0, deliveryId} end
+          local touched = redis.pcall('SET', key, deliveryId, 'KEEPTTL')
+          return {0, deliveryId, touched.err and 0 or 1}
+        end
         local existing = redis.call('GET', KEYS[1])
         if existing then
           -- A duplicate still takes its guard: else this call, answered "duplicate" here, could be replayed to
           -- another target (or under another header value) and be queued there. pcall: the answer stands without it.
           if KEYS[5] then redis.pcall('SET', KEYS[5], existing, 'NX', 'EX', ARGV[6]) end
-          if tonumber(ARGV[4]) < 2 then return {0, existing} end
-          local touched = redis.pcall('SET', KEYS[1], existing, 'KEEPTTL')
-          return {0, existing, touched.err and 0 or 1}
+          return duplicate(KEYS[1], existing)
         end
         if KEYS[5] and not redis.call('SET', KEYS[5], ARGV[1], 'NX', 'EX', ARGV[6]) then
-          local guarded = redis.call('GET', KEYS[5])
-          if tonumber(ARGV[4]) < 2 then return {0, guarded} end
-          local touched = redis.pcall('SET', KEYS[5], guarded, 'KEEPTTL')
-          return {0, guarded, touched.err and 0 or 1}
+          return duplicate(KEYS[5], redis.call('GET', KEYS[5]))
         end
         local streamId = redis.pcall('XADD', KEYS[2], '*', unpack(ARGV, 7))
         if type(streamId) == 'table' and streamId.err then

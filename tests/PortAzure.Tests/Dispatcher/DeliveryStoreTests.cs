@@ -17,6 +17,16 @@ public class DeliveryStoreTests
             DateTimeOffset.UtcNow.AddSeconds(30), fields);
 
     /// <summary>One attempt of <paramref name="entry"/> that begins and ends in the dead letters, its record whole (replayable).</summary>
+    /// <summary>Queues <paramref name="entry"/> in the stream and has a consumer read it (pending, as a Dispatcher holds it).</summary>
+    /// <returns>Its stream id.</returns>
+    private static async Task<string> QueueAndReadAsync(IDatabase db, DeliveryEntry entry)
+    {
+        await db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0", createStream: true);
+        var streamId = (await db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields())).ToString();
+        Assert.Single(await db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dispatcher-a", ">", 1));
+        return streamId;
+    }
+
     /// <summary>An attempt that takes the lease now, for 30 s (a first attempt, not a reclaim).</summary>
     private static async Task BeginAsync(DeliveryStore store, DeliveryEntry entry, string token) =>
         Assert.True((await store.BeginAsync(entry, token, TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
@@ -186,9 +196,7 @@ public class DeliveryStoreTests
         await using var leased = await SharedRedis.ConnectAsync();
         var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
         var entry = NewEntry();
-        await db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0", createStream: true);
-        var streamId = (await db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields())).ToString();
-        Assert.Single(await db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dispatcher-a", ">", 1));
+        var streamId = await QueueAndReadAsync(db, entry);
         await db.StringSetAsync(damagedKey == "attempt log" ? RedisKeys.Attempts(entry.DeliveryId) : damagedKey, "damaged");
         await BeginAsync(store, entry, "A");
         var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "failed", "FAILURE", "label");
@@ -239,9 +247,7 @@ public class DeliveryStoreTests
         // schedule is left whole here: a retry's slot must still be taken out (DueSlot).
         await using var slot = await DueSlot.StartAsync();
         var (store, db, entry) = (slot.Store, slot.Db, slot.Entry);
-        await db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0", createStream: true);
-        var streamId = (await db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields())).ToString();
-        Assert.Single(await db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dispatcher-a", ">", 1));
+        var streamId = await QueueAndReadAsync(db, entry);
         var key = damaged switch
         {
             "attempt log" => RedisKeys.Attempts(entry.DeliveryId),
@@ -775,9 +781,7 @@ public class DeliveryStoreTests
         await using var leased = await SharedRedis.ConnectAsync();
         var (store, db) = (new DeliveryStore(leased.Connection), leased.Db);
         var entry = NewEntry();
-        await db.StreamCreateConsumerGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "0-0", createStream: true);
-        var streamId = (await db.StreamAddAsync(RedisKeys.Stream, entry.ToStreamFields())).ToString();
-        Assert.Single(await db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "dispatcher-a", ">", 1));
+        var streamId = await QueueAndReadAsync(db, entry);
         await db.StringSetAsync(RedisKeys.PortReports, "damaged");
         await BeginAsync(store, entry, "A");
         var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "delivered", "SUCCESS", "label");
