@@ -35,7 +35,10 @@ public static class DispatcherExtensions
         {
             var dispatcher = new DispatcherOptions();
             builder.Configuration.GetSection(DispatcherOptions.SectionName).Bind(dispatcher);
-            host.ShutdownTimeout = TimeSpan.FromSeconds(Math.Max(0, dispatcher.ShutdownGraceSeconds) + 5);
+            // A value out of range (NaN, 1e300) is the validator's to report, with every other error: converted here, it
+            // threw while the host was built and hid them.
+            var grace = dispatcher.ShutdownGraceSeconds is >= 0 and <= DispatcherOptions.MaxShutdownGraceSeconds ? dispatcher.ShutdownGraceSeconds : 0;
+            host.ShutdownTimeout = TimeSpan.FromSeconds(grace + 5);
             // The reporter's stop (3 s for a call under way, then its hand-back) runs beside the worker's drain, not
             // after it: one after the other, a drain that used its whole grace left the reporter ~2 s of the timeout.
             // Reports written by the drain's last deliveries stay in the stream for the other Dispatchers.
@@ -130,9 +133,16 @@ internal sealed class DispatcherPortOptionsValidator(IConfiguration configuratio
         {
             errors.Add("Port:ClientSecret is required (environment variable Port__ClientSecret): it signs the POSTs to Azure DevOps for targets without their own AzureDevOps:Targets:N:Secret.");
         }
-        if (!options.ApiBaseUrl.IsAbsoluteUri)
+        else if (string.IsNullOrEmpty(options.ClientSecret) && !string.IsNullOrWhiteSpace(options.ClientId))
         {
-            errors.Add("Port:ApiBaseUrl must be an absolute URL.");
+            // Reporting needs both. With every target's own secret the start is legal without Port's, and a client id alone
+            // turned reporting off without a word, where the operator had plainly asked for it.
+            errors.Add("Port:ClientId is set without Port:ClientSecret (environment variable Port__ClientSecret): reporting to Port needs both; remove Port:ClientId to run without reporting.");
+        }
+        if (!options.ApiBaseUrl.IsAbsoluteUri || options.ApiBaseUrl.Scheme is not ("http" or "https"))
+        {
+            // Another scheme (ftp, file) started, and every report then failed at its first call until it was given up.
+            errors.Add("Port:ApiBaseUrl must be an absolute http or https URL.");
         }
         else if (options.ApiBaseUrl.AbsolutePath is not ("/" or "/v1" or "/v1/") || options.ApiBaseUrl.Query.Length > 0)
         {

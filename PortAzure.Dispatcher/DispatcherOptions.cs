@@ -39,6 +39,9 @@ internal sealed class DispatcherOptions
     /// <summary>An entry reclaimed from crashed consumers more often than this is poison.</summary>
     public int MaxClaims { get; set; } = 5;
 
+    /// <summary>The most <see cref="ShutdownGraceSeconds"/> may be.</summary>
+    public const double MaxShutdownGraceSeconds = 300;
+
     /// <summary>On shutdown, how long in-flight POSTs may still take.</summary>
     public double ShutdownGraceSeconds { get; set; } = 20;
 
@@ -133,7 +136,7 @@ internal sealed class DispatcherOptionsValidator : IValidateOptions<DispatcherOp
         Check(options.FinishRetrySeconds is >= 0 and <= 3600, "Dispatcher:FinishRetrySeconds must be between 0 and 3600.");
         Check(options.ClaimIntervalSeconds is > 0 and <= 600, "Dispatcher:ClaimIntervalSeconds must be in (0, 600].");
         Check(options.MaxClaims is >= 1 and <= 100, "Dispatcher:MaxClaims must be between 1 and 100.");
-        Check(options.ShutdownGraceSeconds is >= 0 and <= 300, "Dispatcher:ShutdownGraceSeconds must be between 0 and 300.");
+        Check(options.ShutdownGraceSeconds is >= 0 and <= DispatcherOptions.MaxShutdownGraceSeconds, $"Dispatcher:ShutdownGraceSeconds must be between 0 and {DispatcherOptions.MaxShutdownGraceSeconds}.");
         // Upper bounds everywhere: a value past them ("keep forever" as int.MaxValue, Infinity) passed here once and then
         // threw in TimeSpan arithmetic after Azure's 2xx, which left the run to be posted again.
         Check(options.DeliveredRetentionHours is >= 1 and <= MaxRetentionHours, $"Dispatcher:DeliveredRetentionHours must be between 1 and {MaxRetentionHours}.");

@@ -1,3 +1,4 @@
+using System.Reflection;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Options;
 using PortAzure.Ingress.Webhooks;
@@ -40,10 +41,48 @@ internal sealed class KestrelLimitsSetup(IConfiguration configuration, IOptions<
 
         // Bound again after the defaults, so an operator's value wins whether or not the host already bound it.
         var section = configuration.GetSection(SectionName);
-        section.Bind(limits);
+        try
+        {
+            section.Bind(limits);
+        }
+        catch (TargetInvocationException ex) when (ex.InnerException is ArgumentException)
+        {
+            // Kestrel's setter refused a value (a negative count, a zero size). Its message names no key, and escaping the
+            // host's build it aborted the process (exit 134) instead of a refusal that says which value is wrong.
+            throw new InvalidOperationException(RefusedLimits(section), ex.InnerException);
+        }
         // The binder cannot set MinDataRate (read-only properties, set through its constructor).
         limits.MinRequestBodyDataRate = DataRate(section, nameof(KestrelServerLimits.MinRequestBodyDataRate), limits.MinRequestBodyDataRate);
         limits.MinResponseDataRate = DataRate(section, nameof(KestrelServerLimits.MinResponseDataRate), limits.MinResponseDataRate);
+    }
+
+    /// <summary>Each value under the section that Kestrel's limits refuse, with Kestrel's reason, in one message.</summary>
+    private static string RefusedLimits(IConfigurationSection section)
+    {
+        var refused = new List<string>();
+        foreach (var (key, value) in section.AsEnumerable(makePathsRelative: true))
+        {
+            if (value is null)
+            {
+                continue;
+            }
+            // One key at a time into limits of their own: which one Kestrel refuses.
+            var alone = new ConfigurationBuilder().AddInMemoryCollection([new(key, value)]).Build();
+            try
+            {
+                alone.Bind(new KestrelServerLimits());
+            }
+            catch (TargetInvocationException ex) when (ex.InnerException is ArgumentException refusal)
+            {
+                var reason = refusal.ParamName is { } parameter ? refusal.Message.Replace($" (Parameter '{parameter}')", "", StringComparison.Ordinal) : refusal.Message;
+                refused.Add($"{SectionName}:{key} is out of range ('{value}'): {reason}");
+            }
+            catch (InvalidOperationException)
+            {
+                // Not of its key's kind: the binder's own message, from the whole section, names it.
+            }
+        }
+        return refused.Count == 0 ? $"{SectionName} holds a value Kestrel refuses." : string.Join(" ", refused);
     }
 
     /// <summary><c>{name}:BytesPerSecond</c> and <c>{name}:GracePeriod</c>; a rate of 0 turns the check off.</summary>
@@ -56,9 +95,14 @@ internal sealed class KestrelLimitsSetup(IConfiguration configuration, IOptions<
         }
         var bytesPerSecond = section.GetValue(nameof(MinDataRate.BytesPerSecond), current?.BytesPerSecond ?? DefaultMinBodyBytesPerSecond);
         var gracePeriod = section.GetValue(nameof(MinDataRate.GracePeriod), current?.GracePeriod ?? TimeSpan.FromSeconds(5));
-        if (bytesPerSecond <= 0)
+        if (bytesPerSecond == 0)
         {
             return null;
+        }
+        if (!(bytesPerSecond > 0) || double.IsPositiveInfinity(bytesPerSecond))
+        {
+            // Below 0 read as "off" (Kestrel's default slow-body protection gone by a typo), and an infinite rate cut every body.
+            throw new InvalidOperationException($"{SectionName}:{name}:{nameof(MinDataRate.BytesPerSecond)} must be a number of 0 (no minimum rate) or more, not '{bytesPerSecond}'.");
         }
         try
         {

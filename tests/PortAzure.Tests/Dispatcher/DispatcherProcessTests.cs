@@ -16,9 +16,12 @@ public class DispatcherProcessTests
             ["Port:ClientSecret"] = TestRuns.Secret,
             ["Dispatcher:MaxConcurrency"] = "0",
             ["Dispatcher:PortRequestTimeoutSeconds"] = "0",
+            // Made the host's shutdown time while the app was built: it threw there (an abort, exit 134) and hid the rest.
+            ["Dispatcher:ShutdownGraceSeconds"] = "NaN",
         });
 
-        dispatcher.AssertRefusedAtStart("Hosting failed to start", "Dispatcher:MaxConcurrency", "Dispatcher:PortRequestTimeoutSeconds");
+        dispatcher.AssertRefusedAtStart("Hosting failed to start", "Dispatcher:MaxConcurrency", "Dispatcher:PortRequestTimeoutSeconds",
+            "Dispatcher:ShutdownGraceSeconds must be between 0 and 300");
     }
 
     [Fact]

@@ -82,6 +82,51 @@ public class DispatcherStartupTests
     }
 
     [Theory]
+    [InlineData("ftp://api.port.io")]
+    [InlineData("file:///v1")]
+    public async Task Start_PortApiBaseUrlNotHttp_FailsNamingTheKey(string url)
+    {
+        // It started, and every report failed at its first call until it was given up.
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartDispatcherAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
+            ["Port:ClientId"] = "relay-client",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Port:ApiBaseUrl"] = url,
+        }));
+
+        Assert.Contains("Port:ApiBaseUrl must be an absolute http or https URL", error.ToString(), StringComparison.Ordinal);
+    }
+
+    private static Dictionary<string, string?> EveryTargetWithItsOwnSecret() => new()
+    {
+        ["ConnectionStrings:redis"] = "127.0.0.1:1,abortConnect=false",
+        ["AzureDevOps:Targets:0:Org"] = "contoso",
+        ["AzureDevOps:Targets:0:Webhook"] = "deploy",
+        ["AzureDevOps:Targets:0:Secret"] = "target-secret",
+    };
+
+    [Fact]
+    public async Task Start_EveryTargetWithItsOwnSecret_StartsWithoutPortsSecret()
+    {
+        await using var dispatcher = await TestHost.StartDispatcherAsync(EveryTargetWithItsOwnSecret());
+
+        Assert.NotNull(dispatcher.BaseAddress);
+    }
+
+    [Fact]
+    public async Task Start_PortClientIdWithoutItsSecret_FailsNamingTheKey()
+    {
+        // Legal without Port's secret (above), but the client id alone turned reporting off without a word.
+        var config = EveryTargetWithItsOwnSecret();
+        config["Port:ClientId"] = "relay-client";
+
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => TestHost.StartDispatcherAsync(config));
+
+        Assert.Contains("Port:ClientId is set without Port:ClientSecret", error.ToString(), StringComparison.Ordinal);
+    }
+
+    [Theory]
     [InlineData("http://port.invalid/", true)]
     [InlineData("https://port.invalid/", false)]
     [InlineData("http://127.0.0.1:1/", false)]

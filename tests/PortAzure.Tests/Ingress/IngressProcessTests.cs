@@ -59,6 +59,42 @@ public class IngressProcessTests
     }
 
     [Fact]
+    public void Run_KestrelLimitsItsSettersRefuse_ExitsWithOneNamingEachKey()
+    {
+        // Kestrel's setters refused them while the app was built, in messages that name no key: an abort (exit 134).
+        using var ingress = ServiceProcess.StartIngress(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Kestrel:Limits:MaxRequestHeaderCount"] = "-1",
+            ["Kestrel:Limits:MaxRequestHeadersTotalSize"] = "0",
+            ["Kestrel:Limits:RequestHeadersTimeout"] = "00:00:10",
+        });
+
+        ingress.AssertRefusedAtStart(
+            "PortAzure.Ingress did not start: Kestrel:Limits:",
+            "Kestrel:Limits:MaxRequestHeaderCount is out of range ('-1'): Value must be a positive number.",
+            "Kestrel:Limits:MaxRequestHeadersTotalSize is out of range ('0')");
+        Assert.DoesNotContain("RequestHeadersTimeout", ingress.Output, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("-4096")]
+    [InlineData("Infinity")]
+    public void Run_MinimumBodyRateBelowZeroOrInfinite_ExitsWithOneNamingTheKey(string rate)
+    {
+        // Below 0 read as "no minimum rate": the slow-body protection was gone without a word.
+        using var ingress = ServiceProcess.StartIngress(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "127.0.0.1:1",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Kestrel:Limits:MinRequestBodyDataRate:BytesPerSecond"] = rate,
+        });
+
+        ingress.AssertRefusedAtStart("PortAzure.Ingress did not start: Kestrel:Limits:MinRequestBodyDataRate:BytesPerSecond must be a number of 0 (no minimum rate) or more");
+    }
+
+    [Fact]
     public void Run_OptionNotANumber_ExitsWithOneNamingTheKey()
     {
         // Read while the app is built (Kestrel's limits), before the host and its logging exist: an abort (exit 134).
