@@ -6,7 +6,7 @@ namespace PortAzure.Targets;
 /// </summary>
 public static class WebhookHeaders
 {
-    /// <summary>The delivery id: the same on every try of one delivery, a new one for a replay.</summary>
+    /// <summary>The delivery id: the same on every try of one delivery, and on its replays (which keep the delivery id).</summary>
     public const string IdempotencyKey = "Idempotency-Key";
 
     /// <summary>Port's run id, when the call carried one.</summary>
