@@ -1,3 +1,4 @@
+using System.Text.RegularExpressions;
 using Aspire.StackExchange.Redis;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
@@ -8,7 +9,7 @@ using StackExchange.Redis;
 namespace PortAzure.Redis;
 
 /// <summary>The services' one way to register the Redis connection (Aspire's client integration).</summary>
-internal static class RedisClientSetup
+internal static partial class RedisClientSetup
 {
     /// <summary>Aspire's own switches for Redis command spans; either one, when set, wins over our default.</summary>
     private static readonly string[] TracingSwitches =
@@ -34,6 +35,12 @@ internal static class RedisClientSetup
         var socketManager = SocketManagerFrom(builder.Configuration[SocketManagerKey]) ?? SocketManager.ThreadPool;
         builder.Services.AddOptions<RedisSocketManagerSetting>().BindConfiguration(RedisSocketManagerSetting.SectionName).ValidateOnStart();
         builder.Services.AddSingleton<IValidateOptions<RedisSocketManagerSetting>, RedisSocketManagerSetting.Validator>();
+        // Read by Redis's client only when the connection is made, after the options are checked: a string it cannot read
+        // stopped the start on its own, in a message naming no key, after the other errors had been mended.
+        builder.Services.AddOptions<RedisConnectionStringSetting>()
+            .Configure<IConfiguration>((setting, configuration) => setting.Value = configuration.GetConnectionString(ResourceNames.Redis))
+            .ValidateOnStart();
+        builder.Services.AddSingleton<IValidateOptions<RedisConnectionStringSetting>, RedisConnectionStringSetting.Validator>();
         builder.AddRedisClient(ResourceNames.Redis, settings =>
         {
             // Redis command spans are off unless configured: the instrumentation keeps every command's
@@ -72,12 +79,11 @@ internal static class RedisClientSetup
     }
 
     /// <returns>Null for an unknown value.</returns>
-    private static SocketManager? SocketManagerFrom(string? value) => value switch
-    {
-        null or "" or "ThreadPool" => SocketManager.ThreadPool,
-        "Dedicated" => SocketManager.Shared,
-        _ => null,
-    };
+    private static SocketManager? SocketManagerFrom(string? value) =>
+        string.IsNullOrEmpty(value) || string.Equals(value, "ThreadPool", StringComparison.OrdinalIgnoreCase) ? SocketManager.ThreadPool
+        // In any case, as .NET's configuration reads the names of other choices (AzureDevOps:SignatureFormat).
+        : string.Equals(value, "Dedicated", StringComparison.OrdinalIgnoreCase) ? SocketManager.Shared
+        : null;
 
     /// <summary><see cref="SocketManagerKey"/>, bound so that start-up validation checks it.</summary>
     internal sealed class RedisSocketManagerSetting
@@ -92,6 +98,50 @@ internal static class RedisClientSetup
                 SocketManagerFrom(options.SocketManager) is null
                     ? ValidateOptionsResult.Fail($"{SocketManagerKey} must be ThreadPool or Dedicated, not '{options.SocketManager}'.")
                     : ValidateOptionsResult.Success;
+        }
+    }
+
+    /// <summary><c>ConnectionStrings:redis</c>, checked at start as Redis's client reads it.</summary>
+    internal sealed partial class RedisConnectionStringSetting
+    {
+        public const string Key = $"ConnectionStrings:{ResourceNames.Redis}";
+
+        /// <summary>Null when not given: Aspire's own message says where it may be given.</summary>
+        public string? Value { get; set; }
+
+        [GeneratedRegex("'[^']*'")]
+        private static partial Regex Quoted();
+
+        internal sealed class Validator : IValidateOptions<RedisConnectionStringSetting>
+        {
+            public ValidateOptionsResult Validate(string? name, RedisConnectionStringSetting options)
+            {
+                ArgumentNullException.ThrowIfNull(options);
+                if (options.Value is not { } value)
+                {
+                    return ValidateOptionsResult.Skip;
+                }
+                if (string.IsNullOrWhiteSpace(value))
+                {
+                    return ValidateOptionsResult.Fail($"{Key} is empty: it must name the Redis server (host:port, then options such as password=…).");
+                }
+                try
+                {
+                    _ = ConfigurationOptions.Parse(value);
+                    return ValidateOptionsResult.Success;
+                }
+                catch (ArgumentException ex)
+                {
+                    var reason = ex.ParamName is { } parameter ? ex.Message.Replace($" (Parameter '{parameter}')", "", StringComparison.Ordinal) : ex.Message;
+                    if (value.Contains("password=", StringComparison.OrdinalIgnoreCase))
+                    {
+                        // A comma ends a password in this syntax: the rest of one that holds a comma is read as an option, and
+                        // the client's message quotes it.
+                        reason = Quoted().Replace(reason, "'…'") + " (what it quoted is hidden, as the string holds a password: a comma in a password ends it)";
+                    }
+                    return ValidateOptionsResult.Fail($"{Key} cannot be read as a Redis connection string: {reason}");
+                }
+            }
         }
     }
 

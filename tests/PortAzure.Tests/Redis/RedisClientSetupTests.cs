@@ -49,12 +49,6 @@ public class RedisClientSetupTests
     }
 
     [Fact]
-    public void AddPortAzureRedisClient_SocketManagerDedicated_CompletesRepliesOnStackExchangeRedisOwnPool()
-    {
-        Assert.Same(SocketManager.Shared, SocketManagerOf(new Dictionary<string, string?> { [RedisClientSetup.SocketManagerKey] = "Dedicated" }));
-    }
-
-    [Fact]
     public async Task AddPortAzureRedisClient_UnknownSocketManager_StartFailsNamingTheSetting()
     {
         // Thrown while the services were registered, it escaped the host (an abort) and hid the other options' errors.
@@ -65,6 +59,50 @@ public class RedisClientSetupTests
         var error = await Assert.ThrowsAsync<OptionsValidationException>(() => host.StartAsync());
 
         Assert.Contains("Redis:SocketManager must be ThreadPool or Dedicated, not 'Fastest'", error.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("Dedicated")]
+    [InlineData("dedicated")]
+    public void AddPortAzureRedisClient_SocketManagerDedicatedInAnyCase_CompletesRepliesOnStackExchangeRedisOwnPool(string value)
+    {
+        Assert.Same(SocketManager.Shared, SocketManagerOf(new Dictionary<string, string?> { [RedisClientSetup.SocketManagerKey] = value }));
+    }
+
+    [Theory]
+    [InlineData("", "ConnectionStrings:redis is empty")]
+    [InlineData("127.0.0.1:1,asyncTimeout=abc", "ConnectionStrings:redis cannot be read as a Redis connection string: Keyword 'asyncTimeout' requires an integer value")]
+    [InlineData("127.0.0.1:1,asyncTimeot=500", "ConnectionStrings:redis cannot be read as a Redis connection string: Keyword 'asyncTimeot' is not supported.")]
+    public async Task Start_ConnectionStringRedisCannotRead_FailsNamingTheKeyWithTheOtherErrors(string connectionString, string expected)
+    {
+        // Read only when the connection was made, after the options' check: it stopped the start alone, naming no key.
+        var builder = NewBuilder(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = connectionString,
+            [RedisClientSetup.SocketManagerKey] = "Fastest",
+        });
+        builder.AddPortAzureRedisClient();
+        using var host = builder.Build();
+
+        var error = (await Assert.ThrowsAnyAsync<Exception>(() => host.StartAsync())).ToString();
+
+        Assert.Contains(expected, error, StringComparison.Ordinal);
+        Assert.Contains("Redis:SocketManager must be ThreadPool or Dedicated", error, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Start_ConnectionStringWithACommaInItsPassword_FailsWithoutQuotingThePassword()
+    {
+        // The client reads the password's tail as an option (one with an '='), and its message quotes it.
+        var builder = NewBuilder(new Dictionary<string, string?> { ["ConnectionStrings:redis"] = "127.0.0.1:1,password=first-half,second-half=of-it" });
+        builder.AddPortAzureRedisClient();
+        using var host = builder.Build();
+
+        var error = (await Assert.ThrowsAnyAsync<Exception>(() => host.StartAsync())).ToString();
+
+        Assert.Contains("ConnectionStrings:redis cannot be read as a Redis connection string: Keyword '…' is not supported.", error, StringComparison.Ordinal);
+        Assert.DoesNotContain("second-half", error, StringComparison.Ordinal);
+        Assert.DoesNotContain("first-half", error, StringComparison.Ordinal);
     }
 
     [Fact]
