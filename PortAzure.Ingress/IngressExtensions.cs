@@ -66,6 +66,7 @@ public static class IngressExtensions
         app.MapReverseProxy(proxy =>
         {
             proxy.UseOperatorApiKey();
+            proxy.UseOperatorApiBodyLimit();
             proxy.UseDispatcherUnavailableProblem();
         });
         return app;
