@@ -163,7 +163,12 @@ internal sealed partial class DeliveryProcessor(
 
             case AttemptOutcome.Transient:
                 var policy = new RetryPolicy(opts.Retry);
-                if (policy.NextAttemptAt(attempt, now, since, result.RetryAfter) is { } dueAt)
+                // A probe's refusal (Azure answered, or no connection was made) says the target still fails, not this run: like
+                // the deliveries held behind the pause, it waits up to the retry age instead of using up its attempts. Counted,
+                // a target with few runs queued had each of them dead-lettered after MaxAttempts probes, minutes into an outage.
+                // A probe whose answer may be lost counts as every such try does: it may have started the pipeline.
+                var counted = begin.Probe && !OutcomeClassifier.AnswerMayBeLost(result) ? Math.Min(attempt, Math.Max(1, opts.Retry.MaxAttempts - 1)) : attempt;
+                if (policy.NextAttemptAt(counted, now, since, result.RetryAfter) is { } dueAt)
                 {
                     activity?.SetStatus(ActivityStatusCode.Error, result.StatusClass);
                     var failures = await FinishAsync(FinishMode.Retry, entry, streamId, lease, now, dueAt, attemptJson,

@@ -12,7 +12,7 @@ namespace PortAzure.Dispatcher.Delivery;
 /// <see cref="AnswerLost"/>: an earlier try's answer was lost (<see cref="DeliveryRecord.AnswerLost"/>).
 /// </summary>
 internal readonly record struct BeginResult(bool Leased, string State, int Attempts, int Claims, DateTimeOffset? Since, DateTimeOffset? PausedUntil,
-    string? DamagedRecord = null, int LastStatus = 0, string LastError = "", bool AnswerLost = false)
+    string? DamagedRecord = null, int LastStatus = 0, string LastError = "", bool AnswerLost = false, bool Probe = false)
 {
     public bool AlreadyFinished => !Leased && State.Length > 0;
 }
@@ -566,7 +566,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             damaged.Length > 0 ? damaged : null,
             (int)result[8],
             (string)result[9]!,
-            (int)result[10] == 1);
+            (int)result[10] == 1,
+            (int)result[6] == 1);
     }
 
     public sealed record FinishRequest(

@@ -16,7 +16,7 @@ public class TargetHealthTests
             c["Dispatcher:TargetHealth:FailureThreshold"] = "3";
             c["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "1";
             // Without the pause, 10 attempts at <= 0.2 s apart would be spent in about 2 s, inside the 3 s
-            // watched below. With it, only probes (one a second, each an attempt) spend them.
+            // watched below. With it, the runs are held, and a probe refused does not spend its run's attempts (below).
             c["Dispatcher:Retry:MaxAttempts"] = "10";
             c["Dispatcher:Retry:MaxDelaySeconds"] = "0.2";
         });
@@ -50,6 +50,54 @@ public class TargetHealthTests
             await WaitForStateAsync(relay, id, DeliveryStates.Delivered);
         }
         Assert.False(await relay.Db.HashExistsAsync(RedisKeys.PausedTargets, $"{TestRuns.Org}/broken"));
+    }
+
+    [Fact]
+    public async Task PausedTarget_ItsOnlyRunIsTheProbeAgainAndAgain_DoesNotUseUpItsAttempts()
+    {
+        // One run behind the pause is every probe. Each probe refused spent one of its attempts: it was dead-lettered
+        // (retries_exhausted) after MaxAttempts probes, minutes into an outage, while the target was still paused.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:TargetHealth:FailureThreshold"] = "2";
+            c["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "0.5";
+            c["Dispatcher:Retry:MaxAttempts"] = "3";
+            c["Dispatcher:Retry:InitialDelaySeconds"] = "0.1";
+            c["Dispatcher:Retry:MaxDelaySeconds"] = "0.2";
+        });
+        await relay.EmulatorApi.ScriptAsync(new { webhook = "broken", failureRate = 1.0, failureStatuses = new[] { 503 } });
+        var deliveryId = await SendAsync(relay, webhook: "broken");
+
+        // Two tries pause the target; from then on each try is a probe. Twice MaxAttempts of them, and still retrying.
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count >= 6, TimeSpan.FromSeconds(30), "the paused target is probed with the run");
+        var view = await DeliveryAsync(relay, deliveryId);
+        Assert.Equal(DeliveryStates.Retrying, view.GetProperty("state").GetString());
+        Assert.True(await relay.Db.HashExistsAsync(RedisKeys.PausedTargets, $"{TestRuns.Org}/broken"));
+
+        using var reset = await relay.Emulator.Client.DeleteAsync("_emulator/behavior");
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+    }
+
+    [Fact]
+    public async Task PausedTarget_ProbeAnswerLost_UsesUpTheRunsAttempts()
+    {
+        // A probe that timed out may have started the pipeline: it counts, as every such try does, so the run is not posted
+        // without end.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:TargetHealth:FailureThreshold"] = "2";
+            c["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "0.5";
+            c["Dispatcher:Retry:MaxAttempts"] = "3";
+            c["Dispatcher:Retry:InitialDelaySeconds"] = "0.1";
+            c["Dispatcher:Retry:MaxDelaySeconds"] = "0.2";
+        });
+        await relay.EmulatorApi.ScriptAsync(new { webhook = "broken", failureRate = 1.0, failureStatuses = new[] { 504 } });
+        var deliveryId = await SendAsync(relay, webhook: "broken");
+
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
+        var view = await DeliveryAsync(relay, deliveryId);
+        Assert.Equal("retries_exhausted", view.GetProperty("reason").GetString());
+        Assert.Equal(3, (await relay.EmulatorApi.RequestsAsync()).Count);
     }
 
     [Fact]
