@@ -477,6 +477,13 @@ internal sealed partial class PortReportingService(
                 return SendOutcome.Stopped;
             }
             var queuedAt = timeProvider.GetUtcNow();
+            // Checked before each call too, not only after a failed one: a wait (up to 2 min in an outage) that crossed the
+            // age ended in one more call, which sent a report past it; so did a takeover's first call of an old report.
+            if (queuedAt - writtenAt > TimeSpan.FromHours(options.CurrentValue.Retry.MaxAgeHours))
+            {
+                Log.Failed(logger, report.DeliveryId, report.RunId, tries - 1);
+                return SendOutcome.GivenUp;
+            }
             try
             {
                 await _calls.WaitAsync(stoppingToken);

@@ -910,9 +910,47 @@ public class PortReportingTests
             TimeSpan.FromSeconds(120), "the report given up");
 
         var calls = await relay.EmulatorApi.PortCallsAsync();
-        Assert.True(calls.Count > 8, $"{calls.Count} calls: given up on the age, not after its 8 attempts");
+        // (8 attempts would be spent by 4 min; the age is 6 min.)
+        Assert.True(calls.Count >= 8, $"{calls.Count} calls: given up on the age, not after its 8 attempts");
         Assert.True(clock.GetUtcNow() - calls[0].ReceivedAt >= TimeSpan.FromMinutes(6) - TimeSpan.FromMinutes(1), "not before the retry age");
         await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 0, TimeSpan.FromSeconds(10), "the report leaves the stream");
+    }
+
+    [Fact]
+    public async Task PortApiBackJustPastTheRetryAge_TheReportIsGivenUpWithoutAnotherCall()
+    {
+        // The age was checked only after a failed call: the wait that crossed it (2 min by then) ended in one more call,
+        // which sent the report past its age.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientId"] = "relay-client";
+            c["Dispatcher:Retry:MaxAgeHours"] = "0.1";
+        }, dispatchers: 0);
+        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
+        var deliveryId = await SendAsync(relay, TestRuns.NewRunId());
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 1,
+            TimeSpan.FromSeconds(30), "the run delivered and its report queued");
+        var writtenAt = clock.GetUtcNow();
+
+        // To the age exactly (not past it): every call due until then is made, while Port is down.
+        var age = TimeSpan.FromMinutes(6);
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), () => Task.FromResult(clock.GetUtcNow() - writtenAt >= age - TimeSpan.FromSeconds(5)),
+            TimeSpan.FromSeconds(60), "the report's retry age comes near");
+        clock.SetUtcNow(writtenAt + age);
+        await Task.Delay(1000);
+        var callsUntilTheAge = (await relay.EmulatorApi.PortCallsAsync()).Count;
+
+        await relay.EmulatorApi.PortBehaviorAsync(new { down = false });
+        await StepUntilAsync(clock, TimeSpan.FromSeconds(5), () => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2202]", StringComparison.Ordinal))),
+            TimeSpan.FromSeconds(60), "the report given up");
+
+        Assert.Equal(callsUntilTheAge, (await relay.EmulatorApi.PortCallsAsync()).Count);
+
+        // (The record, not the API: no Dispatcher was behind the Ingress when it started.)
+        await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReport) == "failed",
+            TimeSpan.FromSeconds(20), "the report recorded as failed, not sent");
     }
 
     [Fact]
