@@ -35,7 +35,7 @@ internal static partial class OperatorApi
         app.UseExceptionHandler();
         app.UseStatusCodePages();
 
-        var api = app.MapGroup("/api").AddEndpointFilter(RequireApiKey);
+        var api = app.MapGroup("/api").AddEndpointFilter(RequireApiKey).AddEndpointFilter(RefuseRepeatedParameters);
         api.MapGet("/deliveries/{id}", GetDeliveryAsync).WithName("GetDelivery");
         api.MapGet("/deliveries", FindByRunAsync).WithName("FindDeliveriesByRun");
         api.MapGet("/deadletters", ListDeadLettersAsync).WithName("ListDeadLetters");
@@ -55,6 +55,27 @@ internal static partial class OperatorApi
         return result == AdminApiKey.Result.Valid ? await next(context) : AdminApiKey.Reject(result);
     }
 
+    // Each parameter the calls read, with the reason its refusals give.
+    private static readonly (string Name, string Reason)[] QueryParameters = [("runId", "run_id_invalid"), ("limit", "limit_invalid"), ("cursor", "cursor_invalid")];
+
+    /// <summary>
+    /// A parameter given twice is refused: bound as one string, the values were joined with a comma. "?runId=a&amp;runId=b"
+    /// was looked up as the run id "a,b" (a legal one), and a repeated cursor read as one that names no dead letter, so a
+    /// client that repeated it was given the first page again and again.
+    /// </summary>
+    private static async ValueTask<object?> RefuseRepeatedParameters(EndpointFilterInvocationContext context, EndpointFilterDelegate next)
+    {
+        var query = context.HttpContext.Request.Query;
+        foreach (var (name, reason) in QueryParameters)
+        {
+            if (query[name].Count > 1)
+            {
+                return Problems.Create(StatusCodes.Status400BadRequest, reason, $"Give ?{name}= once: it appears more than once.");
+            }
+        }
+        return await next(context);
+    }
+
     private static async Task<IResult> GetDeliveryAsync(string id, IConnectionMultiplexer redis)
     {
         if (!IsDeliveryId(id))
@@ -67,16 +88,11 @@ internal static partial class OperatorApi
             : TypedResults.Ok(view);
     }
 
-    private static async Task<IResult> FindByRunAsync(string? runId, HttpRequest request, IConnectionMultiplexer redis)
+    private static async Task<IResult> FindByRunAsync(string? runId, IConnectionMultiplexer redis)
     {
         if (string.IsNullOrEmpty(runId))
         {
             return Problems.Create(StatusCodes.Status400BadRequest, "run_id_required", "Give the Port run id as ?runId=.");
-        }
-        if (request.Query["runId"].Count > 1)
-        {
-            // Bound as one string, the values would be joined with commas and looked up as one (legal) run id.
-            return Problems.Create(StatusCodes.Status400BadRequest, "run_id_invalid", "Give one run id: ?runId= appears more than once.");
         }
         if (runId.Length > MaxRunIdLength)
         {

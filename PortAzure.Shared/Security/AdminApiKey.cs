@@ -15,6 +15,9 @@ public static class AdminApiKey
         /// <summary>No key is configured: the operator API is closed.</summary>
         NotConfigured,
         Missing,
+
+        /// <summary>A key was sent, but not as one key: a header repeated, or an Authorization that is not <c>Bearer &lt;key&gt;</c>.</summary>
+        Unreadable,
         Invalid,
         Valid,
     }
@@ -40,7 +43,10 @@ public static class AdminApiKey
         }
         if (string.IsNullOrEmpty(presented))
         {
-            return Result.Missing;
+            // Told "missing", a client that sent its key twice (or as "Bearer<TAB>key") looked for a header it had set.
+            var sentSomething = apiKey.Count > 1 || request.Headers.Authorization.Count > 1
+                || request.Headers.Authorization is { Count: 1 } one && !string.IsNullOrWhiteSpace(one[0]);
+            return sentSomething ? Result.Unreadable : Result.Missing;
         }
         // Hash both sides first: FixedTimeEquals is constant-time only for equal lengths.
         var expected = SHA256.HashData(Encoding.UTF8.GetBytes(configuredKey));
@@ -55,6 +61,8 @@ public static class AdminApiKey
             "The operator API is disabled: no Admin:ApiKey is configured."),
         Result.Missing => Problems.Create(StatusCodes.Status401Unauthorized, "api_key_missing",
             "Send the operator key as 'Authorization: Bearer <key>' or 'X-Api-Key'."),
+        Result.Unreadable => Problems.Create(StatusCodes.Status401Unauthorized, "api_key_invalid",
+            "The operator key could not be read: send it once, as 'Authorization: Bearer <key>' or 'X-Api-Key'."),
         _ => Problems.Create(StatusCodes.Status401Unauthorized, "api_key_invalid", "The operator key is not valid."),
     };
 }

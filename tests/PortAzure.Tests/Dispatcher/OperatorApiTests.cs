@@ -220,6 +220,22 @@ public class OperatorApiTests
     }
 
     [Theory]
+    [InlineData("GET", "/api/deadletters?cursor=0_a&cursor=1_b", "cursor_invalid")]
+    [InlineData("GET", "/api/deadletters?limit=1&limit=2", "limit_invalid")]
+    [InlineData("POST", "/api/deadletters/replay?limit=1&limit=1", "limit_invalid")]
+    public async Task Call_ParameterGivenTwice_Is400NamingIt(string method, string path, string reason)
+    {
+        // Joined with a comma, a repeated cursor was read as one naming no dead letter: the first page, again and again.
+        await using var relay = await Relay.StartAsync();
+        using var request = relay.Operator(new HttpMethod(method), path);
+        using var response = await relay.Ingress.Client.SendAsync(request);
+
+        Assert.Equal(HttpStatusCode.BadRequest, response.StatusCode);
+        Assert.Equal(reason, await ProblemResponses.ReasonAsync(response));
+        Assert.Contains("appears more than once", await response.Content.ReadAsStringAsync(), StringComparison.Ordinal);
+    }
+
+    [Theory]
     [InlineData("POST", "/api/deadletters/d_00000000000000000000000000000000/replay", 404, "deadletter_not_found")]
     [InlineData("DELETE", "/api/deadletters/d_00000000000000000000000000000000", 404, "deadletter_not_found")]
     [InlineData("GET", "/api/nothing-here", 404, "not_found")]

@@ -204,6 +204,28 @@ public class OperatorApiGuardTests(OperatorApiRelay fixture) : IClassFixture<Ope
             TimeSpan.FromSeconds(15), "the Dispatcher to count the three direct calls");
     }
 
+    [Theory]
+    [InlineData("X-Api-Key", "{key}", "X-Api-Key", "{key}")]
+    [InlineData("Authorization", "Bearer {key}", "Authorization", "Bearer {key}")]
+    [InlineData("Authorization", "Bearer\t{key}", null, null)]
+    [InlineData("Authorization", "Basic YWRtaW46a2V5", null, null)]
+    public async Task Call_KeySentTwiceOrNotAsBearer_Answers401ApiKeyInvalidSayingWhy(string name, string value, string? secondName, string? secondValue)
+    {
+        // Told "api_key_missing", the client looked for a header it had set.
+        List<byte[]> headers = [RawRequest.HeaderLine(name, value.Replace("{key}", Relay.AdminKey, StringComparison.Ordinal))];
+        if (secondName is not null)
+        {
+            headers.Add(RawRequest.HeaderLine(secondName, secondValue!.Replace("{key}", Relay.AdminKey, StringComparison.Ordinal)));
+        }
+
+        var response = await RawHttp.SendAsync(fixture.Relay.Ingress.BaseAddress, new RawRequest("GET", "/api/stats"u8.ToArray(), headers, [], RawFraming.None),
+            TimeSpan.FromSeconds(30));
+
+        Assert.Equal(401, response.Status);
+        Assert.Contains("\"reason\":\"api_key_invalid\"", response.Text, StringComparison.Ordinal);
+        Assert.Contains("could not be read", response.Text, StringComparison.Ordinal);
+    }
+
     [Fact]
     public async Task Call_EmptyApiKeyHeaderBesideARightBearerKey_IsAnswered()
     {
