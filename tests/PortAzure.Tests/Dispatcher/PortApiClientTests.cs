@@ -98,6 +98,33 @@ public sealed class PortApiClientTests : IAsyncLifetime
         Assert.Equal(PortCallResult.Sent, await SendAsync());
     }
 
+    [Theory]
+    [InlineData(403, "RetryLater")] // the credentials lack a permission: the relay's to mend, not the report's fault
+    [InlineData(408, "RetryLater")]
+    [InlineData(500, "RetryLater")]
+    [InlineData(429, "Throttled")]
+    [InlineData(400, "Rejected")]
+    [InlineData(422, "Rejected")]
+    public async Task SendLogAsync_LogCallAnsweredWithAnError_IsRetriedOrGivenUpAsTheReadmeSays(int status, string expected)
+    {
+        Assert.Equal(PortCallResult.Sent, await SendAsync());
+        await _emulatorApi.PortBehaviorAsync(new { failNext = 1, status });
+
+        Assert.Equal(Enum.Parse<PortCallResult>(expected), await SendAsync());
+        Assert.False(_client.CredentialsRefused);
+    }
+
+    [Theory]
+    [InlineData(401)]
+    [InlineData(403)]
+    public async Task SendLogAsync_TokenCallRefused_IsCredentialsRefused(int status)
+    {
+        await _emulatorApi.PortBehaviorAsync(new { failNext = 1, status });
+
+        Assert.Equal(PortCallResult.CredentialsRefused, await SendAsync());
+        Assert.True(_client.CredentialsRefused);
+    }
+
     [Fact]
     public async Task SendLogAsync_LogCallRefusedWith401_FetchesANewTokenForTheNextSend()
     {

@@ -1114,6 +1114,10 @@ public class PortReportingTests
         Assert.Equal(0, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
         Assert.Empty(await relay.EmulatorApi.PortCallsAsync());
         Assert.Equal(JsonValueKind.Null, (await DeliveryAsync(relay, deliveryId)).GetProperty("portReport").ValueKind);
+        // Nor is a run id sent to Azure: the POST names the delivery only.
+        var posted = Assert.Single(await relay.EmulatorApi.RequestsAsync());
+        Assert.Equal(deliveryId, posted.Header("Idempotency-Key"));
+        Assert.Null(posted.Header("X-Port-Run-Id"));
     }
 
     [Fact]
