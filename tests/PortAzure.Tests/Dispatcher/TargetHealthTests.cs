@@ -57,14 +57,7 @@ public class TargetHealthTests
     {
         // One run behind the pause is every probe. Each probe refused spent one of its attempts: it was dead-lettered
         // (retries_exhausted) after MaxAttempts probes, minutes into an outage, while the target was still paused.
-        await using var relay = await Relay.StartAsync(c =>
-        {
-            c["Dispatcher:TargetHealth:FailureThreshold"] = "2";
-            c["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "0.5";
-            c["Dispatcher:Retry:MaxAttempts"] = "3";
-            c["Dispatcher:Retry:InitialDelaySeconds"] = "0.1";
-            c["Dispatcher:Retry:MaxDelaySeconds"] = "0.2";
-        });
+        await using var relay = await StartPausingAfterTwoFailuresAsync();
         await relay.EmulatorApi.ScriptAsync(new { webhook = "broken", failureRate = 1.0, failureStatuses = new[] { 503 } });
         var deliveryId = await SendAsync(relay, webhook: "broken");
 
@@ -83,14 +76,7 @@ public class TargetHealthTests
     {
         // A probe that timed out may have started the pipeline: it counts, as every such try does, so the run is not posted
         // without end.
-        await using var relay = await Relay.StartAsync(c =>
-        {
-            c["Dispatcher:TargetHealth:FailureThreshold"] = "2";
-            c["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "0.5";
-            c["Dispatcher:Retry:MaxAttempts"] = "3";
-            c["Dispatcher:Retry:InitialDelaySeconds"] = "0.1";
-            c["Dispatcher:Retry:MaxDelaySeconds"] = "0.2";
-        });
+        await using var relay = await StartPausingAfterTwoFailuresAsync();
         await relay.EmulatorApi.ScriptAsync(new { webhook = "broken", failureRate = 1.0, failureStatuses = new[] { 504 } });
         var deliveryId = await SendAsync(relay, webhook: "broken");
 
@@ -99,6 +85,16 @@ public class TargetHealthTests
         Assert.Equal("retries_exhausted", view.GetProperty("reason").GetString());
         Assert.Equal(3, (await relay.EmulatorApi.RequestsAsync()).Count);
     }
+
+    /// <summary>A relay whose targets pause after two failures and are probed twice a second; 3 attempts, retried within 0.2 s.</summary>
+    private static Task<Relay> StartPausingAfterTwoFailuresAsync() => Relay.StartAsync(c =>
+    {
+        c["Dispatcher:TargetHealth:FailureThreshold"] = "2";
+        c["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "0.5";
+        c["Dispatcher:Retry:MaxAttempts"] = "3";
+        c["Dispatcher:Retry:InitialDelaySeconds"] = "0.1";
+        c["Dispatcher:Retry:MaxDelaySeconds"] = "0.2";
+    });
 
     [Fact]
     public async Task PausedTarget_RunOlderThanTheRetryAge_IsDeadLetteredNotHeldAgain()
