@@ -35,12 +35,12 @@ internal static partial class OperatorApi
         app.UseExceptionHandler();
         app.UseStatusCodePages();
 
-        var api = app.MapGroup("/api").AddEndpointFilter(RequireApiKey).AddEndpointFilter(RefuseRepeatedParameters);
+        var api = app.MapGroup("/api").AddEndpointFilter(RequireApiKey);
         api.MapGet("/deliveries/{id}", GetDeliveryAsync).WithName("GetDelivery");
-        api.MapGet("/deliveries", FindByRunAsync).WithName("FindDeliveriesByRun");
-        api.MapGet("/deadletters", ListDeadLettersAsync).WithName("ListDeadLetters");
+        api.MapGet("/deliveries", FindByRunAsync).WithName("FindDeliveriesByRun").AddEndpointFilter(RefuseRepeatedParameters);
+        api.MapGet("/deadletters", ListDeadLettersAsync).WithName("ListDeadLetters").AddEndpointFilter(RefuseRepeatedParameters);
         api.MapPost("/deadletters/{id}/replay", ReplayOneAsync).WithName("ReplayDeadLetter");
-        api.MapPost("/deadletters/replay", ReplayAllAsync).WithName("ReplayDeadLetters");
+        api.MapPost("/deadletters/replay", ReplayAllAsync).WithName("ReplayDeadLetters").AddEndpointFilter(RefuseRepeatedParameters);
         api.MapDelete("/deadletters/{id}", DeleteDeadLetterAsync).WithName("DeleteDeadLetter");
         api.MapGet("/stats", StatsAsync).WithName("Stats");
         app.MapOpenApi().AddEndpointFilter(RequireApiKey);
@@ -59,7 +59,7 @@ internal static partial class OperatorApi
     private static readonly (string Name, string Reason)[] QueryParameters = [("runId", "run_id_invalid"), ("limit", "limit_invalid"), ("cursor", "cursor_invalid")];
 
     /// <summary>
-    /// A parameter given twice is refused: bound as one string, the values were joined with a comma. "?runId=a&amp;runId=b"
+    /// On the calls that read them, a parameter given twice is refused: bound as one string, the values were joined with a comma. "?runId=a&amp;runId=b"
     /// was looked up as the run id "a,b" (a legal one), and a repeated cursor read as one that names no dead letter, so a
     /// client that repeated it was given the first page again and again.
     /// </summary>

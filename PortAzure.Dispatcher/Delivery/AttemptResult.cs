@@ -50,7 +50,7 @@ internal static class OutcomeClassifier
         404 => "Azure DevOps answered 404: check the organisation name and that an Incoming WebHook service connection with exactly this webhook name exists.",
         400 or 401 or 403 => "Azure DevOps rejected the request: the service connection's Secret must equal the relay's secret for this target, and its Headers field must name the relay's AzureDevOps:SignatureHeader.",
         >= 300 and < 400 => "Azure DevOps answered with a redirect, which the relay does not follow: check AzureDevOps:BaseUrl.",
-        429 => "Azure DevOps kept throttling this webhook (429) until the retry budget ran out.",
+        429 => "Azure DevOps kept throttling this webhook (429) until the run's retry age (Dispatcher:Retry:MaxAgeHours) ran out; replay once it takes calls again.",
         408 or 502 or 503 or 504 => "Azure DevOps stayed unavailable until the retry budget ran out; replay once it is back.",
         null when error == AzureWebhookClient.TargetNotAllowed => "The target is not in AzureDevOps:Targets (or its name is not valid for Azure); the run was not posted on this try. Add the target to the list, then replay.",
         null when error == AzureWebhookClient.TimedOut => $"Azure DevOps did not answer within the request timeout until the retry budget ran out. It may have started the pipeline on such a try: {CheckRuns}.",

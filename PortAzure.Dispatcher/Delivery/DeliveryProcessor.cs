@@ -163,18 +163,29 @@ internal sealed partial class DeliveryProcessor(
 
             case AttemptOutcome.Transient:
                 var policy = new RetryPolicy(opts.Retry);
-                // A probe's refusal (Azure answered, or no connection was made) says the target still fails, not this run: like
-                // the deliveries held behind the pause, it waits up to the retry age instead of using up its attempts. Counted,
-                // a target with few runs queued had each of them dead-lettered after MaxAttempts probes, minutes into an outage.
-                // A probe whose answer may be lost counts as every such try does: it may have started the pipeline.
-                var counted = begin.Probe && !OutcomeClassifier.AnswerMayBeLost(result) ? Math.Min(attempt, Math.Max(1, opts.Retry.MaxAttempts - 1)) : attempt;
-                if (policy.NextAttemptAt(counted, now, since, result.RetryAfter) is { } dueAt)
+                // Two refusals that say nothing against this run spend none of its attempts; it waits up to the retry age:
+                // - a paused target's probe that Azure answered (or that made no connection): the target still fails, as for the
+                //   deliveries held behind the pause. Counted, a target with few runs queued had each of them dead-lettered after
+                //   MaxAttempts probes, minutes into an outage. A probe whose answer may be lost counts: it may have started the
+                //   pipeline. It comes back with the pause's next probe, spread as the held deliveries are.
+                // - a 429: Azure throttles and started nothing (as Port's 429s spend no attempt of a report). Counted, a throttled
+                //   webhook dead-lettered its runs after ten of them.
+                // Such a try is still numbered (the history, the backoff) but counted apart: MaxAttempts holds the tries that spent.
+                var throttled = result.StatusCode == StatusCodes.Status429TooManyRequests;
+                var spendsNoAttempt = throttled || (begin.Probe && !OutcomeClassifier.AnswerMayBeLost(result));
+                var freeAttempts = begin.FreeAttempts + (spendsNoAttempt ? 1 : 0);
+                var probeInterval = TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds);
+                var next = !spendsNoAttempt ? policy.NextAttemptAt(attempt - freeAttempts, attempt, now, since, result.RetryAfter)
+                    : throttled ? policy.WithinAge(now + policy.Delay(attempt, result.RetryAfter), since)
+                    : policy.WithinAge(now + probeInterval + (probeInterval * Random.Shared.NextDouble()), since);
+                if (next is { } dueAt)
                 {
                     activity?.SetStatus(ActivityStatusCode.Error, result.StatusClass);
                     var failures = await FinishAsync(FinishMode.Retry, entry, streamId, lease, now, dueAt, attemptJson,
                     [
                         .. EntryFields(entry, DeliveryStates.Retrying, now),
                         new(DeliveryRecord.Attempts, attempt),
+                        new(DeliveryRecord.FreeAttempts, freeAttempts),
                         .. FailedTryFields(result),
                         new(DeliveryRecord.NextAttemptAt, dueAt.ToUnixTimeMilliseconds()),
                     ]);

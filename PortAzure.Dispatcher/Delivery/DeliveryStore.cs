@@ -12,7 +12,7 @@ namespace PortAzure.Dispatcher.Delivery;
 /// <see cref="AnswerLost"/>: an earlier try's answer was lost (<see cref="DeliveryRecord.AnswerLost"/>).
 /// </summary>
 internal readonly record struct BeginResult(bool Leased, string State, int Attempts, int Claims, DateTimeOffset? Since, DateTimeOffset? PausedUntil,
-    string? DamagedRecord = null, int LastStatus = 0, string LastError = "", bool AnswerLost = false, bool Probe = false)
+    string? DamagedRecord = null, int LastStatus = 0, string LastError = "", bool AnswerLost = false, bool Probe = false, int FreeAttempts = 0)
 {
     public bool AlreadyFinished => !Leased && State.Length > 0;
 }
@@ -83,7 +83,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         -- pcall: a record that is not a hash failed every begin, so the entry was reclaimed for good (its claims were
         -- never counted, so it never became poison). Its history (delivered? posted?) is unknown: it is set aside for a
         -- person, and a new record says so (a retry of this call whose reply was lost must find it), with no POST.
-        local r = redis.pcall('HMGET', KEYS[1], 'state', 'attempts', 'since', 'at', 'damaged', 'lastStatus', 'lastError', 'answerLost')
+        local r = redis.pcall('HMGET', KEYS[1], 'state', 'attempts', 'since', 'at', 'damaged', 'lastStatus', 'lastError', 'answerLost', 'freeAttempts')
         if r.err then
           local t = redis.call('TYPE', KEYS[1]).ok
           if t == 'hash' then
@@ -92,7 +92,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           redis.call('RENAME', KEYS[1], KEYS[4])
           redis.call('EXPIRE', KEYS[4], ARGV[7])
           redis.call('HSET', KEYS[1], 'damaged', t)
-          r = {false, false, false, false, t, false, false, false}
+          r = {false, false, false, false, t, false, false, false, false}
         end
         if r[1] == 'delivered' or r[1] == 'deadlettered' or r[1] == 'discarded' then
           return {2, r[1]}
@@ -131,7 +131,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
           end
         end
         return {1, r[1] or '', whole(r[2], 1e9) or 0, claims, whole(r[3], 1e14) or whole(r[4], 1e14) or 0, paused, probe, r[5] or '',
-          whole(r[6], 999) or 0, r[7] or '', r[8] == '1' and 1 or 0}
+          whole(r[6], 999) or 0, r[7] or '', r[8] == '1' and 1 or 0, whole(r[9], 1e9) or 0}
         """;
 
     // KEYS: 1 record, 2 lease, 3 stream, 4 retry schedule, 5 dead letters, 6 attempts, 7 target failures, 8 paused targets,
@@ -189,6 +189,9 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         local recorded = mode == 'delivered' and redis.pcall or redis.call
         if ARGV[10] ~= '' then
           recorded('RPUSH', KEYS[6], ARGV[10])
+          -- A replay keeps the last MaxAttemptLog and a round adds at most as many, unless its tries spend no attempt
+          -- (probes of a paused target, 429s), which MaxAttempts does not bound: the operator API reads the log whole.
+          recorded('LTRIM', KEYS[6], -{{2 * MaxAttemptLog}}, -1)
           recorded('EXPIRE', KEYS[6], ARGV[9])
         end
         if mode == 'deadletter' then
@@ -428,7 +431,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         redis.pcall('LTRIM', KEYS[4], -tonumber(ARGV[4]), -1)
         local sid = redis.call('XADD', KEYS[3], '*', unpack(f))
         redis.call('HSET', KEYS[2], 'state', 'queued', 'attempts', 0, 'claims', 0, 'streamId', sid, 'updatedAt', ARGV[2], 'since', ARGV[2])
-        redis.call('HDEL', KEYS[2], 'body', 'hint', 'reason', 'nextAttemptAt', 'deadLetteredAt', 'damaged')
+        redis.call('HDEL', KEYS[2], 'body', 'hint', 'reason', 'nextAttemptAt', 'deadLetteredAt', 'damaged', 'freeAttempts')
         -- After the XADD nothing may fail (the run would be queued and still a dead letter).
         increment(KEYS[2], 'replays')
         redis.call('ZREM', KEYS[1], ARGV[1])
@@ -567,7 +570,8 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
             (int)result[8],
             (string)result[9]!,
             (int)result[10] == 1,
-            (int)result[6] == 1);
+            (int)result[6] == 1,
+            (int)result[11]);
     }
 
     public sealed record FinishRequest(

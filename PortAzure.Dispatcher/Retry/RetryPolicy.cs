@@ -10,15 +10,19 @@ internal sealed class RetryPolicy(RetryOptions options, Func<double>? random = n
     private readonly Func<double> _random = random ?? Random.Shared.NextDouble;
 
     /// <summary>The wait before the attempt after <paramref name="attempt"/> (1-based), or null when out of budget.</summary>
-    public DateTimeOffset? NextAttemptAt(int attempt, DateTimeOffset now, DateTimeOffset since, TimeSpan? retryAfter)
-    {
-        if (attempt >= options.MaxAttempts)
-        {
-            return null;
-        }
-        var due = now + Delay(attempt, retryAfter);
-        return due - since > TimeSpan.FromHours(options.MaxAgeHours) ? null : due;
-    }
+    public DateTimeOffset? NextAttemptAt(int attempt, DateTimeOffset now, DateTimeOffset since, TimeSpan? retryAfter) =>
+        NextAttemptAt(attempt, attempt, now, since, retryAfter);
+
+    /// <summary>
+    /// As above, for a round in which some tries spent no attempt: <paramref name="spent"/> is held against
+    /// <see cref="RetryOptions.MaxAttempts"/>, and the backoff grows with every <paramref name="tries"/>.
+    /// </summary>
+    public DateTimeOffset? NextAttemptAt(int spent, int tries, DateTimeOffset now, DateTimeOffset since, TimeSpan? retryAfter) =>
+        spent >= options.MaxAttempts ? null : WithinAge(now + Delay(tries, retryAfter), since);
+
+    /// <summary><paramref name="due"/>, or null when it lies past the retry age.</summary>
+    public DateTimeOffset? WithinAge(DateTimeOffset due, DateTimeOffset since) =>
+        due - since > TimeSpan.FromHours(options.MaxAgeHours) ? null : due;
 
     public TimeSpan Delay(int attempt, TimeSpan? retryAfter)
     {

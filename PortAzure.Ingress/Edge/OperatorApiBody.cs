@@ -29,7 +29,7 @@ internal static class OperatorApiBody
                     size.MaxRequestBodySize = MaxBodyBytes;
                 }
                 // Kept in memory (it is at most the limit) and read again by YARP.
-                request.EnableBuffering(bufferThreshold: MaxBodyBytes);
+                request.EnableBuffering(bufferThreshold: MaxBodyBytes, bufferLimit: MaxBodyBytes);
                 try
                 {
                     await request.Body.CopyToAsync(Stream.Null, context.RequestAborted);
@@ -38,6 +38,12 @@ internal static class OperatorApiBody
                 {
                     await (ex.StatusCode == StatusCodes.Status413PayloadTooLarge ? TooLarge()
                         : Problems.Create(StatusCodes.Status400BadRequest, "body_unreadable", "The call's body could not be read to its end; nothing was done.")).ExecuteAsync(context);
+                    return;
+                }
+                catch (IOException) when (request.Body.Position >= MaxBodyBytes)
+                {
+                    // The buffer's own limit (where Kestrel's per-request limit could not be lowered).
+                    await TooLarge().ExecuteAsync(context);
                     return;
                 }
                 request.Body.Position = 0;

@@ -13,6 +13,12 @@ public static class DeliveryRecord
     public const string UpdatedAt = "updatedAt";
     public const string DeliveredAt = "deliveredAt";
     public const string Attempts = "attempts";
+
+    /// <summary>
+    /// Of <see cref="Attempts"/>, the tries that spent nothing of the attempt budget (a paused target's probe Azure refused,
+    /// a 429): absent for none. Reset with the round.
+    /// </summary>
+    public const string FreeAttempts = "freeAttempts";
     public const string LastStatus = "lastStatus";
     public const string LastError = "lastError";
     public const string NextAttemptAt = "nextAttemptAt";

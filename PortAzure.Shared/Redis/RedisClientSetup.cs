@@ -109,8 +109,9 @@ internal static partial class RedisClientSetup
         /// <summary>Null when not given: Aspire's own message says where it may be given.</summary>
         public string? Value { get; set; }
 
-        [GeneratedRegex("'[^']*'")]
-        private static partial Regex Quoted();
+        // As the client reads the keyword: any case, spaces around the '='.
+        [GeneratedRegex(@"(^|,)\s*password\s*=", RegexOptions.IgnoreCase | RegexOptions.CultureInvariant)]
+        private static partial Regex Password();
 
         internal sealed class Validator : IValidateOptions<RedisConnectionStringSetting>
         {
@@ -133,11 +134,12 @@ internal static partial class RedisClientSetup
                 catch (ArgumentException ex)
                 {
                     var reason = ex.ParamName is { } parameter ? ex.Message.Replace($" (Parameter '{parameter}')", "", StringComparison.Ordinal) : ex.Message;
-                    if (value.Contains("password=", StringComparison.OrdinalIgnoreCase))
+                    if (Password().IsMatch(value))
                     {
                         // A comma ends a password in this syntax: the rest of one that holds a comma is read as an option, and
-                        // the client's message quotes it.
-                        reason = Quoted().Replace(reason, "'…'") + " (what it quoted is hidden, as the string holds a password: a comma in a password ends it)";
+                        // the client's message quotes it (an apostrophe in it would defeat hiding only the quoted parts).
+                        reason = "an option it does not know, or a value it cannot read (its message is not shown, as the string holds a " +
+                            "password: a comma in a password ends it).";
                     }
                     return ValidateOptionsResult.Fail($"{Key} cannot be read as a Redis connection string: {reason}");
                 }

@@ -15,11 +15,11 @@ public static class AdminApiKey
         /// <summary>No key is configured: the operator API is closed.</summary>
         NotConfigured,
         Missing,
+        Invalid,
+        Valid,
 
         /// <summary>A key was sent, but not as one key: a header repeated, or an Authorization that is not <c>Bearer &lt;key&gt;</c>.</summary>
         Unreadable,
-        Invalid,
-        Valid,
     }
 
     public static Result Check(HttpRequest request, string? configuredKey)

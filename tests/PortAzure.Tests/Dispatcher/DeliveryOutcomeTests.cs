@@ -153,6 +153,24 @@ public class DeliveryOutcomeTests
     }
 
     [Fact]
+    public async Task Throttled_MoreTimesThanMaxAttempts_SpendsNoAttemptsAndIsDelivered()
+    {
+        // Azure started nothing on a 429: counted, a throttled webhook dead-lettered its runs after MaxAttempts of them.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:Retry:MaxAttempts"] = "2";
+            c["Dispatcher:Retry:InitialDelaySeconds"] = "0.1";
+            c["Dispatcher:Retry:MaxDelaySeconds"] = "0.2";
+        });
+        await relay.EmulatorApi.ScriptAsync(new { responses = Enumerable.Repeat(new { status = 429 }, 4).ToArray() });
+
+        var deliveryId = await SendAsync(relay);
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+
+        Assert.Equal(5, (await relay.EmulatorApi.RequestsAsync()).Count);
+    }
+
+    [Fact]
     public async Task ConnectionRefused_UntilBudgetSpent_IsDeadLetteredAsUnreachable()
     {
         using var closed = new ClosedPort();

@@ -16,7 +16,6 @@ public class DeliveryStoreTests
         new(mode, entry, null, token, DateTimeOffset.UtcNow, DateTimeOffset.UtcNow.AddSeconds(30), TimeSpan.FromHours(1), null, 20,
             DateTimeOffset.UtcNow.AddSeconds(30), fields);
 
-    /// <summary>One attempt of <paramref name="entry"/> that begins and ends in the dead letters, its record whole (replayable).</summary>
     /// <summary>Queues <paramref name="entry"/> in the stream and has a consumer read it (pending, as a Dispatcher holds it).</summary>
     /// <returns>Its stream id.</returns>
     private static async Task<string> QueueAndReadAsync(IDatabase db, DeliveryEntry entry)
@@ -124,6 +123,29 @@ public class DeliveryStoreTests
         var entry = NewEntry() with { Org = "Contoso", Webhook = "Deploy" };
 
         Assert.Equal("contoso/deploy", entry.Target);
+    }
+
+    [Fact]
+    public async Task Finish_MoreTriesThanTheLogKeeps_KeepsTheNewest()
+    {
+        // Tries that spend no attempt (a paused target's probes, 429s) are not bounded by MaxAttempts, and the operator API
+        // reads the log whole.
+        await using var leased = await SharedRedis.ConnectAsync();
+        var store = new DeliveryStore(leased.Connection);
+        var entry = NewEntry();
+        var tries = (2 * DeliveryStore.MaxAttemptLog) + 5;
+
+        for (var i = 1; i <= tries; i++)
+        {
+            Assert.True((await store.BeginAsync(entry, $"T{i}", TimeSpan.FromSeconds(30), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
+            await store.FinishAsync(Finish(FinishMode.Retry, entry, $"T{i}", new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Retrying))
+                with { AttemptJson = $$"""{"attempt":{{i}}}""" });
+        }
+
+        var log = await leased.Connection.GetDatabase().ListRangeAsync(RedisKeys.Attempts(entry.DeliveryId));
+        Assert.Equal(2 * DeliveryStore.MaxAttemptLog, log.Length);
+        Assert.Equal($$"""{"attempt":{{tries}}}""", (string?)log[^1]);
+        Assert.Equal("""{"attempt":6}""", (string?)log[0]);
     }
 
     [Fact]

@@ -61,14 +61,33 @@ public class TargetHealthTests
         await relay.EmulatorApi.ScriptAsync(new { webhook = "broken", failureRate = 1.0, failureStatuses = new[] { 503 } });
         var deliveryId = await SendAsync(relay, webhook: "broken");
 
-        // Two tries pause the target; from then on each try is a probe. Twice MaxAttempts of them, and still retrying.
-        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count >= 6, TimeSpan.FromSeconds(30), "the paused target is probed with the run");
+        // Two tries pause the target; from then on each try is a probe, one every probe interval or so. Over three times
+        // MaxAttempts of them, and still retrying.
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count >= 10, TimeSpan.FromSeconds(30), "the paused target is probed with the run");
         var view = await DeliveryAsync(relay, deliveryId);
         Assert.Equal(DeliveryStates.Retrying, view.GetProperty("state").GetString());
         Assert.True(await relay.Db.HashExistsAsync(RedisKeys.PausedTargets, $"{TestRuns.Org}/broken"));
 
         using var reset = await relay.Emulator.Client.DeleteAsync("_emulator/behavior");
         await WaitForStateAsync(relay, deliveryId, DeliveryStates.Delivered);
+    }
+
+    [Fact]
+    public async Task PausedTarget_ProbesRefusedThenTriesThatCount_HeldAgainstTheAttemptsSpentNotEveryTry()
+    {
+        // The refused probes were numbered with the rest, and the first try that counted after them was held against all:
+        // one timed-out try dead-lettered a run that had spent two attempts of four.
+        await using var relay = await StartPausingAfterTwoFailuresAsync(maxAttempts: 4);
+        await relay.EmulatorApi.ScriptAsync(new { webhook = "broken", failureRate = 1.0, failureStatuses = new[] { 503 } });
+        var deliveryId = await SendAsync(relay, webhook: "broken");
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count >= 6, TimeSpan.FromSeconds(30), "the paused target is probed with the run");
+
+        // From now on every try may have started the pipeline: each counts, and two more spend the four.
+        await relay.EmulatorApi.ScriptAsync(new { webhook = "broken", failureRate = 1.0, failureStatuses = new[] { 504 } });
+        await WaitForStateAsync(relay, deliveryId, DeliveryStates.DeadLettered);
+
+        Assert.Equal(2, (await relay.EmulatorApi.RequestsAsync()).Count(r => r.StatusCode == 504));
+        Assert.Equal("retries_exhausted", (await DeliveryAsync(relay, deliveryId)).GetProperty("reason").GetString());
     }
 
     [Fact]
@@ -86,14 +105,17 @@ public class TargetHealthTests
         Assert.Equal(3, (await relay.EmulatorApi.RequestsAsync()).Count);
     }
 
-    /// <summary>A relay whose targets pause after two failures and are probed twice a second; 3 attempts, retried within 0.2 s.</summary>
-    private static Task<Relay> StartPausingAfterTwoFailuresAsync() => Relay.StartAsync(c =>
+    /// <summary>
+    /// A relay whose targets pause after two failures and are probed twice a second; retries start 0.1 s apart and double up
+    /// to a minute, so a probe that came back after a backoff grown with its tries would not come back within the tests' waits.
+    /// </summary>
+    private static Task<Relay> StartPausingAfterTwoFailuresAsync(int maxAttempts = 3) => Relay.StartAsync(c =>
     {
         c["Dispatcher:TargetHealth:FailureThreshold"] = "2";
         c["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "0.5";
-        c["Dispatcher:Retry:MaxAttempts"] = "3";
+        c["Dispatcher:Retry:MaxAttempts"] = maxAttempts.ToString(System.Globalization.CultureInfo.InvariantCulture);
         c["Dispatcher:Retry:InitialDelaySeconds"] = "0.1";
-        c["Dispatcher:Retry:MaxDelaySeconds"] = "0.2";
+        c["Dispatcher:Retry:MaxDelaySeconds"] = "60";
     });
 
     [Fact]

@@ -32,6 +32,8 @@ public class OperatorApiBodyTests
                 request.Content = chunked
                     ? new StreamContent(new MemoryStream(Encoding.ASCII.GetBytes(tooLarge + tooLarge)))
                     : new StringContent(tooLarge);
+                // Without a length the body is read (up to the limit) before it is known to be too large.
+                request.Headers.TransferEncodingChunked = chunked;
                 using var response = await relay.Ingress.Client.SendAsync(request);
 
                 Assert.True(response.StatusCode == HttpStatusCode.RequestEntityTooLarge, $"{method} {path} (chunked: {chunked}): {(int)response.StatusCode}");

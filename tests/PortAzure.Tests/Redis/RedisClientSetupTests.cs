@@ -90,18 +90,21 @@ public class RedisClientSetupTests
         Assert.Contains("Redis:SocketManager must be ThreadPool or Dedicated", error, StringComparison.Ordinal);
     }
 
-    [Fact]
-    public async Task Start_ConnectionStringWithACommaInItsPassword_FailsWithoutQuotingThePassword()
+    [Theory]
+    [InlineData("127.0.0.1:1,password=first-half,second-half=of-it")]
+    [InlineData("127.0.0.1:1, Password = first-half,second-half=of-it")]
+    [InlineData("127.0.0.1:1,password=first-half,sec'ond-half'=of-it")]
+    public async Task Start_ConnectionStringWithACommaInItsPassword_FailsWithoutQuotingThePassword(string connectionString)
     {
         // The client reads the password's tail as an option (one with an '='), and its message quotes it.
-        var builder = NewBuilder(new Dictionary<string, string?> { ["ConnectionStrings:redis"] = "127.0.0.1:1,password=first-half,second-half=of-it" });
+        var builder = NewBuilder(new Dictionary<string, string?> { ["ConnectionStrings:redis"] = connectionString });
         builder.AddPortAzureRedisClient();
         using var host = builder.Build();
 
         var error = (await Assert.ThrowsAnyAsync<Exception>(() => host.StartAsync())).ToString();
 
-        Assert.Contains("ConnectionStrings:redis cannot be read as a Redis connection string: Keyword '…' is not supported.", error, StringComparison.Ordinal);
-        Assert.DoesNotContain("second-half", error, StringComparison.Ordinal);
+        Assert.Contains("ConnectionStrings:redis cannot be read as a Redis connection string: an option it does not know", error, StringComparison.Ordinal);
+        Assert.DoesNotContain("ond-half", error, StringComparison.Ordinal);
         Assert.DoesNotContain("first-half", error, StringComparison.Ordinal);
     }
 
