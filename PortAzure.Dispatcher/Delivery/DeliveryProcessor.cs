@@ -173,11 +173,11 @@ internal sealed partial class DeliveryProcessor(
                 // Such a try is still numbered (the history, the backoff) but counted apart: MaxAttempts holds the tries that spent.
                 var throttled = result.StatusCode == StatusCodes.Status429TooManyRequests;
                 var spendsNoAttempt = throttled || (begin.Probe && !OutcomeClassifier.AnswerMayBeLost(result));
-                var freeAttempts = begin.FreeAttempts + (spendsNoAttempt ? 1 : 0);
-                var probeInterval = TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds);
+                // (Never more than the tries: a damaged attempts field reads 0, and MaxAttempts must still hold.)
+                var freeAttempts = Math.Min(begin.FreeAttempts, begin.Attempts) + (spendsNoAttempt ? 1 : 0);
                 var next = !spendsNoAttempt ? policy.NextAttemptAt(attempt - freeAttempts, attempt, now, since, result.RetryAfter)
                     : throttled ? policy.WithinAge(now + policy.Delay(attempt, result.RetryAfter), since)
-                    : policy.WithinAge(now + probeInterval + (probeInterval * Random.Shared.NextDouble()), since);
+                    : policy.WithinAge(now + ProbeAgainIn(opts, result.RetryAfter), since);
                 if (next is { } dueAt)
                 {
                     activity?.SetStatus(ActivityStatusCode.Error, result.StatusClass);
@@ -212,6 +212,18 @@ internal sealed partial class DeliveryProcessor(
         {
             activity?.SetStatus(ActivityStatusCode.Error, result.StatusClass);
         }
+    }
+
+    /// <summary>
+    /// When a refused probe is tried again: with the pause's next probe, spread over one more interval as the held deliveries
+    /// are, or after Azure's Retry-After if that is later (up to Retry:MaxDelaySeconds).
+    /// </summary>
+    private static TimeSpan ProbeAgainIn(DispatcherOptions opts, TimeSpan? retryAfter)
+    {
+        var interval = TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds);
+        var spread = interval + (interval * Random.Shared.NextDouble());
+        var asked = retryAfter is { } after ? TimeSpan.FromSeconds(Math.Min(after.TotalSeconds, opts.Retry.MaxDelaySeconds)) : TimeSpan.Zero;
+        return asked > spread ? asked : spread;
     }
 
     /// <summary>

@@ -56,7 +56,7 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // KEYS: 1 record, 2 lease, 3 paused targets, 4 where a damaged record is set aside
     // ARGV: 1 lease token, 2 lease ms, 3 claimed (1/0), 4 target, 5 now ms, 6 probe interval ms, 7 a damaged record's keep s
     // Returns {0} leased by another attempt; {2, state} already finished (nothing taken);
-    // {1, state, attempts, claims, since, pausedUntil, probe, damaged, lastStatus, lastError, answerLost} the lease is ours (probe: this
+    // {1, state, attempts, claims, since, pausedUntil, probe, damaged, lastStatus, lastError, answerLost, freeAttempts} the lease is ours (probe: this
     // attempt is the paused target's probe; damaged: '' or the type found at the record's key; the caller needs only
     // pausedUntil = 0 and damaged = '' to go ahead; the last try's status and error for a dead letter written without a try).
     // The lease already ours: a retry of this very call (same token, same now) whose first reply was lost. It

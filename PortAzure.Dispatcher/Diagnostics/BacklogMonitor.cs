@@ -94,7 +94,8 @@ internal sealed class BacklogMonitor(IConnectionMultiplexer redis, TimeProvider 
 
     /// <summary>
     /// The longest a waiting delivery leaves a pause's probe time untouched: a held one is due within a probe interval of
-    /// it, but a probe that failed goes back to its own backoff (up to Retry:MaxDelaySeconds, a Retry-After capped there);
+    /// it, but a probe that failed goes back after a probe interval or two, or its Retry-After, or (a 429, or an answer that
+    /// may be lost) its own backoff, all up to Retry:MaxDelaySeconds;
     /// then a poll of the schedule, a POST, another probe interval and a minute of margin. 12 min at the defaults.
     /// </summary>
     internal static TimeSpan StaleAfter(DispatcherOptions options) => TimeSpan.FromSeconds(

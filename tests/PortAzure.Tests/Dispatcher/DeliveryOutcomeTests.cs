@@ -171,6 +171,23 @@ public class DeliveryOutcomeTests
     }
 
     [Fact]
+    public async Task FreeAttemptsDamaged_AboveTheTries_MaxAttemptsStillHolds()
+    {
+        // attempts - freeAttempts went below 0: every try that may start the pipeline, without a bound but the age.
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxAttempts"] = "2", dispatchers: 0);
+        await relay.EmulatorApi.ScriptAsync(new { failureRate = 1.0, failureStatuses = new[] { 503 } });
+        var deliveryId = await SendAsync(relay);
+        await relay.Db.HashSetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.FreeAttempts, 50);
+
+        await relay.AddDispatcherAsync();
+        // (The record, not the API: no Dispatcher was behind the Ingress when it started.)
+        await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State) == DeliveryStates.DeadLettered,
+            Wait, "the run dead-lettered");
+
+        Assert.Equal(2, (await relay.EmulatorApi.RequestsAsync()).Count);
+    }
+
+    [Fact]
     public async Task ConnectionRefused_UntilBudgetSpent_IsDeadLetteredAsUnreachable()
     {
         using var closed = new ClosedPort();

@@ -91,6 +91,20 @@ public class TargetHealthTests
     }
 
     [Fact]
+    public async Task PausedTarget_ProbeRefusedWithRetryAfter_ComesBackNoSoonerThanAsked()
+    {
+        await using var relay = await StartPausingAfterTwoFailuresAsync();
+        await relay.EmulatorApi.ScriptAsync(new { webhook = "broken", failureRate = 1.0, failureStatuses = new[] { 503 }, retryAfter = "3" });
+        await SendAsync(relay, webhook: "broken");
+
+        // Two tries pause the target; the third and the fourth are probes, the fourth after the 3 s Azure asked for.
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count >= 4, TimeSpan.FromSeconds(30), "two probes");
+
+        var requests = await relay.EmulatorApi.RequestsAsync();
+        Assert.True(requests[3].ReceivedAt - requests[2].ReceivedAt >= TimeSpan.FromSeconds(2.9), $"{requests[3].ReceivedAt - requests[2].ReceivedAt} between the probes");
+    }
+
+    [Fact]
     public async Task PausedTarget_ProbeAnswerLost_UsesUpTheRunsAttempts()
     {
         // A probe that timed out may have started the pipeline: it counts, as every such try does, so the run is not posted
