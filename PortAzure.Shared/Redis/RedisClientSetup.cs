@@ -126,6 +126,13 @@ internal static partial class RedisClientSetup
                 {
                     return ValidateOptionsResult.Fail($"{Key} is empty: it must name the Redis server (host:port, then options such as password=…).");
                 }
+                if (value.Contains("://", StringComparison.Ordinal))
+                {
+                    // The client takes no URL: it reads one as a host name, user and password included, and its connection
+                    // errors then print it. (Not quoted here either.)
+                    return ValidateOptionsResult.Fail($"{Key} is a URL; StackExchange.Redis takes host:port, then options (such as " +
+                        "myhost:6380,password=…,ssl=true). A URL's user and password would be read as a host name and shown in connection errors.");
+                }
                 try
                 {
                     _ = ConfigurationOptions.Parse(value);

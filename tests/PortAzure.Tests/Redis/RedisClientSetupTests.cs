@@ -73,6 +73,8 @@ public class RedisClientSetupTests
     [InlineData("", "ConnectionStrings:redis is empty")]
     [InlineData("127.0.0.1:1,asyncTimeout=abc", "ConnectionStrings:redis cannot be read as a Redis connection string: Keyword 'asyncTimeout' requires an integer value")]
     [InlineData("127.0.0.1:1,asyncTimeot=500", "ConnectionStrings:redis cannot be read as a Redis connection string: Keyword 'asyncTimeot' is not supported.")]
+    // Read by the client as one host name, password and all, which its connection errors then print.
+    [InlineData("rediss://default:s3cret-pw@cache.example:6380", "ConnectionStrings:redis is a URL; StackExchange.Redis takes host:port")]
     public async Task Start_ConnectionStringRedisCannotRead_FailsNamingTheKeyWithTheOtherErrors(string connectionString, string expected)
     {
         // Read only when the connection was made, after the options' check: it stopped the start alone, naming no key.
@@ -88,6 +90,7 @@ public class RedisClientSetupTests
 
         Assert.Contains(expected, error, StringComparison.Ordinal);
         Assert.Contains("Redis:SocketManager must be ThreadPool or Dedicated", error, StringComparison.Ordinal);
+        Assert.DoesNotContain("s3cret", error, StringComparison.Ordinal);
     }
 
     [Theory]
