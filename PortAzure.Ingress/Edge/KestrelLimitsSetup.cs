@@ -1,6 +1,7 @@
 using System.Reflection;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
 using Microsoft.Extensions.Options;
+using PortAzure.Diagnostics;
 using PortAzure.Ingress.Webhooks;
 
 namespace PortAzure.Ingress.Edge;
@@ -74,8 +75,7 @@ internal sealed class KestrelLimitsSetup(IConfiguration configuration, IOptions<
             }
             catch (TargetInvocationException ex) when (ex.InnerException is ArgumentException refusal)
             {
-                var reason = refusal.ParamName is { } parameter ? refusal.Message.Replace($" (Parameter '{parameter}')", "", StringComparison.Ordinal) : refusal.Message;
-                refused.Add($"{SectionName}:{key} is out of range ('{value}'): {reason}");
+                refused.Add($"{SectionName}:{key} is out of range ('{value}'): {ExceptionMessages.WithoutParameter(refusal)}");
             }
             catch (InvalidOperationException)
             {

@@ -13,12 +13,21 @@ public static class ExceptionMessages
         var messages = new List<string>();
         for (Exception? e = exception; e is not null; e = e.InnerException)
         {
-            var message = e is ArgumentException { ParamName: { } parameter } ? e.Message.Replace($" (Parameter '{parameter}')", "", StringComparison.Ordinal) : e.Message;
+            var message = WithoutParameter(e);
             if (!messages.Any(m => m.Contains(message, StringComparison.Ordinal)))
             {
                 messages.Add(e.Message);
             }
         }
         return string.Join(" ", messages);
+    }
+
+    /// <summary>The message, without the " (Parameter '…')" an <see cref="ArgumentException"/> adds to it.</summary>
+    public static string WithoutParameter(Exception exception)
+    {
+        ArgumentNullException.ThrowIfNull(exception);
+        return exception is ArgumentException { ParamName: { } parameter }
+            ? exception.Message.Replace($" (Parameter '{parameter}')", "", StringComparison.Ordinal)
+            : exception.Message;
     }
 }

@@ -4,6 +4,7 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Options;
+using PortAzure.Diagnostics;
 using StackExchange.Redis;
 
 namespace PortAzure.Redis;
@@ -140,7 +141,7 @@ internal static partial class RedisClientSetup
                 }
                 catch (ArgumentException ex)
                 {
-                    var reason = ex.ParamName is { } parameter ? ex.Message.Replace($" (Parameter '{parameter}')", "", StringComparison.Ordinal) : ex.Message;
+                    var reason = ExceptionMessages.WithoutParameter(ex);
                     if (Password().IsMatch(value))
                     {
                         // A comma ends a password in this syntax: the rest of one that holds a comma is read as an option, and

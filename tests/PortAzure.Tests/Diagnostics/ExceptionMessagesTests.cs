@@ -20,4 +20,12 @@ public class ExceptionMessagesTests
 
         Assert.Equal("Kestrel:Limits:MaxRequestHeaderCount is out of range ('-1'): Value must be a positive number.", ExceptionMessages.Of(error));
     }
+
+    [Fact]
+    public void WithoutParameter_ArgumentException_DropsOnlyTheParameterNote()
+    {
+        Assert.Equal("Value must be a positive number.", ExceptionMessages.WithoutParameter(new ArgumentOutOfRangeException("value", "Value must be a positive number.")));
+        Assert.Equal("Keyword 'x' is not supported.", ExceptionMessages.WithoutParameter(new ArgumentException("Keyword 'x' is not supported.")));
+        Assert.Equal("not an argument (Parameter 'y')", ExceptionMessages.WithoutParameter(new InvalidOperationException("not an argument (Parameter 'y')")));
+    }
 }
