@@ -894,17 +894,8 @@ public class PortReportingTests
     public async Task PortApiDown_PastTheRetryAge_TheReportIsGivenUp()
     {
         // Waiting out an outage is bounded by the retry age (6 min here), as a delivery's wait for Azure is.
-        await using var relay = await Relay.StartAsync(c =>
-        {
-            c["Port:ClientId"] = "relay-client";
-            c["Dispatcher:Retry:MaxAgeHours"] = "0.1";
-        }, dispatchers: 0);
-        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
-        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
-        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
-        await SendAsync(relay, TestRuns.NewRunId());
-        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 1,
-            TimeSpan.FromSeconds(30), "the run delivered and its report queued");
+        await using var relay = await StartWithASixMinuteRetryAgeAsync();
+        var (clock, _) = await ReportQueuedWhilePortIsDownAsync(relay);
 
         await StepUntilAsync(clock, TimeSpan.FromSeconds(5), () => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2202]", StringComparison.Ordinal))),
             TimeSpan.FromSeconds(120), "the report given up");
@@ -921,17 +912,8 @@ public class PortReportingTests
     {
         // The age was checked only after a failed call: the wait that crossed it (2 min by then) ended in one more call,
         // which sent the report past its age.
-        await using var relay = await Relay.StartAsync(c =>
-        {
-            c["Port:ClientId"] = "relay-client";
-            c["Dispatcher:Retry:MaxAgeHours"] = "0.1";
-        }, dispatchers: 0);
-        var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
-        await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
-        await relay.EmulatorApi.PortBehaviorAsync(new { down = true });
-        var deliveryId = await SendAsync(relay, TestRuns.NewRunId());
-        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 1,
-            TimeSpan.FromSeconds(30), "the run delivered and its report queued");
+        await using var relay = await StartWithASixMinuteRetryAgeAsync();
+        var (clock, deliveryId) = await ReportQueuedWhilePortIsDownAsync(relay);
         var writtenAt = clock.GetUtcNow();
 
         // To the age exactly (not past it): every call due until then is made, while Port is down.
@@ -1019,11 +1001,15 @@ public class PortReportingTests
             return await condition();
         }, timeout, what);
 
-    /// <summary>
-    /// A Dispatcher on a fake clock, Port down, and one delivered run whose report has had its first, failing call:
-    /// the reporter now waits on the stopped clock.
-    /// </summary>
-    private static async Task<FakeTimeProvider> FirstReportCallFailedAsync(Relay relay)
+    /// <summary>A relay with reporting on, a retry age of 6 min and no Dispatcher yet.</summary>
+    private static Task<Relay> StartWithASixMinuteRetryAgeAsync() => Relay.StartAsync(c =>
+    {
+        c["Port:ClientId"] = "relay-client";
+        c["Dispatcher:Retry:MaxAgeHours"] = "0.1";
+    }, dispatchers: 0);
+
+    /// <summary>A Dispatcher on a fake clock, Port down, and one run delivered whose report is queued (the clock not moved since).</summary>
+    private static async Task<(FakeTimeProvider Clock, string DeliveryId)> ReportQueuedWhilePortIsDownAsync(Relay relay)
     {
         var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
         await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
@@ -1031,6 +1017,16 @@ public class PortReportingTests
         var deliveryId = await SendAsync(relay, TestRuns.NewRunId());
         await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.PortReports) == 1,
             TimeSpan.FromSeconds(30), $"delivery {deliveryId} delivered and its report queued");
+        return (clock, deliveryId);
+    }
+
+    /// <summary>
+    /// A Dispatcher on a fake clock, Port down, and one delivered run whose report has had its first, failing call:
+    /// the reporter now waits on the stopped clock.
+    /// </summary>
+    private static async Task<FakeTimeProvider> FirstReportCallFailedAsync(Relay relay)
+    {
+        var (clock, _) = await ReportQueuedWhilePortIsDownAsync(relay);
         // The reporter polls on the fake clock: small steps (well short of the 1 s back-off) until its first call fails.
         await StepUntilAsync(clock, TimeSpan.FromMilliseconds(100), async () => (await relay.EmulatorApi.PortCallsAsync()).Count > 0,
             TimeSpan.FromSeconds(20), "a first, failing call to Port");
