@@ -469,6 +469,7 @@ internal sealed partial class PortReportingService(
     private async Task<SendOutcome> SendAsync(PortReport report, RedisValue entryId, DateTimeOffset writtenAt, CancellationToken stoppingToken)
     {
         long? sentBeforePreviousTry = null;
+        bool PastTheRetryAge(DateTimeOffset at) => at - writtenAt > TimeSpan.FromHours(options.CurrentValue.Retry.MaxAgeHours);
         for (int tries = 1, attempt = 0, outageWaits = 0; ; tries++)
         {
             // No new call once stopping: one cut off after reaching Port would show twice.
@@ -479,7 +480,7 @@ internal sealed partial class PortReportingService(
             var queuedAt = timeProvider.GetUtcNow();
             // Checked before each call too, not only after a failed one: a wait (up to 2 min in an outage) that crossed the
             // age ended in one more call, which sent a report past it; so did a takeover's first call of an old report.
-            if (queuedAt - writtenAt > TimeSpan.FromHours(options.CurrentValue.Retry.MaxAgeHours))
+            if (PastTheRetryAge(queuedAt))
             {
                 Log.Failed(logger, report.DeliveryId, report.RunId, tries - 1);
                 return SendOutcome.GivenUp;
@@ -552,7 +553,7 @@ internal sealed partial class PortReportingService(
                 sentBeforePreviousTry = sentBefore;
             }
             // However it fails or waits, a report is not retried past the retry age (a takeover starts its attempts again).
-            var tooOld = triedAt - writtenAt > TimeSpan.FromHours(options.CurrentValue.Retry.MaxAgeHours);
+            var tooOld = PastTheRetryAge(triedAt);
             if (result == PortCallResult.Rejected || tooOld || (result == PortCallResult.RetryLater && portUp && attempt >= Backoff.Length))
             {
                 Log.Failed(logger, report.DeliveryId, report.RunId, tries);
