@@ -113,7 +113,11 @@ internal static class PortApiHttpClientSetup
                 client.MaxResponseContentBufferSize = MaxResponseBytes;
             })
             // PortReportingService retries on its own schedule; a second layer would only multiply calls.
-            .RemoveAllResilienceHandlers();
+            .RemoveAllResilienceHandlers()
+            // HttpClient's Trace lines mask header values in their text but keep them in their fields, which an OTLP
+            // exporter sends: Port's bearer token, whenever someone turns System.Net.Http up to debug a call. The
+            // reporter's own lines (2204, 2217) and the client's spans say what was called and what Port answered.
+            .RemoveAllLoggers();
         return services;
     }
 }

@@ -73,10 +73,37 @@ internal static partial class RedisClientSetup
             // answers inside its lease, and a late reconnect eats into it.
             options.ReconnectRetryPolicy = new ExponentialRetry(500, 2000);
         });
+        CheckOptionsBeforeConnecting(builder.Services);
         builder.Services.AddHostedService<RedisConnectionWarmup>();
         builder.Services.AddSingleton<RedisMemoryHealthCheck>();
         builder.Services.AddHealthChecks().AddCheck<RedisMemoryHealthCheck>(RedisMemoryHealthCheck.Name);
         return builder;
+    }
+
+    /// <summary>
+    /// Makes the connection run the start-up checks before it is made. The host builds its hosted services before it runs
+    /// those checks, and building one that takes the connection (the Dispatcher's) made the connection: a connection string the
+    /// checks refuse was used first, and the client's own errors printed what the checks keep quiet (a URL's password, the
+    /// tail of a password cut by a comma), then stopped the start alone. Thrown here, the checks' one exception names every
+    /// refused option, as the host's own run of them would have.
+    /// </summary>
+    private static void CheckOptionsBeforeConnecting(IServiceCollection services)
+    {
+        for (var i = 0; i < services.Count; i++)
+        {
+            if (services[i] is { ServiceType: var type, IsKeyedService: false, ImplementationFactory: { } connect, Lifetime: var lifetime }
+                && type == typeof(IConnectionMultiplexer))
+            {
+                services[i] = new ServiceDescriptor(typeof(IConnectionMultiplexer), provider =>
+                {
+                    provider.GetService<IStartupValidator>()?.Validate();
+                    return connect(provider);
+                }, lifetime);
+                return;
+            }
+        }
+        // A later Aspire that registers the connection another way: the check would silently not happen.
+        throw new InvalidOperationException("Aspire's Redis client registered no IConnectionMultiplexer factory to check the options before.");
     }
 
     /// <returns>Null for an unknown value.</returns>

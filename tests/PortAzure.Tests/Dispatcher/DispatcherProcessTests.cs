@@ -25,6 +25,22 @@ public class DispatcherProcessTests
     }
 
     [Fact]
+    public void Run_ConnectionStringIsAUrlWithAPassword_RefusedWithTheOtherErrorsAndThePasswordIsNotPrinted()
+    {
+        // The Dispatcher's workers take the connection when the host builds them, before its start-up checks: the client
+        // connected first, and printed the URL (password and all) in six connection errors.
+        using var dispatcher = ServiceProcess.StartDispatcher(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = "redis://default:s3cret-pw@127.0.0.1:1",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+            ["Dispatcher:MaxConcurrency"] = "0",
+        });
+
+        dispatcher.AssertRefusedAtStart("Hosting failed to start", "ConnectionStrings:redis is a URL", "Dispatcher:MaxConcurrency");
+        Assert.DoesNotContain("s3cret", dispatcher.Output, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void Run_OptionNotANumber_ExitsWithOneNamingTheKey()
     {
         // Read while the app is built (the host's shutdown time), before the host and its logging exist: an abort (exit 134).

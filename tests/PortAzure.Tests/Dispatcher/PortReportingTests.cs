@@ -35,6 +35,27 @@ public class PortReportingTests
         Assert.False(message.TryGetProperty("terminationStatus", out _));
     }
 
+    [Fact]
+    public async Task Delivered_HttpClientLoggingAtTrace_PortsBearerTokenIsNotLogged()
+    {
+        // HttpClient's Trace lines mask a header in their text and keep it in their fields, which an OTLP exporter sends.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Port:ClientId"] = "relay-client";
+            c["Logging:LogLevel:System.Net.Http.HttpClient"] = "Trace";
+        });
+        var runId = TestRuns.NewRunId();
+
+        await SendAsync(relay, runId);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.PortCallsAsync()).Any(c => c.RunId == runId && c.StatusCode == 201),
+            TimeSpan.FromSeconds(20), "the report is sent to Port with the token");
+
+        // The Azure client's header lines are captured, fields and all: the check below can see a header.
+        Assert.Contains(relay.Dispatcher.Logs.Lines, l => l.StartsWith("Trace System.Net.Http.HttpClient.", StringComparison.Ordinal)
+            && l.Contains("X-Port-Signature=[", StringComparison.Ordinal));
+        Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("Bearer", StringComparison.OrdinalIgnoreCase));
+    }
+
     [Theory]
     [InlineData("v1")]
     [InlineData("v1/")]

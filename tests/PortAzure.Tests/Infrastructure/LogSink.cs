@@ -48,8 +48,14 @@ public sealed class LogSink : ILoggerProvider
             sink._lines.Enqueue($"{logLevel} {category}[{eventId.Id}]: {formatter(state, exception)} {Describe(state)} {exception}");
         }
 
+        // A value that is a list (HttpClient's header values) is written out: an exporter (OTLP) sends its items, and as
+        // "System.String[]" the no-secrets check could not see them.
         private static string Describe<TState>(TState state) => state is IEnumerable<KeyValuePair<string, object?>> pairs
-            ? string.Join(", ", pairs.Select(p => $"{p.Key}={p.Value}"))
+            ? string.Join(", ", pairs.Select(p => $"{p.Key}={ValueOf(p.Value)}"))
             : state?.ToString() ?? "";
+
+        private static string? ValueOf(object? value) => value is System.Collections.IEnumerable items and not string
+            ? "[" + string.Join(", ", items.Cast<object?>()) + "]"
+            : value?.ToString();
     }
 }

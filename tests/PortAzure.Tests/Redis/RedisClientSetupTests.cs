@@ -3,6 +3,7 @@ using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
@@ -109,6 +110,38 @@ public class RedisClientSetupTests
         Assert.Contains("ConnectionStrings:redis cannot be read as a Redis connection string: an option it does not know", error, StringComparison.Ordinal);
         Assert.DoesNotContain("ond-half", error, StringComparison.Ordinal);
         Assert.DoesNotContain("first-half", error, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("redis://default:s3cret-pw@127.0.0.1:1", "ConnectionStrings:redis is a URL")]
+    [InlineData("127.0.0.1:1,password=first-half,s3cret=of-it", "an option it does not know")]
+    public async Task Start_ServiceTakesTheConnectionInItsConstructor_OptionsAreCheckedBeforeItConnects(string connectionString, string expected)
+    {
+        // The host builds its hosted services before it runs the start-up checks: one that takes the connection (as the
+        // Dispatcher's do) had it made with a string the checks refuse, and the client's errors printed the password.
+        var builder = NewBuilder(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = connectionString,
+            [RedisClientSetup.SocketManagerKey] = "Fastest",
+        });
+        var logs = new LogSink();
+        builder.Logging.SetMinimumLevel(LogLevel.Trace);
+        builder.Logging.AddProvider(logs);
+        builder.AddPortAzureRedisClient();
+        builder.Services.AddHostedService<NeedsRedis>();
+        using var host = builder.Build();
+
+        var error = (await Assert.ThrowsAnyAsync<Exception>(() => host.StartAsync())).ToString();
+
+        Assert.Contains(expected, error, StringComparison.Ordinal);
+        Assert.Contains("Redis:SocketManager must be ThreadPool or Dedicated", error, StringComparison.Ordinal);
+        Assert.DoesNotContain("s3cret", error, StringComparison.Ordinal);
+        logs.AssertNoneContain(["s3cret"]);
+    }
+
+    private sealed class NeedsRedis(IConnectionMultiplexer redis) : BackgroundService
+    {
+        protected override Task ExecuteAsync(CancellationToken stoppingToken) => redis.GetDatabase().PingAsync();
     }
 
     [Fact]
