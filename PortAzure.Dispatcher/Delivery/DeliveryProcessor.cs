@@ -98,7 +98,7 @@ internal sealed partial class DeliveryProcessor(
             var hint = $"The delivery's record in Redis was a {found}, not a hash (damaged, or overwritten by something else), so whether "
                 + $"this run was posted before is unknown; it was not posted again. The value is kept under {RedisKeys.DamagedDelivery(entry.DeliveryId)} "
                 + $"for {opts.DeliveredRetentionHours} h. Check the pipeline's runs, then replay or discard.";
-            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "record_damaged", hint, null, null, begin.LastStatus);
+            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "record_damaged", hint, null, null, lastStatus: begin.LastStatus);
             return;
         }
         if (claimed && begin.Claims > opts.MaxClaims)
@@ -106,7 +106,7 @@ internal sealed partial class DeliveryProcessor(
             // Each claim stands for a Dispatcher that died with the run: perhaps mid-POST.
             var hint = $"The entry was reclaimed from stopped Dispatchers {begin.Claims} times; it is treated as poison. A Dispatcher may have died after "
                 + $"posting it: {OutcomeClassifier.CheckRuns} once the cause is found.";
-            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "poison", hint, null, null, begin.LastStatus);
+            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "poison", hint, null, null, lastStatus: begin.LastStatus);
             return;
         }
         var since = begin.Since ?? entry.ReceivedAt;
@@ -199,13 +199,13 @@ internal sealed partial class DeliveryProcessor(
                 {
                     await DeadLetterAsync(entry, streamId, lease, now, attempt, "retries_exhausted",
                         WithLostAnswer(OutcomeClassifier.Hint(result.StatusCode, result.Error), begin.AnswerLost || OutcomeClassifier.AnswerMayBeLost(result)),
-                        result, attemptJson);
+                        result, attemptJson, activity);
                 }
                 break;
 
             default:
                 await DeadLetterAsync(entry, streamId, lease, now, attempt, "permanent_failure",
-                    WithLostAnswer(OutcomeClassifier.Hint(result.StatusCode, result.Error), begin.AnswerLost), result, attemptJson);
+                    WithLostAnswer(OutcomeClassifier.Hint(result.StatusCode, result.Error), begin.AnswerLost), result, attemptJson, activity);
                 break;
         }
         if (result.Outcome != AttemptOutcome.Delivered)
@@ -242,7 +242,7 @@ internal sealed partial class DeliveryProcessor(
                 // Its own last answer says more than the pause: a 500 is an inactive webhook, which never answers again by itself.
                 hint += " This run's last try: " + OutcomeClassifier.Hint(begin.LastStatus > 0 ? begin.LastStatus : null, begin.LastError);
             }
-            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "retries_exhausted", WithLostAnswer(hint, begin.AnswerLost), null, null, begin.LastStatus);
+            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "retries_exhausted", WithLostAnswer(hint, begin.AnswerLost), null, null, lastStatus: begin.LastStatus);
             return;
         }
         var due = pausedUntil + (TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds) * Random.Shared.NextDouble());
@@ -282,10 +282,20 @@ internal sealed partial class DeliveryProcessor(
     }
 
     /// <param name="result">This attempt's answer, or null when the dead letter comes without a try.</param>
+    /// <param name="attemptActivity">This attempt's span, or null when the dead letter comes without a try.</param>
     /// <param name="lastStatus">Without a try: the status of the record's last one, for the log line.</param>
     private async Task DeadLetterAsync(DeliveryEntry entry, string? streamId, AttemptLease lease, DateTimeOffset now, int attempts, string reason, string hint,
-        AttemptResult? result, string? attemptJson, int lastStatus = 0)
+        AttemptResult? result, string? attemptJson, Activity? attemptActivity = null, int lastStatus = 0)
     {
+        // The run's trace says where it ended: the last attempt's span carries the reason (its outcome alone, "transient",
+        // read like one more retry), and a dead letter without a try (poison, a damaged record, held past the retry age) has
+        // a span of its own.
+        using var own = attemptActivity is null ? StartActivity($"deadletter {RedisKeys.Stream}", entry, streamId) : null;
+        if ((attemptActivity ?? own) is { } span)
+        {
+            span.SetTag(PortAzureDiagnostics.Tags.Reason, reason);
+            span.SetStatus(ActivityStatusCode.Error, reason);
+        }
         KeyValuePair<string, RedisValue>[] fields =
         [
             .. EntryFields(entry, DeliveryStates.DeadLettered, now),
@@ -374,6 +384,14 @@ internal sealed partial class DeliveryProcessor(
 
     private static Activity? StartAttemptActivity(DeliveryEntry entry, int attempt, string? streamId)
     {
+        var activity = StartActivity($"process {RedisKeys.Stream}", entry, streamId);
+        activity?.SetTag(PortAzureDiagnostics.Tags.Attempt, attempt);
+        return activity;
+    }
+
+    /// <summary>A consumer span for <paramref name="entry"/> in the trace its producer started.</summary>
+    private static Activity? StartActivity(string name, DeliveryEntry entry, string? streamId)
+    {
         var parent = default(ActivityContext);
         if (entry.TraceParent is not null)
         {
@@ -385,7 +403,7 @@ internal sealed partial class DeliveryProcessor(
             parent = Propagators.DefaultTextMapPropagator.Extract(default, carrier,
                 static (c, key) => c.TryGetValue(key, out var value) ? [value] : []).ActivityContext;
         }
-        var activity = PortAzureDiagnostics.ActivitySource.StartActivity($"process {RedisKeys.Stream}", ActivityKind.Consumer, parent);
+        var activity = PortAzureDiagnostics.ActivitySource.StartActivity(name, ActivityKind.Consumer, parent);
         if (activity is null)
         {
             return null;
@@ -397,7 +415,6 @@ internal sealed partial class DeliveryProcessor(
         activity.SetTag(PortAzureDiagnostics.Tags.MessagingMessageId, streamId ?? entry.DeliveryId);
         activity.SetTag(PortAzureDiagnostics.Tags.DeliveryId, entry.DeliveryId);
         activity.SetTag(PortAzureDiagnostics.Tags.RunId, entry.RunId);
-        activity.SetTag(PortAzureDiagnostics.Tags.Attempt, attempt);
         activity.SetTag(PortAzureDiagnostics.Tags.Org, entry.Org);
         activity.SetTag(PortAzureDiagnostics.Tags.Webhook, entry.Webhook);
         return activity;

@@ -187,6 +187,48 @@ public sealed class TracingTests : IDisposable
         Assert.Equal(ActivityStatusCode.Error, attempt.Status);
         Assert.Equal("permanent", attempt.GetTagItem("portazure.outcome"));
         Assert.Equal(404, attempt.GetTagItem("http.response.status_code"));
+        Assert.Equal("permanent_failure", attempt.GetTagItem("portazure.reason"));
+    }
+
+    [Fact]
+    public async Task DeadLetteredRun_RetriesExhausted_TheLastAttemptSpanSaysSo()
+    {
+        // Its outcome alone ("transient") reads like one more retry.
+        await using var relay = await Relay.StartAsync(c => c["Dispatcher:Retry:MaxAttempts"] = "1");
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503 } } });
+        var (traceParent, traceId) = NewTraceParent();
+
+        using var response = await SendTracedAsync(relay, TestRuns.Body(TestRuns.NewRunId()), traceParent);
+        await Eventually.HoldsAsync(() => Task.FromResult(InTrace(traceId).Any(a => a.Kind == ActivityKind.Consumer)), TimeSpan.FromSeconds(20), "attempt span");
+
+        var attempt = Assert.Single(InTrace(traceId), a => a.Kind == ActivityKind.Consumer);
+        Assert.Equal(ActivityStatusCode.Error, attempt.Status);
+        Assert.Equal("transient", attempt.GetTagItem("portazure.outcome"));
+        Assert.Equal("retries_exhausted", attempt.GetTagItem("portazure.reason"));
+    }
+
+    [Fact]
+    public async Task DeadLetteredWithoutATry_ItsOwnSpanInTheRunsTraceSaysWhy()
+    {
+        await using var relay = await Relay.StartAsync(dispatchers: 0);
+        var (traceParent, traceId) = NewTraceParent();
+        using var response = await SendTracedAsync(relay, TestRuns.Body(TestRuns.NewRunId()), traceParent);
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        var producer = Assert.Single(InTrace(traceId), a => a.Kind == ActivityKind.Producer);
+        var deliveryId = (string)producer.GetTagItem("portazure.delivery_id")!;
+        // Overwritten by something else: whether the run was posted is unknown, so it is dead-lettered without a POST.
+        await relay.Db.StringSetAsync(RedisKeys.Delivery(deliveryId), "not a hash");
+
+        await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(() => Task.FromResult(InTrace(traceId).Any(a => a.Kind == ActivityKind.Consumer)), TimeSpan.FromSeconds(20), "a span for the dead letter");
+
+        var span = Assert.Single(InTrace(traceId), a => a.Kind == ActivityKind.Consumer);
+        Assert.Equal($"deadletter {RedisKeys.Stream}", span.DisplayName);
+        Assert.Equal(producer.SpanId, span.ParentSpanId);
+        Assert.Equal(ActivityStatusCode.Error, span.Status);
+        Assert.Equal("record_damaged", span.GetTagItem("portazure.reason"));
+        Assert.Equal(deliveryId, span.GetTagItem("portazure.delivery_id"));
+        Assert.Empty(await relay.EmulatorApi.RequestsAsync());
     }
 
     [Fact]
