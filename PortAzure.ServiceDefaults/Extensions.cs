@@ -59,6 +59,13 @@ public static class Extensions
                         !context.Request.Path.StartsWithSegments(AlivenessEndpointPath))
                 .AddHttpClientInstrumentation());
 
+        // A sampler set here wins over OTEL_TRACES_SAMPLER, which the SDK would then ignore without a word: one given there
+        // (sampling in a deployment) stands, Redis command spans outside a trace with it.
+        if (string.IsNullOrWhiteSpace(builder.Configuration["OTEL_TRACES_SAMPLER"]))
+        {
+            builder.Services.AddOpenTelemetry().WithTracing(tracing => tracing.SetSampler(new RedisCommandSampler()));
+        }
+
         if (!string.IsNullOrWhiteSpace(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]))
         {
             builder.Services.AddOpenTelemetry().UseOtlpExporter();

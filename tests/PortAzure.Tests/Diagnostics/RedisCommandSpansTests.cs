@@ -1,0 +1,85 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using OpenTelemetry;
+using OpenTelemetry.Trace;
+using PortAzure.Diagnostics;
+using PortAzure.Redis;
+using PortAzure.Tests.Infrastructure;
+using StackExchange.Redis;
+
+namespace PortAzure.Tests.Diagnostics;
+
+/// <summary>Redis command spans, where they are on (the local AppHost), through the services' own tracer provider.</summary>
+public class RedisCommandSpansTests
+{
+    [Fact]
+    public async Task RedisCommand_OutsideAnySpan_IsNotATraceOfItsOwn_InsideASpan_IsKeptUnderIt()
+    {
+        // The Dispatcher's polls, outside any span, made several one-span traces a second and buried the runs' traces.
+        var (redisSpans, parent) = await RedisSpansAsync(otelTracesSampler: null);
+
+        Assert.Contains(redisSpans, a => a.ParentSpanId == parent);
+        Assert.All(redisSpans, a => Assert.NotEqual(default, a.ParentSpanId));
+    }
+
+    [Fact]
+    public async Task RedisCommand_OtelTracesSamplerGiven_ThatSamplerDecides()
+    {
+        // A sampler set in code wins over OTEL_TRACES_SAMPLER, which the SDK then ignores without a word: sampling chosen for a
+        // deployment must stand, Redis command spans outside a trace with it.
+        var (redisSpans, parent) = await RedisSpansAsync(otelTracesSampler: "always_on");
+
+        Assert.Contains(redisSpans, a => a.ParentSpanId == parent);
+        Assert.Contains(redisSpans, a => a.ParentSpanId == default);
+    }
+
+    /// <summary>
+    /// The Redis command spans of a host with the service defaults, after one command made outside any span and one inside a
+    /// span (whose id is returned).
+    /// </summary>
+    private static async Task<(List<Activity> RedisSpans, ActivitySpanId Parent)> RedisSpansAsync(string? otelTracesSampler)
+    {
+        await using var lease = await SharedRedis.LeaseAsync();
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { EnvironmentName = "Testing" });
+        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = lease.ConnectionString,
+            ["Aspire:StackExchange:Redis:DisableTracing"] = "false",
+            ["OTEL_TRACES_SAMPLER"] = otelTracesSampler,
+        });
+        builder.Logging.ClearProviders();
+        builder.AddServiceDefaults();
+        builder.AddPortAzureRedisClient();
+        var ended = new ConcurrentQueue<Activity>();
+        builder.Services.AddOpenTelemetry().WithTracing(tracing => tracing.AddProcessor(new Collect(ended)));
+        using var host = builder.Build();
+        await host.StartAsync();
+        var db = host.Services.GetRequiredService<IConnectionMultiplexer>().GetDatabase();
+
+        Assert.Null(Activity.Current);
+        await db.StringSetAsync("outside-" + Guid.NewGuid().ToString("N"), "1", TimeSpan.FromMinutes(1));
+        ActivitySpanId parent;
+        using (var span = PortAzureDiagnostics.ActivitySource.StartActivity("a run's work"))
+        {
+            Assert.NotNull(span);
+            parent = span.SpanId;
+            await db.StringSetAsync("inside-" + Guid.NewGuid().ToString("N"), "1", TimeSpan.FromMinutes(1));
+        }
+
+        // The instrumentation makes the command spans when it flushes its profiling sessions (every 10 s), all at once.
+        await Eventually.HoldsAsync(() => Task.FromResult(ended.Any(a => a.ParentSpanId == parent && a.Source.Name != PortAzureDiagnostics.Name)),
+            TimeSpan.FromSeconds(30), () => "the command made inside a span is traced under it; ended: "
+                + string.Join(", ", ended.Select(a => $"{a.Source.Name}/{a.DisplayName}/{a.ParentSpanId}")));
+        await host.StopAsync();
+        return ([.. ended.Where(a => a.Source.Name != PortAzureDiagnostics.Name)], parent);
+    }
+
+    private sealed class Collect(ConcurrentQueue<Activity> ended) : BaseProcessor<Activity>
+    {
+        public override void OnEnd(Activity data) => ended.Enqueue(data);
+    }
+}
