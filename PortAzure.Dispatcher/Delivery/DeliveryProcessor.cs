@@ -126,7 +126,7 @@ internal sealed partial class DeliveryProcessor(
             return;
         }
         var attempt = begin.Attempts + 1;
-        using var activity = StartAttemptActivity(entry, attempt, streamId);
+        using var activity = StartAttemptActivity(entry, attempt);
         AttemptResult result;
         try
         {
@@ -290,7 +290,7 @@ internal sealed partial class DeliveryProcessor(
         // The run's trace says where it ended: the last attempt's span carries the reason (its outcome alone, "transient",
         // read like one more retry), and a dead letter without a try (poison, a damaged record, held past the retry age) has
         // a span of its own.
-        using var own = attemptActivity is null ? StartActivity($"deadletter {RedisKeys.Stream}", entry, streamId) : null;
+        using var own = attemptActivity is null ? StartActivity($"deadletter {RedisKeys.Stream}", entry) : null;
         if ((attemptActivity ?? own) is { } span)
         {
             span.SetTag(PortAzureDiagnostics.Tags.Reason, reason);
@@ -382,15 +382,15 @@ internal sealed partial class DeliveryProcessor(
         }
     }
 
-    private static Activity? StartAttemptActivity(DeliveryEntry entry, int attempt, string? streamId)
+    private static Activity? StartAttemptActivity(DeliveryEntry entry, int attempt)
     {
-        var activity = StartActivity($"process {RedisKeys.Stream}", entry, streamId);
+        var activity = StartActivity($"process {RedisKeys.Stream}", entry);
         activity?.SetTag(PortAzureDiagnostics.Tags.Attempt, attempt);
         return activity;
     }
 
     /// <summary>A consumer span for <paramref name="entry"/> in the trace its producer started.</summary>
-    private static Activity? StartActivity(string name, DeliveryEntry entry, string? streamId)
+    private static Activity? StartActivity(string name, DeliveryEntry entry)
     {
         var parent = default(ActivityContext);
         if (entry.TraceParent is not null)
@@ -411,8 +411,11 @@ internal sealed partial class DeliveryProcessor(
         activity.SetTag(PortAzureDiagnostics.Tags.MessagingSystem, PortAzureDiagnostics.RedisStreams);
         activity.SetTag(PortAzureDiagnostics.Tags.MessagingDestination, RedisKeys.Stream);
         activity.SetTag(PortAzureDiagnostics.Tags.MessagingOperationType, "process");
+        activity.SetTag(PortAzureDiagnostics.Tags.MessagingOperationName, "process");
         activity.SetTag(PortAzureDiagnostics.Tags.MessagingConsumerGroup, RedisKeys.ConsumerGroup);
-        activity.SetTag(PortAzureDiagnostics.Tags.MessagingMessageId, streamId ?? entry.DeliveryId);
+        // The producer's id for it, on every attempt: the stream entry's id names only the first (a retry comes from the
+        // schedule), and the producer cannot know it before the entry is written.
+        activity.SetTag(PortAzureDiagnostics.Tags.MessagingMessageId, entry.DeliveryId);
         activity.SetTag(PortAzureDiagnostics.Tags.DeliveryId, entry.DeliveryId);
         activity.SetTag(PortAzureDiagnostics.Tags.RunId, entry.RunId);
         activity.SetTag(PortAzureDiagnostics.Tags.Org, entry.Org);

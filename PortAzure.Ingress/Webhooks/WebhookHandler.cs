@@ -251,11 +251,21 @@ internal sealed partial class WebhookHandler(
     private async Task<IResult> EnqueueAsync(HttpContext context, string org, string webhook, byte[] body, string? runId, string idempotencyKey,
         ReplayGuard replayGuard, IngressOptions options)
     {
+        // Refused before the producer span starts: nothing is sent, and a send span would say otherwise.
+        using var permit = concurrency.TryEnter();
+        if (!permit.IsAcquired)
+        {
+            // Debug, as for the rate limit: under overload one line per refused call would add to it; the metric counts them.
+            return Reject(StatusCodes.Status503ServiceUnavailable, RejectionReasons.Overloaded,
+                "Too many runs are waiting to be queued (Ingress:MaxConcurrentCalls); nothing was accepted. Retry after the number of seconds in Retry-After.",
+                OverloadedRetryAfter, LogLevel.Debug);
+        }
         var deliveryId = NewDeliveryId();
         using var activity = PortAzureDiagnostics.ActivitySource.StartActivity($"send {RedisKeys.Stream}", ActivityKind.Producer);
         activity?.SetTag(PortAzureDiagnostics.Tags.MessagingSystem, PortAzureDiagnostics.RedisStreams);
         activity?.SetTag(PortAzureDiagnostics.Tags.MessagingDestination, RedisKeys.Stream);
         activity?.SetTag(PortAzureDiagnostics.Tags.MessagingOperationType, "send");
+        activity?.SetTag(PortAzureDiagnostics.Tags.MessagingOperationName, "send");
         activity?.SetTag(PortAzureDiagnostics.Tags.MessagingMessageId, deliveryId);
         activity?.SetTag(PortAzureDiagnostics.Tags.DeliveryId, deliveryId);
         activity?.SetTag(PortAzureDiagnostics.Tags.RunId, runId);
@@ -265,15 +275,6 @@ internal sealed partial class WebhookHandler(
         var (traceParent, traceState) = CaptureTraceContext(activity ?? Activity.Current);
         var entry = new DeliveryEntry(deliveryId, org, webhook, body, idempotencyKey, runId, timeProvider.GetUtcNow(), traceParent, traceState);
 
-        using var permit = concurrency.TryEnter();
-        if (!permit.IsAcquired)
-        {
-            activity?.SetStatus(ActivityStatusCode.Error, "overloaded");
-            // Debug, as for the rate limit: under overload one line per refused call would add to it; the metric counts them.
-            return Reject(StatusCodes.Status503ServiceUnavailable, RejectionReasons.Overloaded,
-                "Too many runs are waiting to be queued (Ingress:MaxConcurrentCalls); nothing was accepted. Retry after the number of seconds in Retry-After.",
-                OverloadedRetryAfter, LogLevel.Debug);
-        }
         var waitForReplicas = options.WaitForReplicas > 0;
         var stamp = waitForReplicas ? replicas.Stamp() : default;
         EnqueueResult result;
@@ -329,6 +330,8 @@ internal sealed partial class WebhookHandler(
         if (!result.Accepted)
         {
             activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, "duplicate");
+            // Nothing new was sent: the message is the one already queued (the id made for this call names nothing).
+            activity?.SetTag(PortAzureDiagnostics.Tags.MessagingMessageId, result.DeliveryId);
             activity?.SetTag(PortAzureDiagnostics.Tags.DeliveryId, result.DeliveryId);
             metrics.Duplicate();
             Log.DuplicateAgain(logger, result.DeliveryId, runId, org, webhook);
@@ -375,7 +378,15 @@ internal sealed partial class WebhookHandler(
             Log.ReplicationUnconfirmed(logger, failure, org, webhook, why, calls);
         }
         // The run is queued (the script answered): it is delivered unless the primary is lost before a replica has it.
-        // Port is told so, rather than "accepted", and a retry is answered from the idempotency key, after its own wait.
+        // Port is told so, rather than "accepted", and a retry is answered from the idempotency key, after its own wait. The
+        // call's span says it was refused; the producer span, under which the run is delivered, what Redis answered.
+        activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, result.Accepted ? "accepted" : "duplicate");
+        activity?.SetTag(PortAzureDiagnostics.Tags.Reason, RejectionReasons.ReplicationUnconfirmed);
+        if (!result.Accepted)
+        {
+            activity?.SetTag(PortAzureDiagnostics.Tags.MessagingMessageId, result.DeliveryId);
+            activity?.SetTag(PortAzureDiagnostics.Tags.DeliveryId, result.DeliveryId);
+        }
         return Reject(StatusCodes.Status503ServiceUnavailable, RejectionReasons.ReplicationUnconfirmed,
             (result.Accepted ? $"The run is queued as delivery {result.DeliveryId} on the Redis primary" : $"The run was already accepted as delivery {result.DeliveryId}") +
             $", but Ingress:WaitForReplicas is not met: {why}. It is delivered unless the primary is lost before a replica has it. " +
@@ -444,8 +455,11 @@ internal sealed partial class WebhookHandler(
     private IResult Reject(int status, string reason, string detail, TimeSpan? retryAfter = null, LogLevel level = LogLevel.Information)
     {
         metrics.Rejected(reason);
-        Activity.Current?.SetTag(PortAzureDiagnostics.Tags.Outcome, "rejected");
-        Activity.Current?.SetTag(PortAzureDiagnostics.Tags.Reason, reason);
+        // The call's answer goes on the call's span. Inside the enqueue the current span is the producer's, which says what
+        // became of the send (a run refused 503 replication_unconfirmed is queued, and delivered under it).
+        var span = Activity.Current is { Kind: ActivityKind.Producer } producer ? producer.Parent : Activity.Current;
+        span?.SetTag(PortAzureDiagnostics.Tags.Outcome, "rejected");
+        span?.SetTag(PortAzureDiagnostics.Tags.Reason, reason);
         Log.RejectedAgain(logger, status, reason);
         if (level > LogLevel.Debug && _lines.Take(reason) is var calls and > 0)
         {

@@ -3,6 +3,8 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
+using System.Text.Json;
+using System.Net.Http.Json;
 using System.Text;
 using PortAzure.Diagnostics;
 using PortAzure.Redis;
@@ -118,6 +120,11 @@ public sealed class TracingTests : IDisposable
         var process = Assert.Single(spans, a => a.Source.Name == PortAzureDiagnostics.Name && a.Kind == ActivityKind.Consumer);
         Assert.Equal(producer.SpanId, process.ParentSpanId);
         Assert.Equal("process", process.GetTagItem("messaging.operation.type"));
+        Assert.Equal("process", process.GetTagItem("messaging.operation.name"));
+        Assert.Equal("send", producer.GetTagItem("messaging.operation.name"));
+        // One id for the message on both sides (the stream entry's id named only a first attempt).
+        Assert.Equal(deliveryId, producer.GetTagItem("messaging.message.id"));
+        Assert.Equal(deliveryId, process.GetTagItem("messaging.message.id"));
         Assert.Equal(deliveryId, process.GetTagItem("portazure.delivery_id"));
         Assert.Equal(runId, process.GetTagItem("portazure.run_id"));
         Assert.Equal(1, process.GetTagItem("portazure.attempt"));
@@ -232,6 +239,34 @@ public sealed class TracingTests : IDisposable
     }
 
     [Fact]
+    public async Task ReplicationUnconfirmed_TheCallIsRefusedButTheRunIsSentAndDeliveredUnderItsProducerSpan()
+    {
+        // No replica to confirm the write: Port is answered 503, and the run, queued, is delivered.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Ingress:WaitForReplicas"] = "1";
+            c["Ingress:ReplicaWaitMilliseconds"] = "50";
+        });
+        var (traceParent, traceId) = NewTraceParent();
+
+        using var response = await SendTracedAsync(relay, TestRuns.Body(TestRuns.NewRunId()), traceParent);
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+        await Eventually.HoldsAsync(() => Task.FromResult(AllStopped(InTrace(traceId))), TimeSpan.FromSeconds(20), "delivered, every span stopped");
+
+        var spans = InTrace(traceId);
+        var server = Assert.Single(spans, a => a.Kind == ActivityKind.Server && a.ParentSpanId.ToHexString() == traceParent.Split('-')[2]);
+        Assert.Equal("rejected", server.GetTagItem("portazure.outcome"));
+        Assert.Equal("replication_unconfirmed", server.GetTagItem("portazure.reason"));
+        var producer = Assert.Single(spans, a => a.Kind == ActivityKind.Producer);
+        Assert.Equal("accepted", producer.GetTagItem("portazure.outcome"));
+        Assert.Equal("replication_unconfirmed", producer.GetTagItem("portazure.reason"));
+        Assert.Equal(ActivityStatusCode.Error, producer.Status);
+        var process = Assert.Single(spans, a => a.Kind == ActivityKind.Consumer);
+        Assert.Equal(producer.SpanId, process.ParentSpanId);
+        Assert.Equal("delivered", process.GetTagItem("portazure.outcome"));
+    }
+
+    [Fact]
     public async Task DuplicateAndRejectedCalls_AreTaggedWithTheirOutcome()
     {
         await using var relay = await Relay.StartAsync(dispatchers: 0);
@@ -245,6 +280,10 @@ public sealed class TracingTests : IDisposable
 
         var duplicateSpan = Assert.Single(InTrace(duplicateTrace), a => a.Kind == ActivityKind.Producer);
         Assert.Equal("duplicate", duplicateSpan.GetTagItem("portazure.outcome"));
+        // The message is the one already queued: the id made for the call named nothing.
+        var queued = (await first.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deliveryId").GetString();
+        Assert.Equal(queued, duplicateSpan.GetTagItem("messaging.message.id"));
+        Assert.Equal(queued, duplicateSpan.GetTagItem("portazure.delivery_id"));
         var rejectedSpan = Assert.Single(InTrace(rejectedTrace), a => a.Kind == ActivityKind.Server);
         Assert.Equal("rejected", rejectedSpan.GetTagItem("portazure.outcome"));
         Assert.Equal("signature_invalid", rejectedSpan.GetTagItem("portazure.reason"));

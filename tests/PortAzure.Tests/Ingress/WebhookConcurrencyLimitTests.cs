@@ -1,7 +1,10 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.Net;
 using System.Text.Json;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.Metrics.Testing;
+using PortAzure.Diagnostics;
 using PortAzure.Ingress.Edge;
 using PortAzure.Ingress.Webhooks;
 using PortAzure.Redis;
@@ -89,6 +92,14 @@ public class WebhookConcurrencyLimitTests
     public async Task Post_PastTheCapWhileCallsAreHeld_Answers503OverloadedAtOnceAcceptsNothingThenRecovers()
     {
         await using var setup = await Setup.StartAsync(maxConcurrentCalls: 2);
+        var stopped = new ConcurrentQueue<Activity>();
+        using var listener = new ActivityListener
+        {
+            ShouldListenTo = source => source.Name is PortAzureDiagnostics.Name or "Microsoft.AspNetCore",
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStopped = stopped.Enqueue,
+        };
+        ActivitySource.AddActivityListener(listener);
 
         // The two calls hold both permits while their enqueue waits.
         await setup.PauseWritesAsync(30_000);
@@ -106,6 +117,12 @@ public class WebhookConcurrencyLimitTests
         // Refusals under overload are logged at Debug only: one line per refused call would add to the load.
         Assert.Contains(setup.Ingress.Logs.Lines, line => line.StartsWith("Debug ", StringComparison.Ordinal) && line.Contains(RejectionReasons.Overloaded, StringComparison.Ordinal));
         Assert.DoesNotContain(setup.Ingress.Logs.Lines, line => !line.StartsWith("Debug ", StringComparison.Ordinal) && line.Contains(RejectionReasons.Overloaded, StringComparison.Ordinal));
+        // The call's span says why; no send span, as nothing was sent.
+        await Eventually.HoldsAsync(() => Task.FromResult(stopped.Any(a => a.Kind == ActivityKind.Server && RejectionReasons.Overloaded.Equals(a.GetTagItem("portazure.reason")))),
+            TimeSpan.FromSeconds(10), "the refused call's span");
+        var call = Assert.Single(stopped, a => a.Kind == ActivityKind.Server && RejectionReasons.Overloaded.Equals(a.GetTagItem("portazure.reason")));
+        Assert.Equal("rejected", call.GetTagItem("portazure.outcome"));
+        Assert.DoesNotContain(stopped, a => a.ParentSpanId == call.SpanId);
 
         await setup.UnpauseAsync();
         foreach (var response in await Task.WhenAll(held))
