@@ -418,6 +418,10 @@ internal sealed partial class DeliveryProcessor(
         activity.SetTag(PortAzureDiagnostics.Tags.MessagingMessageId, entry.DeliveryId);
         activity.SetTag(PortAzureDiagnostics.Tags.DeliveryId, entry.DeliveryId);
         activity.SetTag(PortAzureDiagnostics.Tags.RunId, entry.RunId);
+        if (entry.Replays > 0)
+        {
+            activity.SetTag(PortAzureDiagnostics.Tags.Replays, entry.Replays);
+        }
         activity.SetTag(PortAzureDiagnostics.Tags.Org, entry.Org);
         activity.SetTag(PortAzureDiagnostics.Tags.Webhook, entry.Webhook);
         return activity;

@@ -15,7 +15,8 @@ public sealed record DeliveryEntry(
     string? RunId,
     DateTimeOffset ReceivedAt,
     string? TraceParent,
-    string? TraceState)
+    string? TraceState,
+    int Replays = 0)
 {
     public static class Fields
     {
@@ -28,6 +29,8 @@ public sealed record DeliveryEntry(
         public const string ReceivedAt = "at";
         public const string TraceParent = "traceparent";
         public const string TraceState = "tracestate";
+        /// <summary>How many times an operator has replayed the run (the record's count; a replayed stream entry's copy).</summary>
+        public const string Replays = "replays";
     }
 
     /// <summary>The target as the pause state and failure counts know it: one spelling, as Azure and the target list take any case.</summary>
@@ -60,6 +63,10 @@ public sealed record DeliveryEntry(
         {
             fields.Add(new(Fields.TraceState, TraceState));
         }
+        if (Replays > 0)
+        {
+            fields.Add(new(Fields.Replays, Replays));
+        }
         return [.. fields];
     }
 
@@ -71,6 +78,7 @@ public sealed record DeliveryEntry(
         string? id = null, org = null, webhook = null, key = null, run = null, tp = null, ts = null;
         byte[]? body = null;
         long at = 0;
+        var replays = 0;
         foreach (var (name, value) in fields)
         {
             switch ((string?)name)
@@ -90,6 +98,8 @@ public sealed record DeliveryEntry(
                     break;
                 case Fields.TraceParent: tp = value; break;
                 case Fields.TraceState: ts = value; break;
+                // Only shown on the attempts' spans: a count that cannot be read is none, not a damaged entry.
+                case Fields.Replays: replays = value.TryParse(out int n) && n > 0 ? n : 0; break;
                 default: break;
             }
         }
@@ -98,7 +108,7 @@ public sealed record DeliveryEntry(
             return null;
         }
         return new DeliveryEntry(id, org, webhook, body, key, string.IsNullOrEmpty(run) ? null : run,
-            DateTimeOffset.FromUnixTimeMilliseconds(at), tp, ts);
+            DateTimeOffset.FromUnixTimeMilliseconds(at), tp, ts, replays);
     }
 
     public static DeliveryEntry? FromStreamEntry(StreamEntry entry) =>

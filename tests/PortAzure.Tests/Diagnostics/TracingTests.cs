@@ -215,6 +215,32 @@ public sealed class TracingTests : IDisposable
     }
 
     [Fact]
+    public async Task ReplayedRun_ItsAttemptsSayWhichReplayTheyBelongTo_RetriesToo()
+    {
+        // The replay starts the attempts again from 1, in the same trace: two "attempt 1" spans, told apart only by this.
+        await using var relay = await Relay.StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 404 }, new { status = 503 } } });
+        var (traceParent, traceId) = NewTraceParent();
+        using var response = await SendTracedAsync(relay, TestRuns.Body(TestRuns.NewRunId()), traceParent);
+        var producer = Assert.Single(InTrace(traceId), a => a.Kind == ActivityKind.Producer);
+        var deliveryId = (string)producer.GetTagItem("portazure.delivery_id")!;
+        await Eventually.HoldsAsync(() => Task.FromResult(InTrace(traceId).Any(a => a.Kind == ActivityKind.Consumer)), TimeSpan.FromSeconds(20), "dead-lettered");
+        await Eventually.HoldsAsync(async () => await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters) == 1, TimeSpan.FromSeconds(10), "a dead letter");
+
+        using var replay = relay.Operator(HttpMethod.Post, $"/api/deadletters/{deliveryId}/replay");
+        using var replayed = await relay.Ingress.Client.SendAsync(replay);
+        Assert.Equal(HttpStatusCode.Accepted, replayed.StatusCode);
+        await Eventually.HoldsAsync(() => Task.FromResult(InTrace(traceId).Count(a => a.Kind == ActivityKind.Consumer) == 3), TimeSpan.FromSeconds(20),
+            "the replay's attempt, refused 503, and its retry");
+
+        var attempts = InTrace(traceId).Where(a => a.Kind == ActivityKind.Consumer).OrderBy(a => a.StartTimeUtc).ToList();
+        Assert.Equal([1, 1, 2], attempts.Select(a => (int)a.GetTagItem("portazure.attempt")!));
+        Assert.Equal([null, 1, 1], attempts.Select(a => (int?)a.GetTagItem("portazure.replays")));
+        Assert.Equal(["permanent", "transient", "delivered"], attempts.Select(a => (string?)a.GetTagItem("portazure.outcome")));
+        Assert.All(attempts, a => Assert.Equal(producer.SpanId, a.ParentSpanId));
+    }
+
+    [Fact]
     public async Task DeadLetteredWithoutATry_ItsOwnSpanInTheRunsTraceSaysWhy()
     {
         await using var relay = await Relay.StartAsync(dispatchers: 0);
