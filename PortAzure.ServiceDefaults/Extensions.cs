@@ -60,10 +60,13 @@ public static class Extensions
                 .AddHttpClientInstrumentation());
 
         // A sampler set here wins over OTEL_TRACES_SAMPLER, which the SDK would then ignore without a word: one given there
-        // (sampling in a deployment) stands, Redis command spans outside a trace with it.
-        if (string.IsNullOrWhiteSpace(builder.Configuration["OTEL_TRACES_SAMPLER"]))
+        // (sampling in a deployment) stands, Redis command spans outside a trace with it. Except always_on, which the AppHost's
+        // run mode sets for the local dashboard, where the Redis command spans are on: kept, without the polls' commands.
+        var configured = builder.Configuration["OTEL_TRACES_SAMPLER"]?.Trim();
+        if (string.IsNullOrEmpty(configured) || string.Equals(configured, "always_on", StringComparison.OrdinalIgnoreCase))
         {
-            builder.Services.AddOpenTelemetry().WithTracing(tracing => tracing.SetSampler(new RedisCommandSampler()));
+            Sampler others = string.IsNullOrEmpty(configured) ? new ParentBasedSampler(new AlwaysOnSampler()) : new AlwaysOnSampler();
+            builder.Services.AddOpenTelemetry().WithTracing(tracing => tracing.SetSampler(new RedisCommandSampler(others)));
         }
 
         if (!string.IsNullOrWhiteSpace(builder.Configuration["OTEL_EXPORTER_OTLP_ENDPOINT"]))

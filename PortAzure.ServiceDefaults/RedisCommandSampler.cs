@@ -3,24 +3,22 @@ using OpenTelemetry.Trace;
 
 namespace Microsoft.Extensions.Hosting;
 
-/// <summary>
-/// The SDK's default sampler (parent-based, always on), except for a Redis command span that belongs to no trace.
-/// </summary>
+/// <summary>Drops a Redis command span that belongs to no trace; every other span is left to the sampler given.</summary>
+/// <param name="others">What decides every other span.</param>
 /// <remarks>
 /// Where Redis command spans are on (the local AppHost), a command made outside any span was a trace of its own: the
 /// Dispatcher's and the reporter's polls made several a second, and buried the runs' traces in the dashboard's list. A run's
 /// commands (the Ingress's enqueue, the Dispatcher's finish) are made inside its spans, and are kept. Aspire's Redis
 /// instrumentation has a filter that could tell the two apart, but does not let it be set.
 /// </remarks>
-internal sealed class RedisCommandSampler : Sampler
+internal sealed class RedisCommandSampler(Sampler others) : Sampler
 {
-    private static readonly Sampler Default = new ParentBasedSampler(new AlwaysOnSampler());
     private static readonly SamplingResult Dropped = new(SamplingDecision.Drop);
 
     public override SamplingResult ShouldSample(in SamplingParameters samplingParameters) =>
         samplingParameters.ParentContext.TraceId == default && samplingParameters.Kind == ActivityKind.Client && IsRedis(samplingParameters.Tags)
             ? Dropped
-            : Default.ShouldSample(samplingParameters);
+            : others.ShouldSample(samplingParameters);
 
     // The instrumentation names the system at creation in the older convention's key or the newer one's.
     private static bool IsRedis(IEnumerable<KeyValuePair<string, object?>>? tags) =>

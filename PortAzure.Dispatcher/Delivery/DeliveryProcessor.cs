@@ -290,12 +290,10 @@ internal sealed partial class DeliveryProcessor(
         // The run's trace says where it ended: the last attempt's span carries the reason (its outcome alone, "transient",
         // read like one more retry), and a dead letter without a try (poison, a damaged record, held past the retry age) has
         // a span of its own.
-        using var own = attemptActivity is null ? StartActivity($"deadletter {RedisKeys.Stream}", entry) : null;
-        if ((attemptActivity ?? own) is { } span)
-        {
-            span.SetTag(PortAzureDiagnostics.Tags.Reason, reason);
-            span.SetStatus(ActivityStatusCode.Error, reason);
-        }
+        // (The attempt's own status, an error, is set when its result is known.)
+        using var own = attemptActivity is null ? StartActivity($"deadletter {RedisKeys.Stream}", entry, "deadletter", "settle") : null;
+        own?.SetStatus(ActivityStatusCode.Error, reason);
+        (attemptActivity ?? own)?.SetTag(PortAzureDiagnostics.Tags.Reason, reason);
         KeyValuePair<string, RedisValue>[] fields =
         [
             .. EntryFields(entry, DeliveryStates.DeadLettered, now),
@@ -384,13 +382,13 @@ internal sealed partial class DeliveryProcessor(
 
     private static Activity? StartAttemptActivity(DeliveryEntry entry, int attempt)
     {
-        var activity = StartActivity($"process {RedisKeys.Stream}", entry);
+        var activity = StartActivity($"process {RedisKeys.Stream}", entry, "process", "process");
         activity?.SetTag(PortAzureDiagnostics.Tags.Attempt, attempt);
         return activity;
     }
 
     /// <summary>A consumer span for <paramref name="entry"/> in the trace its producer started.</summary>
-    private static Activity? StartActivity(string name, DeliveryEntry entry)
+    private static Activity? StartActivity(string name, DeliveryEntry entry, string operationName, string operationType)
     {
         var parent = default(ActivityContext);
         if (entry.TraceParent is not null)
@@ -410,8 +408,8 @@ internal sealed partial class DeliveryProcessor(
         }
         activity.SetTag(PortAzureDiagnostics.Tags.MessagingSystem, PortAzureDiagnostics.RedisStreams);
         activity.SetTag(PortAzureDiagnostics.Tags.MessagingDestination, RedisKeys.Stream);
-        activity.SetTag(PortAzureDiagnostics.Tags.MessagingOperationType, "process");
-        activity.SetTag(PortAzureDiagnostics.Tags.MessagingOperationName, "process");
+        activity.SetTag(PortAzureDiagnostics.Tags.MessagingOperationType, operationType);
+        activity.SetTag(PortAzureDiagnostics.Tags.MessagingOperationName, operationName);
         activity.SetTag(PortAzureDiagnostics.Tags.MessagingConsumerGroup, RedisKeys.ConsumerGroup);
         // The producer's id for it, on every attempt: the stream entry's id names only the first (a retry comes from the
         // schedule), and the producer cannot know it before the entry is written.

@@ -425,9 +425,9 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         if r[7] and r[7] ~= '' then f[#f + 1] = 'traceparent'; f[#f + 1] = r[7] end
         if r[8] and r[8] ~= '' then f[#f + 1] = 'tracestate'; f[#f + 1] = r[8] end
         -- The attempts start again from 1 in the run's trace: the entry says which replay they belong to.
-        -- (The count as increment() below leaves it: a damaged one starts again from 1.)
-        local replays = tonumber(redis.call('HGET', KEYS[2], 'replays'))
-        if not replays or replays < 0 or replays >= 1000000000 or replays ~= math.floor(replays) then replays = 0 end
+        -- (The count as increment() below leaves it: one HINCRBY cannot read, or past its cap, starts again from 1.)
+        local replays = redis.call('HGET', KEYS[2], 'replays')
+        replays = replays and string.match(replays, '^%d+$') and #replays < 10 and tonumber(replays) or 0
         f[#f + 1] = 'replays'; f[#f + 1] = replays + 1
         -- Each replay adds a round of attempts to the log, which the operator API reads whole: the latest ARGV[4]
         -- stay (one round's most). pcall: a damaged log must not stop the replay. Kept the first write: Redis at maxmemory

@@ -287,6 +287,7 @@ internal sealed partial class WebhookHandler(
         catch (Exception ex) when (RedisFailures.IsFailure(ex) || ex is RedisCommandException or ObjectDisposedException)
         {
             activity?.SetStatus(ActivityStatusCode.Error, "queue unavailable");
+            activity?.SetTag(PortAzureDiagnostics.Tags.Reason, RejectionReasons.RedisUnavailable);
             // A full Redis answers, so "unavailable" would send the operator looking for an outage; its own line (and its
             // own count) says what to free. Port's answer is the same: nothing was written (RedisFailures.IsOutOfMemory).
             // So does a key of another type (damaged, or written by something else): Redis answers, and refuses every run
@@ -457,7 +458,7 @@ internal sealed partial class WebhookHandler(
         metrics.Rejected(reason);
         // The call's answer goes on the call's span. Inside the enqueue the current span is the producer's, which says what
         // became of the send (a run refused 503 replication_unconfirmed is queued, and delivered under it).
-        var span = Activity.Current is { Kind: ActivityKind.Producer } producer ? producer.Parent : Activity.Current;
+        var span = Activity.Current is { Kind: ActivityKind.Producer } producer ? producer.Parent ?? producer : Activity.Current;
         span?.SetTag(PortAzureDiagnostics.Tags.Outcome, "rejected");
         span?.SetTag(PortAzureDiagnostics.Tags.Reason, reason);
         Log.RejectedAgain(logger, status, reason);

@@ -31,8 +31,8 @@ internal static partial class RedisClientSetup
         ArgumentNullException.ThrowIfNull(builder);
         var tracingConfigured = IsTracingConfigured(builder.Configuration);
         // An unknown value stops the start with the other options' errors (thrown here, while the services were being
-        // registered, it escaped the host and hid them); a connection made before that check (services built with the
-        // host) uses the default.
+        // registered, it escaped the host and hid them): the connection is made only after that check
+        // (CheckOptionsBeforeConnecting), and the default here is never used with an unknown value.
         var socketManager = SocketManagerFrom(builder.Configuration[SocketManagerKey]) ?? SocketManager.ThreadPool;
         builder.Services.AddOptions<RedisSocketManagerSetting>().BindConfiguration(RedisSocketManagerSetting.SectionName).ValidateOnStart();
         builder.Services.AddSingleton<IValidateOptions<RedisSocketManagerSetting>, RedisSocketManagerSetting.Validator>();
@@ -89,7 +89,8 @@ internal static partial class RedisClientSetup
     /// </summary>
     private static void CheckOptionsBeforeConnecting(IServiceCollection services)
     {
-        for (var i = 0; i < services.Count; i++)
+        // The last registration is the one resolved.
+        for (var i = services.Count - 1; i >= 0; i--)
         {
             if (services[i] is { ServiceType: var type, IsKeyedService: false, ImplementationFactory: { } connect, Lifetime: var lifetime }
                 && type == typeof(IConnectionMultiplexer))

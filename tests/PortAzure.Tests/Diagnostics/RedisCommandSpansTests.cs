@@ -16,6 +16,8 @@ namespace PortAzure.Tests.Diagnostics;
 /// <summary>Redis command spans, where they are on (the local AppHost), through the services' own tracer provider.</summary>
 public class RedisCommandSpansTests
 {
+    private const string RedisInstrumentation = "OpenTelemetry.Instrumentation.StackExchangeRedis";
+
     [Fact]
     public async Task RedisCommand_OutsideAnySpan_IsNotATraceOfItsOwn_InsideASpan_IsKeptUnderIt()
     {
@@ -27,11 +29,21 @@ public class RedisCommandSpansTests
     }
 
     [Fact]
+    public async Task RedisCommand_OutsideAnySpanUnderTheAppHostsAlwaysOn_IsNotATraceOfItsOwn()
+    {
+        // The AppHost's run mode sets OTEL_TRACES_SAMPLER=always_on for the local dashboard: the one place the spans are on.
+        var (redisSpans, parent) = await RedisSpansAsync(otelTracesSampler: "always_on");
+
+        Assert.Contains(redisSpans, a => a.ParentSpanId == parent);
+        Assert.All(redisSpans, a => Assert.NotEqual(default, a.ParentSpanId));
+    }
+
+    [Fact]
     public async Task RedisCommand_OtelTracesSamplerGiven_ThatSamplerDecides()
     {
         // A sampler set in code wins over OTEL_TRACES_SAMPLER, which the SDK then ignores without a word: sampling chosen for a
         // deployment must stand, Redis command spans outside a trace with it.
-        var (redisSpans, parent) = await RedisSpansAsync(otelTracesSampler: "always_on");
+        var (redisSpans, parent) = await RedisSpansAsync(otelTracesSampler: "parentbased_always_on");
 
         Assert.Contains(redisSpans, a => a.ParentSpanId == parent);
         Assert.Contains(redisSpans, a => a.ParentSpanId == default);
@@ -71,11 +83,12 @@ public class RedisCommandSpansTests
         }
 
         // The instrumentation makes the command spans when it flushes its profiling sessions (every 10 s), all at once.
-        await Eventually.HoldsAsync(() => Task.FromResult(ended.Any(a => a.ParentSpanId == parent && a.Source.Name != PortAzureDiagnostics.Name)),
+        await Eventually.HoldsAsync(() => Task.FromResult(ended.Any(a => a.ParentSpanId == parent && a.Source.Name == RedisInstrumentation)),
             TimeSpan.FromSeconds(30), () => "the command made inside a span is traced under it; ended: "
                 + string.Join(", ", ended.Select(a => $"{a.Source.Name}/{a.DisplayName}/{a.ParentSpanId}")));
         await host.StopAsync();
-        return ([.. ended.Where(a => a.Source.Name != PortAzureDiagnostics.Name)], parent);
+        // Only the Redis instrumentation's: the provider also gets every HttpClient and server span of the tests beside this one.
+        return ([.. ended.Where(a => a.Source.Name == RedisInstrumentation)], parent);
     }
 
     private sealed class Collect(ConcurrentQueue<Activity> ended) : BaseProcessor<Activity>

@@ -7,6 +7,7 @@ using System.Text.Json;
 using System.Net.Http.Json;
 using System.Text;
 using PortAzure.Diagnostics;
+using PortAzure.Ingress.Webhooks;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
 
@@ -259,6 +260,7 @@ public sealed class TracingTests : IDisposable
         Assert.Equal($"deadletter {RedisKeys.Stream}", span.DisplayName);
         Assert.Equal(producer.SpanId, span.ParentSpanId);
         Assert.Equal(ActivityStatusCode.Error, span.Status);
+        Assert.Equal("settle", span.GetTagItem("messaging.operation.type"));
         Assert.Equal("record_damaged", span.GetTagItem("portazure.reason"));
         Assert.Equal(deliveryId, span.GetTagItem("portazure.delivery_id"));
         Assert.Empty(await relay.EmulatorApi.RequestsAsync());
@@ -290,6 +292,29 @@ public sealed class TracingTests : IDisposable
         var process = Assert.Single(spans, a => a.Kind == ActivityKind.Consumer);
         Assert.Equal(producer.SpanId, process.ParentSpanId);
         Assert.Equal("delivered", process.GetTagItem("portazure.outcome"));
+    }
+
+    [Fact]
+    public async Task RedisUnreachable_TheCallIsRefusedOnItsSpanAndTheSendSpanSaysWhyItFailed()
+    {
+        using var closed = new ClosedPort();
+        await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
+        {
+            ["ConnectionStrings:redis"] = $"127.0.0.1:{closed.Port},abortConnect=false,connectTimeout=300,asyncTimeout=1000,syncTimeout=1000",
+            ["Port:ClientSecret"] = TestRuns.Secret,
+        });
+
+        using var response = await TestRuns.SendAsync(ingress.Client, TestRuns.Body(TestRuns.NewRunId()));
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, response.StatusCode);
+        static bool Failed(Activity a) => a.Kind == ActivityKind.Producer && RejectionReasons.RedisUnavailable.Equals(a.GetTagItem("portazure.reason"));
+        await Eventually.HoldsAsync(() => Task.FromResult(_stopped.Any(Failed)
+            && _stopped.Any(s => s.Kind == ActivityKind.Server && s.SpanId == _stopped.First(Failed).ParentSpanId)), TimeSpan.FromSeconds(10), "both spans stopped");
+
+        var send = Assert.Single(_stopped, Failed);
+        Assert.Equal(ActivityStatusCode.Error, send.Status);
+        var call = Assert.Single(_stopped, s => s.SpanId == send.ParentSpanId);
+        Assert.Equal("rejected", call.GetTagItem("portazure.outcome"));
+        Assert.Equal(RejectionReasons.RedisUnavailable, call.GetTagItem("portazure.reason"));
     }
 
     [Fact]
