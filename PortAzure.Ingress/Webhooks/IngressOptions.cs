@@ -28,7 +28,8 @@ internal sealed class IngressOptions
 
     /// <summary>
     /// Verified runs waiting for Redis at once; more are answered 503 (0: no cap). At ~2 ms a call, 1,000
-    /// is far above what one replica has in flight (~30 at its maximum rate here) and a few MB of buffers.
+    /// is far above what one replica has in flight (~30 at its maximum rate here): a few MB of buffers for Port's runs of
+    /// a few KB, but up to 1,000 × <see cref="MaxBodyBytes"/> (1 GiB) of signed bodies while Redis stalls, if every run is large.
     /// </summary>
     public int MaxConcurrentCalls { get; set; } = 1000;
 
