@@ -14,6 +14,10 @@ using StackExchange.Redis;
 namespace PortAzure.Tests.Diagnostics;
 
 /// <summary>Redis command spans, where they are on (the local AppHost), through the services' own tracer provider.</summary>
+/// <remarks>
+/// One host at a time (no test elsewhere turns these spans on): every tracer provider in the process gets every span of the
+/// instrumentation, whichever host made it, so hosts side by side would see each other's.
+/// </remarks>
 public class RedisCommandSpansTests
 {
     private const string RedisInstrumentation = "OpenTelemetry.Instrumentation.StackExchangeRedis";
