@@ -3,12 +3,17 @@ using OpenTelemetry.Trace;
 
 namespace Microsoft.Extensions.Hosting;
 
-/// <summary>Drops a Redis command span that belongs to no trace; every other span is left to the sampler given.</summary>
+/// <summary>
+/// Drops a Redis command span that belongs to no trace, or to a span that is not recorded; every other span is left to the
+/// sampler given.
+/// </summary>
 /// <param name="others">What decides every other span.</param>
 /// <remarks>
 /// Where Redis command spans are on (the local AppHost), a command made outside any span was a trace of its own: the
 /// Dispatcher's and the reporter's polls made several a second, and buried the runs' traces in the dashboard's list. A run's
-/// commands (the Ingress's enqueue, the Dispatcher's finish) are made inside its spans, and are kept. Aspire's Redis
+/// commands (the Ingress's enqueue, the Dispatcher's finish) are made inside its spans, and are kept. Under a span left out
+/// (a health probe's request, filtered from the traces) a command would start a trace of its own too: always_on, which the
+/// AppHost sets, does not look at the parent. Aspire's Redis
 /// instrumentation has a filter that could tell the two apart, but does not let it be set.
 /// </remarks>
 internal sealed class RedisCommandSampler(Sampler others) : Sampler
@@ -16,7 +21,8 @@ internal sealed class RedisCommandSampler(Sampler others) : Sampler
     private static readonly SamplingResult Dropped = new(SamplingDecision.Drop);
 
     public override SamplingResult ShouldSample(in SamplingParameters samplingParameters) =>
-        samplingParameters.ParentContext.TraceId == default && samplingParameters.Kind == ActivityKind.Client && IsRedis(samplingParameters.Tags)
+        (samplingParameters.ParentContext.TraceId == default || !samplingParameters.ParentContext.TraceFlags.HasFlag(ActivityTraceFlags.Recorded))
+            && samplingParameters.Kind == ActivityKind.Client && IsRedis(samplingParameters.Tags)
             ? Dropped
             : others.ShouldSample(samplingParameters);
 

@@ -26,7 +26,7 @@ public class RedisCommandSpansTests
     public async Task RedisCommand_OutsideAnySpan_IsNotATraceOfItsOwn_InsideASpan_IsKeptUnderIt()
     {
         // The Dispatcher's polls, outside any span, made several one-span traces a second and buried the runs' traces.
-        var (redisSpans, parent) = await RedisSpansAsync(otelTracesSampler: null);
+        var (redisSpans, parent, _) = await RedisSpansAsync(otelTracesSampler: null);
 
         Assert.Contains(redisSpans, a => a.ParentSpanId == parent);
         Assert.All(redisSpans, a => Assert.NotEqual(default, a.ParentSpanId));
@@ -36,10 +36,12 @@ public class RedisCommandSpansTests
     public async Task RedisCommand_OutsideAnySpanUnderTheAppHostsAlwaysOn_IsNotATraceOfItsOwn()
     {
         // The AppHost's run mode sets OTEL_TRACES_SAMPLER=always_on for the local dashboard: the one place the spans are on.
-        var (redisSpans, parent) = await RedisSpansAsync(otelTracesSampler: "always_on");
+        var (redisSpans, parent, unrecorded) = await RedisSpansAsync(otelTracesSampler: "always_on");
 
         Assert.Contains(redisSpans, a => a.ParentSpanId == parent);
         Assert.All(redisSpans, a => Assert.NotEqual(default, a.ParentSpanId));
+        // Under a span left out (a health probe's request): a trace with no root every 30 s in the dashboard.
+        Assert.DoesNotContain(redisSpans, a => a.ParentSpanId == unrecorded);
     }
 
     [Fact]
@@ -47,17 +49,17 @@ public class RedisCommandSpansTests
     {
         // A sampler set in code wins over OTEL_TRACES_SAMPLER, which the SDK then ignores without a word: sampling chosen for a
         // deployment must stand, Redis command spans outside a trace with it.
-        var (redisSpans, parent) = await RedisSpansAsync(otelTracesSampler: "parentbased_always_on");
+        var (redisSpans, parent, _) = await RedisSpansAsync(otelTracesSampler: "parentbased_always_on");
 
         Assert.Contains(redisSpans, a => a.ParentSpanId == parent);
         Assert.Contains(redisSpans, a => a.ParentSpanId == default);
     }
 
     /// <summary>
-    /// The Redis command spans of a host with the service defaults, after one command made outside any span and one inside a
-    /// span (whose id is returned).
+    /// The Redis command spans of a host with the service defaults, after one command made outside any span, one inside a
+    /// span that is not recorded, and one inside a span: the ids of those two spans.
     /// </summary>
-    private static async Task<(List<Activity> RedisSpans, ActivitySpanId Parent)> RedisSpansAsync(string? otelTracesSampler)
+    private static async Task<(List<Activity> RedisSpans, ActivitySpanId Parent, ActivitySpanId Unrecorded)> RedisSpansAsync(string? otelTracesSampler)
     {
         await using var lease = await SharedRedis.LeaseAsync();
         var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { EnvironmentName = "Testing" });
@@ -78,6 +80,13 @@ public class RedisCommandSpansTests
 
         Assert.Null(Activity.Current);
         await db.StringSetAsync("outside-" + Guid.NewGuid().ToString("N"), "1", TimeSpan.FromMinutes(1));
+        // As OpenTelemetry leaves a request its filter drops.
+        var unrecorded = new Activity("a probe's request, filtered out").SetParentId(ActivityTraceId.CreateRandom(), ActivitySpanId.CreateRandom(),
+            ActivityTraceFlags.None).SetIdFormat(ActivityIdFormat.W3C);
+        unrecorded.Start();
+        unrecorded.IsAllDataRequested = false;
+        await db.StringSetAsync("unrecorded-" + Guid.NewGuid().ToString("N"), "1", TimeSpan.FromMinutes(1));
+        unrecorded.Stop();
         ActivitySpanId parent;
         using (var span = PortAzureDiagnostics.ActivitySource.StartActivity("a run's work"))
         {
@@ -92,7 +101,7 @@ public class RedisCommandSpansTests
                 + string.Join(", ", ended.Select(a => $"{a.Source.Name}/{a.DisplayName}/{a.ParentSpanId}")));
         await host.StopAsync();
         // Only the Redis instrumentation's: the provider also gets every HttpClient and server span of the tests beside this one.
-        return ([.. ended.Where(a => a.Source.Name == RedisInstrumentation)], parent);
+        return ([.. ended.Where(a => a.Source.Name == RedisInstrumentation)], parent, unrecorded.SpanId);
     }
 
     private sealed class Collect(ConcurrentQueue<Activity> ended) : BaseProcessor<Activity>
