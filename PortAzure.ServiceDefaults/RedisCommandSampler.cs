@@ -13,8 +13,8 @@ namespace Microsoft.Extensions.Hosting;
 /// Dispatcher's and the reporter's polls made several a second, and buried the runs' traces in the dashboard's list. A run's
 /// commands (the Ingress's enqueue, the Dispatcher's finish) are made inside its spans, and are kept. Under a span left out
 /// (a health probe's request, filtered from the traces) a command would start a trace of its own too: always_on, which the
-/// AppHost sets, does not look at the parent. Aspire's Redis
-/// instrumentation has a filter that could tell the two apart, but does not let it be set.
+/// AppHost sets, does not look at the parent. Aspire's Redis instrumentation has a filter that could tell them apart, but
+/// does not let it be set.
 /// </remarks>
 internal sealed class RedisCommandSampler(Sampler others) : Sampler
 {

@@ -300,7 +300,7 @@ public sealed class TracingTests : IDisposable
         using var closed = new ClosedPort();
         await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
         {
-            ["ConnectionStrings:redis"] = $"127.0.0.1:{closed.Port},abortConnect=false,connectTimeout=300,asyncTimeout=1000,syncTimeout=1000",
+            ["ConnectionStrings:redis"] = closed.RedisConnectionString,
             ["Port:ClientSecret"] = TestRuns.Secret,
         });
 

@@ -236,6 +236,9 @@ public sealed class ClosedPort : IDisposable
 
     public int Port => ((IPEndPoint)_socket.LocalEndPoint!).Port;
 
+    /// <summary>A Redis connection string to this port whose commands fail within about a second.</summary>
+    public string RedisConnectionString => $"127.0.0.1:{Port},abortConnect=false,connectTimeout=300,asyncTimeout=1000,syncTimeout=1000";
+
     public void Dispose() => _socket.Dispose();
 }
 

@@ -566,7 +566,7 @@ public class WebhookHandlerTests
         using var closed = new ClosedPort();
         await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
         {
-            ["ConnectionStrings:redis"] = $"127.0.0.1:{closed.Port},abortConnect=false,connectTimeout=300,asyncTimeout=1000,syncTimeout=1000",
+            ["ConnectionStrings:redis"] = closed.RedisConnectionString,
             ["Port:ClientSecret"] = TestRuns.Secret,
         });
 
@@ -586,7 +586,7 @@ public class WebhookHandlerTests
         var clock = new FakeTimeProvider(DateTimeOffset.UtcNow);
         await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
         {
-            ["ConnectionStrings:redis"] = $"127.0.0.1:{closed.Port},abortConnect=false,connectTimeout=300,asyncTimeout=1000,syncTimeout=1000",
+            ["ConnectionStrings:redis"] = closed.RedisConnectionString,
             ["Port:ClientSecret"] = TestRuns.Secret,
         }, s => s.AddSingleton<TimeProvider>(clock));
 
@@ -787,7 +787,7 @@ public class HealthTests
         using var closed = new ClosedPort();
         await using var ingress = await TestHost.StartIngressAsync(new Dictionary<string, string?>
         {
-            ["ConnectionStrings:redis"] = $"127.0.0.1:{closed.Port},abortConnect=false,connectTimeout=300,asyncTimeout=1000,syncTimeout=1000",
+            ["ConnectionStrings:redis"] = closed.RedisConnectionString,
             ["Port:ClientSecret"] = TestRuns.Secret,
         });
 
