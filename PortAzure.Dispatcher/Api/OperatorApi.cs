@@ -1,8 +1,10 @@
+using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.RegularExpressions;
 using Microsoft.Extensions.Options;
 using PortAzure.Dispatcher.Delivery;
+using PortAzure.Diagnostics;
 using PortAzure.Dispatcher.Diagnostics;
 using PortAzure.Redis;
 using PortAzure.Security;
@@ -170,6 +172,7 @@ internal static partial class OperatorApi
         {
             return InvalidId();
         }
+        TagDelivery(id);
         switch (await store.ReplayAsync(id, timeProvider.GetUtcNow()))
         {
             case ReplayOutcome.NotADeadLetter:
@@ -276,10 +279,17 @@ internal static partial class OperatorApi
         {
             return InvalidId();
         }
+        TagDelivery(id);
         return await store.DiscardAsync(id, timeProvider.GetUtcNow(), TimeSpan.FromHours(options.CurrentValue.DeliveredRetentionHours))
             ? TypedResults.NoContent()
             : await NotADeadLetterAsync(redis.GetDatabase(), id);
     }
+
+    /// <summary>
+    /// The operator's request is a trace of its own (the replayed run's attempts join the run's trace): filtering on the
+    /// delivery id finds it beside them.
+    /// </summary>
+    private static void TagDelivery(string id) => Activity.Current?.SetTag(PortAzureDiagnostics.Tags.DeliveryId, id);
 
     // Not in the dead-letter index: unknown (404), or a delivery in another state (409). The latter is also what a client
     // sees when it retries a replay or discard whose answer it never got: the state tells it what happened.

@@ -239,6 +239,26 @@ public sealed class TracingTests : IDisposable
         Assert.Equal([null, 1, 1], attempts.Select(a => (int?)a.GetTagItem("portazure.replays")));
         Assert.Equal(["permanent", "transient", "delivered"], attempts.Select(a => (string?)a.GetTagItem("portazure.outcome")));
         Assert.All(attempts, a => Assert.Equal(producer.SpanId, a.ParentSpanId));
+        // The operator's request, a trace of its own, is found by the delivery id too (the Dispatcher's span, behind the edge).
+        Assert.Contains(_stopped, a => a.Kind == ActivityKind.Server && deliveryId.Equals(a.GetTagItem("portazure.delivery_id"))
+            && a.GetTagItem("http.route") is string route && route.EndsWith("/replay", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task DiscardedDeadLetter_TheOperatorsRequestIsFoundByTheDeliveryId()
+    {
+        await using var relay = await Relay.StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 404 } } });
+        using var sent = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()));
+        var deliveryId = (await sent.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deliveryId").GetString()!;
+        await Eventually.HoldsAsync(async () => await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters) == 1, TimeSpan.FromSeconds(20), "a dead letter");
+
+        using var discard = relay.Operator(HttpMethod.Delete, $"/api/deadletters/{deliveryId}");
+        using var discarded = await relay.Ingress.Client.SendAsync(discard);
+        Assert.Equal(HttpStatusCode.NoContent, discarded.StatusCode);
+
+        await Eventually.HoldsAsync(() => Task.FromResult(_stopped.Any(a => a.Kind == ActivityKind.Server && deliveryId.Equals(a.GetTagItem("portazure.delivery_id"))
+            && a.GetTagItem("http.request.method") is "DELETE")), TimeSpan.FromSeconds(10), "the Dispatcher's span of the discard, tagged");
     }
 
     [Fact]
