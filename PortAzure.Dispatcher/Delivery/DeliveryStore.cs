@@ -404,14 +404,13 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
     // The dead letter leaves its index last: Redis keeps a script's writes up to a failing command (a damaged stream
     // key), and one removed first would be neither a dead letter nor queued, lost to the operator API.
     private static readonly string ReplayScript = $$"""
-        {{IncrementCount}}
         if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
           return false
         end
         if redis.call('TYPE', KEYS[2]).ok ~= 'hash' then
           return 0
         end
-        local r = redis.call('HMGET', KEYS[2], 'org', 'webhook', 'body', 'key', 'run', 'at', 'traceparent', 'tracestate')
+        local r = redis.call('HMGET', KEYS[2], 'org', 'webhook', 'body', 'key', 'run', 'at', 'traceparent', 'tracestate', 'replays')
         if not r[1] or not r[2] or not r[3] or not r[4] then
           -- Checked before anything changes: a dead letter that cannot be replayed stays one.
           return 0
@@ -424,21 +423,20 @@ internal sealed class DeliveryStore(IConnectionMultiplexer redis)
         if r[5] and r[5] ~= '' then f[#f + 1] = 'run'; f[#f + 1] = r[5] end
         if r[7] and r[7] ~= '' then f[#f + 1] = 'traceparent'; f[#f + 1] = r[7] end
         if r[8] and r[8] ~= '' then f[#f + 1] = 'tracestate'; f[#f + 1] = r[8] end
-        -- The attempts start again from 1 in the run's trace: the entry says which replay they belong to.
-        -- (The count as increment() below leaves it: one HINCRBY cannot read, or past its cap, starts again from 1.)
-        local replays = redis.call('HGET', KEYS[2], 'replays')
-        replays = replays and string.match(replays, '^%d+$') and #replays < 10 and tonumber(replays) or 0
-        f[#f + 1] = 'replays'; f[#f + 1] = replays + 1
+        -- The attempts start again from 1 in the run's trace: the entry says which replay they belong to, and the record keeps
+        -- the same count (below). One that is not a whole number under 1e9 (damaged) starts again from 1.
+        local replays = (r[9] and string.match(r[9], '^%d+$') and #r[9] < 10 and tonumber(r[9]) or 0) + 1
+        f[#f + 1] = 'replays'; f[#f + 1] = replays
         -- Each replay adds a round of attempts to the log, which the operator API reads whole: the latest ARGV[4]
         -- stay (one round's most). pcall: a damaged log must not stop the replay. Kept the first write: Redis at maxmemory
         -- refuses the XADD and HSET below (denyoom) only while the script has written nothing, and deploy.md says a replay
         -- goes through on a full Redis.
         redis.pcall('LTRIM', KEYS[4], -tonumber(ARGV[4]), -1)
         local sid = redis.call('XADD', KEYS[3], '*', unpack(f))
-        redis.call('HSET', KEYS[2], 'state', 'queued', 'attempts', 0, 'claims', 0, 'streamId', sid, 'updatedAt', ARGV[2], 'since', ARGV[2])
+        redis.call('HSET', KEYS[2], 'state', 'queued', 'attempts', 0, 'claims', 0, 'streamId', sid, 'updatedAt', ARGV[2], 'since', ARGV[2],
+          'replays', replays)
         redis.call('HDEL', KEYS[2], 'body', 'hint', 'reason', 'nextAttemptAt', 'deadLetteredAt', 'damaged', 'freeAttempts')
         -- After the XADD nothing may fail (the run would be queued and still a dead letter).
-        increment(KEYS[2], 'replays')
         redis.call('ZREM', KEYS[1], ARGV[1])
         redis.call('PUBLISH', ARGV[3], sid)
         return sid
