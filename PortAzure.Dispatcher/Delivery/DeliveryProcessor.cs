@@ -291,7 +291,7 @@ internal sealed partial class DeliveryProcessor(
         // read like one more retry), and a dead letter without a try (poison, a damaged record, held past the retry age) has
         // a span of its own.
         // (The attempt's own status, an error, is set when its result is known.)
-        using var own = attemptActivity is null ? StartActivity($"deadletter {RedisKeys.Stream}", entry, "deadletter", "settle") : null;
+        using var own = attemptActivity is null ? StartActivity(entry, "deadletter", "settle") : null;
         own?.SetStatus(ActivityStatusCode.Error, reason);
         (attemptActivity ?? own)?.SetTag(PortAzureDiagnostics.Tags.Reason, reason);
         KeyValuePair<string, RedisValue>[] fields =
@@ -382,13 +382,13 @@ internal sealed partial class DeliveryProcessor(
 
     private static Activity? StartAttemptActivity(DeliveryEntry entry, int attempt)
     {
-        var activity = StartActivity($"process {RedisKeys.Stream}", entry, "process", "process");
+        var activity = StartActivity(entry, "process", "process");
         activity?.SetTag(PortAzureDiagnostics.Tags.Attempt, attempt);
         return activity;
     }
 
-    /// <summary>A consumer span for <paramref name="entry"/> in the trace its producer started.</summary>
-    private static Activity? StartActivity(string name, DeliveryEntry entry, string operationName, string operationType)
+    /// <summary>A consumer span for <paramref name="entry"/> in the trace its producer started, named after its operation.</summary>
+    private static Activity? StartActivity(DeliveryEntry entry, string operationName, string operationType)
     {
         var parent = default(ActivityContext);
         if (entry.TraceParent is not null)
@@ -401,7 +401,7 @@ internal sealed partial class DeliveryProcessor(
             parent = Propagators.DefaultTextMapPropagator.Extract(default, carrier,
                 static (c, key) => c.TryGetValue(key, out var value) ? [value] : []).ActivityContext;
         }
-        var activity = PortAzureDiagnostics.ActivitySource.StartActivity(name, ActivityKind.Consumer, parent);
+        var activity = PortAzureDiagnostics.ActivitySource.StartActivity($"{operationName} {RedisKeys.Stream}", ActivityKind.Consumer, parent);
         if (activity is null)
         {
             return null;
