@@ -44,6 +44,29 @@ internal sealed partial class DeliveryProcessor(
     public async Task ProcessAsync(DeliveryEntry entry, string? streamId, bool claimed, CancellationToken stopping, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(entry);
+        // Begun before the begin: its Redis calls and lines (retried through an outage, a lease held by another, a paused
+        // target) are in the run's trace, and a run dead-lettered without a try has its span as one posted has.
+        using var activity = StartActivity(entry);
+        if (claimed)
+        {
+            activity?.SetTag(PortAzureDiagnostics.Tags.Reclaimed, true);
+        }
+        try
+        {
+            await ProcessCoreAsync(entry, streamId, claimed, activity, stopping, cancellationToken);
+        }
+        catch (Exception ex) when (activity is not null)
+        {
+            // The worker logs it (with its message); the span says only that this processing failed, and with what.
+            activity.SetTag("error.type", ex.GetType().FullName);
+            activity.SetStatus(ActivityStatusCode.Error, ex.GetType().Name);
+            throw;
+        }
+    }
+
+    private async Task ProcessCoreAsync(DeliveryEntry entry, string? streamId, bool claimed, Activity? activity, CancellationToken stopping,
+        CancellationToken cancellationToken)
+    {
         var opts = options.CurrentValue;
         var now = timeProvider.GetUtcNow();
         // One token per attempt: a late finish of this attempt can tell that its lease was taken over.
@@ -69,6 +92,7 @@ internal sealed partial class DeliveryProcessor(
             // schedule slot is undone either way.
             await store.ReleaseUnfinishedBeginAsync(entry.DeliveryId, token, fromSchedule: streamId is null, timeProvider.GetUtcNow());
             Log.NotPostedAtStop(logger, entry.DeliveryId);
+            activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, NotPosted.Stopped);
             return;
         }
         // The lease was set after the last try started, so it lasts at least until the time kept here: the finish's
@@ -77,6 +101,7 @@ internal sealed partial class DeliveryProcessor(
         if (begin.AlreadyFinished)
         {
             Log.AlreadyFinished(logger, entry.DeliveryId, begin.State);
+            activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, NotPosted.AlreadyFinished);
             await FinishAsync(FinishMode.Skip, entry, streamId, lease, now, null, null, []);
             return;
         }
@@ -84,6 +109,7 @@ internal sealed partial class DeliveryProcessor(
         {
             // Another attempt is posting it right now; it acknowledges the stream entry when done.
             Log.LeaseHeld(logger, entry.DeliveryId);
+            activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, NotPosted.LeaseHeld);
             return;
         }
 
@@ -98,7 +124,7 @@ internal sealed partial class DeliveryProcessor(
             var hint = $"The delivery's record in Redis was a {found}, not a hash (damaged, or overwritten by something else), so whether "
                 + $"this run was posted before is unknown; it was not posted again. The value is kept under {RedisKeys.DamagedDelivery(entry.DeliveryId)} "
                 + $"for {opts.DeliveredRetentionHours} h. Check the pipeline's runs, then replay or discard.";
-            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "record_damaged", hint, null, null, lastStatus: begin.LastStatus);
+            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "record_damaged", hint, null, null, activity, lastStatus: begin.LastStatus);
             return;
         }
         if (claimed && begin.Claims > opts.MaxClaims)
@@ -106,13 +132,13 @@ internal sealed partial class DeliveryProcessor(
             // Each claim stands for a Dispatcher that died with the run: perhaps mid-POST.
             var hint = $"The entry was reclaimed from stopped Dispatchers {begin.Claims} times; it is treated as poison. A Dispatcher may have died after "
                 + $"posting it: {OutcomeClassifier.CheckRuns} once the cause is found.";
-            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "poison", hint, null, null, lastStatus: begin.LastStatus);
+            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "poison", hint, null, null, activity, lastStatus: begin.LastStatus);
             return;
         }
         var since = begin.Since ?? entry.ReceivedAt;
         if (begin.PausedUntil is { } pausedUntil)
         {
-            await HoldForPausedTargetAsync(entry, streamId, lease, now, since, pausedUntil, begin);
+            await HoldForPausedTargetAsync(entry, streamId, lease, now, since, pausedUntil, begin, activity);
             return;
         }
 
@@ -123,10 +149,11 @@ internal sealed partial class DeliveryProcessor(
             // again at once, a stream entry at their next reclaim.
             await store.ReleaseLeaseAsync(entry.DeliveryId, lease.Token, fromSchedule: streamId is null, timeProvider.GetUtcNow());
             Log.NotPostedAtStop(logger, entry.DeliveryId);
+            activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, NotPosted.Stopped);
             return;
         }
         var attempt = begin.Attempts + 1;
-        using var activity = StartAttemptActivity(entry, attempt);
+        activity?.SetTag(PortAzureDiagnostics.Tags.Attempt, attempt);
         AttemptResult result;
         try
         {
@@ -231,7 +258,7 @@ internal sealed partial class DeliveryProcessor(
     /// Held deliveries are spread over the probe interval so that they do not all fall due at once.
     /// </summary>
     private async Task HoldForPausedTargetAsync(DeliveryEntry entry, string? streamId, AttemptLease lease, DateTimeOffset now, DateTimeOffset since, DateTimeOffset pausedUntil,
-        BeginResult begin)
+        BeginResult begin, Activity? activity)
     {
         var opts = options.CurrentValue;
         if (now - since > TimeSpan.FromHours(opts.Retry.MaxAgeHours))
@@ -242,7 +269,8 @@ internal sealed partial class DeliveryProcessor(
                 // Its own last answer says more than the pause: a 500 is an inactive webhook, which never answers again by itself.
                 hint += " This run's last try: " + OutcomeClassifier.Hint(begin.LastStatus > 0 ? begin.LastStatus : null, begin.LastError);
             }
-            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "retries_exhausted", WithLostAnswer(hint, begin.AnswerLost), null, null, lastStatus: begin.LastStatus);
+            await DeadLetterAsync(entry, streamId, lease, now, begin.Attempts, "retries_exhausted", WithLostAnswer(hint, begin.AnswerLost), null, null, activity,
+                lastStatus: begin.LastStatus);
             return;
         }
         var due = pausedUntil + (TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds) * Random.Shared.NextDouble());
@@ -259,6 +287,7 @@ internal sealed partial class DeliveryProcessor(
             : EntryFields(entry, DeliveryStates.Retrying, now);
         await FinishAsync(FinishMode.Reschedule, entry, streamId, lease, now, due, null,
             [.. fields, new(DeliveryRecord.NextAttemptAt, due.ToUnixTimeMilliseconds())]);
+        activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, NotPosted.TargetPaused);
         metrics.Paused();
     }
 
@@ -282,18 +311,19 @@ internal sealed partial class DeliveryProcessor(
     }
 
     /// <param name="result">This attempt's answer, or null when the dead letter comes without a try.</param>
-    /// <param name="attemptActivity">This attempt's span, or null when the dead letter comes without a try.</param>
+    /// <param name="activity">The span of this processing of the run.</param>
     /// <param name="lastStatus">Without a try: the status of the record's last one, for the log line.</param>
     private async Task DeadLetterAsync(DeliveryEntry entry, string? streamId, AttemptLease lease, DateTimeOffset now, int attempts, string reason, string hint,
-        AttemptResult? result, string? attemptJson, Activity? attemptActivity = null, int lastStatus = 0)
+        AttemptResult? result, string? attemptJson, Activity? activity, int lastStatus = 0)
     {
-        // The run's trace says where it ended: the last attempt's span carries the reason (its outcome alone, "transient",
-        // read like one more retry), and a dead letter without a try (poison, a damaged record, held past the retry age) has
-        // a span of its own.
-        // (The attempt's own status, an error, is set when its result is known.)
-        using var own = attemptActivity is null ? StartActivity(entry, "deadletter", "settle") : null;
-        own?.SetStatus(ActivityStatusCode.Error, reason);
-        (attemptActivity ?? own)?.SetTag(PortAzureDiagnostics.Tags.Reason, reason);
+        // The run's trace says where it ended: the span carries the reason (an attempt's outcome alone, "transient", read like
+        // one more retry). (A try's own status, an error, is set when its result is known.)
+        activity?.SetTag(PortAzureDiagnostics.Tags.Reason, reason);
+        if (result is null)
+        {
+            activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, NotPosted.DeadLettered);
+            activity?.SetStatus(ActivityStatusCode.Error, reason);
+        }
         KeyValuePair<string, RedisValue>[] fields =
         [
             .. EntryFields(entry, DeliveryStates.DeadLettered, now),
@@ -380,16 +410,10 @@ internal sealed partial class DeliveryProcessor(
         }
     }
 
-    private static Activity? StartAttemptActivity(DeliveryEntry entry, int attempt)
+    /// <summary>The consumer span of one processing of <paramref name="entry"/>, in the trace its producer started.</summary>
+    private static Activity? StartActivity(DeliveryEntry entry)
     {
-        var activity = StartActivity(entry, "process", "process");
-        activity?.SetTag(PortAzureDiagnostics.Tags.Attempt, attempt);
-        return activity;
-    }
-
-    /// <summary>A consumer span for <paramref name="entry"/> in the trace its producer started, named after its operation.</summary>
-    private static Activity? StartActivity(DeliveryEntry entry, string operationName, string operationType)
-    {
+        const string operation = "process";
         var parent = default(ActivityContext);
         if (entry.TraceParent is not null)
         {
@@ -401,15 +425,15 @@ internal sealed partial class DeliveryProcessor(
             parent = Propagators.DefaultTextMapPropagator.Extract(default, carrier,
                 static (c, key) => c.TryGetValue(key, out var value) ? [value] : []).ActivityContext;
         }
-        var activity = PortAzureDiagnostics.ActivitySource.StartActivity($"{operationName} {RedisKeys.Stream}", ActivityKind.Consumer, parent);
+        var activity = PortAzureDiagnostics.ActivitySource.StartActivity($"{operation} {RedisKeys.Stream}", ActivityKind.Consumer, parent);
         if (activity is null)
         {
             return null;
         }
         activity.SetTag(PortAzureDiagnostics.Tags.MessagingSystem, PortAzureDiagnostics.RedisStreams);
         activity.SetTag(PortAzureDiagnostics.Tags.MessagingDestination, RedisKeys.Stream);
-        activity.SetTag(PortAzureDiagnostics.Tags.MessagingOperationType, operationType);
-        activity.SetTag(PortAzureDiagnostics.Tags.MessagingOperationName, operationName);
+        activity.SetTag(PortAzureDiagnostics.Tags.MessagingOperationType, operation);
+        activity.SetTag(PortAzureDiagnostics.Tags.MessagingOperationName, operation);
         activity.SetTag(PortAzureDiagnostics.Tags.MessagingConsumerGroup, RedisKeys.ConsumerGroup);
         // The producer's id for it, on every attempt: the stream entry's id names only the first (a retry comes from the
         // schedule), and the producer cannot know it before the entry is written.
@@ -423,6 +447,16 @@ internal sealed partial class DeliveryProcessor(
         activity.SetTag(PortAzureDiagnostics.Tags.Org, entry.Org);
         activity.SetTag(PortAzureDiagnostics.Tags.Webhook, entry.Webhook);
         return activity;
+    }
+
+    /// <summary>The outcome a processing span carries when nothing was posted (a try's is its <see cref="AttemptOutcome"/>).</summary>
+    private static class NotPosted
+    {
+        public const string AlreadyFinished = "already_finished";
+        public const string LeaseHeld = "lease_held";
+        public const string TargetPaused = "target_paused";
+        public const string Stopped = "stopped";
+        public const string DeadLettered = "dead_lettered";
     }
 
     private static KeyValuePair<string, RedisValue>[] IdentityFields(DeliveryEntry entry) =>

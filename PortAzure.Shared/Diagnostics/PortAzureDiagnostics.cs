@@ -22,6 +22,7 @@ public static class PortAzureDiagnostics
         public const string RunId = "portazure.run_id";
         public const string Attempt = "portazure.attempt";
         public const string Replays = "portazure.replays";
+        public const string Reclaimed = "portazure.reclaimed";
         public const string Outcome = "portazure.outcome";
         public const string Reason = "portazure.reason";
         public const string Org = "azure_devops.org";

@@ -129,6 +129,7 @@ public sealed class TracingTests : IDisposable
         Assert.Equal(deliveryId, process.GetTagItem("portazure.delivery_id"));
         Assert.Equal(runId, process.GetTagItem("portazure.run_id"));
         Assert.Equal(1, process.GetTagItem("portazure.attempt"));
+        Assert.Null(process.GetTagItem("portazure.reclaimed"));
         Assert.Equal(TestRuns.Org, process.GetTagItem("azure_devops.org"));
         Assert.Equal(TestRuns.Webhook, process.GetTagItem("azure_devops.webhook"));
 
@@ -262,7 +263,7 @@ public sealed class TracingTests : IDisposable
     }
 
     [Fact]
-    public async Task DeadLetteredWithoutATry_ItsOwnSpanInTheRunsTraceSaysWhy()
+    public async Task DeadLetteredWithoutATry_ItsProcessSpanSaysWhy()
     {
         await using var relay = await Relay.StartAsync(dispatchers: 0);
         var (traceParent, traceId) = NewTraceParent();
@@ -277,13 +278,80 @@ public sealed class TracingTests : IDisposable
         await Eventually.HoldsAsync(() => Task.FromResult(InTrace(traceId).Any(a => a.Kind == ActivityKind.Consumer)), TimeSpan.FromSeconds(20), "a span for the dead letter");
 
         var span = Assert.Single(InTrace(traceId), a => a.Kind == ActivityKind.Consumer);
-        Assert.Equal($"deadletter {RedisKeys.Stream}", span.DisplayName);
+        Assert.Equal($"process {RedisKeys.Stream}", span.DisplayName);
         Assert.Equal(producer.SpanId, span.ParentSpanId);
         Assert.Equal(ActivityStatusCode.Error, span.Status);
-        Assert.Equal("settle", span.GetTagItem("messaging.operation.type"));
+        Assert.Equal("process", span.GetTagItem("messaging.operation.type"));
+        Assert.Equal("dead_lettered", span.GetTagItem("portazure.outcome"));
         Assert.Equal("record_damaged", span.GetTagItem("portazure.reason"));
         Assert.Equal(deliveryId, span.GetTagItem("portazure.delivery_id"));
+        // No try was made.
+        Assert.Null(span.GetTagItem("portazure.attempt"));
         Assert.Empty(await relay.EmulatorApi.RequestsAsync());
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task ReclaimedRun_ItsProcessSpanSaysReclaimed_AndOneAlreadyFinishedSaysSoWithoutAPost(bool alreadyDelivered)
+    {
+        // A crash leaves a run's entry pending for a consumer that is gone; whoever reclaims it may post it a second time.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:RequestTimeoutSeconds"] = "1";
+            c["Dispatcher:ClaimMarginSeconds"] = "1";
+            c["Dispatcher:ClaimIntervalSeconds"] = "0.2";
+        }, dispatchers: 0);
+        var (traceParent, traceId) = NewTraceParent();
+        using var response = await SendTracedAsync(relay, TestRuns.Body(TestRuns.NewRunId()), traceParent);
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        var deliveryId = (string)Assert.Single(InTrace(traceId), a => a.Kind == ActivityKind.Producer).GetTagItem("portazure.delivery_id")!;
+        await PortAzure.Dispatcher.Delivery.ConsumerGroup.EnsureAsync(relay.Db, RedisKeys.Stream, RedisKeys.ConsumerGroup);
+        Assert.Single(await relay.Db.StreamReadGroupAsync(RedisKeys.Stream, RedisKeys.ConsumerGroup, "crashed-consumer", ">", 10));
+        if (alreadyDelivered)
+        {
+            // It had been delivered and recorded; only the acknowledgement was lost.
+            await relay.Db.HashSetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.State, DeliveryStates.Delivered);
+        }
+
+        await relay.AddDispatcherAsync();
+        await Eventually.HoldsAsync(async () => await relay.Db.StreamLengthAsync(RedisKeys.Stream) == 0
+            && InTrace(traceId).Any(a => a.Kind == ActivityKind.Consumer), TimeSpan.FromSeconds(20), "the entry reclaimed and finished");
+
+        var span = Assert.Single(InTrace(traceId), a => a.Kind == ActivityKind.Consumer);
+        Assert.Equal(true, span.GetTagItem("portazure.reclaimed"));
+        Assert.Equal(alreadyDelivered ? "already_finished" : "delivered", span.GetTagItem("portazure.outcome"));
+        Assert.Equal(alreadyDelivered ? null : 1, (int?)span.GetTagItem("portazure.attempt"));
+        Assert.Equal(alreadyDelivered ? 0 : 1, (await relay.EmulatorApi.RequestsAsync()).Count);
+    }
+
+    [Fact]
+    public async Task PausedTarget_AHeldRunsProcessSpanSaysItWaitsForTheTarget()
+    {
+        // "Why has my run not gone out?": its trace shows each time it was looked at and held back.
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:TargetHealth:FailureThreshold"] = "1";
+            c["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "60";
+        });
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503 } } });
+        using (var first = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId())))
+        {
+            Assert.Equal(HttpStatusCode.Accepted, first.StatusCode);
+        }
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(20), "the first run's 503 pauses the target");
+
+        var (traceParent, traceId) = NewTraceParent();
+        using var response = await SendTracedAsync(relay, TestRuns.Body(TestRuns.NewRunId()), traceParent);
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        await Eventually.HoldsAsync(() => Task.FromResult(InTrace(traceId).Any(a => a.Kind == ActivityKind.Consumer)), TimeSpan.FromSeconds(20), "the held run's span");
+
+        var span = Assert.Single(InTrace(traceId), a => a.Kind == ActivityKind.Consumer);
+        Assert.Equal("target_paused", span.GetTagItem("portazure.outcome"));
+        Assert.Equal(ActivityStatusCode.Unset, span.Status);
+        Assert.Null(span.GetTagItem("portazure.attempt"));
+        Assert.Null(span.GetTagItem("portazure.reclaimed"));
+        Assert.Single(await relay.EmulatorApi.RequestsAsync());
     }
 
     [Fact]
