@@ -482,6 +482,13 @@ internal sealed partial class PortReportingService(
             // age ended in one more call, which sent a report past it; so did a takeover's first call of an old report.
             if (PastTheRetryAge(queuedAt))
             {
+                // No call, but the run's trace still ends with its report: a span that says it was given up.
+                using (var givenUp = StartReportActivity(report, tryNumber: null))
+                {
+                    givenUp?.SetTag(PortAzureDiagnostics.Tags.Outcome, "given_up");
+                    givenUp?.SetTag(PortAzureDiagnostics.Tags.Reason, GivenUpPastTheRetryAge);
+                    givenUp?.SetStatus(ActivityStatusCode.Error, "given_up");
+                }
                 Log.Failed(logger, report.DeliveryId, report.RunId, tries - 1);
                 return SendOutcome.GivenUp;
             }
@@ -531,10 +538,9 @@ internal sealed partial class PortReportingService(
             {
                 activity?.SetStatus(ActivityStatusCode.Error, outcome);
             }
-            // Ended here: the wait below is not part of the try.
-            activity?.Dispose();
             if (result is PortCallResult.Sent or PortCallResult.AlreadyEnded)
             {
+                activity?.Dispose();
                 if (result == PortCallResult.Sent)
                 {
                     Log.Sent(logger, report.DeliveryId, report.RunId);
@@ -553,8 +559,14 @@ internal sealed partial class PortReportingService(
                 sentBeforePreviousTry = sentBefore;
             }
             // However it fails or waits, a report is not retried past the retry age (a takeover starts its attempts again).
-            var tooOld = PastTheRetryAge(triedAt);
-            if (result == PortCallResult.Rejected || tooOld || (result == PortCallResult.RetryLater && portUp && attempt >= Backoff.Length))
+            var givenUpFor = result == PortCallResult.Rejected ? "rejected"
+                : PastTheRetryAge(triedAt) ? GivenUpPastTheRetryAge
+                : result == PortCallResult.RetryLater && portUp && attempt >= Backoff.Length ? "attempts_spent"
+                : null;
+            // The last try's span says why it was the last. Ended here: the wait below is not part of the try.
+            activity?.SetTag(PortAzureDiagnostics.Tags.Reason, givenUpFor);
+            activity?.Dispose();
+            if (givenUpFor is not null)
             {
                 Log.Failed(logger, report.DeliveryId, report.RunId, tries);
                 return SendOutcome.GivenUp;
@@ -618,6 +630,8 @@ internal sealed partial class PortReportingService(
         }
     }
 
+    private const string GivenUpPastTheRetryAge = "past_retry_age";
+
     private static string OutcomeName(PortCallResult result) => result switch
     {
         PortCallResult.Sent => "sent",
@@ -630,7 +644,8 @@ internal sealed partial class PortReportingService(
     };
 
     /// <summary>One try of a report, in the trace of the attempt that decided it; Port's calls are its children.</summary>
-    private static Activity? StartReportActivity(PortReport report, int tryNumber)
+    /// <param name="tryNumber">Null for a span that makes no try (a report given up before its call).</param>
+    private static Activity? StartReportActivity(PortReport report, int? tryNumber)
     {
         ActivityContext.TryParse(report.TraceParent, null, out var parent);
         var activity = PortAzureDiagnostics.ActivitySource.StartActivity("report to Port", ActivityKind.Internal, parent);
@@ -640,7 +655,10 @@ internal sealed partial class PortReportingService(
         }
         activity.SetTag(PortAzureDiagnostics.Tags.DeliveryId, report.DeliveryId);
         activity.SetTag(PortAzureDiagnostics.Tags.RunId, report.RunId);
-        activity.SetTag(PortAzureDiagnostics.Tags.Attempt, tryNumber);
+        if (tryNumber is { } number)
+        {
+            activity.SetTag(PortAzureDiagnostics.Tags.Attempt, number);
+        }
         return activity;
     }
 

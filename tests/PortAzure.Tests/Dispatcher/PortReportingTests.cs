@@ -821,6 +821,7 @@ public class PortReportingTests
         var runId = TestRuns.NewRunId();
         await relay.EmulatorApi.PortBehaviorAsync(new { failRun = runId, status = 422 });
         await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 404 } } });
+        using var spans = new ReportSpans();
 
         var deliveryId = await SendAsync(relay, runId);
 
@@ -829,6 +830,7 @@ public class PortReportingTests
         Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2210]", StringComparison.Ordinal));
         Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.RunId == runId);
         await WaitForPortReportAsync(relay, deliveryId, "failed");
+        spans.AssertLastSaysGivenUp(deliveryId, "rejected", "rejected");
     }
 
     [Fact]
@@ -916,10 +918,13 @@ public class PortReportingTests
     {
         // Waiting out an outage is bounded by the retry age (6 min here), as a delivery's wait for Azure is.
         await using var relay = await StartWithASixMinuteRetryAgeAsync();
-        var (clock, _) = await ReportQueuedWhilePortIsDownAsync(relay);
+        using var spans = new ReportSpans();
+        var (clock, deliveryId) = await ReportQueuedWhilePortIsDownAsync(relay);
 
         await StepUntilAsync(clock, TimeSpan.FromSeconds(5), () => Task.FromResult(relay.Dispatcher.Logs.Lines.Any(l => l.Contains("[2202]", StringComparison.Ordinal))),
             TimeSpan.FromSeconds(120), "the report given up");
+        // Given up before a call or after one, as the waits fall: either way the trace's last report span says why.
+        Assert.Equal("past_retry_age", spans.Of(deliveryId)[^1].GetTagItem("portazure.reason"));
 
         var calls = await relay.EmulatorApi.PortCallsAsync();
         // (8 attempts would be spent by 4 min; the age is 6 min.)
@@ -934,6 +939,7 @@ public class PortReportingTests
         // The age was checked only after a failed call: the wait that crossed it (2 min by then) ended in one more call,
         // which sent the report past its age.
         await using var relay = await StartWithASixMinuteRetryAgeAsync();
+        using var spans = new ReportSpans();
         var (clock, deliveryId) = await ReportQueuedWhilePortIsDownAsync(relay);
         var writtenAt = clock.GetUtcNow();
 
@@ -955,6 +961,9 @@ public class PortReportingTests
             TimeSpan.FromSeconds(60), "the report given up");
 
         Assert.Equal(callsUntilTheAge, (await relay.EmulatorApi.PortCallsAsync()).Count);
+        // No call, but a span: the run's trace ends with its report given up.
+        var givenUp = spans.AssertLastSaysGivenUp(deliveryId, "given_up", "past_retry_age");
+        Assert.Null(givenUp.GetTagItem("portazure.attempt"));
 
         // (The record, not the API: no Dispatcher was behind the Ingress when it started.)
         await Eventually.HoldsAsync(async () => (string?)await relay.Db.HashGetAsync(RedisKeys.Delivery(deliveryId), DeliveryRecord.PortReport) == "failed",
@@ -969,7 +978,8 @@ public class PortReportingTests
         await relay.AddDispatcherAsync(services: s => s.AddSingleton<TimeProvider>(clock));
         var poison = TestRuns.NewRunId();
         await relay.EmulatorApi.PortBehaviorAsync(new { failRun = poison, status = 500 });
-        await SendAsync(relay, poison);
+        using var spans = new ReportSpans();
+        var poisonDelivery = await SendAsync(relay, poison);
 
         // Port takes the other runs' reports all along: a new run at every step.
         await StepUntilAsync(clock, TimeSpan.FromSeconds(5), async () =>
@@ -982,6 +992,7 @@ public class PortReportingTests
         // Its 8 attempts, and a try or two not counted while no other report had been sent since its previous one.
         Assert.InRange(calls.Count(c => c.RunId == poison), 8, 10);
         Assert.Contains(calls, c => c.RunId != poison && c.StatusCode == 201);
+        spans.AssertLastSaysGivenUp(poisonDelivery, "retry_later", "attempts_spent");
     }
 
     /// <summary>
@@ -1153,5 +1164,50 @@ public class PortReportingTests
         Assert.Equal(0, await relay.Db.StreamLengthAsync(RedisKeys.PortReports));
         Assert.Empty(await relay.EmulatorApi.PortCallsAsync());
         Assert.Equal(JsonValueKind.Null, (await DeliveryAsync(relay, deliveryId)).GetProperty("portReport").ValueKind);
+    }
+
+    /// <summary>The Dispatcher's "report to Port" spans, as they end.</summary>
+    private sealed class ReportSpans : IDisposable
+    {
+        private readonly System.Collections.Concurrent.ConcurrentQueue<System.Diagnostics.Activity> _ended = new();
+        private readonly System.Diagnostics.ActivityListener _listener;
+
+        public ReportSpans()
+        {
+            _listener = new System.Diagnostics.ActivityListener
+            {
+                ShouldListenTo = source => source.Name == PortAzure.Diagnostics.PortAzureDiagnostics.Name,
+                Sample = (ref System.Diagnostics.ActivityCreationOptions<System.Diagnostics.ActivityContext> _) =>
+                    System.Diagnostics.ActivitySamplingResult.AllDataAndRecorded,
+                ActivityStopped = a =>
+                {
+                    if (a.DisplayName == "report to Port")
+                    {
+                        _ended.Enqueue(a);
+                    }
+                },
+            };
+            System.Diagnostics.ActivitySource.AddActivityListener(_listener);
+        }
+
+        /// <summary>The report spans of one delivery (every listener sees every test's spans), in the order they ended.</summary>
+        public List<System.Diagnostics.Activity> Of(string deliveryId) =>
+            [.. _ended.Where(a => deliveryId.Equals(a.GetTagItem("portazure.delivery_id")))];
+
+        /// <summary>The delivery's last report span: an error, with <paramref name="outcome"/> and the reason it was the last.</summary>
+        public System.Diagnostics.Activity AssertLastSaysGivenUp(string deliveryId, string outcome, string reason)
+        {
+            var ended = Of(deliveryId);
+            Assert.NotEmpty(ended);
+            var last = ended[^1];
+            Assert.Equal(outcome, last.GetTagItem("portazure.outcome"));
+            Assert.Equal(reason, last.GetTagItem("portazure.reason"));
+            Assert.Equal(System.Diagnostics.ActivityStatusCode.Error, last.Status);
+            // Only the last says it: the tries before it were retried.
+            Assert.All(ended.SkipLast(1), a => Assert.Null(a.GetTagItem("portazure.reason")));
+            return last;
+        }
+
+        public void Dispose() => _listener.Dispose();
     }
 }
