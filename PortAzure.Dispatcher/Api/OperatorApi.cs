@@ -183,6 +183,7 @@ internal static partial class OperatorApi
                 break;
         }
         Log.Replayed(loggers.CreateLogger(typeof(OperatorApi)), 1);
+        await LinkToRunsAsync(redis.GetDatabase(), [id]);
         return TypedResults.Accepted($"/api/deliveries/{id}", new ReplayResult(1, [id]));
     }
 
@@ -215,6 +216,7 @@ internal static partial class OperatorApi
             {
                 // As below, between two pages: every replay so far is known, none is in doubt.
                 Log.ReplayStopped(logger, ex, replayed.Count, "none");
+                await LinkToRunsAsync(db, replayed);
                 return TypedResults.Ok(new ReplayResult(replayed.Count, replayed, Incomplete: true));
             }
             if (ids.Length == 0)
@@ -243,6 +245,7 @@ internal static partial class OperatorApi
                     // more. This one's outcome is unknown (a timeout may have run it), even when it is the first: a 503
                     // would say none was. GET /api/deliveries/{id} tells.
                     Log.ReplayStopped(logger, ex, replayed.Count, id);
+                    await LinkToRunsAsync(db, replayed);
                     return TypedResults.Ok(new ReplayResult(replayed.Count, replayed, Incomplete: true, StoppedAt: id));
                 }
                 switch (outcome)
@@ -260,6 +263,7 @@ internal static partial class OperatorApi
             }
         }
         Log.Replayed(logger, replayed.Count);
+        await LinkToRunsAsync(db, replayed);
         return TypedResults.Ok(new ReplayResult(replayed.Count, replayed));
     }
 
@@ -280,9 +284,12 @@ internal static partial class OperatorApi
             return InvalidId();
         }
         TagDelivery(id);
-        return await store.DiscardAsync(id, timeProvider.GetUtcNow(), TimeSpan.FromHours(options.CurrentValue.DeliveredRetentionHours))
-            ? TypedResults.NoContent()
-            : await NotADeadLetterAsync(redis.GetDatabase(), id);
+        if (!await store.DiscardAsync(id, timeProvider.GetUtcNow(), TimeSpan.FromHours(options.CurrentValue.DeliveredRetentionHours)))
+        {
+            return await NotADeadLetterAsync(redis.GetDatabase(), id);
+        }
+        await LinkToRunsAsync(redis.GetDatabase(), [id]);
+        return TypedResults.NoContent();
     }
 
     /// <summary>
@@ -290,6 +297,36 @@ internal static partial class OperatorApi
     /// delivery id finds it beside them.
     /// </summary>
     private static void TagDelivery(string id) => Activity.Current?.SetTag(PortAzureDiagnostics.Tags.DeliveryId, id);
+
+    /// <summary>
+    /// Links the operator's request to the traces of the runs it replayed or discarded, so that the dashboard leads from one
+    /// to the other. Read only for a recorded request, after the change, in one round trip; a record without a trace context
+    /// (or damaged, or unreadable now) gets no link: the change is done, and a link is not worth failing its answer.
+    /// </summary>
+    private static async Task LinkToRunsAsync(IDatabase db, List<string> ids)
+    {
+        if (Activity.Current is not { IsAllDataRequested: true } request || ids.Count == 0)
+        {
+            return;
+        }
+        var reads = ids.Select(id => db.HashGetAsync(RedisKeys.Delivery(id), [DeliveryRecord.TraceParent, DeliveryRecord.TraceState])).ToList();
+        foreach (var read in reads)
+        {
+            RedisValue[] context;
+            try
+            {
+                context = await read;
+            }
+            catch (Exception ex) when (RedisFailures.IsFailure(ex))
+            {
+                continue;
+            }
+            if (ActivityContext.TryParse(context[0], context[1], isRemote: true, out var run))
+            {
+                request.AddLink(new ActivityLink(run));
+            }
+        }
+    }
 
     // Not in the dead-letter index: unknown (404), or a delivery in another state (409). The latter is also what a client
     // sees when it retries a replay or discard whose answer it never got: the state tells it what happened.

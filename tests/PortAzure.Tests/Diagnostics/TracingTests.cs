@@ -240,18 +240,48 @@ public sealed class TracingTests : IDisposable
         Assert.Equal([null, 1, 1], attempts.Select(a => (int?)a.GetTagItem("portazure.replays")));
         Assert.Equal(["permanent", "transient", "delivered"], attempts.Select(a => (string?)a.GetTagItem("portazure.outcome")));
         Assert.All(attempts, a => Assert.Equal(producer.SpanId, a.ParentSpanId));
-        // The operator's request, a trace of its own, is found by the delivery id too (the Dispatcher's span, behind the edge).
-        Assert.Contains(_stopped, a => a.Kind == ActivityKind.Server && deliveryId.Equals(a.GetTagItem("portazure.delivery_id"))
+        // The operator's request, a trace of its own, is found by the delivery id too (the Dispatcher's span, behind the edge),
+        // and links to the run's trace.
+        var request = Assert.Single(_stopped, a => a.Kind == ActivityKind.Server && deliveryId.Equals(a.GetTagItem("portazure.delivery_id"))
             && a.GetTagItem("http.route") is string route && route.EndsWith("/replay", StringComparison.Ordinal));
+        Assert.Equal(traceId, Assert.Single(request.Links).Context.TraceId.ToHexString());
     }
 
     [Fact]
-    public async Task DiscardedDeadLetter_TheOperatorsRequestIsFoundByTheDeliveryId()
+    public async Task BatchReplay_TheOperatorsRequestLinksToEveryReplayedRunsTrace()
+    {
+        await using var relay = await Relay.StartAsync();
+        await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 404 }, new { status = 404 } } });
+        var traces = new List<string>();
+        foreach (var _ in new[] { 1, 2 })
+        {
+            var (traceParent, traceId) = NewTraceParent();
+            using var response = await SendTracedAsync(relay, TestRuns.Body(TestRuns.NewRunId()), traceParent);
+            Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+            traces.Add(traceId);
+        }
+        await Eventually.HoldsAsync(async () => await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters) == 2, TimeSpan.FromSeconds(20), "two dead letters");
+
+        using var replay = relay.Operator(HttpMethod.Post, "/api/deadletters/replay");
+        using var replayed = await relay.Ingress.Client.SendAsync(replay);
+        Assert.Equal(HttpStatusCode.OK, replayed.StatusCode);
+
+        // (Every test's spans reach this listener: the request is the one linked to these runs.)
+        bool Ours(Activity a) => a.Kind == ActivityKind.Server && a.GetTagItem("http.route") is "/api/deadletters/replay"
+            && a.Links.Any(l => traces.Contains(l.Context.TraceId.ToHexString()));
+        await Eventually.HoldsAsync(() => Task.FromResult(_stopped.Any(Ours)), TimeSpan.FromSeconds(10), "the Dispatcher's span of the batch replay");
+        var request = Assert.Single(_stopped, Ours);
+        Assert.Equal(traces.Order(), request.Links.Select(l => l.Context.TraceId.ToHexString()).Order());
+    }
+
+    [Fact]
+    public async Task DiscardedDeadLetter_TheOperatorsRequestIsFoundByTheDeliveryIdAndLinksToTheRunsTrace()
     {
         await using var relay = await Relay.StartAsync();
         await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 404 } } });
-        using var sent = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId()));
-        var deliveryId = (await sent.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("deliveryId").GetString()!;
+        var (traceParent, traceId) = NewTraceParent();
+        using var sent = await SendTracedAsync(relay, TestRuns.Body(TestRuns.NewRunId()), traceParent);
+        var deliveryId = (string)Assert.Single(InTrace(traceId), a => a.Kind == ActivityKind.Producer).GetTagItem("portazure.delivery_id")!;
         await Eventually.HoldsAsync(async () => await relay.Db.SortedSetLengthAsync(RedisKeys.DeadLetters) == 1, TimeSpan.FromSeconds(20), "a dead letter");
 
         using var discard = relay.Operator(HttpMethod.Delete, $"/api/deadletters/{deliveryId}");
@@ -260,6 +290,9 @@ public sealed class TracingTests : IDisposable
 
         await Eventually.HoldsAsync(() => Task.FromResult(_stopped.Any(a => a.Kind == ActivityKind.Server && deliveryId.Equals(a.GetTagItem("portazure.delivery_id"))
             && a.GetTagItem("http.request.method") is "DELETE")), TimeSpan.FromSeconds(10), "the Dispatcher's span of the discard, tagged");
+        var request = Assert.Single(_stopped, a => a.Kind == ActivityKind.Server && deliveryId.Equals(a.GetTagItem("portazure.delivery_id"))
+            && a.GetTagItem("http.request.method") is "DELETE");
+        Assert.Equal(traceId, Assert.Single(request.Links).Context.TraceId.ToHexString());
     }
 
     [Fact]
