@@ -216,7 +216,6 @@ internal static partial class OperatorApi
             {
                 // As below, between two pages: every replay so far is known, none is in doubt.
                 Log.ReplayStopped(logger, ex, replayed.Count, "none");
-                await LinkToRunsAsync(db, replayed);
                 return TypedResults.Ok(new ReplayResult(replayed.Count, replayed, Incomplete: true));
             }
             if (ids.Length == 0)
@@ -245,7 +244,6 @@ internal static partial class OperatorApi
                     // more. This one's outcome is unknown (a timeout may have run it), even when it is the first: a 503
                     // would say none was. GET /api/deliveries/{id} tells.
                     Log.ReplayStopped(logger, ex, replayed.Count, id);
-                    await LinkToRunsAsync(db, replayed);
                     return TypedResults.Ok(new ReplayResult(replayed.Count, replayed, Incomplete: true, StoppedAt: id));
                 }
                 switch (outcome)
@@ -301,7 +299,9 @@ internal static partial class OperatorApi
     /// <summary>
     /// Links the operator's request to the traces of the runs it replayed or discarded, so that the dashboard leads from one
     /// to the other. Read only for a recorded request, after the change, in one round trip; a record without a trace context
-    /// (or damaged, or unreadable now) gets no link: the change is done, and a link is not worth failing its answer.
+    /// (or damaged, or unreadable now) gets no link: the change is done, and a link is not worth failing its answer. Not
+    /// after a batch replay that Redis stopped: the reads would wait out the same failure before the operator's answer.
+    /// (The exporter keeps the first 128 links of a span unless OTEL_SPAN_LINK_COUNT_LIMIT says otherwise.)
     /// </summary>
     private static async Task LinkToRunsAsync(IDatabase db, List<string> ids)
     {

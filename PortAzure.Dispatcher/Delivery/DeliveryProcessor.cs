@@ -58,7 +58,7 @@ internal sealed partial class DeliveryProcessor(
         catch (Exception ex) when (activity is not null)
         {
             // The worker logs it (with its message); the span says only that this processing failed, and with what.
-            activity.SetTag("error.type", ex.GetType().FullName);
+            activity.SetTag(PortAzureDiagnostics.Tags.ErrorType, ex.GetType().FullName);
             activity.SetStatus(ActivityStatusCode.Error, ex.GetType().Name);
             throw;
         }

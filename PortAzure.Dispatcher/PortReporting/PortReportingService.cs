@@ -486,7 +486,7 @@ internal sealed partial class PortReportingService(
                 using (var givenUp = StartReportActivity(report, tryNumber: null))
                 {
                     givenUp?.SetTag(PortAzureDiagnostics.Tags.Outcome, "given_up");
-                    givenUp?.SetTag(PortAzureDiagnostics.Tags.Reason, GivenUpPastTheRetryAge);
+                    givenUp?.SetTag(PortAzureDiagnostics.Tags.Reason, GivenUpFor.PastTheRetryAge);
                     givenUp?.SetStatus(ActivityStatusCode.Error, "given_up");
                 }
                 Log.Failed(logger, report.DeliveryId, report.RunId, tries - 1);
@@ -559,12 +559,17 @@ internal sealed partial class PortReportingService(
                 sentBeforePreviousTry = sentBefore;
             }
             // However it fails or waits, a report is not retried past the retry age (a takeover starts its attempts again).
-            var givenUpFor = result == PortCallResult.Rejected ? "rejected"
-                : PastTheRetryAge(triedAt) ? GivenUpPastTheRetryAge
-                : result == PortCallResult.RetryLater && portUp && attempt >= Backoff.Length ? "attempts_spent"
+            var givenUpFor = result == PortCallResult.Rejected ? GivenUpFor.Rejected
+                : PastTheRetryAge(triedAt) ? GivenUpFor.PastTheRetryAge
+                : result == PortCallResult.RetryLater && portUp && attempt >= Backoff.Length ? GivenUpFor.AttemptsSpent
                 : null;
-            // The last try's span says why it was the last. Ended here: the wait below is not part of the try.
-            activity?.SetTag(PortAzureDiagnostics.Tags.Reason, givenUpFor);
+            if (givenUpFor is not null)
+            {
+                // The last try's span says why it was the last; an error even when it made no call (not_tried).
+                activity?.SetTag(PortAzureDiagnostics.Tags.Reason, givenUpFor);
+                activity?.SetStatus(ActivityStatusCode.Error, outcome);
+            }
+            // Ended here: the wait below is not part of the try.
             activity?.Dispose();
             if (givenUpFor is not null)
             {
@@ -630,7 +635,13 @@ internal sealed partial class PortReportingService(
         }
     }
 
-    private const string GivenUpPastTheRetryAge = "past_retry_age";
+    /// <summary>Why a report was given up, on its last span.</summary>
+    private static class GivenUpFor
+    {
+        public const string Rejected = "rejected";
+        public const string AttemptsSpent = "attempts_spent";
+        public const string PastTheRetryAge = "past_retry_age";
+    }
 
     private static string OutcomeName(PortCallResult result) => result switch
     {

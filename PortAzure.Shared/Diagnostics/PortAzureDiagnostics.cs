@@ -23,6 +23,7 @@ public static class PortAzureDiagnostics
         public const string Attempt = "portazure.attempt";
         public const string Replays = "portazure.replays";
         public const string Reclaimed = "portazure.reclaimed";
+        public const string ErrorType = "error.type";
         public const string Outcome = "portazure.outcome";
         public const string Reason = "portazure.reason";
         public const string Org = "azure_devops.org";

@@ -372,7 +372,9 @@ public sealed class TracingTests : IDisposable
         {
             Assert.Equal(HttpStatusCode.Accepted, first.StatusCode);
         }
-        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(20), "the first run's 503 pauses the target");
+        // Recorded when the first run's attempt finished, a moment after the emulator answered.
+        await Eventually.HoldsAsync(async () => await relay.Db.HashExistsAsync(RedisKeys.PausedTargets, RedisKeys.Target(TestRuns.Org, TestRuns.Webhook)),
+            TimeSpan.FromSeconds(20), "the first run's 503 pauses the target");
 
         var (traceParent, traceId) = NewTraceParent();
         using var response = await SendTracedAsync(relay, TestRuns.Body(TestRuns.NewRunId()), traceParent);

@@ -1,8 +1,11 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.Net.Http.Json;
 using System.Text;
 using System.Text.Json;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Time.Testing;
+using PortAzure.Diagnostics;
 using PortAzure.Redis;
 using PortAzure.Tests.Infrastructure;
 using StackExchange.Redis;
@@ -336,7 +339,7 @@ public class PortReportingTests
             "the report's call reaches Port and waits for its answer");
 
         var stopped = relay.Dispatcher;
-        var stopping = System.Diagnostics.Stopwatch.StartNew();
+        var stopping = Stopwatch.StartNew();
         await relay.StopDispatcherAsync(stopped);
         stopping.Stop();
 
@@ -838,11 +841,11 @@ public class PortReportingTests
     {
         // While Port's token endpoint times out, each send queued on the token lock waited out its own 15 s call: a try
         // took minutes. After a failed token call the sends behind it fail at once (for 5 s).
-        var tries = new System.Collections.Concurrent.ConcurrentQueue<(string RunId, string Outcome)>();
-        using var listener = new System.Diagnostics.ActivityListener
+        var tries = new ConcurrentQueue<(string RunId, string Outcome)>();
+        using var listener = new ActivityListener
         {
-            ShouldListenTo = source => source.Name == PortAzure.Diagnostics.PortAzureDiagnostics.Name,
-            Sample = (ref System.Diagnostics.ActivityCreationOptions<System.Diagnostics.ActivityContext> _) => System.Diagnostics.ActivitySamplingResult.AllDataAndRecorded,
+            ShouldListenTo = source => source.Name == PortAzureDiagnostics.Name,
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
             ActivityStopped = a =>
             {
                 if (a.DisplayName == "report to Port")
@@ -851,7 +854,7 @@ public class PortReportingTests
                 }
             },
         };
-        System.Diagnostics.ActivitySource.AddActivityListener(listener);
+        ActivitySource.AddActivityListener(listener);
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
         var (runIds, clock) = await ReportsQueuedAsync(relay, new { failNext = 1000, status = 503 });
 
@@ -879,21 +882,21 @@ public class PortReportingTests
         // span). While the token endpoint stays down those tries back off as an outage's do: at one every 5-6 s, twelve
         // reports made 517-537 tries in 10 min (most of them not_tried, each finding the pause of another's failed call);
         // with the waits growing to 2 min, about ten each.
-        var tries = new System.Collections.Concurrent.ConcurrentQueue<(string RunId, string Outcome, bool Error)>();
-        using var listener = new System.Diagnostics.ActivityListener
+        var tries = new ConcurrentQueue<(string RunId, string Outcome, bool Error)>();
+        using var listener = new ActivityListener
         {
-            ShouldListenTo = source => source.Name == PortAzure.Diagnostics.PortAzureDiagnostics.Name,
-            Sample = (ref System.Diagnostics.ActivityCreationOptions<System.Diagnostics.ActivityContext> _) => System.Diagnostics.ActivitySamplingResult.AllDataAndRecorded,
+            ShouldListenTo = source => source.Name == PortAzureDiagnostics.Name,
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
             ActivityStopped = a =>
             {
                 if (a.DisplayName == "report to Port")
                 {
                     tries.Enqueue(((string)a.GetTagItem("portazure.run_id")!, (string)a.GetTagItem("portazure.outcome")!,
-                        a.Status == System.Diagnostics.ActivityStatusCode.Error));
+                        a.Status == ActivityStatusCode.Error));
                 }
             },
         };
-        System.Diagnostics.ActivitySource.AddActivityListener(listener);
+        ActivitySource.AddActivityListener(listener);
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
         var (runIds, clock) = await ReportsQueuedAsync(relay, new { failNext = 100_000, status = 503 }, count: 12);
         var start = clock.GetUtcNow();
@@ -1169,16 +1172,16 @@ public class PortReportingTests
     /// <summary>The Dispatcher's "report to Port" spans, as they end.</summary>
     private sealed class ReportSpans : IDisposable
     {
-        private readonly System.Collections.Concurrent.ConcurrentQueue<System.Diagnostics.Activity> _ended = new();
-        private readonly System.Diagnostics.ActivityListener _listener;
+        private readonly ConcurrentQueue<Activity> _ended = new();
+        private readonly ActivityListener _listener;
 
         public ReportSpans()
         {
-            _listener = new System.Diagnostics.ActivityListener
+            _listener = new ActivityListener
             {
-                ShouldListenTo = source => source.Name == PortAzure.Diagnostics.PortAzureDiagnostics.Name,
-                Sample = (ref System.Diagnostics.ActivityCreationOptions<System.Diagnostics.ActivityContext> _) =>
-                    System.Diagnostics.ActivitySamplingResult.AllDataAndRecorded,
+                ShouldListenTo = source => source.Name == PortAzureDiagnostics.Name,
+                Sample = (ref ActivityCreationOptions<ActivityContext> _) =>
+                    ActivitySamplingResult.AllDataAndRecorded,
                 ActivityStopped = a =>
                 {
                     if (a.DisplayName == "report to Port")
@@ -1187,22 +1190,22 @@ public class PortReportingTests
                     }
                 },
             };
-            System.Diagnostics.ActivitySource.AddActivityListener(_listener);
+            ActivitySource.AddActivityListener(_listener);
         }
 
         /// <summary>The report spans of one delivery (every listener sees every test's spans), in the order they ended.</summary>
-        public List<System.Diagnostics.Activity> Of(string deliveryId) =>
+        public List<Activity> Of(string deliveryId) =>
             [.. _ended.Where(a => deliveryId.Equals(a.GetTagItem("portazure.delivery_id")))];
 
         /// <summary>The delivery's last report span: an error, with <paramref name="outcome"/> and the reason it was the last.</summary>
-        public System.Diagnostics.Activity AssertLastSaysGivenUp(string deliveryId, string outcome, string reason)
+        public Activity AssertLastSaysGivenUp(string deliveryId, string outcome, string reason)
         {
             var ended = Of(deliveryId);
             Assert.NotEmpty(ended);
             var last = ended[^1];
             Assert.Equal(outcome, last.GetTagItem("portazure.outcome"));
             Assert.Equal(reason, last.GetTagItem("portazure.reason"));
-            Assert.Equal(System.Diagnostics.ActivityStatusCode.Error, last.Status);
+            Assert.Equal(ActivityStatusCode.Error, last.Status);
             // Only the last says it: the tries before it were retried.
             Assert.All(ended.SkipLast(1), a => Assert.Null(a.GetTagItem("portazure.reason")));
             return last;
