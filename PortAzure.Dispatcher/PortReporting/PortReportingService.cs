@@ -483,12 +483,10 @@ internal sealed partial class PortReportingService(
             if (PastTheRetryAge(queuedAt))
             {
                 // No call, but the run's trace still ends with its report: a span that says it was given up.
-                using (var givenUp = StartReportActivity(report, tryNumber: null))
-                {
-                    givenUp?.SetTag(PortAzureDiagnostics.Tags.Outcome, "given_up");
-                    givenUp?.SetTag(PortAzureDiagnostics.Tags.Reason, GivenUpFor.PastTheRetryAge);
-                    givenUp?.SetStatus(ActivityStatusCode.Error, "given_up");
-                }
+                using var givenUp = StartReportActivity(report, tryNumber: null);
+                givenUp?.SetTag(PortAzureDiagnostics.Tags.Outcome, "given_up");
+                givenUp?.SetTag(PortAzureDiagnostics.Tags.Reason, GivenUpFor.PastTheRetryAge);
+                givenUp?.SetStatus(ActivityStatusCode.Error, "given_up");
                 Log.Failed(logger, report.DeliveryId, report.RunId, tries - 1);
                 return SendOutcome.GivenUp;
             }
@@ -540,14 +538,17 @@ internal sealed partial class PortReportingService(
             }
             if (result is PortCallResult.Sent or PortCallResult.AlreadyEnded)
             {
-                activity?.Dispose();
+                // Written inside the span, as the give-up's below: the line carries the run's trace id.
                 if (result == PortCallResult.Sent)
                 {
                     Log.Sent(logger, report.DeliveryId, report.RunId);
-                    return SendOutcome.Sent;
                 }
-                Log.AlreadyEnded(logger, report.DeliveryId, report.RunId, report.TerminationStatus);
-                return SendOutcome.AlreadyEnded;
+                else
+                {
+                    Log.AlreadyEnded(logger, report.DeliveryId, report.RunId, report.TerminationStatus);
+                }
+                activity?.Dispose();
+                return result == PortCallResult.Sent ? SendOutcome.Sent : SendOutcome.AlreadyEnded;
             }
             // A failure spends one of the report's attempts only if Port took another report since this one's previous try
             // began: Port is up, so the failure is this report's. Otherwise every report is failing (Port or its token
@@ -568,12 +569,12 @@ internal sealed partial class PortReportingService(
                 // The last try's span says why it was the last; an error even when it made no call (not_tried).
                 activity?.SetTag(PortAzureDiagnostics.Tags.Reason, givenUpFor);
                 activity?.SetStatus(ActivityStatusCode.Error, outcome);
+                Log.Failed(logger, report.DeliveryId, report.RunId, tries);
             }
             // Ended here: the wait below is not part of the try.
             activity?.Dispose();
             if (givenUpFor is not null)
             {
-                Log.Failed(logger, report.DeliveryId, report.RunId, tries);
                 return SendOutcome.GivenUp;
             }
             TimeSpan wait;

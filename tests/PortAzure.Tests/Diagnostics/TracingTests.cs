@@ -160,6 +160,10 @@ public sealed class TracingTests : IDisposable
         Assert.Equal("sent", report.GetTagItem("portazure.outcome"));
         Assert.Contains(spans, a => a.OperationName == "System.Net.Http.HttpRequestOut" && a.ParentSpanId == report.SpanId
             && a.GetTagItem("url.full") is string url && url.Contains($"/v1/actions/runs/{runId}/logs", StringComparison.Ordinal));
+        // The Dispatcher's lines about the run carry its trace id: "Delivered" (2001) and the report's "Sent" (2201).
+        var deliveryId = (string)report.GetTagItem("portazure.delivery_id")!;
+        Assert.All(new[] { "[2001]", "[2201]" }, id => Assert.Equal(traceId, Assert.Single(relay.Dispatcher.Logs.TracedLines,
+            l => l.Line.Contains(id, StringComparison.Ordinal) && l.Line.Contains(deliveryId, StringComparison.Ordinal)).TraceId));
     }
 
     [Fact]
@@ -356,6 +360,12 @@ public sealed class TracingTests : IDisposable
         Assert.Equal(alreadyDelivered ? "already_finished" : "delivered", span.GetTagItem("portazure.outcome"));
         Assert.Equal(alreadyDelivered ? null : 1, (int?)span.GetTagItem("portazure.attempt"));
         Assert.Equal(alreadyDelivered ? 0 : 1, (await relay.EmulatorApi.RequestsAsync()).Count);
+        if (alreadyDelivered)
+        {
+            // Its line, written before anything was posted, is in the run's trace too.
+            Assert.Equal(traceId, Assert.Single(relay.Dispatcher.Logs.TracedLines,
+                l => l.Line.Contains("[2005]", StringComparison.Ordinal) && l.Line.Contains(deliveryId, StringComparison.Ordinal)).TraceId);
+        }
     }
 
     [Fact]

@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using Microsoft.Extensions.Logging;
 
 namespace PortAzure.Tests.Infrastructure;
@@ -10,8 +11,12 @@ namespace PortAzure.Tests.Infrastructure;
 public sealed class LogSink : ILoggerProvider
 {
     private readonly ConcurrentQueue<string> _lines = new();
+    private readonly ConcurrentQueue<(string Line, string? TraceId)> _traced = new();
 
     public IReadOnlyCollection<string> Lines => _lines;
+
+    /// <summary>The lines with the trace id of the span they were written in (<see cref="Activity.Current"/>), if any.</summary>
+    public IReadOnlyCollection<(string Line, string? TraceId)> TracedLines => _traced;
 
     public ILogger CreateLogger(string categoryName) => new SinkLogger(this, categoryName);
 
@@ -45,7 +50,9 @@ public sealed class LogSink : ILoggerProvider
             {
                 return;
             }
-            sink._lines.Enqueue($"{logLevel} {category}[{eventId.Id}]: {formatter(state, exception)} {Describe(state)} {exception}");
+            var line = $"{logLevel} {category}[{eventId.Id}]: {formatter(state, exception)} {Describe(state)} {exception}";
+            sink._lines.Enqueue(line);
+            sink._traced.Enqueue((line, Activity.Current?.TraceId.ToHexString()));
         }
 
         // A value that is a list (HttpClient's header values) is written out: an exporter (OTLP) sends its items, and as
