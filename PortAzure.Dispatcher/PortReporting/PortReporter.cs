@@ -8,7 +8,9 @@ namespace PortAzure.Dispatcher.PortReporting;
 
 /// <summary>A run log line for Port's API, with an optional final status.</summary>
 /// <param name="TraceParent">The span that decided the outcome (the attempt's, else the run's): the report's calls join its trace.</param>
-internal sealed record PortReport(string RunId, string DeliveryId, string Message, string? TerminationStatus, string? StatusLabel, string? TraceParent = null)
+/// <param name="TraceState">That span's W3C tracestate (Port's, passed on), if any.</param>
+internal sealed record PortReport(string RunId, string DeliveryId, string Message, string? TerminationStatus, string? StatusLabel, string? TraceParent = null,
+    string? TraceState = null)
 {
     private const string RunIdField = "run";
     private const string DeliveryIdField = "id";
@@ -16,6 +18,7 @@ internal sealed record PortReport(string RunId, string DeliveryId, string Messag
     private const string TerminationStatusField = "status";
     private const string StatusLabelField = "label";
     private const string TraceParentField = "traceparent";
+    private const string TraceStateField = "tracestate";
 
     public NameValueEntry[] ToStreamFields()
     {
@@ -28,6 +31,10 @@ internal sealed record PortReport(string RunId, string DeliveryId, string Messag
         if (TraceParent is not null)
         {
             fields.Add(new(TraceParentField, TraceParent));
+            if (TraceState is not null)
+            {
+                fields.Add(new(TraceStateField, TraceState));
+            }
         }
         return [.. fields];
     }
@@ -41,7 +48,7 @@ internal sealed record PortReport(string RunId, string DeliveryId, string Messag
         }
         string? Get(string name) => entry[name] is { IsNullOrEmpty: false } value ? (string?)value : null;
         return Get(RunIdField) is { } runId && Get(DeliveryIdField) is { } deliveryId && Get(MessageField) is { } message
-            ? new PortReport(runId, deliveryId, message, Get(TerminationStatusField), Get(StatusLabelField), Get(TraceParentField))
+            ? new PortReport(runId, deliveryId, message, Get(TerminationStatusField), Get(StatusLabelField), Get(TraceParentField), Get(TraceStateField))
             : null;
     }
 }
@@ -75,6 +82,7 @@ internal sealed class PortReporter(IOptionsMonitor<PortOptions> portOptions)
     private PortReport? Create(DeliveryEntry entry, string message, string? terminationStatus, string? statusLabel) =>
         entry.RunId is null || !Enabled ? null
         // The attempt's span when one is recorded (the report then sits beside the Azure POST); else the run's.
-        : new PortReport(entry.RunId, entry.DeliveryId, message, terminationStatus, statusLabel,
-            Activity.Current is { IdFormat: ActivityIdFormat.W3C, Recorded: true } current ? current.Id : entry.TraceParent);
+        : Activity.Current is { IdFormat: ActivityIdFormat.W3C, Recorded: true } current
+            ? new PortReport(entry.RunId, entry.DeliveryId, message, terminationStatus, statusLabel, current.Id, current.TraceStateString)
+            : new PortReport(entry.RunId, entry.DeliveryId, message, terminationStatus, statusLabel, entry.TraceParent, entry.TraceState);
 }

@@ -659,7 +659,7 @@ internal sealed partial class PortReportingService(
     /// <param name="tryNumber">Null for a span that makes no try (a report given up before its call).</param>
     private static Activity? StartReportActivity(PortReport report, int? tryNumber)
     {
-        ActivityContext.TryParse(report.TraceParent, null, out var parent);
+        ActivityContext.TryParse(report.TraceParent, report.TraceState, out var parent);
         var activity = PortAzureDiagnostics.ActivitySource.StartActivity("report to Port", ActivityKind.Internal, parent);
         if (activity is null)
         {

@@ -38,14 +38,14 @@ public sealed class TracingTests : IDisposable
         return ($"00-{traceId}-{ActivitySpanId.CreateRandom().ToHexString()}-01", traceId);
     }
 
-    private static Task<HttpResponseMessage> SendTracedAsync(Relay relay, byte[] body, string traceParent) =>
-        SendTracedAsync(relay, TestRuns.Signed(body), traceParent);
+    private static Task<HttpResponseMessage> SendTracedAsync(Relay relay, byte[] body, string traceParent, string? traceState = null) =>
+        SendTracedAsync(relay, TestRuns.Signed(body), traceParent, traceState);
 
     /// <summary>
     /// Sends as Port would, with its own traceparent, over a plain socket: an HttpClient in this process
     /// would be instrumented by the hosts' tracer providers and replace the header with its own span.
     /// </summary>
-    private static async Task<HttpResponseMessage> SendTracedAsync(Relay relay, HttpRequestMessage request, string traceParent)
+    private static async Task<HttpResponseMessage> SendTracedAsync(Relay relay, HttpRequestMessage request, string traceParent, string? traceState = null)
     {
         using (request)
         {
@@ -56,6 +56,7 @@ public sealed class TracingTests : IDisposable
                 .Append("Content-Type: application/json\r\n")
                 .Append(CultureInfo.InvariantCulture, $"Content-Length: {body.Length}\r\n")
                 .Append(CultureInfo.InvariantCulture, $"traceparent: {traceParent}\r\n")
+                .Append(traceState is null ? "" : $"tracestate: {traceState}\r\n")
                 .Append("Connection: close\r\n");
             foreach (var header in request.Headers)
             {
@@ -146,7 +147,8 @@ public sealed class TracingTests : IDisposable
         var (traceParent, traceId) = NewTraceParent();
         var runId = TestRuns.NewRunId();
 
-        using var response = await SendTracedAsync(relay, TestRuns.Body(runId), traceParent);
+        // Port's vendor state goes along the whole trace, the report's span included.
+        using var response = await SendTracedAsync(relay, TestRuns.Body(runId), traceParent, traceState: "port=run1");
         bool ReportStopped(List<Activity> spans) => spans.FirstOrDefault(a => a.DisplayName == "report to Port") is { } report
             && spans.Any(a => a.OperationName == "System.Net.Http.HttpRequestOut" && a.ParentSpanId == report.SpanId);
         await Eventually.HoldsAsync(() => Task.FromResult(ReportStopped(InTrace(traceId))), TimeSpan.FromSeconds(20), "the report's span and its call to Port");
@@ -158,6 +160,8 @@ public sealed class TracingTests : IDisposable
         Assert.Equal(runId, report.GetTagItem("portazure.run_id"));
         Assert.Equal(process.GetTagItem("portazure.delivery_id"), report.GetTagItem("portazure.delivery_id"));
         Assert.Equal("sent", report.GetTagItem("portazure.outcome"));
+        Assert.Equal("port=run1", process.TraceStateString);
+        Assert.Equal("port=run1", report.TraceStateString);
         Assert.Contains(spans, a => a.OperationName == "System.Net.Http.HttpRequestOut" && a.ParentSpanId == report.SpanId
             && a.GetTagItem("url.full") is string url && url.Contains($"/v1/actions/runs/{runId}/logs", StringComparison.Ordinal));
         // The Dispatcher's lines about the run carry its trace id: "Delivered" (2001) and the report's "Sent" (2201).

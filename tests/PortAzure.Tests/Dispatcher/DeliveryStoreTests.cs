@@ -781,7 +781,8 @@ public class DeliveryStoreTests
         var (redis, db) = (leased.Connection, leased.Db);
         var store = new DeliveryStore(redis);
         var entry = NewEntry();
-        var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "delivered", "FAILURE", "label");
+        var report = new PortAzure.Dispatcher.PortReporting.PortReport("r_1", entry.DeliveryId, "delivered", "FAILURE", "label",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "port=run1");
         var delivered = new KeyValuePair<string, RedisValue>(DeliveryRecord.State, DeliveryStates.Delivered);
         Assert.True((await store.BeginAsync(entry, "A", TimeSpan.FromMilliseconds(50), false, DateTimeOffset.UtcNow, TimeSpan.FromSeconds(30))).Leased);
         await Task.Delay(100);
