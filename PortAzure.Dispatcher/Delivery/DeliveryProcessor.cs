@@ -273,6 +273,13 @@ internal sealed partial class DeliveryProcessor(
                 lastStatus: begin.LastStatus);
             return;
         }
+        if (streamId is null && activity is not null)
+        {
+            // Looked at again from the schedule: a run is held anew every probe interval for as long as the pause lasts (up to
+            // its retry age: thousands of spans in its trace). The run's trace keeps the hold of a run that arrived while the
+            // target was paused, and the attempts; these repeats are not exported, nor are the Redis command spans under them.
+            activity.ActivityTraceFlags &= ~ActivityTraceFlags.Recorded;
+        }
         var due = pausedUntil + (TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds) * Random.Shared.NextDouble());
         // Held until after its retry age, a run was posted as the target's probe (or once the pause ended) later than any
         // retry is ever scheduled. It is looked at again just past its age instead: dead-lettered above if still paused.

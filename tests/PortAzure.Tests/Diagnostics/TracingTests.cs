@@ -382,7 +382,8 @@ public sealed class TracingTests : IDisposable
             c["Dispatcher:TargetHealth:ProbeIntervalSeconds"] = "60";
         });
         await relay.EmulatorApi.ScriptAsync(new { responses = new[] { new { status = 503 } } });
-        using (var first = await relay.SendRunAsync(TestRuns.Body(TestRuns.NewRunId())))
+        var (firstParent, firstTrace) = NewTraceParent();
+        using (var first = await SendTracedAsync(relay, TestRuns.Body(TestRuns.NewRunId()), firstParent))
         {
             Assert.Equal(HttpStatusCode.Accepted, first.StatusCode);
         }
@@ -397,9 +398,18 @@ public sealed class TracingTests : IDisposable
 
         var span = Assert.Single(InTrace(traceId), a => a.Kind == ActivityKind.Consumer);
         Assert.Equal("target_paused", span.GetTagItem("portazure.outcome"));
+        Assert.True(span.Recorded);
         Assert.Equal(ActivityStatusCode.Unset, span.Status);
         Assert.Null(span.GetTagItem("portazure.attempt"));
         Assert.Null(span.GetTagItem("portazure.reclaimed"));
+
+        // The first run's retry, due in about a second, is held from the schedule: a hold that repeats every probe interval for as
+        // long as the pause lasts, left out of the exported trace (its failed attempt's span stays).
+        await Eventually.HoldsAsync(() => Task.FromResult(InTrace(firstTrace).Any(a => a.Kind == ActivityKind.Consumer
+            && a.GetTagItem("portazure.outcome") is "target_paused")), TimeSpan.FromSeconds(20), "the first run's retry held");
+        var attempts = InTrace(firstTrace).Where(a => a.Kind == ActivityKind.Consumer).OrderBy(a => a.StartTimeUtc).ToList();
+        Assert.Equal(["transient", "target_paused"], attempts.Select(a => (string?)a.GetTagItem("portazure.outcome")));
+        Assert.Equal([true, false], attempts.Select(a => a.Recorded));
         Assert.Single(await relay.EmulatorApi.RequestsAsync());
     }
 
