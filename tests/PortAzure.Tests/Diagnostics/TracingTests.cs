@@ -373,6 +373,30 @@ public sealed class TracingTests : IDisposable
     }
 
     [Fact]
+    public async Task PostCutOffAtTheStop_ItsProcessSpanIsAnErrorNamingTheExceptionType()
+    {
+        await using var relay = await Relay.StartAsync(c =>
+        {
+            c["Dispatcher:ShutdownGraceSeconds"] = "0";
+            c["Dispatcher:RequestTimeoutSeconds"] = "15";
+        });
+        await relay.EmulatorApi.ScriptAsync(new { delayMs = 5000 });
+        var (traceParent, traceId) = NewTraceParent();
+        using var response = await SendTracedAsync(relay, TestRuns.Body(TestRuns.NewRunId()), traceParent);
+        await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(10), "the POST is in flight");
+
+        await relay.StopDispatcherAsync(relay.Dispatcher);
+
+        await Eventually.HoldsAsync(() => Task.FromResult(InTrace(traceId).Any(a => a.Kind == ActivityKind.Consumer)), TimeSpan.FromSeconds(10), "the span ended");
+        var span = Assert.Single(InTrace(traceId), a => a.Kind == ActivityKind.Consumer);
+        Assert.Equal(ActivityStatusCode.Error, span.Status);
+        Assert.Equal(1, span.GetTagItem("portazure.attempt"));
+        Assert.Null(span.GetTagItem("portazure.outcome"));
+        var type = Assert.IsType<string>(span.GetTagItem("error.type"));
+        Assert.True(typeof(OperationCanceledException).IsAssignableFrom(Type.GetType(type)), type);
+    }
+
+    [Fact]
     public async Task PausedTarget_AHeldRunsProcessSpanSaysItWaitsForTheTarget()
     {
         // "Why has my run not gone out?": its trace shows each time it was looked at and held back.
