@@ -39,34 +39,13 @@ internal sealed partial class DeliveryProcessor(
     /// True when the entry (or the retry-schedule slot) was reclaimed from another, stopped or crashed,
     /// consumer: counted towards <see cref="DispatcherOptions.MaxClaims"/>.
     /// </param>
+    /// <param name="activity">This processing's span (<see cref="StartSpan"/>), which its outcome is told to.</param>
     /// <param name="stopping">Signalled at the stop: an attempt that has not posted yet gives its lease back instead.</param>
     /// <param name="cancellationToken">Cancels the POST itself: the stop's grace period has run out.</param>
-    public async Task ProcessAsync(DeliveryEntry entry, string? streamId, bool claimed, CancellationToken stopping, CancellationToken cancellationToken)
-    {
-        ArgumentNullException.ThrowIfNull(entry);
-        // Begun before the begin: its Redis calls and lines (retried through an outage, a lease held by another, a paused
-        // target) are in the run's trace, and a run dead-lettered without a try has its span as one posted has.
-        using var activity = StartActivity(entry);
-        if (claimed)
-        {
-            activity?.SetTag(PortAzureDiagnostics.Tags.Reclaimed, true);
-        }
-        try
-        {
-            await ProcessCoreAsync(entry, streamId, claimed, activity, stopping, cancellationToken);
-        }
-        catch (Exception ex) when (activity is not null)
-        {
-            // The worker logs it (with its message); the span says only that this processing failed, and with what.
-            activity.SetTag(PortAzureDiagnostics.Tags.ErrorType, ex.GetType().FullName);
-            activity.SetStatus(ActivityStatusCode.Error, ex.GetType().Name);
-            throw;
-        }
-    }
-
-    private async Task ProcessCoreAsync(DeliveryEntry entry, string? streamId, bool claimed, Activity? activity, CancellationToken stopping,
+    public async Task ProcessAsync(DeliveryEntry entry, string? streamId, bool claimed, Activity? activity, CancellationToken stopping,
         CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(entry);
         var opts = options.CurrentValue;
         var now = timeProvider.GetUtcNow();
         // One token per attempt: a late finish of this attempt can tell that its lease was taken over.
@@ -417,7 +396,31 @@ internal sealed partial class DeliveryProcessor(
         }
     }
 
-    /// <summary>The consumer span of one processing of <paramref name="entry"/>, in the trace its producer started.</summary>
+    /// <summary>
+    /// The consumer span of one processing of <paramref name="entry"/>, in the trace its producer started. Begun before the
+    /// begin, and ended by the caller after its own lines about a failure: the begin's Redis calls and every line about the
+    /// run (retried through an outage, a lease held by another, a paused target, a failure) are in the run's trace, and a
+    /// run dead-lettered without a try has its span as one posted has.
+    /// </summary>
+    public static Activity? StartSpan(DeliveryEntry entry, bool claimed)
+    {
+        ArgumentNullException.ThrowIfNull(entry);
+        var activity = StartActivity(entry);
+        if (claimed)
+        {
+            activity?.SetTag(PortAzureDiagnostics.Tags.Reclaimed, true);
+        }
+        return activity;
+    }
+
+    /// <summary>Marks the span of a processing that failed: the type only (the caller's line has the message).</summary>
+    public static void SpanFailed(Activity? activity, Exception exception)
+    {
+        ArgumentNullException.ThrowIfNull(exception);
+        activity?.SetTag(PortAzureDiagnostics.Tags.ErrorType, exception.GetType().FullName);
+        activity?.SetStatus(ActivityStatusCode.Error, exception.GetType().Name);
+    }
+
     private static Activity? StartActivity(DeliveryEntry entry)
     {
         const string operation = "process";

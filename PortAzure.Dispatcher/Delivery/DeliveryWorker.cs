@@ -339,17 +339,21 @@ internal sealed partial class DeliveryWorker(
         await slots.WaitAsync(CancellationToken.None);
         var task = Task.Run(async () =>
         {
+            // Ended after the lines below: they carry the run's trace id.
+            using var activity = DeliveryProcessor.StartSpan(entry, claimed);
             try
             {
-                await processor.ProcessAsync(entry, streamId, claimed, stoppingToken, _abandon.Token);
+                await processor.ProcessAsync(entry, streamId, claimed, activity, stoppingToken, _abandon.Token);
             }
-            catch (OperationCanceledException) when (_abandon.IsCancellationRequested)
+            catch (OperationCanceledException ex) when (_abandon.IsCancellationRequested)
             {
                 // Shutdown's grace period ran out mid-POST: left pending for another Dispatcher.
+                DeliveryProcessor.SpanFailed(activity, ex);
                 Log.Abandoned(logger, entry.DeliveryId);
             }
             catch (Exception ex) when (RedisFailures.IsOutOfMemory(ex))
             {
+                DeliveryProcessor.SpanFailed(activity, ex);
                 // Redis is full: its refusal of the begin's lease (the finishes' first writes need no memory, so they go
                 // through) is no defect of the relay, and every attempt meets it until memory is freed. Throttled: the
                 // slots go on through the backlog, one refused begin after another.
@@ -362,6 +366,7 @@ internal sealed partial class DeliveryWorker(
             catch (Exception ex)
             {
                 // Left as it is: a stream entry stays pending and is reclaimed; a retry's lease runs out.
+                DeliveryProcessor.SpanFailed(activity, ex);
                 Log.ProcessingFailed(logger, ex, entry.DeliveryId);
                 FailedHere(streamId);
             }

@@ -385,7 +385,8 @@ public sealed class TracingTests : IDisposable
         using var response = await SendTracedAsync(relay, TestRuns.Body(TestRuns.NewRunId()), traceParent);
         await Eventually.HoldsAsync(async () => (await relay.EmulatorApi.RequestsAsync()).Count == 1, TimeSpan.FromSeconds(10), "the POST is in flight");
 
-        await relay.StopDispatcherAsync(relay.Dispatcher);
+        var dispatcher = relay.Dispatcher;
+        await relay.StopDispatcherAsync(dispatcher);
 
         await Eventually.HoldsAsync(() => Task.FromResult(InTrace(traceId).Any(a => a.Kind == ActivityKind.Consumer)), TimeSpan.FromSeconds(10), "the span ended");
         var span = Assert.Single(InTrace(traceId), a => a.Kind == ActivityKind.Consumer);
@@ -394,6 +395,8 @@ public sealed class TracingTests : IDisposable
         Assert.Null(span.GetTagItem("portazure.outcome"));
         var type = Assert.IsType<string>(span.GetTagItem("error.type"));
         Assert.True(typeof(OperationCanceledException).IsAssignableFrom(Type.GetType(type)), type);
+        // The line that says so is in the run's trace.
+        Assert.Equal(traceId, Assert.Single(dispatcher.Logs.TracedLines, l => l.Line.Contains("[2109]", StringComparison.Ordinal)).TraceId);
     }
 
     [Fact]
