@@ -252,13 +252,6 @@ internal sealed partial class DeliveryProcessor(
                 lastStatus: begin.LastStatus);
             return;
         }
-        if (streamId is null && activity is not null)
-        {
-            // Looked at again from the schedule: a run is held anew every probe interval for as long as the pause lasts (up to
-            // its retry age: thousands of spans in its trace). The run's trace keeps the hold of a run that arrived while the
-            // target was paused, and the attempts; these repeats are not exported, nor are the Redis command spans under them.
-            activity.ActivityTraceFlags &= ~ActivityTraceFlags.Recorded;
-        }
         var due = pausedUntil + (TimeSpan.FromSeconds(opts.TargetHealth.ProbeIntervalSeconds) * Random.Shared.NextDouble());
         // Held until after its retry age, a run was posted as the target's probe (or once the pause ended) later than any
         // retry is ever scheduled. It is looked at again just past its age instead: dead-lettered above if still paused.
@@ -274,6 +267,14 @@ internal sealed partial class DeliveryProcessor(
         await FinishAsync(FinishMode.Reschedule, entry, streamId, lease, now, due, null,
             [.. fields, new(DeliveryRecord.NextAttemptAt, due.ToUnixTimeMilliseconds())]);
         activity?.SetTag(PortAzureDiagnostics.Tags.Outcome, NotPosted.TargetPaused);
+        if (streamId is null && activity is not null)
+        {
+            // Looked at again from the schedule: a run is held anew every probe interval for as long as the pause lasts (up to
+            // its retry age: thousands of spans in its trace). The run's trace keeps the hold of a run that arrived while the
+            // target was paused, and the attempts; these repeats are not exported, nor are the Redis command spans under them
+            // (made into spans after the span ends). Cleared once the hold is recorded: a failure to record it stays exported.
+            activity.ActivityTraceFlags &= ~ActivityTraceFlags.Recorded;
+        }
         metrics.Paused();
     }
 

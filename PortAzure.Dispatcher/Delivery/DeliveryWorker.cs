@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 using System.Threading.Channels;
 using Microsoft.Extensions.Options;
 using PortAzure.Diagnostics;
@@ -339,10 +340,12 @@ internal sealed partial class DeliveryWorker(
         await slots.WaitAsync(CancellationToken.None);
         var task = Task.Run(async () =>
         {
-            // Ended after the lines below: they carry the run's trace id.
-            using var activity = DeliveryProcessor.StartSpan(entry, claimed);
+            // Ended after the lines below, which then carry the run's trace id. Started inside the try: whatever a listener
+            // throws there must not skip the finally (the slot would never be released, the entry never started again here).
+            Activity? activity = null;
             try
             {
+                activity = DeliveryProcessor.StartSpan(entry, claimed);
                 await processor.ProcessAsync(entry, streamId, claimed, activity, stoppingToken, _abandon.Token);
             }
             catch (OperationCanceledException ex) when (_abandon.IsCancellationRequested)
@@ -377,6 +380,7 @@ internal sealed partial class DeliveryWorker(
                     _inFlightEntries.TryRemove(streamId, out _);
                 }
                 slots.Release();
+                activity?.Dispose();
             }
         }, CancellationToken.None);
         _inFlight.TryAdd(task, true);
