@@ -833,7 +833,10 @@ public class PortReportingTests
         Assert.DoesNotContain(relay.Dispatcher.Logs.Lines, l => l.Contains("[2210]", StringComparison.Ordinal));
         Assert.Single(await relay.EmulatorApi.PortCallsAsync(), c => c.RunId == runId);
         await WaitForPortReportAsync(relay, deliveryId, "failed");
-        spans.AssertLastSaysGivenUp(deliveryId, "rejected", "rejected");
+        var last = spans.AssertLastSaysGivenUp(deliveryId, "rejected", "rejected");
+        // Its line is under the run's trace.
+        Assert.Equal(last.TraceId.ToHexString(), Assert.Single(relay.Dispatcher.Logs.TracedLines,
+            l => l.Line.Contains("[2202]", StringComparison.Ordinal) && l.Line.Contains(deliveryId, StringComparison.Ordinal)).TraceId);
     }
 
     [Fact]
