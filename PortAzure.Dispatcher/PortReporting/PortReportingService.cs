@@ -277,12 +277,15 @@ internal sealed partial class PortReportingService(
         var opts = options.CurrentValue;
         var db = redis.GetDatabase();
         var entries = new List<StreamEntry>();
+        // Read back or taken over (not new): their spans say so, as their tries start again from 1 here.
+        var takenOver = new HashSet<string>(StringComparer.Ordinal);
         try
         {
             if (_mayHoldUnread)
             {
                 (entries, var complete) = await ReadOwnUnsentAsync(db);
                 _mayHoldUnread = !complete;
+                takenOver.UnionWith(entries.Select(e => e.Id.ToString()));
             }
             if ((_lastClaimAt is not { } last || timeProvider.GetElapsedTime(last) >= TimeSpan.FromSeconds(opts.ClaimIntervalSeconds))
                 && _slots.CurrentCount > entries.Count)
@@ -292,6 +295,7 @@ internal sealed partial class PortReportingService(
                     (long)(opts.PortReportReclaimSeconds * 1000), _claimCursor, _slots.CurrentCount - entries.Count);
                 _claimCursor = claim.NextStartId;
                 entries.AddRange(claim.ClaimedEntries);
+                takenOver.UnionWith(claim.ClaimedEntries.Select(e => e.Id.ToString()));
                 if (claim.DeletedIds.Length > 0)
                 {
                     // Reports trimmed away while pending (Redis 7 lists them here and drops them from the pending list, whatever
@@ -323,7 +327,7 @@ internal sealed partial class PortReportingService(
             // CurrentCount were read). Started at the stop, a report is handed back at once.
             await _slots.WaitAsync(CancellationToken.None);
             var id = entry.Id.ToString();
-            var send = SendAndRemoveAsync(entry, stoppingToken);
+            var send = SendAndRemoveAsync(entry, takenOver.Contains(id), stoppingToken);
             _sending[id] = send;
             _ = send.ContinueWith(done =>
             {
@@ -349,7 +353,7 @@ internal sealed partial class PortReportingService(
         return (found, stoppedAt is null);
     }
 
-    private async Task SendAndRemoveAsync(StreamEntry entry, CancellationToken stoppingToken)
+    private async Task SendAndRemoveAsync(StreamEntry entry, bool takenOver, CancellationToken stoppingToken)
     {
         var report = PortReport.FromStreamEntry(entry);
         // How the report ended, as the metric counts it and its delivery's record shows it.
@@ -360,7 +364,7 @@ internal sealed partial class PortReportingService(
         }
         else
         {
-            switch (await SendAsync(report, entry.Id, WrittenAt(entry), stoppingToken))
+            switch (await SendAsync(report, entry.Id, WrittenAt(entry), takenOver, stoppingToken))
             {
                 case SendOutcome.Sent:
                     outcome = "sent";
@@ -466,7 +470,8 @@ internal sealed partial class PortReportingService(
     }
 
     /// <param name="writtenAt">When the report was first written: its age bounds the retries.</param>
-    private async Task<SendOutcome> SendAsync(PortReport report, RedisValue entryId, DateTimeOffset writtenAt, CancellationToken stoppingToken)
+    /// <param name="takenOver">Read back or taken over from another reporter: its span says so.</param>
+    private async Task<SendOutcome> SendAsync(PortReport report, RedisValue entryId, DateTimeOffset writtenAt, bool takenOver, CancellationToken stoppingToken)
     {
         long? sentBeforePreviousTry = null;
         bool PastTheRetryAge(DateTimeOffset at) => at - writtenAt > TimeSpan.FromHours(options.CurrentValue.Retry.MaxAgeHours);
@@ -483,7 +488,7 @@ internal sealed partial class PortReportingService(
             if (PastTheRetryAge(queuedAt))
             {
                 // No call, but the run's trace still ends with its report: a span that says it was given up.
-                using var givenUp = StartReportActivity(report, tryNumber: null);
+                using var givenUp = StartReportActivity(report, tryNumber: null, takenOver);
                 givenUp?.SetTag(PortAzureDiagnostics.Tags.Outcome, "given_up");
                 givenUp?.SetTag(PortAzureDiagnostics.Tags.Reason, GivenUpFor.PastTheRetryAge);
                 givenUp?.SetStatus(ActivityStatusCode.Error, "given_up");
@@ -510,7 +515,7 @@ internal sealed partial class PortReportingService(
                 {
                     return leftWhileQueued;
                 }
-                activity = StartReportActivity(report, tries);
+                activity = StartReportActivity(report, tries, takenOver);
                 result = await client.SendLogAsync(report, _callsStop.Token);
             }
             catch (OperationCanceledException) when (_callsStop.IsCancellationRequested)
@@ -657,7 +662,8 @@ internal sealed partial class PortReportingService(
 
     /// <summary>One try of a report, in the trace of the attempt that decided it; Port's calls are its children.</summary>
     /// <param name="tryNumber">Null for a span that makes no try (a report given up before its call).</param>
-    private static Activity? StartReportActivity(PortReport report, int? tryNumber)
+    /// <param name="takenOver">Tagged <c>portazure.reclaimed</c>: its tries are numbered again from 1 here.</param>
+    private static Activity? StartReportActivity(PortReport report, int? tryNumber, bool takenOver)
     {
         ActivityContext.TryParse(report.TraceParent, report.TraceState, out var parent);
         var activity = PortAzureDiagnostics.ActivitySource.StartActivity("report to Port", ActivityKind.Internal, parent);
@@ -670,6 +676,10 @@ internal sealed partial class PortReportingService(
         if (tryNumber is { } number)
         {
             activity.SetTag(PortAzureDiagnostics.Tags.Attempt, number);
+        }
+        if (takenOver)
+        {
+            activity.SetTag(PortAzureDiagnostics.Tags.Reclaimed, true);
         }
         return activity;
     }

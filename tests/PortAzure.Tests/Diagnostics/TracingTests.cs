@@ -162,6 +162,7 @@ public sealed class TracingTests : IDisposable
         Assert.Equal("sent", report.GetTagItem("portazure.outcome"));
         Assert.Equal("port=run1", process.TraceStateString);
         Assert.Equal("port=run1", report.TraceStateString);
+        Assert.Null(report.GetTagItem("portazure.reclaimed"));
         Assert.Contains(spans, a => a.OperationName == "System.Net.Http.HttpRequestOut" && a.ParentSpanId == report.SpanId
             && a.GetTagItem("url.full") is string url && url.Contains($"/v1/actions/runs/{runId}/logs", StringComparison.Ordinal));
         // The Dispatcher's lines about the run carry its trace id: "Delivered" (2001) and the report's "Sent" (2201).

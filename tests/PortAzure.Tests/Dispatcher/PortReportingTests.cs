@@ -370,7 +370,9 @@ public class PortReportingTests
         }, dispatchers: 0);
         // A reporter read the report and died without a trace: it is pending under a consumer that never comes back.
         var runId = TestRuns.NewRunId();
-        var report = new PortAzure.Dispatcher.PortReporting.PortReport(runId, "d_crashed", "delivered (test)", null, null);
+        var deliveryId = "d_" + Guid.NewGuid().ToString("N");
+        var report = new PortAzure.Dispatcher.PortReporting.PortReport(runId, deliveryId, "delivered (test)", null, null);
+        using var spans = new ReportSpans();
         await relay.Db.StreamCreateConsumerGroupAsync(RedisKeys.PortReports, RedisKeys.PortReportersGroup, "0-0", createStream: true);
         await relay.Db.StreamAddAsync(RedisKeys.PortReports, report.ToStreamFields());
         // Before the read: the time measured from it is never shorter than the entry's idle time.
@@ -386,6 +388,10 @@ public class PortReportingTests
         Assert.True(sent.ReceivedAt - readAt >= TimeSpan.FromSeconds(1.9), $"taken over after {(sent.ReceivedAt - readAt).TotalSeconds:F1} s, before the reclaim time (2 s)");
         // Allowed, as here, but said: in production a report still being retried would be sent twice.
         Assert.Single(relay.Dispatcher.Logs.Lines, l => l.StartsWith("Warning", StringComparison.Ordinal) && l.Contains("[2215]", StringComparison.Ordinal));
+        // Its tries start again from 1 here: the span says it was taken over.
+        var taken = Assert.Single(spans.Of(deliveryId));
+        Assert.Equal(1, taken.GetTagItem("portazure.attempt"));
+        Assert.Equal(true, taken.GetTagItem("portazure.reclaimed"));
     }
 
     [Fact]
