@@ -575,13 +575,11 @@ internal sealed partial class PortReportingService(
                 activity?.SetTag(PortAzureDiagnostics.Tags.Reason, givenUpFor);
                 activity?.SetStatus(ActivityStatusCode.Error, outcome);
                 Log.Failed(logger, report.DeliveryId, report.RunId, tries);
+                activity?.Dispose();
+                return SendOutcome.GivenUp;
             }
             // Ended here: the wait below is not part of the try.
             activity?.Dispose();
-            if (givenUpFor is not null)
-            {
-                return SendOutcome.GivenUp;
-            }
             TimeSpan wait;
             if (result == PortCallResult.RetryLater && !portUp)
             {
