@@ -850,22 +850,11 @@ public class PortReportingTests
     {
         // While Port's token endpoint times out, each send queued on the token lock waited out its own 15 s call: a try
         // took minutes. After a failed token call the sends behind it fail at once (for 5 s).
-        var tries = new ConcurrentQueue<(string RunId, string Outcome)>();
-        using var listener = new ActivityListener
-        {
-            ShouldListenTo = source => source.Name == PortAzureDiagnostics.Name,
-            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
-            ActivityStopped = a =>
-            {
-                if (a.DisplayName == "report to Port")
-                {
-                    tries.Enqueue(((string)a.GetTagItem("portazure.run_id")!, (string)a.GetTagItem("portazure.outcome")!));
-                }
-            },
-        };
-        ActivitySource.AddActivityListener(listener);
+        using var spans = new ReportSpans();
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
         var (runIds, clock) = await ReportsQueuedAsync(relay, new { failNext = 1000, status = 503 });
+        List<(string RunId, string Outcome)> Tries() =>
+            [.. spans.OfRuns(runIds).Select(a => ((string)a.GetTagItem("portazure.run_id")!, (string)a.GetTagItem("portazure.outcome")!))];
 
         // Until the reporter has read all three too: one read after the steps stopped would still wait out the pause, but
         // one read 5 s of steps later would call.
@@ -874,9 +863,10 @@ public class PortReportingTests
             TimeSpan.FromSeconds(20), "a first token call, and the three reports read");
         // The clock stands still, so the pause does not end: the other two first tries (queued on the token lock, each
         // within milliseconds without the pause) make no call, and are not counted as failures.
-        await Eventually.HoldsAsync(() => Task.FromResult(runIds.All(r => tries.Any(t => t.RunId == r))), TimeSpan.FromSeconds(10), "each report's first try");
+        await Eventually.HoldsAsync(() => Task.FromResult(runIds.All(r => Tries().Any(t => t.RunId == r))), TimeSpan.FromSeconds(10), "each report's first try");
 
         Assert.Single(await relay.EmulatorApi.PortCallsAsync());
+        var tries = Tries();
         var outcomes = runIds.Select(r => tries.First(t => t.RunId == r).Outcome).Order(StringComparer.Ordinal).ToList();
         Assert.Equal(["not_tried", "not_tried", "retry_later"], outcomes);
         // Why, for whoever turns Debug on: the token call's status.
@@ -891,21 +881,7 @@ public class PortReportingTests
         // span). While the token endpoint stays down those tries back off as an outage's do: at one every 5-6 s, twelve
         // reports made 517-537 tries in 10 min (most of them not_tried, each finding the pause of another's failed call);
         // with the waits growing to 2 min, about ten each.
-        var tries = new ConcurrentQueue<(string RunId, string Outcome, bool Error)>();
-        using var listener = new ActivityListener
-        {
-            ShouldListenTo = source => source.Name == PortAzureDiagnostics.Name,
-            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
-            ActivityStopped = a =>
-            {
-                if (a.DisplayName == "report to Port")
-                {
-                    tries.Enqueue(((string)a.GetTagItem("portazure.run_id")!, (string)a.GetTagItem("portazure.outcome")!,
-                        a.Status == ActivityStatusCode.Error));
-                }
-            },
-        };
-        ActivitySource.AddActivityListener(listener);
+        using var spans = new ReportSpans();
         await using var relay = await Relay.StartAsync(c => c["Port:ClientId"] = "relay-client", dispatchers: 0);
         var (runIds, clock) = await ReportsQueuedAsync(relay, new { failNext = 100_000, status = 503 }, count: 12);
         var start = clock.GetUtcNow();
@@ -913,7 +889,8 @@ public class PortReportingTests
         await StepUntilAsync(clock, TimeSpan.FromSeconds(5), () => Task.FromResult(clock.GetUtcNow() - start >= TimeSpan.FromMinutes(10)),
             TimeSpan.FromSeconds(120), "ten minutes on the fake clock");
 
-        var ours = tries.Where(t => runIds.Contains(t.RunId)).ToList();
+        var ours = spans.OfRuns(runIds).Select(a => (RunId: (string)a.GetTagItem("portazure.run_id")!, Outcome: (string)a.GetTagItem("portazure.outcome")!,
+            Error: a.Status == ActivityStatusCode.Error)).ToList();
         Assert.Contains(ours, t => t.Outcome == "not_tried");
         Assert.True(ours.Count <= 12 * 12, $"{ours.Count} tries of 12 reports in 10 min: {ours.Count(t => t.Outcome == "not_tried")} not_tried");
         Assert.All(runIds, r => Assert.True(ours.Count(t => t.RunId == r) >= 4, $"{r} still tried while it waits"));
@@ -1205,6 +1182,10 @@ public class PortReportingTests
         /// <summary>The report spans of one delivery (every listener sees every test's spans), in the order they ended.</summary>
         public List<Activity> Of(string deliveryId) =>
             [.. _ended.Where(a => deliveryId.Equals(a.GetTagItem("portazure.delivery_id")))];
+
+        /// <summary>The report spans of these runs, in the order they ended.</summary>
+        public List<Activity> OfRuns(IReadOnlyCollection<string> runIds) =>
+            [.. _ended.Where(a => a.GetTagItem("portazure.run_id") is string runId && runIds.Contains(runId))];
 
         /// <summary>The delivery's last report span: an error, with <paramref name="outcome"/> and the reason it was the last.</summary>
         public Activity AssertLastSaysGivenUp(string deliveryId, string outcome, string reason)
