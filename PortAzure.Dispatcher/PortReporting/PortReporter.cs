@@ -79,10 +79,16 @@ internal sealed class PortReporter(IOptionsMonitor<PortOptions> portOptions)
             : Create(entry, message, null, null);
     }
 
-    private PortReport? Create(DeliveryEntry entry, string message, string? terminationStatus, string? statusLabel) =>
-        entry.RunId is null || !Enabled ? null
+    private PortReport? Create(DeliveryEntry entry, string message, string? terminationStatus, string? statusLabel)
+    {
+        if (entry.RunId is null || !Enabled)
+        {
+            return null;
+        }
         // The attempt's span when one is recorded (the report then sits beside the Azure POST); else the run's.
-        : Activity.Current is { IdFormat: ActivityIdFormat.W3C, Recorded: true } current
-            ? new PortReport(entry.RunId, entry.DeliveryId, message, terminationStatus, statusLabel, current.Id, current.TraceStateString)
-            : new PortReport(entry.RunId, entry.DeliveryId, message, terminationStatus, statusLabel, entry.TraceParent, entry.TraceState);
+        var (traceParent, traceState) = Activity.Current is { IdFormat: ActivityIdFormat.W3C, Recorded: true } current
+            ? (current.Id, current.TraceStateString)
+            : (entry.TraceParent, entry.TraceState);
+        return new PortReport(entry.RunId, entry.DeliveryId, message, terminationStatus, statusLabel, traceParent, traceState);
+    }
 }
