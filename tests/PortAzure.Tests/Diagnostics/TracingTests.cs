@@ -297,10 +297,10 @@ public sealed class TracingTests : IDisposable
         using var discarded = await relay.Ingress.Client.SendAsync(discard);
         Assert.Equal(HttpStatusCode.NoContent, discarded.StatusCode);
 
-        await Eventually.HoldsAsync(() => Task.FromResult(_stopped.Any(a => a.Kind == ActivityKind.Server && deliveryId.Equals(a.GetTagItem("portazure.delivery_id"))
-            && a.GetTagItem("http.request.method") is "DELETE")), TimeSpan.FromSeconds(10), "the Dispatcher's span of the discard, tagged");
-        var request = Assert.Single(_stopped, a => a.Kind == ActivityKind.Server && deliveryId.Equals(a.GetTagItem("portazure.delivery_id"))
-            && a.GetTagItem("http.request.method") is "DELETE");
+        bool Discard(Activity a) => a.Kind == ActivityKind.Server && deliveryId.Equals(a.GetTagItem("portazure.delivery_id"))
+            && a.GetTagItem("http.request.method") is "DELETE";
+        await Eventually.HoldsAsync(() => Task.FromResult(_stopped.Any(Discard)), TimeSpan.FromSeconds(10), "the Dispatcher's span of the discard, tagged");
+        var request = Assert.Single(_stopped, Discard);
         Assert.Equal(traceId, Assert.Single(request.Links).Context.TraceId.ToHexString());
     }
 
