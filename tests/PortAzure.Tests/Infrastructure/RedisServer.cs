@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using System.Text;
 using StackExchange.Redis;
 
 namespace PortAzure.Tests.Infrastructure;
@@ -22,6 +23,24 @@ public sealed class RedisServer : IAsyncDisposable
     public int Port { get; }
 
     public string ConnectionString => $"127.0.0.1:{Port},abortConnect=false,connectTimeout=2000,syncTimeout=3000,asyncTimeout=3000";
+
+    /// <summary>
+    /// Stops a script that keeps Redis busy, with <c>SCRIPT KILL</c> over a plain socket: a client's connection can be dropped
+    /// while Redis answers BUSY (a command of its own, such as a PING, refused), and cannot send it then.
+    /// </summary>
+    public async Task KillScriptAsync()
+    {
+        using var tcp = new TcpClient();
+        await tcp.ConnectAsync(IPAddress.Loopback, Port);
+        await using var stream = tcp.GetStream();
+        await stream.WriteAsync("*2\r\n$6\r\nSCRIPT\r\n$4\r\nKILL\r\n"u8.ToArray());
+        using var reader = new StreamReader(stream, Encoding.ASCII);
+        var reply = await reader.ReadLineAsync();
+        if (reply != "+OK")
+        {
+            throw new InvalidOperationException($"SCRIPT KILL answered {reply}");
+        }
+    }
 
     /// <param name="appendFsync">When set, AOF is on with this fsync policy.</param>
     public static async Task<RedisServer> StartAsync(string? appendFsync = null, params string[] extraArgs)
